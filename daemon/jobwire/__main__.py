@@ -1,0 +1,5 @@
+"""``python -m jobwire``."""
+
+from jobwire.cli import main
+
+main()

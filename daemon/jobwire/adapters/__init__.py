@@ -1,0 +1,1 @@
+"""Broker adapters: one module per broker, each turning deliveries into Messages."""

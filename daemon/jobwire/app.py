@@ -1,0 +1,121 @@
+"""Wiring and lifecycle: the one place that builds the store, the pool and (later) the sources."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator
+
+import structlog
+
+from jobwire import __version__
+from jobwire.config import Config
+from jobwire.handlers import HandlerRegistry
+from jobwire.store.base import StoreUnavailable
+from jobwire.store.embedded import EmbeddedPostgres
+from jobwire.store.postgres import PostgresStore, migrate
+from jobwire.worker import WorkerPool
+
+log = structlog.get_logger("jobwire.app")
+
+
+def with_database_url(config: Config, url: str | None) -> Config:
+    """The config with ``database.url`` replaced (the CLI's ``--database-url``)."""
+    if not url:
+        return config
+    database = config.database.model_copy(update={"url": url})
+    return config.model_copy(update={"database": database})
+
+
+async def _migrate_with_retry(dsn: str, schema: str, wait: float) -> list[str]:
+    deadline = time.monotonic() + wait
+    delay = 0.2
+    while True:
+        try:
+            return await migrate(dsn, schema)
+        except (TimeoutError, OSError, StoreUnavailable) as exc:
+            if time.monotonic() + delay > deadline:
+                raise StoreUnavailable(f"database not reachable: {exc}") from exc
+            log.warning("database_waiting", error=str(exc), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+@contextlib.asynccontextmanager
+async def open_store(
+    config: Config, *, apply_migrations: bool = True, wait: float = 30.0
+) -> AsyncIterator[PostgresStore]:
+    """Start the embedded database if configured, migrate, and yield a connected store."""
+    db = config.database
+    embedded = EmbeddedPostgres(db.data_dir) if db.url == "embedded" else None
+    dsn = await embedded.start() if embedded else db.url
+    try:
+        if apply_migrations:
+            applied = await _migrate_with_retry(dsn, db.db_schema, wait)
+            if applied:
+                log.info("migrations_applied", schema=db.db_schema, migrations=applied)
+        store = await PostgresStore.connect(
+            dsn,
+            db.db_schema,
+            min_size=db.pool.min,
+            max_size=db.pool.max,
+            command_timeout=db.command_timeout,
+            default_max_attempts=config.retry.max_attempts,
+        )
+        try:
+            yield store
+        finally:
+            await store.close()
+    finally:
+        if embedded:
+            await embedded.stop()
+
+
+def _sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(message.encode(), address)
+
+
+class Daemon:
+    """``jobwire run``: the store, the worker pool, and a clean stop on request."""
+
+    def __init__(self, config: Config, registry: HandlerRegistry) -> None:
+        self.config = config
+        self.registry = registry
+        self.stop_requested = asyncio.Event()
+        self.pool: WorkerPool | None = None
+
+    def request_stop(self, reason: str = "requested") -> None:
+        """Begin a graceful stop (SIGTERM/SIGINT or a test)."""
+        if not self.stop_requested.is_set():
+            log.info("stop_requested", reason=reason)
+            self.stop_requested.set()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT start a graceful stop; installed only by the entry point."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, sig.name)
+
+    async def run(self) -> None:
+        """Run until a stop is requested, then drain and return."""
+        log.info("daemon_starting", version=__version__, pid=os.getpid())
+        async with open_store(self.config) as store:
+            self.pool = WorkerPool(store, self.registry, self.config)
+            await self.pool.start()
+            _sd_notify("READY=1\nSTATUS=running")
+            log.info("daemon_ready", worker=self.pool.worker_id)
+            await self.stop_requested.wait()
+            _sd_notify("STOPPING=1")
+            await self.pool.stop()
+        log.info("daemon_stopped")

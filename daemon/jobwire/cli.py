@@ -1,0 +1,311 @@
+"""The ``jobwire`` command: run, migrate, check-config, enqueue, jobs, stats."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from jobwire import __version__
+from jobwire.app import Daemon, open_store, with_database_url
+from jobwire.config import Config, ConfigError, load_config
+from jobwire.durations import parse_duration
+from jobwire.handlers import HandlerLoadError, HandlerRegistry
+from jobwire.logs import configure_logging
+from jobwire.models import Job, JobSpec, JobStatus
+from jobwire.store.base import StoreUnavailable
+from jobwire.store.postgres import PostgresStore
+
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 1
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+
+def _config_options(fn: F) -> F:
+    fn = click.option(
+        "--database-url",
+        envvar="JOBWIRE_DATABASE_URL_OVERRIDE",
+        default=None,
+        help="Use this PostgreSQL URL instead of database.url.",
+    )(fn)
+    fn = click.option(
+        "-c",
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Config file (default: $JOBWIRE_CONFIG, ./jobwire.yaml, /etc/jobwire/jobwire.yaml).",
+    )(fn)
+    return fn
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    click.echo(f"jobwire: {message}", err=True)
+    sys.exit(code)
+
+
+def _load(config_path: str | None, database_url: str | None) -> Config:
+    try:
+        config, _ = load_config(config_path)
+    except ConfigError as err:
+        for problem in err.problems:
+            click.echo(f"error: {problem}", err=True)
+        sys.exit(EXIT_USAGE)
+    config = with_database_url(config, database_url)
+    configure_logging(config.logging.format, config.logging.level)
+    return config
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except StoreUnavailable as exc:
+        _fail(f"database unavailable: {exc}", EXIT_UNAVAILABLE)
+
+
+def _with_store(config: Config, action: Callable[[PostgresStore], Awaitable[T]]) -> T:
+    async def go() -> T:
+        async with open_store(config, wait=5.0) as store:
+            return await action(store)
+
+    return _run(go())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="jobwire")
+def main() -> None:
+    """jobwire: broker messages in, durable jobs out."""
+
+
+@main.command()
+@_config_options
+def run(config_path: str | None, database_url: str | None) -> None:
+    """Run the daemon until SIGTERM or SIGINT."""
+    config = _load(config_path, database_url)
+    try:
+        registry = HandlerRegistry.from_config(config.handlers)
+    except HandlerLoadError as exc:
+        _fail(str(exc))
+
+    async def go() -> None:
+        daemon = Daemon(config, registry)
+        daemon.install_signal_handlers()
+        await daemon.run()
+
+    _run(go())
+
+
+@main.command()
+@_config_options
+def migrate(config_path: str | None, database_url: str | None) -> None:
+    """Create or upgrade the database schema."""
+    config = _load(config_path, database_url)
+
+    async def nothing(store: PostgresStore) -> None:
+        return None
+
+    _with_store(config, nothing)
+    click.echo(f"schema {config.database.db_schema} is up to date")
+
+
+@main.command("check-config")
+@_config_options
+def check_config(config_path: str | None, database_url: str | None) -> None:
+    """Validate the config (and import every handler); print ok or every problem."""
+    config = _load(config_path, database_url)
+    try:
+        HandlerRegistry.from_config(config.handlers)
+    except HandlerLoadError as exc:
+        _fail(str(exc))
+    click.echo("ok")
+
+
+@main.command()
+@click.argument("handler")
+@click.option("--payload", default="null", help="JSON payload (or @file to read it from a file).")
+@click.option("--queue", default="default", show_default=True)
+@click.option("--priority", default=0, type=int, show_default=True, help="Higher runs first.")
+@click.option("--delay", default="0s", help="Run no earlier than this from now (e.g. 30s, 5m).")
+@click.option("--dedup-key", default=None, help="A second job with this key is not created.")
+@click.option("--max-attempts", default=None, type=click.IntRange(min=1))
+@_config_options
+def enqueue(
+    handler: str,
+    payload: str,
+    queue: str,
+    priority: int,
+    delay: str,
+    dedup_key: str | None,
+    max_attempts: int | None,
+    config_path: str | None,
+    database_url: str | None,
+) -> None:
+    """Add a job and print its id."""
+    config = _load(config_path, database_url)
+    if payload.startswith("@"):
+        payload = Path(payload[1:]).read_text(encoding="utf-8")
+    try:
+        data = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        _fail(f"--payload is not valid JSON: {exc}")
+    try:
+        delay_s = parse_duration(delay)
+    except ValueError as exc:
+        _fail(f"--delay: {exc}")
+    spec = JobSpec(
+        handler=handler,
+        payload=data,
+        queue=queue,
+        priority=priority,
+        delay=delay_s,
+        dedup_key=dedup_key,
+        max_attempts=max_attempts,
+        source="cli",
+    )
+
+    async def action(store: PostgresStore) -> int:
+        (job_id,) = await store.enqueue_many([spec])
+        if job_id is None:
+            assert dedup_key is not None
+            existing = (await store.ids_by_dedup_key([dedup_key]))[dedup_key]
+            click.echo(f"duplicate dedup key; existing job {existing}", err=True)
+            return existing
+        return job_id
+
+    click.echo(_with_store(config, action))
+
+
+@main.group()
+def jobs() -> None:
+    """Inspect and act on jobs."""
+
+
+def _fmt_time(value: datetime | None) -> str:
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def _job_dict(job: Job) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in vars(job).items():
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, bytes):
+            value = value.decode("utf-8", errors="replace")
+        elif isinstance(value, JobStatus):
+            value = str(value)
+        out[key] = value
+    return out
+
+
+@jobs.command("list")
+@click.option("--status", type=click.Choice([s.value for s in JobStatus]), default=None)
+@click.option("--queue", default=None)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@_config_options
+def jobs_list(
+    status: str | None,
+    queue: str | None,
+    limit: int,
+    as_json: bool,
+    config_path: str | None,
+    database_url: str | None,
+) -> None:
+    """List jobs, newest first."""
+    config = _load(config_path, database_url)
+    found = _with_store(config, lambda s: s.list_jobs(status, queue, limit))
+    if as_json:
+        for job in found:
+            click.echo(json.dumps(_job_dict(job)))
+        return
+    click.echo(
+        f"{'ID':>8}  {'STATUS':<9}  {'QUEUE':<10}  {'HANDLER':<16}  {'TRY':>5}  "
+        f"{'CREATED':<19}  LAST ERROR"
+    )
+    for job in found:
+        error = (job.last_error or "").splitlines()[0][:60] if job.last_error else ""
+        click.echo(
+            f"{job.id:>8}  {job.status:<9}  {job.queue:<10}  {job.handler:<16}  "
+            f"{job.attempts:>2}/{job.max_attempts:<2}  {_fmt_time(job.created_at):<19}  "
+            f"{error}"
+        )
+
+
+@jobs.command("show")
+@click.argument("job_id", type=int)
+@_config_options
+def jobs_show(job_id: int, config_path: str | None, database_url: str | None) -> None:
+    """Show one job with its attempts, as JSON."""
+    config = _load(config_path, database_url)
+
+    async def action(store: PostgresStore) -> tuple[Job | None, list[dict[str, Any]]]:
+        return await store.get(job_id), await store.runs(job_id)
+
+    job, runs = _with_store(config, action)
+    if job is None:
+        _fail(f"no job {job_id}", 1)
+    data = _job_dict(job)
+    data["runs"] = [
+        {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in r.items()} for r in runs
+    ]
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@jobs.command("retry")
+@click.argument("job_ids", type=int, nargs=-1)
+@click.option(
+    "--status",
+    type=click.Choice(["failed", "cancelled"]),
+    default=None,
+    help="Retry every job in this status.",
+)
+@_config_options
+def jobs_retry(
+    job_ids: tuple[int, ...], status: str | None, config_path: str | None, database_url: str | None
+) -> None:
+    """Run failed or cancelled jobs again."""
+    if not job_ids and not status:
+        _fail("give job ids or --status")
+    config = _load(config_path, database_url)
+    retried = _with_store(config, lambda s: s.retry(job_ids, status))
+    click.echo(f"{len(retried)} job(s) requeued")
+
+
+@jobs.command("cancel")
+@click.argument("job_id", type=int)
+@_config_options
+def jobs_cancel(job_id: int, config_path: str | None, database_url: str | None) -> None:
+    """Cancel a waiting job, or stop a running one."""
+    config = _load(config_path, database_url)
+    status = _with_store(config, lambda s: s.cancel(job_id))
+    if status is None:
+        _fail(f"no job {job_id}", 1)
+    elif status == "running":
+        click.echo(f"job {job_id} is running; its worker was asked to stop it")
+    elif status == "cancelled":
+        click.echo(f"job {job_id} cancelled")
+    else:
+        click.echo(f"job {job_id} is already {status}; nothing to cancel")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@_config_options
+def stats(as_json: bool, config_path: str | None, database_url: str | None) -> None:
+    """Job counts by queue and status."""
+    config = _load(config_path, database_url)
+    counts = _with_store(config, lambda s: s.stats())
+    if as_json:
+        click.echo(json.dumps(counts, sort_keys=True))
+        return
+    statuses = [s.value for s in JobStatus]
+    click.echo(f"{'QUEUE':<12}" + "".join(f"{s:>11}" for s in statuses))
+    for queue, by_status in sorted(counts.items()):
+        click.echo(f"{queue:<12}" + "".join(f"{by_status.get(s, 0):>11}" for s in statuses))

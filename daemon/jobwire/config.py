@@ -1,0 +1,260 @@
+"""YAML configuration: look-up, ``${VAR}`` interpolation and validated pydantic models."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from jobwire.durations import parse_duration
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+"""Seconds, written in the config as ``500ms``, ``30s``, ``5m``, ``1h``."""
+
+DEFAULT_PATHS = (Path("jobwire.yaml"), Path("/etc/jobwire/jobwire.yaml"))
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class PoolConfig(_Strict):
+    """Size of the asyncpg connection pool."""
+
+    min: int = Field(2, ge=1)
+    max: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> PoolConfig:
+        if self.min > self.max:
+            raise ValueError(f"pool.min ({self.min}) is larger than pool.max ({self.max})")
+        return self
+
+
+class DatabaseConfig(_Strict):
+    """Where jobs live: ``embedded`` or a ``postgresql://`` URL."""
+
+    url: str = "embedded"
+    data_dir: Path = Path("./var/jobwire")
+    db_schema: str = Field("jobwire", alias="schema")
+    pool: PoolConfig = PoolConfig()
+    command_timeout: Duration = 30.0
+
+    @model_validator(mode="after")
+    def _check(self) -> DatabaseConfig:
+        if not _IDENT.match(self.db_schema):
+            raise ValueError(f"schema {self.db_schema!r} must be a plain SQL identifier")
+        if self.url != "embedded" and not self.url.startswith(("postgres://", "postgresql://")):
+            raise ValueError("url must be 'embedded' or a postgresql:// URL")
+        return self
+
+
+class WorkersConfig(_Strict):
+    """The worker pool as a whole."""
+
+    concurrency: int = Field(32, ge=1, le=10_000)
+    poll_interval: Duration = 1.0
+    lease: Duration = 60.0
+    shutdown_timeout: Duration = 30.0
+    completion_batch: int = Field(200, ge=1)
+    completion_delay: Duration = 0.005
+
+    @model_validator(mode="after")
+    def _check(self) -> WorkersConfig:
+        if self.lease < 1:
+            raise ValueError("lease must be at least 1s")
+        if self.poll_interval <= 0:
+            raise ValueError("poll_interval must be positive")
+        return self
+
+
+class QueueConfig(_Strict):
+    """Limits of one named queue."""
+
+    concurrency: int | None = Field(None, ge=1)
+    timeout: Duration | None = None
+
+
+class RetryConfig(_Strict):
+    """Default retry policy: exponential backoff with full jitter."""
+
+    max_attempts: int = Field(5, ge=1)
+    base: Duration = 2.0
+    factor: float = Field(2.0, ge=1.0)
+    max: Duration = 600.0
+    jitter: bool = True
+
+
+class LoggingConfig(_Strict):
+    """How log lines look."""
+
+    format: Literal["auto", "console", "json"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Config(_Strict):
+    """The whole jobwire configuration."""
+
+    database: DatabaseConfig = DatabaseConfig()
+    workers: WorkersConfig = WorkersConfig()
+    queues: dict[str, QueueConfig] = Field(default_factory=lambda: {"default": QueueConfig()})
+    retry: RetryConfig = RetryConfig()
+    handlers: dict[str, str] = Field(default_factory=dict)
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        for name, target in self.handlers.items():
+            if not re.fullmatch(r"[\w.]+[:.]\w+", target):
+                raise ValueError(
+                    f"handlers.{name}: {target!r} is not a dotted path like 'myapp.jobs:send_email'"
+                )
+        return self
+
+    def queue_names(self) -> list[str]:
+        """Queues this instance serves: the configured ones, ``default`` always among them."""
+        names = list(self.queues)
+        if "default" not in names:
+            names.insert(0, "default")
+        return names
+
+    def queue(self, name: str) -> QueueConfig:
+        """Settings of one queue (defaults for a queue not in the config)."""
+        return self.queues.get(name) or QueueConfig()
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong with a config file."""
+
+    file: str
+    key: str
+    reason: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.file}: {self.key}: {self.reason}" if self.key else f"{self.file}: {self.reason}"
+        )
+
+
+class ConfigError(Exception):
+    """The config could not be loaded; carries every problem found."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(
+    node: Any, env: Mapping[str, str], path: str, problems: list[tuple[str, str]]
+) -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of a parsed YAML tree."""
+    if isinstance(node, dict):
+        return {k: interpolate(v, env, _join(path, str(k)), problems) for k, v in node.items()}
+    if isinstance(node, list):
+        return [interpolate(v, env, f"{path}[{i}]", problems) for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        problems.append((path, f"environment variable {name} is not set and has no default"))
+        return ""
+
+    return _VAR.sub(replace, node)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _loc_to_key(loc: tuple[int | str, ...]) -> str:
+    key = ""
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    return key
+
+
+def _pydantic_problems(err: ValidationError, file: str) -> list[ConfigProblem]:
+    problems = []
+    for item in err.errors():
+        loc = tuple(
+            p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-"))
+        )
+        key = _loc_to_key(loc)
+        if item["type"] == "extra_forbidden":
+            reason = "unknown key"
+        elif item["type"] == "missing":
+            reason = "required key is missing"
+        else:
+            reason = str(item["msg"]).removeprefix("Value error, ")
+            if "input" in item and not isinstance(item["input"], dict | list):
+                reason += f" (got {item['input']!r})"
+        problems.append(ConfigProblem(file, key, reason))
+    return problems
+
+
+def parse_config(text: str, file: str, env: Mapping[str, str] | None = None) -> Config:
+    """Parse and validate config text; raise ConfigError naming file, key and reason."""
+    env = os.environ if env is None else env
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([ConfigProblem(file, where, f"invalid YAML: {problem}")]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([ConfigProblem(file, "", "the top level must be a mapping of keys")])
+    env_problems: list[tuple[str, str]] = []
+    data = interpolate(raw, env, "", env_problems)
+    problems = [ConfigProblem(file, key, reason) for key, reason in env_problems]
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as err:
+        problems.extend(_pydantic_problems(err, file))
+        raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def find_config_file(explicit: str | None, env: Mapping[str, str] | None = None) -> Path | None:
+    """Pick the config file: ``-c``, then ``$JOBWIRE_CONFIG``, then the default paths."""
+    env = os.environ if env is None else env
+    if explicit:
+        return Path(explicit)
+    if env.get("JOBWIRE_CONFIG"):
+        return Path(env["JOBWIRE_CONFIG"])
+    for candidate in DEFAULT_PATHS:
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(explicit: str | None = None) -> tuple[Config, Path | None]:
+    """Load the config by the look-up order; built-in defaults when no file is found."""
+    path = find_config_file(explicit)
+    if path is None:
+        return Config(), None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(str(path), "", f"cannot read: {exc.strerror}")]) from None
+    return parse_config(text, str(path)), path

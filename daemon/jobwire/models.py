@@ -1,0 +1,86 @@
+"""Plain data the core passes around: job specs, claimed jobs and attempt outcomes."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class JobStatus(enum.StrEnum):
+    """Lifecycle of a job row."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A job to be inserted: everything a producer decides about it."""
+
+    handler: str
+    payload: Any = None
+    queue: str = "default"
+    priority: int = 0
+    delay: float = 0.0
+    max_attempts: int | None = None
+    dedup_key: str | None = None
+    body: bytes | None = None
+    content_type: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    source: str | None = None
+    parent_id: int | None = None
+    # A spec that arrives already failed (poison message): stored as ``failed`` with this reason.
+    failed_reason: str | None = None
+
+
+@dataclass
+class Job:
+    """A job row as read from the store."""
+
+    id: int
+    handler: str
+    queue: str
+    status: JobStatus
+    priority: int
+    attempts: int
+    max_attempts: int
+    payload: Any
+    run_at: datetime
+    created_at: datetime
+    body: bytes | None = None
+    content_type: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    source: str | None = None
+    dedup_key: str | None = None
+    result: Any = None
+    last_error: str | None = None
+    progress: int | None = None
+    progress_note: str | None = None
+    worker_id: str | None = None
+    lease_until: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    parent_id: int | None = None
+    cancel_requested: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one attempt ended; written back to the store in batches."""
+
+    job_id: int
+    attempt: int
+    status: JobStatus  # SUCCEEDED, RETRYING, FAILED or CANCELLED
+    duration: float
+    result: Any = None
+    error: str | None = None
+    retry_in: float | None = None

@@ -1,0 +1,5 @@
+"""Job storage: the JobStore interface and its PostgreSQL and in-memory implementations."""
+
+from jobwire.store.base import ClaimRequest, JobStore, StoreUnavailable
+
+__all__ = ["ClaimRequest", "JobStore", "StoreUnavailable"]

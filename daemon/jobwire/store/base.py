@@ -1,0 +1,89 @@
+"""The JobStore interface every part of the core talks to."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from jobwire.models import Job, JobSpec, Outcome
+
+
+class StoreUnavailable(Exception):
+    """The store could not be reached or did not answer in time; the operation may be retried."""
+
+
+@dataclass(frozen=True)
+class ClaimRequest:
+    """What a pool asks for: up to ``limit`` jobs, at most ``per_queue[q]`` from queue ``q``."""
+
+    per_queue: dict[str, int]
+    limit: int
+    worker_id: str
+    lease: float
+
+
+NotifyCallback = Callable[[str], None]
+
+
+class JobStore(Protocol):
+    """Durable job storage; one implementation per backend (PostgreSQL, memory)."""
+
+    async def enqueue_many(self, specs: Sequence[JobSpec]) -> list[int | None]:
+        """Insert jobs in one transaction; a duplicate dedup key yields None instead of an id."""
+
+    async def claim(self, request: ClaimRequest) -> list[Job]:
+        """Mark ready jobs running under a lease and return them, priority first then FIFO."""
+
+    async def complete_many(self, worker_id: str, outcomes: Sequence[Outcome]) -> int:
+        """Record attempt outcomes; returns how many were still held by this worker."""
+
+    async def renew_leases(self, worker_id: str, lease: float) -> set[int]:
+        """Extend every lease the worker holds; returns ids whose cancellation was requested."""
+
+    async def recover_expired_leases(self) -> list[int]:
+        """Take back jobs whose lease ran out (their worker died) so others can run them."""
+
+    async def release(self, worker_id: str, job_ids: Sequence[int]) -> list[int]:
+        """Give unfinished jobs back at shutdown, not counting the interrupted attempt."""
+
+    async def cancel(self, job_id: int) -> str | None:
+        """Cancel a waiting job or flag a running one; returns the status, None if unknown."""
+
+    async def retry(self, job_ids: Sequence[int] = (), status: str | None = None) -> list[int]:
+        """Run failed or cancelled jobs again; returns the ids that were requeued."""
+
+    async def get(self, job_id: int) -> Job | None:
+        """One job by id."""
+
+    async def list_jobs(
+        self, status: str | None = None, queue: str | None = None, limit: int = 50
+    ) -> list[Job]:
+        """Newest jobs first, optionally filtered."""
+
+    async def runs(self, job_id: int) -> list[dict[str, Any]]:
+        """The attempts of one job, oldest first."""
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        """Job counts as ``{queue: {status: count}}``."""
+
+    async def set_progress(self, job_id: int, percent: int, note: str | None) -> None:
+        """Record a running job's progress."""
+
+    async def register_worker(self, worker_id: str, host: str, pid: int, version: str) -> None:
+        """Announce this instance in the workers table."""
+
+    async def heartbeat_worker(self, worker_id: str, state: dict[str, Any]) -> None:
+        """Refresh this instance's heartbeat and published state."""
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        """Remove this instance's row on a clean stop."""
+
+    async def notify(self, message: str) -> None:
+        """Wake every instance listening on this store."""
+
+    async def listen(self, on_notify: NotifyCallback, on_reconnect: Callable[[], None]) -> None:
+        """Deliver notifications until cancelled, reconnecting when the connection drops."""
+
+    async def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,298 @@
+"""JobStore in memory: the same semantics as PostgreSQL, for fast unit tests of the core."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from jobwire.models import FINISHED, Job, JobSpec, JobStatus, Outcome
+from jobwire.store.base import ClaimRequest, NotifyCallback
+
+_READY = (JobStatus.PENDING, JobStatus.RETRYING)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class MemoryStore:
+    """A JobStore held in dicts; one process, no durability."""
+
+    def __init__(self, default_max_attempts: int = 5) -> None:
+        self.jobs: dict[int, Job] = {}
+        self.job_runs: list[dict[str, Any]] = []
+        self.workers: dict[str, dict[str, Any]] = {}
+        self._by_key: dict[str, int] = {}
+        self._next_id = 1
+        self._listeners: list[NotifyCallback] = []
+        self._default_max_attempts = default_max_attempts
+
+    def _run_row(self, job_id: int, attempt: int) -> dict[str, Any] | None:
+        matches = (
+            run for run in reversed(self.job_runs)
+            if (run["job_id"], run["attempt"], run["status"]) == (job_id, attempt, "running")
+        )
+        return next(matches, None)
+
+    async def enqueue_many(self, specs: Sequence[JobSpec]) -> list[int | None]:
+        """Insert jobs, skipping duplicate dedup keys."""
+        ids: list[int | None] = []
+        now = _now()
+        for s in specs:
+            if s.dedup_key is not None and s.dedup_key in self._by_key:
+                ids.append(None)
+                continue
+            job = Job(
+                id=self._next_id,
+                handler=s.handler,
+                queue=s.queue,
+                status=JobStatus.FAILED if s.failed_reason else JobStatus.PENDING,
+                priority=s.priority,
+                attempts=0,
+                max_attempts=s.max_attempts or self._default_max_attempts,
+                payload=s.payload,
+                run_at=now + timedelta(seconds=s.delay),
+                created_at=now,
+                body=s.body,
+                content_type=s.content_type,
+                headers=dict(s.headers),
+                source=s.source,
+                dedup_key=s.dedup_key,
+                last_error=s.failed_reason,
+                parent_id=s.parent_id,
+                finished_at=now if s.failed_reason else None,
+            )
+            self._next_id += 1
+            self.jobs[job.id] = job
+            if s.dedup_key is not None:
+                self._by_key[s.dedup_key] = job.id
+            ids.append(job.id)
+        if any(i is not None for i in ids):
+            self._fire("jobs")
+        return ids
+
+    async def claim(self, request: ClaimRequest) -> list[Job]:
+        """Claim ready jobs, priority first then FIFO, within the per-queue limits."""
+        now = _now()
+        candidates: list[Job] = []
+        for queue, n in request.per_queue.items():
+            ready = sorted(
+                (
+                    j
+                    for j in self.jobs.values()
+                    if j.queue == queue and j.status in _READY and j.run_at <= now
+                ),
+                key=lambda j: (-j.priority, j.id),
+            )
+            candidates.extend(ready[:n])
+        chosen = sorted(candidates, key=lambda j: (-j.priority, j.id))[: request.limit]
+        for job in chosen:
+            job.status = JobStatus.RUNNING
+            job.attempts += 1
+            job.worker_id = request.worker_id
+            job.lease_until = now + timedelta(seconds=request.lease)
+            job.started_at = now
+            job.progress = job.progress_note = None
+            self.job_runs.append(
+                {
+                    "job_id": job.id,
+                    "attempt": job.attempts,
+                    "worker_id": request.worker_id,
+                    "status": "running",
+                    "started_at": now,
+                    "finished_at": None,
+                    "duration": None,
+                    "error": None,
+                    "result": None,
+                }
+            )
+        return [dataclasses.replace(j) for j in chosen]
+
+    async def complete_many(self, worker_id: str, outcomes: Sequence[Outcome]) -> int:
+        """Apply outcomes still held by this worker."""
+        now = _now()
+        count = 0
+        for o in outcomes:
+            job = self.jobs.get(o.job_id)
+            if (
+                job is None
+                or job.status != JobStatus.RUNNING
+                or job.worker_id != worker_id
+                or job.attempts != o.attempt
+            ):
+                continue
+            count += 1
+            job.status = o.status
+            job.result = o.result
+            job.last_error = o.error
+            if o.status == JobStatus.RETRYING:
+                job.run_at = now + timedelta(seconds=o.retry_in or 0.0)
+            job.finished_at = now if o.status in FINISHED else None
+            if o.status == JobStatus.SUCCEEDED:
+                job.progress = 100
+            job.lease_until = job.worker_id = None
+            run = self._run_row(o.job_id, o.attempt)
+            if run is not None:
+                run.update(
+                    status=str(o.status),
+                    finished_at=now,
+                    duration=o.duration,
+                    error=o.error,
+                    result=o.result,
+                )
+        return count
+
+    async def renew_leases(self, worker_id: str, lease: float) -> set[int]:
+        """Extend leases; report cancel requests."""
+        until = _now() + timedelta(seconds=lease)
+        cancelled = set()
+        for job in self.jobs.values():
+            if job.worker_id == worker_id and job.status == JobStatus.RUNNING:
+                job.lease_until = until
+                if job.cancel_requested:
+                    cancelled.add(job.id)
+        return cancelled
+
+    async def recover_expired_leases(self) -> list[int]:
+        """Take back jobs whose lease ran out."""
+        now = _now()
+        lost = []
+        for job in self.jobs.values():
+            if job.status == JobStatus.RUNNING and job.lease_until and job.lease_until < now:
+                if job.cancel_requested:
+                    job.status = JobStatus.CANCELLED
+                elif job.attempts >= job.max_attempts:
+                    job.status = JobStatus.FAILED
+                else:
+                    job.status = JobStatus.RETRYING
+                job.last_error = (
+                    f"lease expired: worker {job.worker_id} stopped heartbeating "
+                    f"during attempt {job.attempts}"
+                )
+                job.finished_at = now if job.status in FINISHED else None
+                job.run_at = now
+                job.lease_until = job.worker_id = None
+                run = self._run_row(job.id, job.attempts)
+                if run is not None:
+                    run.update(status="lost", finished_at=now, error="lease expired")
+                lost.append(job.id)
+        return lost
+
+    async def release(self, worker_id: str, job_ids: Sequence[int]) -> list[int]:
+        """Give jobs back without counting the attempt."""
+        now = _now()
+        released = []
+        for job_id in job_ids:
+            job = self.jobs.get(job_id)
+            if job is None or job.status != JobStatus.RUNNING or job.worker_id != worker_id:
+                continue
+            run = self._run_row(job.id, job.attempts)
+            if run is not None:
+                run.update(status="interrupted", finished_at=now, error="given back at shutdown")
+            job.status = JobStatus.CANCELLED if job.cancel_requested else JobStatus.PENDING
+            job.finished_at = now if job.cancel_requested else None
+            job.attempts -= 1
+            job.lease_until = job.worker_id = job.started_at = None
+            job.run_at = now
+            released.append(job.id)
+        return released
+
+    async def cancel(self, job_id: int) -> str | None:
+        """Cancel a waiting job, flag a running one."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return None
+        if job.status in _READY:
+            job.status = JobStatus.CANCELLED
+            job.finished_at = _now()
+        elif job.status == JobStatus.RUNNING:
+            job.cancel_requested = True
+            self._fire(f"cancel:{job_id}")
+        return str(job.status)
+
+    async def retry(self, job_ids: Sequence[int] = (), status: str | None = None) -> list[int]:
+        """Requeue failed or cancelled jobs."""
+        out = []
+        for job in self.jobs.values():
+            if (job.id in job_ids or job.status == status) and job.status in (
+                JobStatus.FAILED,
+                JobStatus.CANCELLED,
+            ):
+                job.status = JobStatus.PENDING
+                job.max_attempts = job.attempts + self._default_max_attempts
+                job.run_at = _now()
+                job.finished_at = job.result = None
+                job.cancel_requested = False
+                out.append(job.id)
+        if out:
+            self._fire("jobs")
+        return out
+
+    async def get(self, job_id: int) -> Job | None:
+        """One job."""
+        job = self.jobs.get(job_id)
+        return None if job is None else dataclasses.replace(job)
+
+    async def list_jobs(
+        self, status: str | None = None, queue: str | None = None, limit: int = 50
+    ) -> list[Job]:
+        """Newest first."""
+        found = [
+            j
+            for j in self.jobs.values()
+            if (status is None or j.status == status) and (queue is None or j.queue == queue)
+        ]
+        return [dataclasses.replace(j) for j in sorted(found, key=lambda j: -j.id)[:limit]]
+
+    async def runs(self, job_id: int) -> list[dict[str, Any]]:
+        """Attempts of one job."""
+        return [dict(r) for r in self.job_runs if r["job_id"] == job_id]
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        """Counts by queue and status."""
+        out: dict[str, dict[str, int]] = {}
+        for job in self.jobs.values():
+            by_status = out.setdefault(job.queue, {})
+            by_status[str(job.status)] = by_status.get(str(job.status), 0) + 1
+        return out
+
+    async def set_progress(self, job_id: int, percent: int, note: str | None) -> None:
+        """Record progress of a running job."""
+        job = self.jobs.get(job_id)
+        if job is not None and job.status == JobStatus.RUNNING:
+            job.progress, job.progress_note = percent, note
+
+    async def register_worker(self, worker_id: str, host: str, pid: int, version: str) -> None:
+        """Remember this instance."""
+        self.workers[worker_id] = {"host": host, "pid": pid, "version": version, "state": {}}
+
+    async def heartbeat_worker(self, worker_id: str, state: dict[str, Any]) -> None:
+        """Refresh this instance's state."""
+        if worker_id in self.workers:
+            self.workers[worker_id]["state"] = state
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        """Forget this instance."""
+        self.workers.pop(worker_id, None)
+
+    async def notify(self, message: str) -> None:
+        """Call every listener."""
+        self._fire(message)
+
+    def _fire(self, message: str) -> None:
+        for callback in list(self._listeners):
+            callback(message)
+
+    async def listen(self, on_notify: NotifyCallback, on_reconnect: Callable[[], None]) -> None:
+        """Register the callback until cancelled."""
+        self._listeners.append(on_notify)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self._listeners.remove(on_notify)
+
+    async def close(self) -> None:
+        """Nothing to release."""

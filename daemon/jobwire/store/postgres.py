@@ -1,0 +1,358 @@
+"""JobStore on PostgreSQL through asyncpg: every statement comes from ``sql/queries.sql``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import asyncpg
+import structlog
+
+from jobwire.models import Job, JobSpec, JobStatus, Outcome
+from jobwire.store.base import ClaimRequest, NotifyCallback, StoreUnavailable
+from jobwire.store.queries import migrations, queries
+
+log = structlog.get_logger("jobwire.store")
+
+_JOB_FIELDS = {f.name for f in dataclasses.fields(Job)}
+# Errors that mean "the database is not there right now", as opposed to a bug in a statement.
+_UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.QueryCanceledError,
+)
+
+
+def notify_channel(schema: str) -> str:
+    """The LISTEN/NOTIFY channel of one schema (the insert trigger uses the same name)."""
+    return f"jobwire_{schema}"
+
+
+def _server_settings(schema: str) -> dict[str, str]:
+    return {"search_path": schema, "application_name": "jobwire"}
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for kind in ("json", "jsonb"):
+        await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+def _job(row: asyncpg.Record) -> Job:
+    values = {k: row[k] for k in row.keys() if k in _JOB_FIELDS}
+    values["status"] = JobStatus(values["status"])
+    values["headers"] = values.get("headers") or {}
+    return Job(**values)
+
+
+@contextlib.asynccontextmanager
+async def _guard(what: str) -> AsyncIterator[None]:
+    """Turn connection-level failures into StoreUnavailable; let real SQL errors through."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise StoreUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+async def migrate(dsn: str, schema: str) -> list[str]:
+    """Apply missing numbered migrations under an advisory lock; returns the names applied."""
+    conn = await asyncpg.connect(dsn)
+    applied: list[str] = []
+    try:
+        # One migrator per schema at a time, whichever instance starts first.
+        await conn.execute("SELECT pg_advisory_lock(hashtext($1))", f"jobwire-migrate:{schema}")
+        try:
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            await conn.execute(f'SET search_path TO "{schema}"')
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            for version, name, sql in migrations():
+                if version in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(sql)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                        version,
+                        name,
+                    )
+                applied.append(f"{version:04d}_{name}")
+        finally:
+            await conn.execute(
+                "SELECT pg_advisory_unlock(hashtext($1))", f"jobwire-migrate:{schema}"
+            )
+    finally:
+        await conn.close()
+    return applied
+
+
+class PostgresStore:
+    """The production JobStore."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, dsn: str, schema: str, default_max_attempts: int
+    ) -> None:
+        self._pool = pool
+        self._dsn = dsn
+        self._schema = schema
+        self._channel = notify_channel(schema)
+        self._default_max_attempts = default_max_attempts
+        self._q = queries()
+
+    @classmethod
+    async def connect(
+        cls,
+        dsn: str,
+        schema: str = "jobwire",
+        *,
+        min_size: int = 2,
+        max_size: int = 10,
+        command_timeout: float = 30.0,
+        default_max_attempts: int = 5,
+    ) -> PostgresStore:
+        """Open a pool whose connections see ``schema`` first on their search_path."""
+        async with _guard("connect"):
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                command_timeout=command_timeout,
+                server_settings=_server_settings(schema),
+                init=_init_connection,
+            )
+        return cls(pool, dsn, schema, default_max_attempts)
+
+    @property
+    def schema(self) -> str:
+        """The schema this store reads and writes."""
+        return self._schema
+
+    async def close(self) -> None:
+        """Close the pool, waiting briefly for connections in use."""
+        try:
+            await asyncio.wait_for(self._pool.close(), timeout=5)
+        except (TimeoutError, *_UNAVAILABLE):
+            self._pool.terminate()
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the database answers."""
+        async with _guard("ping"):
+            await self._pool.fetchval("SELECT 1")
+
+    async def enqueue_many(self, specs: Sequence[JobSpec]) -> list[int | None]:
+        """Insert jobs in one statement; duplicates (by dedup key) yield None."""
+        if not specs:
+            return []
+        cols: list[list[Any]] = [[] for _ in range(13)]
+        for s in specs:
+            row = (
+                s.handler,
+                s.queue,
+                s.priority,
+                s.max_attempts or self._default_max_attempts,
+                max(s.delay, 0.0),
+                None if s.payload is None else json.dumps(s.payload),
+                s.body,
+                s.content_type,
+                json.dumps(s.headers) if s.headers else None,
+                s.source,
+                s.dedup_key,
+                s.parent_id,
+                s.failed_reason,
+            )
+            for col, value in zip(cols, row, strict=True):
+                col.append(value)
+        async with _guard("enqueue"):
+            rows = await self._pool.fetch(self._q["insert_jobs"], *cols)
+        inserted_keys = {r["dedup_key"] for r in rows if r["dedup_key"] is not None}
+        # Identity values ascend in input order (the INSERT orders by ordinality), so the
+        # n-th inserted spec owns the n-th smallest id.
+        ids = iter(sorted(r["id"] for r in rows))
+        return [
+            next(ids) if s.dedup_key is None or s.dedup_key in inserted_keys else None
+            for s in specs
+        ]
+
+    async def ids_by_dedup_key(self, keys: Sequence[str]) -> dict[str, int]:
+        """Existing job ids for the given dedup keys."""
+        async with _guard("lookup"):
+            rows = await self._pool.fetch(self._q["ids_by_dedup_key"], list(keys))
+        return {r["dedup_key"]: r["id"] for r in rows}
+
+    async def claim(self, request: ClaimRequest) -> list[Job]:
+        """Claim ready jobs for one worker."""
+        queues = [q for q, n in request.per_queue.items() if n > 0]
+        if not queues or request.limit <= 0:
+            return []
+        async with _guard("claim"):
+            rows = await self._pool.fetch(
+                self._q["claim_jobs"],
+                queues,
+                [request.per_queue[q] for q in queues],
+                request.limit,
+                request.worker_id,
+                request.lease,
+            )
+        return [_job(r) for r in rows]
+
+    async def complete_many(self, worker_id: str, outcomes: Sequence[Outcome]) -> int:
+        """Write a batch of outcomes in one statement."""
+        if not outcomes:
+            return 0
+        async with _guard("complete"):
+            count = await self._pool.fetchval(
+                self._q["complete_jobs"],
+                [o.job_id for o in outcomes],
+                [o.attempt for o in outcomes],
+                [str(o.status) for o in outcomes],
+                [o.duration for o in outcomes],
+                [None if o.result is None else json.dumps(o.result) for o in outcomes],
+                [o.error for o in outcomes],
+                [o.retry_in or 0.0 for o in outcomes],
+                worker_id,
+            )
+        return int(count)
+
+    async def renew_leases(self, worker_id: str, lease: float) -> set[int]:
+        """Extend this worker's leases; report which jobs were asked to cancel."""
+        async with _guard("renew leases"):
+            rows = await self._pool.fetch(self._q["renew_leases"], worker_id, lease)
+        return {r["id"] for r in rows if r["cancel_requested"]}
+
+    async def recover_expired_leases(self) -> list[int]:
+        """Take back jobs of dead workers."""
+        async with _guard("recover leases"):
+            rows = await self._pool.fetch(self._q["recover_expired_leases"])
+        return [r["id"] for r in rows]
+
+    async def release(self, worker_id: str, job_ids: Sequence[int]) -> list[int]:
+        """Give unfinished jobs back at shutdown."""
+        if not job_ids:
+            return []
+        async with _guard("release"):
+            rows = await self._pool.fetch(self._q["release_jobs"], worker_id, list(job_ids))
+        return [r["id"] for r in rows]
+
+    async def cancel(self, job_id: int) -> str | None:
+        """Cancel or flag a job and tell the worker running it."""
+        async with _guard("cancel"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                status = await conn.fetchval(self._q["cancel_job"], job_id)
+                if status == "running":
+                    await conn.execute(self._q["notify"], self._channel, f"cancel:{job_id}")
+        return None if status is None else str(status)
+
+    async def retry(self, job_ids: Sequence[int] = (), status: str | None = None) -> list[int]:
+        """Requeue failed or cancelled jobs and wake the pools."""
+        async with _guard("retry"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                rows = await conn.fetch(
+                    self._q["retry_jobs"], list(job_ids), status, self._default_max_attempts
+                )
+                if rows:
+                    await conn.execute(self._q["notify"], self._channel, "jobs")
+        return [r["id"] for r in rows]
+
+    async def get(self, job_id: int) -> Job | None:
+        """One job by id."""
+        async with _guard("get"):
+            row = await self._pool.fetchrow(self._q["get_job"], job_id)
+        return None if row is None else _job(row)
+
+    async def list_jobs(
+        self, status: str | None = None, queue: str | None = None, limit: int = 50
+    ) -> list[Job]:
+        """Newest first."""
+        async with _guard("list"):
+            rows = await self._pool.fetch(self._q["list_jobs"], status, queue, limit)
+        return [_job(r) for r in rows]
+
+    async def runs(self, job_id: int) -> list[dict[str, Any]]:
+        """Attempts of one job."""
+        async with _guard("runs"):
+            rows = await self._pool.fetch(self._q["job_runs"], job_id)
+        return [dict(r) for r in rows]
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        """Counts by queue and status."""
+        async with _guard("stats"):
+            rows = await self._pool.fetch(self._q["count_by_queue_and_status"])
+        out: dict[str, dict[str, int]] = {}
+        for r in rows:
+            out.setdefault(r["queue"], {})[r["status"]] = r["n"]
+        return out
+
+    async def set_progress(self, job_id: int, percent: int, note: str | None) -> None:
+        """Store progress of a running job."""
+        async with _guard("progress"):
+            await self._pool.execute(self._q["set_progress"], job_id, percent, note)
+
+    async def register_worker(self, worker_id: str, host: str, pid: int, version: str) -> None:
+        """Insert this instance's row."""
+        async with _guard("register worker"):
+            await self._pool.execute(self._q["register_worker"], worker_id, host, pid, version)
+
+    async def heartbeat_worker(self, worker_id: str, state: dict[str, Any]) -> None:
+        """Refresh this instance's heartbeat."""
+        async with _guard("worker heartbeat"):
+            await self._pool.execute(self._q["heartbeat_worker"], worker_id, json.dumps(state))
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        """Delete this instance's row."""
+        async with _guard("unregister worker"):
+            await self._pool.execute(self._q["unregister_worker"], worker_id)
+
+    async def notify(self, message: str) -> None:
+        """Send a notification on this schema's channel."""
+        async with _guard("notify"):
+            await self._pool.execute(self._q["notify"], self._channel, message)
+
+    async def listen(self, on_notify: NotifyCallback, on_reconnect: Callable[[], None]) -> None:
+        """LISTEN on a dedicated connection; reconnect with backoff and report each reconnect."""
+        delay = 0.1
+        connected_before = False
+        while True:
+            try:
+                conn = await asyncpg.connect(
+                    self._dsn, server_settings=_server_settings(self._schema)
+                )
+            except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+                log.warning("listen_connect_failed", error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            lost = asyncio.Event()
+            conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+            try:
+                await conn.add_listener(self._channel, lambda _c, _pid, _ch, msg: on_notify(msg))
+                delay = 0.1
+                if connected_before:
+                    log.info("listen_reconnected", channel=self._channel)
+                    # Anything inserted while we were deaf is found by a catch-up claim.
+                    on_reconnect()
+                connected_before = True
+                while not lost.is_set():
+                    # A silent (half-open) connection sends no termination: ping it now and then.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), timeout=5.0)
+                        break
+                    await conn.fetchval("SELECT 1", timeout=5.0)
+            except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+                log.warning("listen_connection_lost", error=str(exc))
+            finally:
+                if not conn.is_closed():
+                    conn.terminate()
+            if lost.is_set():
+                log.warning("listen_connection_lost", error="connection closed")

@@ -1,0 +1,171 @@
+-- Every SQL statement jobwire runs, by name. Each connection's search_path is the
+-- configured schema, so no statement names it.
+
+-- name: insert_jobs
+-- Insert a batch in one round trip; a dedup_key already present is skipped, not an error.
+-- ORDER BY ord keeps identity values ascending in input order, which the caller relies on.
+INSERT INTO jobs (handler, queue, priority, max_attempts, run_at, payload, body, content_type,
+                  headers, source, dedup_key, parent_id, status, last_error, finished_at)
+SELECT j.handler, j.queue, j.priority, j.max_attempts, now() + make_interval(secs => j.delay),
+       j.payload::jsonb, j.body, j.content_type, coalesce(j.headers::jsonb, '{}'::jsonb), j.source,
+       j.dedup_key, j.parent_id,
+       CASE WHEN j.failed_reason IS NULL THEN 'pending' ELSE 'failed' END,
+       j.failed_reason,
+       CASE WHEN j.failed_reason IS NULL THEN NULL ELSE now() END
+FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::float8[], $6::text[], $7::bytea[],
+            $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::text[])
+     WITH ORDINALITY AS j(handler, queue, priority, max_attempts, delay, payload, body, content_type,
+                          headers, source, dedup_key, parent_id, failed_reason, ord)
+ORDER BY j.ord
+ON CONFLICT (dedup_key) DO NOTHING
+RETURNING id, dedup_key;
+
+-- name: ids_by_dedup_key
+SELECT id, dedup_key FROM jobs WHERE dedup_key = ANY($1::text[]);
+
+-- name: claim_jobs
+-- Take up to $3 ready jobs, at most n per queue, highest priority first, then FIFO.
+-- SKIP LOCKED lets any number of pools claim side by side without waiting on each other.
+-- The attempt's job_runs row is written in the same statement.
+WITH wanted AS (
+    SELECT w.queue, w.n FROM unnest($1::text[], $2::int[]) AS w(queue, n)
+), candidates AS (
+    SELECT c.id, c.priority
+    FROM wanted w CROSS JOIN LATERAL (
+        SELECT id, priority FROM jobs
+        WHERE queue = w.queue AND status IN ('pending', 'retrying') AND run_at <= now()
+        ORDER BY priority DESC, id
+        LIMIT w.n
+        FOR UPDATE SKIP LOCKED
+    ) c
+), chosen AS (
+    SELECT id FROM candidates ORDER BY priority DESC, id LIMIT $3
+), claimed AS (
+    UPDATE jobs SET status = 'running', attempts = jobs.attempts + 1, worker_id = $4,
+                    lease_until = now() + make_interval(secs => $5), started_at = now(),
+                    progress = NULL, progress_note = NULL
+    FROM chosen WHERE jobs.id = chosen.id
+    RETURNING jobs.*
+), runs AS (
+    INSERT INTO job_runs (job_id, attempt, worker_id) SELECT id, attempts, $4 FROM claimed
+)
+SELECT * FROM claimed ORDER BY priority DESC, id;
+
+-- name: complete_jobs
+-- Record a batch of attempt outcomes. Only the worker holding the attempt may finish it:
+-- a worker whose lease was taken back finds no row to update.
+WITH o AS (
+    SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::float8[], $5::text[],
+                         $6::text[], $7::float8[])
+             AS o(job_id, attempt, status, duration, result, error, retry_in)
+), done AS (
+    UPDATE jobs j SET status = o.status,
+                      result = o.result::jsonb,
+                      last_error = o.error,
+                      run_at = CASE WHEN o.status = 'retrying'
+                                    THEN now() + make_interval(secs => o.retry_in)
+                                    ELSE j.run_at END,
+                      finished_at = CASE WHEN o.status IN ('succeeded', 'failed', 'cancelled')
+                                         THEN now() END,
+                      progress = CASE WHEN o.status = 'succeeded' THEN 100 ELSE j.progress END,
+                      lease_until = NULL, worker_id = NULL
+    FROM o
+    WHERE j.id = o.job_id AND j.attempts = o.attempt AND j.status = 'running' AND j.worker_id = $8
+    RETURNING j.id
+), runs AS (
+    UPDATE job_runs r SET status = o.status, finished_at = now(), duration = o.duration,
+                          error = o.error, result = o.result::jsonb
+    FROM o JOIN done ON done.id = o.job_id
+    WHERE r.job_id = o.job_id AND r.attempt = o.attempt AND r.status = 'running'
+)
+SELECT count(*) FROM done;
+
+-- name: renew_leases
+-- One statement renews every lease this worker holds and reports cancel requests.
+UPDATE jobs SET lease_until = now() + make_interval(secs => $2)
+WHERE worker_id = $1 AND status = 'running'
+RETURNING id, cancel_requested;
+
+-- name: recover_expired_leases
+-- Take back jobs whose worker stopped heartbeating. The lost attempt counts.
+WITH lost AS (
+    UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled'
+                                  WHEN attempts >= max_attempts THEN 'failed'
+                                  ELSE 'retrying' END,
+                    last_error = 'lease expired: worker ' || coalesce(worker_id, '?')
+                                 || ' stopped heartbeating during attempt ' || attempts,
+                    finished_at = CASE WHEN cancel_requested OR attempts >= max_attempts
+                                       THEN now() END,
+                    run_at = now(), lease_until = NULL, worker_id = NULL
+    WHERE id IN (SELECT id FROM jobs WHERE status = 'running' AND lease_until < now()
+                 FOR UPDATE SKIP LOCKED)
+    RETURNING id, attempts
+), runs AS (
+    UPDATE job_runs r SET status = 'lost', finished_at = now(), error = 'lease expired'
+    FROM lost WHERE r.job_id = lost.id AND r.attempt = lost.attempts AND r.status = 'running'
+)
+SELECT id FROM lost;
+
+-- name: release_jobs
+-- Graceful stop: give unfinished jobs back without counting the interrupted attempt.
+WITH back AS (
+    UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'pending' END,
+                    finished_at = CASE WHEN cancel_requested THEN now() END,
+                    attempts = attempts - 1, lease_until = NULL, worker_id = NULL,
+                    started_at = NULL, run_at = now()
+    WHERE worker_id = $1 AND status = 'running' AND id = ANY($2::bigint[])
+    RETURNING id, attempts + 1 AS attempt
+), runs AS (
+    UPDATE job_runs r SET status = 'interrupted', finished_at = now(),
+                          error = 'given back at shutdown'
+    FROM back WHERE r.job_id = back.id AND r.attempt = back.attempt AND r.status = 'running'
+)
+SELECT id FROM back;
+
+-- name: cancel_job
+-- A waiting job is cancelled at once; a running one is flagged for its worker.
+UPDATE jobs SET
+    status = CASE WHEN status IN ('pending', 'retrying') THEN 'cancelled' ELSE status END,
+    finished_at = CASE WHEN status IN ('pending', 'retrying') THEN now() ELSE finished_at END,
+    cancel_requested = (status = 'running') OR cancel_requested
+WHERE id = $1
+RETURNING status;
+
+-- name: retry_jobs
+-- Run failed or cancelled jobs again, with a fresh allowance of attempts.
+UPDATE jobs SET status = 'pending', max_attempts = attempts + $3, run_at = now(),
+                finished_at = NULL, cancel_requested = false, result = NULL
+WHERE (id = ANY($1::bigint[]) OR status = $2) AND status IN ('failed', 'cancelled')
+RETURNING id;
+
+-- name: set_progress
+UPDATE jobs SET progress = $2, progress_note = $3
+WHERE id = $1 AND status = 'running';
+
+-- name: get_job
+SELECT * FROM jobs WHERE id = $1;
+
+-- name: list_jobs
+SELECT * FROM jobs
+WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR queue = $2)
+ORDER BY id DESC
+LIMIT $3;
+
+-- name: job_runs
+SELECT * FROM job_runs WHERE job_id = $1 ORDER BY attempt, id;
+
+-- name: count_by_queue_and_status
+SELECT queue, status, count(*) AS n FROM jobs GROUP BY queue, status ORDER BY queue, status;
+
+-- name: register_worker
+INSERT INTO workers (id, host, pid, version) VALUES ($1, $2, $3, $4)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = now();
+
+-- name: heartbeat_worker
+UPDATE workers SET heartbeat_at = now(), state = $2::jsonb WHERE id = $1;
+
+-- name: unregister_worker
+DELETE FROM workers WHERE id = $1;
+
+-- name: notify
+SELECT pg_notify($1, $2);

@@ -1,0 +1,450 @@
+"""The worker pool: claim ready jobs, run their handlers, write outcomes back in batches.
+
+One asyncio task claims, one writes completions, one renews leases, one listens for
+notifications. Slots are counted per queue and for the whole pool; a job's lease is
+renewed for as long as its handler runs, and a job whose lease this pool could not renew
+in time is abandoned locally, because another instance may already have taken it back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from jobwire import __version__
+from jobwire.config import Config
+from jobwire.exceptions import Reject, Retry
+from jobwire.handlers import HandlerRegistry, JobContext, bound_logger
+from jobwire.models import Job, JobStatus, Outcome
+from jobwire.retry import Backoff
+from jobwire.store.base import ClaimRequest, JobStore, StoreUnavailable
+
+log = structlog.get_logger("jobwire.worker")
+
+_MAX_ERROR_CHARS = 8000
+
+
+def make_worker_id() -> str:
+    """A unique, readable id for this instance: host, pid and a random suffix."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class _Running:
+    job: Job
+    task: asyncio.Task[None]
+    ctx: JobContext
+    stop_reason: str | None = None  # "cancelled" | "lease_lost" | "shutdown"
+
+
+@dataclass
+class PoolCounters:
+    """In-process counts for logs, stats and metrics."""
+
+    claimed: int = 0
+    succeeded: int = 0
+    retried: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    claims: int = 0
+    completion_batches: int = 0
+    by_handler_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class WorkerPool:
+    """Runs jobs from a JobStore with whole-pool and per-queue concurrency limits."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        registry: HandlerRegistry,
+        config: Config,
+        worker_id: str | None = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.config = config
+        self.worker_id = worker_id or make_worker_id()
+        self.counters = PoolCounters()
+        self._backoff = Backoff.from_config(config.retry)
+        self._queues = config.queue_names()
+        self._limits = {
+            q: min(
+                config.queue(q).concurrency or config.workers.concurrency,
+                config.workers.concurrency,
+            )
+            for q in self._queues
+        }
+        self._busy = dict.fromkeys(self._queues, 0)
+        self._running: dict[int, _Running] = {}
+        self._outcomes: list[Outcome] = []
+        self._outcomes_ready = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._maybe_more = False
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._lease_ok_until = time.monotonic() + config.workers.lease
+        self._store_down_since: float | None = None
+
+    # -- public surface -------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Claim now: called after a local insert and on every notification."""
+        self._wake.set()
+
+    @property
+    def running_count(self) -> int:
+        """Jobs this pool is running now."""
+        return len(self._running)
+
+    async def start(self) -> None:
+        """Register this instance and start the pool's tasks."""
+        await self.store.register_worker(
+            self.worker_id, socket.gethostname(), os.getpid(), __version__
+        )
+        structlog.contextvars.bind_contextvars(worker=self.worker_id)
+        self._tasks = [
+            asyncio.create_task(self._claim_loop(), name="jobwire-claim"),
+            asyncio.create_task(self._completion_loop(), name="jobwire-complete"),
+            asyncio.create_task(self._lease_loop(), name="jobwire-lease"),
+            asyncio.create_task(
+                self.store.listen(self._on_notify, self.wake), name="jobwire-listen"
+            ),
+        ]
+        log.info(
+            "pool_started",
+            concurrency=self.config.workers.concurrency,
+            queues=self._limits,
+            handlers=self.registry.names(),
+        )
+
+    async def stop(self) -> None:
+        """Graceful stop: no new claims, let jobs finish, give the rest back, flush outcomes."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self._wake.set()
+        timeout = self.config.workers.shutdown_timeout
+        if self._running:
+            log.info("pool_draining", running=len(self._running), timeout=timeout)
+            tasks = [r.task for r in self._running.values()]
+            await asyncio.wait(tasks, timeout=timeout)
+        leftovers = list(self._running.values())
+        for running in leftovers:
+            running.stop_reason = "shutdown"
+            running.ctx._cancelled.set()
+            running.task.cancel()
+        if leftovers:
+            await asyncio.wait([r.task for r in leftovers])
+        await self._flush_outcomes(final=True)
+        if leftovers:
+            ids = [r.job.id for r in leftovers]
+            try:
+                released = await self.store.release(self.worker_id, ids)
+                log.info("jobs_released", count=len(released), job_ids=released)
+            except StoreUnavailable as exc:
+                log.error(
+                    "jobs_release_failed",
+                    error=str(exc),
+                    job_ids=ids,
+                    note="their leases will expire and another instance takes them",
+                )
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(StoreUnavailable):
+            await self.store.unregister_worker(self.worker_id)
+        log.info("pool_stopped", **self._counts())
+
+    def _counts(self) -> dict[str, int]:
+        c = self.counters
+        return {
+            "succeeded": c.succeeded,
+            "failed": c.failed,
+            "retried": c.retried,
+            "cancelled": c.cancelled,
+        }
+
+    # -- claiming -------------------------------------------------------------------
+
+    def _on_notify(self, message: str) -> None:
+        if message.startswith("cancel:"):
+            with contextlib.suppress(ValueError):
+                self._cancel_local(int(message.split(":", 1)[1]), "cancelled")
+            return
+        self._wake.set()
+
+    def _free_slots(self) -> tuple[dict[str, int], int]:
+        free_total = self.config.workers.concurrency - len(self._running)
+        per_queue = {
+            q: max(0, min(self._limits[q] - self._busy[q], free_total)) for q in self._queues
+        }
+        return per_queue, free_total
+
+    async def _claim_loop(self) -> None:
+        poll = self.config.workers.poll_interval
+        while not self._stopping.is_set():
+            self._wake.clear()
+            per_queue, free_total = self._free_slots()
+            asked = min(free_total, sum(per_queue.values()))
+            if asked > 0:
+                try:
+                    jobs = await self.store.claim(
+                        ClaimRequest(
+                            per_queue, free_total, self.worker_id, self.config.workers.lease
+                        )
+                    )
+                    self._store_back()
+                except StoreUnavailable as exc:
+                    await self._store_down("claim", exc)
+                    continue
+                self.counters.claims += 1
+                for job in jobs:
+                    self._start(job)
+                # A full answer, or a queue at its limit, means more may be waiting: claim
+                # again as soon as a slot frees instead of waiting for the next wake.
+                self._maybe_more = len(jobs) >= asked or any(
+                    self._busy[q] >= self._limits[q] for q in self._queues
+                )
+                if self._stopping.is_set():
+                    break
+            if not self._wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=poll)
+
+    async def _store_down(self, what: str, exc: Exception) -> None:
+        now = time.monotonic()
+        if self._store_down_since is None:
+            self._store_down_since = now
+            log.error("store_unavailable", operation=what, error=str(exc))
+        delay = min(self.config.workers.poll_interval, 1.0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+
+    def _store_back(self) -> None:
+        if self._store_down_since is not None:
+            log.info(
+                "store_available", down_for=round(time.monotonic() - self._store_down_since, 3)
+            )
+            self._store_down_since = None
+
+    # -- running --------------------------------------------------------------------
+
+    def _start(self, job: Job) -> None:
+        self.counters.claimed += 1
+        self._busy[job.queue] = self._busy.get(job.queue, 0) + 1
+        ctx = JobContext(
+            job_id=job.id,
+            attempt=job.attempts,
+            max_attempts=job.max_attempts,
+            queue=job.queue,
+            handler=job.handler,
+            source=job.source,
+            headers=job.headers,
+            body=job.body,
+            content_type=job.content_type,
+            log=bound_logger(
+                job_id=job.id, queue=job.queue, handler=job.handler, attempt=job.attempts
+            ),
+            _progress_sink=self.store.set_progress,
+            _loop=asyncio.get_running_loop(),
+        )
+        task = asyncio.create_task(self._run(job, ctx), name=f"jobwire-job-{job.id}")
+        self._running[job.id] = _Running(job, task, ctx)
+
+    async def _run(self, job: Job, ctx: JobContext) -> None:
+        structlog.contextvars.bind_contextvars(job_id=job.id, queue=job.queue)
+        timeout = self.config.queue(job.queue).timeout
+        started = time.monotonic()
+        outcome: Outcome | None = None
+        try:
+            async with asyncio.timeout(timeout) as deadline:
+                result = await self.registry.invoke(job.handler, job.payload, ctx)
+            outcome = self._succeeded(job, result, time.monotonic() - started)
+        except Retry as exc:
+            outcome = self._retry_or_fail(job, exc.reason, time.monotonic() - started, exc.after)
+        except Reject as exc:
+            outcome = self._final(job, JobStatus.FAILED, f"rejected: {exc.reason}", started)
+        except TimeoutError as exc:
+            if deadline.expired():
+                ctx._cancelled.set()
+                reason = f"timed out after {timeout}s (queue {job.queue!r} timeout)"
+            else:
+                reason = _describe(exc)
+            outcome = self._retry_or_fail(job, reason, time.monotonic() - started, None)
+        except asyncio.CancelledError:
+            running = self._running.get(job.id)
+            stop_reason = running.stop_reason if running else None
+            if stop_reason == "cancelled":
+                outcome = self._final(job, JobStatus.CANCELLED, "cancelled by request", started)
+            elif stop_reason is None:
+                raise
+            # "shutdown" and "lease_lost": no outcome; the job is released or taken back.
+        except Exception as exc:
+            outcome = self._retry_or_fail(job, _describe(exc), time.monotonic() - started, None)
+        finally:
+            self._finish(job)
+        if outcome is not None:
+            self._record(job, outcome)
+
+    def _finish(self, job: Job) -> None:
+        self._running.pop(job.id, None)
+        self._busy[job.queue] = max(0, self._busy.get(job.queue, 1) - 1)
+        if self._maybe_more:
+            self._wake.set()
+
+    def _succeeded(self, job: Job, result: Any, duration: float) -> Outcome:
+        try:
+            json.dumps(result)
+        except (TypeError, ValueError) as exc:
+            return Outcome(
+                job.id,
+                job.attempts,
+                JobStatus.FAILED,
+                duration,
+                error=f"result is not JSON serialisable: {exc}",
+            )
+        return Outcome(job.id, job.attempts, JobStatus.SUCCEEDED, duration, result=result)
+
+    def _retry_or_fail(self, job: Job, error: str, duration: float, after: float | None) -> Outcome:
+        if job.attempts >= job.max_attempts:
+            return Outcome(
+                job.id,
+                job.attempts,
+                JobStatus.FAILED,
+                duration,
+                error=f"{error} (attempt {job.attempts} of {job.max_attempts})",
+            )
+        delay = after if after is not None else self._backoff.delay(job.attempts)
+        return Outcome(
+            job.id, job.attempts, JobStatus.RETRYING, duration, error=error, retry_in=delay
+        )
+
+    def _final(self, job: Job, status: JobStatus, error: str, started: float) -> Outcome:
+        return Outcome(job.id, job.attempts, status, time.monotonic() - started, error=error)
+
+    def _record(self, job: Job, outcome: Outcome) -> None:
+        c = self.counters
+        c.by_handler_seconds[job.handler] = (
+            c.by_handler_seconds.get(job.handler, 0.0) + outcome.duration
+        )
+        if outcome.status == JobStatus.SUCCEEDED:
+            c.succeeded += 1
+        elif outcome.status == JobStatus.RETRYING:
+            c.retried += 1
+            retry_in = outcome.retry_in or 0.0
+            if retry_in < self.config.workers.poll_interval:
+                # Sooner than the next poll: wake ourselves rather than run it late.
+                asyncio.get_running_loop().call_later(retry_in + 0.01, self.wake)
+            log.warning(
+                "job_retrying",
+                job_id=job.id,
+                handler=job.handler,
+                attempt=job.attempts,
+                retry_in=round(outcome.retry_in or 0, 3),
+                error=(outcome.error or "").splitlines()[0],
+            )
+        elif outcome.status == JobStatus.FAILED:
+            c.failed += 1
+            log.error(
+                "job_failed",
+                job_id=job.id,
+                handler=job.handler,
+                attempt=job.attempts,
+                error=(outcome.error or "").splitlines()[0],
+            )
+        else:
+            c.cancelled += 1
+            log.info("job_cancelled", job_id=job.id, handler=job.handler)
+        self._outcomes.append(outcome)
+        self._outcomes_ready.set()
+
+    def _cancel_local(self, job_id: int, reason: str) -> None:
+        running = self._running.get(job_id)
+        if running is None or running.stop_reason is not None:
+            return
+        running.stop_reason = reason
+        running.ctx._cancelled.set()
+        running.task.cancel()
+        log.info("job_stopping", job_id=job_id, reason=reason)
+
+    # -- completions ----------------------------------------------------------------
+
+    async def _completion_loop(self) -> None:
+        delay = self.config.workers.completion_delay
+        while True:
+            await self._outcomes_ready.wait()
+            # Let a few more outcomes join the batch: one statement for many jobs.
+            if len(self._outcomes) < self.config.workers.completion_batch:
+                await asyncio.sleep(delay)
+            self._outcomes_ready.clear()
+            await self._flush_outcomes()
+
+    async def _flush_outcomes(self, final: bool = False) -> None:
+        tries = 0
+        while self._outcomes:
+            batch = self._outcomes[: self.config.workers.completion_batch]
+            try:
+                await self.store.complete_many(self.worker_id, batch)
+            except StoreUnavailable as exc:
+                tries += 1
+                if final and tries >= 5:
+                    log.error(
+                        "outcomes_unsaved",
+                        count=len(self._outcomes),
+                        error=str(exc),
+                        note="leases will expire and the jobs run again",
+                    )
+                    return
+                await self._store_down("complete", exc)
+                continue
+            self._store_back()
+            self.counters.completion_batches += 1
+            del self._outcomes[: len(batch)]
+
+    # -- leases ---------------------------------------------------------------------
+
+    async def _lease_loop(self) -> None:
+        lease = self.config.workers.lease
+        interval = min(lease / 3, 10.0)
+        while True:
+            try:
+                cancel_ids = await self.store.renew_leases(self.worker_id, lease)
+                self._lease_ok_until = time.monotonic() + lease
+                recovered = await self.store.recover_expired_leases()
+                await self.store.heartbeat_worker(
+                    self.worker_id, {"running": len(self._running), **self._counts()}
+                )
+                self._store_back()
+            except StoreUnavailable as exc:
+                if self._store_down_since is None:
+                    self._store_down_since = time.monotonic()
+                    log.error("store_unavailable", operation="renew leases", error=str(exc))
+                # Past our lease another instance may own these jobs: stop them here.
+                if time.monotonic() > self._lease_ok_until - interval:
+                    for job_id in list(self._running):
+                        self._cancel_local(job_id, "lease_lost")
+                await asyncio.sleep(interval)
+                continue
+            for job_id in cancel_ids:
+                self._cancel_local(job_id, "cancelled")
+            if recovered:
+                log.warning("leases_recovered", count=len(recovered), job_ids=recovered[:20])
+                self._wake.set()
+            await asyncio.sleep(interval)
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` on the first line (for logs and lists), the traceback below it."""
+    trace = "".join(traceback.format_exception(exc, limit=-8))
+    return f"{type(exc).__name__}: {exc}\n{trace[-_MAX_ERROR_CHARS:]}".rstrip()
