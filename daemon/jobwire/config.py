@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from jobwire.durations import parse_duration
 
@@ -47,13 +55,19 @@ class DatabaseConfig(_Strict):
     pool: PoolConfig = PoolConfig()
     command_timeout: Duration = 30.0
 
-    @model_validator(mode="after")
-    def _check(self) -> DatabaseConfig:
-        if not _IDENT.match(self.db_schema):
-            raise ValueError(f"schema {self.db_schema!r} must be a plain SQL identifier")
-        if self.url != "embedded" and not self.url.startswith(("postgres://", "postgresql://")):
-            raise ValueError("url must be 'embedded' or a postgresql:// URL")
-        return self
+    @field_validator("db_schema")
+    @classmethod
+    def _plain_identifier(cls, value: str) -> str:
+        if not _IDENT.match(value):
+            raise ValueError(f"{value!r} must be a plain SQL identifier (letters, digits, _)")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _embedded_or_postgres(cls, value: str) -> str:
+        if value != "embedded" and not value.startswith(("postgres://", "postgresql://")):
+            raise ValueError("must be 'embedded' or a postgresql:// URL")
+        return value
 
 
 class WorkersConfig(_Strict):
@@ -109,14 +123,15 @@ class Config(_Strict):
     handlers: dict[str, str] = Field(default_factory=dict)
     logging: LoggingConfig = LoggingConfig()
 
-    @model_validator(mode="after")
-    def _check(self) -> Config:
-        for name, target in self.handlers.items():
+    @field_validator("handlers")
+    @classmethod
+    def _dotted_paths(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, target in value.items():
             if not re.fullmatch(r"[\w.]+[:.]\w+", target):
                 raise ValueError(
-                    f"handlers.{name}: {target!r} is not a dotted path like 'myapp.jobs:send_email'"
+                    f"{name}: {target!r} is not a dotted path like 'myapp.jobs:send_email'"
                 )
-        return self
+        return value
 
     def queue_names(self) -> list[str]:
         """Queues this instance serves: the configured ones, ``default`` always among them."""
@@ -228,7 +243,9 @@ def parse_config(text: str, file: str, env: Mapping[str, str] | None = None) -> 
     try:
         config = Config.model_validate(data)
     except ValidationError as err:
-        problems.extend(_pydantic_problems(err, file))
+        # A key whose variable is missing already has its problem; skip the echo it causes.
+        env_keys = {key for key, _ in env_problems}
+        problems.extend(p for p in _pydantic_problems(err, file) if p.key not in env_keys)
         raise ConfigError(problems) from None
     if problems:
         raise ConfigError(problems)

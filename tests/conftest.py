@@ -1,0 +1,60 @@
+"""Shared fixtures: a migrated template database, and a fresh clone of it per test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+
+from jobwire.store.postgres import PostgresStore, migrate
+
+# The server the integration tests use; any database on it is fine, we create our own.
+ADMIN_URL = os.environ.get("JOBWIRE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def db_url(name: str) -> str:
+    """URL of database ``name`` on the test server."""
+    base, _, _ = ADMIN_URL.rpartition("/")
+    return f"{base}/{name}"
+
+
+async def _admin(sql: str) -> None:
+    conn = await asyncpg.connect(ADMIN_URL)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def template_db() -> Iterator[str]:
+    """A database migrated once per session; tests clone it (CREATE DATABASE ... TEMPLATE)."""
+    name = f"jwtpl_{uuid.uuid4().hex[:10]}"
+    try:
+        asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    except OSError as exc:
+        pytest.skip(f"no PostgreSQL at {ADMIN_URL}: {exc}")
+    asyncio.run(migrate(db_url(name), "jobwire"))
+    yield name
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def database_url(template_db: str) -> Iterator[str]:
+    """A fresh, migrated database for one test, dropped afterwards."""
+    name = f"jwtest_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"'))
+    yield db_url(name)
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def pg_store(database_url: str) -> AsyncIterator[PostgresStore]:
+    """A PostgresStore on the test's own database."""
+    store = await PostgresStore.connect(database_url, "jobwire", min_size=1, max_size=8)
+    yield store
+    await store.close()

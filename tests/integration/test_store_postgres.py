@@ -1,0 +1,241 @@
+"""The pool and store on a real PostgreSQL: claims, ordering, wake-ups, leases, two pools."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any
+
+import asyncpg
+import pytest
+
+from jobwire import Client, JobContext, SyncClient
+from jobwire.models import JobSpec, JobStatus
+from jobwire.store.base import ClaimRequest
+from jobwire.store.postgres import PostgresStore
+from tests.support.pools import fast_config, make_pool
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def count(store: PostgresStore, status: str) -> int:
+    stats = await store.stats()
+    return sum(by_status.get(status, 0) for by_status in stats.values())
+
+
+async def test_enqueue_many_maps_ids_and_skips_duplicate_keys(pg_store: PostgresStore) -> None:
+    first = await pg_store.enqueue_many([JobSpec("noop", dedup_key="a"), JobSpec("noop"),
+                                         JobSpec("noop", dedup_key="b")])
+    assert all(isinstance(i, int) for i in first)
+    again = await pg_store.enqueue_many([JobSpec("noop", dedup_key="b"), JobSpec("noop"),
+                                         JobSpec("noop", dedup_key="a"),
+                                         JobSpec("noop", dedup_key="c")])
+    assert again[0] is None and again[2] is None
+    assert isinstance(again[1], int) and isinstance(again[3], int)
+    for job_id, key in ((again[1], None), (again[3], "c")):
+        assert job_id is not None
+        job = await pg_store.get(job_id)
+        assert job is not None and job.dedup_key == key
+    assert await count(pg_store, "pending") == 5
+
+
+async def test_claim_order_priority_then_fifo_and_run_at(pg_store: PostgresStore) -> None:
+    ids = await pg_store.enqueue_many([
+        JobSpec("noop", "low-1"), JobSpec("noop", "high-1", priority=5),
+        JobSpec("noop", "future", priority=99, delay=3600), JobSpec("noop", "low-2"),
+        JobSpec("noop", "high-2", priority=5), JobSpec("noop", "other", queue="other"),
+    ])
+    claimed = await pg_store.claim(ClaimRequest({"default": 10}, 3, "w1", 30))
+    assert [j.payload for j in claimed] == ["high-1", "high-2", "low-1"]
+    rest = await pg_store.claim(ClaimRequest({"default": 10, "other": 10}, 10, "w1", 30))
+    assert [j.payload for j in rest] == ["low-2", "other"]
+    assert all(j.status == JobStatus.RUNNING and j.attempts == 1 for j in claimed + rest)
+    assert ids[2] is not None
+    future = await pg_store.get(ids[2])
+    assert future is not None and future.status == JobStatus.PENDING
+
+
+async def test_pool_runs_retries_and_records_runs(pg_store: PostgresStore) -> None:
+    ok, bad = await pg_store.enqueue_many([JobSpec("echo", {"x": 1}),
+                                           JobSpec("fail", max_attempts=3)])
+    pool = make_pool(pg_store)
+    await pool.start()
+
+    async def finished() -> bool:
+        return await count(pg_store, "succeeded") + await count(pg_store, "failed") == 2
+
+    await wait_for(finished, what="both jobs finished")
+    await pool.stop()
+    assert ok is not None and bad is not None
+    job = await pg_store.get(ok)
+    assert job is not None and job.result == {"x": 1} and job.finished_at is not None
+    failed = await pg_store.get(bad)
+    assert failed is not None and failed.status == JobStatus.FAILED and failed.attempts == 3
+    runs = await pg_store.runs(bad)
+    assert [(r["attempt"], r["status"]) for r in runs] == [
+        (1, "retrying"), (2, "retrying"), (3, "failed")]
+    assert all(r["duration"] is not None and r["finished_at"] for r in runs)
+
+
+async def test_two_pools_never_run_one_job_twice(database_url: str) -> None:
+    n = 2000
+    starts: Counter[int] = Counter()
+    active: set[int] = set()
+    overlaps: list[int] = []
+
+    async def record(payload: Any, ctx: JobContext) -> None:
+        if ctx.job_id in active:
+            overlaps.append(ctx.job_id)
+        active.add(ctx.job_id)
+        starts[ctx.job_id] += 1
+        await asyncio.sleep(0.001)
+        active.discard(ctx.job_id)
+
+    stores = [await PostgresStore.connect(database_url, min_size=1, max_size=4) for _ in range(2)]
+    ids = await stores[0].enqueue_many([JobSpec("record", i) for i in range(n)])
+    pools = [make_pool(s, {"record": record}, fast_config(workers={"concurrency": 16}),
+                       worker_id=f"pool-{k}") for k, s in enumerate(stores)]
+    for pool in pools:
+        await pool.start()
+
+    async def all_done() -> bool:
+        return await count(stores[0], "succeeded") == n
+
+    await wait_for(all_done, timeout=60, what=f"{n} jobs succeeded")
+    for pool in pools:
+        await pool.stop()
+    assert overlaps == []
+    assert set(starts) == set(ids)
+    assert max(starts.values()) == 1
+    conn = await asyncpg.connect(database_url)
+    try:
+        per_worker = await conn.fetch(
+            "SELECT worker_id, count(*) FROM jobwire.job_runs GROUP BY 1 ORDER BY 1")
+        runs = await conn.fetchval("SELECT count(*) FROM jobwire.job_runs")
+    finally:
+        await conn.close()
+    assert runs == n
+    assert len(per_worker) == 2  # both pools took part
+    for pool, store in zip(pools, stores, strict=True):
+        assert pool.counters.succeeded > 0
+        await store.close()
+
+
+async def test_notify_wakes_the_pool_long_before_the_poll(database_url: str,
+                                                         pg_store: PostgresStore) -> None:
+    pool = make_pool(pg_store, config=fast_config(workers={"poll_interval": "30s"}))
+    await pool.start()
+    await asyncio.sleep(0.2)  # let the pool's first (empty) claim pass: only a wake-up helps now
+    async with Client(database_url) as client:
+        t0 = time.monotonic()
+        job_id = await client.enqueue("echo", "hi")
+
+        async def done() -> bool:
+            job = await client.get(job_id)
+            return job is not None and job.status == JobStatus.SUCCEEDED
+
+        await wait_for(done, timeout=5, interval=0.01, what="job run after NOTIFY")
+        via_client = time.monotonic() - t0
+    # A plain SQL insert by another program wakes it too (the insert trigger notifies).
+    conn = await asyncpg.connect(database_url)
+    try:
+        t0 = time.monotonic()
+        plain_id = await conn.fetchval(
+            "INSERT INTO jobwire.jobs (handler, payload) VALUES ('echo', '\"sql\"') RETURNING id")
+
+        async def plain_done() -> bool:
+            job = await pg_store.get(plain_id)
+            return job is not None and job.status == JobStatus.SUCCEEDED
+
+        await wait_for(plain_done, timeout=5, interval=0.01, what="SQL-inserted job run")
+        via_sql = time.monotonic() - t0
+    finally:
+        await conn.close()
+    await pool.stop()
+    assert via_client < 5 and via_sql < 5  # the poll interval is 30s
+
+
+async def test_listen_connection_killed_relistens_and_catches_up(
+        database_url: str, pg_store: PostgresStore) -> None:
+    pool = make_pool(pg_store, config=fast_config(workers={"poll_interval": "30s"}))
+    await pool.start()
+    admin = await asyncpg.connect(database_url)
+    try:
+        async def listener_pids() -> list[int]:
+            rows = await admin.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND query LIKE 'LISTEN%'")
+            return [r["pid"] for r in rows]
+
+        (pid,) = await wait_for(listener_pids, what="LISTEN connection")
+        await admin.execute("SELECT pg_terminate_backend($1)", pid)
+        # Inserted while the listener is gone: found by the catch-up claim after re-LISTEN.
+        job_id = await admin.fetchval(
+            "INSERT INTO jobwire.jobs (handler) VALUES ('noop') RETURNING id")
+
+        async def done() -> bool:
+            job = await pg_store.get(job_id)
+            return job is not None and job.status == JobStatus.SUCCEEDED
+
+        await wait_for(done, timeout=10, what="job run after the listener came back")
+        new_pids = await wait_for(listener_pids, what="new LISTEN connection")
+        assert pid not in new_pids
+    finally:
+        await admin.close()
+        await pool.stop()
+
+
+async def test_cancel_running_job_reaches_its_worker(pg_store: PostgresStore) -> None:
+    (job_id,) = await pg_store.enqueue_many([JobSpec("sleep", {"seconds": 60})])
+    assert job_id is not None
+    pool = make_pool(pg_store)
+    await pool.start()
+
+    async def running() -> bool:
+        job = await pg_store.get(job_id)
+        return job is not None and job.status == JobStatus.RUNNING
+
+    await wait_for(running, what="job running")
+    assert await pg_store.cancel(job_id) == "running"
+
+    async def cancelled() -> bool:
+        job = await pg_store.get(job_id)
+        return job is not None and job.status == JobStatus.CANCELLED
+
+    await wait_for(cancelled, timeout=5, what="job cancelled")
+    await pool.stop()
+    assert (await pg_store.retry([job_id])) == [job_id]
+    job = await pg_store.get(job_id)
+    assert job is not None and job.status == JobStatus.PENDING
+
+
+async def test_stale_worker_cannot_complete_a_job_taken_back(pg_store: PostgresStore) -> None:
+    from jobwire.models import Outcome
+
+    await pg_store.enqueue_many([JobSpec("noop")])
+    (job,) = await pg_store.claim(ClaimRequest({"default": 1}, 1, "old", lease=0.01))
+    await asyncio.sleep(0.05)
+    assert await pg_store.recover_expired_leases() == [job.id]
+    (again,) = await pg_store.claim(ClaimRequest({"default": 1}, 1, "new", lease=30))
+    assert again.attempts == 2
+    stale = Outcome(job.id, 1, JobStatus.SUCCEEDED, 0.1, result="stale")
+    assert await pg_store.complete_many("old", [stale]) == 0
+    fresh = Outcome(job.id, 2, JobStatus.SUCCEEDED, 0.1, result="fresh")
+    assert await pg_store.complete_many("new", [fresh]) == 1
+    final = await pg_store.get(job.id)
+    assert final is not None and final.result == "fresh"
+    assert [r["status"] for r in await pg_store.runs(job.id)] == ["lost", "succeeded"]
+
+
+def test_sync_client_enqueues_and_reads(database_url: str) -> None:
+    with SyncClient(database_url) as client:
+        job_id = client.enqueue("echo", {"a": 1}, queue="short", priority=3, delay="1m",
+                                dedup_key="k1", max_attempts=7)
+        assert client.enqueue("echo", {"a": 2}, dedup_key="k1") == job_id
+        job = client.get(job_id)
+        assert job is not None
+        assert (job.queue, job.priority, job.max_attempts, job.payload) == ("short", 3, 7, {"a": 1})
+        assert job.run_at.timestamp() > time.time() + 50
+        assert client.cancel(job_id) == "cancelled"

@@ -1,0 +1,94 @@
+from pathlib import Path
+
+import pytest
+
+from jobwire.config import Config, ConfigError, find_config_file, parse_config
+
+
+def problems(text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "jobwire.yaml", env or {})
+    return [str(p) for p in info.value.problems]
+
+
+def test_empty_file_gives_defaults() -> None:
+    config = parse_config("", "x.yaml", {})
+    assert config == Config()
+    assert config.database.url == "embedded"
+    assert config.workers.poll_interval == 1.0
+    assert config.queue_names() == ["default"]
+
+
+def test_full_example_file_is_valid() -> None:
+    example = Path(__file__).parents[2] / "config" / "jobwire.example.yaml"
+    config = parse_config(example.read_text(), str(example), {})
+    assert config.workers.concurrency >= 1
+
+
+def test_durations_and_env_interpolation() -> None:
+    text = """
+database: {url: "${DB_URL:-postgresql://localhost/x}", schema: "${SCHEMA}"}
+workers: {poll_interval: 500ms, lease: 2m, concurrency: "${CONC:-8}"}
+queues: {long: {concurrency: 2, timeout: 2h}}
+"""
+    config = parse_config(text, "f.yaml", {"SCHEMA": "jw"})
+    assert config.database.url == "postgresql://localhost/x"
+    assert config.database.db_schema == "jw"
+    assert config.workers.poll_interval == 0.5
+    assert config.workers.lease == 120
+    assert config.workers.concurrency == 8
+    assert config.queues["long"].timeout == 7200
+    assert config.queue_names() == ["default", "long"]
+
+
+def test_unknown_key_is_named_with_its_path() -> None:
+    assert problems("workers: {concurency: 3}") == ["jobwire.yaml: workers.concurency: unknown key"]
+
+
+def test_wrong_type_is_named() -> None:
+    (line,) = problems("workers: {concurrency: lots}")
+    assert line.startswith("jobwire.yaml: workers.concurrency: ")
+    assert "integer" in line
+
+
+def test_bad_duration_is_named() -> None:
+    (line,) = problems("workers: {poll_interval: 5 minutes}")
+    assert line.startswith("jobwire.yaml: workers.poll_interval: invalid duration")
+
+
+def test_missing_env_var_without_default_is_named() -> None:
+    (line,) = problems("database: {url: '${NOPE}'}")
+    assert line == (
+        "jobwire.yaml: database.url: environment variable NOPE is not set and has no default"
+    )
+
+
+def test_invalid_yaml_gives_line_and_column() -> None:
+    (line,) = problems("workers:\n  concurrency: [1,\n")
+    assert line.startswith("jobwire.yaml: line ")
+    assert "invalid YAML" in line
+
+
+def test_every_problem_is_reported_not_just_the_first() -> None:
+    lines = problems("workers: {concurrency: x, lease: y}\nbogus: 1")
+    keys = sorted(line.split(": ")[1] for line in lines)
+    assert keys == ["bogus", "workers.concurrency", "workers.lease"]
+
+
+def test_queue_and_handler_problems() -> None:
+    assert problems("queues: {long: {concurrency: 0}}")[0].startswith(
+        "jobwire.yaml: queues.long.concurrency: ")
+    assert "dotted path" in problems("handlers: {email: 'not a path'}")[0]
+
+
+def test_top_level_must_be_a_mapping() -> None:
+    assert "mapping" in problems("- a\n- b")[0]
+
+
+def test_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert find_config_file(None, {}) is None
+    (tmp_path / "jobwire.yaml").write_text("")
+    assert find_config_file(None, {}) == Path("jobwire.yaml")
+    assert find_config_file(None, {"JOBWIRE_CONFIG": "/x.yaml"}) == Path("/x.yaml")
+    assert find_config_file("given.yaml", {"JOBWIRE_CONFIG": "/x.yaml"}) == Path("given.yaml")

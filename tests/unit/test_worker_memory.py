@@ -1,0 +1,270 @@
+"""Worker pool semantics against the in-memory store: fast and deterministic."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from jobwire import JobContext, Reject, Retry
+from jobwire.models import JobSpec, JobStatus
+from jobwire.store.base import ClaimRequest
+from jobwire.store.memory import MemoryStore
+from tests.support.pools import fast_config, make_pool
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def statuses(store: MemoryStore) -> dict[int, str]:
+    return {j.id: str(j.status) for j in store.jobs.values()}
+
+
+async def all_finished(store: MemoryStore) -> bool:
+    return all(j.status in ("succeeded", "failed", "cancelled") for j in store.jobs.values())
+
+
+async def test_runs_jobs_and_stores_results() -> None:
+    store = MemoryStore()
+    ids = await store.enqueue_many([JobSpec("echo", {"n": i}) for i in range(20)])
+    pool = make_pool(store)
+    await pool.start()
+    await wait_for(lambda: all_finished(store), what="jobs finished")
+    await pool.stop()
+    for job_id in ids:
+        assert job_id is not None
+        job = store.jobs[job_id]
+        assert job.status == JobStatus.SUCCEEDED
+        assert job.result == job.payload
+        assert job.attempts == 1 and job.progress == 100
+    assert len(store.job_runs) == 20
+    assert store.workers == {}  # unregistered on a clean stop
+
+
+async def test_priority_first_then_fifo_and_run_at() -> None:
+    store = MemoryStore()
+    order: list[str] = []
+
+    async def record(payload: Any, ctx: JobContext) -> None:
+        order.append(payload)
+
+    await store.enqueue_many([
+        JobSpec("record", "low-1", priority=0),
+        JobSpec("record", "high-1", priority=10),
+        JobSpec("record", "low-2", priority=0),
+        JobSpec("record", "later", priority=100, delay=0.4),
+        JobSpec("record", "high-2", priority=10),
+    ])
+    started = time.monotonic()
+    pool = make_pool(store, {"record": record}, fast_config(workers={"concurrency": 1}))
+    await pool.start()
+    await wait_for(lambda: all_finished(store), what="jobs finished")
+    await pool.stop()
+    assert order == ["high-1", "high-2", "low-1", "low-2", "later"]
+    later = next(j for j in store.jobs.values() if j.payload == "later")
+    assert later.started_at is not None
+    assert time.monotonic() - started >= 0.4
+
+
+async def test_retries_with_backoff_then_fails_with_a_run_per_attempt() -> None:
+    store = MemoryStore()
+    (job_id,) = await store.enqueue_many([JobSpec("fail", {"message": "boom"}, max_attempts=3)])
+    pool = make_pool(store)
+    await pool.start()
+    await wait_for(lambda: all_finished(store), what="job failed")
+    await pool.stop()
+    assert job_id is not None
+    job = store.jobs[job_id]
+    assert job.status == JobStatus.FAILED
+    assert job.attempts == 3
+    assert job.last_error is not None and job.last_error.startswith("RuntimeError: boom")
+    runs = await store.runs(job_id)
+    assert [(r["attempt"], r["status"]) for r in runs] == [
+        (1, "retrying"), (2, "retrying"), (3, "failed")]
+    assert all("boom" in r["error"] for r in runs)
+
+
+async def test_retry_after_and_reject() -> None:
+    store = MemoryStore()
+    seen: list[int] = []
+
+    async def flaky(payload: Any, ctx: JobContext) -> str:
+        seen.append(ctx.attempt)
+        if ctx.attempt < 2:
+            raise Retry("not yet", after="50ms")
+        return "done"
+
+    async def refuse(payload: Any, ctx: JobContext) -> None:
+        raise Reject("bad input")
+
+    a, b = await store.enqueue_many([JobSpec("flaky", max_attempts=5),
+                                     JobSpec("refuse", max_attempts=5)])
+    pool = make_pool(store, {"flaky": flaky, "refuse": refuse})
+    await pool.start()
+    await wait_for(lambda: all_finished(store), what="jobs finished")
+    await pool.stop()
+    assert a is not None and b is not None
+    assert store.jobs[a].status == JobStatus.SUCCEEDED and store.jobs[a].result == "done"
+    assert seen == [1, 2]
+    assert store.jobs[b].status == JobStatus.FAILED and store.jobs[b].attempts == 1
+    assert store.jobs[b].last_error == "rejected: bad input"
+
+
+async def test_queue_timeout_cancels_the_attempt_and_counts_it() -> None:
+    store = MemoryStore()
+    (job_id,) = await store.enqueue_many(
+        [JobSpec("sleep", {"seconds": 10}, queue="short", max_attempts=2)])
+    config = fast_config(queues={"short": {"timeout": "100ms"}})
+    pool = make_pool(store, config=config)
+    await pool.start()
+    await wait_for(lambda: all_finished(store), what="job timed out twice")
+    await pool.stop()
+    assert job_id is not None
+    job = store.jobs[job_id]
+    assert job.status == JobStatus.FAILED and job.attempts == 2
+    assert job.last_error is not None and "timed out after 0.1s" in job.last_error
+
+
+async def test_cancel_pending_and_running_jobs() -> None:
+    store = MemoryStore()
+    running, waiting = await store.enqueue_many([
+        JobSpec("sleep", {"seconds": 30}), JobSpec("noop", delay=60)])
+    assert running is not None and waiting is not None
+    pool = make_pool(store)
+    await pool.start()
+
+    async def is_running() -> bool:
+        return store.jobs[running].status == JobStatus.RUNNING
+
+    await wait_for(is_running, what="sleep job running")
+    assert await store.cancel(waiting) == "cancelled"
+    assert await store.cancel(running) == "running"
+
+    async def cancelled() -> bool:
+        return store.jobs[running].status == JobStatus.CANCELLED
+
+    await wait_for(cancelled, timeout=5, what="running job cancelled")
+    await pool.stop()
+    assert store.jobs[waiting].status == JobStatus.CANCELLED
+    assert (await store.runs(running))[-1]["status"] == "cancelled"
+
+
+async def test_per_queue_and_pool_concurrency_limits() -> None:
+    store = MemoryStore()
+    active: dict[str, int] = {"a": 0, "b": 0}
+    peak: dict[str, int] = {"a": 0, "b": 0, "all": 0}
+
+    async def track(payload: Any, ctx: JobContext) -> None:
+        active[ctx.queue] += 1
+        peak[ctx.queue] = max(peak[ctx.queue], active[ctx.queue])
+        peak["all"] = max(peak["all"], sum(active.values()))
+        await asyncio.sleep(0.02)
+        active[ctx.queue] -= 1
+
+    await store.enqueue_many([JobSpec("track", queue=q) for q in "ab" * 30])
+    config = fast_config(workers={"concurrency": 5}, queues={"a": {"concurrency": 2}, "b": {}})
+    pool = make_pool(store, {"track": track}, config)
+    await pool.start()
+    await wait_for(lambda: all_finished(store), what="jobs finished")
+    await pool.stop()
+    assert peak["a"] == 2
+    assert peak["all"] == 5
+
+
+async def test_graceful_stop_gives_unfinished_jobs_back() -> None:
+    store = MemoryStore()
+    (job_id,) = await store.enqueue_many([JobSpec("sleep", {"seconds": 30})])
+    assert job_id is not None
+    pool = make_pool(store, config=fast_config(workers={"shutdown_timeout": "100ms"}))
+    await pool.start()
+
+    async def is_running() -> bool:
+        return store.jobs[job_id].status == JobStatus.RUNNING
+
+    await wait_for(is_running, what="job running")
+    await pool.stop()
+    job = store.jobs[job_id]
+    assert job.status == JobStatus.PENDING
+    assert job.attempts == 0 and job.lease_until is None and job.worker_id is None
+    assert [r["status"] for r in await store.runs(job_id)] == ["interrupted"]
+
+
+async def test_plain_functions_run_in_threads_and_payload_only_handlers() -> None:
+    store = MemoryStore()
+
+    def blocking(payload: Any, ctx: JobContext) -> int:
+        time.sleep(0.05)  # would stall the loop if not in a thread
+        return int(payload) * 2
+
+    def payload_only(payload: Any) -> str:
+        return f"got {payload}"
+
+    a, b = await store.enqueue_many([JobSpec("blocking", 21), JobSpec("payload_only", "x")])
+    pool = make_pool(store, {"blocking": blocking, "payload_only": payload_only})
+    await pool.start()
+    await wait_for(lambda: all_finished(store), what="jobs finished")
+    await pool.stop()
+    assert a is not None and b is not None
+    assert store.jobs[a].result == 42
+    assert store.jobs[b].result == "got x"
+
+
+async def test_unknown_handler_and_unserialisable_result_fail_clearly() -> None:
+    store = MemoryStore()
+
+    async def weird(payload: Any, ctx: JobContext) -> object:
+        return object()
+
+    a, b = await store.enqueue_many([JobSpec("nope"), JobSpec("weird")])
+    pool = make_pool(store, {"weird": weird})
+    await pool.start()
+    await wait_for(lambda: all_finished(store), what="jobs finished")
+    await pool.stop()
+    assert a is not None and b is not None
+    assert "not in the allow-list" in (store.jobs[a].last_error or "")
+    assert store.jobs[a].attempts == 1
+    assert "not JSON serialisable" in (store.jobs[b].last_error or "")
+
+
+async def test_expired_lease_of_a_dead_worker_is_taken_back() -> None:
+    store = MemoryStore()
+    (job_id,) = await store.enqueue_many([JobSpec("echo", "again")])
+    assert job_id is not None
+    # A worker claims the job with a tiny lease, then "dies" (never heartbeats).
+    await store.claim(ClaimRequest({"default": 1}, 1, "dead-worker", lease=0.01))
+    await asyncio.sleep(0.02)
+    pool = make_pool(store)
+    await pool.start()
+
+    async def done() -> bool:
+        return store.jobs[job_id].status == JobStatus.SUCCEEDED
+
+    await wait_for(done, what="job finished by the live pool")
+    await pool.stop()
+    assert [r["status"] for r in await store.runs(job_id)] == ["lost", "succeeded"]
+    assert store.jobs[job_id].attempts == 2
+
+
+async def test_progress_is_recorded() -> None:
+    store = MemoryStore()
+    gate = asyncio.Event()
+
+    async def slow(payload: Any, ctx: JobContext) -> None:
+        await ctx.progress(40, "halfway-ish")
+        await gate.wait()
+
+    (job_id,) = await store.enqueue_many([JobSpec("slow")])
+    assert job_id is not None
+    pool = make_pool(store, {"slow": slow})
+    await pool.start()
+
+    async def progressed() -> bool:
+        return store.jobs[job_id].progress == 40
+
+    await wait_for(progressed, what="progress 40")
+    assert store.jobs[job_id].progress_note == "halfway-ish"
+    gate.set()
+    await wait_for(lambda: all_finished(store), what="job finished")
+    await pool.stop()
