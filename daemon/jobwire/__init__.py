@@ -6,4 +6,12 @@ from jobwire.client import Client, SyncClient
 from jobwire.exceptions import Reject, Retry
 from jobwire.handlers import JobContext
 
-__all__ = ["Client", "JobContext", "Reject", "Retry", "SyncClient", "__version__"]
+__all__ = [
+    "Client",
+    "JobContext",
+    "JobSpec",
+    "Reject",
+    "Retry",
+    "SyncClient",
+    "__version__",
+]

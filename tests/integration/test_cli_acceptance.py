@@ -52,8 +52,9 @@ def stats(url: str) -> dict[str, dict[str, int]]:
 
 
 @pytest.mark.slow
-def test_ten_thousand_noop_jobs_one_daemon(database_url: str, tmp_path: Path,
-                                           daemons: list[Daemon]) -> None:
+def test_ten_thousand_noop_jobs_one_daemon(
+    database_url: str, tmp_path: Path, daemons: list[Daemon]
+) -> None:
     n = 10_000
 
     async def fill() -> None:
@@ -68,30 +69,46 @@ def test_ten_thousand_noop_jobs_one_daemon(database_url: str, tmp_path: Path,
     config = write_config(tmp_path / "jobwire.yaml", base_config(database_url))
     daemon = Daemon(config, tmp_path / "daemon.log")
     daemons.append(daemon)
-    wait_until(lambda: fetchval(database_url,
-                                "SELECT count(*) = $1 FROM jobwire.jobs WHERE status='succeeded'",
-                                n), timeout=120, what=f"{n} jobs succeeded")
+    wait_until(
+        lambda: fetchval(
+            database_url, "SELECT count(*) = $1 FROM jobwire.jobs WHERE status='succeeded'", n
+        ),
+        timeout=120,
+        what=f"{n} jobs succeeded",
+    )
     assert daemon.terminate() == 0
     assert stats(database_url) == {"default": {"succeeded": n}}
     assert fetchval(database_url, "SELECT count(*) FROM jobwire.job_runs") == n
     assert fetchval(database_url, "SELECT count(*) FROM jobwire.workers") == 0
 
 
-def test_sigkill_mid_job_is_finished_by_another_instance(database_url: str, tmp_path: Path,
-                                                         daemons: list[Daemon]) -> None:
-    job_id = int(jobwire("enqueue", "sleep", "--payload", '{"seconds": 2}',
-                         "--database-url", database_url).stdout)
+def test_sigkill_mid_job_is_finished_by_another_instance(
+    database_url: str, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    job_id = int(
+        jobwire(
+            "enqueue", "sleep", "--payload", '{"seconds": 2}', "--database-url", database_url
+        ).stdout
+    )
     config = write_config(tmp_path / "jobwire.yaml", base_config(database_url))
     first = Daemon(config, tmp_path / "first.log")
     daemons.append(first)
-    wait_until(lambda: fetchval(database_url, "SELECT status = 'running' FROM jobwire.jobs"
-                                " WHERE id = $1", job_id), what="job running in first daemon")
+    wait_until(
+        lambda: fetchval(
+            database_url, "SELECT status = 'running' FROM jobwire.jobs WHERE id = $1", job_id
+        ),
+        what="job running in first daemon",
+    )
     first.kill()
     second = Daemon(config, tmp_path / "second.log")
     daemons.append(second)
-    wait_until(lambda: fetchval(database_url, "SELECT status = 'succeeded' FROM jobwire.jobs"
-                                " WHERE id = $1", job_id), timeout=30,
-               what="job finished by the second daemon")
+    wait_until(
+        lambda: fetchval(
+            database_url, "SELECT status = 'succeeded' FROM jobwire.jobs WHERE id = $1", job_id
+        ),
+        timeout=30,
+        what="job finished by the second daemon",
+    )
     assert second.terminate() == 0
     show = json.loads(jobwire("jobs", "show", str(job_id), "--database-url", database_url).stdout)
     assert [(r["attempt"], r["status"]) for r in show["runs"]] == [(1, "lost"), (2, "succeeded")]
@@ -102,38 +119,72 @@ def test_sigkill_mid_job_is_finished_by_another_instance(database_url: str, tmp_
 
 
 def test_sigterm_lets_short_jobs_finish_and_gives_long_ones_back(
-        database_url: str, tmp_path: Path, daemons: list[Daemon]) -> None:
-    short = int(jobwire("enqueue", "sleep", "--payload", '{"seconds": 1}',
-                        "--database-url", database_url).stdout)
-    long = int(jobwire("enqueue", "sleep", "--payload", '{"seconds": 60}',
-                       "--database-url", database_url).stdout)
-    config = write_config(tmp_path / "jobwire.yaml",
-                          base_config(database_url, shutdown_timeout="2s"))
+    database_url: str, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    short = int(
+        jobwire(
+            "enqueue", "sleep", "--payload", '{"seconds": 1}', "--database-url", database_url
+        ).stdout
+    )
+    long = int(
+        jobwire(
+            "enqueue", "sleep", "--payload", '{"seconds": 60}', "--database-url", database_url
+        ).stdout
+    )
+    config = write_config(
+        tmp_path / "jobwire.yaml", base_config(database_url, shutdown_timeout="2s")
+    )
     daemon = Daemon(config, tmp_path / "daemon.log")
     daemons.append(daemon)
-    wait_until(lambda: fetchval(database_url, "SELECT count(*) = 2 FROM jobwire.jobs"
-                                " WHERE status = 'running'"), what="both jobs running")
+    wait_until(
+        lambda: fetchval(
+            database_url, "SELECT count(*) = 2 FROM jobwire.jobs WHERE status = 'running'"
+        ),
+        what="both jobs running",
+    )
     assert daemon.terminate(timeout=30) == 0
     assert fetchval(database_url, "SELECT status FROM jobwire.jobs WHERE id=$1", short) == (
-        "succeeded")
-    row = fetchval(database_url, "SELECT row(status, attempts, lease_until IS NULL)::text"
-                   " FROM jobwire.jobs WHERE id=$1", long)
+        "succeeded"
+    )
+    row = fetchval(
+        database_url,
+        "SELECT row(status, attempts, lease_until IS NULL)::text FROM jobwire.jobs WHERE id=$1",
+        long,
+    )
     assert row == "(pending,0,t)"
     assert daemon.has_event("jobs_released")
 
 
 def test_cli_enqueue_list_show_retry_cancel(database_url: str) -> None:
     url = ["--database-url", database_url]
-    job_id = int(jobwire("enqueue", "echo", "--payload", '{"a": 1}', "--queue", "short",
-                         "--priority", "4", "--delay", "1h", "--max-attempts", "2", *url).stdout)
+    job_id = int(
+        jobwire(
+            "enqueue",
+            "echo",
+            "--payload",
+            '{"a": 1}',
+            "--queue",
+            "short",
+            "--priority",
+            "4",
+            "--delay",
+            "1h",
+            "--max-attempts",
+            "2",
+            *url,
+        ).stdout
+    )
     dup = jobwire("enqueue", "echo", "--dedup-key", "x", *url)
     again = jobwire("enqueue", "echo", "--dedup-key", "x", *url)
     assert again.stdout.strip() == dup.stdout.strip()
     assert "duplicate" in again.stderr
-    listed = [json.loads(line) for line in
-              jobwire("jobs", "list", "--json", "--queue", "short", *url).stdout.splitlines()]
+    listed = [
+        json.loads(line)
+        for line in jobwire("jobs", "list", "--json", "--queue", "short", *url).stdout.splitlines()
+    ]
     assert [(j["id"], j["priority"], j["max_attempts"], j["payload"]) for j in listed] == [
-        (job_id, 4, 2, {"a": 1})]
+        (job_id, 4, 2, {"a": 1})
+    ]
     assert "cancelled" in jobwire("jobs", "cancel", str(job_id), *url).stdout
     assert "1 job(s) requeued" in jobwire("jobs", "retry", str(job_id), *url).stdout
     show = json.loads(jobwire("jobs", "show", str(job_id), *url).stdout)
@@ -149,11 +200,15 @@ BAD_CONFIGS = {
     "wrong type": ("workers: {concurrency: many}\n", "workers.concurrency"),
     "unknown key": ("workers: {threads: 4}\n", "workers.threads: unknown key"),
     "bad duration": ("workers: {lease: soon}\n", "workers.lease: invalid duration"),
-    "missing env var": ("database: {url: '${JOBWIRE_TEST_UNSET_VAR}'}\n",
-                        "database.url: environment variable JOBWIRE_TEST_UNSET_VAR is not set"),
+    "missing env var": (
+        "database: {url: '${JOBWIRE_TEST_UNSET_VAR}'}\n",
+        "database.url: environment variable JOBWIRE_TEST_UNSET_VAR is not set",
+    ),
     "invalid yaml": ("workers: {concurrency: 3\n", "invalid YAML"),
-    "unloadable handler": ("handlers: {mail: nosuchmodule.jobs:send}\n",
-                           "handlers.mail: cannot load"),
+    "unloadable handler": (
+        "handlers: {mail: nosuchmodule.jobs:send}\n",
+        "handlers.mail: cannot load",
+    ),
 }
 
 

@@ -26,12 +26,18 @@ async def count(store: PostgresStore, status: str) -> int:
 
 
 async def test_enqueue_many_maps_ids_and_skips_duplicate_keys(pg_store: PostgresStore) -> None:
-    first = await pg_store.enqueue_many([JobSpec("noop", dedup_key="a"), JobSpec("noop"),
-                                         JobSpec("noop", dedup_key="b")])
+    first = await pg_store.enqueue_many(
+        [JobSpec("noop", dedup_key="a"), JobSpec("noop"), JobSpec("noop", dedup_key="b")]
+    )
     assert all(isinstance(i, int) for i in first)
-    again = await pg_store.enqueue_many([JobSpec("noop", dedup_key="b"), JobSpec("noop"),
-                                         JobSpec("noop", dedup_key="a"),
-                                         JobSpec("noop", dedup_key="c")])
+    again = await pg_store.enqueue_many(
+        [
+            JobSpec("noop", dedup_key="b"),
+            JobSpec("noop"),
+            JobSpec("noop", dedup_key="a"),
+            JobSpec("noop", dedup_key="c"),
+        ]
+    )
     assert again[0] is None and again[2] is None
     assert isinstance(again[1], int) and isinstance(again[3], int)
     for job_id, key in ((again[1], None), (again[3], "c")):
@@ -42,11 +48,16 @@ async def test_enqueue_many_maps_ids_and_skips_duplicate_keys(pg_store: Postgres
 
 
 async def test_claim_order_priority_then_fifo_and_run_at(pg_store: PostgresStore) -> None:
-    ids = await pg_store.enqueue_many([
-        JobSpec("noop", "low-1"), JobSpec("noop", "high-1", priority=5),
-        JobSpec("noop", "future", priority=99, delay=3600), JobSpec("noop", "low-2"),
-        JobSpec("noop", "high-2", priority=5), JobSpec("noop", "other", queue="other"),
-    ])
+    ids = await pg_store.enqueue_many(
+        [
+            JobSpec("noop", "low-1"),
+            JobSpec("noop", "high-1", priority=5),
+            JobSpec("noop", "future", priority=99, delay=3600),
+            JobSpec("noop", "low-2"),
+            JobSpec("noop", "high-2", priority=5),
+            JobSpec("noop", "other", queue="other"),
+        ]
+    )
     claimed = await pg_store.claim(ClaimRequest({"default": 10}, 3, "w1", 30))
     assert [j.payload for j in claimed] == ["high-1", "high-2", "low-1"]
     rest = await pg_store.claim(ClaimRequest({"default": 10, "other": 10}, 10, "w1", 30))
@@ -58,8 +69,9 @@ async def test_claim_order_priority_then_fifo_and_run_at(pg_store: PostgresStore
 
 
 async def test_pool_runs_retries_and_records_runs(pg_store: PostgresStore) -> None:
-    ok, bad = await pg_store.enqueue_many([JobSpec("echo", {"x": 1}),
-                                           JobSpec("fail", max_attempts=3)])
+    ok, bad = await pg_store.enqueue_many(
+        [JobSpec("echo", {"x": 1}), JobSpec("fail", max_attempts=3)]
+    )
     pool = make_pool(pg_store)
     await pool.start()
 
@@ -75,7 +87,10 @@ async def test_pool_runs_retries_and_records_runs(pg_store: PostgresStore) -> No
     assert failed is not None and failed.status == JobStatus.FAILED and failed.attempts == 3
     runs = await pg_store.runs(bad)
     assert [(r["attempt"], r["status"]) for r in runs] == [
-        (1, "retrying"), (2, "retrying"), (3, "failed")]
+        (1, "retrying"),
+        (2, "retrying"),
+        (3, "failed"),
+    ]
     assert all(r["duration"] is not None and r["finished_at"] for r in runs)
 
 
@@ -95,8 +110,12 @@ async def test_two_pools_never_run_one_job_twice(database_url: str) -> None:
 
     stores = [await PostgresStore.connect(database_url, min_size=1, max_size=4) for _ in range(2)]
     ids = await stores[0].enqueue_many([JobSpec("record", i) for i in range(n)])
-    pools = [make_pool(s, {"record": record}, fast_config(workers={"concurrency": 16}),
-                       worker_id=f"pool-{k}") for k, s in enumerate(stores)]
+    pools = [
+        make_pool(
+            s, {"record": record}, fast_config(workers={"concurrency": 16}), worker_id=f"pool-{k}"
+        )
+        for k, s in enumerate(stores)
+    ]
     for pool in pools:
         await pool.start()
 
@@ -112,7 +131,8 @@ async def test_two_pools_never_run_one_job_twice(database_url: str) -> None:
     conn = await asyncpg.connect(database_url)
     try:
         per_worker = await conn.fetch(
-            "SELECT worker_id, count(*) FROM jobwire.job_runs GROUP BY 1 ORDER BY 1")
+            "SELECT worker_id, count(*) FROM jobwire.job_runs GROUP BY 1 ORDER BY 1"
+        )
         runs = await conn.fetchval("SELECT count(*) FROM jobwire.job_runs")
     finally:
         await conn.close()
@@ -123,8 +143,9 @@ async def test_two_pools_never_run_one_job_twice(database_url: str) -> None:
         await store.close()
 
 
-async def test_notify_wakes_the_pool_long_before_the_poll(database_url: str,
-                                                         pg_store: PostgresStore) -> None:
+async def test_notify_wakes_the_pool_long_before_the_poll(
+    database_url: str, pg_store: PostgresStore
+) -> None:
     pool = make_pool(pg_store, config=fast_config(workers={"poll_interval": "30s"}))
     await pool.start()
     await asyncio.sleep(0.2)  # let the pool's first (empty) claim pass: only a wake-up helps now
@@ -143,7 +164,8 @@ async def test_notify_wakes_the_pool_long_before_the_poll(database_url: str,
     try:
         t0 = time.monotonic()
         plain_id = await conn.fetchval(
-            "INSERT INTO jobwire.jobs (handler, payload) VALUES ('echo', '\"sql\"') RETURNING id")
+            "INSERT INTO jobwire.jobs (handler, payload) VALUES ('echo', '\"sql\"') RETURNING id"
+        )
 
         async def plain_done() -> bool:
             job = await pg_store.get(plain_id)
@@ -158,22 +180,26 @@ async def test_notify_wakes_the_pool_long_before_the_poll(database_url: str,
 
 
 async def test_listen_connection_killed_relistens_and_catches_up(
-        database_url: str, pg_store: PostgresStore) -> None:
+    database_url: str, pg_store: PostgresStore
+) -> None:
     pool = make_pool(pg_store, config=fast_config(workers={"poll_interval": "30s"}))
     await pool.start()
     admin = await asyncpg.connect(database_url)
     try:
+
         async def listener_pids() -> list[int]:
             rows = await admin.fetch(
                 "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-                " AND query LIKE 'LISTEN%'")
+                " AND query LIKE 'LISTEN%'"
+            )
             return [r["pid"] for r in rows]
 
         (pid,) = await wait_for(listener_pids, what="LISTEN connection")
         await admin.execute("SELECT pg_terminate_backend($1)", pid)
         # Inserted while the listener is gone: found by the catch-up claim after re-LISTEN.
         job_id = await admin.fetchval(
-            "INSERT INTO jobwire.jobs (handler) VALUES ('noop') RETURNING id")
+            "INSERT INTO jobwire.jobs (handler) VALUES ('noop') RETURNING id"
+        )
 
         async def done() -> bool:
             job = await pg_store.get(job_id)
@@ -231,8 +257,9 @@ async def test_stale_worker_cannot_complete_a_job_taken_back(pg_store: PostgresS
 
 def test_sync_client_enqueues_and_reads(database_url: str) -> None:
     with SyncClient(database_url) as client:
-        job_id = client.enqueue("echo", {"a": 1}, queue="short", priority=3, delay="1m",
-                                dedup_key="k1", max_attempts=7)
+        job_id = client.enqueue(
+            "echo", {"a": 1}, queue="short", priority=3, delay="1m", dedup_key="k1", max_attempts=7
+        )
         assert client.enqueue("echo", {"a": 2}, dedup_key="k1") == job_id
         job = client.get(job_id)
         assert job is not None

@@ -24,12 +24,19 @@ def write_config(path: Path, data: dict[str, Any]) -> Path:
     return path
 
 
-def jobwire(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
-            check: bool = True) -> subprocess.CompletedProcess[str]:
+def jobwire(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     """Run one CLI command to completion."""
     proc = subprocess.run(
-        [sys.executable, "-m", "jobwire", *args], cwd=REPO, capture_output=True, text=True,
-        timeout=timeout, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+        [sys.executable, "-m", "jobwire", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"jobwire {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
     return proc
@@ -42,9 +49,13 @@ class Daemon:
         self.log_path = log_path
         self._log = log_path.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jobwire", "run", "-c", str(config)], cwd=REPO,
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})})
+            [sys.executable, "-m", "jobwire", "run", "-c", str(config)],
+            cwd=REPO,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+        )
 
     def events(self) -> list[dict[str, Any]]:
         """Parsed JSON log lines so far."""
@@ -62,6 +73,7 @@ class Daemon:
 
     def wait_ready(self, timeout: float = 60) -> None:
         """Block until the daemon logged daemon_ready (or died)."""
+
         def ready() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log()}")

@@ -14,8 +14,12 @@ from jobwire.worker import WorkerPool
 def fast_config(**overrides: Any) -> Config:
     """A config with short poll, lease and retry timings; sections merge with ``overrides``."""
     data: dict[str, Any] = {
-        "workers": {"concurrency": 8, "poll_interval": "100ms", "lease": "3s",
-                    "shutdown_timeout": "2s"},
+        "workers": {
+            "concurrency": 8,
+            "poll_interval": "100ms",
+            "lease": "3s",
+            "shutdown_timeout": "2s",
+        },
         "retry": {"max_attempts": 3, "base": "10ms", "factor": 2, "max": "50ms", "jitter": False},
     }
     for key, value in overrides.items():
@@ -26,8 +30,13 @@ def fast_config(**overrides: Any) -> Config:
     return Config.model_validate(data)
 
 
-def make_pool(store: JobStore, handlers: Mapping[str, Handler] | None = None,
-              config: Config | None = None, worker_id: str | None = None) -> WorkerPool:
+def make_pool(
+    store: JobStore,
+    handlers: Mapping[str, Handler] | None = None,
+    config: Config | None = None,
+    worker_id: str | None = None,
+) -> WorkerPool:
     """A pool with the built-ins plus ``handlers``."""
-    return WorkerPool(store, HandlerRegistry(handlers or {}), config or fast_config(),
-                      worker_id=worker_id)
+    return WorkerPool(
+        store, HandlerRegistry(handlers or {}), config or fast_config(), worker_id=worker_id
+    )

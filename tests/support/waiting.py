@@ -11,10 +11,13 @@ T = TypeVar("T")
 
 
 async def wait_for(
-    probe: Callable[[], Awaitable[T]], *, timeout: float = 20.0, interval: float = 0.05,
+    probe: Callable[[], Awaitable[T]],
+    *,
+    timeout: float = 20.0,
+    interval: float = 0.05,
     what: str = "condition",
 ) -> T:
-    """Call ``probe`` until it returns something truthy; fail with the last value at the deadline."""
+    """Call ``probe`` until it returns something truthy; fail with its last value at the end."""
     deadline = time.monotonic() + timeout
     last: T | None = None
     while time.monotonic() < deadline:
@@ -25,8 +28,13 @@ async def wait_for(
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
-def wait_sync(probe: Callable[[], T], *, timeout: float = 20.0, interval: float = 0.05,
-              what: str = "condition") -> T:
+def wait_sync(
+    probe: Callable[[], T],
+    *,
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> T:
     """Blocking variant of wait_for."""
     deadline = time.monotonic() + timeout
     last: T | None = None

@@ -77,7 +77,8 @@ def test_every_problem_is_reported_not_just_the_first() -> None:
 
 def test_queue_and_handler_problems() -> None:
     assert problems("queues: {long: {concurrency: 0}}")[0].startswith(
-        "jobwire.yaml: queues.long.concurrency: ")
+        "jobwire.yaml: queues.long.concurrency: "
+    )
     assert "dotted path" in problems("handlers: {email: 'not a path'}")[0]
 
 

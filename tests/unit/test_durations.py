@@ -5,8 +5,19 @@ from jobwire.durations import format_duration, parse_duration
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("500ms", 0.5), ("30s", 30), ("5m", 300), ("1h", 3600), ("2d", 172800), ("1h30m", 5400),
-     ("1.5s", 1.5), ("10", 10), (7, 7.0), (0.25, 0.25), (" 2 m ", 120)],
+    [
+        ("500ms", 0.5),
+        ("30s", 30),
+        ("5m", 300),
+        ("1h", 3600),
+        ("2d", 172800),
+        ("1h30m", 5400),
+        ("1.5s", 1.5),
+        ("10", 10),
+        (7, 7.0),
+        (0.25, 0.25),
+        (" 2 m ", 120),
+    ],
 )
 def test_parses_durations(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds

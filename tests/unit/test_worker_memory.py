@@ -50,13 +50,15 @@ async def test_priority_first_then_fifo_and_run_at() -> None:
     async def record(payload: Any, ctx: JobContext) -> None:
         order.append(payload)
 
-    await store.enqueue_many([
-        JobSpec("record", "low-1", priority=0),
-        JobSpec("record", "high-1", priority=10),
-        JobSpec("record", "low-2", priority=0),
-        JobSpec("record", "later", priority=100, delay=0.4),
-        JobSpec("record", "high-2", priority=10),
-    ])
+    await store.enqueue_many(
+        [
+            JobSpec("record", "low-1", priority=0),
+            JobSpec("record", "high-1", priority=10),
+            JobSpec("record", "low-2", priority=0),
+            JobSpec("record", "later", priority=100, delay=0.4),
+            JobSpec("record", "high-2", priority=10),
+        ]
+    )
     started = time.monotonic()
     pool = make_pool(store, {"record": record}, fast_config(workers={"concurrency": 1}))
     await pool.start()
@@ -82,7 +84,10 @@ async def test_retries_with_backoff_then_fails_with_a_run_per_attempt() -> None:
     assert job.last_error is not None and job.last_error.startswith("RuntimeError: boom")
     runs = await store.runs(job_id)
     assert [(r["attempt"], r["status"]) for r in runs] == [
-        (1, "retrying"), (2, "retrying"), (3, "failed")]
+        (1, "retrying"),
+        (2, "retrying"),
+        (3, "failed"),
+    ]
     assert all("boom" in r["error"] for r in runs)
 
 
@@ -99,8 +104,9 @@ async def test_retry_after_and_reject() -> None:
     async def refuse(payload: Any, ctx: JobContext) -> None:
         raise Reject("bad input")
 
-    a, b = await store.enqueue_many([JobSpec("flaky", max_attempts=5),
-                                     JobSpec("refuse", max_attempts=5)])
+    a, b = await store.enqueue_many(
+        [JobSpec("flaky", max_attempts=5), JobSpec("refuse", max_attempts=5)]
+    )
     pool = make_pool(store, {"flaky": flaky, "refuse": refuse})
     await pool.start()
     await wait_for(lambda: all_finished(store), what="jobs finished")
@@ -115,7 +121,8 @@ async def test_retry_after_and_reject() -> None:
 async def test_queue_timeout_cancels_the_attempt_and_counts_it() -> None:
     store = MemoryStore()
     (job_id,) = await store.enqueue_many(
-        [JobSpec("sleep", {"seconds": 10}, queue="short", max_attempts=2)])
+        [JobSpec("sleep", {"seconds": 10}, queue="short", max_attempts=2)]
+    )
     config = fast_config(queues={"short": {"timeout": "100ms"}})
     pool = make_pool(store, config=config)
     await pool.start()
@@ -129,8 +136,9 @@ async def test_queue_timeout_cancels_the_attempt_and_counts_it() -> None:
 
 async def test_cancel_pending_and_running_jobs() -> None:
     store = MemoryStore()
-    running, waiting = await store.enqueue_many([
-        JobSpec("sleep", {"seconds": 30}), JobSpec("noop", delay=60)])
+    running, waiting = await store.enqueue_many(
+        [JobSpec("sleep", {"seconds": 30}), JobSpec("noop", delay=60)]
+    )
     assert running is not None and waiting is not None
     pool = make_pool(store)
     await pool.start()

@@ -32,7 +32,8 @@ class MemoryStore:
 
     def _run_row(self, job_id: int, attempt: int) -> dict[str, Any] | None:
         matches = (
-            run for run in reversed(self.job_runs)
+            run
+            for run in reversed(self.job_runs)
             if (run["job_id"], run["attempt"], run["status"]) == (job_id, attempt, "running")
         )
         return next(matches, None)

@@ -1,0 +1,30 @@
+"""Layering contracts: the core never imports a broker library; adapters never touch the store."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_import_linter_contracts_hold() -> None:
+    exe = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
+    proc = subprocess.run(
+        [exe, "--no-cache"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Contracts: 2 kept, 0 broken" in proc.stdout
+
+
+def test_every_sql_statement_is_named_in_the_sql_file() -> None:
+    daemon = REPO / "daemon" / "jobwire"
+    offenders = []
+    for path in daemon.rglob("*.py"):
+        text = path.read_text()
+        for keyword in ("SELECT ", "UPDATE ", "INSERT INTO", "DELETE FROM"):
+            if keyword in text and path.name not in {"postgres.py"}:
+                offenders.append(f"{path.relative_to(REPO)}: {keyword.strip()}")
+    assert offenders == []
