@@ -8,14 +8,18 @@ import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import structlog
 
 from jobwire import __version__
-from jobwire.config import Config
+from jobwire.adapters import build_adapter
+from jobwire.adapters.base import Adapter
+from jobwire.config import Config, SourceBase
 from jobwire.handlers import HandlerRegistry
-from jobwire.store.base import StoreUnavailable
+from jobwire.intake import Intake
+from jobwire.routing import Router
+from jobwire.store.base import JobStore, StoreUnavailable
 from jobwire.store.embedded import EmbeddedPostgres
 from jobwire.store.postgres import PostgresStore, migrate
 from jobwire.worker import WorkerPool
@@ -86,6 +90,49 @@ def _sd_notify(message: str) -> None:
         sock.sendto(message.encode(), address)
 
 
+class Source:
+    """One configured source at run time: its adapter, its intake and their tasks."""
+
+    def __init__(self, cfg: SourceBase, adapter: Adapter, intake: Intake) -> None:
+        self.cfg = cfg
+        self.adapter = adapter
+        self.intake = intake
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        """Start consuming and storing."""
+        self._tasks = [
+            asyncio.create_task(self.intake.run(), name=f"jobwire-intake-{self.cfg.name}"),
+            asyncio.create_task(
+                self.adapter.run(self.intake.submit), name=f"jobwire-source-{self.cfg.name}"
+            ),
+        ]
+
+    async def stop(self, timeout: float) -> None:
+        """Stop consuming, store and settle what was taken, then disconnect."""
+        await self.adapter.pause()
+        await self.intake.drain(timeout)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def describe(self) -> dict[str, object]:
+        """State and counters, for stats."""
+        return {**self.adapter.describe(), **self.intake.counters.as_dict()}
+
+
+def build_sources(
+    config: Config, registry: HandlerRegistry, store: JobStore, wake: Callable[[], None]
+) -> list[Source]:
+    """Adapter, router and intake for every configured source."""
+    sources = []
+    for cfg in config.sources:
+        adapter = build_adapter(cfg)
+        router = Router(cfg, registry.names(), adapter.default_dedup)
+        sources.append(Source(cfg, adapter, Intake(cfg, adapter, router, store, wake)))
+    return sources
+
+
 class Daemon:
     """``jobwire run``: the store, the worker pool, and a clean stop on request."""
 
@@ -94,6 +141,7 @@ class Daemon:
         self.registry = registry
         self.stop_requested = asyncio.Event()
         self.pool: WorkerPool | None = None
+        self.sources: list[Source] = []
 
     def request_stop(self, reason: str = "requested") -> None:
         """Begin a graceful stop (SIGTERM/SIGINT or a test)."""
@@ -113,9 +161,18 @@ class Daemon:
         async with open_store(self.config) as store:
             self.pool = WorkerPool(store, self.registry, self.config)
             await self.pool.start()
+            self.sources = build_sources(self.config, self.registry, store, self.pool.wake)
+            for source in self.sources:
+                source.start()
             _sd_notify("READY=1\nSTATUS=running")
-            log.info("daemon_ready", worker=self.pool.worker_id)
+            log.info(
+                "daemon_ready",
+                worker=self.pool.worker_id,
+                sources=[s.cfg.name for s in self.sources],
+            )
             await self.stop_requested.wait()
             _sd_notify("STOPPING=1")
+            # Sources first: no delivery may be left taken but unsettled when the pool stops.
+            await asyncio.gather(*(s.stop(timeout=10) for s in self.sources))
             await self.pool.stop()
         log.info("daemon_stopped")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -13,12 +13,14 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from jobwire import __version__
+from jobwire.adapters import build_adapter
 from jobwire.app import Daemon, open_store, with_database_url
 from jobwire.config import Config, ConfigError, load_config
 from jobwire.durations import parse_duration
 from jobwire.handlers import HandlerLoadError, HandlerRegistry
 from jobwire.logs import configure_logging
 from jobwire.models import Job, JobSpec, JobStatus
+from jobwire.routing import route_problems
 from jobwire.store.base import StoreUnavailable
 from jobwire.store.postgres import PostgresStore
 
@@ -52,15 +54,36 @@ def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 
 
 def _load(config_path: str | None, database_url: str | None) -> Config:
+    config, _ = _load_with_path(config_path, database_url)
+    return config
+
+
+def _load_with_path(config_path: str | None, database_url: str | None) -> tuple[Config, str]:
     try:
-        config, _ = load_config(config_path)
+        config, path = load_config(config_path)
     except ConfigError as err:
-        for problem in err.problems:
-            click.echo(f"error: {problem}", err=True)
-        sys.exit(EXIT_USAGE)
+        _report(err.problems)
     config = with_database_url(config, database_url)
     configure_logging(config.logging.format, config.logging.level)
-    return config
+    return config, str(path) if path else "(built-in defaults)"
+
+
+def _report(problems: Iterable[object]) -> NoReturn:
+    for problem in problems:
+        click.echo(f"error: {problem}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def _registry(config: Config, file: str) -> HandlerRegistry:
+    """Import the allow-listed handlers and check every route against them (exit 2 if not)."""
+    try:
+        registry = HandlerRegistry.from_config(config.handlers)
+    except HandlerLoadError as exc:
+        _report([f"{file}: {exc}"])
+    problems = route_problems(config, registry.names(), file)
+    if problems:
+        _report(problems)
+    return registry
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -88,11 +111,8 @@ def main() -> None:
 @_config_options
 def run(config_path: str | None, database_url: str | None) -> None:
     """Run the daemon until SIGTERM or SIGINT."""
-    config = _load(config_path, database_url)
-    try:
-        registry = HandlerRegistry.from_config(config.handlers)
-    except HandlerLoadError as exc:
-        _fail(str(exc))
+    config, file = _load_with_path(config_path, database_url)
+    registry = _registry(config, file)
 
     async def go() -> None:
         daemon = Daemon(config, registry)
@@ -119,11 +139,8 @@ def migrate(config_path: str | None, database_url: str | None) -> None:
 @_config_options
 def check_config(config_path: str | None, database_url: str | None) -> None:
     """Validate the config (and import every handler); print ok or every problem."""
-    config = _load(config_path, database_url)
-    try:
-        HandlerRegistry.from_config(config.handlers)
-    except HandlerLoadError as exc:
-        _fail(str(exc))
+    config, file = _load_with_path(config_path, database_url)
+    _registry(config, file)
     click.echo("ok")
 
 
@@ -309,3 +326,40 @@ def stats(as_json: bool, config_path: str | None, database_url: str | None) -> N
     click.echo(f"{'QUEUE':<12}" + "".join(f"{s:>11}" for s in statuses))
     for queue, by_status in sorted(counts.items()):
         click.echo(f"{queue:<12}" + "".join(f"{by_status.get(s, 0):>11}" for s in statuses))
+
+
+@main.command()
+@click.argument("source_name", metavar="SOURCE")
+@click.option("--body", required=True, help="Message body (JSON or text), or @file to read it.")
+@click.option("--header", "headers", multiple=True, help="A header as key=value; repeatable.")
+@click.option("--content-type", default="application/json", show_default=True)
+@click.option("--count", default=1, type=click.IntRange(min=1), show_default=True)
+@_config_options
+def publish(
+    source_name: str,
+    body: str,
+    headers: tuple[str, ...],
+    content_type: str,
+    count: int,
+    config_path: str | None,
+    database_url: str | None,
+) -> None:
+    """Send test messages through a configured source's broker (with publisher confirms)."""
+    config = _load(config_path, database_url)
+    source = next((s for s in config.sources if s.name == source_name), None)
+    if source is None:
+        names = ", ".join(s.name for s in config.sources) or "none configured"
+        _fail(f"no source named {source_name!r} (sources: {names})")
+    data = Path(body[1:]).read_bytes() if body.startswith("@") else body.encode()
+    parsed: dict[str, str] = {}
+    for item in headers:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(f"--header {item!r} is not key=value")
+        parsed[key] = value
+    adapter = build_adapter(source)
+    try:
+        confirmed = asyncio.run(adapter.publish(data, parsed, count, content_type))
+    except Exception as exc:
+        _fail(f"publish to {source_name} failed: {type(exc).__name__}: {exc}", EXIT_UNAVAILABLE)
+    click.echo(f"published {count}, confirmed {confirmed}")

@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from jobwire.durations import parse_duration
+from jobwire.selectors import parse_selector
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 """Seconds, written in the config as ``500ms``, ``30s``, ``5m``, ``1h``."""
@@ -106,6 +107,85 @@ class RetryConfig(_Strict):
     jitter: bool = True
 
 
+def _check_selector(value: str | None) -> str | None:
+    if value is not None and value != "none":
+        parse_selector(value)
+    return value
+
+
+SelectorText = Annotated[str, BeforeValidator(lambda v: _check_selector(v))]
+"""A selector written ``header:NAME``, ``json:$.path`` or ``property:NAME``."""
+
+
+class RouteConfig(_Strict):
+    """How a source's messages become jobs."""
+
+    handler: str | None = None
+    handler_from: SelectorText | None = None
+    queue: str = "default"
+    priority: int | SelectorText = 0
+    max_attempts: int | None = Field(None, ge=1)
+    delay: Duration = 0.0
+    # None: the source type's default (AMQP: property:message_id). "none": no dedup.
+    dedup_key: SelectorText | None = None
+
+    @model_validator(mode="after")
+    def _one_handler(self) -> RouteConfig:
+        if (self.handler is None) == (self.handler_from is None):
+            raise ValueError("give exactly one of handler (a name) or handler_from (a selector)")
+        return self
+
+
+class TlsConfig(_Strict):
+    """TLS for a broker connection (amqps://, mqtts://, ...)."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    verify: bool = True
+
+
+class SourceBase(_Strict):
+    """Settings shared by every source type."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    route: RouteConfig
+    on_invalid: Literal["fail", "dead-letter"] = "fail"
+    max_body_bytes: int = Field(1_048_576, ge=1)
+    batch_size: int = Field(500, ge=1, le=10_000)
+    batch_delay: Duration = 0.005
+    required: bool = False
+
+
+class AmqpSource(SourceBase):
+    """A RabbitMQ (AMQP 0-9-1) queue consumed with manual acks."""
+
+    type: Literal["amqp"]
+    url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    queue: str
+    declare: bool = True
+    queue_type: Literal["classic", "quorum"] = "classic"
+    queue_arguments: dict[str, Any] = Field(default_factory=dict)
+    dead_letter_exchange: str | None = None
+    dead_letter_routing_key: str | None = None
+    exchange: str | None = None
+    exchange_type: Literal["direct", "topic", "fanout", "headers"] = "direct"
+    routing_keys: list[str] = Field(default_factory=list)
+    prefetch: int = Field(200, ge=1, le=65535)
+    heartbeat: Duration = 30.0
+    tls: TlsConfig | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _amqp_url(cls, value: str) -> str:
+        if not value.startswith(("amqp://", "amqps://")):
+            raise ValueError("must be an amqp:// or amqps:// URL")
+        return value
+
+
+SourceConfig = Annotated[Union[AmqpSource], Field(discriminator="type")]  # noqa: UP007
+
+
 class LoggingConfig(_Strict):
     """How log lines look."""
 
@@ -121,7 +201,17 @@ class Config(_Strict):
     queues: dict[str, QueueConfig] = Field(default_factory=lambda: {"default": QueueConfig()})
     retry: RetryConfig = RetryConfig()
     handlers: dict[str, str] = Field(default_factory=dict)
+    sources: list[SourceConfig] = Field(default_factory=list)
     logging: LoggingConfig = LoggingConfig()
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, value: list[SourceConfig]) -> list[SourceConfig]:
+        names = [s.name for s in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique; repeated: {', '.join(dupes)}")
+        return value
 
     @field_validator("handlers")
     @classmethod
@@ -197,10 +287,19 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
+SOURCE_TYPES = ("amqp",)
+
+
 def _loc_to_key(loc: tuple[int | str, ...]) -> str:
     key = ""
+    previous: int | str | None = None
     for part in loc:
+        if previous == 0 or isinstance(previous, int):
+            if part in SOURCE_TYPES:  # the discriminated union's tag: not a key the user wrote
+                previous = part
+                continue
         key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+        previous = part
     return key
 
 
@@ -215,6 +314,13 @@ def _pydantic_problems(err: ValidationError, file: str) -> list[ConfigProblem]:
             reason = "unknown key"
         elif item["type"] == "missing":
             reason = "required key is missing"
+        elif item["type"] == "union_tag_invalid":
+            tag = (item.get("ctx") or {}).get("tag")
+            reason = f"unknown source type {tag!r}; supported: {', '.join(SOURCE_TYPES)}"
+            key = _join(key, "type")
+        elif item["type"] == "union_tag_not_found":
+            reason = f"every source needs a type: {', '.join(SOURCE_TYPES)}"
+            key = _join(key, "type")
         else:
             reason = str(item["msg"]).removeprefix("Value error, ")
             if "input" in item and not isinstance(item["input"], dict | list):

@@ -29,6 +29,9 @@ NotifyCallback = Callable[[str], None]
 class JobStore(Protocol):
     """Durable job storage; one implementation per backend (PostgreSQL, memory)."""
 
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the store answers."""
+
     async def enqueue_many(self, specs: Sequence[JobSpec]) -> list[int | None]:
         """Insert jobs in one transaction; a duplicate dedup key yields None instead of an id."""
 

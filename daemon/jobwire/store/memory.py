@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from jobwire.models import FINISHED, Job, JobSpec, JobStatus, Outcome
-from jobwire.store.base import ClaimRequest, NotifyCallback
+from jobwire.store.base import ClaimRequest, NotifyCallback, StoreUnavailable
 
 _READY = (JobStatus.PENDING, JobStatus.RETRYING)
 
@@ -29,6 +29,7 @@ class MemoryStore:
         self._next_id = 1
         self._listeners: list[NotifyCallback] = []
         self._default_max_attempts = default_max_attempts
+        self.available = True
 
     def _run_row(self, job_id: int, attempt: int) -> dict[str, Any] | None:
         matches = (
@@ -38,8 +39,14 @@ class MemoryStore:
         )
         return next(matches, None)
 
+    async def ping(self) -> None:
+        """Raise StoreUnavailable while ``available`` is False (tests simulate outages)."""
+        if not self.available:
+            raise StoreUnavailable("memory store switched off")
+
     async def enqueue_many(self, specs: Sequence[JobSpec]) -> list[int | None]:
         """Insert jobs, skipping duplicate dedup keys."""
+        await self.ping()
         ids: list[int | None] = []
         now = _now()
         for s in specs:

@@ -1,0 +1,163 @@
+"""What every broker adapter is: a Message type, a state, and a shared reconnect supervisor.
+
+An adapter decodes deliveries into ``Message``s and hands them to a sink (the intake). It
+settles each delivery only when the intake says so: ``ack`` after the job row committed,
+``nack(requeue=True)`` when the store failed, ``reject`` to dead-letter. It never writes SQL.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import enum
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger("jobwire.adapters")
+
+
+class SourceState(enum.StrEnum):
+    """Where a source stands, as shown in logs and stats."""
+
+    CONNECTING = "connecting"
+    UP = "up"
+    DOWN = "down"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+
+
+@dataclass
+class Message:
+    """One broker delivery, decoded; settled through the callables its adapter put in it."""
+
+    source: str
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    # Protocol metadata a route may select with ``property:NAME`` (message_id, routing_key...).
+    properties: dict[str, Any] = field(default_factory=dict)
+    content_type: str | None = None
+    # A key the adapter knows already (Kafka: topic/partition/offset); routes may override it.
+    dedup_key: str | None = None
+    ack: Callable[[], Awaitable[None]] | None = None
+    nack: Callable[[bool], Awaitable[None]] | None = None
+    reject: Callable[[], Awaitable[None]] | None = None
+    # The adapter's own handle on the delivery (used for batched acks).
+    raw: Any = None
+
+
+MessageSink = Callable[[Message], Awaitable[None]]
+
+
+class Adapter(abc.ABC):
+    """Base of every broker adapter: state bookkeeping and settlement defaults."""
+
+    kind: str = "abstract"
+    default_dedup: str | None = None  # the route's dedup_key when it names none
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.state = SourceState.STOPPED
+        self.last_error: str | None = None
+        self.state_since = time.time()
+        self._log = log.bind(source=name, kind=self.kind)
+
+    def set_state(self, state: SourceState, error: str | None = None) -> None:
+        """Record and log a state change (only changes are logged)."""
+        if error is not None:
+            self.last_error = error
+        if state == self.state:
+            return
+        self.state = state
+        self.state_since = time.time()
+        level = "warning" if state == SourceState.DOWN else "info"
+        getattr(self._log, level)("source_state", state=str(state), error=error)
+
+    def describe(self) -> dict[str, Any]:
+        """State for stats and readiness."""
+        return {
+            "kind": self.kind,
+            "state": str(self.state),
+            "since": self.state_since,
+            "last_error": self.last_error,
+        }
+
+    @abc.abstractmethod
+    async def run(self, sink: MessageSink) -> None:
+        """Connect, consume into ``sink``, and reconnect until cancelled."""
+
+    @abc.abstractmethod
+    async def pause(self) -> None:
+        """Stop taking new deliveries (the store is down or the backlog is high)."""
+
+    @abc.abstractmethod
+    async def resume(self) -> None:
+        """Take deliveries again."""
+
+    async def ack_many(self, messages: Sequence[Message]) -> None:
+        """Acknowledge a committed batch; adapters with cumulative acks override this."""
+        for message in messages:
+            if message.ack is not None:
+                await message.ack()
+
+    async def publish(
+        self,
+        body: bytes,
+        headers: dict[str, str],
+        count: int = 1,
+        content_type: str | None = "application/json",
+    ) -> int:  # pragma: no cover - per adapter
+        """Send test messages through this source's broker; returns how many were confirmed."""
+        raise NotImplementedError(f"{self.kind} sources cannot publish")
+
+
+@dataclass
+class Backoff:
+    """Reconnect delays: exponential with full jitter, reset after a success."""
+
+    initial: float = 0.5
+    maximum: float = 30.0
+    attempt: int = 0
+
+    def next(self) -> float:
+        """The next delay to wait."""
+        ceiling = min(self.maximum, self.initial * 2**self.attempt)
+        self.attempt = min(self.attempt + 1, 30)
+        return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        """Start again from the initial delay."""
+        self.attempt = 0
+
+
+async def supervise(
+    adapter: Adapter,
+    session: Callable[[], Awaitable[None]],
+    backoff: Backoff | None = None,
+) -> None:
+    """Run ``session`` (connect and consume until the connection ends) again and again.
+
+    A session that returns or raises means the connection is gone: the adapter goes
+    ``down``, waits a jittered, growing delay, and connects afresh. Cancellation stops it.
+    """
+    backoff = backoff or Backoff()
+    while True:
+        adapter.set_state(SourceState.CONNECTING)
+        started = time.monotonic()
+        try:
+            await session()
+            error = "connection closed"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() - started > 10:
+            backoff.reset()  # it was up for a while: this is a fresh outage
+        delay = backoff.next()
+        adapter.set_state(SourceState.DOWN, error)
+        adapter._log.warning("source_reconnecting", retry_in=round(delay, 2), error=error)
+        await asyncio.sleep(delay)

@@ -1,0 +1,157 @@
+"""Routing: a decoded broker Message becomes a JobSpec, or a failed one saying why not."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+from jobwire.adapters.base import Message
+from jobwire.config import Config, ConfigProblem, RouteConfig, SourceBase
+from jobwire.models import JobSpec
+from jobwire.selectors import Selector, parse_selector
+
+UNROUTABLE = "(unroutable)"
+_NOT_JSON = object()
+
+
+@dataclass(frozen=True)
+class Routed:
+    """A routing result: the spec to insert, and the reason when the message is invalid."""
+
+    spec: JobSpec
+    invalid: str | None = None
+
+
+def _is_json_type(content_type: str | None) -> bool:
+    return not content_type or "json" in content_type.lower()
+
+
+def _as_key(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+class Router:
+    """Applies one source's ``route:`` to its messages."""
+
+    def __init__(
+        self,
+        source: SourceBase,
+        allowed_handlers: Collection[str],
+        default_dedup: str | None,
+    ) -> None:
+        route: RouteConfig = source.route
+        self.source = source.name
+        self.route = route
+        self.allowed = frozenset(allowed_handlers)
+        self.max_body_bytes = source.max_body_bytes
+        self.handler_from = parse_selector(route.handler_from) if route.handler_from else None
+        self.priority: int | Selector = (
+            route.priority if isinstance(route.priority, int) else parse_selector(route.priority)
+        )
+        dedup = route.dedup_key if route.dedup_key is not None else default_dedup
+        self.dedup = parse_selector(dedup) if dedup and dedup != "none" else None
+        selectors = [
+            s for s in (self.handler_from, self.priority, self.dedup) if isinstance(s, Selector)
+        ]
+        self.needs_json = [str(s) for s in selectors if s.kind == "json"]
+
+    def route_message(self, msg: Message) -> Routed:
+        """Turn one message into a spec; invalid input becomes a failed spec, never an error."""
+        payload: Any = None
+        body: bytes | None = None
+        problem: str | None = None
+        if len(msg.body) > self.max_body_bytes:
+            problem = f"body of {len(msg.body)} bytes exceeds max_body_bytes {self.max_body_bytes}"
+        elif _is_json_type(msg.content_type):
+            try:
+                payload = json.loads(msg.body) if msg.body.strip() else None
+            except ValueError as exc:
+                if msg.content_type or self.needs_json:
+                    problem = f"body is not valid JSON: {exc}"
+                body = msg.body
+        else:
+            body = msg.body
+            if self.needs_json:
+                problem = (
+                    f"route reads {', '.join(self.needs_json)} but the body is "
+                    f"{msg.content_type}, not JSON"
+                )
+        decoded = payload if body is None else None
+
+        # The dedup key comes first: a redelivered poison message must not fail twice.
+        dedup_key = msg.dedup_key
+        if self.dedup is not None:
+            value = self.dedup.select(msg.headers, msg.properties, decoded)
+            dedup_key = None if value in (None, "") else _as_key(value)
+        if dedup_key is not None:
+            dedup_key = f"{self.source}:{dedup_key}"
+
+        handler = self.route.handler
+        if problem is None and self.handler_from is not None:
+            value = self.handler_from.select(msg.headers, msg.properties, decoded)
+            if value in (None, ""):
+                problem = f"no handler: {self.handler_from} is missing"
+            elif not isinstance(value, str) or value not in self.allowed:
+                problem = f"handler {value!r} (from {self.handler_from}) is not in the allow-list"
+            else:
+                handler = value
+        elif handler is not None and handler not in self.allowed:
+            problem = f"handler {handler!r} is not in the allow-list"
+
+        priority = 0
+        if isinstance(self.priority, int):
+            priority = self.priority
+        elif problem is None:
+            value = self.priority.select(msg.headers, msg.properties, decoded)
+            if value is not None:
+                try:
+                    priority = int(value)
+                except (TypeError, ValueError):
+                    problem = f"priority from {self.priority} is not an integer: {value!r}"
+
+        if problem is not None:
+            spec = JobSpec(
+                handler=handler or UNROUTABLE,
+                body=msg.body,
+                failed_reason=problem,
+                headers=msg.headers,
+                source=self.source,
+                dedup_key=dedup_key,
+                content_type=msg.content_type,
+                queue=self.route.queue,
+            )
+            return Routed(spec, problem)
+        assert handler is not None
+        return Routed(
+            JobSpec(
+                handler=handler,
+                payload=payload,
+                body=body,
+                priority=priority,
+                max_attempts=self.route.max_attempts,
+                delay=self.route.delay,
+                headers=msg.headers,
+                source=self.source,
+                dedup_key=dedup_key,
+                content_type=msg.content_type,
+                queue=self.route.queue,
+            )
+        )
+
+
+def route_problems(config: Config, allowed: Collection[str], file: str) -> list[ConfigProblem]:
+    """Static route handlers that are not in the allow-list: caught at start-up, not per message."""
+    problems = []
+    for index, source in enumerate(config.sources):
+        handler = source.route.handler
+        if handler is not None and handler not in allowed:
+            problems.append(
+                ConfigProblem(
+                    file,
+                    f"sources[{index}].route.handler",
+                    f"{handler!r} is not in handlers (allowed: {', '.join(sorted(allowed))})",
+                )
+            )
+    return problems

@@ -1,0 +1,57 @@
+"""An in-memory adapter that records how each delivery was settled."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from jobwire.adapters.base import Adapter, Message, MessageSink, SourceState
+
+
+class FakeAdapter(Adapter):
+    """Produces messages on demand; remembers acks, nacks, rejects and pauses."""
+
+    kind = "fake"
+    default_dedup = "header:id"
+
+    def __init__(self, name: str = "fake") -> None:
+        super().__init__(name)
+        self.settled: dict[int, str] = {}
+        self.pauses = 0
+        self.resumes = 0
+        self._n = 0
+
+    def message(self, body: bytes, headers: dict[str, str] | None = None,
+                content_type: str | None = "application/json",
+                properties: dict[str, Any] | None = None) -> Message:
+        self._n += 1
+        n = self._n
+
+        async def ack() -> None:
+            self.settled[n] = "ack"
+
+        async def nack(requeue: bool) -> None:
+            self.settled[n] = "nack-requeue" if requeue else "nack"
+
+        async def reject() -> None:
+            self.settled[n] = "reject"
+
+        return Message(source=self.name, body=body, headers=headers or {},
+                       properties=properties or {}, content_type=content_type,
+                       ack=ack, nack=nack, reject=reject, raw=n)
+
+    async def run(self, sink: MessageSink) -> None:
+        self.set_state(SourceState.UP)
+
+    async def pause(self) -> None:
+        self.pauses += 1
+        self.set_state(SourceState.PAUSED)
+
+    async def resume(self) -> None:
+        self.resumes += 1
+        self.set_state(SourceState.UP)
+
+    async def ack_many(self, messages: Sequence[Message]) -> None:
+        for m in messages:
+            assert m.ack is not None
+            await m.ack()

@@ -1,0 +1,89 @@
+"""Intake on the memory store with a fake adapter: commit-then-ack, requeue on failure."""
+
+from __future__ import annotations
+
+import asyncio
+
+from jobwire.config import Config
+from jobwire.intake import Intake
+from jobwire.models import JobStatus
+from jobwire.routing import Router
+from jobwire.store.memory import MemoryStore
+from tests.support.fake_adapter import FakeAdapter
+from tests.support.waiting import wait_for
+
+
+def make(on_invalid: str = "fail") -> tuple[Intake, FakeAdapter, MemoryStore, list[int]]:
+    config = Config.model_validate({"sources": [{
+        "name": "fake", "type": "amqp", "queue": "q", "on_invalid": on_invalid,
+        "route": {"handler_from": "json:$.type", "dedup_key": "json:$.id"}}]})
+    adapter = FakeAdapter()
+    store = MemoryStore()
+    wakes: list[int] = []
+    router = Router(config.sources[0], {"noop", "echo"}, adapter.default_dedup)
+    intake = Intake(config.sources[0], adapter, router, store, lambda: wakes.append(1))
+    return intake, adapter, store, wakes
+
+
+async def test_batch_is_stored_then_acked_and_duplicates_are_acked_without_a_job() -> None:
+    intake, adapter, store, wakes = make()
+    batch = [adapter.message(b'{"type": "noop", "id": %d}' % i) for i in range(5)]
+    batch.append(adapter.message(b'{"type": "noop", "id": 2}'))  # a redelivery
+    await intake.process(batch)
+    assert len(store.jobs) == 5
+    assert set(adapter.settled.values()) == {"ack"} and len(adapter.settled) == 6
+    assert intake.counters.stored == 5 and intake.counters.duplicate == 1
+    assert wakes == [1]
+
+
+async def test_poison_becomes_failed_job_and_is_acked() -> None:
+    intake, adapter, store, _ = make()
+    await intake.process([adapter.message(b'{"type": "rm -rf", "id": 1}'),
+                          adapter.message(b"not json")])
+    failed = [j for j in store.jobs.values() if j.status == JobStatus.FAILED]
+    assert len(failed) == 2
+    assert {j.last_error for j in failed} >= {
+        "handler 'rm -rf' (from json:$.type) is not in the allow-list"}
+    assert all(j.body is not None for j in failed)
+    assert set(adapter.settled.values()) == {"ack"}
+    assert intake.counters.invalid == 2
+
+
+async def test_dead_letter_rejects_poison_instead_of_storing_it() -> None:
+    intake, adapter, store, _ = make(on_invalid="dead-letter")
+    good, bad = adapter.message(b'{"type": "noop", "id": 1}'), adapter.message(b"junk")
+    await intake.process([good, bad])
+    assert len(store.jobs) == 1
+    assert adapter.settled == {good.raw: "ack", bad.raw: "reject"}
+
+
+async def test_store_down_requeues_the_batch_pauses_and_resumes() -> None:
+    intake, adapter, store, _ = make()
+    store.available = False
+    batch = [adapter.message(b'{"type": "noop", "id": %d}' % i) for i in range(3)]
+    task = asyncio.create_task(intake.process(batch))
+    await wait_for(lambda: _true(adapter.pauses == 1), what="adapter paused")
+    assert set(adapter.settled.values()) == {"nack-requeue"}  # nothing acked, nothing stored
+    assert store.jobs == {}
+    store.available = True
+    await asyncio.wait_for(task, 5)
+    assert adapter.resumes == 1
+    # The broker redelivers; now the batch is stored and acked.
+    await intake.process([adapter.message(b'{"type": "noop", "id": %d}' % i) for i in range(3)])
+    assert len(store.jobs) == 3
+
+
+async def test_run_loop_batches_by_count_and_time() -> None:
+    intake, adapter, store, _ = make()
+    task = asyncio.create_task(intake.run())
+    for i in range(1200):
+        await intake.submit(adapter.message(b'{"type": "noop", "id": %d}' % i))
+    await wait_for(lambda: _true(len(store.jobs) == 1200), what="1200 stored")
+    await intake.drain(5)
+    task.cancel()
+    assert intake.counters.batches >= 3  # 500 per batch at most
+    assert intake.counters.acked == 1200
+
+
+async def _true(value: bool) -> bool:
+    return value
