@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
+import uvloop
 
 from jobwire import __version__
 from jobwire.adapters import build_adapter
@@ -88,7 +89,9 @@ def _registry(config: Config, file: str) -> HandlerRegistry:
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
-        return asyncio.run(coro)
+        # uvloop: the same asyncio, with I/O and scheduling in C; the daemon is loop-bound.
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(coro)
     except StoreUnavailable as exc:
         _fail(f"database unavailable: {exc}", EXIT_UNAVAILABLE)
 

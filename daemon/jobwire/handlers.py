@@ -40,10 +40,19 @@ class JobContext:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes | None = None
     content_type: str | None = None
-    log: Any = None
+    _log: Any = None
     _progress_sink: ProgressSink | None = None
     _loop: asyncio.AbstractEventLoop | None = None
     _cancelled: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def log(self) -> Any:
+        """A structlog logger bound to this job (made on first use: most handlers never log)."""
+        if self._log is None:
+            self._log = bound_logger(
+                job_id=self.job_id, queue=self.queue, handler=self.handler, attempt=self.attempt
+            )
+        return self._log
 
     @property
     def cancelled(self) -> bool:

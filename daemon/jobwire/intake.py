@@ -92,7 +92,11 @@ class Intake:
                     batch.append(await asyncio.wait_for(self._queue.get(), remaining))
                 except TimeoutError:
                     break
-            await self.process(batch)
+            try:
+                await self.process(batch)
+            except Exception as exc:
+                self._log.exception("intake_batch_crashed", size=len(batch))
+                await self._requeue(batch, exc)
             if self._queue.empty():
                 self._idle.set()
 
@@ -154,7 +158,7 @@ class Intake:
         except Exception as exc:
             self._log.warning("settle_failed", error=f"{type(exc).__name__}: {exc}")
 
-    async def _requeue(self, batch: Sequence[Message], exc: StoreUnavailable) -> None:
+    async def _requeue(self, batch: Sequence[Message], exc: Exception) -> None:
         self._log.error("intake_store_failed", error=str(exc), requeued=len(batch))
         for message in batch:
             if message.nack is not None:

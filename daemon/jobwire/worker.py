@@ -24,7 +24,7 @@ import structlog
 from jobwire import __version__
 from jobwire.config import Config
 from jobwire.exceptions import Reject, Retry
-from jobwire.handlers import HandlerRegistry, JobContext, bound_logger
+from jobwire.handlers import HandlerRegistry, JobContext
 from jobwire.models import Job, JobStatus, Outcome
 from jobwire.retry import Backoff
 from jobwire.store.base import ClaimRequest, JobStore, StoreUnavailable
@@ -253,9 +253,6 @@ class WorkerPool:
             headers=job.headers,
             body=job.body,
             content_type=job.content_type,
-            log=bound_logger(
-                job_id=job.id, queue=job.queue, handler=job.handler, attempt=job.attempts
-            ),
             _progress_sink=self.store.set_progress,
             _loop=asyncio.get_running_loop(),
         )

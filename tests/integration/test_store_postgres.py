@@ -266,3 +266,12 @@ def test_sync_client_enqueues_and_reads(database_url: str) -> None:
         assert (job.queue, job.priority, job.max_attempts, job.payload) == ("short", 3, 7, {"a": 1})
         assert job.run_at.timestamp() > time.time() + 50
         assert client.cancel(job_id) == "cancelled"
+
+
+async def test_repeated_dedup_key_within_one_batch(pg_store: PostgresStore) -> None:
+    ids = await pg_store.enqueue_many(
+        [JobSpec("noop", 1, dedup_key="k"), JobSpec("noop", 2), JobSpec("noop", 3, dedup_key="k")]
+    )
+    assert isinstance(ids[0], int) and isinstance(ids[1], int) and ids[2] is None
+    first = await pg_store.get(ids[0])
+    assert first is not None and first.payload == 1

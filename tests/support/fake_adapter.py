@@ -21,9 +21,13 @@ class FakeAdapter(Adapter):
         self.resumes = 0
         self._n = 0
 
-    def message(self, body: bytes, headers: dict[str, str] | None = None,
-                content_type: str | None = "application/json",
-                properties: dict[str, Any] | None = None) -> Message:
+    def message(
+        self,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+        content_type: str | None = "application/json",
+        properties: dict[str, Any] | None = None,
+    ) -> Message:
         self._n += 1
         n = self._n
 
@@ -36,9 +40,17 @@ class FakeAdapter(Adapter):
         async def reject() -> None:
             self.settled[n] = "reject"
 
-        return Message(source=self.name, body=body, headers=headers or {},
-                       properties=properties or {}, content_type=content_type,
-                       ack=ack, nack=nack, reject=reject, raw=n)
+        return Message(
+            source=self.name,
+            body=body,
+            headers=headers or {},
+            properties=properties or {},
+            content_type=content_type,
+            ack=ack,
+            nack=nack,
+            reject=reject,
+            raw=n,
+        )
 
     async def run(self, sink: MessageSink) -> None:
         self.set_state(SourceState.UP)

@@ -14,9 +14,19 @@ from tests.support.waiting import wait_for
 
 
 def make(on_invalid: str = "fail") -> tuple[Intake, FakeAdapter, MemoryStore, list[int]]:
-    config = Config.model_validate({"sources": [{
-        "name": "fake", "type": "amqp", "queue": "q", "on_invalid": on_invalid,
-        "route": {"handler_from": "json:$.type", "dedup_key": "json:$.id"}}]})
+    config = Config.model_validate(
+        {
+            "sources": [
+                {
+                    "name": "fake",
+                    "type": "amqp",
+                    "queue": "q",
+                    "on_invalid": on_invalid,
+                    "route": {"handler_from": "json:$.type", "dedup_key": "json:$.id"},
+                }
+            ]
+        }
+    )
     adapter = FakeAdapter()
     store = MemoryStore()
     wakes: list[int] = []
@@ -38,12 +48,14 @@ async def test_batch_is_stored_then_acked_and_duplicates_are_acked_without_a_job
 
 async def test_poison_becomes_failed_job_and_is_acked() -> None:
     intake, adapter, store, _ = make()
-    await intake.process([adapter.message(b'{"type": "rm -rf", "id": 1}'),
-                          adapter.message(b"not json")])
+    await intake.process(
+        [adapter.message(b'{"type": "rm -rf", "id": 1}'), adapter.message(b"not json")]
+    )
     failed = [j for j in store.jobs.values() if j.status == JobStatus.FAILED]
     assert len(failed) == 2
     assert {j.last_error for j in failed} >= {
-        "handler 'rm -rf' (from json:$.type) is not in the allow-list"}
+        "handler 'rm -rf' (from json:$.type) is not in the allow-list"
+    }
     assert all(j.body is not None for j in failed)
     assert set(adapter.settled.values()) == {"ack"}
     assert intake.counters.invalid == 2

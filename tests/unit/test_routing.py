@@ -12,39 +12,58 @@ from tests.support.fake_adapter import FakeAdapter
 ALLOWED = {"email", "reindex", "noop"}
 
 
-def router(route: dict[str, Any], default_dedup: str | None = "property:message_id",
-           **source: Any) -> Router:
-    config = Config.model_validate({"sources": [
-        {"name": "orders", "type": "amqp", "queue": "q", "route": route, **source}]})
+def router(
+    route: dict[str, Any], default_dedup: str | None = "property:message_id", **source: Any
+) -> Router:
+    config = Config.model_validate(
+        {"sources": [{"name": "orders", "type": "amqp", "queue": "q", "route": route, **source}]}
+    )
     return Router(config.sources[0], ALLOWED, default_dedup)
 
 
-def msg(body: bytes, headers: dict[str, str] | None = None, ct: str | None = "application/json",
-        props: dict[str, Any] | None = None) -> Any:
+def msg(
+    body: bytes,
+    headers: dict[str, str] | None = None,
+    ct: str | None = "application/json",
+    props: dict[str, Any] | None = None,
+) -> Any:
     return FakeAdapter("orders").message(body, headers, ct, props)
 
 
 def test_static_handler_json_payload_and_default_dedup() -> None:
-    r = router({"handler": "email", "queue": "short", "priority": 3, "max_attempts": 2,
-                "delay": "5s"})
+    r = router(
+        {"handler": "email", "queue": "short", "priority": 3, "max_attempts": 2, "delay": "5s"}
+    )
     result = r.route_message(msg(b'{"to": "a"}', {"h": "1"}, props={"message_id": "m-1"}))
     assert result.invalid is None
     spec = result.spec
     assert (spec.handler, spec.queue, spec.priority, spec.max_attempts, spec.delay) == (
-        "email", "short", 3, 2, 5.0)
+        "email",
+        "short",
+        3,
+        2,
+        5.0,
+    )
     assert spec.payload == {"to": "a"} and spec.body is None
     assert spec.dedup_key == "orders:m-1"  # prefixed with the source name
     assert spec.headers == {"h": "1"} and spec.source == "orders"
 
 
 def test_handler_priority_and_dedup_from_selectors() -> None:
-    r = router({"handler_from": "json:$.type", "priority": "header:prio",
-                "dedup_key": "json:$.meta.ids[1]"})
-    result = r.route_message(msg(b'{"type": "reindex", "meta": {"ids": [1, "b"]}}',
-                                 {"prio": "7"}))
+    r = router(
+        {
+            "handler_from": "json:$.type",
+            "priority": "header:prio",
+            "dedup_key": "json:$.meta.ids[1]",
+        }
+    )
+    result = r.route_message(msg(b'{"type": "reindex", "meta": {"ids": [1, "b"]}}', {"prio": "7"}))
     assert result.invalid is None
     assert (result.spec.handler, result.spec.priority, result.spec.dedup_key) == (
-        "reindex", 7, "orders:b")
+        "reindex",
+        7,
+        "orders:b",
+    )
 
 
 def test_raw_body_kept_with_content_type() -> None:
@@ -65,18 +84,31 @@ def test_no_content_type_and_not_json_is_kept_raw_unless_json_is_needed() -> Non
     [
         ({"handler": "email"}, msg(b"{broken", ct="application/json"), "body is not valid JSON"),
         ({"handler_from": "json:$.type"}, msg(b'{"x": 1}'), "no handler: json:$.type is missing"),
-        ({"handler_from": "header:type"}, msg(b"{}", {"type": "os.system"}),
-         "handler 'os.system' (from header:type) is not in the allow-list"),
-        ({"handler_from": "json:$.type"}, msg(b"abc", ct="text/plain"),
-         "route reads json:$.type but the body is text/plain, not JSON"),
-        ({"handler": "email", "priority": "json:$.p"}, msg(b'{"p": "high"}'),
-         "priority from json:$.p is not an integer: 'high'"),
-        ({"handler": "email"}, msg(b"x" * 2000, ct="text/plain"),
-         "body of 2000 bytes exceeds max_body_bytes 1000"),
+        (
+            {"handler_from": "header:type"},
+            msg(b"{}", {"type": "os.system"}),
+            "handler 'os.system' (from header:type) is not in the allow-list",
+        ),
+        (
+            {"handler_from": "json:$.type"},
+            msg(b"abc", ct="text/plain"),
+            "route reads json:$.type but the body is text/plain, not JSON",
+        ),
+        (
+            {"handler": "email", "priority": "json:$.p"},
+            msg(b'{"p": "high"}'),
+            "priority from json:$.p is not an integer: 'high'",
+        ),
+        (
+            {"handler": "email"},
+            msg(b"x" * 2000, ct="text/plain"),
+            "body of 2000 bytes exceeds max_body_bytes 1000",
+        ),
     ],
 )
 def test_poison_messages_become_failed_specs_with_reasons(
-        route: dict[str, Any], message: Any, reason: str) -> None:
+    route: dict[str, Any], message: Any, reason: str
+) -> None:
     result = router(route, max_body_bytes=1000).route_message(message)
     assert result.invalid is not None and result.invalid.startswith(reason)
     assert result.spec.failed_reason == result.invalid
@@ -86,19 +118,25 @@ def test_poison_messages_become_failed_specs_with_reasons(
 
 def test_poison_message_keeps_its_dedup_key() -> None:
     result = router({"handler": "email"}).route_message(
-        msg(b"{broken", props={"message_id": "p-1"}))
+        msg(b"{broken", props={"message_id": "p-1"})
+    )
     assert result.invalid and result.spec.dedup_key == "orders:p-1"
 
 
 def test_dedup_none_and_missing_key() -> None:
-    assert router({"handler": "email", "dedup_key": "none"}).route_message(
-        msg(b"{}", props={"message_id": "x"})).spec.dedup_key is None
+    assert (
+        router({"handler": "email", "dedup_key": "none"})
+        .route_message(msg(b"{}", props={"message_id": "x"}))
+        .spec.dedup_key
+        is None
+    )
     assert router({"handler": "email"}).route_message(msg(b"{}")).spec.dedup_key is None
 
 
 def test_static_handler_outside_allow_list_is_a_config_problem() -> None:
     config = parse_config(
-        "sources: [{name: s, type: amqp, queue: q, route: {handler: nope}}]", "f.yaml", {})
+        "sources: [{name: s, type: amqp, queue: q, route: {handler: nope}}]", "f.yaml", {}
+    )
     (problem,) = route_problems(config, ALLOWED, "f.yaml")
     assert str(problem).startswith("f.yaml: sources[0].route.handler: 'nope' is not in handlers")
 

@@ -55,6 +55,14 @@ def _ssl_context(cfg: AmqpSource) -> ssl.SSLContext | None:
     return context
 
 
+def _channel_key(delivery: AbstractIncomingMessage) -> int | None:
+    """Identity of the channel a delivery came on; None once that channel is closed."""
+    try:
+        return id(delivery.channel)  # aio-pika raises here when the channel is closed
+    except Exception:
+        return None
+
+
 class AmqpAdapter(Adapter):
     """Consumes one RabbitMQ queue."""
 
@@ -120,7 +128,9 @@ class AmqpAdapter(Adapter):
             await channel.set_qos(prefetch_count=self.cfg.prefetch)
             queue = await self._declare(channel)
             self._channel, self._queue = channel, queue
-            self._outstanding[id(channel)] = {}
+            # Deliveries carry the underlying aiormq channel: key the bookkeeping by that.
+            underlay = await channel.get_underlay_channel()
+            self._outstanding[id(underlay)] = {}
             if self._paused:
                 self.set_state(SourceState.PAUSED)
             else:
@@ -128,8 +138,7 @@ class AmqpAdapter(Adapter):
                 self.set_state(SourceState.UP)
             await ended.wait()
         finally:
-            if self._channel is not None:
-                self._outstanding.pop(id(self._channel), None)
+            self._outstanding.clear()
             self._channel = self._queue = None
             self._consumer_tag = None
             with contextlib.suppress(Exception):
@@ -138,7 +147,7 @@ class AmqpAdapter(Adapter):
     async def _on_message(self, delivery: AbstractIncomingMessage) -> None:
         # Runs as one task per delivery (aiormq); nothing here may wait before the hand-off,
         # so deliveries reach the intake in arrival order.
-        outstanding = self._outstanding.get(id(delivery.channel))
+        outstanding = self._outstanding.get(_channel_key(delivery) or 0)
         if outstanding is not None and delivery.delivery_tag is not None:
             outstanding[delivery.delivery_tag] = None
         properties = {
@@ -166,7 +175,7 @@ class AmqpAdapter(Adapter):
         await self._sink(message)
 
     def _forget(self, delivery: AbstractIncomingMessage) -> None:
-        outstanding = self._outstanding.get(id(delivery.channel))
+        outstanding = self._outstanding.get(_channel_key(delivery) or 0)
         if outstanding is not None and delivery.delivery_tag is not None:
             outstanding.pop(delivery.delivery_tag, None)
 
@@ -187,13 +196,13 @@ class AmqpAdapter(Adapter):
 
     async def ack_many(self, messages: Sequence[Message]) -> None:
         """One cumulative ack per channel when it covers only this batch, else one each."""
-        by_channel: dict[int, list[AbstractIncomingMessage]] = {}
+        by_channel: dict[int | None, list[AbstractIncomingMessage]] = {}
         for message in messages:
             delivery: AbstractIncomingMessage = message.raw
-            by_channel.setdefault(id(delivery.channel), []).append(delivery)
+            by_channel.setdefault(_channel_key(delivery), []).append(delivery)
         for channel_id, deliveries in by_channel.items():
-            outstanding = self._outstanding.get(channel_id)
-            if outstanding is None or deliveries[0].channel.is_closed:
+            outstanding = None if channel_id is None else self._outstanding.get(channel_id)
+            if outstanding is None:
                 # The channel died after delivery: these acks cannot be sent. The broker
                 # redelivers; the dedup key turns the redelivery into no new job.
                 self.dropped_acks += len(deliveries)

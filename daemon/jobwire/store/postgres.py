@@ -180,10 +180,17 @@ class PostgresStore:
         # Identity values ascend in input order (the INSERT orders by ordinality), so the
         # n-th inserted spec owns the n-th smallest id.
         ids = iter(sorted(r["id"] for r in rows))
-        return [
-            next(ids) if s.dedup_key is None or s.dedup_key in inserted_keys else None
-            for s in specs
-        ]
+        out: list[int | None] = []
+        for spec in specs:
+            if spec.dedup_key is None:
+                out.append(next(ids))
+            elif spec.dedup_key in inserted_keys:
+                # The first spec with a key owns the row; a repeat in the same batch does not.
+                inserted_keys.discard(spec.dedup_key)
+                out.append(next(ids))
+            else:
+                out.append(None)
+        return out
 
     async def ids_by_dedup_key(self, keys: Sequence[str]) -> dict[str, int]:
         """Existing job ids for the given dedup keys."""

@@ -1,0 +1,383 @@
+"""AMQP intake against the real RabbitMQ: a fresh uuid-named queue per test."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import asyncpg
+import pytest
+
+from jobwire.config import Config
+from tests.support.daemon import Daemon as DaemonProcess
+from tests.support.daemon import jobwire, write_config
+from tests.support.inprocess import running_daemon
+from tests.support.proxy import TcpProxy
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(120)
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+@pytest.fixture
+async def amqp() -> AsyncIterator[aio_pika.abc.AbstractConnection]:
+    try:
+        connection = await aio_pika.connect(AMQP_URL)
+    except OSError as exc:
+        pytest.skip(f"no RabbitMQ at {AMQP_URL}: {exc}")
+    yield connection
+    await connection.close()
+
+
+@pytest.fixture
+async def queue_name() -> AsyncIterator[str]:
+    name = f"jw-test-{uuid.uuid4().hex[:10]}"
+    yield name
+    # A fresh connection: a test may have had the broker close its others.
+    connection = await aio_pika.connect(AMQP_URL)
+    channel = await connection.channel()
+    for queue in (name, f"{name}.dlq"):
+        await channel.queue_delete(queue)
+    await channel.exchange_delete(f"{name}.dlx")
+    await connection.close()
+
+
+def amqp_config(
+    database_url: str, queue: str, route: dict[str, Any] | None = None, **source: Any
+) -> Config:
+    return Config.model_validate(
+        {
+            "database": {"url": database_url},
+            "workers": {"poll_interval": "200ms", "concurrency": 32},
+            "sources": [
+                {
+                    "name": "orders",
+                    "type": "amqp",
+                    "url": AMQP_URL,
+                    "queue": queue,
+                    "prefetch": 500,
+                    "route": route or {"handler": "noop"},
+                    **source,
+                }
+            ],
+        }
+    )
+
+
+async def publish(
+    amqp: aio_pika.abc.AbstractConnection,
+    queue: str,
+    bodies: list[bytes],
+    message_ids: list[str | None] | None = None,
+    content_type: str = "application/json",
+    headers: dict[str, Any] | None = None,
+) -> int:
+    """Publish with confirms; returns how many the broker confirmed."""
+    channel = await amqp.channel(publisher_confirms=True)
+    await channel.declare_queue(queue, passive=True)  # the daemon declared it, with its arguments
+    ids = message_ids or [uuid.uuid4().hex for _ in bodies]
+    confirmed = 0
+    for start in range(0, len(bodies), 500):
+        await asyncio.gather(
+            *(
+                channel.default_exchange.publish(
+                    aio_pika.Message(
+                        body,
+                        message_id=mid,
+                        content_type=content_type,
+                        headers=headers,
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    ),
+                    routing_key=queue,
+                )
+                for body, mid in zip(
+                    bodies[start : start + 500], ids[start : start + 500], strict=True
+                )
+            )
+        )
+        confirmed += len(bodies[start : start + 500])
+    await channel.close()
+    return confirmed
+
+
+async def queue_counts(amqp: aio_pika.abc.AbstractConnection, queue: str) -> tuple[int, int]:
+    """(ready messages, consumers) as the broker reports them."""
+    channel = await amqp.channel()
+    try:
+        declared = await channel.declare_queue(queue, passive=True)
+        result = declared.declaration_result
+        return result.message_count or 0, result.consumer_count or 0
+    finally:
+        await channel.close()
+
+
+async def fetch(url: str, sql: str, *args: Any) -> Any:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def job_count(url: str, where: str = "true") -> int:
+    rows = await fetch(url, f"SELECT count(*) AS n FROM jobwire.jobs WHERE {where}")
+    return int(rows[0]["n"])
+
+
+async def test_thousand_messages_become_thousand_succeeded_jobs(
+    database_url: str, queue_name: str, amqp: aio_pika.abc.AbstractConnection
+) -> None:
+    n = 1000
+    config = amqp_config(database_url, queue_name, {"handler": "echo"})
+    async with running_daemon(config) as daemon:
+        assert await publish(amqp, queue_name, [b'{"n": %d}' % i for i in range(n)]) == n
+
+        async def all_succeeded() -> bool:
+            return await job_count(database_url, "status = 'succeeded'") == n
+
+        await wait_for(all_succeeded, timeout=60, what=f"{n} succeeded jobs")
+        assert await queue_counts(amqp, queue_name) == (0, 1)
+        counters = daemon.sources[0].intake.counters
+        assert (counters.received, counters.stored, counters.acked) == (n, n, n)
+    rows = await fetch(database_url, "SELECT payload, source, dedup_key FROM jobwire.jobs")
+    assert sorted(json.loads(r["payload"])["n"] for r in rows) == list(range(n))
+    assert {r["source"] for r in rows} == {"orders"}
+    assert all(r["dedup_key"].startswith("orders:") for r in rows)
+    assert await queue_counts(amqp, queue_name) == (0, 0)  # nothing left unacked after stop
+
+
+async def test_same_message_id_twice_makes_one_job_and_both_are_acked(
+    database_url: str, queue_name: str, amqp: aio_pika.abc.AbstractConnection
+) -> None:
+    config = amqp_config(database_url, queue_name)
+    async with running_daemon(config) as daemon:
+        await publish(amqp, queue_name, [b"{}", b"{}", b"{}"], ["same", "same", "other"])
+        counters = daemon.sources[0].intake.counters
+
+        async def settled() -> bool:
+            return counters.acked == 3
+
+        await wait_for(settled, what="three deliveries acked")
+        assert (counters.stored, counters.duplicate) == (2, 1)
+    assert await job_count(database_url) == 2
+    assert await queue_counts(amqp, queue_name) == (0, 0)
+
+
+async def test_poison_messages_fail_with_reasons_and_consuming_goes_on(
+    database_url: str, queue_name: str, amqp: aio_pika.abc.AbstractConnection
+) -> None:
+    config = amqp_config(
+        database_url, queue_name, {"handler_from": "json:$.type"}, max_body_bytes=100
+    )
+    async with running_daemon(config):
+        await publish(amqp, queue_name, [b"{not json"], ["bad-json"])
+        await publish(amqp, queue_name, [b'{"type": "os:system"}'], ["not-allowed"])
+        await publish(amqp, queue_name, [b'{"no_type": 1}'], ["unroutable"])
+        await publish(
+            amqp, queue_name, [b'{"type": "echo", "pad": "%s"}' % (b"x" * 200)], ["too-big"]
+        )
+        await publish(
+            amqp, queue_name, [b"\x00\x01"], ["binary"], content_type="application/octet-stream"
+        )
+        await publish(amqp, queue_name, [b'{"type": "echo", "ok": true}'], ["good"])
+
+        async def six_jobs() -> bool:
+            return await job_count(database_url, "status IN ('failed', 'succeeded')") == 6
+
+        await wait_for(six_jobs, what="six jobs finished")
+    rows = {
+        r["dedup_key"].split(":", 1)[1]: r
+        for r in await fetch(
+            database_url, "SELECT dedup_key, status, last_error, body FROM jobwire.jobs"
+        )
+    }
+    assert rows["good"]["status"] == "succeeded"
+    expected = {
+        "bad-json": "body is not valid JSON",
+        "not-allowed": "handler 'os:system' (from json:$.type) is not in the allow-list",
+        "unroutable": "no handler: json:$.type is missing",
+        "too-big": "body of 227 bytes exceeds max_body_bytes 100",
+        "binary": "route reads json:$.type but the body is application/octet-stream, not JSON",
+    }
+    for key, reason in expected.items():
+        assert rows[key]["status"] == "failed"
+        assert rows[key]["last_error"].startswith(reason), rows[key]["last_error"]
+        assert rows[key]["body"]  # the raw body is kept
+    assert await queue_counts(amqp, queue_name) == (0, 0)
+
+
+async def test_dead_letter_mode_sends_poison_to_the_broker_dlx(
+    database_url: str, queue_name: str, amqp: aio_pika.abc.AbstractConnection
+) -> None:
+    channel = await amqp.channel()
+    dlx = await channel.declare_exchange(f"{queue_name}.dlx", "fanout", durable=True)
+    dlq = await channel.declare_queue(f"{queue_name}.dlq", durable=True)
+    await dlq.bind(dlx)
+    config = amqp_config(
+        database_url,
+        queue_name,
+        {"handler_from": "header:type"},
+        on_invalid="dead-letter",
+        dead_letter_exchange=f"{queue_name}.dlx",
+    )
+    async with running_daemon(config):
+        await publish(amqp, queue_name, [b"{}"], ["poison"], headers={"type": "evil"})
+        await publish(amqp, queue_name, [b"{}"], ["fine"], headers={"type": "noop"})
+
+        async def dead_lettered() -> bool:
+            declared = await channel.declare_queue(f"{queue_name}.dlq", passive=True)
+            return declared.declaration_result.message_count == 1
+
+        await wait_for(dead_lettered, what="poison message in the DLQ")
+        await wait_for(lambda: _async(job_count(database_url)), what="good job stored")
+    assert await job_count(database_url) == 1
+    await channel.close()
+
+
+async def _async(coro: Any) -> Any:
+    return await coro
+
+
+async def test_store_cut_mid_stream_loses_nothing_and_duplicates_nothing(
+    database_url: str, queue_name: str, amqp: aio_pika.abc.AbstractConnection
+) -> None:
+    proxy = await TcpProxy("127.0.0.1", 5432).start()
+    proxied = database_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    config = Config.model_validate(
+        {
+            **amqp_config(proxied, queue_name).model_dump(by_alias=True),
+            "database": {"url": proxied, "command_timeout": "2s", "pool": {"min": 1, "max": 6}},
+        }
+    )
+    n = 3000
+    try:
+        async with running_daemon(config) as daemon:
+            publisher = asyncio.create_task(
+                publish(amqp, queue_name, [b'{"i": %d}' % i for i in range(n)])
+            )
+
+            async def some_stored() -> bool:
+                return daemon.sources[0].intake.counters.stored > 300
+
+            await wait_for(some_stored, what="intake under way")
+            proxy.cut()
+            await asyncio.sleep(1.5)  # the outage itself: the store is away for this long
+            assert (
+                daemon.sources[0].intake.counters.nacked > 0
+                or daemon.sources[0].adapter.state.value == "paused"
+            )
+            proxy.restore()
+            assert await publisher == n
+
+            async def all_in() -> bool:
+                return await job_count(database_url) >= n
+
+            await wait_for(all_in, timeout=60, what=f"{n} jobs after the store came back")
+            await wait_for(lambda: _async(_queue_empty(amqp, queue_name)), what="queue drained")
+    finally:
+        await proxy.close()
+    rows = await fetch(
+        database_url,
+        "SELECT count(*) AS n, count(DISTINCT dedup_key) AS d,"
+        " count(DISTINCT payload::text) AS p FROM jobwire.jobs",
+    )
+    assert (rows[0]["n"], rows[0]["d"], rows[0]["p"]) == (n, n, n)
+
+
+async def _queue_empty(amqp: aio_pika.abc.AbstractConnection, queue: str) -> bool:
+    return (await queue_counts(amqp, queue))[0] == 0
+
+
+async def test_consumer_comes_back_after_the_broker_drops_the_connection(
+    database_url: str, queue_name: str, amqp: aio_pika.abc.AbstractConnection
+) -> None:
+    config = amqp_config(database_url, queue_name)
+    async with running_daemon(config) as daemon:
+        await publish(amqp, queue_name, [b"{}"] * 10)
+        await wait_for(lambda: _async(_jobs_at_least(database_url, 10)), what="first 10 jobs")
+        # The broker closes our connection, as on a node restart.
+        subprocess.run(
+            ["rabbitmqctl", "close_all_connections", "test: broker drop"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+        async def reconnected() -> bool:
+            counts = await queue_counts(amqp, queue_name)
+            return daemon.sources[0].adapter.state.value == "up" and counts[1] == 1
+
+        # Our own test connection was closed too: reconnect it for the checks.
+        amqp = await aio_pika.connect(AMQP_URL)
+        try:
+            await wait_for(reconnected, timeout=60, what="consumer back (consumer count 1)")
+            await publish(amqp, queue_name, [b"{}"] * 10)
+            await wait_for(
+                lambda: _async(_jobs_at_least(database_url, 20)),
+                what="10 more jobs after the reconnect",
+            )
+        finally:
+            await amqp.close()
+    assert await job_count(database_url) == 20
+
+
+async def _jobs_at_least(url: str, n: int) -> bool:
+    return await job_count(url) >= n
+
+
+def test_failpoint_kill_between_commit_and_ack_makes_no_duplicate(
+    database_url: str, queue_name: str, tmp_path: Path
+) -> None:
+    n = 200
+    config_data = {
+        "database": {"url": database_url},
+        "workers": {"poll_interval": "200ms"},
+        "logging": {"format": "json"},
+        "sources": [
+            {
+                "name": "orders",
+                "type": "amqp",
+                "url": AMQP_URL,
+                "queue": queue_name,
+                "route": {"handler": "noop"},
+            }
+        ],
+    }
+    config = write_config(tmp_path / "jobwire.yaml", config_data)
+    out = jobwire("publish", "orders", "--body", '{"x": 1}', "--count", str(n), "-c", str(config))
+    assert out.stdout.strip() == f"published {n}, confirmed {n}"
+    first = DaemonProcess(
+        config, tmp_path / "first.log", env={"JOBWIRE_FAILPOINT": "intake.after_commit"}
+    )
+    assert first.wait(60) == -9  # killed itself right after the first commit
+    committed = asyncio.run(job_count(database_url))
+    assert committed > 0  # the batch was committed, but never acked
+    second = DaemonProcess(config, tmp_path / "second.log")
+    try:
+        second.wait_ready()
+
+        async def settled() -> bool:
+            ready, _ = await _counts_via_new_connection(queue_name)
+            return ready == 0 and await job_count(database_url) >= n
+
+        asyncio.run(wait_for(settled, timeout=60, what="all messages stored"))
+        assert second.terminate() == 0
+    finally:
+        second.stop_quietly()
+    assert asyncio.run(job_count(database_url)) == n
+    ready, consumers = asyncio.run(_counts_via_new_connection(queue_name))
+    assert (ready, consumers) == (0, 0)
+
+
+async def _counts_via_new_connection(queue: str) -> tuple[int, int]:
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        return await queue_counts(connection, queue)
+    finally:
+        await connection.close()
