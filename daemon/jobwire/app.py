@@ -8,7 +8,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import structlog
 
@@ -122,14 +122,15 @@ class Source:
 
 
 def build_sources(
-    config: Config, registry: HandlerRegistry, store: JobStore, wake: Callable[[], None]
+    config: Config, registry: HandlerRegistry, store: JobStore, pool: WorkerPool
 ) -> list[Source]:
     """Adapter, router and intake for every configured source."""
     sources = []
     for cfg in config.sources:
         adapter = build_adapter(cfg)
         router = Router(cfg, registry.names(), adapter.default_dedup)
-        sources.append(Source(cfg, adapter, Intake(cfg, adapter, router, store, wake)))
+        intake = Intake(cfg, adapter, router, store, pool, config.retry.max_attempts)
+        sources.append(Source(cfg, adapter, intake))
     return sources
 
 
@@ -161,7 +162,7 @@ class Daemon:
         async with open_store(self.config) as store:
             self.pool = WorkerPool(store, self.registry, self.config)
             await self.pool.start()
-            self.sources = build_sources(self.config, self.registry, store, self.pool.wake)
+            self.sources = build_sources(self.config, self.registry, store, self.pool)
             for source in self.sources:
                 source.start()
             _sd_notify("READY=1\nSTATUS=running")

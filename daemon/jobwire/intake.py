@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Protocol
 
 import structlog
 
 from jobwire import failpoints
 from jobwire.adapters.base import Adapter, Message, SourceState
 from jobwire.config import SourceBase
+from jobwire.models import Job, JobSpec, JobStatus
 from jobwire.routing import Routed, Router
-from jobwire.store.base import JobStore, StoreUnavailable
+from jobwire.store.base import DirectStart, InvalidJobData, JobStore, StoreUnavailable
 
 log = structlog.get_logger("jobwire.intake")
 
@@ -44,6 +48,25 @@ class SourceCounters:
         return asdict(self)
 
 
+class Handoff(Protocol):
+    """A worker pool that takes freshly inserted jobs directly (see WorkerPool.reserve)."""
+
+    def reserve(self, queue: str, wanted: int) -> int:
+        """Slots granted for jobs inserted now."""
+
+    def unreserve(self, queue: str, count: int) -> None:
+        """Give the reservation back."""
+
+    def direct_start(self) -> tuple[str, float]:
+        """Worker id and lease to insert with."""
+
+    def start_inserted(self, job: Job) -> None:
+        """Run a job inserted as running in this worker."""
+
+    def wake(self) -> None:
+        """New jobs are waiting: claim."""
+
+
 class Intake:
     """One source's path from broker deliveries to committed job rows."""
 
@@ -53,13 +76,15 @@ class Intake:
         adapter: Adapter,
         router: Router,
         store: JobStore,
-        on_committed: Callable[[], None],
+        pool: Handoff,
+        default_max_attempts: int,
     ) -> None:
         self.source = source
         self.adapter = adapter
         self.router = router
         self.store = store
-        self.on_committed = on_committed
+        self.pool = pool
+        self.default_max_attempts = default_max_attempts
         self.counters = SourceCounters()
         # Unbounded on purpose: the broker's prefetch bounds it, and a put that never waits
         # keeps deliveries in arrival order.
@@ -122,11 +147,17 @@ class Intake:
                 rejects.append((message, result))
             else:
                 keep.append((message, result))
+        specs = [r.spec for _, r in keep]
+        reserved, direct = self._reserve(specs)
         try:
-            ids = await self.store.enqueue_many([r.spec for _, r in keep]) if keep else []
+            ids, refused = await self._insert(specs, direct)
         except StoreUnavailable as exc:
+            self._unreserve(reserved)
             await self._requeue(batch, exc)
             return
+        except BaseException:
+            self._unreserve(reserved)
+            raise
         failpoints.hit("intake.after_commit")
         self.counters.batches += 1
         for message, result in keep:
@@ -147,8 +178,110 @@ class Intake:
             self.counters.dead_lettered += 1
         await self.adapter.ack_many([m for m, _ in keep])
         self.counters.acked += len(keep)
-        if inserted:
-            self.on_committed()
+        started = self._start_direct(specs, ids, direct, refused)
+        self._unreserve(reserved)
+        if inserted > started:
+            self.pool.wake()
+
+    def _reserve(self, specs: Sequence[JobSpec]) -> tuple[dict[str, int], DirectStart | None]:
+        """Ask the pool for idle slots; the first specs of each queue then start at once."""
+        wanted: dict[str, int] = {}
+        for spec in specs:
+            if spec.failed_reason is None and spec.delay <= 0:
+                wanted[spec.queue] = wanted.get(spec.queue, 0) + 1
+        reserved = {q: self.pool.reserve(q, n) for q, n in wanted.items()}
+        if not any(reserved.values()):
+            return reserved, None
+        left = dict(reserved)
+        flags = []
+        for spec in specs:
+            take = spec.failed_reason is None and spec.delay <= 0 and left.get(spec.queue, 0) > 0
+            if take:
+                left[spec.queue] -= 1
+            flags.append(take)
+        worker_id, lease = self.pool.direct_start()
+        return reserved, DirectStart(worker_id, lease, flags)
+
+    def _unreserve(self, reserved: dict[str, int]) -> None:
+        for queue, count in reserved.items():
+            if count:
+                self.pool.unreserve(queue, count)
+
+    def _start_direct(
+        self,
+        specs: Sequence[JobSpec],
+        ids: Sequence[int | None],
+        direct: DirectStart | None,
+        refused: set[int],
+    ) -> int:
+        if direct is None:
+            return 0
+        now = datetime.now(UTC)
+        started = 0
+        for index, (spec, job_id, flag) in enumerate(zip(specs, ids, direct.flags, strict=True)):
+            if not flag or job_id is None or index in refused:
+                continue  # not handed off, a duplicate that made no row, or stored as failed
+            self.pool.start_inserted(
+                Job(
+                    id=job_id,
+                    handler=spec.handler,
+                    queue=spec.queue,
+                    status=JobStatus.RUNNING,
+                    priority=spec.priority,
+                    attempts=1,
+                    max_attempts=spec.max_attempts or self.default_max_attempts,
+                    payload=spec.payload,
+                    run_at=now,
+                    created_at=now,
+                    body=spec.body,
+                    content_type=spec.content_type,
+                    headers=spec.headers,
+                    source=spec.source,
+                    dedup_key=spec.dedup_key,
+                    worker_id=direct.worker_id,
+                    started_at=now,
+                )
+            )
+            started += 1
+        return started
+
+    async def _insert(
+        self, specs: Sequence[JobSpec], direct: DirectStart | None
+    ) -> tuple[list[int | None], set[int]]:
+        """Insert the batch; if the store refuses its data, find the bad rows one by one.
+
+        Returns the ids and the indexes of specs stored as failed because the store refused them.
+        """
+        if not specs:
+            return [], set()
+        try:
+            return await self.store.enqueue_many(specs, direct), set()
+        except InvalidJobData:
+            pass
+        ids: list[int | None] = []
+        refused: set[int] = set()
+        for index, spec in enumerate(specs):
+            one = (
+                DirectStart(direct.worker_id, direct.lease, [direct.flags[index]])
+                if direct
+                else None
+            )
+            try:
+                ids.extend(await self.store.enqueue_many([spec], one))
+            except InvalidJobData as exc:
+                # Keep the message as a failed job with its raw body; never lose it.
+                failed = dataclasses.replace(
+                    spec,
+                    payload=None,
+                    payload_json=None,
+                    failed_reason=f"store refused it: {exc}",
+                    body=spec.body if spec.body is not None else (spec.payload_json or "").encode(),
+                )
+                refused.add(index)
+                ids.extend(await self.store.enqueue_many([failed]))
+                self.counters.invalid += 1
+                self._log.warning("message_invalid", reason=failed.failed_reason)
+        return ids, refused
 
     async def _settle(self, action: Callable[[], Awaitable[None]] | None) -> None:
         if action is None:

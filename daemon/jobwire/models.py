@@ -40,6 +40,9 @@ class JobSpec:
     parent_id: int | None = None
     # A spec that arrives already failed (poison message): stored as ``failed`` with this reason.
     failed_reason: str | None = None
+    # The payload as JSON text when the producer already has it (a broker body that parsed):
+    # stored as is, saving a second serialisation.
+    payload_json: str | None = None
 
 
 @dataclass

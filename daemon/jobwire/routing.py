@@ -79,6 +79,13 @@ class Router:
                     f"{msg.content_type}, not JSON"
                 )
         decoded = payload if body is None else None
+        payload_json = None
+        if body is None and payload is not None:
+            # Store the JSON text as it came (it parsed): no second serialisation.
+            try:
+                payload_json = msg.body.decode("utf-8")
+            except UnicodeDecodeError:
+                payload_json = None
 
         # The dedup key comes first: a redelivered poison message must not fail twice.
         dedup_key = msg.dedup_key
@@ -128,6 +135,7 @@ class Router:
             JobSpec(
                 handler=handler,
                 payload=payload,
+                payload_json=payload_json,
                 body=body,
                 priority=priority,
                 max_attempts=self.route.max_attempts,

@@ -57,6 +57,7 @@ class PoolCounters:
     failed: int = 0
     cancelled: int = 0
     claims: int = 0
+    direct: int = 0
     completion_batches: int = 0
     by_handler_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -86,6 +87,8 @@ class WorkerPool:
             for q in self._queues
         }
         self._busy = dict.fromkeys(self._queues, 0)
+        self._reserved: dict[str, int] = {}
+        self._reserved_total = 0
         self._running: dict[int, _Running] = {}
         self._outcomes: list[Outcome] = []
         self._outcomes_ready = asyncio.Event()
@@ -100,7 +103,38 @@ class WorkerPool:
 
     def wake(self) -> None:
         """Claim now: called after a local insert and on every notification."""
+        # New work may wait in the database: until a claim finds none, no direct hand-off
+        # (older ready jobs go first).
+        self._maybe_more = True
         self._wake.set()
+
+    # -- direct hand-off: intake inserts jobs already running here, skipping the claim --
+
+    def reserve(self, queue: str, wanted: int) -> int:
+        """Slots for jobs being inserted right now; 0 while older ready work may be waiting."""
+        if self._stopping.is_set() or self._maybe_more or queue not in self._limits:
+            return 0
+        free_total = self.config.workers.concurrency - len(self._running) - self._reserved_total
+        free_queue = self._limits[queue] - self._busy[queue] - self._reserved.get(queue, 0)
+        granted = max(0, min(wanted, free_total, free_queue))
+        if granted:
+            self._reserved[queue] = self._reserved.get(queue, 0) + granted
+            self._reserved_total += granted
+        return granted
+
+    def unreserve(self, queue: str, count: int) -> None:
+        """Return reserved slots (used or not) after the insert."""
+        self._reserved[queue] = self._reserved.get(queue, 0) - count
+        self._reserved_total -= count
+
+    def direct_start(self) -> tuple[str, float]:
+        """Worker id and lease to insert directly started jobs with."""
+        return self.worker_id, self.config.workers.lease
+
+    def start_inserted(self, job: Job) -> None:
+        """Run a job the intake inserted as running in this worker (its slot was reserved)."""
+        self.counters.direct += 1
+        self._start(job)
 
     @property
     def running_count(self) -> int:
@@ -185,9 +219,10 @@ class WorkerPool:
         self._wake.set()
 
     def _free_slots(self) -> tuple[dict[str, int], int]:
-        free_total = self.config.workers.concurrency - len(self._running)
+        free_total = self.config.workers.concurrency - len(self._running) - self._reserved_total
         per_queue = {
-            q: max(0, min(self._limits[q] - self._busy[q], free_total)) for q in self._queues
+            q: max(0, min(self._limits[q] - self._busy[q] - self._reserved.get(q, 0), free_total))
+            for q in self._queues
         }
         return per_queue, free_total
 
@@ -213,8 +248,11 @@ class WorkerPool:
                     self._start(job)
                 # A full answer, or a queue at its limit, means more may be waiting: claim
                 # again as soon as a slot frees instead of waiting for the next wake.
-                self._maybe_more = len(jobs) >= asked or any(
-                    self._busy[q] >= self._limits[q] for q in self._queues
+                # A wake during the claim means an insert the claim may not have seen.
+                self._maybe_more = (
+                    self._wake.is_set()
+                    or len(jobs) >= asked
+                    or any(self._busy[q] >= self._limits[q] for q in self._queues)
                 )
                 if self._stopping.is_set():
                     break

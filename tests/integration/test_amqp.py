@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -302,12 +301,14 @@ async def test_consumer_comes_back_after_the_broker_drops_the_connection(
         await publish(amqp, queue_name, [b"{}"] * 10)
         await wait_for(lambda: _async(_jobs_at_least(database_url, 10)), what="first 10 jobs")
         # The broker closes our connection, as on a node restart.
-        subprocess.run(
-            ["rabbitmqctl", "close_all_connections", "test: broker drop"],
-            check=True,
-            capture_output=True,
-            timeout=60,
+        proc = await asyncio.create_subprocess_exec(
+            "rabbitmqctl",
+            "close_all_connections",
+            "test: broker drop",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )
+        assert await asyncio.wait_for(proc.wait(), 60) == 0
 
         async def reconnected() -> bool:
             counts = await queue_counts(amqp, queue_name)

@@ -6,14 +6,43 @@ import asyncio
 
 from jobwire.config import Config
 from jobwire.intake import Intake
-from jobwire.models import JobStatus
+from jobwire.models import Job, JobStatus
 from jobwire.routing import Router
 from jobwire.store.memory import MemoryStore
 from tests.support.fake_adapter import FakeAdapter
 from tests.support.waiting import wait_for
 
 
-def make(on_invalid: str = "fail") -> tuple[Intake, FakeAdapter, MemoryStore, list[int]]:
+class FakePool:
+    """Stands in for the WorkerPool's hand-off side: records what it was given."""
+
+    def __init__(self, free: int = 0) -> None:
+        self.free = free
+        self.reserved = 0
+        self.started: list[Job] = []
+        self.wakes = 0
+
+    def reserve(self, queue: str, wanted: int) -> int:
+        granted = min(wanted, self.free - self.reserved)
+        self.reserved += granted
+        return granted
+
+    def unreserve(self, queue: str, count: int) -> None:
+        self.reserved -= count
+
+    def direct_start(self) -> tuple[str, float]:
+        return "me", 30.0
+
+    def start_inserted(self, job: Job) -> None:
+        self.started.append(job)
+
+    def wake(self) -> None:
+        self.wakes += 1
+
+
+def make(
+    on_invalid: str = "fail", free: int = 0
+) -> tuple[Intake, FakeAdapter, MemoryStore, FakePool]:
     config = Config.model_validate(
         {
             "sources": [
@@ -29,21 +58,35 @@ def make(on_invalid: str = "fail") -> tuple[Intake, FakeAdapter, MemoryStore, li
     )
     adapter = FakeAdapter()
     store = MemoryStore()
-    wakes: list[int] = []
+    pool = FakePool(free)
     router = Router(config.sources[0], {"noop", "echo"}, adapter.default_dedup)
-    intake = Intake(config.sources[0], adapter, router, store, lambda: wakes.append(1))
-    return intake, adapter, store, wakes
+    intake = Intake(config.sources[0], adapter, router, store, pool, 5)
+    return intake, adapter, store, pool
 
 
 async def test_batch_is_stored_then_acked_and_duplicates_are_acked_without_a_job() -> None:
-    intake, adapter, store, wakes = make()
+    intake, adapter, store, pool = make()
     batch = [adapter.message(b'{"type": "noop", "id": %d}' % i) for i in range(5)]
     batch.append(adapter.message(b'{"type": "noop", "id": 2}'))  # a redelivery
     await intake.process(batch)
     assert len(store.jobs) == 5
     assert set(adapter.settled.values()) == {"ack"} and len(adapter.settled) == 6
     assert intake.counters.stored == 5 and intake.counters.duplicate == 1
-    assert wakes == [1]
+    assert pool.wakes == 1 and pool.started == []
+
+
+async def test_idle_pool_gets_jobs_handed_over_without_a_claim() -> None:
+    intake, adapter, store, pool = make(free=3)
+    await intake.process(
+        [adapter.message(b'{"type": "noop", "id": %d}' % i) for i in range(5)]
+        + [adapter.message(b'{"type": "noop", "id": 0}')]
+    )  # a duplicate
+    assert [j.id for j in pool.started] == [1, 2, 3]
+    assert all(store.jobs[j.id].status == JobStatus.RUNNING for j in pool.started)
+    assert all(store.jobs[j.id].worker_id == "me" for j in pool.started)
+    assert [store.jobs[i].status for i in (4, 5)] == [JobStatus.PENDING] * 2
+    assert pool.reserved == 0  # every reservation given back
+    assert pool.wakes == 1  # two jobs are left for the claim
 
 
 async def test_poison_becomes_failed_job_and_is_acked() -> None:
@@ -70,13 +113,14 @@ async def test_dead_letter_rejects_poison_instead_of_storing_it() -> None:
 
 
 async def test_store_down_requeues_the_batch_pauses_and_resumes() -> None:
-    intake, adapter, store, _ = make()
+    intake, adapter, store, pool = make(free=10)
     store.available = False
     batch = [adapter.message(b'{"type": "noop", "id": %d}' % i) for i in range(3)]
     task = asyncio.create_task(intake.process(batch))
     await wait_for(lambda: _true(adapter.pauses == 1), what="adapter paused")
     assert set(adapter.settled.values()) == {"nack-requeue"}  # nothing acked, nothing stored
     assert store.jobs == {}
+    assert pool.reserved == 0
     store.available = True
     await asyncio.wait_for(task, 5)
     assert adapter.resumes == 1

@@ -1,5 +1,5 @@
 """Job storage: the JobStore interface and its PostgreSQL and in-memory implementations."""
 
-from jobwire.store.base import ClaimRequest, JobStore, StoreUnavailable
+from jobwire.store.base import ClaimRequest, DirectStart, JobStore, StoreUnavailable
 
-__all__ = ["ClaimRequest", "JobStore", "StoreUnavailable"]
+__all__ = ["ClaimRequest", "DirectStart", "JobStore", "StoreUnavailable"]

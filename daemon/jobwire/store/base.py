@@ -13,6 +13,10 @@ class StoreUnavailable(Exception):
     """The store could not be reached or did not answer in time; the operation may be retried."""
 
 
+class InvalidJobData(Exception):
+    """The store refused a batch for the data in it (not for being unreachable)."""
+
+
 @dataclass(frozen=True)
 class ClaimRequest:
     """What a pool asks for: up to ``limit`` jobs, at most ``per_queue[q]`` from queue ``q``."""
@@ -21,6 +25,15 @@ class ClaimRequest:
     limit: int
     worker_id: str
     lease: float
+
+
+@dataclass(frozen=True)
+class DirectStart:
+    """Insert some jobs already running in ``worker_id``: an idle pool skips the claim."""
+
+    worker_id: str
+    lease: float
+    flags: Sequence[bool]  # one per spec: start this one at once
 
 
 NotifyCallback = Callable[[str], None]
@@ -32,7 +45,9 @@ class JobStore(Protocol):
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the store answers."""
 
-    async def enqueue_many(self, specs: Sequence[JobSpec]) -> list[int | None]:
+    async def enqueue_many(
+        self, specs: Sequence[JobSpec], direct: DirectStart | None = None
+    ) -> list[int | None]:
         """Insert jobs in one transaction; a duplicate dedup key yields None instead of an id."""
 
     async def claim(self, request: ClaimRequest) -> list[Job]:

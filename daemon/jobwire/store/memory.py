@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from jobwire.models import FINISHED, Job, JobSpec, JobStatus, Outcome
-from jobwire.store.base import ClaimRequest, NotifyCallback, StoreUnavailable
+from jobwire.store.base import ClaimRequest, DirectStart, NotifyCallback, StoreUnavailable
 
 _READY = (JobStatus.PENDING, JobStatus.RETRYING)
 
@@ -31,25 +31,46 @@ class MemoryStore:
         self._default_max_attempts = default_max_attempts
         self.available = True
 
-    def _run_row(self, job_id: int, attempt: int) -> dict[str, Any] | None:
-        matches = (
-            run
-            for run in reversed(self.job_runs)
-            if (run["job_id"], run["attempt"], run["status"]) == (job_id, attempt, "running")
+    def _add_run(
+        self,
+        job: Job,
+        worker_id: str | None,
+        status: str,
+        error: str | None,
+        duration: float | None = None,
+        result: Any = None,
+    ) -> None:
+        """One job_runs row, written when the attempt ends (as the PostgreSQL store does)."""
+        now = _now()
+        started = job.started_at or now
+        self.job_runs.append(
+            {
+                "job_id": job.id,
+                "attempt": job.attempts,
+                "worker_id": worker_id or "?",
+                "status": status,
+                "started_at": started,
+                "finished_at": now,
+                "duration": (now - started).total_seconds() if duration is None else duration,
+                "error": error,
+                "result": result,
+            }
         )
-        return next(matches, None)
 
     async def ping(self) -> None:
         """Raise StoreUnavailable while ``available`` is False (tests simulate outages)."""
         if not self.available:
             raise StoreUnavailable("memory store switched off")
 
-    async def enqueue_many(self, specs: Sequence[JobSpec]) -> list[int | None]:
+    async def enqueue_many(
+        self, specs: Sequence[JobSpec], direct: DirectStart | None = None
+    ) -> list[int | None]:
         """Insert jobs, skipping duplicate dedup keys."""
         await self.ping()
         ids: list[int | None] = []
         now = _now()
-        for s in specs:
+        flags = list(direct.flags) if direct else [False] * len(specs)
+        for s, run_now in zip(specs, flags, strict=True):
             if s.dedup_key is not None and s.dedup_key in self._by_key:
                 ids.append(None)
                 continue
@@ -73,6 +94,10 @@ class MemoryStore:
                 parent_id=s.parent_id,
                 finished_at=now if s.failed_reason else None,
             )
+            if run_now and direct and not s.failed_reason:
+                job.status, job.attempts, job.worker_id = JobStatus.RUNNING, 1, direct.worker_id
+                job.lease_until = now + timedelta(seconds=direct.lease)
+                job.started_at = now
             self._next_id += 1
             self.jobs[job.id] = job
             if s.dedup_key is not None:
@@ -104,19 +129,6 @@ class MemoryStore:
             job.lease_until = now + timedelta(seconds=request.lease)
             job.started_at = now
             job.progress = job.progress_note = None
-            self.job_runs.append(
-                {
-                    "job_id": job.id,
-                    "attempt": job.attempts,
-                    "worker_id": request.worker_id,
-                    "status": "running",
-                    "started_at": now,
-                    "finished_at": None,
-                    "duration": None,
-                    "error": None,
-                    "result": None,
-                }
-            )
         return [dataclasses.replace(j) for j in chosen]
 
     async def complete_many(self, worker_id: str, outcomes: Sequence[Outcome]) -> int:
@@ -141,16 +153,8 @@ class MemoryStore:
             job.finished_at = now if o.status in FINISHED else None
             if o.status == JobStatus.SUCCEEDED:
                 job.progress = 100
+            self._add_run(job, worker_id, str(o.status), o.error, o.duration, o.result)
             job.lease_until = job.worker_id = None
-            run = self._run_row(o.job_id, o.attempt)
-            if run is not None:
-                run.update(
-                    status=str(o.status),
-                    finished_at=now,
-                    duration=o.duration,
-                    error=o.error,
-                    result=o.result,
-                )
         return count
 
     async def renew_leases(self, worker_id: str, lease: float) -> set[int]:
@@ -182,10 +186,8 @@ class MemoryStore:
                 )
                 job.finished_at = now if job.status in FINISHED else None
                 job.run_at = now
+                self._add_run(job, job.worker_id, "lost", "lease expired")
                 job.lease_until = job.worker_id = None
-                run = self._run_row(job.id, job.attempts)
-                if run is not None:
-                    run.update(status="lost", finished_at=now, error="lease expired")
                 lost.append(job.id)
         return lost
 
@@ -197,9 +199,7 @@ class MemoryStore:
             job = self.jobs.get(job_id)
             if job is None or job.status != JobStatus.RUNNING or job.worker_id != worker_id:
                 continue
-            run = self._run_row(job.id, job.attempts)
-            if run is not None:
-                run.update(status="interrupted", finished_at=now, error="given back at shutdown")
+            self._add_run(job, worker_id, "interrupted", "given back at shutdown")
             job.status = JobStatus.CANCELLED if job.cancel_requested else JobStatus.PENDING
             job.finished_at = now if job.cancel_requested else None
             job.attempts -= 1

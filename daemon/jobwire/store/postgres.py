@@ -13,7 +13,13 @@ import asyncpg
 import structlog
 
 from jobwire.models import Job, JobSpec, JobStatus, Outcome
-from jobwire.store.base import ClaimRequest, NotifyCallback, StoreUnavailable
+from jobwire.store.base import (
+    ClaimRequest,
+    DirectStart,
+    InvalidJobData,
+    NotifyCallback,
+    StoreUnavailable,
+)
 from jobwire.store.queries import migrations, queries
 
 log = structlog.get_logger("jobwire.store")
@@ -39,6 +45,12 @@ def notify_channel(schema: str) -> str:
 
 def _server_settings(schema: str) -> dict[str, str]:
     return {"search_path": schema, "application_name": "jobwire"}
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Skip asyncpg's reset query on release: pool connections never hold session state
+    (LISTEN and advisory locks use dedicated connections), and the reset costs a round
+    trip per query."""
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -131,6 +143,7 @@ class PostgresStore:
                 command_timeout=command_timeout,
                 server_settings=_server_settings(schema),
                 init=_init_connection,
+                reset=_keep_session,
             )
         return cls(pool, dsn, schema, default_max_attempts)
 
@@ -151,31 +164,36 @@ class PostgresStore:
         async with _guard("ping"):
             await self._pool.fetchval("SELECT 1")
 
-    async def enqueue_many(self, specs: Sequence[JobSpec]) -> list[int | None]:
+    async def enqueue_many(
+        self, specs: Sequence[JobSpec], direct: DirectStart | None = None
+    ) -> list[int | None]:
         """Insert jobs in one statement; duplicates (by dedup key) yield None."""
         if not specs:
             return []
-        cols: list[list[Any]] = [[] for _ in range(13)]
-        for s in specs:
-            row = (
-                s.handler,
-                s.queue,
-                s.priority,
-                s.max_attempts or self._default_max_attempts,
-                max(s.delay, 0.0),
-                None if s.payload is None else json.dumps(s.payload),
-                s.body,
-                s.content_type,
-                json.dumps(s.headers) if s.headers else None,
-                s.source,
-                s.dedup_key,
-                s.parent_id,
-                s.failed_reason,
-            )
-            for col, value in zip(cols, row, strict=True):
-                col.append(value)
-        async with _guard("enqueue"):
-            rows = await self._pool.fetch(self._q["insert_jobs"], *cols)
+        default_attempts = self._default_max_attempts
+        rows = await self._insert(
+            [s.handler for s in specs],
+            [s.queue for s in specs],
+            [s.priority for s in specs],
+            [s.max_attempts or default_attempts for s in specs],
+            [max(s.delay, 0.0) for s in specs],
+            [
+                s.payload_json
+                if s.payload_json is not None
+                else (None if s.payload is None else json.dumps(s.payload))
+                for s in specs
+            ],
+            [s.body for s in specs],
+            [s.content_type for s in specs],
+            [json.dumps(s.headers) if s.headers else None for s in specs],
+            [s.source for s in specs],
+            [s.dedup_key for s in specs],
+            [s.parent_id for s in specs],
+            [s.failed_reason for s in specs],
+            direct.worker_id if direct else None,
+            direct.lease if direct else 0.0,
+            list(direct.flags) if direct else [False] * len(specs),
+        )
         inserted_keys = {r["dedup_key"] for r in rows if r["dedup_key"] is not None}
         # Identity values ascend in input order (the INSERT orders by ordinality), so the
         # n-th inserted spec owns the n-th smallest id.
@@ -191,6 +209,17 @@ class PostgresStore:
             else:
                 out.append(None)
         return out
+
+    async def _insert(self, *columns: Any) -> list[asyncpg.Record]:
+        try:
+            async with _guard("enqueue"):
+                rows: list[asyncpg.Record] = await self._pool.fetch(
+                    self._q["insert_jobs"], *columns
+                )
+        except asyncpg.DataError as exc:
+            # Bad data in one row (e.g. a NUL character jsonb refuses) rejects the statement.
+            raise InvalidJobData(f"{type(exc).__name__}: {exc}") from exc
+        return rows
 
     async def ids_by_dedup_key(self, keys: Sequence[str]) -> dict[str, int]:
         """Existing job ids for the given dedup keys."""

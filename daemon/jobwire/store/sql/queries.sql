@@ -4,21 +4,30 @@
 -- name: insert_jobs
 -- Insert a batch in one round trip; a dedup_key already present is skipped, not an error.
 -- ORDER BY ord keeps identity values ascending in input order, which the caller relies on.
+-- Rows with run_now are handed straight to worker $14 (no claim round trip): they start
+-- life running, under a lease, as their first attempt.
 INSERT INTO jobs (handler, queue, priority, max_attempts, run_at, payload, body, content_type,
-                  headers, source, dedup_key, parent_id, status, last_error, finished_at)
+                  headers, source, dedup_key, parent_id, status, last_error, finished_at,
+                  attempts, worker_id, lease_until, started_at)
 SELECT j.handler, j.queue, j.priority, j.max_attempts, now() + make_interval(secs => j.delay),
        j.payload::jsonb, j.body, j.content_type, coalesce(j.headers::jsonb, '{}'::jsonb), j.source,
        j.dedup_key, j.parent_id,
-       CASE WHEN j.failed_reason IS NULL THEN 'pending' ELSE 'failed' END,
+       CASE WHEN j.failed_reason IS NOT NULL THEN 'failed'
+            WHEN j.run_now THEN 'running' ELSE 'pending' END,
        j.failed_reason,
-       CASE WHEN j.failed_reason IS NULL THEN NULL ELSE now() END
+       CASE WHEN j.failed_reason IS NULL THEN NULL ELSE now() END,
+       CASE WHEN j.run_now THEN 1 ELSE 0 END,
+       CASE WHEN j.run_now THEN $14::text END,
+       CASE WHEN j.run_now THEN now() + make_interval(secs => $15::float8) END,
+       CASE WHEN j.run_now THEN now() END
 FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::float8[], $6::text[], $7::bytea[],
-            $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::text[])
+            $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::text[],
+            $16::bool[])
      WITH ORDINALITY AS j(handler, queue, priority, max_attempts, delay, payload, body, content_type,
-                          headers, source, dedup_key, parent_id, failed_reason, ord)
+                          headers, source, dedup_key, parent_id, failed_reason, run_now, ord)
 ORDER BY j.ord
 ON CONFLICT (dedup_key) DO NOTHING
-RETURNING id, dedup_key;
+RETURNING id, dedup_key, created_at;
 
 -- name: ids_by_dedup_key
 SELECT id, dedup_key FROM jobs WHERE dedup_key = ANY($1::text[]);
@@ -26,7 +35,6 @@ SELECT id, dedup_key FROM jobs WHERE dedup_key = ANY($1::text[]);
 -- name: claim_jobs
 -- Take up to $3 ready jobs, at most n per queue, highest priority first, then FIFO.
 -- SKIP LOCKED lets any number of pools claim side by side without waiting on each other.
--- The attempt's job_runs row is written in the same statement.
 WITH wanted AS (
     SELECT w.queue, w.n FROM unnest($1::text[], $2::int[]) AS w(queue, n)
 ), candidates AS (
@@ -40,20 +48,16 @@ WITH wanted AS (
     ) c
 ), chosen AS (
     SELECT id FROM candidates ORDER BY priority DESC, id LIMIT $3
-), claimed AS (
-    UPDATE jobs SET status = 'running', attempts = jobs.attempts + 1, worker_id = $4,
-                    lease_until = now() + make_interval(secs => $5), started_at = now(),
-                    progress = NULL, progress_note = NULL
-    FROM chosen WHERE jobs.id = chosen.id
-    RETURNING jobs.*
-), runs AS (
-    INSERT INTO job_runs (job_id, attempt, worker_id) SELECT id, attempts, $4 FROM claimed
 )
-SELECT * FROM claimed ORDER BY priority DESC, id;
+UPDATE jobs SET status = 'running', attempts = jobs.attempts + 1, worker_id = $4,
+                lease_until = now() + make_interval(secs => $5), started_at = now(),
+                progress = NULL, progress_note = NULL
+FROM chosen WHERE jobs.id = chosen.id
+RETURNING jobs.*;
 
 -- name: complete_jobs
--- Record a batch of attempt outcomes. Only the worker holding the attempt may finish it:
--- a worker whose lease was taken back finds no row to update.
+-- Record a batch of attempt outcomes, each with its job_runs row. Only the worker holding
+-- the attempt may finish it: a worker whose lease was taken back finds no row to update.
 WITH o AS (
     SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::float8[], $5::text[],
                          $6::text[], $7::float8[])
@@ -71,12 +75,13 @@ WITH o AS (
                       lease_until = NULL, worker_id = NULL
     FROM o
     WHERE j.id = o.job_id AND j.attempts = o.attempt AND j.status = 'running' AND j.worker_id = $8
-    RETURNING j.id
+    RETURNING j.id, j.started_at
 ), runs AS (
-    UPDATE job_runs r SET status = o.status, finished_at = now(), duration = o.duration,
-                          error = o.error, result = o.result::jsonb
+    INSERT INTO job_runs (job_id, attempt, worker_id, status, started_at, finished_at, duration,
+                          error, result)
+    SELECT o.job_id, o.attempt, $8, o.status, coalesce(done.started_at, now()), now(),
+           o.duration, o.error, o.result::jsonb
     FROM o JOIN done ON done.id = o.job_id
-    WHERE r.job_id = o.job_id AND r.attempt = o.attempt AND r.status = 'running'
 )
 SELECT count(*) FROM done;
 
@@ -88,37 +93,50 @@ RETURNING id, cancel_requested;
 
 -- name: recover_expired_leases
 -- Take back jobs whose worker stopped heartbeating. The lost attempt counts.
-WITH lost AS (
+WITH expired AS (
+    SELECT id, worker_id, started_at FROM jobs
+    WHERE status = 'running' AND lease_until < now()
+    FOR UPDATE SKIP LOCKED
+), lost AS (
     UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled'
                                   WHEN attempts >= max_attempts THEN 'failed'
                                   ELSE 'retrying' END,
-                    last_error = 'lease expired: worker ' || coalesce(worker_id, '?')
+                    last_error = 'lease expired: worker ' || coalesce(jobs.worker_id, '?')
                                  || ' stopped heartbeating during attempt ' || attempts,
                     finished_at = CASE WHEN cancel_requested OR attempts >= max_attempts
                                        THEN now() END,
                     run_at = now(), lease_until = NULL, worker_id = NULL
-    WHERE id IN (SELECT id FROM jobs WHERE status = 'running' AND lease_until < now()
-                 FOR UPDATE SKIP LOCKED)
-    RETURNING id, attempts
+    FROM expired WHERE jobs.id = expired.id
+    RETURNING jobs.id, jobs.attempts
 ), runs AS (
-    UPDATE job_runs r SET status = 'lost', finished_at = now(), error = 'lease expired'
-    FROM lost WHERE r.job_id = lost.id AND r.attempt = lost.attempts AND r.status = 'running'
+    INSERT INTO job_runs (job_id, attempt, worker_id, status, started_at, finished_at, duration,
+                          error)
+    SELECT lost.id, lost.attempts, coalesce(expired.worker_id, '?'), 'lost',
+           coalesce(expired.started_at, now()), now(),
+           extract(epoch FROM now() - coalesce(expired.started_at, now())), 'lease expired'
+    FROM lost JOIN expired ON expired.id = lost.id
 )
 SELECT id FROM lost;
 
 -- name: release_jobs
 -- Graceful stop: give unfinished jobs back without counting the interrupted attempt.
-WITH back AS (
+WITH mine AS (
+    SELECT id, attempts, started_at FROM jobs
+    WHERE worker_id = $1 AND status = 'running' AND id = ANY($2::bigint[])
+    FOR UPDATE
+), back AS (
     UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'pending' END,
                     finished_at = CASE WHEN cancel_requested THEN now() END,
-                    attempts = attempts - 1, lease_until = NULL, worker_id = NULL,
+                    attempts = jobs.attempts - 1, lease_until = NULL, worker_id = NULL,
                     started_at = NULL, run_at = now()
-    WHERE worker_id = $1 AND status = 'running' AND id = ANY($2::bigint[])
-    RETURNING id, attempts + 1 AS attempt
+    FROM mine WHERE jobs.id = mine.id
+    RETURNING jobs.id
 ), runs AS (
-    UPDATE job_runs r SET status = 'interrupted', finished_at = now(),
-                          error = 'given back at shutdown'
-    FROM back WHERE r.job_id = back.id AND r.attempt = back.attempt AND r.status = 'running'
+    INSERT INTO job_runs (job_id, attempt, worker_id, status, started_at, finished_at, duration,
+                          error)
+    SELECT mine.id, mine.attempts, $1, 'interrupted', coalesce(mine.started_at, now()), now(),
+           extract(epoch FROM now() - coalesce(mine.started_at, now())), 'given back at shutdown'
+    FROM back JOIN mine ON mine.id = back.id
 )
 SELECT id FROM back;
 
