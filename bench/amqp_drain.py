@@ -142,6 +142,9 @@ async def main() -> None:
                 await asyncio.sleep(0.25)
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
+            reruns = await conn.fetchval("SELECT count(*) FROM jobwire.jobs WHERE attempts > 1")
+            lost = await conn.fetchval(
+                "SELECT count(*) FROM jobwire.job_runs WHERE status <> 'succeeded'")
             row = await conn.fetchrow(
                 "SELECT count(*) AS n,"
                 " extract(epoch FROM max(created_at) - min(created_at)) AS intake,"
@@ -159,6 +162,7 @@ async def main() -> None:
             f"{n / total:,.0f} jobs/s"
         )
         print(f"ratio jobwire / raw: {raw / total:.0%}")
+        print(f"jobs run more than once: {reruns}; attempts not succeeded: {lost}")
     finally:
         connection = await aio_pika.connect(args.amqp)
         channel = await connection.channel()

@@ -363,6 +363,6 @@ def publish(
     adapter = build_adapter(source)
     try:
         confirmed = asyncio.run(adapter.publish(data, parsed, count, content_type))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - an operator command: report, no traceback
         _fail(f"publish to {source_name} failed: {type(exc).__name__}: {exc}", EXIT_UNAVAILABLE)
     click.echo(f"published {count}, confirmed {confirmed}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
-import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,7 +42,9 @@ class JobContext:
     _log: Any = None
     _progress_sink: ProgressSink | None = None
     _loop: asyncio.AbstractEventLoop | None = None
-    _cancelled: threading.Event = field(default_factory=threading.Event)
+    # A plain flag, not a threading.Event: one per job is made, and the GIL makes a bool
+    # write visible to a handler's thread.
+    _cancelled: bool = False
 
     @property
     def log(self) -> Any:
@@ -57,7 +58,11 @@ class JobContext:
     @property
     def cancelled(self) -> bool:
         """True once the job was asked to stop (cancel, timeout or shutdown); check it in loops."""
-        return self._cancelled.is_set()
+        return self._cancelled
+
+    def cancel(self) -> None:
+        """Raise the ``cancelled`` flag (the pool does this; handlers only read it)."""
+        self._cancelled = True
 
     @property
     def is_last_attempt(self) -> bool:

@@ -119,7 +119,7 @@ class Intake:
                     break
             try:
                 await self.process(batch)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a bug must not stop intake for good
                 self._log.exception("intake_batch_crashed", size=len(batch))
                 await self._requeue(batch, exc)
             if self._queue.empty():
@@ -288,7 +288,7 @@ class Intake:
             return
         try:
             await action()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the delivery comes back; dedup absorbs it
             self._log.warning("settle_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def _requeue(self, batch: Sequence[Message], exc: Exception) -> None:

@@ -114,7 +114,7 @@ class WorkerPool:
         """Slots for jobs being inserted right now; 0 while older ready work may be waiting."""
         if self._stopping.is_set() or self._maybe_more or queue not in self._limits:
             return 0
-        free_total = self.config.workers.concurrency - len(self._running) - self._reserved_total
+        free_total = self._free_total()
         free_queue = self._limits[queue] - self._busy[queue] - self._reserved.get(queue, 0)
         granted = max(0, min(wanted, free_total, free_queue))
         if granted:
@@ -176,7 +176,7 @@ class WorkerPool:
         leftovers = list(self._running.values())
         for running in leftovers:
             running.stop_reason = "shutdown"
-            running.ctx._cancelled.set()
+            running.ctx.cancel()
             running.task.cancel()
         if leftovers:
             await asyncio.wait([r.task for r in leftovers])
@@ -218,8 +218,17 @@ class WorkerPool:
             return
         self._wake.set()
 
+    def _free_total(self) -> int:
+        # Outcomes not yet written hold their slot once they pass a batch: when the store
+        # writes more slowly than handlers finish, the pool slows down instead of piling up
+        # finished-but-unrecorded jobs in memory.
+        unwritten = max(0, len(self._outcomes) - self.config.workers.completion_batch)
+        return (
+            self.config.workers.concurrency - len(self._running) - self._reserved_total - unwritten
+        )
+
     def _free_slots(self) -> tuple[dict[str, int], int]:
-        free_total = self.config.workers.concurrency - len(self._running) - self._reserved_total
+        free_total = self._free_total()
         per_queue = {
             q: max(0, min(self._limits[q] - self._busy[q] - self._reserved.get(q, 0), free_total))
             for q in self._queues
@@ -303,16 +312,19 @@ class WorkerPool:
         started = time.monotonic()
         outcome: Outcome | None = None
         try:
-            async with asyncio.timeout(timeout) as deadline:
+            if timeout is None:
                 result = await self.registry.invoke(job.handler, job.payload, ctx)
+            else:
+                async with asyncio.timeout(timeout) as deadline:
+                    result = await self.registry.invoke(job.handler, job.payload, ctx)
             outcome = self._succeeded(job, result, time.monotonic() - started)
         except Retry as exc:
             outcome = self._retry_or_fail(job, exc.reason, time.monotonic() - started, exc.after)
         except Reject as exc:
             outcome = self._final(job, JobStatus.FAILED, f"rejected: {exc.reason}", started)
         except TimeoutError as exc:
-            if deadline.expired():
-                ctx._cancelled.set()
+            if timeout is not None and deadline.expired():
+                ctx.cancel()
                 reason = f"timed out after {timeout}s (queue {job.queue!r} timeout)"
             else:
                 reason = _describe(exc)
@@ -325,7 +337,7 @@ class WorkerPool:
             elif stop_reason is None:
                 raise
             # "shutdown" and "lease_lost": no outcome; the job is released or taken back.
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a handler's failure is data, not a crash
             outcome = self._retry_or_fail(job, _describe(exc), time.monotonic() - started, None)
         finally:
             self._finish(job)
@@ -340,7 +352,8 @@ class WorkerPool:
 
     def _succeeded(self, job: Job, result: Any, duration: float) -> Outcome:
         try:
-            json.dumps(result)
+            if result is not None:
+                json.dumps(result)
         except (TypeError, ValueError) as exc:
             return Outcome(
                 job.id,
@@ -409,7 +422,7 @@ class WorkerPool:
         if running is None or running.stop_reason is not None:
             return
         running.stop_reason = reason
-        running.ctx._cancelled.set()
+        running.ctx.cancel()
         running.task.cancel()
         log.info("job_stopping", job_id=job_id, reason=reason)
 
@@ -446,6 +459,8 @@ class WorkerPool:
             self._store_back()
             self.counters.completion_batches += 1
             del self._outcomes[: len(batch)]
+            if self._maybe_more:
+                self._wake.set()  # slots held by unwritten outcomes are free again
 
     # -- leases ---------------------------------------------------------------------
 

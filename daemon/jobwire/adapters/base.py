@@ -153,7 +153,7 @@ async def supervise(
             error = "connection closed"
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure means: reconnect
             error = f"{type(exc).__name__}: {exc}"
         if time.monotonic() - started > 10:
             backoff.reset()  # it was up for a while: this is a fresh outage

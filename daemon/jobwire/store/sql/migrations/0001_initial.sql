@@ -32,8 +32,17 @@ CREATE TABLE jobs (
 
 -- The claim reads only ready rows: a small partial index, in claim order.
 CREATE INDEX jobs_ready ON jobs (queue, priority DESC, id) WHERE status IN ('pending', 'retrying');
--- Lease recovery and heartbeats look only at running rows.
-CREATE INDEX jobs_running ON jobs (worker_id, lease_until) WHERE status = 'running';
+-- Lease recovery looks only at running rows. Not keyed by worker_id on purpose: a partial
+-- index keeps entries of finished row versions until vacuum, and the completion UPDATE
+-- would then scan every job this worker ever ran instead of looking rows up by id.
+CREATE INDEX jobs_running ON jobs (lease_until) WHERE status = 'running';
+
+-- A queue table is rewritten constantly: vacuum it early and often, so dead row versions
+-- do not pile up in the claim index between autovacuum runs.
+ALTER TABLE jobs SET (autovacuum_vacuum_scale_factor = 0.01,
+                      autovacuum_vacuum_insert_scale_factor = 0.01,
+                      autovacuum_analyze_scale_factor = 0.02,
+                      autovacuum_vacuum_cost_delay = 0);
 -- Deliberately no index on status or finished_at: every index is written again on each of a
 -- job's three row versions (insert, start, finish), and that write cost is the throughput.
 
