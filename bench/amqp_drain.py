@@ -144,7 +144,8 @@ async def main() -> None:
             proc.wait(60)
             reruns = await conn.fetchval("SELECT count(*) FROM jobwire.jobs WHERE attempts > 1")
             lost = await conn.fetchval(
-                "SELECT count(*) FROM jobwire.job_runs WHERE status <> 'succeeded'")
+                "SELECT count(*) FROM jobwire.job_runs WHERE status <> 'succeeded'"
+            )
             row = await conn.fetchrow(
                 "SELECT count(*) AS n,"
                 " extract(epoch FROM max(created_at) - min(created_at)) AS intake,"
