@@ -13,6 +13,7 @@ import aio_pika
 import asyncpg
 import pytest
 
+from jobwire import Client
 from jobwire.config import Config
 from tests.support.daemon import Daemon as DaemonProcess
 from tests.support.daemon import jobwire, write_config
@@ -382,3 +383,55 @@ async def _counts_via_new_connection(queue: str) -> tuple[int, int]:
         return await queue_counts(connection, queue)
     finally:
         await connection.close()
+
+
+@pytest.mark.slow
+async def test_consumer_comes_back_after_a_broker_restart(
+    database_url: str, queue_name: str, amqp: aio_pika.abc.AbstractConnection
+) -> None:
+    async def rabbitmqctl(*args: str) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            "rabbitmqctl",
+            *args,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        assert await asyncio.wait_for(proc.wait(), 120) == 0
+
+    config = amqp_config(database_url, queue_name)
+    async with running_daemon(config) as daemon:
+        await publish(amqp, queue_name, [b"{}"] * 5)
+        await wait_for(lambda: _async(_jobs_at_least(database_url, 5)), what="first 5 jobs")
+        await rabbitmqctl("stop_app")
+        try:
+
+            async def down() -> bool:
+                return daemon.sources[0].adapter.state.value in ("down", "connecting")
+
+            await wait_for(down, timeout=30, what="source noticed the broker stop")
+            # The workers go on from the database while the broker is away.
+            async with Client(database_url) as client:
+                job_id = await client.enqueue("echo", "while the broker is down")
+
+                async def ran() -> bool:
+                    job = await client.get(job_id)
+                    return job is not None and job.status == "succeeded"
+
+                await wait_for(ran, what="job run with the broker down")
+        finally:
+            await rabbitmqctl("start_app")
+        fresh = await aio_pika.connect(AMQP_URL)
+        try:
+
+            async def consumer_back() -> bool:
+                return (await queue_counts(fresh, queue_name))[1] == 1
+
+            await wait_for(consumer_back, timeout=60, what="consumer back after the restart")
+            await publish(fresh, queue_name, [b"{}"] * 5)
+            await wait_for(
+                lambda: _async(_jobs_at_least(database_url, 11)),
+                what="5 more jobs after the restart",
+            )
+        finally:
+            await fresh.close()
+    assert await job_count(database_url) == 11
