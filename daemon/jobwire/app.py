@@ -19,7 +19,7 @@ from jobwire.config import Config, SourceBase
 from jobwire.handlers import HandlerRegistry
 from jobwire.intake import Intake
 from jobwire.routing import Router
-from jobwire.store.base import JobStore, StoreUnavailable
+from jobwire.store.base import JobStore, StoreRefused, StoreUnavailable
 from jobwire.store.embedded import EmbeddedPostgres
 from jobwire.store.postgres import PostgresStore, migrate
 from jobwire.worker import WorkerPool
@@ -41,6 +41,8 @@ async def _migrate_with_retry(dsn: str, schema: str, wait: float) -> list[str]:
     while True:
         try:
             return await migrate(dsn, schema)
+        except StoreRefused:
+            raise
         except (TimeoutError, OSError, StoreUnavailable) as exc:
             if time.monotonic() + delay > deadline:
                 raise StoreUnavailable(f"database not reachable: {exc}") from exc

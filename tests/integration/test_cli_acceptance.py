@@ -228,3 +228,14 @@ def test_bad_config_exits_2_naming_file_and_key(case: str, tmp_path: Path) -> No
 def test_check_config_ok_for_the_example(tmp_path: Path) -> None:
     proc = jobwire("check-config", "-c", "config/jobwire.example.yaml")
     assert proc.stdout.strip() == "ok"
+
+
+def test_unreachable_or_refusing_database_is_a_clear_error(database_url: str) -> None:
+    missing = database_url.rsplit("/", 1)[0] + "/no_such_database_here"
+    proc = jobwire("stats", "--database-url", missing, check=False)
+    assert proc.returncode == 1
+    assert "refused the connection" in proc.stderr and "Traceback" not in proc.stderr
+    closed_port = "postgresql://postgres@127.0.0.1:1/x"
+    proc = jobwire("stats", "--database-url", closed_port, check=False, timeout=60)
+    assert proc.returncode == 1
+    assert "database unavailable" in proc.stderr and "Traceback" not in proc.stderr

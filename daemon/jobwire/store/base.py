@@ -13,6 +13,10 @@ class StoreUnavailable(Exception):
     """The store could not be reached or did not answer in time; the operation may be retried."""
 
 
+class StoreRefused(StoreUnavailable):
+    """The database answered but refused us (no such database, bad password): no retry helps."""
+
+
 class InvalidJobData(Exception):
     """The store refused a batch for the data in it (not for being unreachable)."""
 

@@ -18,6 +18,7 @@ from jobwire.store.base import (
     DirectStart,
     InvalidJobData,
     NotifyCallback,
+    StoreRefused,
     StoreUnavailable,
 )
 from jobwire.store.queries import migrations, queries
@@ -74,9 +75,25 @@ async def _guard(what: str) -> AsyncIterator[None]:
         raise StoreUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
 
 
+@contextlib.asynccontextmanager
+async def _connecting() -> AsyncIterator[None]:
+    """Like _guard, and a server that refuses the connection is StoreRefused (no retry)."""
+    try:
+        async with _guard("connect"):
+            yield
+    except (
+        asyncpg.InvalidCatalogNameError,
+        asyncpg.InvalidAuthorizationSpecificationError,
+        asyncpg.InvalidPasswordError,
+        asyncpg.InsufficientPrivilegeError,
+    ) as exc:
+        raise StoreRefused(f"the database refused the connection: {exc}") from exc
+
+
 async def migrate(dsn: str, schema: str) -> list[str]:
     """Apply missing numbered migrations under an advisory lock; returns the names applied."""
-    conn = await asyncpg.connect(dsn)
+    async with _connecting():
+        conn = await asyncpg.connect(dsn)
     applied: list[str] = []
     try:
         # One migrator per schema at a time, whichever instance starts first.
@@ -135,7 +152,7 @@ class PostgresStore:
         default_max_attempts: int = 5,
     ) -> PostgresStore:
         """Open a pool whose connections see ``schema`` first on their search_path."""
-        async with _guard("connect"):
+        async with _connecting():
             pool = await asyncpg.create_pool(
                 dsn,
                 min_size=min_size,
