@@ -180,6 +180,11 @@ class WorkerPool:
             running.task.cancel()
         if leftovers:
             await asyncio.wait([r.task for r in leftovers])
+        # The completion loop must not flush the same outcomes alongside the final flush; an
+        # interrupted write is repeated, and a repeat matches no row (the attempt is done).
+        completer = self._tasks[1]
+        completer.cancel()
+        await asyncio.gather(completer, return_exceptions=True)
         await self._flush_outcomes(final=True)
         if leftovers:
             ids = [r.job.id for r in leftovers]
@@ -454,7 +459,10 @@ class WorkerPool:
                         note="leases will expire and the jobs run again",
                     )
                     return
-                await self._store_down("complete", exc)
+                if final:
+                    await asyncio.sleep(0.5)  # stopping: _store_down would not wait at all
+                else:
+                    await self._store_down("complete", exc)
                 continue
             self._store_back()
             self.counters.completion_batches += 1
