@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -123,14 +124,18 @@ async def main() -> None:
                                 "route": {"handler": "noop"},
                             }
                         ],
-                        "logging": {"format": "json", "level": "warning"},
+                        "logging": {"format": "json", "level": "info"},
                     }
                 )
             )
+            log_path = Path(tmp) / "daemon.log"
+            log_file = log_path.open("w")
             proc = subprocess.Popen(
                 [sys.executable, "-m", "jobwire", "run", "-c", str(config)],
                 cwd=REPO,
                 stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
             )
             conn = await asyncpg.connect(db_url)
             while (
@@ -142,6 +147,12 @@ async def main() -> None:
                 await asyncio.sleep(0.25)
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
+            log_file.close()
+            stopped = [
+                json.loads(line)
+                for line in log_path.read_text().splitlines()
+                if '"pool_stopped"' in line
+            ]
             reruns = await conn.fetchval("SELECT count(*) FROM jobwire.jobs WHERE attempts > 1")
             lost = await conn.fetchval(
                 "SELECT count(*) FROM jobwire.job_runs WHERE status <> 'succeeded'"
@@ -164,6 +175,12 @@ async def main() -> None:
         )
         print(f"ratio jobwire / raw: {raw / total:.0%}")
         print(f"jobs run more than once: {reruns}; attempts not succeeded: {lost}")
+        if stopped:
+            c = stopped[-1]
+            print(
+                f"pool: {c['direct']} jobs handed over by the intake, {c['claimed']} claimed "
+                f"in {c['claims']} claims, {c['completion_batches']} completion batches"
+            )
     finally:
         connection = await aio_pika.connect(args.amqp)
         channel = await connection.channel()

@@ -74,6 +74,7 @@ class Job:
     finished_at: datetime | None = None
     parent_id: int | None = None
     cancel_requested: bool = False
+    schedule_id: int | None = None
 
 
 @dataclass(frozen=True)

@@ -212,6 +212,10 @@ class WorkerPool:
             "failed": c.failed,
             "retried": c.retried,
             "cancelled": c.cancelled,
+            "claims": c.claims,
+            "claimed": c.claimed - c.direct,
+            "direct": c.direct,
+            "completion_batches": c.completion_batches,
         }
 
     # -- claiming -------------------------------------------------------------------

@@ -275,3 +275,22 @@ async def test_repeated_dedup_key_within_one_batch(pg_store: PostgresStore) -> N
     assert isinstance(ids[0], int) and isinstance(ids[1], int) and ids[2] is None
     first = await pg_store.get(ids[0])
     assert first is not None and first.payload == 1
+
+
+async def test_job_model_has_a_field_for_every_column(database_url: str) -> None:
+    import dataclasses
+
+    from jobwire.models import Job
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        columns = {
+            r["column_name"]
+            for r in await conn.fetch(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_schema = 'jobwire' AND table_name = 'jobs'"
+            )
+        }
+    finally:
+        await conn.close()
+    assert columns == {f.name for f in dataclasses.fields(Job)}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -25,7 +24,6 @@ from jobwire.store.queries import migrations, queries
 
 log = structlog.get_logger("jobwire.store")
 
-_JOB_FIELDS = {f.name for f in dataclasses.fields(Job)}
 # Errors that mean "the database is not there right now", as opposed to a bug in a statement.
 _UNAVAILABLE = (
     OSError,
@@ -60,9 +58,10 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 def _job(row: asyncpg.Record) -> Job:
-    values = {k: row[k] for k in row.keys() if k in _JOB_FIELDS}
+    # Job has a field for every column of jobs (a test holds them together).
+    values = dict(row.items())
     values["status"] = JobStatus(values["status"])
-    values["headers"] = values.get("headers") or {}
+    values["headers"] = values["headers"] or {}
     return Job(**values)
 
 
@@ -131,9 +130,17 @@ class PostgresStore:
     """The production JobStore."""
 
     def __init__(
-        self, pool: asyncpg.Pool, dsn: str, schema: str, default_max_attempts: int
+        self,
+        pool: asyncpg.Pool,
+        dsn: str,
+        schema: str,
+        default_max_attempts: int,
+        own_backends: set[int] | None = None,
     ) -> None:
         self._pool = pool
+        # Server pids of this pool's connections: their "jobs inserted" notifications come
+        # back to our own listener, and the inserting code has already woken its pool.
+        self._own_backends = own_backends if own_backends is not None else set()
         self._dsn = dsn
         self._schema = schema
         self._channel = notify_channel(schema)
@@ -152,6 +159,12 @@ class PostgresStore:
         default_max_attempts: int = 5,
     ) -> PostgresStore:
         """Open a pool whose connections see ``schema`` first on their search_path."""
+        own_backends: set[int] = set()
+
+        async def init(conn: asyncpg.Connection) -> None:
+            await _init_connection(conn)
+            own_backends.add(conn.get_server_pid())
+
         async with _connecting():
             pool = await asyncpg.create_pool(
                 dsn,
@@ -159,10 +172,10 @@ class PostgresStore:
                 max_size=max_size,
                 command_timeout=command_timeout,
                 server_settings=_server_settings(schema),
-                init=_init_connection,
+                init=init,
                 reset=_keep_session,
             )
-        return cls(pool, dsn, schema, default_max_attempts)
+        return cls(pool, dsn, schema, default_max_attempts, own_backends)
 
     @property
     def schema(self) -> str:
@@ -372,6 +385,16 @@ class PostgresStore:
         async with _guard("notify"):
             await self._pool.execute(self._q["notify"], self._channel, message)
 
+    def _relay(self, on_notify: NotifyCallback) -> Callable[[Any, int, str, str], None]:
+        def relay(_conn: Any, pid: int, _channel: str, message: str) -> None:
+            # Our own inserts already woke our pool (Intake calls wake()); echoing them back
+            # would cost a claim per batch. Cancel requests are always passed on.
+            if message == "jobs" and pid in self._own_backends:
+                return
+            on_notify(message)
+
+        return relay
+
     async def listen(self, on_notify: NotifyCallback, on_reconnect: Callable[[], None]) -> None:
         """LISTEN on a dedicated connection; reconnect with backoff and report each reconnect."""
         delay = 0.1
@@ -389,7 +412,7 @@ class PostgresStore:
             lost = asyncio.Event()
             conn.add_termination_listener(lambda _c, lost=lost: lost.set())
             try:
-                await conn.add_listener(self._channel, lambda _c, _pid, _ch, msg: on_notify(msg))
+                await conn.add_listener(self._channel, self._relay(on_notify))
                 delay = 0.1
                 if connected_before:
                     log.info("listen_reconnected", channel=self._channel)
