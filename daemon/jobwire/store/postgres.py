@@ -43,7 +43,16 @@ def notify_channel(schema: str) -> str:
 
 
 def _server_settings(schema: str) -> dict[str, str]:
-    return {"search_path": schema, "application_name": "jobwire"}
+    return {
+        "search_path": schema,
+        "application_name": "jobwire",
+        # A queue table's statistics are always stale: the planner then believes the claim
+        # index holds a handful of rows and picks a bitmap scan, which reads every entry
+        # (including those of already-claimed jobs) and sorts them, instead of walking the
+        # index in claim order and stopping at LIMIT. Every jobwire statement is a key or
+        # index-order lookup, so bitmap scans are never what we want here.
+        "enable_bitmapscan": "off",
+    }
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
