@@ -183,7 +183,25 @@ class AmqpSource(SourceBase):
         return value
 
 
-SourceConfig = Annotated[Union[AmqpSource], Field(discriminator="type")]  # noqa: UP007
+class StompSource(SourceBase):
+    """A STOMP 1.2 destination (RabbitMQ's STOMP plugin, ActiveMQ), consumed with client acks."""
+
+    type: Literal["stomp"]
+    host: str = "127.0.0.1"
+    port: int = Field(61613, ge=1, le=65535)
+    vhost: str = "/"  # STOMP's host header; RabbitMQ reads it as the vhost
+    username: str | None = "guest"
+    password: str | None = "guest"
+    destination: str = Field(pattern=r"^/")
+    flavor: Literal["rabbitmq", "activemq"] = "rabbitmq"
+    prefetch: int = Field(200, ge=1, le=65535)
+    heartbeat: Duration = 10.0
+    # For /topic/ destinations: a durable subscription under this stable name.
+    durable_name: str | None = None
+    tls: TlsConfig | None = None
+
+
+SourceConfig = Annotated[Union[AmqpSource, StompSource], Field(discriminator="type")]  # noqa: UP007
 
 
 class LoggingConfig(_Strict):
@@ -287,7 +305,7 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-SOURCE_TYPES = ("amqp",)
+SOURCE_TYPES = ("amqp", "stomp")
 
 
 def _loc_to_key(loc: tuple[int | str, ...]) -> str:

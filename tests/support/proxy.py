@@ -16,6 +16,7 @@ class TcpProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.open = True
+        self.hanging = False
         self.connections = 0
 
     async def start(self) -> TcpProxy:
@@ -42,6 +43,8 @@ class TcpProxy:
     async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         try:
             while data := await src.read(65536):
+                if self.hanging:
+                    continue  # swallow it: both ends stay open and hear nothing
                 dst.write(data)
                 await dst.drain()
         except (ConnectionError, OSError):
@@ -58,6 +61,14 @@ class TcpProxy:
             if transport is not None:
                 transport.abort()
         self._writers.clear()
+
+    def hang(self) -> None:
+        """Stop forwarding but keep every socket open: a half-open connection."""
+        self.hanging = True
+
+    def unhang(self) -> None:
+        """Forward again (connections made from now on work normally)."""
+        self.hanging = False
 
     def restore(self) -> None:
         """Accept connections again."""

@@ -18,4 +18,10 @@ def build_adapter(source: SourceBase) -> Adapter:
 
         assert isinstance(source, AmqpSource)
         return AmqpAdapter(source)
+    if kind == "stomp":
+        from jobwire.adapters.stomp import StompAdapter
+        from jobwire.config import StompSource
+
+        assert isinstance(source, StompSource)
+        return StompAdapter(source)
     raise ValueError(f"no adapter for source type {kind!r}")

@@ -1,0 +1,317 @@
+"""STOMP 1.2 adapter on stomp.py (RabbitMQ's STOMP plugin, ActiveMQ), behind asyncio.
+
+stomp.py runs a receiver thread and calls its listener there. The listener here only
+hands each event to the event loop (``call_soon_threadsafe``) and returns at once; every
+decision is taken on the loop. Frames are written (ACK, NACK, SUBSCRIBE) from a worker
+thread, never on the loop, because stomp.py's socket writes block. Reconnecting is the
+shared supervisor's job, never the listener's: a lost connection (including missed
+heart-beats) ends the session, and the supervisor builds a fresh connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import stomp
+from stomp.utils import Frame
+
+from jobwire.adapters.base import Adapter, Message, MessageSink, SourceState, supervise
+from jobwire.config import StompSource
+
+DEFAULT_DEDUP = "header:amqp-message-id"
+# Protocol bookkeeping, not message headers: kept out of the job's headers.
+_FRAME_HEADERS = {
+    "ack",
+    "message-id",
+    "subscription",
+    "destination",
+    "content-length",
+    "redelivered",
+    "content-type",
+}
+
+
+class _Bridge(stomp.ConnectionListener):  # type: ignore[misc]
+    """Runs on stomp.py's receiver thread: forward to the loop, return immediately."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_frame: Callable[[Frame], None],
+        on_lost: Callable[[str], None],
+        on_error: Callable[[Frame], None],
+    ) -> None:
+        self._loop = loop
+        self._on_frame = on_frame
+        self._on_lost = on_lost
+        self._on_error = on_error
+
+    def _post(self, callback: Callable[..., None], *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: we are shutting down
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    def on_message(self, frame: Frame) -> None:
+        self._post(self._on_frame, frame)
+
+    def on_error(self, frame: Frame) -> None:
+        self._post(self._on_error, frame)
+
+    def on_disconnected(self) -> None:
+        self._post(self._on_lost, "disconnected")
+
+    def on_heartbeat_timeout(self) -> None:
+        self._post(self._on_lost, "heart-beat timeout")
+
+
+def _quiet_disconnect(conn: stomp.Connection12) -> None:
+    with contextlib.suppress(Exception):
+        if conn.is_connected():
+            conn.disconnect()
+    with contextlib.suppress(Exception):
+        conn.transport.stop()
+
+
+class StompAdapter(Adapter):
+    """Consumes one STOMP destination with ``client-individual`` acks."""
+
+    kind = "stomp"
+    default_dedup = DEFAULT_DEDUP
+
+    def __init__(self, cfg: StompSource) -> None:
+        super().__init__(cfg.name)
+        self.cfg = cfg
+        self._sink: MessageSink | None = None
+        self._conn: stomp.Connection12 | None = None
+        # Each connection gets a generation: an ack id is only valid on its own connection.
+        self._generation = 0
+        self._paused = False
+        self._subscribed = False
+        self._write_lock = asyncio.Lock()
+        self._handing_over: set[asyncio.Future[None]] = set()
+        self.dropped_acks = 0
+
+    @property
+    def subscription_id(self) -> str:
+        """The SUBSCRIBE id: stable, so a durable subscription is found again."""
+        return self.cfg.durable_name or f"jobwire-{self.name}"
+
+    def _new_connection(self) -> stomp.Connection12:
+        heartbeat_ms = int(self.cfg.heartbeat * 1000)
+        conn = stomp.Connection12(
+            [(self.cfg.host, self.cfg.port)],
+            heartbeats=(heartbeat_ms, heartbeat_ms),
+            vhost=self.cfg.vhost,
+            auto_decode=False,
+            reconnect_attempts_max=1,
+            timeout=10,
+        )
+        tls = self.cfg.tls
+        if tls is not None:
+            conn.set_ssl(
+                [(self.cfg.host, self.cfg.port)],
+                ca_certs=str(tls.ca_file) if tls.ca_file else None,
+                cert_file=str(tls.cert_file) if tls.cert_file else None,
+                key_file=str(tls.key_file) if tls.key_file else None,
+            )
+        return conn
+
+    async def run(self, sink: MessageSink) -> None:
+        """Connect, subscribe, consume; reconnect with backoff whenever the connection ends."""
+        self._sink = sink
+        await supervise(self, self._session)
+
+    async def _session(self) -> None:
+        loop = asyncio.get_running_loop()
+        lost: asyncio.Future[str] = loop.create_future()
+
+        def on_lost(reason: str) -> None:
+            if not lost.done():
+                lost.set_result(reason)
+
+        conn = self._new_connection()
+        conn.set_listener("jobwire", _Bridge(loop, self._on_frame, on_lost, self._on_error))
+        try:
+            await asyncio.to_thread(conn.connect, self.cfg.username, self.cfg.password, wait=True)
+            self._generation += 1
+            self._conn = conn
+            self._subscribed = False
+            if self._paused:
+                self.set_state(SourceState.PAUSED)
+            else:
+                await self._subscribe()
+            reason = await lost
+            raise ConnectionError(f"STOMP connection lost: {reason}")
+        finally:
+            self._conn = None
+            self._subscribed = False
+            await asyncio.to_thread(_quiet_disconnect, conn)
+
+    def _subscribe_headers(self) -> dict[str, str]:
+        cfg = self.cfg
+        if cfg.flavor == "activemq":
+            headers = {"activemq.prefetchSize": str(cfg.prefetch)}
+            if cfg.durable_name:
+                headers["activemq.subscriptionName"] = cfg.durable_name
+            return headers
+        headers = {"prefetch-count": str(cfg.prefetch)}
+        if cfg.durable_name:
+            headers.update(
+                {"durable": "true", "auto-delete": "false", "x-queue-name": cfg.durable_name}
+            )
+        return headers
+
+    async def _subscribe(self) -> None:
+        conn = self._conn
+        if conn is None or self._subscribed:
+            return
+        async with self._write_lock:
+            await asyncio.to_thread(
+                conn.subscribe,
+                self.cfg.destination,
+                self.subscription_id,
+                ack="client-individual",
+                headers=self._subscribe_headers(),
+            )
+        self._subscribed = True
+        self.set_state(SourceState.UP)
+
+    def _on_error(self, frame: Frame) -> None:
+        self._log.warning(
+            "stomp_error_frame",
+            message=frame.headers.get("message"),
+            detail=(frame.body or b"")[:200],
+        )
+
+    def _on_frame(self, frame: Frame) -> None:
+        headers: dict[str, str] = dict(frame.headers)
+        ack_id = headers.get("ack") or headers.get("message-id", "")
+        generation = self._generation
+        body = frame.body if isinstance(frame.body, bytes) else str(frame.body or "").encode()
+        content_type = headers.get("content-type")
+        message = Message(
+            source=self.name,
+            body=body,
+            headers={k: v for k, v in headers.items() if k not in _FRAME_HEADERS},
+            properties={
+                "message_id": headers.get("message-id"),
+                "destination": headers.get("destination"),
+                "redelivered": headers.get("redelivered") == "true",
+            },
+            content_type=content_type.split(";")[0].strip() if content_type else None,
+            ack=lambda: self._write([(generation, ack_id)], "ack"),
+            nack=lambda requeue: self._write(
+                [(generation, ack_id)], "nack" if requeue else "reject"
+            ),
+            reject=lambda: self._write([(generation, ack_id)], "reject"),
+            raw=(generation, ack_id),
+        )
+        assert self._sink is not None
+        # submit() never waits, so tasks started in arrival order keep that order. The set
+        # holds them until done (the loop keeps only weak references to tasks).
+        task = asyncio.ensure_future(self._sink(message))
+        self._handing_over.add(task)
+        task.add_done_callback(self._handing_over.discard)
+
+    async def _write(self, items: Sequence[tuple[int, str]], action: str) -> None:
+        """Send ACK/NACK frames for deliveries of the current connection, off the loop."""
+        conn = self._conn
+        current = [ack_id for generation, ack_id in items if generation == self._generation]
+        stale = len(items) - len(current)
+        if stale or conn is None:
+            # Delivered on a connection that has since died: the broker redelivers them,
+            # and the dedup key turns each redelivery into no new job.
+            self.dropped_acks += len(items) if conn is None else stale
+            self._log.warning(
+                "acks_dropped",
+                count=len(items) if conn is None else stale,
+                action=action,
+                reason="connection closed",
+            )
+        if conn is None or not current:
+            return
+
+        def send() -> None:
+            for ack_id in current:
+                if action == "ack":
+                    conn.ack(ack_id)
+                elif action == "nack":
+                    conn.nack(ack_id)  # RabbitMQ and ActiveMQ redeliver a NACKed message
+                else:
+                    conn.nack(ack_id, requeue="false")  # RabbitMQ: dead-letter it
+
+        try:
+            async with self._write_lock:
+                await asyncio.to_thread(send)
+        except Exception as exc:  # noqa: BLE001 - the session notices the dead connection
+            self.dropped_acks += len(current)
+            self._log.warning(
+                "acks_dropped",
+                count=len(current),
+                action=action,
+                reason=f"{type(exc).__name__}: {exc}",
+            )
+
+    async def ack_many(self, messages: Sequence[Message]) -> None:
+        """All ACKs of a batch in one trip to the writer thread."""
+        await self._write([m.raw for m in messages], "ack")
+
+    async def pause(self) -> None:
+        """Unsubscribe; the broker keeps the rest of the destination."""
+        self._paused = True
+        conn = self._conn
+        if conn is not None and self._subscribed:
+            self._subscribed = False
+            with contextlib.suppress(Exception):
+                async with self._write_lock:
+                    await asyncio.to_thread(conn.unsubscribe, self.subscription_id)
+        self.set_state(SourceState.PAUSED)
+
+    async def resume(self) -> None:
+        """Subscribe again (at once if connected, else when the session reconnects)."""
+        self._paused = False
+        try:
+            await self._subscribe()
+        except Exception as exc:  # noqa: BLE001 - the session notices and reconnects
+            self._log.warning("resume_failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def publish(
+        self,
+        body: bytes,
+        headers: dict[str, str],
+        count: int = 1,
+        content_type: str | None = "application/json",
+    ) -> int:
+        """SEND persistent messages, each with a fresh amqp-message-id; the broker's receipt
+        for the last one confirms them all (it processes a connection's frames in order)."""
+        return await asyncio.to_thread(self._publish_blocking, body, headers, count, content_type)
+
+    def _publish_blocking(
+        self, body: bytes, headers: dict[str, str], count: int, content_type: str | None
+    ) -> int:
+        receipt_id = f"jobwire-publish-{uuid.uuid4().hex[:8]}"
+        received = threading.Event()
+
+        class _Receipts(stomp.ConnectionListener):  # type: ignore[misc]
+            def on_receipt(self, frame: Frame) -> None:
+                if frame.headers.get("receipt-id") == receipt_id:
+                    received.set()
+
+        conn = self._new_connection()
+        conn.set_listener("receipts", _Receipts())
+        conn.connect(self.cfg.username, self.cfg.password, wait=True)
+        try:
+            for n in range(count):
+                extra = {"persistent": "true", "amqp-message-id": uuid.uuid4().hex, **headers}
+                if n == count - 1:
+                    extra["receipt"] = receipt_id
+                conn.send(self.cfg.destination, body, content_type=content_type, headers=extra)
+            if not received.wait(30):
+                raise TimeoutError("no receipt from the broker within 30s")
+            return count
+        finally:
+            _quiet_disconnect(conn)

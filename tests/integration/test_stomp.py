@@ -1,0 +1,226 @@
+"""STOMP intake against RabbitMQ's STOMP plugin: a fresh uuid-named destination per test."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aio_pika
+import asyncpg
+import pytest
+
+from jobwire.adapters.stomp import StompAdapter
+from jobwire.config import Config, StompSource
+from tests.support.inprocess import running_daemon
+from tests.support.proxy import TcpProxy
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(120)
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+@pytest.fixture
+async def destination() -> AsyncIterator[str]:
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 61613)) != 0:
+            pytest.skip("RabbitMQ's STOMP plugin is not listening on 61613 (scripts/services)")
+    name = f"jw-stomp-{uuid.uuid4().hex[:10]}"
+    yield f"/queue/{name}"
+    connection = await aio_pika.connect(AMQP_URL)
+    channel = await connection.channel()
+    await channel.queue_delete(name)
+    await connection.close()
+
+
+def stomp_config(
+    database_url: str,
+    destination: str,
+    port: int = 61613,
+    route: dict[str, Any] | None = None,
+    **source: Any,
+) -> Config:
+    return Config.model_validate(
+        {
+            "database": {"url": database_url},
+            "workers": {"poll_interval": "200ms", "concurrency": 32},
+            "sources": [
+                {
+                    "name": "koha",
+                    "type": "stomp",
+                    "port": port,
+                    "destination": destination,
+                    "heartbeat": "2s",
+                    "route": route or {"handler": "noop"},
+                    **source,
+                }
+            ],
+        }
+    )
+
+
+def publisher(destination: str) -> StompAdapter:
+    cfg = StompSource.model_validate(
+        {"name": "pub", "type": "stomp", "destination": destination, "route": {"handler": "noop"}}
+    )
+    return StompAdapter(cfg)
+
+
+async def job_count(url: str, where: str = "true") -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval(f"SELECT count(*) FROM jobwire.jobs WHERE {where}"))
+    finally:
+        await conn.close()
+
+
+async def queue_depth(destination: str) -> int:
+    """Ready messages left in the RabbitMQ queue behind a /queue/ destination."""
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(destination.removeprefix("/queue/"), passive=True)
+        return queue.declaration_result.message_count or 0
+    finally:
+        await connection.close()
+
+
+async def test_thousand_messages_and_a_repeated_message_id(
+    database_url: str, destination: str
+) -> None:
+    config = stomp_config(database_url, destination, route={"handler": "echo"})
+    async with running_daemon(config) as daemon:
+        assert await publisher(destination).publish(b'{"n": 1}', {}, count=1000) == 1000
+        await publisher(destination).publish(b"{}", {"amqp-message-id": "same"}, count=2)
+
+        async def all_done() -> bool:
+            return await job_count(database_url, "status = 'succeeded'") == 1001
+
+        await wait_for(all_done, timeout=60, what="1001 succeeded jobs")
+        counters = daemon.sources[0].intake.counters
+
+        async def all_acked() -> bool:
+            return counters.acked == 1002
+
+        await wait_for(all_acked, what="1002 deliveries acked")
+        assert (counters.stored, counters.duplicate) == (1001, 1)
+    assert await job_count(database_url) == 1001
+    assert await queue_depth(destination) == 0  # nothing came back unacked after the stop
+
+
+async def test_poison_message_fails_with_its_reason(database_url: str, destination: str) -> None:
+    config = stomp_config(database_url, destination, route={"handler_from": "header:type"})
+    async with running_daemon(config):
+        await publisher(destination).publish(b"{}", {"type": "not-allowed"})
+        await publisher(destination).publish(b"{}", {"type": "echo"})
+
+        async def two() -> bool:
+            return await job_count(database_url, "status IN ('failed', 'succeeded')") == 2
+
+        await wait_for(two, what="two finished jobs")
+    assert (
+        await job_count(
+            database_url, "status = 'failed' AND last_error LIKE 'handler ''not-allowed''%'"
+        )
+        == 1
+    )
+
+
+async def test_store_outage_mid_stream_nacks_and_loses_nothing(
+    database_url: str, destination: str
+) -> None:
+    proxy = await TcpProxy("127.0.0.1", 5432).start()
+    proxied = database_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    base = stomp_config(proxied, destination).model_dump(by_alias=True)
+    config = Config.model_validate(
+        {**base, "database": {"url": proxied, "command_timeout": "2s", "pool": {"min": 1}}}
+    )
+    n = 2000
+    try:
+        async with running_daemon(config) as daemon:
+            sending = asyncio.create_task(publisher(destination).publish(b'{"x": 1}', {}, count=n))
+
+            async def under_way() -> bool:
+                return daemon.sources[0].intake.counters.stored > 200
+
+            await wait_for(under_way, what="intake under way")
+            proxy.cut()
+            await asyncio.sleep(1.5)  # the outage itself
+            proxy.restore()
+            assert await sending == n
+
+            async def all_in() -> bool:
+                return await job_count(database_url) >= n
+
+            await wait_for(all_in, timeout=60, what=f"{n} jobs after the outage")
+            assert daemon.sources[0].intake.counters.nacked > 0
+    finally:
+        await proxy.close()
+    assert await job_count(database_url) == n
+    assert await job_count(database_url, "dedup_key IS NULL") == 0
+
+
+async def test_connection_closed_by_the_broker_twice_reconnects_each_time(
+    database_url: str, destination: str
+) -> None:
+    config = stomp_config(database_url, destination)
+    async with running_daemon(config) as daemon:
+        adapter = daemon.sources[0].adapter
+        sent = 0
+        for _ in range(2):
+            await publisher(destination).publish(b"{}", {}, count=50)
+            sent += 50
+            await wait_for(lambda s=sent: _at_least(database_url, s), what=f"{sent} jobs")
+            proc = await asyncio.create_subprocess_exec(
+                "rabbitmqctl",
+                "close_all_connections",
+                "test: stomp drop",
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            assert await asyncio.wait_for(proc.wait(), 60) == 0
+
+            async def back_up() -> bool:
+                return adapter.state.value == "up" and adapter.last_error is not None
+
+            await wait_for(back_up, timeout=30, what="source reconnected")
+            adapter.last_error = None
+        await publisher(destination).publish(b"{}", {}, count=50)
+        await wait_for(lambda: _at_least(database_url, 150), what="150 jobs")
+    assert await job_count(database_url) == 150
+
+
+async def test_half_open_connection_is_noticed_by_heart_beats(
+    database_url: str, destination: str
+) -> None:
+    proxy = await TcpProxy("127.0.0.1", 61613).start()
+    config = stomp_config(database_url, destination, port=proxy.port)
+    try:
+        async with running_daemon(config) as daemon:
+            adapter = daemon.sources[0].adapter
+            loop = asyncio.get_running_loop()
+            proxy.hang()  # keep both sockets open, forward nothing: a half-open connection
+            hung_at = loop.time()
+
+            async def noticed() -> bool:
+                return adapter.state.value in ("down", "connecting")
+
+            # Heart-beats every 2s: three intervals (6s) is the promise; 1s more for a busy
+            # CI machine's scheduling. stomp.py gives up after 1.5 silent intervals.
+            await wait_for(noticed, timeout=7, interval=0.05, what="half-open noticed")
+            assert loop.time() - hung_at <= 7
+            proxy.unhang()
+            await publisher(destination).publish(b"{}", {}, count=5)
+            await wait_for(
+                lambda: _at_least(database_url, 5),
+                timeout=30,
+                what="jobs after reconnecting through the proxy",
+            )
+    finally:
+        await proxy.close()
+
+
+async def _at_least(url: str, n: int) -> bool:
+    return await job_count(url) >= n
