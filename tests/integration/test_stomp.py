@@ -224,3 +224,35 @@ async def test_half_open_connection_is_noticed_by_heart_beats(
 
 async def _at_least(url: str, n: int) -> bool:
     return await job_count(url) >= n
+
+
+def test_cli_publish_through_a_stomp_source(destination: str, tmp_path: Any) -> None:
+    from tests.support.daemon import jobwire, write_config
+
+    config = write_config(
+        tmp_path / "jobwire.yaml",
+        {
+            "sources": [
+                {
+                    "name": "koha",
+                    "type": "stomp",
+                    "destination": destination,
+                    "route": {"handler": "noop"},
+                }
+            ]
+        },
+    )
+    out = jobwire(
+        "publish",
+        "koha",
+        "--body",
+        '{"job_id": 1}',
+        "--header",
+        "type=x",
+        "--count",
+        "3",
+        "-c",
+        str(config),
+    )
+    assert out.stdout.strip() == "published 3, confirmed 3"
+    assert asyncio.run(queue_depth(destination)) == 3
