@@ -5,6 +5,7 @@ __version__ = "0.1.0"
 from jobwire.client import Client, SyncClient
 from jobwire.exceptions import Reject, Retry
 from jobwire.handlers import JobContext
+from jobwire.models import JobSpec
 
 __all__ = [
     "Client",

@@ -120,6 +120,12 @@ SelectorText = Annotated[str, BeforeValidator(lambda v: _check_selector(v))]
 class RouteConfig(_Strict):
     """How a source's messages become jobs."""
 
+    # job: each message becomes a job. notify: each message is {"job_id": N} for a job a
+    # producer already wrote; it only wakes the pool (Koha's JobsNotificationMethod).
+    mode: Literal["job", "notify"] = "job"
+    # notify mode: how long a job_id that is not (yet) visible is NACKed before the message
+    # is dropped as naming no job.
+    notify_wait: Duration = 30.0
     handler: str | None = None
     handler_from: SelectorText | None = None
     queue: str = "default"
@@ -131,6 +137,10 @@ class RouteConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_handler(self) -> RouteConfig:
+        if self.mode == "notify":
+            if self.handler is not None or self.handler_from is not None:
+                raise ValueError("mode notify takes no handler: the job row names it")
+            return self
         if (self.handler is None) == (self.handler_from is None):
             raise ValueError("give exactly one of handler (a name) or handler_from (a selector)")
         return self

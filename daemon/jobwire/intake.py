@@ -39,6 +39,7 @@ class SourceCounters:
     duplicate: int = 0
     invalid: int = 0
     dead_lettered: int = 0
+    notified: int = 0
     acked: int = 0
     nacked: int = 0
     batches: int = 0
@@ -91,6 +92,9 @@ class Intake:
         self._queue: asyncio.Queue[Message] = asyncio.Queue()
         self._idle = asyncio.Event()
         self._idle.set()
+        # Notify mode: job ids seen but not yet visible, with when they were first seen.
+        self._notified_waiting: dict[int, float] = {}
+        self._delayed: set[asyncio.Task[None]] = set()
         self._log = log.bind(source=source.name)
 
     async def submit(self, message: Message) -> None:
@@ -138,6 +142,9 @@ class Intake:
 
     async def process(self, batch: Sequence[Message]) -> None:
         """Store one batch and settle its deliveries; on store failure, requeue and pause."""
+        if self.source.route.mode == "notify":
+            await self._process_notifications(batch)
+            return
         routed = [self.router.route_message(m) for m in batch]
         dead_letter = self.source.on_invalid == "dead-letter"
         keep: list[tuple[Message, Routed]] = []
@@ -182,6 +189,68 @@ class Intake:
         self._unreserve(reserved)
         if inserted > started:
             self.pool.wake()
+
+    async def _process_notifications(self, batch: Sequence[Message]) -> None:
+        """Notify mode: ack once the named job's row is visible, then wake the pool."""
+        named: list[tuple[Message, int]] = []
+        bad: list[tuple[Message, Routed]] = []
+        for message in batch:
+            parsed = self.router.notified_job_id(message)
+            if isinstance(parsed, int):
+                named.append((message, parsed))
+            else:
+                bad.append((message, self.router.failed(message, parsed)))
+        try:
+            visible = await self.store.existing([job_id for _, job_id in named])
+            if bad:
+                await self.store.enqueue_many([r.spec for _, r in bad])
+        except StoreUnavailable as exc:
+            await self._requeue(batch, exc)
+            return
+        now = time.monotonic()
+        settled: list[Message] = [m for m, _ in bad]
+        for _message, routed in bad:
+            self.counters.invalid += 1
+            self._log.warning("message_invalid", reason=routed.invalid)
+        for message, job_id in named:
+            if job_id in visible:
+                self._notified_waiting.pop(job_id, None)
+                settled.append(message)
+                self.counters.notified += 1
+                continue
+            first_seen = self._notified_waiting.setdefault(job_id, now)
+            if now - first_seen > self.source.route.notify_wait:
+                # Nothing is lost by dropping it: the message carries no job, only an id.
+                self._notified_waiting.pop(job_id, None)
+                self._log.warning(
+                    "notify_unknown_job", job_id=job_id, waited=round(now - first_seen, 1)
+                )
+                settled.append(message)
+                continue
+            # Not committed yet (the producer's transaction is still open): back to the
+            # broker, a little later, so a fast redelivery does not spin.
+            self._later(message)
+        await self.adapter.ack_many(settled)
+        self.counters.acked += len(settled)
+        if len(self._notified_waiting) > 10_000:
+            # Ids whose message went to another instance are never seen here again.
+            horizon = now - 2 * self.source.route.notify_wait
+            self._notified_waiting = {
+                k: t for k, t in self._notified_waiting.items() if t > horizon
+            }
+        if visible:
+            self.pool.wake()
+
+    def _later(self, message: Message) -> None:
+        async def nack_soon() -> None:
+            await asyncio.sleep(0.2)
+            if message.nack is not None:
+                await self._settle(functools.partial(message.nack, True))
+                self.counters.nacked += 1
+
+        task = asyncio.create_task(nack_soon())
+        self._delayed.add(task)
+        task.add_done_callback(self._delayed.discard)
 
     def _reserve(self, specs: Sequence[JobSpec]) -> tuple[dict[str, int], DirectStart | None]:
         """Ask the pool for idle slots; the first specs of each queue then start at once."""

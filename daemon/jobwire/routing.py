@@ -57,6 +57,44 @@ class Router:
         ]
         self.needs_json = [str(s) for s in selectors if s.kind == "json"]
 
+    def _dedup_key(self, msg: Message, decoded: Any) -> str | None:
+        key = msg.dedup_key
+        if self.dedup is not None:
+            value = self.dedup.select(msg.headers, msg.properties, decoded)
+            key = None if value in (None, "") else _as_key(value)
+        return None if key is None else f"{self.source}:{key}"
+
+    def failed(
+        self, msg: Message, reason: str, handler: str | None = None, dedup_key: str | None = None
+    ) -> Routed:
+        """A message that cannot become a runnable job: a failed one, raw body kept."""
+        if dedup_key is None:
+            dedup_key = self._dedup_key(msg, None)
+        spec = JobSpec(
+            handler=handler or UNROUTABLE,
+            body=msg.body,
+            failed_reason=reason,
+            headers=msg.headers,
+            source=self.source,
+            dedup_key=dedup_key,
+            content_type=msg.content_type,
+            queue=self.route.queue,
+        )
+        return Routed(spec, reason)
+
+    def notified_job_id(self, msg: Message) -> int | str:
+        """Notify mode: the job id a message names, or why it names none."""
+        try:
+            data = json.loads(msg.body)
+        except ValueError as exc:
+            return f"notification body is not valid JSON: {exc}"
+        job_id = data.get("job_id") if isinstance(data, dict) else None
+        if isinstance(job_id, str) and job_id.isdigit():
+            job_id = int(job_id)
+        if not isinstance(job_id, int) or isinstance(job_id, bool) or job_id <= 0:
+            return f'notification names no job: expected {{"job_id": N}}, got {msg.body[:100]!r}'
+        return job_id
+
     def route_message(self, msg: Message) -> Routed:
         """Turn one message into a spec; invalid input becomes a failed spec, never an error."""
         payload: Any = None
@@ -88,12 +126,7 @@ class Router:
                 payload_json = None
 
         # The dedup key comes first: a redelivered poison message must not fail twice.
-        dedup_key = msg.dedup_key
-        if self.dedup is not None:
-            value = self.dedup.select(msg.headers, msg.properties, decoded)
-            dedup_key = None if value in (None, "") else _as_key(value)
-        if dedup_key is not None:
-            dedup_key = f"{self.source}:{dedup_key}"
+        dedup_key = self._dedup_key(msg, decoded)
 
         handler = self.route.handler
         if problem is None and self.handler_from is not None:
@@ -119,17 +152,7 @@ class Router:
                     problem = f"priority from {self.priority} is not an integer: {value!r}"
 
         if problem is not None:
-            spec = JobSpec(
-                handler=handler or UNROUTABLE,
-                body=msg.body,
-                failed_reason=problem,
-                headers=msg.headers,
-                source=self.source,
-                dedup_key=dedup_key,
-                content_type=msg.content_type,
-                queue=self.route.queue,
-            )
-            return Routed(spec, problem)
+            return self.failed(msg, problem, handler, dedup_key)
         assert handler is not None
         return Routed(
             JobSpec(

@@ -256,3 +256,60 @@ def test_cli_publish_through_a_stomp_source(destination: str, tmp_path: Any) -> 
     )
     assert out.stdout.strip() == "published 3, confirmed 3"
     assert asyncio.run(queue_depth(destination)) == 3
+
+
+async def test_notify_mode_rows_first_then_notifications_even_without_the_broker(
+    database_url: str, destination: str
+) -> None:
+    from jobwire import Client, JobSpec
+
+    config = stomp_config(database_url, destination, route={"mode": "notify"})
+    async with running_daemon(config) as daemon, Client(database_url) as client:
+        # Koha's way: the producer writes the row, then sends {"job_id": N}.
+        ids = await client.enqueue_many([JobSpec("echo", {"n": i}) for i in range(100)])
+        sender = publisher(destination)
+        for job_id in ids:
+            await sender.publish(b'{"job_id": %d}' % job_id, {})
+
+        async def all_done() -> bool:
+            return await job_count(database_url, "status = 'succeeded'") == 100
+
+        await wait_for(all_done, what="100 notified jobs succeeded")
+        counters = daemon.sources[0].intake.counters
+        await wait_for(lambda: _true(counters.acked == 100), what="100 notifications acked")
+
+        # The broker goes away: jobs written meanwhile still run, found by polling.
+        proc = await asyncio.create_subprocess_exec(
+            "rabbitmqctl",
+            "stop_app",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        assert await asyncio.wait_for(proc.wait(), 120) == 0
+        try:
+            more = await client.enqueue_many([JobSpec("echo", {"m": i}) for i in range(20)])
+
+            async def ran_without_broker() -> bool:
+                return await job_count(database_url, "status = 'succeeded'") == 120
+
+            await wait_for(ran_without_broker, what="20 jobs run with the broker stopped")
+        finally:
+            proc = await asyncio.create_subprocess_exec(
+                "rabbitmqctl",
+                "start_app",
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            assert await asyncio.wait_for(proc.wait(), 120) == 0
+        assert len(more) == 20
+    conn = await asyncpg.connect(database_url)
+    try:
+        runs = await conn.fetchval("SELECT count(*) FROM jobwire.job_runs")
+        twice = await conn.fetchval("SELECT count(*) FROM jobwire.jobs WHERE attempts <> 1")
+    finally:
+        await conn.close()
+    assert (runs, twice) == (120, 0)  # each job ran exactly once
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -6,7 +6,7 @@ import asyncio
 
 from jobwire.config import Config
 from jobwire.intake import Intake
-from jobwire.models import Job, JobStatus
+from jobwire.models import Job, JobSpec, JobStatus
 from jobwire.routing import Router
 from jobwire.store.memory import MemoryStore
 from tests.support.fake_adapter import FakeAdapter
@@ -143,3 +143,55 @@ async def test_run_loop_batches_by_count_and_time() -> None:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+def make_notify(notify_wait: str = "30s") -> tuple[Intake, FakeAdapter, MemoryStore, FakePool]:
+    config = Config.model_validate(
+        {
+            "sources": [
+                {
+                    "name": "fake",
+                    "type": "stomp",
+                    "destination": "/queue/q",
+                    "route": {"mode": "notify", "notify_wait": notify_wait},
+                }
+            ]
+        }
+    )
+    adapter, store, pool = FakeAdapter(), MemoryStore(), FakePool()
+    router = Router(config.sources[0], {"noop"}, adapter.default_dedup)
+    return Intake(config.sources[0], adapter, router, store, pool, 5), adapter, store, pool
+
+
+async def test_notify_mode_acks_visible_jobs_and_wakes_the_pool() -> None:
+    intake, adapter, store, pool = make_notify()
+    (job_id,) = await store.enqueue_many([JobSpec("noop")])
+    msg = adapter.message(b'{"job_id": %d}' % job_id)
+    await intake.process([msg])
+    assert adapter.settled == {msg.raw: "ack"}
+    assert pool.wakes == 1 and intake.counters.notified == 1
+    assert len(store.jobs) == 1  # no new job: the row was already there
+
+
+async def test_notify_mode_nacks_a_job_not_yet_visible_then_gives_up() -> None:
+    intake, adapter, _store, pool = make_notify(notify_wait="100ms")
+    early = adapter.message(b'{"job_id": 42}')
+    await intake.process([early])
+    await wait_for(
+        lambda: _true(adapter.settled.get(early.raw) == "nack-requeue"),
+        what="nacked for redelivery",
+    )
+    assert pool.wakes == 0
+    await asyncio.sleep(0.15)  # notify_wait passes: the id names no job
+    again = adapter.message(b'{"job_id": 42}')
+    await intake.process([again])
+    assert adapter.settled[again.raw] == "ack"
+
+
+async def test_notify_mode_bad_message_becomes_a_failed_job() -> None:
+    intake, adapter, store, _ = make_notify()
+    msg = adapter.message(b'{"id": "nope"}')
+    await intake.process([msg])
+    (job,) = store.jobs.values()
+    assert job.status == JobStatus.FAILED and "names no job" in (job.last_error or "")
+    assert adapter.settled == {msg.raw: "ack"}

@@ -75,6 +75,9 @@ class JobStore(Protocol):
     async def retry(self, job_ids: Sequence[int] = (), status: str | None = None) -> list[int]:
         """Run failed or cancelled jobs again; returns the ids that were requeued."""
 
+    async def existing(self, job_ids: Sequence[int]) -> set[int]:
+        """Which of these job ids have a visible (committed) row."""
+
     async def get(self, job_id: int) -> Job | None:
         """One job by id."""
 

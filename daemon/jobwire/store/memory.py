@@ -239,6 +239,11 @@ class MemoryStore:
             self._fire("jobs")
         return out
 
+    async def existing(self, job_ids: Sequence[int]) -> set[int]:
+        """Ids among these with a row."""
+        await self.ping()
+        return {i for i in job_ids if i in self.jobs}
+
     async def get(self, job_id: int) -> Job | None:
         """One job."""
         job = self.jobs.get(job_id)

@@ -340,6 +340,14 @@ class PostgresStore:
                     await conn.execute(self._q["notify"], self._channel, "jobs")
         return [r["id"] for r in rows]
 
+    async def existing(self, job_ids: Sequence[int]) -> set[int]:
+        """Ids among these with a committed row."""
+        if not job_ids:
+            return set()
+        async with _guard("existing"):
+            rows = await self._pool.fetch(self._q["existing_ids"], list(job_ids))
+        return {r["id"] for r in rows}
+
     async def get(self, job_id: int) -> Job | None:
         """One job by id."""
         async with _guard("get"):

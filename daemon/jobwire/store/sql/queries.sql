@@ -165,6 +165,9 @@ RETURNING id;
 UPDATE jobs SET progress = $2, progress_note = $3
 WHERE id = $1 AND status = 'running';
 
+-- name: existing_ids
+SELECT id FROM jobs WHERE id = ANY($1::bigint[]);
+
 -- name: get_job
 SELECT * FROM jobs WHERE id = $1;
 
