@@ -118,7 +118,8 @@ class Intake:
                 if remaining <= 0:
                     break
                 try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                    async with asyncio.timeout(remaining):
+                        batch.append(await self._queue.get())
                 except TimeoutError:
                     break
             try:
@@ -132,7 +133,8 @@ class Intake:
     async def drain(self, timeout: float) -> None:
         """Wait until every delivery taken so far is stored and settled (at shutdown)."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
         if not self._idle.is_set():
             self._log.warning(
                 "intake_drain_incomplete",

@@ -16,8 +16,9 @@ import socket
 import time
 import traceback
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -30,6 +31,7 @@ from jobwire.retry import Backoff
 from jobwire.store.base import ClaimRequest, JobStore, StoreUnavailable
 
 log = structlog.get_logger("jobwire.worker")
+T = TypeVar("T")
 
 _MAX_ERROR_CHARS = 8000
 
@@ -182,27 +184,21 @@ class WorkerPool:
             await asyncio.wait([r.task for r in leftovers])
         # The completion loop must not flush the same outcomes alongside the final flush; an
         # interrupted write is repeated, and a repeat matches no row (the attempt is done).
+        # Every store step below is bounded: a stop must end even when the store does not
+        # answer (leases then expire and other instances take the jobs back).
         completer = self._tasks[1]
         completer.cancel()
-        await asyncio.gather(completer, return_exceptions=True)
-        await self._flush_outcomes(final=True)
+        await asyncio.wait({completer}, timeout=5)
+        await _bounded("flush outcomes", self._flush_outcomes(final=True), 30)
         if leftovers:
             ids = [r.job.id for r in leftovers]
-            try:
-                released = await self.store.release(self.worker_id, ids)
+            released = await _bounded("release jobs", self.store.release(self.worker_id, ids), 10)
+            if released is not None:
                 log.info("jobs_released", count=len(released), job_ids=released)
-            except StoreUnavailable as exc:
-                log.error(
-                    "jobs_release_failed",
-                    error=str(exc),
-                    job_ids=ids,
-                    note="their leases will expire and another instance takes them",
-                )
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        with contextlib.suppress(StoreUnavailable):
-            await self.store.unregister_worker(self.worker_id)
+        await asyncio.wait(self._tasks, timeout=5)
+        await _bounded("unregister worker", self.store.unregister_worker(self.worker_id), 5)
         log.info("pool_stopped", **self._counts())
 
     def _counts(self) -> dict[str, int]:
@@ -276,7 +272,8 @@ class WorkerPool:
                     break
             if not self._wake.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=poll)
+                    async with asyncio.timeout(poll):
+                        await self._wake.wait()
 
     async def _store_down(self, what: str, exc: Exception) -> None:
         now = time.monotonic()
@@ -285,7 +282,8 @@ class WorkerPool:
             log.error("store_unavailable", operation=what, error=str(exc))
         delay = min(self.config.workers.poll_interval, 1.0)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+            async with asyncio.timeout(delay):
+                await self._stopping.wait()
 
     def _store_back(self) -> None:
         if self._store_down_since is not None:
@@ -504,6 +502,21 @@ class WorkerPool:
                 log.warning("leases_recovered", count=len(recovered), job_ids=recovered[:20])
                 self._wake.set()
             await asyncio.sleep(interval)
+
+
+async def _bounded(step: str, coro: Coroutine[Any, Any, T], seconds: float) -> T | None:
+    """Run one shutdown step with a deadline; log and go on if it fails or takes too long."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await coro
+    except (TimeoutError, StoreUnavailable) as exc:
+        log.error(
+            "shutdown_step_failed",
+            step=step,
+            error=f"{type(exc).__name__}: {exc}",
+            note="leases expire and other instances take unfinished jobs back",
+        )
+        return None
 
 
 def _describe(exc: BaseException) -> str:

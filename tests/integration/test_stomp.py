@@ -147,8 +147,10 @@ async def test_store_outage_mid_stream_nacks_and_loses_nothing(
 
             await wait_for(under_way, what="intake under way")
             proxy.cut()
-            await asyncio.sleep(1.5)  # the outage itself
-            proxy.restore()
+            try:
+                await asyncio.sleep(1.5)  # the outage itself
+            finally:
+                proxy.restore()
             assert await sending == n
 
             async def all_in() -> bool:

@@ -33,6 +33,10 @@ class TcpProxy:
         except OSError:
             writer.close()
             return
+        if not self.open:  # cut while we were connecting upstream
+            writer.close()
+            up_writer.close()
+            return
         self.connections += 1
         self._writers.update((writer, up_writer))
         for src, dst in ((reader, up_writer), (up_reader, writer)):

@@ -131,7 +131,8 @@ class AmqpAdapter(Adapter):
             self._channel = self._queue = self._underlay = None
             self._consumer_tag = None
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(connection.close(), 5)
+                async with asyncio.timeout(5):
+                    await connection.close()
 
     async def _consume(self) -> None:
         assert self._underlay is not None

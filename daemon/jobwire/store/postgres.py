@@ -194,7 +194,8 @@ class PostgresStore:
     async def close(self) -> None:
         """Close the pool, waiting briefly for connections in use."""
         try:
-            await asyncio.wait_for(self._pool.close(), timeout=5)
+            async with asyncio.timeout(5):
+                await self._pool.close()
         except (TimeoutError, *_UNAVAILABLE):
             self._pool.terminate()
 
@@ -439,7 +440,8 @@ class PostgresStore:
                 while not lost.is_set():
                     # A silent (half-open) connection sends no termination: ping it now and then.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), timeout=5.0)
+                        async with asyncio.timeout(5.0):
+                            await lost.wait()
                         break
                     await conn.fetchval("SELECT 1", timeout=5.0)
             except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
