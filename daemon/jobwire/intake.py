@@ -21,7 +21,7 @@ from typing import Protocol
 import structlog
 
 from jobwire import failpoints
-from jobwire.adapters.base import Adapter, Message, SourceState
+from jobwire.adapters.base import Adapter, Message
 from jobwire.config import SourceBase
 from jobwire.models import Job, JobSpec, JobStatus
 from jobwire.routing import Routed, Router
@@ -383,5 +383,3 @@ class Intake:
                 delay = min(delay * 2, 2.0)
         self._log.info("intake_store_back", paused_for=round(time.monotonic() - started, 3))
         await self.adapter.resume()
-        if self.adapter.state == SourceState.PAUSED:
-            self.adapter.set_state(SourceState.UP)

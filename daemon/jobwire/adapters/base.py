@@ -146,7 +146,8 @@ async def supervise(
     """
     backoff = backoff or Backoff()
     while True:
-        adapter.set_state(SourceState.CONNECTING)
+        if adapter.state != SourceState.PAUSED:
+            adapter.set_state(SourceState.CONNECTING)
         started = time.monotonic()
         try:
             await session()
@@ -155,6 +156,8 @@ async def supervise(
             raise
         except Exception as exc:  # noqa: BLE001 - any failure means: reconnect
             error = f"{type(exc).__name__}: {exc}"
+        if adapter.state == SourceState.PAUSED:
+            continue  # paused on purpose (the adapter resumes itself): not an outage
         if time.monotonic() - started > 10:
             backoff.reset()  # it was up for a while: this is a fresh outage
         delay = backoff.next()

@@ -90,6 +90,9 @@ class StompAdapter(Adapter):
         # Each connection gets a generation: an ack id is only valid on its own connection.
         self._generation = 0
         self._paused = False
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        self._end_session: Callable[[str], None] | None = None
         self._subscribed = False
         self._write_lock = asyncio.Lock()
         self._handing_over: set[asyncio.Future[None]] = set()
@@ -126,6 +129,8 @@ class StompAdapter(Adapter):
         await supervise(self, self._session)
 
     async def _session(self) -> None:
+        # Paused: no connection at all until resumed (see pause()).
+        await self._resumed.wait()
         loop = asyncio.get_running_loop()
         lost: asyncio.Future[str] = loop.create_future()
 
@@ -135,18 +140,19 @@ class StompAdapter(Adapter):
 
         conn = self._new_connection()
         conn.set_listener("jobwire", _Bridge(loop, self._on_frame, on_lost, self._on_error))
+        self._end_session = on_lost
         try:
             await asyncio.to_thread(conn.connect, self.cfg.username, self.cfg.password, wait=True)
             self._generation += 1
             self._conn = conn
             self._subscribed = False
-            if self._paused:
-                self.set_state(SourceState.PAUSED)
-            else:
-                await self._subscribe()
+            await self._subscribe()
             reason = await lost
+            if reason == "paused":
+                return  # supervise() sees the PAUSED state and waits for resume, no backoff
             raise ConnectionError(f"STOMP connection lost: {reason}")
         finally:
+            self._end_session = None
             self._conn = None
             self._subscribed = False
             await asyncio.to_thread(_quiet_disconnect, conn)
@@ -261,23 +267,22 @@ class StompAdapter(Adapter):
         await self._write([m.raw for m in messages], "ack")
 
     async def pause(self) -> None:
-        """Unsubscribe; the broker keeps the rest of the destination."""
+        """Disconnect until resume(): every unacknowledged delivery goes back to the broker.
+
+        Not UNSUBSCRIBE: RabbitMQ refuses ACK and NACK for the deliveries of a cancelled
+        subscription ("Subscription not found"), and those would then stay unacknowledged,
+        neither stored nor redelivered, for as long as the connection lives.
+        """
         self._paused = True
-        conn = self._conn
-        if conn is not None and self._subscribed:
-            self._subscribed = False
-            with contextlib.suppress(Exception):
-                async with self._write_lock:
-                    await asyncio.to_thread(conn.unsubscribe, self.subscription_id)
+        self._resumed.clear()
         self.set_state(SourceState.PAUSED)
+        if self._end_session is not None:
+            self._end_session("paused")
 
     async def resume(self) -> None:
-        """Subscribe again (at once if connected, else when the session reconnects)."""
+        """Connect and subscribe again (the supervisor's session was waiting for this)."""
         self._paused = False
-        try:
-            await self._subscribe()
-        except Exception as exc:  # noqa: BLE001 - the session notices and reconnects
-            self._log.warning("resume_failed", error=f"{type(exc).__name__}: {exc}")
+        self._resumed.set()
 
     async def publish(
         self,
