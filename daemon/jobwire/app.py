@@ -165,6 +165,9 @@ class Daemon:
             self.pool = WorkerPool(store, self.registry, self.config)
             await self.pool.start()
             self.sources = build_sources(self.config, self.registry, store, self.pool)
+            self.pool.extra_state = lambda: {
+                "sources": {s.cfg.name: s.describe() for s in self.sources}
+            }
             for source in self.sources:
                 source.start()
             _sd_notify("READY=1\nSTATUS=running")

@@ -319,16 +319,48 @@ def jobs_cancel(job_id: int, config_path: str | None, database_url: str | None) 
 @click.option("--json", "as_json", is_flag=True)
 @_config_options
 def stats(as_json: bool, config_path: str | None, database_url: str | None) -> None:
-    """Job counts by queue and status."""
+    """Job counts by queue and status, and every instance with its sources' state."""
     config = _load(config_path, database_url)
-    counts = _with_store(config, lambda s: s.stats())
+
+    async def action(store: PostgresStore) -> tuple[Any, list[dict[str, Any]]]:
+        return await store.stats(), await store.list_workers()
+
+    counts, workers = _with_store(config, action)
     if as_json:
-        click.echo(json.dumps(counts, sort_keys=True))
+        instances = [
+            {
+                **w,
+                "started_at": w["started_at"].isoformat(),
+                "heartbeat_at": w["heartbeat_at"].isoformat(),
+                "heartbeat_age": float(w["heartbeat_age"]),
+            }
+            for w in workers
+        ]
+        click.echo(json.dumps({"queues": counts, "instances": instances}, sort_keys=True))
         return
     statuses = [s.value for s in JobStatus]
     click.echo(f"{'QUEUE':<12}" + "".join(f"{s:>11}" for s in statuses))
     for queue, by_status in sorted(counts.items()):
         click.echo(f"{queue:<12}" + "".join(f"{by_status.get(s, 0):>11}" for s in statuses))
+    click.echo(f"\n{'INSTANCE':<32} {'HEARTBEAT':>10} {'RUNNING':>8}  SOURCES")
+    for w in workers:
+        age = float(w["heartbeat_age"])
+        beat = f"{age:.0f}s ago" if age < 3600 else "stale"
+        sources = w["state"].get("sources", {}) if isinstance(w["state"], dict) else {}
+        shown = (
+            ", ".join(
+                f"{name}={src.get('state')}"
+                + (
+                    f" ({src['last_error']})"
+                    if src.get("state") != "up" and src.get("last_error")
+                    else ""
+                )
+                for name, src in sorted(sources.items())
+            )
+            or "-"
+        )
+        running = w["state"].get("running", 0) if isinstance(w["state"], dict) else 0
+        click.echo(f"{w['id']:<32} {beat:>10} {running:>8}  {shown}")
 
 
 @main.command()

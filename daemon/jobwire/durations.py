@@ -35,16 +35,3 @@ def parse_duration(value: object) -> float:
             f"invalid duration {value!r}: use a number with a unit ms, s, m, h or d (e.g. 30s)"
         )
     return total
-
-
-def format_duration(seconds: float) -> str:
-    """Render seconds the way the config writes them (``90`` -> ``1m30s``)."""
-    if seconds < 1:
-        return f"{round(seconds * 1000)}ms"
-    out = []
-    rest = round(seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if rest >= size:
-            count, rest = divmod(rest, size)
-            out.append(f"{count}{unit}")
-    return "".join(out) or "0s"

@@ -16,8 +16,8 @@ import socket
 import time
 import traceback
 import uuid
-from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
@@ -61,7 +61,6 @@ class PoolCounters:
     claims: int = 0
     direct: int = 0
     completion_batches: int = 0
-    by_handler_seconds: dict[str, float] = field(default_factory=dict)
 
 
 class WorkerPool:
@@ -100,6 +99,8 @@ class WorkerPool:
         self._tasks: list[asyncio.Task[None]] = []
         self._lease_ok_until = time.monotonic() + config.workers.lease
         self._store_down_since: float | None = None
+        # More to publish in this instance's workers row (the daemon adds its sources).
+        self.extra_state: Callable[[], dict[str, Any]] = dict
 
     # -- public surface -------------------------------------------------------------
 
@@ -137,11 +138,6 @@ class WorkerPool:
         """Run a job the intake inserted as running in this worker (its slot was reserved)."""
         self.counters.direct += 1
         self._start(job)
-
-    @property
-    def running_count(self) -> int:
-        """Jobs this pool is running now."""
-        return len(self._running)
 
     async def start(self) -> None:
         """Register this instance and start the pool's tasks."""
@@ -390,9 +386,6 @@ class WorkerPool:
 
     def _record(self, job: Job, outcome: Outcome) -> None:
         c = self.counters
-        c.by_handler_seconds[job.handler] = (
-            c.by_handler_seconds.get(job.handler, 0.0) + outcome.duration
-        )
         if outcome.status == JobStatus.SUCCEEDED:
             c.succeeded += 1
         elif outcome.status == JobStatus.RETRYING:
@@ -483,7 +476,8 @@ class WorkerPool:
                 self._lease_ok_until = time.monotonic() + lease
                 recovered = await self.store.recover_expired_leases()
                 await self.store.heartbeat_worker(
-                    self.worker_id, {"running": len(self._running), **self._counts()}
+                    self.worker_id,
+                    {"running": len(self._running), **self._counts(), **self.extra_state()},
                 )
                 self._store_back()
             except StoreUnavailable as exc:

@@ -427,3 +427,27 @@ async def test_consumer_comes_back_after_a_broker_restart(
             await rabbitmqctl("start_app")
         await assert_consuming_again(database_url, queue_name, expected_jobs=11)
     assert await job_count(database_url) == 11
+
+
+async def test_stats_show_each_instance_and_its_source_state(
+    database_url: str, queue_name: str, tmp_path: Path
+) -> None:
+    config = Config.model_validate(
+        {
+            **amqp_config(database_url, queue_name).model_dump(by_alias=True),
+            "workers": {"lease": "3s", "poll_interval": "200ms"},  # heartbeat every second
+        }
+    )
+    async with running_daemon(config) as daemon:
+        assert daemon.pool is not None
+        worker_id = daemon.pool.worker_id
+
+        def shown() -> bool:
+            out = jobwire("stats", "--json", "--database-url", database_url).stdout
+            (instance,) = json.loads(out)["instances"]
+            sources = instance["state"].get("sources", {})
+            return instance["id"] == worker_id and sources.get("orders", {}).get("state") == "up"
+
+        await wait_for(lambda: asyncio.to_thread(shown), what="source state in stats")
+        text = (await asyncio.to_thread(jobwire, "stats", "--database-url", database_url)).stdout
+        assert worker_id in text and "orders=up" in text

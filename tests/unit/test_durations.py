@@ -1,6 +1,6 @@
 import pytest
 
-from jobwire.durations import format_duration, parse_duration
+from jobwire.durations import parse_duration
 
 
 @pytest.mark.parametrize(
@@ -27,9 +27,3 @@ def test_parses_durations(text: object, seconds: float) -> None:
 def test_rejects_bad_durations(bad: object) -> None:
     with pytest.raises(ValueError):
         parse_duration(bad)
-
-
-def test_formats_durations() -> None:
-    assert format_duration(0.5) == "500ms"
-    assert format_duration(90) == "1m30s"
-    assert format_duration(3600) == "1h"

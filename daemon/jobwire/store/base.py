@@ -101,6 +101,9 @@ class JobStore(Protocol):
     async def heartbeat_worker(self, worker_id: str, state: dict[str, Any]) -> None:
         """Refresh this instance's heartbeat and published state."""
 
+    async def list_workers(self) -> list[dict[str, Any]]:
+        """Every instance's row: id, host, pid, version, heartbeat age, published state."""
+
     async def unregister_worker(self, worker_id: str) -> None:
         """Remove this instance's row on a clean stop."""
 

@@ -287,6 +287,10 @@ class MemoryStore:
         if worker_id in self.workers:
             self.workers[worker_id]["state"] = state
 
+    async def list_workers(self) -> list[dict[str, Any]]:
+        """Registered instances."""
+        return [{"id": k, "heartbeat_age": 0.0, **v} for k, v in self.workers.items()]
+
     async def unregister_worker(self, worker_id: str) -> None:
         """Forget this instance."""
         self.workers.pop(worker_id, None)

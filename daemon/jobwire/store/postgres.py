@@ -391,7 +391,14 @@ class PostgresStore:
     async def heartbeat_worker(self, worker_id: str, state: dict[str, Any]) -> None:
         """Refresh this instance's heartbeat."""
         async with _guard("worker heartbeat"):
-            await self._pool.execute(self._q["heartbeat_worker"], worker_id, json.dumps(state))
+            # The connection's jsonb codec serialises the dict itself.
+            await self._pool.execute(self._q["heartbeat_worker"], worker_id, state)
+
+    async def list_workers(self) -> list[dict[str, Any]]:
+        """The workers table, oldest instance first."""
+        async with _guard("list workers"):
+            rows = await self._pool.fetch(self._q["list_workers"])
+        return [dict(r) for r in rows]
 
     async def unregister_worker(self, worker_id: str) -> None:
         """Delete this instance's row."""

@@ -190,6 +190,11 @@ ON CONFLICT (id) DO UPDATE SET heartbeat_at = now();
 -- name: heartbeat_worker
 UPDATE workers SET heartbeat_at = now(), state = $2::jsonb WHERE id = $1;
 
+-- name: list_workers
+SELECT id, host, pid, version, started_at, heartbeat_at,
+       extract(epoch FROM now() - heartbeat_at) AS heartbeat_age, state
+FROM workers ORDER BY started_at;
+
 -- name: unregister_worker
 DELETE FROM workers WHERE id = $1;
 
