@@ -19,6 +19,7 @@ from jobwire.config import Config, SourceBase
 from jobwire.handlers import HandlerRegistry
 from jobwire.intake import Intake
 from jobwire.routing import Router
+from jobwire.scheduler import Scheduler
 from jobwire.store.base import JobStore, StoreRefused, StoreUnavailable
 from jobwire.store.embedded import EmbeddedPostgres
 from jobwire.store.postgres import PostgresStore, migrate
@@ -168,6 +169,13 @@ class Daemon:
             self.pool.extra_state = lambda: {
                 "sources": {s.cfg.name: s.describe() for s in self.sources}
             }
+            scheduler_task = None
+            if self.config.schedules:
+                scheduler = Scheduler(
+                    store, self.config, self.pool.wake, schema=self.config.database.db_schema
+                )
+                await scheduler.sync()
+                scheduler_task = asyncio.create_task(scheduler.run(), name="jobwire-scheduler")
             for source in self.sources:
                 source.start()
             _sd_notify("READY=1\nSTATUS=running")
@@ -178,6 +186,9 @@ class Daemon:
             )
             await self.stop_requested.wait()
             _sd_notify("STOPPING=1")
+            if scheduler_task is not None:
+                scheduler_task.cancel()  # releases leadership (closes its lock connection)
+                await asyncio.wait({scheduler_task}, timeout=5)
             # Sources first: no delivery may be left taken but unsettled when the pool stops.
             await asyncio.gather(*(s.stop(timeout=10) for s in self.sources))
             await self.pool.stop()

@@ -22,6 +22,7 @@ from jobwire.handlers import HandlerLoadError, HandlerRegistry
 from jobwire.logs import configure_logging
 from jobwire.models import Job, JobSpec, JobStatus
 from jobwire.routing import route_problems
+from jobwire.scheduler import tick_spec
 from jobwire.store.base import StoreUnavailable
 from jobwire.store.postgres import PostgresStore
 
@@ -398,3 +399,73 @@ def publish(
     except Exception as exc:  # noqa: BLE001 - an operator command: report, no traceback
         _fail(f"publish to {source_name} failed: {type(exc).__name__}: {exc}", EXIT_UNAVAILABLE)
     click.echo(f"published {count}, confirmed {confirmed}")
+
+
+@main.group()
+def schedules() -> None:
+    """Periodic jobs from the config's schedules: section."""
+
+
+@schedules.command("list")
+@_config_options
+def schedules_list(config_path: str | None, database_url: str | None) -> None:
+    """Every schedule as the daemon wrote it (at start-up): timing, state, runs."""
+    config = _load(config_path, database_url)
+    rows = _with_store(config, lambda s: s.list_schedules())
+    click.echo(f"{'NAME':<20} {'WHEN':<16} {'STATE':<8} {'NEXT RUN':<19}  {'LAST RUN':<19}  RUNS")
+    for r in rows:
+        when = r["cron"] or f"every {r['interval_s']:g}s"
+        state = "enabled" if r["enabled"] else "paused"
+        click.echo(
+            f"{r['name']:<20} {when:<16} {state:<8} {_fmt_time(r['next_run_at']):<19}  "
+            f"{_fmt_time(r['last_run_at']):<19}  {r['run_count']}"
+        )
+
+
+@schedules.command("run")
+@click.argument("name")
+@_config_options
+def schedules_run(name: str, config_path: str | None, database_url: str | None) -> None:
+    """Enqueue one job from a schedule now (its regular ticks are not affected)."""
+    config = _load(config_path, database_url)
+
+    async def action(store: PostgresStore) -> int | None:
+        row = await store.get_schedule(name)
+        if row is None:
+            return None
+        (job_id,) = await store.enqueue_many([tick_spec(row, None)])
+        return job_id
+
+    job_id = _with_store(config, action)
+    if job_id is None:
+        _fail(f"no schedule named {name!r}", 1)
+    click.echo(job_id)
+
+
+def _set_enabled(
+    name: str, enabled: bool, config_path: str | None, database_url: str | None
+) -> None:
+    config = _load(config_path, database_url)
+    found = _with_store(config, lambda s: s.set_schedule_enabled(name, enabled))
+    if not found:
+        _fail(f"no schedule named {name!r}", 1)
+    click.echo(
+        f"schedule {name} {'resumed' if enabled else 'paused'}"
+        + ("" if enabled else " (until the daemon restarts: the config's enabled wins)")
+    )
+
+
+@schedules.command("pause")
+@click.argument("name")
+@_config_options
+def schedules_pause(name: str, config_path: str | None, database_url: str | None) -> None:
+    """Stop firing a schedule."""
+    _set_enabled(name, False, config_path, database_url)
+
+
+@schedules.command("resume")
+@click.argument("name")
+@_config_options
+def schedules_resume(name: str, config_path: str | None, database_url: str | None) -> None:
+    """Fire a paused schedule again."""
+    _set_enabled(name, True, config_path, database_url)

@@ -6,8 +6,10 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
@@ -22,6 +24,7 @@ from pydantic import (
 
 from jobwire.durations import parse_duration
 from jobwire.selectors import parse_selector
+from jobwire.ticks import TickRule, valid_cron
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 """Seconds, written in the config as ``500ms``, ``30s``, ``5m``, ``1h``."""
@@ -214,6 +217,54 @@ class StompSource(SourceBase):
 SourceConfig = Annotated[Union[AmqpSource, StompSource], Field(discriminator="type")]  # noqa: UP007
 
 
+class ScheduleConfig(_Strict):
+    """A periodic job: a cron expression or an interval, firing one job per tick."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.:-]+$")
+    cron: str | None = None
+    every: Duration | None = None
+    timezone: str = "UTC"
+    handler: str
+    payload: Any = None
+    queue: str = "default"
+    priority: int = 0
+    max_attempts: int | None = Field(None, ge=1)
+    start_at: datetime | None = None
+    end_at: datetime | None = None
+    max_runs: int | None = Field(None, ge=1)
+    enabled: bool = True
+    # After downtime: none (skip missed ticks), latest (one run for them), all (every one).
+    catch_up: Literal["none", "latest", "all"] = "latest"
+
+    @model_validator(mode="after")
+    def _timing(self) -> ScheduleConfig:
+        if (self.cron is None) == (self.every is None):
+            raise ValueError("give exactly one of cron or every")
+        if self.cron is not None and not valid_cron(self.cron):
+            raise ValueError(f"cron {self.cron!r} is not a valid five-field or @ expression")
+        if self.every is not None and self.every < 1:
+            raise ValueError("every must be at least 1s")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {self.timezone!r}") from None
+        for key in ("start_at", "end_at"):
+            value = getattr(self, key)
+            if value is not None and value.tzinfo is None:
+                raise ValueError(f"{key} needs a time zone offset (e.g. 2026-01-01T00:00:00Z)")
+        return self
+
+    def rule(self) -> TickRule:
+        """The timing, for computing ticks."""
+        return TickRule(
+            cron=self.cron,
+            every=self.every,
+            timezone=self.timezone,
+            start_at=self.start_at,
+            end_at=self.end_at,
+        )
+
+
 class LoggingConfig(_Strict):
     """How log lines look."""
 
@@ -230,7 +281,17 @@ class Config(_Strict):
     retry: RetryConfig = RetryConfig()
     handlers: dict[str, str] = Field(default_factory=dict)
     sources: list[SourceConfig] = Field(default_factory=list)
+    schedules: list[ScheduleConfig] = Field(default_factory=list)
     logging: LoggingConfig = LoggingConfig()
+
+    @field_validator("schedules")
+    @classmethod
+    def _unique_schedule_names(cls, value: list[ScheduleConfig]) -> list[ScheduleConfig]:
+        names = [s.name for s in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"schedule names must be unique; repeated: {', '.join(dupes)}")
+        return value
 
     @field_validator("sources")
     @classmethod

@@ -185,4 +185,14 @@ def route_problems(config: Config, allowed: Collection[str], file: str) -> list[
                     f"{handler!r} is not in handlers (allowed: {', '.join(sorted(allowed))})",
                 )
             )
+    allowed_text = ", ".join(sorted(allowed))
+    for index, schedule in enumerate(config.schedules):
+        if schedule.handler not in allowed:
+            problems.append(
+                ConfigProblem(
+                    file,
+                    f"schedules[{index}].handler",
+                    f"{schedule.handler!r} is not in handlers (allowed: {allowed_text})",
+                )
+            )
     return problems

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -135,6 +136,33 @@ async def migrate(dsn: str, schema: str) -> list[str]:
     return applied
 
 
+class Leadership:
+    """An advisory lock held on its own connection: held while the connection lives."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def still_held(self) -> bool:
+        """Ping the connection: a dropped connection has lost the lock."""
+        if self._conn.is_closed():
+            return False
+        try:
+            await self._conn.fetchval("SELECT 1", timeout=5)
+        except (*_UNAVAILABLE, asyncpg.PostgresError):
+            return False
+        return True
+
+    async def release(self) -> None:
+        """Close the connection, which releases the lock."""
+        with contextlib.suppress(Exception):
+            await self._conn.close(timeout=5)
+        self._conn.terminate()
+
+
+class _Superseded(Exception):
+    """Another leader fired this schedule first: roll back."""
+
+
 class PostgresStore:
     """The production JobStore."""
 
@@ -210,8 +238,27 @@ class PostgresStore:
         """Insert jobs in one statement; duplicates (by dedup key) yield None."""
         if not specs:
             return []
+        rows = await self._insert(*self._insert_args(specs, direct))
+        inserted_keys = {r["dedup_key"] for r in rows if r["dedup_key"] is not None}
+        # Identity values ascend in input order (the INSERT orders by ordinality), so the
+        # n-th inserted spec owns the n-th smallest id.
+        ids = iter(sorted(r["id"] for r in rows))
+        out: list[int | None] = []
+        for spec in specs:
+            if spec.dedup_key is None:
+                out.append(next(ids))
+            elif spec.dedup_key in inserted_keys:
+                # The first spec with a key owns the row; a repeat in the same batch does not.
+                inserted_keys.discard(spec.dedup_key)
+                out.append(next(ids))
+            else:
+                out.append(None)
+        return out
+
+    def _insert_args(self, specs: Sequence[JobSpec], direct: DirectStart | None) -> list[Any]:
+        """The insert_jobs parameters: one array per column, then the direct-start ones."""
         default_attempts = self._default_max_attempts
-        rows = await self._insert(
+        return [
             [s.handler for s in specs],
             [s.queue for s in specs],
             [s.priority for s in specs],
@@ -233,22 +280,106 @@ class PostgresStore:
             direct.worker_id if direct else None,
             direct.lease if direct else 0.0,
             list(direct.flags) if direct else [False] * len(specs),
-        )
-        inserted_keys = {r["dedup_key"] for r in rows if r["dedup_key"] is not None}
-        # Identity values ascend in input order (the INSERT orders by ordinality), so the
-        # n-th inserted spec owns the n-th smallest id.
-        ids = iter(sorted(r["id"] for r in rows))
-        out: list[int | None] = []
-        for spec in specs:
-            if spec.dedup_key is None:
-                out.append(next(ids))
-            elif spec.dedup_key in inserted_keys:
-                # The first spec with a key owns the row; a repeat in the same batch does not.
-                inserted_keys.discard(spec.dedup_key)
-                out.append(next(ids))
-            else:
-                out.append(None)
-        return out
+        ]
+
+    # -- schedules ----------------------------------------------------------------
+
+    async def sync_schedules(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Write the configured schedules (config wins); disable those no longer listed."""
+        async with _guard("sync schedules"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                for r in rows:
+                    await conn.execute(
+                        self._q["upsert_schedule"],
+                        r["name"],
+                        r["cron"],
+                        r["interval_s"],
+                        r["timezone"],
+                        r["handler"],
+                        r["payload"],
+                        r["queue"],
+                        r["priority"],
+                        r["max_attempts"],
+                        r["enabled"],
+                        r["start_at"],
+                        r["end_at"],
+                        r["max_runs"],
+                        r["catch_up"],
+                        r["next_run_at"],
+                    )
+                await conn.execute(self._q["disable_unlisted_schedules"], [r["name"] for r in rows])
+
+    async def due_schedules(self) -> list[dict[str, Any]]:
+        """Enabled schedules whose next tick has come."""
+        async with _guard("due schedules"):
+            return [dict(r) for r in await self._pool.fetch(self._q["due_schedules"])]
+
+    async def fire_schedule(
+        self,
+        name: str,
+        specs: Sequence[JobSpec],
+        last_run_at: datetime | None,
+        next_run_at: datetime | None,
+        expected_next: datetime,
+    ) -> int | None:
+        """Insert a schedule's tick jobs and move it on, in one transaction.
+
+        Returns how many jobs were new, or None when another leader had already moved the
+        schedule on (nothing is written then).
+        """
+        try:
+            async with _guard("fire schedule"):
+                async with self._pool.acquire() as conn, conn.transaction():
+                    rows = await conn.fetch(self._q["insert_jobs"], *self._insert_args(specs, None))
+                    moved = await conn.fetchval(
+                        self._q["schedule_fired"],
+                        name,
+                        last_run_at,
+                        next_run_at,
+                        len(rows),
+                        expected_next,
+                    )
+                    if moved is None:
+                        raise _Superseded  # rolls the inserts back
+        except _Superseded:
+            return None
+        return len(rows)
+
+    async def list_schedules(self) -> list[dict[str, Any]]:
+        """Every schedule row, by name."""
+        async with _guard("list schedules"):
+            return [dict(r) for r in await self._pool.fetch(self._q["list_schedules"])]
+
+    async def get_schedule(self, name: str) -> dict[str, Any] | None:
+        """One schedule row."""
+        async with _guard("get schedule"):
+            row = await self._pool.fetchrow(self._q["get_schedule"], name)
+        return None if row is None else dict(row)
+
+    async def set_schedule_enabled(self, name: str, enabled: bool) -> bool:
+        """Pause or resume a schedule; False if there is none by that name."""
+        async with _guard("set schedule"):
+            return (
+                await self._pool.fetchval(self._q["set_schedule_enabled"], name, enabled)
+                is not None
+            )
+
+    async def try_leadership(self, key: str) -> Leadership | None:
+        """Take an advisory lock on a dedicated connection; the holder leads until it closes.
+
+        The lock lives exactly as long as that connection: a leader that dies, or whose
+        connection drops, loses it at once and another instance takes over.
+        """
+        async with _guard("leadership"):
+            conn = await asyncpg.connect(self._dsn, server_settings=_server_settings(self._schema))
+            try:
+                if await conn.fetchval(self._q["try_advisory_lock"], key):
+                    return Leadership(conn)
+            except BaseException:
+                conn.terminate()
+                raise
+            await conn.close()
+        return None
 
     async def _insert(self, *columns: Any) -> list[asyncpg.Record]:
         try:

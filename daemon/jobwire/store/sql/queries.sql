@@ -200,3 +200,50 @@ DELETE FROM workers WHERE id = $1;
 
 -- name: notify
 SELECT pg_notify($1, $2);
+
+-- name: upsert_schedule
+-- Config wins. A schedule whose timing did not change keeps its next_run_at, so ticks
+-- missed while every instance was down are still found (and handled by catch_up).
+INSERT INTO schedules (name, cron, interval_s, timezone, handler, payload, queue, priority,
+                       max_attempts, enabled, start_at, end_at, max_runs, catch_up, next_run_at)
+VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+ON CONFLICT (name) DO UPDATE SET
+    cron = EXCLUDED.cron, interval_s = EXCLUDED.interval_s, timezone = EXCLUDED.timezone,
+    handler = EXCLUDED.handler, payload = EXCLUDED.payload, queue = EXCLUDED.queue,
+    priority = EXCLUDED.priority, max_attempts = EXCLUDED.max_attempts,
+    enabled = EXCLUDED.enabled, start_at = EXCLUDED.start_at, end_at = EXCLUDED.end_at,
+    max_runs = EXCLUDED.max_runs, catch_up = EXCLUDED.catch_up,
+    next_run_at = CASE
+        WHEN schedules.next_run_at IS NOT NULL
+         AND schedules.cron IS NOT DISTINCT FROM EXCLUDED.cron
+         AND schedules.interval_s IS NOT DISTINCT FROM EXCLUDED.interval_s
+         AND schedules.timezone = EXCLUDED.timezone
+         AND schedules.start_at IS NOT DISTINCT FROM EXCLUDED.start_at
+        THEN schedules.next_run_at ELSE EXCLUDED.next_run_at END;
+
+-- name: disable_unlisted_schedules
+-- Removed from the config: disabled, not deleted (their history stays).
+UPDATE schedules SET enabled = false WHERE enabled AND NOT (name = ANY($1::text[]));
+
+-- name: due_schedules
+SELECT * FROM schedules WHERE enabled AND next_run_at <= now() ORDER BY next_run_at;
+
+-- name: schedule_fired
+-- Optimistic: only the leader that read next_run_at = $5 may move it on.
+UPDATE schedules SET last_run_at = coalesce($2, last_run_at), next_run_at = $3,
+                     run_count = run_count + $4,
+                     enabled = enabled AND (max_runs IS NULL OR run_count + $4 < max_runs)
+WHERE name = $1 AND next_run_at = $5
+RETURNING name;
+
+-- name: list_schedules
+SELECT * FROM schedules ORDER BY name;
+
+-- name: get_schedule
+SELECT * FROM schedules WHERE name = $1;
+
+-- name: set_schedule_enabled
+UPDATE schedules SET enabled = $2 WHERE name = $1 RETURNING name;
+
+-- name: try_advisory_lock
+SELECT pg_try_advisory_lock(hashtext($1));

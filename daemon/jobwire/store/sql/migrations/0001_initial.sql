@@ -80,6 +80,7 @@ CREATE TABLE schedules (
     run_count   integer     NOT NULL DEFAULT 0,
     last_run_at timestamptz,
     next_run_at timestamptz,
+    catch_up    text        NOT NULL DEFAULT 'latest' CHECK (catch_up IN ('none', 'latest', 'all')),
     CHECK ((cron IS NULL) <> (interval_s IS NULL))
 );
 

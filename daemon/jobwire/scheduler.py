@@ -1,0 +1,209 @@
+"""The scheduler: one leader among all instances fires cron and interval schedules.
+
+Leadership is a PostgreSQL advisory lock held on a dedicated connection: it lasts exactly
+as long as that connection, so a dead leader's lock is gone at once and another instance
+takes over within ``retry_every``. Each tick becomes at most one job, because its dedup
+key is the schedule's name and the tick time; moving a schedule on is guarded by the
+``next_run_at`` the leader read, so even two leaders at once could not double-fire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import structlog
+
+from jobwire.config import Config, ScheduleConfig
+from jobwire.models import JobSpec
+from jobwire.store.base import StoreUnavailable
+from jobwire.ticks import CatchUp, TickRule, choose
+
+log = structlog.get_logger("jobwire.scheduler")
+
+
+class LeaderLock(Protocol):
+    """A held leadership lock (see PostgresStore.try_leadership)."""
+
+    async def still_held(self) -> bool:
+        """False once the lock is gone (its connection dropped)."""
+
+    async def release(self) -> None:
+        """Give the lock up."""
+
+
+class ScheduleStore(Protocol):
+    """The store operations the scheduler uses."""
+
+    async def sync_schedules(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Write the configured schedules."""
+
+    async def due_schedules(self) -> list[dict[str, Any]]:
+        """Enabled schedules whose next tick has come."""
+
+    async def fire_schedule(
+        self,
+        name: str,
+        specs: Sequence[JobSpec],
+        last_run_at: datetime | None,
+        next_run_at: datetime | None,
+        expected_next: datetime,
+    ) -> int | None:
+        """Insert tick jobs and move the schedule on; None if another leader did."""
+
+    async def try_leadership(self, key: str) -> LeaderLock | None:
+        """A LeaderLock, or None when another instance leads."""
+
+
+def schedule_rows(schedules: Sequence[ScheduleConfig], now: datetime) -> list[dict[str, Any]]:
+    """Config schedules as rows for sync_schedules, each with its next tick from ``now``."""
+    return [
+        {
+            "name": s.name,
+            "cron": s.cron,
+            "interval_s": s.every,
+            "timezone": s.timezone,
+            "handler": s.handler,
+            "payload": s.payload,
+            "queue": s.queue,
+            "priority": s.priority,
+            "max_attempts": s.max_attempts,
+            "enabled": s.enabled,
+            "start_at": s.start_at,
+            "end_at": s.end_at,
+            "max_runs": s.max_runs,
+            "catch_up": s.catch_up,
+            "next_run_at": s.rule().next_after(now),
+        }
+        for s in schedules
+    ]
+
+
+def rule_of(row: dict[str, Any]) -> TickRule:
+    """The timing of a schedules row."""
+    return TickRule(
+        cron=row["cron"],
+        every=row["interval_s"],
+        timezone=row["timezone"],
+        start_at=row["start_at"],
+        end_at=row["end_at"],
+    )
+
+
+def tick_spec(row: dict[str, Any], tick: datetime | None) -> JobSpec:
+    """The job one tick makes; a tick's dedup key makes a second firing impossible."""
+    name = row["name"]
+    return JobSpec(
+        handler=row["handler"],
+        payload=row["payload"],
+        queue=row["queue"],
+        priority=row["priority"],
+        max_attempts=row["max_attempts"],
+        source=f"schedule:{name}",
+        dedup_key=None if tick is None else f"schedule:{name}:{tick.isoformat()}",
+    )
+
+
+class Scheduler:
+    """Leads when it can; while leading, fires every due schedule."""
+
+    def __init__(
+        self,
+        store: ScheduleStore,
+        config: Config,
+        wake: Callable[[], None],
+        *,
+        schema: str = "jobwire",
+        check_every: float = 0.25,
+        retry_every: float = 1.0,
+        grace: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.wake = wake
+        self.lock_key = f"jobwire-scheduler:{schema}"
+        self.check_every = check_every
+        self.retry_every = retry_every
+        self.grace = grace
+        self.leading = False
+        self.fired = 0
+
+    async def sync(self) -> None:
+        """Write the config's schedules to the table (config wins)."""
+        await self.store.sync_schedules(schedule_rows(self.config.schedules, datetime.now(UTC)))
+
+    async def run(self) -> None:
+        """Try to lead; lead until the lock's connection is lost; try again."""
+        while True:
+            try:
+                lock = await self.store.try_leadership(self.lock_key)
+            except StoreUnavailable as exc:
+                log.warning("scheduler_store_unavailable", error=str(exc))
+                lock = None
+            if lock is None:
+                await asyncio.sleep(self.retry_every)
+                continue
+            try:
+                await self._lead(lock)
+            finally:
+                self.leading = False
+                await lock.release()
+                log.info("scheduler_leadership_released")
+
+    async def _lead(self, lock: LeaderLock) -> None:
+        self.leading = True
+        log.info("scheduler_leading", lock=self.lock_key)
+        loop = asyncio.get_running_loop()
+        next_ping = loop.time() + 2.0
+        while True:
+            try:
+                await self.fire_due()
+            except StoreUnavailable as exc:
+                log.warning("scheduler_store_unavailable", error=str(exc))
+            await asyncio.sleep(self.check_every)
+            if loop.time() >= next_ping:
+                next_ping = loop.time() + 2.0
+                if not await lock.still_held():
+                    log.warning("scheduler_lock_lost")
+                    return
+
+    async def fire_due(self) -> int:
+        """Fire every due schedule once; returns how many jobs were made."""
+        made = 0
+        now = datetime.now(UTC)
+        for row in await self.store.due_schedules():
+            rule = rule_of(row)
+            due = rule.due(row["next_run_at"], now)
+            if not due:
+                continue
+            policy: CatchUp = row["catch_up"]
+            # A tick is "missed" once it is older than the grace, or than one interval for
+            # fast interval schedules: a 1s schedule that is 3s behind has missed 2 ticks.
+            grace = min(self.grace, row["interval_s"] or self.grace)
+            chosen = choose(due, now, policy, grace)
+            if row["max_runs"] is not None:
+                chosen = chosen[: max(0, row["max_runs"] - row["run_count"])]
+            specs = [tick_spec(row, tick) for tick in chosen]
+            inserted = await self.store.fire_schedule(
+                row["name"],
+                specs,
+                chosen[-1] if chosen else None,
+                rule.next_after(due[-1]),
+                row["next_run_at"],
+            )
+            if inserted is None:
+                continue  # another leader moved it on first
+            made += inserted
+            log.info(
+                "schedule_fired",
+                schedule=row["name"],
+                ticks=len(chosen),
+                skipped=len(due) - len(chosen),
+                jobs=inserted,
+            )
+        if made:
+            self.fired += made
+            self.wake()
+        return made

@@ -1,0 +1,76 @@
+"""When schedules fire: the next cron or interval tick, and which due ticks to run."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from croniter import croniter
+
+CatchUp = Literal["none", "latest", "all"]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_TINY = timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class TickRule:
+    """A schedule's timing: a cron expression (in a time zone) or a fixed interval."""
+
+    cron: str | None = None
+    every: float | None = None
+    timezone: str = "UTC"
+    start_at: datetime | None = None
+    end_at: datetime | None = None
+
+    def next_after(self, after: datetime) -> datetime | None:
+        """The first tick strictly after ``after`` (UTC), or None past ``end_at``."""
+        if self.start_at is not None and after < self.start_at:
+            after = self.start_at - _TINY
+        if self.cron is not None:
+            local = after.astimezone(ZoneInfo(self.timezone))
+            times = croniter(self.cron, local)
+            following: datetime = times.get_next(datetime)
+            if following.replace(tzinfo=None) == local.replace(tzinfo=None):
+                # The clocks went back and the same wall-clock time comes round again:
+                # a daily 02:30 job runs once on that day, not twice.
+                following = times.get_next(datetime)
+            tick = following.astimezone(UTC)
+        else:
+            assert self.every is not None
+            # Ticks sit on a fixed grid (from start_at, or the epoch), so every instance
+            # computes the same tick times.
+            anchor = self.start_at or _EPOCH
+            steps = math.floor((after - anchor).total_seconds() / self.every) + 1
+            tick = anchor + timedelta(seconds=max(steps, 0) * self.every)
+            if tick <= after:
+                tick += timedelta(seconds=self.every)
+        if self.end_at is not None and tick > self.end_at:
+            return None
+        return tick
+
+    def due(self, first: datetime, now: datetime, limit: int = 1000) -> list[datetime]:
+        """Every tick from ``first`` up to ``now``, oldest first (at most ``limit``)."""
+        ticks: list[datetime] = []
+        tick: datetime | None = first
+        while tick is not None and tick <= now and len(ticks) < limit:
+            ticks.append(tick)
+            tick = self.next_after(tick)
+        return ticks
+
+
+def choose(due: list[datetime], now: datetime, policy: CatchUp, grace: float) -> list[datetime]:
+    """Which due ticks to fire: ticks older than ``grace`` were missed (downtime)."""
+    on_time = [t for t in due if (now - t).total_seconds() <= grace]
+    if policy == "all":
+        return due
+    if policy == "none" or on_time:
+        return on_time
+    return due[-1:]  # latest: one run for everything missed
+
+
+def valid_cron(expression: str) -> bool:
+    """Whether croniter accepts the expression (five fields or @hourly, @daily, ...)."""
+    return bool(croniter.is_valid(expression))

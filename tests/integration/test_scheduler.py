@@ -1,0 +1,203 @@
+"""Schedules on a real PostgreSQL: one leader, one job per tick, take-over when it dies."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from jobwire.config import Config
+from jobwire.scheduler import Scheduler
+from jobwire.store.postgres import PostgresStore
+from tests.support.daemon import jobwire, write_config
+from tests.support.waiting import wait_for
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
+
+
+def config_with(**schedule: Any) -> Config:
+    return Config.model_validate(
+        {"schedules": [{"name": "tick", "every": "1s", "handler": "noop", **schedule}]}
+    )
+
+
+async def tick_times(url: str) -> list[datetime]:
+    conn = await asyncpg.connect(url)
+    try:
+        keys = [
+            r["dedup_key"]
+            for r in await conn.fetch(
+                "SELECT dedup_key FROM jobwire.jobs WHERE source = 'schedule:tick' ORDER BY 1"
+            )
+        ]
+    finally:
+        await conn.close()
+    return [datetime.fromisoformat(k.removeprefix("schedule:tick:")) for k in keys]
+
+
+def assert_consecutive_seconds(times: list[datetime]) -> None:
+    gaps = [(a, b) for a, b in itertools.pairwise(times) if (b - a).total_seconds() != 1.0]
+    assert gaps == [], f"ticks missing or doubled between {gaps}"
+
+
+async def test_two_instances_fire_one_job_per_tick_and_the_other_takes_over(
+    database_url: str,
+) -> None:
+    config = config_with(catch_up="all")
+    stores = [await PostgresStore.connect(database_url, min_size=1, max_size=3) for _ in range(2)]
+    schedulers = [Scheduler(s, config, lambda: None, retry_every=0.2) for s in stores]
+    for scheduler in schedulers:
+        await scheduler.sync()
+    tasks = [asyncio.create_task(s.run()) for s in schedulers]
+    try:
+
+        async def enough() -> bool:
+            return len(await tick_times(database_url)) >= 5
+
+        await wait_for(enough, timeout=20, what="five ticks")
+        leaders = [s for s in schedulers if s.leading]
+        assert len(leaders) == 1  # one leader, chosen by the advisory lock
+        # The leader dies without any goodbye: its task stops and its lock connection drops.
+        index = schedulers.index(leaders[0])
+        tasks[index].cancel()
+        await asyncio.gather(tasks[index], return_exceptions=True)
+        died_at = len(await tick_times(database_url))
+        other = schedulers[1 - index]
+
+        async def taken_over() -> bool:
+            return other.leading
+
+        await wait_for(taken_over, timeout=5, what="the other instance leading")
+
+        async def more() -> bool:
+            return len(await tick_times(database_url)) >= died_at + 4
+
+        await wait_for(more, timeout=20, what="ticks after the take-over")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for store in stores:
+            await store.close()
+    times = await tick_times(database_url)
+    assert_consecutive_seconds(times)  # catch_up: all, so not one tick lost or doubled
+    assert len(times) == len(set(times))
+
+
+async def test_catch_up_latest_makes_one_job_for_missed_ticks(database_url: str) -> None:
+    store = await PostgresStore.connect(database_url, min_size=1, max_size=2)
+    try:
+        scheduler = Scheduler(store, config_with(), lambda: None)
+        await scheduler.sync()
+        # Every instance was down for a while: next_run_at lies 30 ticks in the past.
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(
+                "UPDATE jobwire.schedules"
+                " SET next_run_at = date_trunc('second', now()) - interval '30s'"
+            )
+        finally:
+            await conn.close()
+        made = await scheduler.fire_due()
+        # latest: the 30 missed ticks make no job of their own; only the tick (or two) due
+        # within the last interval runs.
+        assert 1 <= made <= 2
+        assert len(await tick_times(database_url)) == made
+        assert await scheduler.fire_due() == 0  # and it moved on past now
+    finally:
+        await store.close()
+
+
+async def test_max_runs_and_end_at_stop_a_schedule(database_url: str) -> None:
+    store = await PostgresStore.connect(database_url, min_size=1, max_size=2)
+    try:
+        scheduler = Scheduler(
+            store, config_with(max_runs=3, catch_up="all"), lambda: None, retry_every=0.1
+        )
+        await scheduler.sync()
+        task = asyncio.create_task(scheduler.run())
+
+        async def stopped() -> bool:
+            rows = await store.list_schedules()
+            return not rows[0]["enabled"]
+
+        await wait_for(stopped, timeout=15, what="schedule disabled after max_runs")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert len(await tick_times(database_url)) == 3
+        assert (await store.list_schedules())[0]["run_count"] == 3
+    finally:
+        await store.close()
+
+
+def test_schedules_cli_list_run_pause_resume(database_url: str, tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "jobwire.yaml",
+        {
+            "database": {"url": database_url},
+            "schedules": [
+                {
+                    "name": "nightly",
+                    "cron": "0 2 * * *",
+                    "handler": "echo",
+                    "payload": {"report": "daily"},
+                }
+            ],
+            "logging": {"format": "json"},
+        },
+    )
+
+    async def sync() -> None:
+        store = await PostgresStore.connect(database_url, min_size=1, max_size=1)
+        try:
+            from jobwire.config import load_config
+
+            cfg, _ = load_config(str(config))
+            await Scheduler(store, cfg, lambda: None).sync()
+        finally:
+            await store.close()
+
+    asyncio.run(sync())  # what `jobwire run` does at start-up
+    listing = jobwire("schedules", "list", "-c", str(config)).stdout
+    assert "nightly" in listing and "0 2 * * *" in listing and "enabled" in listing
+    job_id = jobwire("schedules", "run", "nightly", "-c", str(config)).stdout.strip()
+    assert job_id.isdigit()
+    assert "paused" in jobwire("schedules", "pause", "nightly", "-c", str(config)).stdout
+    assert "paused" in jobwire("schedules", "list", "-c", str(config)).stdout
+    assert "resumed" in jobwire("schedules", "resume", "nightly", "-c", str(config)).stdout
+    missing = jobwire("schedules", "run", "nope", "-c", str(config), check=False)
+    assert missing.returncode == 1 and "no schedule named 'nope'" in missing.stderr
+
+
+async def test_the_daemon_runs_its_schedules(database_url: str) -> None:
+    from tests.support.inprocess import running_daemon
+
+    config = Config.model_validate(
+        {
+            "database": {"url": database_url},
+            "workers": {"poll_interval": "200ms"},
+            "schedules": [{"name": "tick", "every": "1s", "handler": "echo", "payload": {"hi": 1}}],
+        }
+    )
+    async with running_daemon(config, wait_sources=False):
+
+        async def three_done() -> bool:
+            conn = await asyncpg.connect(database_url)
+            try:
+                return (
+                    await conn.fetchval(
+                        "SELECT count(*) FROM jobwire.jobs"
+                        " WHERE source = 'schedule:tick' AND status = 'succeeded'"
+                    )
+                    >= 3
+                )
+            finally:
+                await conn.close()
+
+        await wait_for(three_done, timeout=15, what="three scheduled jobs run")
+    assert_consecutive_seconds(await tick_times(database_url))

@@ -1,0 +1,112 @@
+"""Next-tick computation with fixed clocks: DST, month ends, intervals, windows, catch-up."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from jobwire.config import ConfigError, parse_config
+from jobwire.ticks import TickRule, choose
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+def ticks(rule: TickRule, start: datetime, n: int) -> list[datetime]:
+    out = []
+    t: datetime | None = start
+    for _ in range(n):
+        assert t is not None
+        t = rule.next_after(t)
+        assert t is not None
+        out.append(t)
+    return out
+
+
+def test_daily_cron_in_a_time_zone_across_spring_forward() -> None:
+    rule = TickRule(cron="30 2 * * *", timezone="Europe/Berlin")
+    # 2026-03-29: 02:00 -> 03:00 local; 02:30 does not exist that day.
+    got = ticks(rule, utc(2026, 3, 27, 12), 3)
+    assert got[0] == utc(2026, 3, 28, 1, 30)  # 02:30 CET
+    assert got[1].date().isoformat() == "2026-03-29"  # fires once that day, not skipped
+    assert got[2] == utc(2026, 3, 30, 0, 30)  # 02:30 CEST
+
+
+def test_daily_cron_across_fall_back_fires_once() -> None:
+    rule = TickRule(cron="30 2 * * *", timezone="Europe/Berlin")
+    # 2026-10-25: 03:00 -> 02:00 local; 02:30 happens twice.
+    got = ticks(rule, utc(2026, 10, 24, 12), 2)
+    assert [t.date().isoformat() for t in got] == ["2026-10-25", "2026-10-26"]
+
+
+def test_month_ends_and_shorthands() -> None:
+    assert ticks(TickRule(cron="0 0 31 * *"), utc(2026, 1, 31), 2) == [
+        utc(2026, 3, 31),
+        utc(2026, 5, 31),
+    ]
+    assert ticks(TickRule(cron="0 0 L * *"), utc(2026, 1, 31), 2) == [
+        utc(2026, 2, 28),
+        utc(2026, 3, 31),
+    ]
+    assert TickRule(cron="@monthly").next_after(utc(2026, 2, 10)) == utc(2026, 3, 1)
+    assert TickRule(cron="@hourly").next_after(utc(2026, 2, 10, 5, 0)) == utc(2026, 2, 10, 6)
+    assert TickRule(cron="@weekly").next_after(utc(2026, 11, 22)) == utc(2026, 11, 29)
+
+
+def test_interval_ticks_sit_on_a_grid_shared_by_every_instance() -> None:
+    rule = TickRule(every=300)
+    assert rule.next_after(utc(2026, 1, 1, 0, 4, 59)) == utc(2026, 1, 1, 0, 5)
+    assert rule.next_after(utc(2026, 1, 1, 0, 5)) == utc(2026, 1, 1, 0, 10)
+    anchored = TickRule(every=60, start_at=utc(2026, 1, 1, 0, 0, 30))
+    assert anchored.next_after(utc(2025, 12, 1)) == utc(2026, 1, 1, 0, 0, 30)
+    assert anchored.next_after(utc(2026, 1, 1, 0, 1)) == utc(2026, 1, 1, 0, 1, 30)
+
+
+def test_start_and_end_window() -> None:
+    rule = TickRule(
+        cron="0 * * * *", start_at=utc(2026, 5, 1, 10, 30), end_at=utc(2026, 5, 1, 12, 0)
+    )
+    assert rule.next_after(utc(2026, 1, 1)) == utc(2026, 5, 1, 11)
+    assert rule.next_after(utc(2026, 5, 1, 11)) == utc(2026, 5, 1, 12)
+    assert rule.next_after(utc(2026, 5, 1, 12)) is None
+
+
+def test_due_and_catch_up_policies() -> None:
+    rule = TickRule(every=60)
+    now = utc(2026, 1, 1, 1, 0, 1)
+    due = rule.due(utc(2026, 1, 1, 0, 55), now)
+    assert due == [utc(2026, 1, 1, 0, m) for m in range(55, 60)] + [utc(2026, 1, 1, 1)]
+    assert choose(due, now, "all", grace=5) == due
+    assert choose(due, now, "none", grace=5) == [utc(2026, 1, 1, 1)]
+    assert choose(due, now, "latest", grace=5) == [utc(2026, 1, 1, 1)]
+    missed_only = due[:-1]
+    assert choose(missed_only, now, "latest", grace=5) == [utc(2026, 1, 1, 0, 59)]
+    assert choose(missed_only, now, "none", grace=5) == []
+    assert len(TickRule(every=1).due(now - timedelta(days=1), now, limit=1000)) == 1000
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("schedules: [{name: a, handler: noop}]", "exactly one of cron or every"),
+        ("schedules: [{name: a, handler: noop, cron: '61 * * * *'}]", "not a valid"),
+        (
+            "schedules: [{name: a, handler: noop, every: 1h, timezone: Mars/Base}]",
+            "unknown timezone",
+        ),
+        (
+            "schedules: [{name: a, handler: noop, every: 1h, start_at: 2026-01-01T00:00:00}]",
+            "needs a time zone",
+        ),
+        (
+            "schedules: [{name: a, handler: noop, every: 1h}, {name: a, handler: noop, every: 1h}]",
+            "must be unique",
+        ),
+    ],
+)
+def test_bad_schedules_are_config_errors(text: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "f.yaml", {})
+    assert reason in str(info.value)
