@@ -170,11 +170,14 @@ class Daemon:
                 "sources": {s.cfg.name: s.describe() for s in self.sources}
             }
             scheduler_task = None
-            if self.config.schedules:
+            # Always: the leader also runs the built-in retention purge.
+            if self.config.schedules or self.config.retention.enabled:
                 scheduler = Scheduler(
                     store, self.config, self.pool.wake, schema=self.config.database.db_schema
                 )
-                await scheduler.sync()
+                if self.config.schedules:
+                    # An instance without schedules: leaves the table as other instances set it.
+                    await scheduler.sync()
                 scheduler_task = asyncio.create_task(scheduler.run(), name="jobwire-scheduler")
             for source in self.sources:
                 source.start()

@@ -265,6 +265,15 @@ class ScheduleConfig(_Strict):
         )
 
 
+class RetentionConfig(_Strict):
+    """How long finished jobs (and their runs) are kept; purged by the scheduler's leader."""
+
+    enabled: bool = True
+    finished: Duration = 30 * 86400.0
+    every: Duration = 600.0
+    batch: int = Field(1000, ge=1, le=100_000)
+
+
 class LoggingConfig(_Strict):
     """How log lines look."""
 
@@ -282,6 +291,7 @@ class Config(_Strict):
     handlers: dict[str, str] = Field(default_factory=dict)
     sources: list[SourceConfig] = Field(default_factory=list)
     schedules: list[ScheduleConfig] = Field(default_factory=list)
+    retention: RetentionConfig = RetentionConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @field_validator("schedules")

@@ -56,6 +56,9 @@ class ScheduleStore(Protocol):
     async def try_leadership(self, key: str) -> LeaderLock | None:
         """A LeaderLock, or None when another instance leads."""
 
+    async def purge_finished(self, older_than: float, batch: int) -> int:
+        """Delete one batch of old finished jobs."""
+
 
 def schedule_rows(schedules: Sequence[ScheduleConfig], now: datetime) -> list[dict[str, Any]]:
     """Config schedules as rows for sync_schedules, each with its next tick from ``now``."""
@@ -157,9 +160,13 @@ class Scheduler:
         log.info("scheduler_leading", lock=self.lock_key)
         loop = asyncio.get_running_loop()
         next_ping = loop.time() + 2.0
+        next_purge = loop.time() + 5.0  # not in the first seconds of a start-up
         while True:
             try:
                 await self.fire_due()
+                if self.config.retention.enabled and loop.time() >= next_purge:
+                    next_purge = loop.time() + self.config.retention.every
+                    await self.purge()
             except StoreUnavailable as exc:
                 log.warning("scheduler_store_unavailable", error=str(exc))
             await asyncio.sleep(self.check_every)
@@ -168,6 +175,20 @@ class Scheduler:
                 if not await lock.still_held():
                     log.warning("scheduler_lock_lost")
                     return
+
+    async def purge(self) -> int:
+        """Delete finished jobs past retention.finished, in small batches with pauses."""
+        retention = self.config.retention
+        total = 0
+        while True:
+            deleted = await self.store.purge_finished(retention.finished, retention.batch)
+            total += deleted
+            if deleted < retention.batch:
+                break
+            await asyncio.sleep(0.05)  # small batches, room for the real work in between
+        if total:
+            log.info("jobs_purged", count=total, older_than_s=retention.finished)
+        return total
 
     async def fire_due(self) -> int:
         """Fire every due schedule once; returns how many jobs were made."""

@@ -201,3 +201,36 @@ async def test_the_daemon_runs_its_schedules(database_url: str) -> None:
 
         await wait_for(three_done, timeout=15, what="three scheduled jobs run")
     assert_consecutive_seconds(await tick_times(database_url))
+
+
+async def test_retention_purges_old_finished_jobs_and_their_runs(database_url: str) -> None:
+    from jobwire.models import JobSpec
+
+    store = await PostgresStore.connect(database_url, min_size=1, max_size=2)
+    try:
+        ids = await store.enqueue_many([JobSpec("noop") for _ in range(25)])
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(
+                "UPDATE jobwire.jobs SET status = 'succeeded', finished_at = now() - interval"
+                " '40 days' WHERE id <= $1",
+                ids[19],
+            )
+            await conn.execute(
+                "INSERT INTO jobwire.job_runs (job_id, attempt, worker_id, status, started_at)"
+                " SELECT id, 1, 'w', 'succeeded', now() FROM jobwire.jobs"
+            )
+            await conn.execute(  # finished, but recently: kept
+                "UPDATE jobwire.jobs SET status = 'failed', finished_at = now() WHERE id = $1",
+                ids[20],
+            )
+            config = Config.model_validate({"retention": {"finished": "30d", "batch": 7}})
+            purged = await Scheduler(store, config, lambda: None).purge()
+            left = await conn.fetchval("SELECT count(*) FROM jobwire.jobs")
+            runs = await conn.fetchval("SELECT count(*) FROM jobwire.job_runs")
+        finally:
+            await conn.close()
+    finally:
+        await store.close()
+    assert purged == 20  # in batches of 7: 7 + 7 + 6
+    assert (left, runs) == (5, 5)

@@ -345,6 +345,12 @@ class PostgresStore:
             return None
         return len(rows)
 
+    async def purge_finished(self, older_than: float, batch: int) -> int:
+        """Delete one batch of old finished jobs; returns how many went."""
+        async with _guard("purge"):
+            status = await self._pool.execute(self._q["purge_finished"], older_than, batch)
+        return int(status.split()[-1])
+
     async def list_schedules(self) -> list[dict[str, Any]]:
         """Every schedule row, by name."""
         async with _guard("list schedules"):

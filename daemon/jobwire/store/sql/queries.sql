@@ -247,3 +247,15 @@ UPDATE schedules SET enabled = $2 WHERE name = $1 RETURNING name;
 
 -- name: try_advisory_lock
 SELECT pg_try_advisory_lock(hashtext($1));
+
+-- name: purge_finished
+-- One small batch of finished jobs older than $1 seconds; their job_runs go by cascade.
+WITH old AS (
+    SELECT id FROM jobs
+    WHERE status IN ('succeeded', 'failed', 'cancelled')
+      AND finished_at < now() - make_interval(secs => $1)
+    ORDER BY id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM jobs USING old WHERE jobs.id = old.id;
