@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -294,22 +295,14 @@ class Config(_Strict):
     retention: RetentionConfig = RetentionConfig()
     logging: LoggingConfig = LoggingConfig()
 
-    @field_validator("schedules")
+    @field_validator("sources", "schedules")
     @classmethod
-    def _unique_schedule_names(cls, value: list[ScheduleConfig]) -> list[ScheduleConfig]:
-        names = [s.name for s in value]
+    def _unique_names(cls, value: list[Any], info: ValidationInfo) -> list[Any]:
+        names = [item.name for item in value]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"schedule names must be unique; repeated: {', '.join(dupes)}")
-        return value
-
-    @field_validator("sources")
-    @classmethod
-    def _unique_names(cls, value: list[SourceConfig]) -> list[SourceConfig]:
-        names = [s.name for s in value]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"source names must be unique; repeated: {', '.join(dupes)}")
+            kind = "source" if info.field_name == "sources" else "schedule"
+            raise ValueError(f"{kind} names must be unique; repeated: {', '.join(dupes)}")
         return value
 
     @field_validator("handlers")

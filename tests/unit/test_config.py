@@ -93,3 +93,11 @@ def test_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert find_config_file(None, {}) == Path("jobwire.yaml")
     assert find_config_file(None, {"JOBWIRE_CONFIG": "/x.yaml"}) == Path("/x.yaml")
     assert find_config_file("given.yaml", {"JOBWIRE_CONFIG": "/x.yaml"}) == Path("given.yaml")
+
+
+def test_source_names_must_be_unique() -> None:
+    text = (
+        "sources: [{name: a, type: amqp, queue: q, route: {handler: x}},"
+        " {name: a, type: stomp, destination: /queue/q, route: {handler: x}}]"
+    )
+    assert problems(text) == ["jobwire.yaml: sources: source names must be unique; repeated: a"]
