@@ -16,6 +16,7 @@ from jobwire import __version__
 from jobwire.adapters import build_adapter
 from jobwire.adapters.base import Adapter
 from jobwire.config import Config, SourceBase
+from jobwire.flow import BacklogGate
 from jobwire.handlers import HandlerRegistry
 from jobwire.intake import Intake
 from jobwire.routing import Router
@@ -169,6 +170,19 @@ class Daemon:
             self.pool.extra_state = lambda: {
                 "sources": {s.cfg.name: s.describe() for s in self.sources}
             }
+            gate_task = None
+            high = self.config.workers.max_backlog
+            if high is not None and self.sources:
+                low = self.config.workers.backlog_resume
+                gate = BacklogGate(
+                    store,
+                    [s.intake for s in self.sources],
+                    high,
+                    int(high * 0.8) if low is None else low,
+                )
+                for source in self.sources:
+                    source.intake.on_stored = gate.note_stored
+                gate_task = asyncio.create_task(gate.run(), name="jobwire-backlog")
             scheduler_task = None
             # Always: the leader also runs the built-in retention purge.
             if self.config.schedules or self.config.retention.enabled:
@@ -189,9 +203,10 @@ class Daemon:
             )
             await self.stop_requested.wait()
             _sd_notify("STOPPING=1")
-            if scheduler_task is not None:
-                scheduler_task.cancel()  # releases leadership (closes its lock connection)
-                await asyncio.wait({scheduler_task}, timeout=5)
+            for task in (gate_task, scheduler_task):
+                if task is not None:
+                    task.cancel()  # the scheduler releases leadership (closes its connection)
+                    await asyncio.wait({task}, timeout=5)
             # Sources first: no delivery may be left taken but unsettled when the pool stops.
             await asyncio.gather(*(s.stop(timeout=10) for s in self.sources))
             await self.pool.stop()

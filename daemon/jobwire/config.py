@@ -84,6 +84,11 @@ class WorkersConfig(_Strict):
     shutdown_timeout: Duration = 30.0
     completion_batch: int = Field(200, ge=1)
     completion_delay: Duration = 0.005
+    # Flow control: above this many ready jobs the sources stop taking messages, so a
+    # flood waits in the broker rather than in the database; they go on again at or below
+    # backlog_resume (default: 80% of max_backlog). null: no limit.
+    max_backlog: int | None = Field(100_000, ge=1)
+    backlog_resume: int | None = Field(None, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> WorkersConfig:
@@ -91,6 +96,12 @@ class WorkersConfig(_Strict):
             raise ValueError("lease must be at least 1s")
         if self.poll_interval <= 0:
             raise ValueError("poll_interval must be positive")
+        if (
+            self.max_backlog is not None
+            and self.backlog_resume is not None
+            and self.backlog_resume >= self.max_backlog
+        ):
+            raise ValueError("backlog_resume must be below max_backlog")
         return self
 
 

@@ -95,6 +95,10 @@ class Intake:
         # Notify mode: job ids seen but not yet visible, with when they were first seen.
         self._notified_waiting: dict[int, float] = {}
         self._delayed: set[asyncio.Task[None]] = set()
+        # Why the source is not taking messages now ("store", "backlog"); empty: it is.
+        self._held: set[str] = set()
+        # Told how many jobs each batch stored (flow control's early warning).
+        self.on_stored: Callable[[int], None] = lambda _count: None
         self._log = log.bind(source=source.name)
 
     async def submit(self, message: Message) -> None:
@@ -180,6 +184,7 @@ class Intake:
                 )
         inserted = sum(1 for i in ids if i is not None)
         self.counters.stored += inserted
+        self.on_stored(inserted)
         self.counters.duplicate += len(ids) - inserted
         for message, result in rejects:
             self._log.warning("message_dead_lettered", reason=result.invalid)
@@ -370,8 +375,25 @@ class Intake:
         self.counters.nacked += len(batch)
         await self._pause_until_store_answers()
 
+    async def hold(self, reason: str) -> None:
+        """Stop the source taking messages, for ``reason`` (store, backlog)."""
+        first = not self._held
+        self._held.add(reason)
+        if first:
+            self._log.info("intake_held", reason=reason)
+            await self.adapter.pause()
+
+    async def release(self, reason: str) -> None:
+        """Drop one reason; the source goes on once no reason is left."""
+        if reason not in self._held:
+            return
+        self._held.discard(reason)
+        if not self._held:
+            self._log.info("intake_released", reason=reason)
+            await self.adapter.resume()
+
     async def _pause_until_store_answers(self) -> None:
-        await self.adapter.pause()
+        await self.hold("store")
         started = time.monotonic()
         delay = 0.1
         while True:
@@ -382,4 +404,4 @@ class Intake:
             except StoreUnavailable:
                 delay = min(delay * 2, 2.0)
         self._log.info("intake_store_back", paused_for=round(time.monotonic() - started, 3))
-        await self.adapter.resume()
+        await self.release("store")

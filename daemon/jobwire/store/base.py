@@ -75,6 +75,9 @@ class JobStore(Protocol):
     async def retry(self, job_ids: Sequence[int] = (), status: str | None = None) -> list[int]:
         """Run failed or cancelled jobs again; returns the ids that were requeued."""
 
+    async def ready_backlog(self, cap: int) -> int:
+        """How many jobs are ready to run, counting no further than ``cap``."""
+
     async def existing(self, job_ids: Sequence[int]) -> set[int]:
         """Which of these job ids have a visible (committed) row."""
 

@@ -239,6 +239,14 @@ class MemoryStore:
             self._fire("jobs")
         return out
 
+    async def ready_backlog(self, cap: int) -> int:
+        """Ready jobs, up to ``cap``."""
+        await self.ping()
+        now = _now()
+        return min(
+            cap, sum(1 for j in self.jobs.values() if j.status in _READY and j.run_at <= now)
+        )
+
     async def existing(self, job_ids: Sequence[int]) -> set[int]:
         """Ids among these with a row."""
         await self.ping()

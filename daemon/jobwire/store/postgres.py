@@ -478,6 +478,11 @@ class PostgresStore:
                     await conn.execute(self._q["notify"], self._channel, "jobs")
         return [r["id"] for r in rows]
 
+    async def ready_backlog(self, cap: int) -> int:
+        """Ready jobs, up to ``cap``."""
+        async with _guard("backlog"):
+            return int(await self._pool.fetchval(self._q["ready_backlog"], cap))
+
     async def existing(self, job_ids: Sequence[int]) -> set[int]:
         """Ids among these with a committed row."""
         if not job_ids:

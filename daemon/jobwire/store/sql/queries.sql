@@ -259,3 +259,9 @@ WITH old AS (
     FOR UPDATE SKIP LOCKED
 )
 DELETE FROM jobs USING old WHERE jobs.id = old.id;
+
+-- name: ready_backlog
+-- Ready jobs, counted up to a cap: flow control needs "more than N", never the exact size.
+SELECT count(*) FROM (
+    SELECT 1 FROM jobs WHERE status IN ('pending', 'retrying') AND run_at <= now() LIMIT $1
+) ready;
