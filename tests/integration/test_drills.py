@@ -133,3 +133,55 @@ async def _at_least(url: str, n: int) -> bool:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_slow_database_times_out_recovers_and_runs_nothing_twice_at_once(
+    database_url: str,
+) -> None:
+    from collections import Counter
+
+    from jobwire import JobContext, JobSpec
+    from jobwire.store.postgres import PostgresStore
+    from tests.support.pools import fast_config, make_pool
+
+    proxy = await TcpProxy("127.0.0.1", 5432).start()
+    proxied = database_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    active: set[int] = set()
+    overlaps: list[int] = []
+    starts: Counter[int] = Counter()
+
+    async def record(payload: Any, ctx: JobContext) -> None:
+        if ctx.job_id in active:
+            overlaps.append(ctx.job_id)
+        active.add(ctx.job_id)
+        starts[ctx.job_id] += 1
+        await asyncio.sleep(0.01)
+        active.discard(ctx.job_id)
+
+    store = await PostgresStore.connect(proxied, min_size=1, max_size=6, command_timeout=0.5)
+    pool = make_pool(
+        store,
+        {"record": record},
+        fast_config(workers={"concurrency": 8, "lease": "2s", "poll_interval": "100ms"}),
+    )
+    try:
+        async with Client(database_url) as client:
+            ids = await client.enqueue_many([JobSpec("record", i) for i in range(300)])
+        await pool.start()
+        await wait_for(lambda: _true(len(starts) > 30), what="work under way")
+        proxy.latency = 0.4  # every round trip now takes longer than the statement timeout
+        try:
+            await asyncio.sleep(3)  # the slow spell: claims and completions time out
+        finally:
+            proxy.latency = 0.0
+
+        async def all_done() -> bool:
+            return await succeeded(database_url) == 300
+
+        await wait_for(all_done, timeout=60, what="all 300 jobs done after the slow spell")
+    finally:
+        await pool.stop()
+        await store.close()
+        await proxy.close()
+    assert overlaps == []  # never two runs of one job at the same time
+    assert set(starts) == set(ids)

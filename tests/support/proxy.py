@@ -17,6 +17,7 @@ class TcpProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self.open = True
         self.hanging = False
+        self.latency = 0.0  # seconds added before each forwarded chunk ("slow")
         self.connections = 0
 
     async def start(self) -> TcpProxy:
@@ -49,6 +50,8 @@ class TcpProxy:
             while data := await src.read(65536):
                 if self.hanging:
                     continue  # swallow it: both ends stay open and hear nothing
+                if self.latency:
+                    await asyncio.sleep(self.latency)
                 dst.write(data)
                 await dst.drain()
         except (ConnectionError, OSError):
