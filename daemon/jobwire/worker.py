@@ -146,11 +146,14 @@ class WorkerPool:
         )
         structlog.contextvars.bind_contextvars(worker=self.worker_id)
         self._tasks = [
-            asyncio.create_task(self._claim_loop(), name="jobwire-claim"),
-            asyncio.create_task(self._completion_loop(), name="jobwire-complete"),
-            asyncio.create_task(self._lease_loop(), name="jobwire-lease"),
+            asyncio.create_task(_keep_running("claim", self._claim_loop), name="jobwire-claim"),
             asyncio.create_task(
-                self.store.listen(self._on_notify, self.wake), name="jobwire-listen"
+                _keep_running("complete", self._completion_loop), name="jobwire-complete"
+            ),
+            asyncio.create_task(_keep_running("lease", self._lease_loop), name="jobwire-lease"),
+            asyncio.create_task(
+                _keep_running("listen", lambda: self.store.listen(self._on_notify, self.wake)),
+                name="jobwire-listen",
             ),
         ]
         log.info(
@@ -472,7 +475,11 @@ class WorkerPool:
         interval = min(lease / 3, 10.0)
         while True:
             try:
-                cancel_ids = await self.store.renew_leases(self.worker_id, lease)
+                # Only jobs still ours: running here, or finished with the outcome not yet
+                # written. One given up on must be left to expire.
+                held = [job_id for job_id, r in self._running.items() if r.stop_reason is None]
+                held += [o.job_id for o in self._outcomes]
+                cancel_ids = await self.store.renew_leases(self.worker_id, lease, held)
                 self._lease_ok_until = time.monotonic() + lease
                 recovered = await self.store.recover_expired_leases()
                 await self.store.heartbeat_worker(
@@ -496,6 +503,18 @@ class WorkerPool:
                 log.warning("leases_recovered", count=len(recovered), job_ids=recovered[:20])
                 self._wake.set()
             await asyncio.sleep(interval)
+
+
+async def _keep_running(name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run one of the pool's loops; an unexpected error is logged and the loop restarted,
+    never left to end the loop silently (a dead claim loop is a daemon that does nothing)."""
+    while True:
+        try:
+            await loop()
+            return
+        except Exception:
+            log.exception("pool_loop_crashed", loop=name)
+            await asyncio.sleep(1.0)
 
 
 async def _bounded(step: str, coro: Coroutine[Any, Any, T], seconds: float) -> T | None:

@@ -60,8 +60,8 @@ class JobStore(Protocol):
     async def complete_many(self, worker_id: str, outcomes: Sequence[Outcome]) -> int:
         """Record attempt outcomes; returns how many were still held by this worker."""
 
-    async def renew_leases(self, worker_id: str, lease: float) -> set[int]:
-        """Extend every lease the worker holds; returns ids whose cancellation was requested."""
+    async def renew_leases(self, worker_id: str, lease: float, job_ids: Sequence[int]) -> set[int]:
+        """Extend the leases of these running jobs; returns ids asked to cancel."""
 
     async def recover_expired_leases(self) -> list[int]:
         """Take back jobs whose lease ran out (their worker died) so others can run them."""

@@ -157,12 +157,13 @@ class MemoryStore:
             job.lease_until = job.worker_id = None
         return count
 
-    async def renew_leases(self, worker_id: str, lease: float) -> set[int]:
-        """Extend leases; report cancel requests."""
+    async def renew_leases(self, worker_id: str, lease: float, job_ids: Sequence[int]) -> set[int]:
+        """Extend the leases of these jobs; report cancel requests."""
         until = _now() + timedelta(seconds=lease)
         cancelled = set()
-        for job in self.jobs.values():
-            if job.worker_id == worker_id and job.status == JobStatus.RUNNING:
+        for job_id in job_ids:
+            job = self.jobs.get(job_id)
+            if job is not None and job.worker_id == worker_id:
                 job.lease_until = until
                 if job.cancel_requested:
                     cancelled.add(job.id)

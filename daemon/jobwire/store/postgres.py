@@ -438,10 +438,12 @@ class PostgresStore:
             )
         return int(count)
 
-    async def renew_leases(self, worker_id: str, lease: float) -> set[int]:
-        """Extend this worker's leases; report which jobs were asked to cancel."""
+    async def renew_leases(self, worker_id: str, lease: float, job_ids: Sequence[int]) -> set[int]:
+        """Extend the leases of the jobs this worker runs; report which were asked to cancel."""
+        if not job_ids:
+            return set()
         async with _guard("renew leases"):
-            rows = await self._pool.fetch(self._q["renew_leases"], worker_id, lease)
+            rows = await self._pool.fetch(self._q["renew_leases"], worker_id, lease, list(job_ids))
         return {r["id"] for r in rows if r["cancel_requested"]}
 
     async def recover_expired_leases(self) -> list[int]:

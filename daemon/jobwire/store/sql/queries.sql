@@ -91,9 +91,11 @@ WITH o AS (
 SELECT count(*) FROM done;
 
 -- name: renew_leases
--- One statement renews every lease this worker holds and reports cancel requests.
+-- One statement renews the leases of the jobs this worker is running ($3) and reports
+-- cancel requests. Only those: a job it gave up on (its lease could not be renewed in
+-- time) must be left to expire, or it would stay "running" here forever.
 UPDATE jobs SET lease_until = now() + make_interval(secs => $2)
-WHERE worker_id = $1 AND status = 'running'
+WHERE id = ANY($3::bigint[]) AND worker_id = $1
 RETURNING id, cancel_requested;
 
 -- name: recover_expired_leases
