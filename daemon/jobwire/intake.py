@@ -369,9 +369,7 @@ class Intake:
 
     async def _requeue(self, batch: Sequence[Message], exc: Exception) -> None:
         self._log.error("intake_store_failed", error=str(exc), requeued=len(batch))
-        for message in batch:
-            if message.nack is not None:
-                await self._settle(functools.partial(message.nack, True))
+        await self._settle(functools.partial(self.adapter.requeue_many, batch))
         self.counters.nacked += len(batch)
         await self._pause_until_store_answers()
 

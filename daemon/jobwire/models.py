@@ -85,6 +85,6 @@ class Outcome:
     attempt: int
     status: JobStatus  # SUCCEEDED, RETRYING, FAILED or CANCELLED
     duration: float
-    result: Any = None
+    result_json: str | None = None  # the handler's return value, serialised once
     error: str | None = None
     retry_in: float | None = None

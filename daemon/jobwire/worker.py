@@ -358,8 +358,7 @@ class WorkerPool:
 
     def _succeeded(self, job: Job, result: Any, duration: float) -> Outcome:
         try:
-            if result is not None:
-                json.dumps(result)
+            result_json = None if result is None else json.dumps(result)
         except (TypeError, ValueError) as exc:
             return Outcome(
                 job.id,
@@ -368,7 +367,7 @@ class WorkerPool:
                 duration,
                 error=f"result is not JSON serialisable: {exc}",
             )
-        return Outcome(job.id, job.attempts, JobStatus.SUCCEEDED, duration, result=result)
+        return Outcome(job.id, job.attempts, JobStatus.SUCCEEDED, duration, result_json=result_json)
 
     def _retry_or_fail(self, job: Job, error: str, duration: float, after: float | None) -> Outcome:
         if job.attempts >= job.max_attempts:

@@ -235,13 +235,9 @@ async def test_dead_letter_mode_sends_poison_to_the_broker_dlx(
             return declared.declaration_result.message_count == 1
 
         await wait_for(dead_lettered, what="poison message in the DLQ")
-        await wait_for(lambda: _async(job_count(database_url)), what="good job stored")
+        await wait_for(lambda: job_count(database_url), what="good job stored")
     assert await job_count(database_url) == 1
     await channel.close()
-
-
-async def _async(coro: Any) -> Any:
-    return await coro
 
 
 async def test_store_cut_mid_stream_loses_nothing_and_duplicates_nothing(
@@ -278,7 +274,7 @@ async def test_store_cut_mid_stream_loses_nothing_and_duplicates_nothing(
                 return await job_count(database_url) >= n
 
             await wait_for(all_in, timeout=60, what=f"{n} jobs after the store came back")
-            await wait_for(lambda: _async(_queue_empty(amqp, queue_name)), what="queue drained")
+            await wait_for(lambda: _queue_empty(amqp, queue_name), what="queue drained")
     finally:
         await proxy.close()
     rows = await fetch(
@@ -299,7 +295,7 @@ async def test_consumer_comes_back_after_the_broker_drops_the_connection(
     config = amqp_config(database_url, queue_name)
     async with running_daemon(config) as daemon:
         await publish(amqp, queue_name, [b"{}"] * 10)
-        await wait_for(lambda: _async(_jobs_at_least(database_url, 10)), what="first 10 jobs")
+        await wait_for(lambda: _jobs_at_least(database_url, 10), what="first 10 jobs")
         # The broker closes our connection, as on a node restart.
         proc = await asyncio.create_subprocess_exec(
             "rabbitmqctl",
@@ -331,7 +327,7 @@ async def assert_consuming_again(database_url: str, queue: str, expected_jobs: i
         await wait_for(consumer_back, timeout=60, what="consumer back (consumer count 1)")
         await publish(fresh, queue, [b"{}"] * 5)
         await wait_for(
-            lambda: _async(_jobs_at_least(database_url, expected_jobs)),
+            lambda: _jobs_at_least(database_url, expected_jobs),
             what="new messages became jobs after the outage",
         )
     finally:
@@ -406,7 +402,7 @@ async def test_consumer_comes_back_after_a_broker_restart(
     config = amqp_config(database_url, queue_name)
     async with running_daemon(config) as daemon:
         await publish(amqp, queue_name, [b"{}"] * 5)
-        await wait_for(lambda: _async(_jobs_at_least(database_url, 5)), what="first 5 jobs")
+        await wait_for(lambda: _jobs_at_least(database_url, 5), what="first 5 jobs")
         await rabbitmqctl("stop_app")
         try:
 

@@ -95,7 +95,7 @@ async def test_broker_absent_at_start_up_then_appearing(
         await wait_for(lambda: _at_least(database_url, 1), what="a job run without the broker")
         rabbit_proxy.restore()  # the broker appears
         await wait_for(
-            lambda: _true(adapter.state.value == "up"),
+            lambda: adapter.state.value == "up",
             timeout=40,
             what="source connected once the broker appeared",
         )
@@ -113,14 +113,14 @@ async def test_half_open_amqp_connection_is_noticed_by_heart_beats(
         rabbit_proxy.hang()
         hung_at = loop.time()
         await wait_for(
-            lambda: _true(adapter.state.value != "up"),
+            lambda: adapter.state.value != "up",
             timeout=10,
             interval=0.05,
             what="half-open connection noticed",
         )
         noticed_after = loop.time() - hung_at
         rabbit_proxy.unhang()
-        await wait_for(lambda: _true(adapter.state.value == "up"), timeout=40, what="reconnected")
+        await wait_for(lambda: adapter.state.value == "up", timeout=40, what="reconnected")
         await publish(queue_name, 5)
         await wait_for(lambda: _at_least(database_url, 5), what="jobs after reconnecting")
     # aiormq gives up after missing heart-beats; three intervals (+1s of scheduling slack).
@@ -129,10 +129,6 @@ async def test_half_open_amqp_connection_is_noticed_by_heart_beats(
 
 async def _at_least(url: str, n: int) -> bool:
     return await succeeded(url) >= n
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def test_slow_database_times_out_recovers_and_runs_nothing_twice_at_once(
@@ -170,7 +166,7 @@ async def test_slow_database_times_out_recovers_and_runs_nothing_twice_at_once(
         async with Client(database_url) as client:
             ids = await client.enqueue_many([JobSpec("record", i) for i in range(300)])
         await pool.start()
-        await wait_for(lambda: _true(len(starts) > 30), what="work under way")
+        await wait_for(lambda: len(starts) > 30, what="work under way")
         proxy.latency = 0.4  # every round trip now takes longer than the statement timeout
         try:
             await asyncio.sleep(3)  # the slow spell: claims and completions time out

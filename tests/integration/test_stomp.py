@@ -278,7 +278,7 @@ async def test_notify_mode_rows_first_then_notifications_even_without_the_broker
 
         await wait_for(all_done, what="100 notified jobs succeeded")
         counters = daemon.sources[0].intake.counters
-        await wait_for(lambda: _true(counters.acked == 100), what="100 notifications acked")
+        await wait_for(lambda: counters.acked == 100, what="100 notifications acked")
 
         # The broker goes away: jobs written meanwhile still run, found by polling.
         proc = await asyncio.create_subprocess_exec(
@@ -311,7 +311,3 @@ async def test_notify_mode_rows_first_then_notifications_even_without_the_broker
     finally:
         await conn.close()
     assert (runs, twice) == (120, 0)  # each job ran exactly once
-
-
-async def _true(value: bool) -> bool:
-    return value

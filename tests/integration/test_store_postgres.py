@@ -246,9 +246,9 @@ async def test_stale_worker_cannot_complete_a_job_taken_back(pg_store: PostgresS
     assert await pg_store.recover_expired_leases() == [job.id]
     (again,) = await pg_store.claim(ClaimRequest({"default": 1}, 1, "new", lease=30))
     assert again.attempts == 2
-    stale = Outcome(job.id, 1, JobStatus.SUCCEEDED, 0.1, result="stale")
+    stale = Outcome(job.id, 1, JobStatus.SUCCEEDED, 0.1, result_json='"stale"')
     assert await pg_store.complete_many("old", [stale]) == 0
-    fresh = Outcome(job.id, 2, JobStatus.SUCCEEDED, 0.1, result="fresh")
+    fresh = Outcome(job.id, 2, JobStatus.SUCCEEDED, 0.1, result_json='"fresh"')
     assert await pg_store.complete_many("new", [fresh]) == 1
     final = await pg_store.get(job.id)
     assert final is not None and final.result == "fresh"

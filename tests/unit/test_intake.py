@@ -117,7 +117,7 @@ async def test_store_down_requeues_the_batch_pauses_and_resumes() -> None:
     store.available = False
     batch = [adapter.message(b'{"type": "noop", "id": %d}' % i) for i in range(3)]
     task = asyncio.create_task(intake.process(batch))
-    await wait_for(lambda: _true(adapter.pauses == 1), what="adapter paused")
+    await wait_for(lambda: adapter.pauses == 1, what="adapter paused")
     assert set(adapter.settled.values()) == {"nack-requeue"}  # nothing acked, nothing stored
     assert store.jobs == {}
     assert pool.reserved == 0
@@ -134,15 +134,11 @@ async def test_run_loop_batches_by_count_and_time() -> None:
     task = asyncio.create_task(intake.run())
     for i in range(1200):
         await intake.submit(adapter.message(b'{"type": "noop", "id": %d}' % i))
-    await wait_for(lambda: _true(len(store.jobs) == 1200), what="1200 stored")
+    await wait_for(lambda: len(store.jobs) == 1200, what="1200 stored")
     await intake.drain(5)
     task.cancel()
     assert intake.counters.batches >= 3  # 500 per batch at most
     assert intake.counters.acked == 1200
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 def make_notify(notify_wait: str = "30s") -> tuple[Intake, FakeAdapter, MemoryStore, FakePool]:
@@ -178,7 +174,7 @@ async def test_notify_mode_nacks_a_job_not_yet_visible_then_gives_up() -> None:
     early = adapter.message(b'{"job_id": 42}')
     await intake.process([early])
     await wait_for(
-        lambda: _true(adapter.settled.get(early.raw) == "nack-requeue"),
+        lambda: adapter.settled.get(early.raw) == "nack-requeue",
         what="nacked for redelivery",
     )
     assert pool.wakes == 0

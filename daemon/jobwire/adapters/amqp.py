@@ -61,9 +61,7 @@ class AmqpAdapter(Adapter):
         super().__init__(cfg.name)
         self.cfg = cfg
         self._sink: MessageSink | None = None
-        self._channel: AbstractChannel | None = None
         self._underlay: aiormq.abc.AbstractChannel | None = None
-        self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         self._paused = False
         # Unsettled delivery tags of the current channel, in arrival order: a cumulative ack
@@ -115,11 +113,12 @@ class AmqpAdapter(Adapter):
             channel = await connection.channel()
             channel.close_callbacks.add(lambda *_: ended.set())
             await channel.set_qos(prefetch_count=self.cfg.prefetch)
-            queue = await self._declare(channel)
+            await self._declare(channel)
             # Consume on aio-pika's underlying aiormq channel: its deliveries skip aio-pika's
-            # per-message wrapper object and second task, a third of the consuming CPU.
+            # per-message IncomingMessage and second task (together about 15% of the daemon's
+            # CPU in a py-spy profile of bench/amqp_drain.py).
             underlay = await channel.get_underlay_channel()
-            self._channel, self._queue, self._underlay = channel, queue, underlay
+            self._underlay = underlay
             self._outstanding = {}
             if self._paused:
                 self.set_state(SourceState.PAUSED)
@@ -128,7 +127,7 @@ class AmqpAdapter(Adapter):
             await ended.wait()
         finally:
             self._outstanding = {}
-            self._channel = self._queue = self._underlay = None
+            self._underlay = None
             self._consumer_tag = None
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(5):

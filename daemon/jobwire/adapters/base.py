@@ -104,6 +104,12 @@ class Adapter(abc.ABC):
             if message.ack is not None:
                 await message.ack()
 
+    async def requeue_many(self, messages: Sequence[Message]) -> None:
+        """Send a batch back to the broker (NACK, requeue); adapters may do it in one go."""
+        for message in messages:
+            if message.nack is not None:
+                await message.nack(True)
+
     async def publish(
         self,
         body: bytes,

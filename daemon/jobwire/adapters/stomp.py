@@ -266,6 +266,10 @@ class StompAdapter(Adapter):
         """All ACKs of a batch in one trip to the writer thread."""
         await self._write([m.raw for m in messages], "ack")
 
+    async def requeue_many(self, messages: Sequence[Message]) -> None:
+        """All NACKs of a batch in one trip to the writer thread."""
+        await self._write([m.raw for m in messages], "nack")
+
     async def pause(self) -> None:
         """Disconnect until resume(): every unacknowledged delivery goes back to the broker.
 

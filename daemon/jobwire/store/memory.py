@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -146,14 +147,14 @@ class MemoryStore:
                 continue
             count += 1
             job.status = o.status
-            job.result = o.result
+            job.result = None if o.result_json is None else json.loads(o.result_json)
             job.last_error = o.error
             if o.status == JobStatus.RETRYING:
                 job.run_at = now + timedelta(seconds=o.retry_in or 0.0)
             job.finished_at = now if o.status in FINISHED else None
             if o.status == JobStatus.SUCCEEDED:
                 job.progress = 100
-            self._add_run(job, worker_id, str(o.status), o.error, o.duration, o.result)
+            self._add_run(job, worker_id, str(o.status), o.error, o.duration, job.result)
             job.lease_until = job.worker_id = None
         return count
 

@@ -431,7 +431,7 @@ class PostgresStore:
                 [o.attempt for o in outcomes],
                 [str(o.status) for o in outcomes],
                 [o.duration for o in outcomes],
-                [None if o.result is None else json.dumps(o.result) for o in outcomes],
+                [o.result_json for o in outcomes],
                 [o.error for o in outcomes],
                 [o.retry_in or 0.0 for o in outcomes],
                 worker_id,
