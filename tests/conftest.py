@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from jobwire.store.postgres import PostgresStore, migrate
+from tests.support.kafka import TansuBroker, create_topic
 
 # The server the integration tests use; any database on it is fine, we create our own.
 ADMIN_URL = os.environ.get("JOBWIRE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -58,3 +59,22 @@ async def pg_store(database_url: str) -> AsyncIterator[PostgresStore]:
     store = await PostgresStore.connect(database_url, "jobwire", min_size=1, max_size=8)
     yield store
     await store.close()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
+    """A tansu broker (Kafka protocol, memory storage) for the session, on a free port."""
+    try:
+        broker = TansuBroker(tmp_path_factory.mktemp("tansu") / "tansu.log").start()
+    except (OSError, RuntimeError, ImportError) as exc:
+        pytest.skip(f"no tansu broker: {exc}")
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+async def kafka_topic(kafka_broker: TansuBroker) -> str:
+    """A fresh uuid-named topic with three partitions."""
+    name = f"jw-test-{uuid.uuid4().hex[:10]}"
+    await create_topic(kafka_broker.bootstrap, name, partitions=3)
+    return name

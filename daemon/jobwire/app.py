@@ -131,7 +131,7 @@ def build_sources(
     """Adapter, router and intake for every configured source."""
     sources = []
     for cfg in config.sources:
-        adapter = build_adapter(cfg)
+        adapter = build_adapter(cfg, store.stored_offsets)
         router = Router(cfg, registry.names(), adapter.default_dedup)
         intake = Intake(cfg, adapter, router, store, pool, config.retry.max_attempts)
         sources.append(Source(cfg, adapter, intake))

@@ -226,7 +226,52 @@ class StompSource(SourceBase):
     tls: TlsConfig | None = None
 
 
-SourceConfig = Annotated[Union[AmqpSource, StompSource], Field(discriminator="type")]  # noqa: UP007
+class KafkaSource(SourceBase):
+    """Kafka topics read by a consumer group; offsets kept in PostgreSQL with the job rows."""
+
+    type: Literal["kafka"]
+    bootstrap_servers: str | list[str] = "127.0.0.1:9092"
+    topics: list[str] = Field(min_length=1)
+    group_id: str = "jobwire"
+    client_id: str | None = None
+    # A first deploy must not skip what was published before it: earliest.
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    # read_committed: messages of aborted producer transactions never become jobs.
+    isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed"
+    max_records: int = Field(500, ge=1, le=100_000)  # per getmany call
+    # Deliveries taken but not yet stored; above it the partitions are paused (Kafka has
+    # no prefetch, so this is what bounds memory).
+    max_in_flight: int = Field(5000, ge=1)
+    session_timeout: Duration = 10.0
+    heartbeat_interval: Duration = 3.0
+    max_poll_interval: Duration = 300.0
+    # How long a rebalance waits for the in-flight deliveries of revoked partitions to be
+    # stored before it lets them go (the next owner then reads them again; dedup absorbs it).
+    revoke_timeout: Duration = 10.0
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    tls: TlsConfig | None = None
+
+    @model_validator(mode="after")
+    def _kafka_rules(self) -> KafkaSource:
+        if self.route.mode == "notify":
+            raise ValueError(
+                "route.mode notify needs a broker that redelivers one message at a time; "
+                "a Kafka partition is read in order and has no per-message NACK"
+            )
+        if self.on_invalid == "dead-letter":
+            raise ValueError("on_invalid dead-letter: Kafka has no dead-letter exchange; use fail")
+        if self.sasl_mechanism and not self.security_protocol.startswith("SASL"):
+            raise ValueError("sasl_mechanism needs security_protocol SASL_PLAINTEXT or SASL_SSL")
+        return self
+
+
+SourceConfig = Annotated[
+    Union[AmqpSource, StompSource, KafkaSource],  # noqa: UP007
+    Field(discriminator="type"),
+]
 
 
 class ScheduleConfig(_Strict):
@@ -390,7 +435,7 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-SOURCE_TYPES = ("amqp", "stomp")
+SOURCE_TYPES = ("amqp", "stomp", "kafka")
 
 
 def _loc_to_key(loc: tuple[int | str, ...]) -> str:

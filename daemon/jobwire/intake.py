@@ -23,7 +23,7 @@ import structlog
 from jobwire import failpoints
 from jobwire.adapters.base import Adapter, Message
 from jobwire.config import SourceBase
-from jobwire.models import Job, JobSpec, JobStatus
+from jobwire.models import Job, JobSpec, JobStatus, StreamOffset
 from jobwire.routing import Routed, Router
 from jobwire.store.base import DirectStart, InvalidJobData, JobStore, StoreUnavailable
 
@@ -126,13 +126,26 @@ class Intake:
                         batch.append(await self._queue.get())
                 except TimeoutError:
                     break
-            try:
-                await self.process(batch)
-            except Exception as exc:  # noqa: BLE001 - a bug must not stop intake for good
-                self._log.exception("intake_batch_crashed", size=len(batch))
-                await self._requeue(batch, exc)
+            await self._process_guarded(batch)
             if self._queue.empty():
                 self._idle.set()
+
+    async def _process_guarded(self, batch: Sequence[Message]) -> None:
+        """``process``, surviving a bug: the batch goes back, or (a log) is tried again."""
+        delay = 1.0
+        while True:
+            try:
+                await self.process(batch)
+                return
+            except Exception as exc:  # noqa: BLE001 - a bug must not stop intake for good
+                self._log.exception("intake_batch_crashed", size=len(batch))
+                if self.adapter.requeue_redelivers:
+                    await self._requeue(batch, exc)
+                    return
+            # Kafka: dropping the batch would let later offsets pass it (a silent loss on
+            # the next restart). Stuck and loud is better than lost.
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
     async def drain(self, timeout: float) -> None:
         """Wait until every delivery taken so far is stored and settled (at shutdown)."""
@@ -151,6 +164,21 @@ class Intake:
         if self.source.route.mode == "notify":
             await self._process_notifications(batch)
             return
+        while True:
+            try:
+                await self._store_batch(batch)
+                return
+            except StoreUnavailable as exc:
+                if self.adapter.requeue_redelivers:
+                    await self._requeue(batch, exc)
+                    return
+                # A log read in order: this batch must be stored before any later one, or
+                # a later offset would be committed past it. Keep it and try again.
+                self._log.error("intake_store_failed", error=str(exc), kept=len(batch))
+                await self._pause_until_store_answers()
+
+    async def _store_batch(self, batch: Sequence[Message]) -> None:
+        """Insert one batch (with its log offsets) and settle it; StoreUnavailable if down."""
         routed = [self.router.route_message(m) for m in batch]
         dead_letter = self.source.on_invalid == "dead-letter"
         keep: list[tuple[Message, Routed]] = []
@@ -161,13 +189,10 @@ class Intake:
             else:
                 keep.append((message, result))
         specs = [r.spec for _, r in keep]
+        offsets = _last_offsets(batch)
         reserved, direct = self._reserve(specs)
         try:
-            ids, refused = await self._insert(specs, direct)
-        except StoreUnavailable as exc:
-            self._unreserve(reserved)
-            await self._requeue(batch, exc)
-            return
+            ids, refused = await self._insert(specs, direct, offsets)
         except BaseException:
             self._unreserve(reserved)
             raise
@@ -322,16 +347,19 @@ class Intake:
         return started
 
     async def _insert(
-        self, specs: Sequence[JobSpec], direct: DirectStart | None
+        self,
+        specs: Sequence[JobSpec],
+        direct: DirectStart | None,
+        offsets: Sequence[StreamOffset] = (),
     ) -> tuple[list[int | None], set[int]]:
         """Insert the batch; if the store refuses its data, find the bad rows one by one.
 
         Returns the ids and the indexes of specs stored as failed because the store refused them.
         """
-        if not specs:
+        if not specs and not offsets:
             return [], set()
         try:
-            return await self.store.enqueue_many(specs, direct), set()
+            return await self.store.enqueue_many(specs, direct, offsets), set()
         except InvalidJobData:
             pass
         ids: list[int | None] = []
@@ -357,6 +385,10 @@ class Intake:
                 ids.extend(await self.store.enqueue_many([failed]))
                 self.counters.invalid += 1
                 self._log.warning("message_invalid", reason=failed.failed_reason)
+        if offsets:
+            # Only once every row is in: a crash before this reads the batch again, and
+            # the dedup keys absorb the rows already stored.
+            await self.store.enqueue_many([], None, offsets)
         return ids, refused
 
     async def _settle(self, action: Callable[[], Awaitable[None]] | None) -> None:
@@ -403,3 +435,17 @@ class Intake:
                 delay = min(delay * 2, 2.0)
         self._log.info("intake_store_back", paused_for=round(time.monotonic() - started, 3))
         await self.release("store")
+
+
+def _last_offsets(batch: Sequence[Message]) -> list[StreamOffset]:
+    """The position after the batch in each partition it read from (none for queues)."""
+    last: dict[tuple[str, str, int], StreamOffset] = {}
+    for message in batch:
+        offset = message.offset
+        if offset is None:
+            continue
+        key = (offset.group_id, offset.topic, offset.partition)
+        seen = last.get(key)
+        if seen is None or offset.next_offset > seen.next_offset:
+            last[key] = offset
+    return list(last.values())

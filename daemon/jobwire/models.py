@@ -45,6 +45,16 @@ class JobSpec:
     payload_json: str | None = None
 
 
+@dataclass(frozen=True)
+class StreamOffset:
+    """Where a consumer group goes on in one partition of a log (Kafka): stored with the jobs."""
+
+    group_id: str
+    topic: str
+    partition: int
+    next_offset: int
+
+
 @dataclass
 class Job:
     """A job row as read from the store."""

@@ -52,12 +52,15 @@ class Router:
         )
         dedup = route.dedup_key if route.dedup_key is not None else default_dedup
         self.dedup = parse_selector(dedup) if dedup and dedup != "none" else None
+        self.no_dedup = dedup == "none"  # not even the adapter's own key (Kafka's offset)
         selectors = [
             s for s in (self.handler_from, self.priority, self.dedup) if isinstance(s, Selector)
         ]
         self.needs_json = [str(s) for s in selectors if s.kind == "json"]
 
     def _dedup_key(self, msg: Message, decoded: Any) -> str | None:
+        if self.no_dedup:
+            return None
         key = msg.dedup_key
         if self.dedup is not None:
             value = self.dedup.select(msg.headers, msg.properties, decoded)

@@ -11,8 +11,8 @@ import asyncpg
 import pytest
 
 from jobwire import Client, JobContext, SyncClient
-from jobwire.models import JobSpec, JobStatus
-from jobwire.store.base import ClaimRequest
+from jobwire.models import JobSpec, JobStatus, StreamOffset
+from jobwire.store.base import ClaimRequest, InvalidJobData
 from jobwire.store.postgres import PostgresStore
 from tests.support.pools import fast_config, make_pool
 from tests.support.waiting import wait_for
@@ -294,3 +294,30 @@ async def test_job_model_has_a_field_for_every_column(database_url: str) -> None
     finally:
         await conn.close()
     assert columns == {f.name for f in dataclasses.fields(Job)}
+
+
+async def test_offsets_commit_with_the_rows_and_never_move_backwards(
+    pg_store: PostgresStore,
+) -> None:
+    ids = await pg_store.enqueue_many(
+        [JobSpec("noop", dedup_key="k/0/7")], None, [StreamOffset("g", "t", 0, 8)]
+    )
+    assert ids[0] is not None
+    assert await pg_store.stored_offsets("g", [("t", 0), ("t", 1)]) == {("t", 0): 8}
+    # A late former owner: its rows are duplicates and its older offset is not taken.
+    again = await pg_store.enqueue_many(
+        [JobSpec("noop", dedup_key="k/0/7")], None, [StreamOffset("g", "t", 0, 3)]
+    )
+    assert again == [None]
+    assert await pg_store.stored_offsets("g", [("t", 0)]) == {("t", 0): 8}
+    assert await pg_store.stored_offsets("other", [("t", 0)]) == {}
+
+
+async def test_bad_row_rolls_back_its_offsets_too(pg_store: PostgresStore) -> None:
+    with pytest.raises(InvalidJobData):
+        await pg_store.enqueue_many(
+            [JobSpec("noop", payload={"bad": "nul \u0000 char"})],
+            None,
+            [StreamOffset("g", "t", 0, 99)],
+        )
+    assert await pg_store.stored_offsets("g", [("t", 0)]) == {}

@@ -101,3 +101,17 @@ def test_source_names_must_be_unique() -> None:
         " {name: a, type: stomp, destination: /queue/q, route: {handler: x}}]"
     )
     assert problems(text) == ["jobwire.yaml: sources: source names must be unique; repeated: a"]
+
+
+def test_kafka_source_defaults_and_rules() -> None:
+    config = parse_config(
+        "sources: [{name: k, type: kafka, topics: [events], route: {handler: x}}]",
+        "jobwire.yaml",
+        {},
+    )
+    source = config.sources[0]
+    assert (source.auto_offset_reset, source.isolation_level) == ("earliest", "read_committed")
+    (line,) = problems("sources: [{name: k, type: kafka, topics: [e], route: {mode: notify}}]")
+    assert line.startswith("jobwire.yaml: sources[0]: route.mode notify needs a broker")
+    (line,) = problems("sources: [{name: k, type: kafka, topics: [], route: {handler: x}}]")
+    assert line.startswith("jobwire.yaml: sources[0].topics: ")

@@ -6,7 +6,7 @@ import asyncio
 
 from jobwire.config import Config
 from jobwire.intake import Intake
-from jobwire.models import Job, JobSpec, JobStatus
+from jobwire.models import Job, JobSpec, JobStatus, StreamOffset
 from jobwire.routing import Router
 from jobwire.store.memory import MemoryStore
 from tests.support.fake_adapter import FakeAdapter
@@ -191,3 +191,31 @@ async def test_notify_mode_bad_message_becomes_a_failed_job() -> None:
     (job,) = store.jobs.values()
     assert job.status == JobStatus.FAILED and "names no job" in (job.last_error or "")
     assert adapter.settled == {msg.raw: "ack"}
+
+
+async def test_a_log_source_keeps_a_batch_the_store_refused_and_stores_it_in_order() -> None:
+    """Kafka-like: no requeue (nothing would come back); the same batch, with its offsets."""
+    intake, adapter, store, _pool = make(free=0)
+    adapter.requeue_redelivers = False
+    batch = []
+    for i in range(3):
+        message = adapter.message(b'{"type": "noop", "id": %d}' % i)
+        message.offset = StreamOffset("g", "t", 0, 10 + i + 1)
+        batch.append(message)
+    store.available = False
+    task = asyncio.create_task(intake.process(batch))
+    await wait_for(lambda: adapter.pauses == 1, what="adapter paused")
+    assert adapter.settled == {}  # not requeued: a log does not redeliver
+    store.available = True
+    await asyncio.wait_for(task, 5)
+    assert adapter.resumes == 1
+    assert set(adapter.settled.values()) == {"ack"}
+    assert len(store.jobs) == 3
+    assert store.offsets == {("g", "t", 0): 13}  # the highest next offset of the batch
+
+
+async def test_stored_offsets_never_move_backwards() -> None:
+    store = MemoryStore()
+    await store.enqueue_many([], None, [StreamOffset("g", "t", 1, 50)])
+    await store.enqueue_many([], None, [StreamOffset("g", "t", 1, 20)])  # a former owner, late
+    assert await store.stored_offsets("g", [("t", 1), ("t", 2)]) == {("t", 1): 50}

@@ -18,6 +18,8 @@ from typing import Any
 
 import structlog
 
+from jobwire.models import StreamOffset
+
 log = structlog.get_logger("jobwire.adapters")
 
 
@@ -46,11 +48,15 @@ class Message:
     ack: Callable[[], Awaitable[None]] | None = None
     nack: Callable[[bool], Awaitable[None]] | None = None
     reject: Callable[[], Awaitable[None]] | None = None
+    # A log consumer's position after this message (Kafka): stored with the job row.
+    offset: StreamOffset | None = None
     # The adapter's own handle on the delivery (used for batched acks).
     raw: Any = None
 
 
 MessageSink = Callable[[Message], Awaitable[None]]
+OffsetReader = Callable[[str, Sequence[tuple[str, int]]], Awaitable[dict[tuple[str, int], int]]]
+"""Reads a consumer group's stored positions: ``(group_id, [(topic, partition)])``."""
 
 
 class Adapter(abc.ABC):
@@ -58,6 +64,10 @@ class Adapter(abc.ABC):
 
     kind: str = "abstract"
     default_dedup: str | None = None  # the route's dedup_key when it names none
+    # True: a requeued delivery comes back from the broker (AMQP, STOMP, MQTT). False: the
+    # source is a log read in order (Kafka); the intake keeps a batch the store could not
+    # take and stores it again itself, since skipping it would let later offsets pass it.
+    requeue_redelivers: bool = True
 
     def __init__(self, name: str) -> None:
         self.name = name

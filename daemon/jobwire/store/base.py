@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from jobwire.models import Job, JobSpec, Outcome
+from jobwire.models import Job, JobSpec, Outcome, StreamOffset
 
 
 class StoreUnavailable(Exception):
@@ -50,9 +50,20 @@ class JobStore(Protocol):
         """Raise StoreUnavailable unless the store answers."""
 
     async def enqueue_many(
-        self, specs: Sequence[JobSpec], direct: DirectStart | None = None
+        self,
+        specs: Sequence[JobSpec],
+        direct: DirectStart | None = None,
+        offsets: Sequence[StreamOffset] = (),
     ) -> list[int | None]:
-        """Insert jobs in one transaction; a duplicate dedup key yields None instead of an id."""
+        """Insert jobs in one transaction; a duplicate dedup key yields None instead of an id.
+
+        ``offsets`` (a log consumer's positions) commit in the same transaction.
+        """
+
+    async def stored_offsets(
+        self, group_id: str, partitions: Sequence[tuple[str, int]]
+    ) -> dict[tuple[str, int], int]:
+        """The next offset stored for each (topic, partition) of a consumer group."""
 
     async def claim(self, request: ClaimRequest) -> list[Job]:
         """Mark ready jobs running under a lease and return them, priority first then FIFO."""

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from jobwire.models import FINISHED, Job, JobSpec, JobStatus, Outcome
+from jobwire.models import FINISHED, Job, JobSpec, JobStatus, Outcome, StreamOffset
 from jobwire.store.base import ClaimRequest, DirectStart, NotifyCallback, StoreUnavailable
 
 _READY = (JobStatus.PENDING, JobStatus.RETRYING)
@@ -27,6 +27,7 @@ class MemoryStore:
         self.job_runs: list[dict[str, Any]] = []
         self.workers: dict[str, dict[str, Any]] = {}
         self._by_key: dict[str, int] = {}
+        self.offsets: dict[tuple[str, str, int], int] = {}
         self._next_id = 1
         self._listeners: list[NotifyCallback] = []
         self._default_max_attempts = default_max_attempts
@@ -64,10 +65,16 @@ class MemoryStore:
             raise StoreUnavailable("memory store switched off")
 
     async def enqueue_many(
-        self, specs: Sequence[JobSpec], direct: DirectStart | None = None
+        self,
+        specs: Sequence[JobSpec],
+        direct: DirectStart | None = None,
+        offsets: Sequence[StreamOffset] = (),
     ) -> list[int | None]:
-        """Insert jobs, skipping duplicate dedup keys."""
+        """Insert jobs, skipping duplicate dedup keys; offsets never move backwards."""
         await self.ping()
+        for o in offsets:
+            key = (o.group_id, o.topic, o.partition)
+            self.offsets[key] = max(self.offsets.get(key, o.next_offset), o.next_offset)
         ids: list[int | None] = []
         now = _now()
         flags = list(direct.flags) if direct else [False] * len(specs)
@@ -107,6 +114,17 @@ class MemoryStore:
         if any(i is not None for i in ids):
             self._fire("jobs")
         return ids
+
+    async def stored_offsets(
+        self, group_id: str, partitions: Sequence[tuple[str, int]]
+    ) -> dict[tuple[str, int], int]:
+        """The next offset stored for each (topic, partition) of a consumer group."""
+        await self.ping()
+        found = {}
+        for topic, partition in partitions:
+            if (group_id, topic, partition) in self.offsets:
+                found[(topic, partition)] = self.offsets[(group_id, topic, partition)]
+        return found
 
     async def claim(self, request: ClaimRequest) -> list[Job]:
         """Claim ready jobs, priority first then FIFO, within the per-queue limits."""

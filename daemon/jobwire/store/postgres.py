@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from jobwire.models import Job, JobSpec, JobStatus, Outcome
+from jobwire.models import Job, JobSpec, JobStatus, Outcome, StreamOffset
 from jobwire.store.base import (
     ClaimRequest,
     DirectStart,
@@ -233,12 +233,18 @@ class PostgresStore:
             await self._pool.fetchval("SELECT 1")
 
     async def enqueue_many(
-        self, specs: Sequence[JobSpec], direct: DirectStart | None = None
+        self,
+        specs: Sequence[JobSpec],
+        direct: DirectStart | None = None,
+        offsets: Sequence[StreamOffset] = (),
     ) -> list[int | None]:
-        """Insert jobs in one statement; duplicates (by dedup key) yield None."""
-        if not specs:
+        """Insert jobs in one statement; duplicates (by dedup key) yield None.
+
+        ``offsets`` (Kafka positions) are written in the same transaction as the rows.
+        """
+        if not specs and not offsets:
             return []
-        rows = await self._insert(*self._insert_args(specs, direct))
+        rows = await self._insert(self._insert_args(specs, direct), offsets)
         inserted_keys = {r["dedup_key"] for r in rows if r["dedup_key"] is not None}
         # Identity values ascend in input order (the INSERT orders by ordinality), so the
         # n-th inserted spec owns the n-th smallest id.
@@ -387,16 +393,51 @@ class PostgresStore:
             await conn.close()
         return None
 
-    async def _insert(self, *columns: Any) -> list[asyncpg.Record]:
+    async def _insert(
+        self, columns: list[Any], offsets: Sequence[StreamOffset]
+    ) -> list[asyncpg.Record]:
+        rows: list[asyncpg.Record] = []
         try:
             async with _guard("enqueue"):
-                rows: list[asyncpg.Record] = await self._pool.fetch(
-                    self._q["insert_jobs"], *columns
-                )
+                if not offsets:
+                    # One statement is its own transaction: no BEGIN/COMMIT round trips.
+                    rows = await self._pool.fetch(self._q["insert_jobs"], *columns)
+                    return rows
+                async with self._pool.acquire() as conn, conn.transaction():
+                    if columns[0]:
+                        rows = await conn.fetch(self._q["insert_jobs"], *columns)
+                    await conn.execute(
+                        self._q["upsert_offsets"],
+                        [o.group_id for o in offsets],
+                        [o.topic for o in offsets],
+                        [o.partition for o in offsets],
+                        [o.next_offset for o in offsets],
+                    )
         except asyncpg.DataError as exc:
             # Bad data in one row (e.g. a NUL character jsonb refuses) rejects the statement.
             raise InvalidJobData(f"{type(exc).__name__}: {exc}") from exc
         return rows
+
+    async def stored_offsets(
+        self, group_id: str, partitions: Sequence[tuple[str, int]]
+    ) -> dict[tuple[str, int], int]:
+        """The next offset stored for each (topic, partition) of a consumer group."""
+        if not partitions:
+            return {}
+        async with _guard("offsets"):
+            rows = await self._pool.fetch(
+                self._q["stored_offsets"],
+                group_id,
+                [t for t, _ in partitions],
+                [p for _, p in partitions],
+            )
+        return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+
+    async def list_offsets(self) -> list[dict[str, Any]]:
+        """Every stored Kafka position (for operators)."""
+        async with _guard("offsets"):
+            rows = await self._pool.fetch(self._q["list_offsets"])
+        return [dict(r) for r in rows]
 
     async def ids_by_dedup_key(self, keys: Sequence[str]) -> dict[str, int]:
         """Existing job ids for the given dedup keys."""

@@ -267,3 +267,25 @@ DELETE FROM jobs USING old WHERE jobs.id = old.id;
 SELECT count(*) FROM (
     SELECT 1 FROM jobs WHERE status IN ('pending', 'retrying') AND run_at <= now() LIMIT $1
 ) ready;
+
+-- name: upsert_offsets
+-- Never backwards: after a rebalance a former owner may still store a batch it had taken;
+-- its rows are deduplicated and its older offset must not undo the new owner's progress.
+INSERT INTO kafka_offsets (group_id, topic, partition, next_offset)
+SELECT o.group_id, o.topic, o.partition, o.next_offset
+FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[])
+     AS o(group_id, topic, partition, next_offset)
+ON CONFLICT (group_id, topic, partition) DO UPDATE
+SET next_offset = GREATEST(kafka_offsets.next_offset, EXCLUDED.next_offset),
+    updated_at = now();
+
+-- name: stored_offsets
+SELECT o.topic, o.partition, o.next_offset
+FROM kafka_offsets o
+JOIN unnest($2::text[], $3::int[]) AS w(topic, partition)
+  ON w.topic = o.topic AND w.partition = o.partition
+WHERE o.group_id = $1;
+
+-- name: list_offsets
+SELECT group_id, topic, partition, next_offset, updated_at
+FROM kafka_offsets ORDER BY group_id, topic, partition;

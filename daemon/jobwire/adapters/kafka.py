@@ -1,0 +1,395 @@
+"""Kafka adapter on aiokafka: a consumer group whose offsets live in PostgreSQL with the jobs.
+
+Kafka has no per-message ack: a consumer's progress is an offset. Each batch's offsets are
+written by the intake in the same transaction as its job rows (``Message.offset``), so jobs
+and offsets can never disagree, whatever crashes when. On assignment a partition is sought to
+the stored offset; without one the group's committed offset applies, then
+``auto_offset_reset``. Offsets are also committed to Kafka after each store commit, only so
+that lag tools see progress: the database is the truth.
+
+Ordering is the rule that keeps this exact: a partition's messages are stored in the order
+they were read, and a batch the store could not take is kept and stored again by the intake
+(``requeue_redelivers = False``), never skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+from aiokafka.helpers import create_ssl_context
+
+from jobwire.adapters.base import (
+    Adapter,
+    Message,
+    MessageSink,
+    OffsetReader,
+    SourceState,
+    supervise,
+)
+from jobwire.config import KafkaSource
+from jobwire.models import StreamOffset
+
+# Metadata probes that fail in a row before the session is ended and started afresh.
+_PROBE_EVERY = 5.0
+_PROBES_BEFORE_RECONNECT = 3
+
+
+def _text(value: bytes | None) -> str:
+    """Header and key bytes as text; bytes that are not UTF-8 are kept, base64-encoded."""
+    if value is None:
+        return ""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return "base64:" + base64.b64encode(value).decode("ascii")
+
+
+def _client_options(cfg: KafkaSource) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "bootstrap_servers": cfg.bootstrap_servers,
+        "security_protocol": cfg.security_protocol,
+    }
+    if cfg.client_id:
+        options["client_id"] = cfg.client_id
+    if cfg.sasl_mechanism:
+        options["sasl_mechanism"] = cfg.sasl_mechanism
+        options["sasl_plain_username"] = cfg.sasl_username
+        options["sasl_plain_password"] = cfg.sasl_password
+    if cfg.security_protocol in ("SSL", "SASL_SSL"):
+        tls = cfg.tls
+        context = create_ssl_context(
+            cafile=str(tls.ca_file) if tls and tls.ca_file else None,
+            certfile=str(tls.cert_file) if tls and tls.cert_file else None,
+            keyfile=str(tls.key_file) if tls and tls.key_file else None,
+        )
+        if tls and not tls.verify:
+            context.check_hostname = False
+            context.verify_mode = 0  # ssl.CERT_NONE
+        options["ssl_context"] = context
+    return options
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Hands aiokafka's rebalance callbacks to the adapter."""
+
+    def __init__(self, adapter: KafkaAdapter) -> None:
+        self.adapter = adapter
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        """Before giving partitions up: let their in-flight batch be stored and committed."""
+        await self.adapter.partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        """Before fetching: go to the offsets stored with the jobs."""
+        await self.adapter.partitions_assigned(assigned)
+
+
+class KafkaAdapter(Adapter):
+    """Consumes Kafka topics in a consumer group, offsets kept with the job rows."""
+
+    kind = "kafka"
+    default_dedup = None  # each message carries topic/partition/offset as its key
+    requeue_redelivers = False
+
+    def __init__(self, cfg: KafkaSource, offset_reader: OffsetReader | None = None) -> None:
+        super().__init__(cfg.name)
+        self.cfg = cfg
+        self.offset_reader = offset_reader
+        self._sink: MessageSink | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._paused = False
+        # Delivered to the intake and not yet stored, per partition: bounds memory, and a
+        # revoked partition waits for its count to reach zero.
+        self._in_flight: Counter[TopicPartition] = Counter()
+        self._settled = asyncio.Event()
+        # Offsets stored in the database, and those not yet committed to Kafka.
+        self._stored: dict[TopicPartition, int] = {}
+        self._to_commit: dict[TopicPartition, int] = {}
+        self._commit_wanted = asyncio.Event()
+        self.lag: dict[str, int] = {}
+        self.assignments = 0  # rebalances that gave us partitions (a stable group: 1)
+
+    # -- consuming ------------------------------------------------------------------
+
+    async def run(self, sink: MessageSink) -> None:
+        """Join the group, consume, and start again with backoff whenever the session ends."""
+        self._sink = sink
+        await supervise(self, self._session)
+
+    def _new_consumer(self) -> AIOKafkaConsumer:
+        cfg = self.cfg
+        return AIOKafkaConsumer(
+            group_id=cfg.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=cfg.auto_offset_reset,
+            isolation_level=cfg.isolation_level,
+            max_poll_records=cfg.max_records,
+            session_timeout_ms=int(cfg.session_timeout * 1000),
+            heartbeat_interval_ms=int(cfg.heartbeat_interval * 1000),
+            max_poll_interval_ms=int(cfg.max_poll_interval * 1000),
+            **_client_options(cfg),
+        )
+
+    async def _session(self) -> None:
+        consumer = self._new_consumer()
+        consumer.subscribe(topics=list(self.cfg.topics), listener=_Rebalance(self))
+        await consumer.start()
+        self._consumer = consumer
+        self._in_flight.clear()
+        self._stored.clear()
+        self._to_commit.clear()
+        self.set_state(SourceState.PAUSED if self._paused else SourceState.UP)
+        tasks = [
+            asyncio.create_task(loop(consumer), name=f"jobwire-kafka-{self.name}")
+            for loop in (self._fetch_loop, self._commit_loop, self._probe_loop)
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # a loop that ended raises its error here; the supervisor reconnects
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._consumer = None
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(10):
+                    await consumer.stop()
+
+    async def _fetch_loop(self, consumer: AIOKafkaConsumer) -> None:
+        assert self._sink is not None
+        while True:
+            self._apply_pause(consumer)
+            # Called even while everything is paused: a consumer that stops polling for
+            # max_poll_interval is put out of its group.
+            batches = await consumer.getmany(timeout_ms=200, max_records=self.cfg.max_records)
+            for tp, records in batches.items():
+                for record in records:
+                    self._in_flight[tp] += 1
+                    await self._sink(self._message(tp, record))
+
+    def _apply_pause(self, consumer: AIOKafkaConsumer) -> None:
+        assigned = consumer.assignment()
+        if not assigned:
+            return
+        full = sum(self._in_flight.values()) >= self.cfg.max_in_flight
+        paused = consumer.paused()
+        if self._paused or full:
+            if paused != assigned:
+                consumer.pause(*assigned)
+        elif paused:
+            consumer.resume(*paused)
+
+    def _message(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> Message:
+        headers = {str(k): _text(v) for k, v in (record.headers or ())}
+        # Where the message came from travels with the job; a producer's header wins.
+        headers.setdefault("kafka-topic", record.topic)
+        headers.setdefault("kafka-partition", str(record.partition))
+        headers.setdefault("kafka-offset", str(record.offset))
+        if record.key is not None:
+            headers.setdefault("kafka-key", _text(record.key))
+        properties: dict[str, Any] = {
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "timestamp": record.timestamp,
+        }
+        if record.key is not None:
+            properties["key"] = _text(record.key)
+        return Message(
+            source=self.name,
+            body=record.value or b"",
+            headers=headers,
+            properties=properties,
+            content_type=headers.get("content-type") or headers.get("content_type"),
+            dedup_key=f"{record.topic}/{record.partition}/{record.offset}",
+            offset=StreamOffset(
+                self.cfg.group_id, record.topic, record.partition, record.offset + 1
+            ),
+            raw=tp,
+        )
+
+    # -- settling -------------------------------------------------------------------
+
+    async def ack_many(self, messages: Sequence[Message]) -> None:
+        """The batch is stored with its offsets: count it settled, commit to Kafka later."""
+        for message in messages:
+            tp: TopicPartition = message.raw
+            if self._in_flight[tp] > 0:
+                self._in_flight[tp] -= 1
+            if message.offset is not None:
+                next_offset = message.offset.next_offset
+                if next_offset > self._stored.get(tp, -1):
+                    self._stored[tp] = next_offset
+                    self._to_commit[tp] = next_offset
+        self._settled.set()
+        self._commit_wanted.set()
+
+    async def _commit_loop(self, consumer: AIOKafkaConsumer) -> None:
+        """Commit stored offsets to Kafka, coalesced: one request however many batches."""
+        while True:
+            await self._commit_wanted.wait()
+            self._commit_wanted.clear()
+            await self._commit(consumer, self._to_commit)
+
+    async def _commit(self, consumer: AIOKafkaConsumer, wanted: dict[TopicPartition, int]) -> None:
+        assigned = consumer.assignment()
+        offsets = {tp: o for tp, o in wanted.items() if tp in assigned}
+        for tp in list(wanted):
+            if tp not in assigned:
+                del wanted[tp]  # no longer ours: its owner commits; the database has it
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except KafkaError as exc:
+            # Harmless: the offsets are in the database, which is what a restart reads.
+            self._log.info("kafka_commit_skipped", error=f"{type(exc).__name__}: {exc}")
+            return
+        for tp, offset in offsets.items():
+            if wanted.get(tp) == offset:
+                del wanted[tp]
+
+    async def _probe_loop(self, consumer: AIOKafkaConsumer) -> None:
+        """Notice a broker that went away (aiokafka itself retries silently)."""
+        failures = 0
+        while True:
+            await asyncio.sleep(_PROBE_EVERY)
+            try:
+                async with asyncio.timeout(self.cfg.session_timeout):
+                    await consumer.topics()
+            except (KafkaError, TimeoutError, OSError) as exc:
+                failures += 1
+                self.set_state(SourceState.DOWN, f"{type(exc).__name__}: {exc}")
+                if failures >= _PROBES_BEFORE_RECONNECT:
+                    raise ConnectionError(f"broker unreachable for {failures} probes") from exc
+                continue
+            failures = 0
+            self.set_state(SourceState.PAUSED if self._paused else SourceState.UP)
+            self._update_lag(consumer)
+
+    def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Messages per partition between what is stored and the log's end at the last fetch."""
+        lag: dict[str, int] = {}
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            stored = self._stored.get(tp)
+            if high is not None and stored is not None:
+                lag[f"{tp.topic}/{tp.partition}"] = max(0, high - stored)
+        self.lag = lag
+
+    # -- rebalances -----------------------------------------------------------------
+
+    async def partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        """Wait (bounded) until what was taken from these partitions is stored."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cfg.revoke_timeout
+        while any(self._in_flight[tp] for tp in revoked):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                # Their next owner reads them again from the stored offset; if we still
+                # store them later, their dedup keys make that a no-op.
+                self._log.warning(
+                    "kafka_revoke_timeout",
+                    in_flight={f"{tp.topic}/{tp.partition}": self._in_flight[tp] for tp in revoked},
+                )
+                break
+            self._settled.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._settled.wait()
+        consumer = self._consumer
+        if consumer is not None:
+            wanted = {tp: o for tp, o in self._to_commit.items() if tp in set(revoked)}
+            if wanted:
+                await self._commit(consumer, wanted)
+        for tp in revoked:
+            self._to_commit.pop(tp, None)
+            self._stored.pop(tp, None)
+            self._in_flight.pop(tp, None)
+        self._log.info("kafka_partitions_revoked", partitions=_names(revoked))
+
+    async def partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        """Seek each partition to the offset stored with the jobs, where there is one."""
+        stored: dict[tuple[str, int], int] = {}
+        if self.offset_reader is not None and assigned:
+            try:
+                stored = await self.offset_reader(
+                    self.cfg.group_id, [(tp.topic, tp.partition) for tp in assigned]
+                )
+            except Exception as exc:  # noqa: BLE001 - fall back to Kafka's committed offsets
+                # Safe: Kafka's committed offset is never ahead of the stored one (it is
+                # committed after the store), so at worst messages are read again and their
+                # dedup keys absorb them.
+                self._log.warning("kafka_offsets_unreadable", error=f"{type(exc).__name__}: {exc}")
+        self.assignments += 1
+        consumer = self._consumer
+        for tp in assigned:
+            offset = stored.get((tp.topic, tp.partition))
+            if offset is not None and consumer is not None:
+                consumer.seek(tp, offset)
+        self._log.info(
+            "kafka_partitions_assigned",
+            partitions=_names(assigned),
+            from_store={f"{t}/{p}": o for (t, p), o in stored.items()},
+        )
+
+    # -- flow control and state -----------------------------------------------------
+
+    async def pause(self) -> None:
+        """Pause every assigned partition; polling goes on so the group keeps us."""
+        self._paused = True
+        if self._consumer is not None:
+            self._apply_pause(self._consumer)
+        self.set_state(SourceState.PAUSED)
+
+    async def resume(self) -> None:
+        """Fetch again."""
+        self._paused = False
+        if self._consumer is not None:
+            self._apply_pause(self._consumer)
+            self.set_state(SourceState.UP)
+
+    def describe(self) -> dict[str, Any]:
+        """State for stats, with the lag per partition seen at the last probe."""
+        return {**super().describe(), "lag": dict(self.lag)}
+
+    # -- publishing -----------------------------------------------------------------
+
+    async def publish(
+        self,
+        body: bytes,
+        headers: dict[str, str],
+        count: int = 1,
+        content_type: str | None = "application/json",
+    ) -> int:
+        """Produce to the source's first topic with acks=all; returns how many were acked."""
+        producer = AIOKafkaProducer(acks="all", linger_ms=5, **_client_options(self.cfg))
+        await producer.start()
+        try:
+            kafka_headers = [(k, v.encode()) for k, v in headers.items()]
+            if content_type and "content-type" not in headers:
+                kafka_headers.append(("content-type", content_type.encode()))
+            topic = self.cfg.topics[0]
+            confirmed = 0
+            for start in range(0, count, 1000):
+                futures = [
+                    await producer.send(topic, body, headers=kafka_headers)
+                    for _ in range(min(1000, count - start))
+                ]
+                confirmed += len(await asyncio.gather(*futures))
+            return confirmed
+        finally:
+            await producer.stop()
+
+
+def _names(partitions: Sequence[TopicPartition]) -> list[str]:
+    return sorted(f"{tp.topic}/{tp.partition}" for tp in partitions)
