@@ -58,35 +58,40 @@ RETURNING jobs.*;
 -- name: complete_jobs
 -- Record a batch of attempt outcomes, each with its job_runs row. Only the worker holding
 -- the attempt may finish it: a worker whose lease was taken back finds no row to update.
-WITH o AS (
-    SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::float8[], $5::text[],
-                         $6::text[], $7::float8[])
-             AS o(job_id, attempt, status, duration, result, error, retry_in)
+-- Each outcome is read from the arrays by its position (array_position), not by joining an
+-- unnest() of them: a queue table's statistics are always stale, and with them the planner
+-- joined the two 500-row sets by a nested loop comparing every pair (measured: 40 ms per
+-- 256 outcomes, against 16 ms this way). Planner steering, also on purpose: "id = ANY" asks
+-- for primary-key lookups, and there is no "status = 'running'" test, which would let the
+-- planner pick the partial jobs_running index, whose dead entries (every job run since the
+-- last vacuum) it then scans. worker_id is set exactly while a job runs, so "worker_id = $8"
+-- says running.
+WITH held AS (
+    SELECT id, array_position($1::bigint[], id) AS i
+    FROM jobs WHERE id = ANY($1::bigint[]) AND worker_id = $8
 ), done AS (
-    UPDATE jobs j SET status = o.status,
-                      result = o.result::jsonb,
-                      last_error = o.error,
-                      run_at = CASE WHEN o.status = 'retrying'
-                                    THEN now() + make_interval(secs => o.retry_in)
+    UPDATE jobs j SET status = ($3::text[])[h.i],
+                      result = ($5::text[])[h.i]::jsonb,
+                      last_error = ($6::text[])[h.i],
+                      run_at = CASE WHEN ($3::text[])[h.i] = 'retrying'
+                                    THEN now() + make_interval(secs => ($7::float8[])[h.i])
                                     ELSE j.run_at END,
-                      finished_at = CASE WHEN o.status IN ('succeeded', 'failed', 'cancelled')
+                      finished_at = CASE WHEN ($3::text[])[h.i] IN ('succeeded', 'failed',
+                                                                     'cancelled')
                                          THEN now() END,
-                      progress = CASE WHEN o.status = 'succeeded' THEN 100 ELSE j.progress END,
+                      progress = CASE WHEN ($3::text[])[h.i] = 'succeeded' THEN 100
+                                      ELSE j.progress END,
                       lease_until = NULL, worker_id = NULL
-    FROM o
-    -- Planner steering, both on purpose: "id = ANY" asks for primary-key lookups, and there
-    -- is no "status = 'running'" test, which would let the planner pick the partial
-    -- jobs_running index, whose dead entries (every job run since the last vacuum) it then
-    -- scans. worker_id is set exactly while a job runs, so "worker_id = $8" says running.
-    WHERE j.id = ANY($1::bigint[])
-      AND j.id = o.job_id AND j.attempts = o.attempt AND j.worker_id = $8
-    RETURNING j.id, j.started_at
+    FROM held h
+    WHERE j.id = h.id AND j.attempts = ($2::int[])[h.i]
+    RETURNING j.id, j.started_at, h.i
 ), runs AS (
     INSERT INTO job_runs (job_id, attempt, worker_id, status, started_at, finished_at, duration,
                           error, result)
-    SELECT o.job_id, o.attempt, $8, o.status, coalesce(done.started_at, now()), now(),
-           o.duration, o.error, o.result::jsonb
-    FROM o JOIN done ON done.id = o.job_id
+    SELECT done.id, ($2::int[])[done.i], $8, ($3::text[])[done.i],
+           coalesce(done.started_at, now()), now(), ($4::float8[])[done.i],
+           ($6::text[])[done.i], ($5::text[])[done.i]::jsonb
+    FROM done
 )
 SELECT count(*) FROM done;
 
