@@ -147,8 +147,10 @@ async def main() -> None:
             spy = None
             if args.profile:
                 spy = subprocess.Popen(
-                    ["py-spy", "record", "--pid", str(proc.pid), "--duration", "10"]
-                    + ["--rate", "200", "--format", "raw", "-o", args.profile],
+                    [
+                        *("py-spy", "record", "--pid", str(proc.pid), "--duration", "10"),
+                        *("--rate", "200", "--format", "raw", "-o", args.profile),
+                    ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
