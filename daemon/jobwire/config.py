@@ -226,6 +226,18 @@ class StompSource(SourceBase):
     tls: TlsConfig | None = None
 
 
+def _no_requeue(source: SourceBase, why: str) -> None:
+    """Refuse the options that need a broker-side NACK or dead-letter queue."""
+    if source.route.mode == "notify":
+        raise ValueError(
+            f"route.mode notify needs a broker that redelivers a NACKed message; {why}"
+        )
+    if source.on_invalid == "dead-letter":
+        raise ValueError(
+            f"on_invalid dead-letter needs a broker dead-letter queue; {why}; use fail"
+        )
+
+
 class KafkaSource(SourceBase):
     """Kafka topics read by a consumer group; offsets kept in PostgreSQL with the job rows."""
 
@@ -256,20 +268,56 @@ class KafkaSource(SourceBase):
 
     @model_validator(mode="after")
     def _kafka_rules(self) -> KafkaSource:
-        if self.route.mode == "notify":
-            raise ValueError(
-                "route.mode notify needs a broker that redelivers one message at a time; "
-                "a Kafka partition is read in order and has no per-message NACK"
-            )
-        if self.on_invalid == "dead-letter":
-            raise ValueError("on_invalid dead-letter: Kafka has no dead-letter exchange; use fail")
+        _no_requeue(self, "a Kafka partition is read in order and has no per-message NACK")
         if self.sasl_mechanism and not self.security_protocol.startswith("SASL"):
             raise ValueError("sasl_mechanism needs security_protocol SASL_PLAINTEXT or SASL_SSL")
         return self
 
 
+class MqttSource(SourceBase):
+    """MQTT topics (Mosquitto, EMQX, HiveMQ) at QoS 1, acknowledged only after the commit."""
+
+    type: Literal["mqtt"]
+    url: str = "mqtt://127.0.0.1:1883"
+    topics: list[str] = Field(min_length=1)
+    # 1 by default. 2 is accepted, but paho answers PUBREC before the message is stored, so
+    # exactly-once delivery ends at the client; QoS 1 with a dedup key is the safer choice.
+    qos: Literal[1, 2] = 1
+    protocol: Literal["5", "3.1.1"] = "5"
+    # Stable per instance, so the broker keeps the session (and what is queued for it)
+    # across restarts. Default: jobwire-<host>-<source name>.
+    client_id: str | None = Field(None, min_length=1, max_length=128)
+    # Subscribe as $share/<group>/<topic>: the instances of a group split the messages.
+    shared_group: str | None = Field(None, pattern=r"^[^/+#]+$")
+    username: str | None = None
+    password: str | None = None
+    # MQTT 5: how long the broker keeps the session while we are away.
+    session_expiry: Duration = 7 * 86400.0
+    keepalive: Duration = 30.0
+    # MQTT 5 Receive Maximum: unacknowledged messages the broker may send us at once.
+    prefetch: int = Field(200, ge=1, le=65535)
+    tls: TlsConfig | None = None
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int | float) else value
+
+    @field_validator("url")
+    @classmethod
+    def _mqtt_url(cls, value: str) -> str:
+        if not value.startswith(("mqtt://", "mqtts://")):
+            raise ValueError("must be an mqtt:// or mqtts:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _mqtt_rules(self) -> MqttSource:
+        _no_requeue(self, "MQTT redelivers an unacknowledged message only on reconnect")
+        return self
+
+
 SourceConfig = Annotated[
-    Union[AmqpSource, StompSource, KafkaSource],  # noqa: UP007
+    Union[AmqpSource, StompSource, KafkaSource, MqttSource],  # noqa: UP007
     Field(discriminator="type"),
 ]
 
@@ -435,7 +483,7 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-SOURCE_TYPES = ("amqp", "stomp", "kafka")
+SOURCE_TYPES = ("amqp", "stomp", "kafka", "mqtt")
 
 
 def _loc_to_key(loc: tuple[int | str, ...]) -> str:

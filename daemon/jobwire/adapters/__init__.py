@@ -33,4 +33,10 @@ def build_adapter(source: SourceBase, offset_reader: OffsetReader | None = None)
 
         assert isinstance(source, KafkaSource)
         return KafkaAdapter(source, offset_reader)
+    if kind == "mqtt":
+        from jobwire.adapters.mqtt import MqttAdapter
+        from jobwire.config import MqttSource
+
+        assert isinstance(source, MqttSource)
+        return MqttAdapter(source)
     raise ValueError(f"no adapter for source type {kind!r}")

@@ -1,0 +1,222 @@
+"""MQTT adapter on aiomqtt (paho underneath): QoS 1, PUBACK only after the job row commits.
+
+aiomqtt 2.x acknowledges every message itself (paho sends the PUBACK as soon as its
+``on_message`` returns), which would lose a message received just before a crash. paho has
+a ``manual_ack`` mode that aiomqtt does not expose; this adapter switches it on, on
+aiomqtt's paho client, before connecting, and sends each PUBACK itself once the intake has
+committed the row. That is the one place jobwire reaches under aiomqtt's public API, kept
+here and proved by a test (a daemon killed after receiving, before committing, gets the
+message again on restart).
+
+An MQTT broker redelivers an unacknowledged message only when the client reconnects, so a
+batch the store could not take is kept and stored again by the intake
+(``requeue_redelivers = False``), never "requeued". What the broker may send us unacked at
+once is bounded by MQTT 5 Receive Maximum (``prefetch``); pausing is simply not reading the
+client's queue, which fills that window so the broker stops sending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from jobwire.adapters.base import Adapter, Message, MessageSink, SourceState, supervise
+from jobwire.config import MqttSource
+
+
+def default_client_id(source_name: str) -> str:
+    """jobwire-<host>-<source>: stable across restarts, distinct between hosts."""
+    return f"jobwire-{socket.gethostname()}-{source_name}"[:128]
+
+
+def _ssl_context(cfg: MqttSource) -> ssl.SSLContext | None:
+    if cfg.tls is None and not cfg.url.startswith("mqtts://"):
+        return None
+    tls = cfg.tls
+    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls and tls.ca_file else None)
+    if tls and tls.cert_file:
+        context.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+    if tls and not tls.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class MqttAdapter(Adapter):
+    """Subscribes to MQTT topics with a persistent session and acknowledges after commit."""
+
+    kind = "mqtt"
+    default_dedup = None  # packet ids are reused: a route names a user property or JSON field
+    requeue_redelivers = False
+
+    def __init__(self, cfg: MqttSource, client_id: str | None = None) -> None:
+        super().__init__(cfg.name)
+        self.cfg = cfg
+        self.client_id = client_id or cfg.client_id or default_client_id(cfg.name)
+        self._sink: MessageSink | None = None
+        self._client: aiomqtt.Client | None = None
+        # Which connection a delivery came on: a PUBACK belongs to that connection only.
+        # After a reconnect the broker sends unacknowledged messages again (same packet id,
+        # DUP set), and the id may later be reused for another message.
+        self._connection = 0
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        self.dropped_acks = 0
+
+    def _new_client(self) -> aiomqtt.Client:
+        client = aiomqtt.Client(**_client_options(self.cfg, self.client_id, persistent=True))
+        # The reach under aiomqtt (see the module docstring): PUBACK only when we say so.
+        client._client.manual_ack_set(True)
+        return client
+
+    async def run(self, sink: MessageSink) -> None:
+        """Connect, subscribe, consume; reconnect with backoff whenever the connection ends."""
+        self._sink = sink
+        await supervise(self, self._session)
+
+    def _topic_filters(self) -> list[str]:
+        group = self.cfg.shared_group
+        return [f"$share/{group}/{t}" if group else t for t in self.cfg.topics]
+
+    async def _session(self) -> None:
+        client = self._new_client()
+        async with client:
+            self._connection += 1
+            connection = self._connection
+            self._client = client
+            try:
+                for topic in self._topic_filters():
+                    await client.subscribe(topic, qos=self.cfg.qos)
+                self.set_state(SourceState.PAUSED if not self._resumed.is_set() else SourceState.UP)
+                assert self._sink is not None
+                async for delivery in client.messages:
+                    await self._sink(self._message(delivery, connection))
+                    if not self._resumed.is_set():
+                        # Paused: stop reading. Unread messages stay in the client's queue;
+                        # the broker stops at Receive Maximum unacknowledged ones.
+                        await self._resumed.wait()
+            finally:
+                self._client = None
+
+    def _message(self, delivery: aiomqtt.Message, connection: int) -> Message:
+        headers: dict[str, str] = {}
+        content_type = None
+        props = delivery.properties
+        if props is not None:
+            for key, value in getattr(props, "UserProperty", None) or []:
+                headers[str(key)] = str(value)
+            content_type = getattr(props, "ContentType", None)
+        topic = str(delivery.topic)
+        headers.setdefault("mqtt-topic", topic)  # the topic travels with the job
+        payload = delivery.payload
+        body = payload if isinstance(payload, bytes) else str(payload).encode()
+        return Message(
+            source=self.name,
+            body=body,
+            headers=headers,
+            properties={"topic": topic, "qos": delivery.qos, "retain": delivery.retain},
+            content_type=content_type,
+            raw=(connection, delivery.mid, delivery.qos),
+        )
+
+    async def ack_many(self, messages: Sequence[Message]) -> None:
+        """PUBACK each stored message on the connection it came on."""
+        client = self._client
+        for message in messages:
+            connection, mid, qos = message.raw
+            if qos == 0:
+                continue
+            if client is None or connection != self._connection:
+                # Its connection is gone: the broker sends it again on the new one, and the
+                # dedup key (if the route has one) makes that no new job.
+                self.dropped_acks += 1
+                continue
+            rc = client._client.ack(mid, qos)
+            if rc != paho.MQTT_ERR_SUCCESS:
+                self.dropped_acks += 1
+                self._log.warning("settle_dropped", action="puback", error=paho.error_string(rc))
+
+    async def pause(self) -> None:
+        """Stop reading deliveries (the broker stops at Receive Maximum)."""
+        self._resumed.clear()
+        self.set_state(SourceState.PAUSED)
+
+    async def resume(self) -> None:
+        """Read deliveries again."""
+        self._resumed.set()
+        if self._client is not None:
+            self.set_state(SourceState.UP)
+
+    async def publish(
+        self,
+        body: bytes,
+        headers: dict[str, str],
+        count: int = 1,
+        content_type: str | None = "application/json",
+    ) -> int:
+        """Publish to the first topic (no wildcards) at the source's QoS; returns the acked."""
+        topic = self.cfg.topics[0]
+        if any(ch in topic for ch in "+#"):
+            raise ValueError(f"cannot publish to a wildcard topic filter: {topic!r}")
+        client = aiomqtt.Client(
+            **_client_options(self.cfg, f"{self.client_id}-publish", persistent=False)
+        )
+        properties = None
+        if self.cfg.protocol == "5":
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            if content_type:
+                properties.ContentType = content_type
+            for key, value in headers.items():
+                properties.UserProperty = (key, value)
+        confirmed = 0
+        async with client:
+            for start in range(0, count, 100):
+                batch = min(100, count - start)
+                await asyncio.gather(
+                    *(
+                        client.publish(topic, body, qos=self.cfg.qos, properties=properties)
+                        for _ in range(batch)
+                    )
+                )
+                confirmed += batch
+        return confirmed
+
+
+def _client_options(cfg: MqttSource, client_id: str, persistent: bool) -> dict[str, Any]:
+    """aiomqtt.Client arguments; ``persistent``: a session the broker keeps while we are away."""
+    url = urlsplit(cfg.url)
+    options: dict[str, Any] = {
+        "hostname": url.hostname or "127.0.0.1",
+        "port": url.port or (8883 if url.scheme == "mqtts" else 1883),
+        "username": cfg.username or (unquote(url.username) if url.username else None),
+        "password": cfg.password or (unquote(url.password) if url.password else None),
+        "identifier": client_id,
+        "keepalive": int(cfg.keepalive),
+        "tls_context": _ssl_context(cfg),
+        "timeout": 10,
+    }
+    if cfg.protocol == "5":
+        options["protocol"] = aiomqtt.ProtocolVersion.V5
+        if persistent:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = int(cfg.session_expiry)
+            properties.ReceiveMaximum = cfg.prefetch
+            options["properties"] = properties
+            # Never a clean start: the session holds what was published while we were away
+            # (aiomqtt's default cleans it on the first connect).
+            options["clean_start"] = False
+        else:
+            options["clean_start"] = True
+    else:
+        options["protocol"] = aiomqtt.ProtocolVersion.V311
+        options["clean_session"] = not persistent
+    return options
