@@ -9,6 +9,7 @@ import signal
 import socket
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import structlog
 
@@ -19,11 +20,13 @@ from jobwire.config import Config, SourceBase
 from jobwire.flow import BacklogGate
 from jobwire.handlers import HandlerRegistry
 from jobwire.intake import Intake
+from jobwire.metrics import Metrics
 from jobwire.routing import Router
 from jobwire.scheduler import Scheduler
 from jobwire.store.base import JobStore, StoreRefused, StoreUnavailable
 from jobwire.store.embedded import EmbeddedPostgres
 from jobwire.store.postgres import PostgresStore, migrate
+from jobwire.web import HttpApi
 from jobwire.worker import WorkerPool
 
 log = structlog.get_logger("jobwire.app")
@@ -94,6 +97,25 @@ def _sd_notify(message: str) -> None:
         sock.sendto(message.encode(), address)
 
 
+def _start_watchdog() -> asyncio.Task[None] | None:
+    """Ping systemd's watchdog (WATCHDOG=1) at half its interval, while the loop is alive."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    if (
+        not usec
+        or not usec.isdigit()
+        or os.environ.get("WATCHDOG_PID", str(os.getpid())) != str(os.getpid())
+    ):
+        return None
+    interval = int(usec) / 1_000_000 / 2
+
+    async def ping() -> None:
+        while True:
+            _sd_notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    return asyncio.create_task(ping(), name="jobwire-watchdog")
+
+
 class Source:
     """One configured source at run time: its adapter, its intake and their tasks."""
 
@@ -120,7 +142,7 @@ class Source:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def describe(self) -> dict[str, object]:
+    def describe(self) -> dict[str, Any]:
         """State and counters, for stats."""
         return {**self.adapter.describe(), **self.intake.counters.as_dict()}
 
@@ -145,8 +167,15 @@ class Daemon:
         self.config = config
         self.registry = registry
         self.stop_requested = asyncio.Event()
+        self.ready = asyncio.Event()  # set once everything is started (READY=1)
         self.pool: WorkerPool | None = None
         self.sources: list[Source] = []
+        self.metrics: Metrics | None = None
+        self.http: HttpApi | None = None
+
+    def describe_sources(self) -> dict[str, dict[str, Any]]:
+        """Each source's state, last error and counters, by name."""
+        return {s.cfg.name: s.describe() for s in self.sources}
 
     def request_stop(self, reason: str = "requested") -> None:
         """Begin a graceful stop (SIGTERM/SIGINT or a test)."""
@@ -167,9 +196,25 @@ class Daemon:
             self.pool = WorkerPool(store, self.registry, self.config)
             await self.pool.start()
             self.sources = build_sources(self.config, self.registry, store, self.pool)
-            self.pool.extra_state = lambda: {
-                "sources": {s.cfg.name: s.describe() for s in self.sources}
-            }
+            self.pool.extra_state = lambda: {"sources": self.describe_sources()}
+            self.metrics = Metrics(
+                store,
+                self.pool.figures,
+                self.describe_sources,
+                store.pool_usage,
+                backlog_cap=self.config.workers.max_backlog or 1_000_000,
+            )
+            self.pool.on_outcome = self.metrics.observe
+            if self.config.http.enabled:
+                self.http = HttpApi(
+                    self.config.http,
+                    store,
+                    self.metrics,
+                    self.describe_sources,
+                    self.pool.wake,
+                    frozenset(s.name for s in self.config.sources if s.required),
+                )
+                await self.http.start()
             gate_task = None
             high = self.config.workers.max_backlog
             if high is not None and self.sources:
@@ -196,6 +241,8 @@ class Daemon:
             for source in self.sources:
                 source.start()
             _sd_notify("READY=1\nSTATUS=running")
+            self.ready.set()
+            watchdog = _start_watchdog()
             log.info(
                 "daemon_ready",
                 worker=self.pool.worker_id,
@@ -210,4 +257,8 @@ class Daemon:
             # Sources first: no delivery may be left taken but unsettled when the pool stops.
             await asyncio.gather(*(s.stop(timeout=10) for s in self.sources))
             await self.pool.stop()
+            if watchdog is not None:
+                watchdog.cancel()
+            if self.http is not None:
+                await self.http.stop()
         log.info("daemon_stopped")

@@ -20,7 +20,7 @@ from jobwire.config import Config, ConfigError, load_config
 from jobwire.durations import parse_duration
 from jobwire.handlers import HandlerLoadError, HandlerRegistry
 from jobwire.logs import configure_logging
-from jobwire.models import Job, JobSpec, JobStatus
+from jobwire.models import Job, JobSpec, JobStatus, job_as_dict
 from jobwire.routing import route_problems
 from jobwire.scheduler import tick_spec
 from jobwire.store.base import StoreUnavailable
@@ -212,19 +212,6 @@ def _fmt_time(value: datetime | None) -> str:
     return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
-def _job_dict(job: Job) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in vars(job).items():
-        if isinstance(value, datetime):
-            value = value.isoformat()
-        elif isinstance(value, bytes):
-            value = value.decode("utf-8", errors="replace")
-        elif isinstance(value, JobStatus):
-            value = str(value)
-        out[key] = value
-    return out
-
-
 @jobs.command("list")
 @click.option("--status", type=click.Choice([s.value for s in JobStatus]), default=None)
 @click.option("--queue", default=None)
@@ -244,7 +231,7 @@ def jobs_list(
     found = _with_store(config, lambda s: s.list_jobs(status, queue, limit))
     if as_json:
         for job in found:
-            click.echo(json.dumps(_job_dict(job)))
+            click.echo(json.dumps(job_as_dict(job)))
         return
     click.echo(
         f"{'ID':>8}  {'STATUS':<9}  {'QUEUE':<10}  {'HANDLER':<16}  {'TRY':>5}  "
@@ -272,7 +259,7 @@ def jobs_show(job_id: int, config_path: str | None, database_url: str | None) ->
     job, runs = _with_store(config, action)
     if job is None:
         _fail(f"no job {job_id}", 1)
-    data = _job_dict(job)
+    data = job_as_dict(job)
     data["runs"] = [
         {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in r.items()} for r in runs
     ]

@@ -386,6 +386,29 @@ class LoggingConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class HttpConfig(_Strict):
+    """The daemon's HTTP server: health, readiness, metrics and the admin API."""
+
+    enabled: bool = True
+    # host:port; port 0 picks a free one (logged as http_listening).
+    listen: str = "127.0.0.1:8080"
+    # Bearer token for mutations (enqueue, retry, cancel). None: mutations are refused.
+    admin_token: str | None = Field(None, min_length=16)
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError("must be host:port, such as 127.0.0.1:8080 or 0.0.0.0:8080")
+        return value
+
+    def address(self) -> tuple[str, int]:
+        """(host, port) to bind; brackets around an IPv6 host are removed."""
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
 class Config(_Strict):
     """The whole jobwire configuration."""
 
@@ -398,6 +421,7 @@ class Config(_Strict):
     schedules: list[ScheduleConfig] = Field(default_factory=list)
     retention: RetentionConfig = RetentionConfig()
     logging: LoggingConfig = LoggingConfig()
+    http: HttpConfig = HttpConfig()
 
     @field_validator("sources", "schedules")
     @classmethod

@@ -98,3 +98,17 @@ class Outcome:
     result_json: str | None = None  # the handler's return value, serialised once
     error: str | None = None
     retry_in: float | None = None
+
+
+def job_as_dict(job: Job) -> dict[str, Any]:
+    """A job as plain JSON-ready values (CLI and HTTP API)."""
+    out: dict[str, Any] = {}
+    for key, value in vars(job).items():
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, bytes):
+            value = value.decode("utf-8", errors="replace")
+        elif isinstance(value, JobStatus):
+            value = str(value)
+        out[key] = value
+    return out

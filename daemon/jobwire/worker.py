@@ -29,6 +29,7 @@ from jobwire.handlers import HandlerRegistry, JobContext
 from jobwire.models import Job, JobStatus, Outcome
 from jobwire.retry import Backoff
 from jobwire.store.base import ClaimRequest, JobStore, StoreUnavailable
+from jobwire.tracing import job_span
 
 log = structlog.get_logger("jobwire.worker")
 T = TypeVar("T")
@@ -98,6 +99,8 @@ class WorkerPool:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._lease_ok_until = time.monotonic() + config.workers.lease
+        # Told of every attempt's end (metrics: the handler duration histogram).
+        self.on_outcome: Callable[[Job, Outcome], None] | None = None
         self._store_down_since: float | None = None
         # More to publish in this instance's workers row (the daemon adds its sources).
         self.extra_state: Callable[[], dict[str, Any]] = dict
@@ -199,6 +202,10 @@ class WorkerPool:
         await asyncio.wait(self._tasks, timeout=5)
         await _bounded("unregister worker", self.store.unregister_worker(self.worker_id), 5)
         log.info("pool_stopped", **self._counts())
+
+    def figures(self) -> dict[str, int]:
+        """Counters and the number of jobs running now (stats and metrics)."""
+        return {**self._counts(), "running": len(self._running)}
 
     def _counts(self) -> dict[str, int]:
         c = self.counters
@@ -319,10 +326,10 @@ class WorkerPool:
         outcome: Outcome | None = None
         try:
             if timeout is None:
-                result = await self.registry.invoke(job.handler, job.payload, ctx)
+                result = await self._invoke(job, ctx)
             else:
                 async with asyncio.timeout(timeout) as deadline:
-                    result = await self.registry.invoke(job.handler, job.payload, ctx)
+                    result = await self._invoke(job, ctx)
             outcome = self._succeeded(job, result, time.monotonic() - started)
         except Retry as exc:
             outcome = self._retry_or_fail(job, exc.reason, time.monotonic() - started, exc.after)
@@ -349,6 +356,10 @@ class WorkerPool:
             self._finish(job)
         if outcome is not None:
             self._record(job, outcome)
+
+    async def _invoke(self, job: Job, ctx: JobContext) -> Any:
+        with job_span(job):
+            return await self.registry.invoke(job.handler, job.payload, ctx)
 
     def _finish(self, job: Job) -> None:
         self._running.pop(job.id, None)
@@ -416,6 +427,8 @@ class WorkerPool:
         else:
             c.cancelled += 1
             log.info("job_cancelled", job_id=job.id, handler=job.handler)
+        if self.on_outcome is not None:
+            self.on_outcome(job, outcome)
         self._outcomes.append(outcome)
         self._outcomes_ready.set()
 

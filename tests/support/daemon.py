@@ -19,7 +19,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def write_config(path: Path, data: dict[str, Any]) -> Path:
-    """Write a YAML config file and return its path."""
+    """Write a YAML config file and return its path.
+
+    Unless the test configures HTTP itself, the daemon's HTTP server takes a free port, so
+    that several daemons (and other programs) never fight over 8080.
+    """
+    data = {"http": {"listen": "127.0.0.1:0"}, **data}
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     return path
 

@@ -96,9 +96,13 @@ class JobStore(Protocol):
         """One job by id."""
 
     async def list_jobs(
-        self, status: str | None = None, queue: str | None = None, limit: int = 50
+        self,
+        status: str | None = None,
+        queue: str | None = None,
+        limit: int = 50,
+        before_id: int | None = None,
     ) -> list[Job]:
-        """Newest jobs first, optionally filtered."""
+        """Newest jobs first, optionally filtered; ``before_id`` pages on."""
 
     async def runs(self, job_id: int) -> list[dict[str, Any]]:
         """The attempts of one job, oldest first."""

@@ -278,13 +278,19 @@ class MemoryStore:
         return None if job is None else dataclasses.replace(job)
 
     async def list_jobs(
-        self, status: str | None = None, queue: str | None = None, limit: int = 50
+        self,
+        status: str | None = None,
+        queue: str | None = None,
+        limit: int = 50,
+        before_id: int | None = None,
     ) -> list[Job]:
-        """Newest first."""
+        """Newest first; ``before_id`` pages on."""
         found = [
             j
             for j in self.jobs.values()
-            if (status is None or j.status == status) and (queue is None or j.queue == queue)
+            if (status is None or j.status == status)
+            and (queue is None or j.queue == queue)
+            and (before_id is None or j.id < before_id)
         ]
         return [dataclasses.replace(j) for j in sorted(found, key=lambda j: -j.id)[:limit]]
 

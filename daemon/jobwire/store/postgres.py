@@ -227,6 +227,10 @@ class PostgresStore:
         except (TimeoutError, *_UNAVAILABLE):
             self._pool.terminate()
 
+    def pool_usage(self) -> tuple[int, int]:
+        """(open connections, idle connections) of the asyncpg pool."""
+        return self._pool.get_size(), self._pool.get_idle_size()
+
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the database answers."""
         async with _guard("ping"):
@@ -541,11 +545,15 @@ class PostgresStore:
         return None if row is None else _job(row)
 
     async def list_jobs(
-        self, status: str | None = None, queue: str | None = None, limit: int = 50
+        self,
+        status: str | None = None,
+        queue: str | None = None,
+        limit: int = 50,
+        before_id: int | None = None,
     ) -> list[Job]:
-        """Newest first."""
+        """Newest first; ``before_id`` pages on (keyset paging, no OFFSET)."""
         async with _guard("list"):
-            rows = await self._pool.fetch(self._q["list_jobs"], status, queue, limit)
+            rows = await self._pool.fetch(self._q["list_jobs"], status, queue, limit, before_id)
         return [_job(r) for r in rows]
 
     async def runs(self, job_id: int) -> list[dict[str, Any]]:

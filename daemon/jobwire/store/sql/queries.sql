@@ -181,6 +181,7 @@ SELECT * FROM jobs WHERE id = $1;
 -- name: list_jobs
 SELECT * FROM jobs
 WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR queue = $2)
+  AND ($4::bigint IS NULL OR id < $4)
 ORDER BY id DESC
 LIMIT $3;
 
