@@ -12,6 +12,7 @@ import pytest
 
 from jobwire.store.postgres import PostgresStore, migrate
 from tests.support.kafka import TansuBroker, create_topic
+from tests.support.mqtt import Mosquitto
 
 # The server the integration tests use; any database on it is fine, we create our own.
 ADMIN_URL = os.environ.get("JOBWIRE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -78,3 +79,12 @@ async def kafka_topic(kafka_broker: TansuBroker) -> str:
     name = f"jw-test-{uuid.uuid4().hex[:10]}"
     await create_topic(kafka_broker.bootstrap, name, partitions=3)
     return name
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """A private Mosquitto on a free port, configured as deploy/mosquitto/jobwire.conf says
+    (the machine's own at 1883 keeps Mosquitto's defaults, which drop queued messages)."""
+    broker = Mosquitto(tmp_path_factory.mktemp("mosquitto")).start()
+    yield broker
+    broker.stop()

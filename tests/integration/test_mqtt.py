@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +22,6 @@ from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 PORT = 1883
-
-
-@pytest.fixture(scope="module")
-def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    """A private Mosquitto on a free port, configured as deploy/mosquitto/jobwire.conf says."""
-    broker = Mosquitto(tmp_path_factory.mktemp("mosquitto")).start()
-    yield broker
-    broker.stop()
 
 
 @pytest.fixture
@@ -152,6 +144,8 @@ def test_killed_after_receiving_before_committing_gets_the_messages_again(
     first = DaemonProcess(config, tmp_path / "first.log")
     try:
         first.wait_ready()
+        # Subscribed (state up), not merely started: else the session has no subscription.
+        first.wait_event("source_state", state="up")
         assert first.terminate() == 0
     finally:
         first.stop_quietly()

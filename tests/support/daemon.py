@@ -76,6 +76,19 @@ class Daemon:
         """Whether a log line with this event name was written."""
         return any(e.get("event") == name for e in self.events())
 
+    def wait_event(self, name: str, timeout: float = 60, **fields: Any) -> None:
+        """Block until a log line with this event name (and these field values) appears."""
+
+        def seen() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
+            return any(
+                e.get("event") == name and all(e.get(k) == v for k, v in fields.items())
+                for e in self.events()
+            )
+
+        wait_sync(seen, timeout=timeout, what=f"{name} {fields}")
+
     def wait_ready(self, timeout: float = 60) -> None:
         """Block until the daemon logged daemon_ready (or died)."""
 

@@ -28,8 +28,12 @@ def tansu_binary() -> str:
 class TansuBroker(ServiceProcess):
     """One tansu process on a free port (memory storage: its data ends with the process)."""
 
-    def __init__(self, log_path: Path, port: int | None = None) -> None:
+    def __init__(
+        self, log_path: Path, port: int | None = None, advertised_port: int | None = None
+    ) -> None:
         super().__init__("tansu", port or free_port(), log_path)
+        # A proxy's port, for drills: clients then connect through the proxy.
+        self.advertised_port = advertised_port or self.port
 
     @property
     def bootstrap(self) -> str:
@@ -39,7 +43,11 @@ class TansuBroker(ServiceProcess):
     def argv(self) -> list[str]:
         """tansu broker, listening and advertising on loopback."""
         url = f"tcp://127.0.0.1:{self.port}"
-        return [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+        advertised = f"tcp://127.0.0.1:{self.advertised_port}"
+        return [
+            *(tansu_binary(), "broker", "--listener-url", url),
+            *("--advertised-listener-url", advertised),
+        ]
 
 
 async def create_topic(bootstrap: str, name: str, partitions: int = 3) -> None:

@@ -37,8 +37,8 @@ from jobwire.adapters.base import (
 from jobwire.config import KafkaSource
 from jobwire.models import StreamOffset
 
-# Metadata probes that fail in a row before the session is ended and started afresh.
-_PROBE_EVERY = 5.0
+# Metadata probes (one per heart-beat interval) that fail in a row before the session is
+# ended and started afresh; the first failure already marks the source down.
 _PROBES_BEFORE_RECONNECT = 3
 
 
@@ -259,12 +259,18 @@ class KafkaAdapter(Adapter):
                 del wanted[tp]
 
     async def _probe_loop(self, consumer: AIOKafkaConsumer) -> None:
-        """Notice a broker that went away (aiokafka itself retries silently)."""
+        """Notice a broker that went away or went silent (aiokafka retries without a word).
+
+        One metadata request per heart-beat interval, answered within one: a half-open
+        connection is noticed within two heart-beats, not after aiokafka's 40 s request
+        timeout.
+        """
         failures = 0
+        every = self.cfg.heartbeat_interval
         while True:
-            await asyncio.sleep(_PROBE_EVERY)
+            await asyncio.sleep(every)
             try:
-                async with asyncio.timeout(self.cfg.session_timeout):
+                async with asyncio.timeout(every):
                     await consumer.topics()
             except (KafkaError, TimeoutError, OSError) as exc:
                 failures += 1
