@@ -80,6 +80,9 @@ class WorkersConfig(_Strict):
 
     concurrency: int = Field(32, ge=1, le=10_000)
     poll_interval: Duration = 1.0
+    # LISTEN/NOTIFY wake-ups. false: polling only (behind a transaction-pooling PgBouncer,
+    # where LISTEN does not work).
+    listen: bool = True
     lease: Duration = 60.0
     shutdown_timeout: Duration = 30.0
     completion_batch: int = Field(200, ge=1)

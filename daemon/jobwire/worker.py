@@ -154,11 +154,14 @@ class WorkerPool:
                 _keep_running("complete", self._completion_loop), name="jobwire-complete"
             ),
             asyncio.create_task(_keep_running("lease", self._lease_loop), name="jobwire-lease"),
-            asyncio.create_task(
-                _keep_running("listen", lambda: self.store.listen(self._on_notify, self.wake)),
-                name="jobwire-listen",
-            ),
         ]
+        if self.config.workers.listen:
+            self._tasks.append(
+                asyncio.create_task(
+                    _keep_running("listen", lambda: self.store.listen(self._on_notify, self.wake)),
+                    name="jobwire-listen",
+                )
+            )
         log.info(
             "pool_started",
             concurrency=self.config.workers.concurrency,
