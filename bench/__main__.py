@@ -254,7 +254,9 @@ async def _consumed(channel: aio_pika.abc.AbstractChannel, queue: str, n: int) -
 # -- latency and memory ----------------------------------------------------------------
 
 
-async def latency(rate: int = 1000, seconds: float = 5.0, mode: str = "amqp") -> dict[str, float]:
+async def latency(
+    rate: int = 1000, seconds: float = 5.0, mode: str = "amqp", batch_delay: str | None = None
+) -> dict[str, float]:
     """publish -> handler start, p50 and p99 in ms, at a steady ``rate`` per second."""
     n = int(rate * seconds)
     queue = f"jw-bench-lat-{uuid.uuid4().hex[:8]}"
@@ -272,6 +274,7 @@ async def latency(rate: int = 1000, seconds: float = 5.0, mode: str = "amqp") ->
                     "url": AMQP,
                     "queue": queue,
                     "route": {"handler": "noop"},
+                    **({"batch_delay": batch_delay} if batch_delay is not None else {}),
                 }
             ]
         with daemon(config) as proc:

