@@ -20,9 +20,20 @@ from jobwire.models import Job
 _tracer = trace.get_tracer("jobwire")
 
 
+def job_span(job: Job) -> contextlib.AbstractContextManager[Span | None]:
+    """The span one attempt of ``job`` runs in; a handler's exception marks it failed.
+
+    Without an SDK (the global provider is still the API's placeholder) there is nothing to
+    record: no span is made at all. That check is one isinstance per job; making no-op spans
+    cost about 5% of the daemon's CPU in a profile of the AMQP drain.
+    """
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        return contextlib.nullcontext()
+    return _span(job)
+
+
 @contextlib.contextmanager
-def job_span(job: Job) -> Iterator[Span]:
-    """The span one attempt of ``job`` runs in; a handler's exception marks it failed."""
+def _span(job: Job) -> Iterator[Span]:
     parent = propagate.extract(job.headers) if "traceparent" in job.headers else None
     with _tracer.start_as_current_span(
         f"jobwire.run {job.handler}",
