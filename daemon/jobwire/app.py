@@ -194,7 +194,6 @@ class Daemon:
         log.info("daemon_starting", version=__version__, pid=os.getpid())
         async with open_store(self.config) as store:
             self.pool = WorkerPool(store, self.registry, self.config)
-            await self.pool.start()
             self.sources = build_sources(self.config, self.registry, store, self.pool)
             self.pool.extra_state = lambda: {"sources": self.describe_sources()}
             self.metrics = Metrics(
@@ -214,7 +213,8 @@ class Daemon:
                     self.pool.wake,
                     frozenset(s.name for s in self.config.sources if s.required),
                 )
-                await self.http.start()
+                await self.http.start()  # first: a taken port fails before anything runs
+            await self.pool.start()
             gate_task = None
             high = self.config.workers.max_backlog
             if high is not None and self.sources:
