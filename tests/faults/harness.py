@@ -26,7 +26,8 @@ AMQP = "amqp://guest:guest@127.0.0.1"
 
 
 def body(i: int) -> bytes:
-    return b'{"i": %d}' % i
+    """Message i: a distinct id, and how long the built-in sleep handler takes for it."""
+    return b'{"i": %d, "seconds": 0.005}' % i
 
 
 class Broker(abc.ABC):

@@ -168,9 +168,21 @@ class KafkaAdapter(Adapter):
         assert self._sink is not None
         while True:
             self._apply_pause(consumer)
-            # Called even while everything is paused: a consumer that stops polling for
-            # max_poll_interval is put out of its group.
-            batches = await consumer.getmany(timeout_ms=200, max_records=self.cfg.max_records)
+            if consumer.assignment() and consumer.paused() == consumer.assignment():
+                # Full (or held): wait for the intake to store something, or for a resume,
+                # instead of a fetch that can only time out (found by the flood drill: a
+                # 200 ms getmany per refill held intake to max_in_flight per 200 ms). Poll
+                # anyway now and then: a consumer silent for max_poll_interval leaves its group.
+                self._settled.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await self._settled.wait()
+                self._apply_pause(consumer)  # a rebalance may have assigned new partitions
+                # Whatever this returns is delivered below: a record handed out by getmany
+                # has moved the position past it and must not be dropped.
+                batches = await consumer.getmany(timeout_ms=0, max_records=self.cfg.max_records)
+            else:
+                batches = await consumer.getmany(timeout_ms=200, max_records=self.cfg.max_records)
             for tp, records in batches.items():
                 for record in records:
                     self._in_flight[tp] += 1
@@ -360,6 +372,7 @@ class KafkaAdapter(Adapter):
     async def resume(self) -> None:
         """Fetch again."""
         self._paused = False
+        self._settled.set()  # wake a fetch loop waiting for room
         if self._consumer is not None:
             self._apply_pause(self._consumer)
             self.set_state(SourceState.UP)

@@ -70,6 +70,12 @@ class MqttAdapter(Adapter):
         self._connection = 0
         self._resumed = asyncio.Event()
         self._resumed.set()
+        # Delivered to the intake and not yet acknowledged. Reading stops at ``prefetch``
+        # whatever the broker does with Receive Maximum (found by the flood drill: Mosquitto
+        # 2.0.11 sent well past it, and the backlog overshot its mark by 100).
+        self._in_flight = 0
+        self._room = asyncio.Event()
+        self._room.set()
         self.dropped_acks = 0
 
     def _new_client(self) -> aiomqtt.Client:
@@ -91,6 +97,10 @@ class MqttAdapter(Adapter):
         client = self._new_client()
         async with client:
             self._connection += 1
+            # Messages of the last connection still in the intake count no more: the broker
+            # sends them again on this one.
+            self._in_flight = 0
+            self._room.set()
             connection = self._connection
             self._client = client
             try:
@@ -99,11 +109,14 @@ class MqttAdapter(Adapter):
                 self.set_state(SourceState.PAUSED if not self._resumed.is_set() else SourceState.UP)
                 assert self._sink is not None
                 async for delivery in client.messages:
+                    self._in_flight += 1
+                    if self._in_flight >= self.cfg.prefetch:
+                        self._room.clear()
                     await self._sink(self._message(delivery, connection))
-                    if not self._resumed.is_set():
-                        # Paused: stop reading. Unread messages stay in the client's queue;
-                        # the broker stops at Receive Maximum unacknowledged ones.
-                        await self._resumed.wait()
+                    # Paused, or the window is full: stop reading. Unread messages stay in
+                    # the client's queue, unacknowledged, and the broker stops sending.
+                    await self._resumed.wait()
+                    await self._room.wait()
             finally:
                 self._client = None
 
@@ -131,6 +144,9 @@ class MqttAdapter(Adapter):
     async def ack_many(self, messages: Sequence[Message]) -> None:
         """PUBACK each stored message on the connection it came on."""
         client = self._client
+        self._in_flight = max(0, self._in_flight - len(messages))
+        if self._in_flight < self.cfg.prefetch:
+            self._room.set()
         for message in messages:
             connection, mid, qos = message.raw
             if qos == 0:
