@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
+
+from tests.faults.harness import AmqpBroker, Broker, KafkaBroker, MqttBroker, StompBroker
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/faults/" in str(item.path).replace("\\", "/"):
             item.add_marker(pytest.mark.drill)
+
+
+@pytest.fixture(params=["amqp", "stomp", "kafka", "mqtt"])
+async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
+    """Each broker in turn, consumed directly (no proxy): the session's tansu for Kafka,
+    the private Mosquitto (shipped limits) for MQTT."""
+    kind = request.param
+    if kind == "kafka":
+        tansu = request.getfixturevalue("kafka_broker")
+        subject: Broker = KafkaBroker(tansu, tansu.port)
+    elif kind == "mqtt":
+        subject = MqttBroker(request.getfixturevalue("mosquitto"))
+    else:
+        subject = AmqpBroker() if kind == "amqp" else StompBroker()
+    await subject.prepare()
+    try:
+        yield subject
+    finally:
+        await subject.cleanup()

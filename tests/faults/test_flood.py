@@ -8,38 +8,17 @@ on below ``backlog_resume``: the flood waits in the broker, not in the database.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
 from jobwire.config import Config
-from tests.faults.harness import AmqpBroker, Broker, KafkaBroker, MqttBroker, StompBroker, tally
+from tests.faults.harness import Broker, tally
 from tests.support.inprocess import running_daemon
-from tests.support.kafka import TansuBroker
-from tests.support.mqtt import Mosquitto
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 N, HIGH = 600, 60
-
-
-@pytest.fixture(params=["amqp", "stomp", "kafka", "mqtt"])
-async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
-    kind = request.param
-    if kind == "kafka":
-        tansu: TansuBroker = request.getfixturevalue("kafka_broker")
-        subject: Broker = KafkaBroker(tansu, tansu.port)
-    elif kind == "mqtt":
-        mosquitto: Mosquitto = request.getfixturevalue("mosquitto")
-        subject = MqttBroker(mosquitto)
-    else:
-        subject = AmqpBroker() if kind == "amqp" else StompBroker()
-    await subject.prepare()
-    try:
-        yield subject
-    finally:
-        await subject.cleanup()
 
 
 async def ready_jobs(url: str) -> int:

@@ -8,36 +8,17 @@ same drill through the shared harness for all four.)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import AmqpBroker, Broker, KafkaBroker, MqttBroker, StompBroker, tally
+from tests.faults.harness import Broker, tally
 from tests.support.daemon import Daemon as DaemonProcess
 from tests.support.daemon import write_config
-from tests.support.kafka import TansuBroker
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 N = 500
-
-
-@pytest.fixture(params=["amqp", "stomp", "kafka", "mqtt"])
-async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
-    kind = request.param
-    if kind == "kafka":
-        tansu: TansuBroker = request.getfixturevalue("kafka_broker")
-        subject: Broker = KafkaBroker(tansu, tansu.port)
-    elif kind == "mqtt":
-        subject = MqttBroker(request.getfixturevalue("mosquitto"))
-    else:
-        subject = AmqpBroker() if kind == "amqp" else StompBroker()
-    await subject.prepare()
-    try:
-        yield subject
-    finally:
-        await subject.cleanup()
 
 
 def test_sigkill_between_commit_and_ack_then_restart_makes_no_duplicate(
