@@ -174,9 +174,11 @@ class KafkaAdapter(Adapter):
                 # 200 ms getmany per refill held intake to max_in_flight per 200 ms). Poll
                 # anyway now and then: a consumer silent for max_poll_interval leaves its group.
                 self._settled.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(1.0):
-                        await self._settled.wait()
+                self._apply_pause(consumer)  # an ack just before the clear made room?
+                if consumer.paused() == consumer.assignment():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(1.0):
+                            await self._settled.wait()
                 self._apply_pause(consumer)  # a rebalance may have assigned new partitions
                 # Whatever this returns is delivered below: a record handed out by getmany
                 # has moved the position past it and must not be dropped.

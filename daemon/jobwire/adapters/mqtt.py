@@ -144,7 +144,8 @@ class MqttAdapter(Adapter):
     async def ack_many(self, messages: Sequence[Message]) -> None:
         """PUBACK each stored message on the connection it came on."""
         client = self._client
-        self._in_flight = max(0, self._in_flight - len(messages))
+        current = sum(1 for m in messages if m.raw[0] == self._connection)
+        self._in_flight = max(0, self._in_flight - current)
         if self._in_flight < self.cfg.prefetch:
             self._room.set()
         for message in messages:
