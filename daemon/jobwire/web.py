@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from jobwire.config import HttpConfig
 from jobwire.metrics import Metrics
 from jobwire.models import JobSpec, JobStatus, job_as_dict
-from jobwire.store.base import StoreUnavailable
+from jobwire.store.base import InvalidJobData, StoreUnavailable
 from jobwire.store.postgres import PostgresStore
 
 log = structlog.get_logger("jobwire.http")
@@ -227,6 +227,9 @@ class HttpApi:
         unknown = sorted(set(body) - allowed)
         if unknown:
             raise ApiError(400, f"unknown keys: {', '.join(unknown)}")
+        for key in ("queue", "dedup_key"):
+            if body.get(key) is not None and not isinstance(body[key], str):
+                raise ApiError(400, f"{key} must be a string")
         try:
             spec = JobSpec(
                 handler=body["handler"],
@@ -242,7 +245,10 @@ class HttpApi:
             )
         except (TypeError, ValueError) as exc:
             raise ApiError(400, f"bad value: {exc}") from exc
-        (job_id,) = await self.store.enqueue_many([spec])
+        try:
+            (job_id,) = await self.store.enqueue_many([spec])
+        except InvalidJobData as exc:
+            raise ApiError(400, f"the database refused the job: {exc}") from exc
         self.wake()
         if job_id is None:
             return _json({"id": None, "duplicate": True}, 200)

@@ -81,6 +81,12 @@ async def test_health_ready_and_the_admin_api_round_trip(
         assert (status, body) == (401, {"error": "missing or wrong bearer token"})
         status, body = await post(session, f"{url}/api/v1/jobs", {"nope": 1})
         assert status == 400 and "handler" in body["error"]
+        status, body = await post(session, f"{url}/api/v1/jobs", {"handler": "x", "dedup_key": 5})
+        assert (status, body) == (400, {"error": "dedup_key must be a string"})
+        status, body = await post(
+            session, f"{url}/api/v1/jobs", {"handler": "echo", "payload": {"bad": "nul \u0000"}}
+        )
+        assert status == 400 and body["error"].startswith("the database refused the job")
 
         ids = []
         for i in range(5):
