@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import ssl
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -21,7 +20,14 @@ import aio_pika
 import aiormq.abc
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 
-from jobwire.adapters.base import Adapter, Message, MessageSink, SourceState, supervise
+from jobwire.adapters.base import (
+    Adapter,
+    Message,
+    MessageSink,
+    SourceState,
+    supervise,
+    tls_context,
+)
 from jobwire.config import AmqpSource
 
 DEFAULT_DEDUP = "property:message_id"
@@ -35,20 +41,6 @@ def _header_value(value: Any) -> str:
     if isinstance(value, dict | list):
         return json.dumps(value, default=str)
     return str(value)
-
-
-def _ssl_context(cfg: AmqpSource) -> ssl.SSLContext | None:
-    if cfg.tls is None:
-        return None
-    context = ssl.create_default_context(cafile=str(cfg.tls.ca_file) if cfg.tls.ca_file else None)
-    if cfg.tls.cert_file:
-        context.load_cert_chain(
-            str(cfg.tls.cert_file), str(cfg.tls.key_file) if cfg.tls.key_file else None
-        )
-    if not cfg.tls.verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 class AmqpAdapter(Adapter):
@@ -70,7 +62,7 @@ class AmqpAdapter(Adapter):
         self.dropped_acks = 0
 
     async def _connect(self) -> AbstractConnection:
-        context = _ssl_context(self.cfg)
+        context = tls_context(self.cfg.tls, self.cfg.url.startswith("amqps://"))
         kwargs: dict[str, Any] = {
             "heartbeat": int(self.cfg.heartbeat),
             "timeout": 10,

@@ -11,6 +11,7 @@ import abc
 import asyncio
 import enum
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from jobwire.config import TlsConfig
 from jobwire.models import StreamOffset
 
 log = structlog.get_logger("jobwire.adapters")
@@ -52,6 +54,20 @@ class Message:
     offset: StreamOffset | None = None
     # The adapter's own handle on the delivery (used for batched acks).
     raw: Any = None
+
+
+def tls_context(tls: TlsConfig | None, required: bool = False) -> ssl.SSLContext | None:
+    """An SSL context from a source's ``tls:`` settings; None when neither it nor the URL
+    scheme (``required``: amqps://, mqtts://, Kafka SSL) asks for TLS."""
+    if tls is None and not required:
+        return None
+    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls and tls.ca_file else None)
+    if tls is not None and tls.cert_file:
+        context.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+    if tls is not None and not tls.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 MessageSink = Callable[[Message], Awaitable[None]]

@@ -24,7 +24,6 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
-from aiokafka.helpers import create_ssl_context
 
 from jobwire.adapters.base import (
     Adapter,
@@ -33,6 +32,7 @@ from jobwire.adapters.base import (
     OffsetReader,
     SourceState,
     supervise,
+    tls_context,
 )
 from jobwire.config import KafkaSource
 from jobwire.models import StreamOffset
@@ -64,16 +64,7 @@ def _client_options(cfg: KafkaSource) -> dict[str, Any]:
         options["sasl_plain_username"] = cfg.sasl_username
         options["sasl_plain_password"] = cfg.sasl_password
     if cfg.security_protocol in ("SSL", "SASL_SSL"):
-        tls = cfg.tls
-        context = create_ssl_context(
-            cafile=str(tls.ca_file) if tls and tls.ca_file else None,
-            certfile=str(tls.cert_file) if tls and tls.cert_file else None,
-            keyfile=str(tls.key_file) if tls and tls.key_file else None,
-        )
-        if tls and not tls.verify:
-            context.check_hostname = False
-            context.verify_mode = 0  # ssl.CERT_NONE
-        options["ssl_context"] = context
+        options["ssl_context"] = tls_context(cfg.tls, required=True)
     return options
 
 

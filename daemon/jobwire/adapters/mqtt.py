@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import ssl
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -29,26 +28,20 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from jobwire.adapters.base import Adapter, Message, MessageSink, SourceState, supervise
+from jobwire.adapters.base import (
+    Adapter,
+    Message,
+    MessageSink,
+    SourceState,
+    supervise,
+    tls_context,
+)
 from jobwire.config import MqttSource
 
 
 def default_client_id(source_name: str) -> str:
     """jobwire-<host>-<source>: stable across restarts, distinct between hosts."""
     return f"jobwire-{socket.gethostname()}-{source_name}"[:128]
-
-
-def _ssl_context(cfg: MqttSource) -> ssl.SSLContext | None:
-    if cfg.tls is None and not cfg.url.startswith("mqtts://"):
-        return None
-    tls = cfg.tls
-    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls and tls.ca_file else None)
-    if tls and tls.cert_file:
-        context.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
-    if tls and not tls.verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 class MqttAdapter(Adapter):
@@ -218,7 +211,7 @@ def _client_options(cfg: MqttSource, client_id: str, persistent: bool) -> dict[s
         "password": cfg.password or (unquote(url.password) if url.password else None),
         "identifier": client_id,
         "keepalive": int(cfg.keepalive),
-        "tls_context": _ssl_context(cfg),
+        "tls_context": tls_context(cfg.tls, cfg.url.startswith("mqtts://")),
         "timeout": 10,
     }
     if cfg.protocol == "5":
