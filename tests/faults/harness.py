@@ -180,12 +180,13 @@ class MqttBroker(Broker):
         return await mqtt_publish(self.port, self.name, [body(i) for i in range(start, start + n)])
 
 
-def drill_config(database_url: str, broker: Broker, port: int) -> Config:
-    """A daemon consuming ``broker`` at ``port`` (a proxy's, or the broker's own)."""
+def drill_config(database_url: str, broker: Broker, port: int, **database: Any) -> Config:
+    """A daemon consuming ``broker`` at ``port`` (a proxy's, or the broker's own);
+    ``database`` adds settings (a short command_timeout for database drills)."""
     source = {"name": "drill", "route": {"handler": "noop"}, **broker.source(port)}
     return Config.model_validate(
         {
-            "database": {"url": database_url},
+            "database": {"url": database_url, **database},
             "workers": {"poll_interval": "200ms", "concurrency": 64},
             "sources": [source],
         }

@@ -18,7 +18,6 @@ from jobwire.config import Config
 from tests.support.daemon import Daemon as DaemonProcess
 from tests.support.daemon import jobwire, write_config
 from tests.support.inprocess import running_daemon
-from tests.support.proxy import TcpProxy
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -238,51 +237,6 @@ async def test_dead_letter_mode_sends_poison_to_the_broker_dlx(
         await wait_for(lambda: job_count(database_url), what="good job stored")
     assert await job_count(database_url) == 1
     await channel.close()
-
-
-async def test_store_cut_mid_stream_loses_nothing_and_duplicates_nothing(
-    database_url: str, queue_name: str, amqp: aio_pika.abc.AbstractConnection
-) -> None:
-    proxy = await TcpProxy("127.0.0.1", 5432).start()
-    proxied = database_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
-    config = Config.model_validate(
-        {
-            **amqp_config(proxied, queue_name).model_dump(by_alias=True),
-            "database": {"url": proxied, "command_timeout": "2s", "pool": {"min": 1, "max": 6}},
-        }
-    )
-    n = 3000
-    try:
-        async with running_daemon(config) as daemon:
-            publisher = asyncio.create_task(
-                publish(amqp, queue_name, [b'{"i": %d}' % i for i in range(n)])
-            )
-
-            async def some_stored() -> bool:
-                return daemon.sources[0].intake.counters.stored > 300
-
-            await wait_for(some_stored, what="intake under way")
-            proxy.cut()
-            try:
-                await asyncio.sleep(1.5)  # the outage itself: the store is away for this long
-                assert daemon.sources[0].intake.counters.nacked > 0
-            finally:
-                proxy.restore()
-            assert await publisher == n
-
-            async def all_in() -> bool:
-                return await job_count(database_url) >= n
-
-            await wait_for(all_in, timeout=60, what=f"{n} jobs after the store came back")
-            await wait_for(lambda: _queue_empty(amqp, queue_name), what="queue drained")
-    finally:
-        await proxy.close()
-    rows = await fetch(
-        database_url,
-        "SELECT count(*) AS n, count(DISTINCT dedup_key) AS d,"
-        " count(DISTINCT payload::text) AS p FROM jobwire.jobs",
-    )
-    assert (rows[0]["n"], rows[0]["d"], rows[0]["p"]) == (n, n, n)
 
 
 async def _queue_empty(amqp: aio_pika.abc.AbstractConnection, queue: str) -> bool:

@@ -128,42 +128,6 @@ async def test_poison_message_fails_with_its_reason(database_url: str, destinati
     )
 
 
-async def test_store_outage_mid_stream_nacks_and_loses_nothing(
-    database_url: str, destination: str
-) -> None:
-    proxy = await TcpProxy("127.0.0.1", 5432).start()
-    proxied = database_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
-    base = stomp_config(proxied, destination).model_dump(by_alias=True)
-    config = Config.model_validate(
-        {**base, "database": {"url": proxied, "command_timeout": "2s", "pool": {"min": 1}}}
-    )
-    n = 2000
-    try:
-        async with running_daemon(config) as daemon:
-            sending = asyncio.create_task(publisher(destination).publish(b'{"x": 1}', {}, count=n))
-
-            async def under_way() -> bool:
-                return daemon.sources[0].intake.counters.stored > 200
-
-            await wait_for(under_way, what="intake under way")
-            proxy.cut()
-            try:
-                await asyncio.sleep(1.5)  # the outage itself
-            finally:
-                proxy.restore()
-            assert await sending == n
-
-            async def all_in() -> bool:
-                return await job_count(database_url) >= n
-
-            await wait_for(all_in, timeout=60, what=f"{n} jobs after the outage")
-            assert daemon.sources[0].intake.counters.nacked > 0
-    finally:
-        await proxy.close()
-    assert await job_count(database_url) == n
-    assert await job_count(database_url, "dedup_key IS NULL") == 0
-
-
 async def test_connection_closed_by_the_broker_twice_reconnects_each_time(
     database_url: str, destination: str
 ) -> None:
