@@ -25,6 +25,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -34,9 +35,18 @@ from typing import Any
 import aio_pika
 import asyncpg
 import psutil
+from tests.support.kafka import TansuBroker
 
-from bench import amqp_drain
-from bench.common import AMQP, REPO, daemon, fetchval, fresh_database, until
+from bench import amqp_drain, kafka_drain
+from bench.common import (
+    AMQP,
+    REPO,
+    daemon,
+    fetchval,
+    fresh_database,
+    succeeded_at_least,
+    until,
+)
 from jobwire.models import JobSpec
 from jobwire.store.postgres import PostgresStore, migrate
 
@@ -94,69 +104,15 @@ async def _none_left(url: str) -> bool:
     return int(left) == 0
 
 
-async def _succeeded_at_least(url: str, n: int) -> bool:
-    done = await fetchval(url, "SELECT count(*) FROM jobwire.jobs WHERE status = 'succeeded'")
-    return int(done) >= n
-
-
-async def _span_rate(url: str, n: int) -> float:
-    span = await fetchval(
-        url, "SELECT extract(epoch FROM max(finished_at) - min(created_at)) FROM jobwire.jobs"
-    )
-    return n / float(span)
-
-
 async def jobwire_amqp(n: int) -> float:
-    queue = f"jw-bench-{uuid.uuid4().hex[:8]}"
-    await amqp_drain.preload(AMQP, queue, n)
-    try:
-        async with fresh_database() as url:
-            await migrate(url, "jobwire")
-            source = {"name": "bench", "type": "amqp", "url": AMQP, "queue": queue}
-            config = {
-                "database": {"url": url},
-                "workers": {"concurrency": 256},
-                "sources": [{**source, "prefetch": 1000, "route": {"handler": "noop"}}],
-            }
-            with daemon(config) as proc:
-                await until(lambda: _succeeded_at_least(url, n), 600, proc)
-            return await _span_rate(url, n)
-    finally:
-        connection = await aio_pika.connect(AMQP)
-        channel = await connection.channel()
-        await channel.queue_delete(queue)
-        await connection.close()
+    return (await amqp_drain.drain(AMQP, n, prefetch=1000, concurrency=256)).rate
 
 
 async def jobwire_kafka(n: int) -> float:
-    from tests.support.kafka import TansuBroker
-
-    from bench.kafka_drain import preload
-
-    with _tempdir() as tmp:
-        broker = TansuBroker(tmp / "tansu.log").start()
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = TansuBroker(Path(tmp) / "tansu.log").start()
         try:
-            topic = f"jw-bench-{uuid.uuid4().hex[:8]}"
-            await preload(broker.bootstrap, topic, n)
-            async with fresh_database() as url:
-                await migrate(url, "jobwire")
-                source = {
-                    "name": "bench",
-                    "type": "kafka",
-                    "bootstrap_servers": broker.bootstrap,
-                    "topics": [topic],
-                    "batch_size": 1000,
-                    "max_records": 1000,
-                    "route": {"handler": "noop"},
-                }
-                config = {
-                    "database": {"url": url},
-                    "workers": {"concurrency": 256},
-                    "sources": [source],
-                }
-                with daemon(config) as proc:
-                    await until(lambda: _succeeded_at_least(url, n), 600, proc)
-                return await _span_rate(url, n)
+            return (await kafka_drain.drain(broker.bootstrap, n, 256, 1000)).rate
         finally:
             broker.stop()
 
@@ -283,7 +239,7 @@ async def latency(
                 await _steady_amqp(queue, rate, n)
             else:
                 await _steady_sql(url, rate, n)
-            await until(lambda: _succeeded_at_least(url, n), 120, proc)
+            await until(lambda: succeeded_at_least(url, n), 120, proc)
         rows = await _latencies(url)
     if mode == "amqp":
         connection = await aio_pika.connect(AMQP)
@@ -306,36 +262,41 @@ async def _latencies(url: str) -> list[float]:
     return [float(r["lag"]) for r in rows]
 
 
+async def _paced(rate: int, n: int, send: Callable[[bytes], Awaitable[object]]) -> None:
+    """Call ``send`` n times at ``rate`` per second, each with {"t": the time it was sent}."""
+    start = time.perf_counter()
+    for i in range(n):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await send(json.dumps({"t": time.time()}).encode())
+
+
 async def _steady_amqp(queue: str, rate: int, n: int) -> None:
     connection = await aio_pika.connect(AMQP)
     channel = await connection.channel(publisher_confirms=False)
     await channel.declare_queue(queue, durable=True)
-    start = time.perf_counter()
-    for i in range(n):
-        due = start + i / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        body = json.dumps({"t": time.time()}).encode()
-        await channel.default_exchange.publish(
-            aio_pika.Message(body, message_id=uuid.uuid4().hex, content_type="application/json"),
-            routing_key=queue,
+
+    async def send(body: bytes) -> object:
+        message = aio_pika.Message(
+            body, message_id=uuid.uuid4().hex, content_type="application/json"
         )
+        return await channel.default_exchange.publish(message, routing_key=queue)
+
+    await _paced(rate, n, send)
     await connection.close()
 
 
 async def _steady_sql(url: str, rate: int, n: int) -> None:
     conn = await asyncpg.connect(url)
-    start = time.perf_counter()
-    for i in range(n):
-        due = start + i / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        await conn.execute(
+
+    async def send(body: bytes) -> object:
+        return await conn.execute(
             "INSERT INTO jobwire.jobs (handler, payload) VALUES ('noop', $1::jsonb)",
-            json.dumps({"t": time.time()}),
+            body.decode(),
         )
+
+    await _paced(rate, n, send)
     await conn.close()
 
 
@@ -358,7 +319,7 @@ async def peak_rss(in_flight: int = 10_000) -> float:
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 peak = max(peak, watched.memory_info().rss / 2**20)
-                if await _succeeded_at_least(url, in_flight):
+                if await succeeded_at_least(url, in_flight):
                     break
                 await asyncio.sleep(0.1)
     return peak
@@ -377,17 +338,6 @@ SCENARIOS: dict[str, Scenario] = {
     "Procrastinate: drain a filled table": procrastinate,
     "Celery: AMQP drain (prefork -c 2, acks_late)": celery,
 }
-
-
-class _tempdir:
-    def __enter__(self) -> Path:
-        import tempfile
-
-        self._dir = tempfile.TemporaryDirectory()
-        return Path(self._dir.name)
-
-    def __exit__(self, *exc: object) -> None:
-        self._dir.cleanup()
 
 
 async def main() -> None:

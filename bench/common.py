@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -12,11 +13,14 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import yaml
+
+from jobwire.store.postgres import migrate
 
 REPO = Path(__file__).resolve().parents[1]
 SERVER = os.environ.get("JOBWIRE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -37,17 +41,24 @@ async def fresh_database(prefix: str = "jwbench") -> AsyncIterator[str]:
 
 
 @contextlib.contextmanager
-def daemon(config: dict[str, Any]) -> Iterator[subprocess.Popen[bytes]]:
-    """``jobwire run`` with this config in a subprocess; SIGTERM on exit."""
-    config = {"logging": {"format": "json", "level": "warning"}, **config}
+def daemon(
+    config: dict[str, Any], log_path: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``jobwire run`` with this config in a subprocess (its JSON log in ``log_path`` if
+    given, at info level); SIGTERM on exit."""
+    level = "info" if log_path else "warning"
+    config = {"logging": {"format": "json", "level": level}, **config}
     config.setdefault("http", {"listen": "127.0.0.1:0"})
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "jobwire.yaml"
         path.write_text(yaml.safe_dump(config))
+        log = log_path.open("w") if log_path else None
         proc = subprocess.Popen(
             [sys.executable, "-m", "jobwire", "run", "-c", str(path)],
             cwd=REPO,
             stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
         )
         try:
             yield proc
@@ -58,6 +69,8 @@ def daemon(config: dict[str, Any]) -> Iterator[subprocess.Popen[bytes]]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+            if log is not None:
+                log.close()
 
 
 async def until(
@@ -82,3 +95,102 @@ async def fetchval(url: str, sql: str) -> Any:
         return await conn.fetchval(sql)
     finally:
         await conn.close()
+
+
+async def succeeded_at_least(url: str, n: int) -> bool:
+    """Whether n jobs have succeeded."""
+    done = await fetchval(url, "SELECT count(*) FROM jobwire.jobs WHERE status = 'succeeded'")
+    return int(done) >= n
+
+
+@dataclass
+class Drain:
+    """Figures of one source drained to succeeded jobs, taken from the rows."""
+
+    jobs: int
+    distinct_keys: int
+    intake_seconds: float  # first row stored -> last row stored
+    total_seconds: float  # first row stored -> last job finished
+    reruns: int
+    pool: dict[str, Any]  # the daemon's pool_stopped counters
+
+    @property
+    def rate(self) -> float:
+        """Jobs per second, first stored to last finished."""
+        return self.jobs / self.total_seconds
+
+    def report(self, ceiling_seconds: float | None = None) -> None:
+        """Print the figures (and the ratio to a ceiling that did the same N)."""
+        print(
+            f"jobwire intake only (first -> last row stored): {self.intake_seconds:.2f}s = "
+            f"{self.jobs / self.intake_seconds:,.0f} msg/s"
+        )
+        print(
+            f"jobwire drain to all succeeded: {self.jobs} jobs in {self.total_seconds:.2f}s = "
+            f"{self.rate:,.0f} jobs/s"
+        )
+        if ceiling_seconds:
+            print(f"ratio jobwire / ceiling: {ceiling_seconds / self.total_seconds:.0%}")
+        print(f"distinct dedup keys: {self.distinct_keys}; jobs run more than once: {self.reruns}")
+        if self.pool:
+            p = self.pool
+            print(
+                f"pool: {p['direct']} jobs handed over by the intake, {p['claimed']} claimed "
+                f"in {p['claims']} claims, {p['completion_batches']} completion batches"
+            )
+
+
+async def drain_source(
+    source: dict[str, Any], n: int, concurrency: int = 256, profile: str | None = None
+) -> Drain:
+    """Run the daemon on a fresh database with this one source until n jobs succeeded.
+
+    ``profile``: py-spy the daemon for 10 s, raw stacks to this file.
+    """
+    async with fresh_database() as url:
+        await migrate(url, "jobwire")
+        config = {
+            "database": {"url": url},
+            "workers": {"concurrency": concurrency},
+            "sources": [{"name": "bench", "route": {"handler": "noop"}, **source}],
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            log_path = Path(tmp) / "daemon.log"
+            with daemon(config, log_path) as proc:
+                spy = None
+                if profile:
+                    spy = subprocess.Popen(
+                        [
+                            *("py-spy", "record", "--pid", str(proc.pid), "--duration", "10"),
+                            *("--rate", "200", "--format", "raw", "-o", profile),
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                await until(lambda: succeeded_at_least(url, n), 900, proc)
+                if spy is not None:
+                    spy.wait(60)
+            stopped = [
+                json.loads(line)
+                for line in log_path.read_text().splitlines()
+                if '"pool_stopped"' in line
+            ]
+        conn = await asyncpg.connect(url)
+        try:
+            row = await conn.fetchrow(
+                "SELECT count(*) AS n, count(DISTINCT dedup_key) AS d,"
+                " extract(epoch FROM max(created_at) - min(created_at)) AS intake,"
+                " extract(epoch FROM max(finished_at) - min(created_at)) AS total,"
+                " count(*) FILTER (WHERE attempts > 1) AS reruns"
+                " FROM jobwire.jobs"
+            )
+        finally:
+            await conn.close()
+    return Drain(
+        row["n"],
+        row["d"],
+        float(row["intake"]),
+        float(row["total"]),
+        row["reruns"],
+        stopped[-1] if stopped else {},
+    )
