@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -180,9 +179,13 @@ async def test_metrics_are_present_and_move(
             lambda: _metric(session, url, 'jobwire_attempts_total{outcome="succeeded"}', 3.0),
             what="three attempts counted",
         )
-        await asyncio.sleep(1.1)  # the database figures are refreshed at most once a second
+        # The database figures are refreshed at most once a second: wait for them to move.
+        await wait_for(
+            lambda: _metric(session, url, 'jobwire_jobs{queue="default",status="succeeded"}', 3.0),
+            timeout=10,
+            what="jobs by status counted",
+        )
         _, after = await get(session, f"{url}/metrics")
-        assert 'jobwire_jobs{queue="default",status="succeeded"} 3.0' in after
         assert 'jobwire_handler_duration_seconds_count{handler="noop",outcome="succeeded"} 3.0' in (
             after
         )

@@ -11,7 +11,8 @@ message again on restart).
 An MQTT broker redelivers an unacknowledged message only when the client reconnects, so a
 batch the store could not take is kept and stored again by the intake
 (``requeue_redelivers = False``), never "requeued". What the broker may send us unacked at
-once is bounded by MQTT 5 Receive Maximum (``prefetch``); pausing is simply not reading the
+once is asked for with MQTT 5 Receive Maximum (``prefetch``), and the adapter stops reading
+itself at that many unacknowledged deliveries; pausing is simply not reading the
 client's queue, which fills that window so the broker stops sending.
 """
 
@@ -64,8 +65,9 @@ class MqttAdapter(Adapter):
         self._resumed = asyncio.Event()
         self._resumed.set()
         # Delivered to the intake and not yet acknowledged. Reading stops at ``prefetch``
-        # whatever the broker does with Receive Maximum (found by the flood drill: Mosquitto
-        # 2.0.11 sent well past it, and the backlog overshot its mark by 100).
+        # whatever the broker does with Receive Maximum (found by the flood drill: with only
+        # Receive Maximum to bound it, the backlog overshot its mark of 60 by about 100;
+        # why Mosquitto 2.0.11 sent more than that was not pinned down).
         self._in_flight = 0
         self._room = asyncio.Event()
         self._room.set()
@@ -156,7 +158,7 @@ class MqttAdapter(Adapter):
                 self._log.warning("settle_dropped", action="puback", error=paho.error_string(rc))
 
     async def pause(self) -> None:
-        """Stop reading deliveries (the broker stops at Receive Maximum)."""
+        """Stop reading deliveries; unacknowledged, they hold the broker back."""
         self._resumed.clear()
         self.set_state(SourceState.PAUSED)
 
