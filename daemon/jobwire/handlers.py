@@ -26,7 +26,7 @@ class HandlerLoadError(Exception):
         self.target = target
 
 
-@dataclass
+@dataclass(slots=True)
 class JobContext:
     """What a handler knows about the job it runs."""
 

@@ -48,6 +48,7 @@ class Metrics(Collector):
             registry=self.registry,
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300, float("inf")),
         )
+        self._duration_by: dict[tuple[str, str], Any] = {}
         self.registry.register(self)
         self._jobs: dict[str, dict[str, int]] = {}
         self._backlog: int | None = None
@@ -56,7 +57,14 @@ class Metrics(Collector):
 
     def observe(self, job: Job, outcome: Outcome) -> None:
         """The pool's on_outcome hook: one histogram observation per attempt."""
-        self.handler_duration.labels(job.handler, str(outcome.status)).observe(outcome.duration)
+        key = (job.handler, outcome.status)
+        child = self._duration_by.get(key)
+        if child is None:
+            # labels() takes a lock and builds a key per call: look each child up once.
+            child = self._duration_by[key] = self.handler_duration.labels(
+                job.handler, str(outcome.status)
+            )
+        child.observe(outcome.duration)
 
     async def refresh(self, max_age: float = 1.0) -> None:
         """Read the database figures, unless read less than ``max_age`` seconds ago."""

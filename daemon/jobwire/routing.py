@@ -16,7 +16,7 @@ UNROUTABLE = "(unroutable)"
 _NOT_JSON = object()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Routed:
     """A routing result: the spec to insert, and the reason when the message is invalid."""
 

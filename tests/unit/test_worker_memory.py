@@ -276,3 +276,25 @@ async def test_progress_is_recorded() -> None:
     gate.set()
     await wait_for(lambda: all_finished(store), what="job finished")
     await pool.stop()
+
+
+async def test_direct_hand_off_waits_only_behind_older_ready_jobs() -> None:
+    store = MemoryStore()
+    pool = make_pool(store, config=fast_config(workers={"concurrency": 2, "poll_interval": "10s"}))
+    await pool.start()
+    await wait_for(lambda: pool.counters.claims >= 1, what="the first claim")  # empty store
+
+    # No await between these steps: the claim loop cannot run in between.
+    pool.wake()  # an insert elsewhere: the next claim looks, the hand-off is not held back
+    assert pool.reserve("default", 1) == 1
+    pool.unreserve("default", 1)
+    assert pool.reserve("default", 3) == 2  # room for two; the third is stored as ready...
+    pool.unreserve("default", 2)
+    assert pool.reserve("default", 1) == 0  # ...and goes before anything inserted after it
+
+    claims = pool.counters.claims
+    pool.wake()
+    await wait_for(lambda: pool.counters.claims > claims, what="a claim")
+    assert pool.reserve("default", 1) == 1  # that claim came back short: nothing older waits
+    pool.unreserve("default", 1)
+    await pool.stop()

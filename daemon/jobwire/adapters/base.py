@@ -35,7 +35,7 @@ class SourceState(enum.StrEnum):
     STOPPED = "stopped"
 
 
-@dataclass
+@dataclass(slots=True)
 class Message:
     """One broker delivery, decoded; settled through the callables its adapter put in it."""
 
