@@ -248,7 +248,7 @@ class PostgresStore:
         """
         if not specs and not offsets:
             return []
-        rows = await self._insert(self._insert_args(specs, direct), offsets)
+        rows = await self._insert(self._insert_args(specs, direct, offsets))
         inserted_keys = {r["dedup_key"] for r in rows if r["dedup_key"] is not None}
         # Identity values ascend in input order (the INSERT orders by ordinality), so the
         # n-th inserted spec owns the n-th smallest id.
@@ -265,8 +265,14 @@ class PostgresStore:
                 out.append(None)
         return out
 
-    def _insert_args(self, specs: Sequence[JobSpec], direct: DirectStart | None) -> list[Any]:
-        """The insert_jobs parameters: one array per column, then the direct-start ones."""
+    def _insert_args(
+        self,
+        specs: Sequence[JobSpec],
+        direct: DirectStart | None,
+        offsets: Sequence[StreamOffset] = (),
+    ) -> list[Any]:
+        """The insert_jobs parameters: one array per column, the direct-start ones, then the
+        stream offsets."""
         default_attempts = self._default_max_attempts
         return [
             [s.handler for s in specs],
@@ -290,6 +296,10 @@ class PostgresStore:
             direct.worker_id if direct else None,
             direct.lease if direct else 0.0,
             list(direct.flags) if direct else [False] * len(specs),
+            [o.group_id for o in offsets],
+            [o.topic for o in offsets],
+            [o.partition for o in offsets],
+            [o.next_offset for o in offsets],
         ]
 
     # -- schedules ----------------------------------------------------------------
@@ -397,30 +407,17 @@ class PostgresStore:
             await conn.close()
         return None
 
-    async def _insert(
-        self, columns: list[Any], offsets: Sequence[StreamOffset]
-    ) -> list[asyncpg.Record]:
-        rows: list[asyncpg.Record] = []
+    async def _insert(self, columns: list[Any]) -> list[asyncpg.Record]:
         try:
             async with _guard("enqueue"):
-                if not offsets:
-                    # One statement is its own transaction: no BEGIN/COMMIT round trips.
-                    rows = await self._pool.fetch(self._q["insert_jobs"], *columns)
-                    return rows
-                async with self._pool.acquire() as conn, conn.transaction():
-                    if columns[0]:
-                        rows = await conn.fetch(self._q["insert_jobs"], *columns)
-                    await conn.execute(
-                        self._q["upsert_offsets"],
-                        [o.group_id for o in offsets],
-                        [o.topic for o in offsets],
-                        [o.partition for o in offsets],
-                        [o.next_offset for o in offsets],
-                    )
+                # One statement, rows and offsets: its own transaction, one round trip.
+                rows: list[asyncpg.Record] = await self._pool.fetch(
+                    self._q["insert_jobs"], *columns
+                )
+                return rows
         except asyncpg.DataError as exc:
             # Bad data in one row (e.g. a NUL character jsonb refuses) rejects the statement.
             raise InvalidJobData(f"{type(exc).__name__}: {exc}") from exc
-        return rows
 
     async def stored_offsets(
         self, group_id: str, partitions: Sequence[tuple[str, int]]

@@ -6,6 +6,19 @@
 -- ORDER BY ord keeps identity values ascending in input order, which the caller relies on.
 -- Rows with run_now are handed straight to worker $14 (no claim round trip): they start
 -- life running, under a lease, as their first attempt.
+-- $17-$20 are Kafka positions (empty for queues), stored by the same statement, so in the
+-- same transaction as the rows, without a BEGIN and COMMIT round trip each. Never
+-- backwards: after a rebalance a former owner may still store a batch it had taken; its
+-- rows are deduplicated and its older offset must not undo the new owner's progress.
+WITH positions AS (
+    INSERT INTO kafka_offsets (group_id, topic, partition, next_offset)
+    SELECT o.group_id, o.topic, o.partition, o.next_offset
+    FROM unnest($17::text[], $18::text[], $19::int[], $20::bigint[])
+         AS o(group_id, topic, partition, next_offset)
+    ON CONFLICT (group_id, topic, partition) DO UPDATE
+    SET next_offset = GREATEST(kafka_offsets.next_offset, EXCLUDED.next_offset),
+        updated_at = now()
+)
 INSERT INTO jobs (handler, queue, priority, max_attempts, run_at, payload, body, content_type,
                   headers, source, dedup_key, parent_id, status, last_error, finished_at,
                   attempts, worker_id, lease_until, started_at)
@@ -27,7 +40,7 @@ FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::float8[], $6::text
                           headers, source, dedup_key, parent_id, failed_reason, run_now, ord)
 ORDER BY j.ord
 ON CONFLICT (dedup_key) DO NOTHING
-RETURNING id, dedup_key, created_at;
+RETURNING id, dedup_key;
 
 -- name: ids_by_dedup_key
 SELECT id, dedup_key FROM jobs WHERE dedup_key = ANY($1::text[]);
@@ -273,17 +286,6 @@ DELETE FROM jobs USING old WHERE jobs.id = old.id;
 SELECT count(*) FROM (
     SELECT 1 FROM jobs WHERE status IN ('pending', 'retrying') AND run_at <= now() LIMIT $1
 ) ready;
-
--- name: upsert_offsets
--- Never backwards: after a rebalance a former owner may still store a batch it had taken;
--- its rows are deduplicated and its older offset must not undo the new owner's progress.
-INSERT INTO kafka_offsets (group_id, topic, partition, next_offset)
-SELECT o.group_id, o.topic, o.partition, o.next_offset
-FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[])
-     AS o(group_id, topic, partition, next_offset)
-ON CONFLICT (group_id, topic, partition) DO UPDATE
-SET next_offset = GREATEST(kafka_offsets.next_offset, EXCLUDED.next_offset),
-    updated_at = now();
 
 -- name: stored_offsets
 SELECT o.topic, o.partition, o.next_offset
