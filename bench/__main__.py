@@ -221,6 +221,10 @@ async def latency(
         config: dict[str, Any] = {
             "database": {"url": url},
             "workers": {"concurrency": 64, "listen": mode != "sql-polling", "poll_interval": "1s"},
+            # The handler stamps its own start: the figure ends where a handler begins, not
+            # at the row's started_at (for a job handed straight to the pool, that is the
+            # insert's transaction time, before the commit).
+            "handlers": {"stamp": "bench.handlers:stamp"},
         }
         if mode == "amqp":
             config["sources"] = [
@@ -229,7 +233,7 @@ async def latency(
                     "type": "amqp",
                     "url": AMQP,
                     "queue": queue,
-                    "route": {"handler": "noop"},
+                    "route": {"handler": "stamp"},
                     **({"batch_delay": batch_delay} if batch_delay is not None else {}),
                 }
             ]
@@ -254,8 +258,7 @@ async def _latencies(url: str) -> list[float]:
     conn = await asyncpg.connect(url)
     try:
         rows = await conn.fetch(
-            "SELECT extract(epoch FROM started_at) - (payload->>'t')::float8 AS lag"
-            " FROM jobwire.jobs"
+            "SELECT (result->>'started')::float8 - (payload->>'t')::float8 AS lag FROM jobwire.jobs"
         )
     finally:
         await conn.close()
@@ -292,7 +295,7 @@ async def _steady_sql(url: str, rate: int, n: int) -> None:
 
     async def send(body: bytes) -> object:
         return await conn.execute(
-            "INSERT INTO jobwire.jobs (handler, payload) VALUES ('noop', $1::jsonb)",
+            "INSERT INTO jobwire.jobs (handler, payload) VALUES ('stamp', $1::jsonb)",
             body.decode(),
         )
 
