@@ -3,7 +3,8 @@
 Every figure is the median of ``--runs`` runs on the same PostgreSQL and RabbitMQ, with
 durable commits for everyone (no one turns off fsync or synchronous_commit):
 
-- ceilings: a bare aio-pika consumer with batched acks; asyncpg batched inserts;
+- ceilings: a bare aio-pika consumer with batched acks; asyncpg batched inserts; jobwire's
+  store path alone (insert as running + complete, no broker, no handler);
 - jobwire: drain of a pre-filled table, AMQP drain, Kafka drain (tansu);
 - peers: PgQueuer drain (batch enqueue, then one worker, its defaults), Procrastinate drain,
   Celery (acks_late, no result backend, prefork -c 2) draining RabbitMQ;
@@ -47,7 +48,8 @@ from bench.common import (
     succeeded_at_least,
     until,
 )
-from jobwire.models import JobSpec
+from jobwire.models import JobSpec, JobStatus, Outcome
+from jobwire.store.base import DirectStart
 from jobwire.store.postgres import PostgresStore, migrate
 
 RESULTS = REPO / "bench" / "results"
@@ -79,6 +81,41 @@ async def ceiling_insert(n: int) -> float:
         elapsed = time.perf_counter() - t0
         await conn.close()
     return n / elapsed
+
+
+async def ceiling_store(n: int) -> float:
+    """jobwire's own statements with nothing else: each batch of 500 Kafka-like rows inserted
+    as running (the intake's hand-off) and then completed, two such loops side by side (as
+    the intake and the pool's completions run). No broker, no handler, no pool: the most
+    any broker path can reach with jobwire's schema on this machine."""
+    async with fresh_database() as url:
+        await migrate(url, "jobwire")
+        store = await PostgresStore.connect(url, min_size=2, max_size=2)
+        per_loop = n // 2
+
+        async def loop(name: str) -> None:
+            for start in range(0, per_loop, 500):
+                count = min(500, per_loop - start)
+                specs = [
+                    JobSpec(
+                        "noop",
+                        payload_json='{"bench": 1}',
+                        dedup_key=f"{name}/0/{start + i}",
+                        source="bench",
+                        headers={"kafka-topic": name, "kafka-offset": str(start + i)},
+                    )
+                    for i in range(count)
+                ]
+                ids = await store.enqueue_many(specs, DirectStart(name, 60.0, [True] * count))
+                await store.complete_many(
+                    name, [Outcome(i, 1, JobStatus.SUCCEEDED, 0.0) for i in ids if i]
+                )
+
+        t0 = time.perf_counter()
+        await asyncio.gather(loop("a"), loop("b"))
+        elapsed = time.perf_counter() - t0
+        await store.close()
+    return 2 * per_loop / elapsed
 
 
 # -- jobwire -------------------------------------------------------------------------
@@ -334,6 +371,7 @@ Scenario = Callable[[int], Awaitable[float]]
 SCENARIOS: dict[str, Scenario] = {
     "ceiling: aio-pika consume, batched acks": ceiling_amqp,
     "ceiling: asyncpg batched insert": ceiling_insert,
+    "ceiling: jobwire store path, no broker": ceiling_store,
     "jobwire: drain a filled table": jobwire_drain,
     "jobwire: AMQP drain": jobwire_amqp,
     "jobwire: Kafka drain (tansu)": jobwire_kafka,
