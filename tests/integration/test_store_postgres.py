@@ -321,3 +321,27 @@ async def test_bad_row_rolls_back_its_offsets_too(pg_store: PostgresStore) -> No
             [StreamOffset("g", "t", 0, 99)],
         )
     assert await pg_store.stored_offsets("g", [("t", 0)]) == {}
+
+
+async def test_a_claimed_job_reads_like_the_row_itself(pg_store: PostgresStore) -> None:
+    # claim_jobs returns a column list read by position: every field must land in its place.
+    (parent,) = await pg_store.enqueue_many([JobSpec("noop")])
+    await pg_store.enqueue_many(
+        [
+            JobSpec(
+                "echo",
+                {"n": 1},
+                queue="other",
+                priority=7,
+                max_attempts=4,
+                dedup_key="k-1",
+                body=b"raw",
+                content_type="application/octet-stream",
+                headers={"h": "v"},
+                source="orders",
+                parent_id=parent,
+            )
+        ]
+    )
+    (claimed,) = await pg_store.claim(ClaimRequest({"other": 1}, 1, "w1", 30))
+    assert claimed == await pg_store.get(claimed.id)

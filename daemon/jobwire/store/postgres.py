@@ -75,6 +75,31 @@ def _job(row: asyncpg.Record) -> Job:
     return Job(**values)
 
 
+def _claimed(row: asyncpg.Record) -> Job:
+    """A job as claim_jobs returns it (its columns by position)."""
+    return Job(
+        row[0],
+        row[1],
+        row[2],
+        JobStatus.RUNNING,
+        row[3],
+        row[4],
+        row[5],
+        row[6],
+        row[7],
+        row[8],
+        body=row[9],
+        content_type=row[10],
+        headers=row[11] or {},
+        source=row[12],
+        dedup_key=row[13],
+        worker_id=row[14],
+        started_at=row[15],
+        parent_id=row[16],
+        lease_until=row[17],
+    )
+
+
 @contextlib.asynccontextmanager
 async def _guard(what: str) -> AsyncIterator[None]:
     """Turn connection-level failures into StoreUnavailable; let real SQL errors through."""
@@ -460,7 +485,7 @@ class PostgresStore:
                 request.worker_id,
                 request.lease,
             )
-        return [_job(r) for r in rows]
+        return [_claimed(r) for r in rows]
 
     async def complete_many(self, worker_id: str, outcomes: Sequence[Outcome]) -> int:
         """Write a batch of outcomes in one statement."""
