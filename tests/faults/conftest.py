@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import AmqpBroker, Broker, KafkaBroker, MqttBroker, StompBroker
+from tests.faults.harness import (
+    AmqpBroker,
+    Broker,
+    KafkaBroker,
+    MqttBroker,
+    StompBroker,
+    behind_proxy,
+)
+from tests.support.proxy import TcpProxy
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -32,3 +41,12 @@ async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
         yield subject
     finally:
         await subject.cleanup()
+
+
+@pytest.fixture(params=["amqp", "stomp", "kafka", "mqtt"])
+async def broker_and_proxy(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[Broker, TcpProxy]]:
+    """Each broker in turn, consumed through a TCP proxy the drill can cut or hang."""
+    async with behind_proxy(request.param, request, tmp_path) as pair:
+        yield pair

@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aio_pika
 import asyncpg
+import pytest
 
 from jobwire.config import Config
 from tests.support.kafka import TansuBroker, create_topic, produce
 from tests.support.mqtt import Mosquitto
 from tests.support.mqtt import publish as mqtt_publish
 from tests.support.processes import free_port
+from tests.support.proxy import TcpProxy
 
 AMQP = "amqp://guest:guest@127.0.0.1"
 
@@ -178,6 +183,35 @@ class MqttBroker(Broker):
 
     async def publish(self, start: int, n: int) -> int:
         return await mqtt_publish(self.port, self.name, [body(i) for i in range(start, start + n)])
+
+
+@contextlib.asynccontextmanager
+async def behind_proxy(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[Broker, TcpProxy]]:
+    """A broker of this kind and a TCP proxy in front of it, for the daemon to consume
+    through. Kafka gets its own tansu that advertises the proxy's port: Kafka clients go
+    where the broker's metadata says, so every connection, the producer's too, passes it."""
+    tansu = None
+    if kind == "kafka":
+        proxy_port = free_port()
+        tansu = TansuBroker(tmp_path / "tansu.log", advertised_port=proxy_port).start()
+        broker: Broker = KafkaBroker(tansu, proxy_port)
+        proxy = await TcpProxy("127.0.0.1", tansu.port, port=proxy_port).start()
+    else:
+        if kind == "mqtt":
+            broker = MqttBroker(request.getfixturevalue("mosquitto"))
+        else:
+            broker = AmqpBroker() if kind == "amqp" else StompBroker()
+        proxy = await TcpProxy("127.0.0.1", broker.port).start()
+    await broker.prepare()
+    try:
+        yield broker, proxy
+    finally:
+        await proxy.close()
+        await broker.cleanup()
+        if tansu is not None:
+            tansu.stop()
 
 
 def drill_config(database_url: str, broker: Broker, port: int, **database: Any) -> Config:

@@ -8,66 +8,20 @@ counted against job rows: nothing lost, no duplicate jobs, no job run twice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from tests.faults.harness import (
-    AmqpBroker,
     Broker,
-    KafkaBroker,
-    MqttBroker,
-    StompBroker,
     drill_config,
     tally,
 )
 from tests.support.inprocess import running_daemon
-from tests.support.kafka import TansuBroker
-from tests.support.processes import free_port
 from tests.support.proxy import TcpProxy
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 N = 3000
-
-
-@pytest.fixture(params=["amqp", "stomp", "kafka", "mqtt"])
-async def broker_and_proxy(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[tuple[Broker, TcpProxy]]:
-    kind = request.param
-    tansu = None
-    if kind == "kafka":
-        # Kafka clients go where the broker's metadata says: this tansu advertises the
-        # proxy's port, so every connection, the producer's too, passes the proxy.
-        proxy_port = free_port()
-        tansu = TansuBroker(tmp_path / "tansu.log")
-        tansu.argv = (
-            lambda: [  # type: ignore[method-assign]
-                *TansuBroker.argv(tansu)[:3],
-                f"tcp://127.0.0.1:{tansu.port}",
-                "--advertised-listener-url",
-                f"tcp://127.0.0.1:{proxy_port}",
-            ]
-        )
-        tansu.start()
-        broker: Broker = KafkaBroker(tansu, proxy_port)
-        proxy = await TcpProxy("127.0.0.1", tansu.port, port=proxy_port).start()
-    else:
-        if kind == "mqtt":
-            broker = MqttBroker(request.getfixturevalue("mosquitto"))
-        else:
-            broker = AmqpBroker() if kind == "amqp" else StompBroker()
-        proxy = await TcpProxy("127.0.0.1", broker.port).start()
-    await broker.prepare()
-    try:
-        yield broker, proxy
-    finally:
-        await proxy.close()
-        await broker.cleanup()
-        if tansu is not None:
-            tansu.stop()
 
 
 async def test_broker_cut_mid_stream_loses_nothing_and_runs_nothing_twice(

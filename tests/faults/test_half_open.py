@@ -1,48 +1,20 @@
-"""Drill: a half-open connection (the proxy stops forwarding, sockets stay open) to Kafka and
-MQTT is noticed within three heart-beats, and the source comes back when traffic does.
-
-AMQP and STOMP have the same drill in test_drills.py and test_stomp.py.
+"""Drill: a half-open connection (the proxy stops forwarding, sockets stay open) to each
+broker is noticed within three heart-beats, and the source comes back when traffic does.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import Broker, KafkaBroker, MqttBroker, drill_config
+from tests.faults.harness import Broker, drill_config
 from tests.support.inprocess import running_daemon
-from tests.support.kafka import TansuBroker
-from tests.support.processes import free_port
 from tests.support.proxy import TcpProxy
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 HEARTBEAT = 1.0
-
-
-@pytest.fixture(params=["kafka", "mqtt"])
-async def broker_and_proxy(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[tuple[Broker, TcpProxy]]:
-    tansu = None
-    if request.param == "kafka":
-        proxy_port = free_port()
-        tansu = TansuBroker(tmp_path / "tansu.log", advertised_port=proxy_port).start()
-        broker: Broker = KafkaBroker(tansu, proxy_port)
-        proxy = await TcpProxy("127.0.0.1", tansu.port, port=proxy_port).start()
-    else:
-        broker = MqttBroker(request.getfixturevalue("mosquitto"))
-        proxy = await TcpProxy("127.0.0.1", broker.port).start()
-    await broker.prepare()
-    try:
-        yield broker, proxy
-    finally:
-        await proxy.close()
-        if tansu is not None:
-            tansu.stop()
 
 
 async def test_half_open_connection_is_noticed_within_three_heart_beats(
