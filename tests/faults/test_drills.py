@@ -8,15 +8,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
-import asyncpg
 import pytest
 
 from jobwire import Client
 from jobwire.config import Config
 from tests.support.inprocess import running_daemon
 from tests.support.proxy import TcpProxy
+from tests.support.rows import job_count, jobs_at_least
 from tests.support.waiting import wait_for
 
+SUCCEEDED = "status = 'succeeded'"
 pytestmark = pytest.mark.timeout(120)
 AMQP = "amqp://guest:guest@127.0.0.1"
 
@@ -57,16 +58,6 @@ def config_via(database_url: str, port: int, queue: str, **source: Any) -> Confi
     )
 
 
-async def succeeded(url: str) -> int:
-    conn = await asyncpg.connect(url)
-    try:
-        return int(
-            await conn.fetchval("SELECT count(*) FROM jobwire.jobs WHERE status = 'succeeded'")
-        )
-    finally:
-        await conn.close()
-
-
 async def publish(queue: str, count: int) -> None:
     connection = await aio_pika.connect(f"{AMQP}:5672/")
     channel = await connection.channel(publisher_confirms=True)
@@ -92,7 +83,9 @@ async def test_broker_absent_at_start_up_then_appearing(
         await wait_for(retrying, what="source retrying while the broker is away")
         # Meanwhile jobs written to the database run.
         await client.enqueue("noop")
-        await wait_for(lambda: _at_least(database_url, 1), what="a job run without the broker")
+        await wait_for(
+            lambda: jobs_at_least(database_url, 1, SUCCEEDED), what="a job run without the broker"
+        )
         rabbit_proxy.restore()  # the broker appears
         await wait_for(
             lambda: adapter.state.value == "up",
@@ -100,11 +93,9 @@ async def test_broker_absent_at_start_up_then_appearing(
             what="source connected once the broker appeared",
         )
         await publish(queue_name, 10)
-        await wait_for(lambda: _at_least(database_url, 11), what="messages became jobs")
-
-
-async def _at_least(url: str, n: int) -> bool:
-    return await succeeded(url) >= n
+        await wait_for(
+            lambda: jobs_at_least(database_url, 11, SUCCEEDED), what="messages became jobs"
+        )
 
 
 async def test_slow_database_times_out_recovers_and_runs_nothing_twice_at_once(
@@ -150,7 +141,7 @@ async def test_slow_database_times_out_recovers_and_runs_nothing_twice_at_once(
             proxy.latency = 0.0
 
         async def all_done() -> bool:
-            return await succeeded(database_url) == 300
+            return await job_count(database_url, SUCCEEDED) == 300
 
         await wait_for(all_done, timeout=60, what="all 300 jobs done after the slow spell")
     finally:

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
-import asyncpg
 import pytest
 
 from jobwire import Client
@@ -18,6 +17,7 @@ from jobwire.config import Config
 from tests.support.daemon import Daemon as DaemonProcess
 from tests.support.daemon import jobwire, write_config
 from tests.support.inprocess import running_daemon
+from tests.support.rows import fetch, job_count, jobs_at_least
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -114,19 +114,6 @@ async def queue_counts(amqp: aio_pika.abc.AbstractConnection, queue: str) -> tup
         return result.message_count or 0, result.consumer_count or 0
     finally:
         await channel.close()
-
-
-async def fetch(url: str, sql: str, *args: Any) -> Any:
-    conn = await asyncpg.connect(url)
-    try:
-        return await conn.fetch(sql, *args)
-    finally:
-        await conn.close()
-
-
-async def job_count(url: str, where: str = "true") -> int:
-    rows = await fetch(url, f"SELECT count(*) AS n FROM jobwire.jobs WHERE {where}")
-    return int(rows[0]["n"])
 
 
 async def test_thousand_messages_become_thousand_succeeded_jobs(
@@ -249,7 +236,7 @@ async def test_consumer_comes_back_after_the_broker_drops_the_connection(
     config = amqp_config(database_url, queue_name)
     async with running_daemon(config) as daemon:
         await publish(amqp, queue_name, [b"{}"] * 10)
-        await wait_for(lambda: _jobs_at_least(database_url, 10), what="first 10 jobs")
+        await wait_for(lambda: jobs_at_least(database_url, 10), what="first 10 jobs")
         # The broker closes our connection, as on a node restart.
         proc = await asyncio.create_subprocess_exec(
             "rabbitmqctl",
@@ -265,10 +252,6 @@ async def test_consumer_comes_back_after_the_broker_drops_the_connection(
     assert await job_count(database_url) == 15
 
 
-async def _jobs_at_least(url: str, n: int) -> bool:
-    return await job_count(url) >= n
-
-
 async def assert_consuming_again(database_url: str, queue: str, expected_jobs: int) -> None:
     """After a broker outage: one consumer is back on the queue and 5 new messages make jobs."""
     # A fresh connection: the outage closed the test's own connections too.
@@ -281,7 +264,7 @@ async def assert_consuming_again(database_url: str, queue: str, expected_jobs: i
         await wait_for(consumer_back, timeout=60, what="consumer back (consumer count 1)")
         await publish(fresh, queue, [b"{}"] * 5)
         await wait_for(
-            lambda: _jobs_at_least(database_url, expected_jobs),
+            lambda: jobs_at_least(database_url, expected_jobs),
             what="new messages became jobs after the outage",
         )
     finally:
@@ -356,7 +339,7 @@ async def test_consumer_comes_back_after_a_broker_restart(
     config = amqp_config(database_url, queue_name)
     async with running_daemon(config) as daemon:
         await publish(amqp, queue_name, [b"{}"] * 5)
-        await wait_for(lambda: _jobs_at_least(database_url, 5), what="first 5 jobs")
+        await wait_for(lambda: jobs_at_least(database_url, 5), what="first 5 jobs")
         await rabbitmqctl("stop_app")
         try:
 

@@ -20,6 +20,7 @@ from tests.support.daemon import Daemon as DaemonProcess
 from tests.support.daemon import jobwire, write_config
 from tests.support.inprocess import running_daemon
 from tests.support.kafka import TansuBroker, produce
+from tests.support.rows import assert_exactly, job_count, jobs_at_least, scalar
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -45,31 +46,6 @@ def kafka_config(database_url: str, bootstrap: str, topic: str, **extra: Any) ->
             "sources": [kafka_source(bootstrap, topic, **extra)],
         }
     )
-
-
-async def scalar(url: str, sql: str) -> Any:
-    conn = await asyncpg.connect(url)
-    try:
-        return await conn.fetchval(sql)
-    finally:
-        await conn.close()
-
-
-async def job_count(url: str, where: str = "true") -> int:
-    return int(await scalar(url, f"SELECT count(*) FROM jobwire.jobs WHERE {where}"))
-
-
-async def assert_exactly(url: str, n: int) -> None:
-    """n rows, n distinct dedup keys, n distinct payloads: none lost, none twice."""
-    conn = await asyncpg.connect(url)
-    try:
-        row = await conn.fetchrow(
-            "SELECT count(*) AS n, count(DISTINCT dedup_key) AS d,"
-            " count(DISTINCT payload->>'i') AS p FROM jobwire.jobs"
-        )
-    finally:
-        await conn.close()
-    assert (row["n"], row["d"], row["p"]) == (n, n, n)
 
 
 async def stored_offsets(url: str, group: str) -> dict[int, int]:
@@ -136,9 +112,9 @@ async def test_headers_key_and_position_travel_with_the_job_and_poison_fails_wit
         route={"handler_from": "json:$.type"},
     )
     async with running_daemon(config):
-        await wait_for(lambda: _jobs_at_least(database_url, 3), what="three jobs")
+        await wait_for(lambda: jobs_at_least(database_url, 3), what="three jobs")
         await wait_for(
-            lambda: _jobs_at_least(database_url, 1, "status = 'succeeded'"), what="echo ran"
+            lambda: jobs_at_least(database_url, 1, "status = 'succeeded'"), what="echo ran"
         )
     conn = await asyncpg.connect(database_url)
     try:
@@ -160,10 +136,6 @@ async def test_headers_key_and_position_travel_with_the_job_and_poison_fails_wit
     assert len(failed) == 2
     assert {bytes(r["body"]) for r in failed} == {b"not json", b'{"type": "rm -rf"}'}
     assert all(r["last_error"] for r in failed)
-
-
-async def _jobs_at_least(url: str, n: int, where: str = "true") -> bool:
-    return await job_count(url, where) >= n
 
 
 def test_sigkill_mid_stream_then_restart_makes_exactly_n_jobs(
@@ -198,7 +170,7 @@ def test_sigkill_mid_stream_then_restart_makes_exactly_n_jobs(
     try:
         first.wait_ready()
         asyncio.run(
-            wait_for(lambda: _jobs_at_least(database_url, 2000), timeout=60, what="mid-stream")
+            wait_for(lambda: jobs_at_least(database_url, 2000), timeout=60, what="mid-stream")
         )
         first.kill()
     finally:
@@ -209,7 +181,7 @@ def test_sigkill_mid_stream_then_restart_makes_exactly_n_jobs(
     second = DaemonProcess(config, tmp_path / "second.log")
     try:
         second.wait_ready()
-        asyncio.run(wait_for(lambda: _jobs_at_least(database_url, n), timeout=90, what=f"{n} jobs"))
+        asyncio.run(wait_for(lambda: jobs_at_least(database_url, n), timeout=90, what=f"{n} jobs"))
         assert second.terminate() == 0
     finally:
         second.stop_quietly()
@@ -252,7 +224,7 @@ def test_failpoint_kill_between_commit_and_kafka_commit_reads_on_from_the_store(
     second = DaemonProcess(config, tmp_path / "second.log")
     try:
         second.wait_ready()
-        asyncio.run(wait_for(lambda: _jobs_at_least(database_url, n), timeout=60, what="all"))
+        asyncio.run(wait_for(lambda: jobs_at_least(database_url, n), timeout=60, what="all"))
         assert second.terminate() == 0
     finally:
         second.stop_quietly()
@@ -277,7 +249,7 @@ async def test_two_daemons_in_one_group_share_the_partitions_and_make_exactly_n_
 
         await wait_for(shared, timeout=60, what="both instances own partitions")
         assert await produce(kafka_broker.bootstrap, kafka_topic, bodies(n)) == n
-        await wait_for(lambda: _jobs_at_least(database_url, n), timeout=90, what=f"{n} jobs")
+        await wait_for(lambda: jobs_at_least(database_url, n), timeout=90, what=f"{n} jobs")
         stored = [d.sources[0].intake.counters.stored for d in (one, two)]
         assert all(stored), f"one instance stored nothing: {stored}"
         assert sum(stored) == n

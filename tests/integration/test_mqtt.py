@@ -17,6 +17,7 @@ from tests.support.daemon import Daemon as DaemonProcess
 from tests.support.daemon import jobwire, write_config
 from tests.support.inprocess import running_daemon
 from tests.support.mqtt import Mosquitto, clear_session, publish
+from tests.support.rows import assert_exactly, job_count, jobs_at_least
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -62,29 +63,6 @@ def mqtt_config(database_url: str, topic: str, client_id: str, **extra: Any) -> 
 
 def bodies(n: int, start: int = 0) -> list[bytes]:
     return [b'{"i": %d}' % i for i in range(start, start + n)]
-
-
-async def job_count(url: str, where: str = "true") -> int:
-    conn = await asyncpg.connect(url)
-    try:
-        return int(await conn.fetchval(f"SELECT count(*) FROM jobwire.jobs WHERE {where}"))
-    finally:
-        await conn.close()
-
-
-async def jobs_at_least(url: str, n: int, where: str = "true") -> bool:
-    return await job_count(url, where) >= n
-
-
-async def assert_exactly(url: str, n: int) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        row = await conn.fetchrow(
-            "SELECT count(*) AS n, count(DISTINCT payload->>'i') AS p FROM jobwire.jobs"
-        )
-    finally:
-        await conn.close()
-    assert (row["n"], row["p"]) == (n, n)
 
 
 async def test_thousand_qos1_messages_become_thousand_jobs_with_topic_and_properties(

@@ -15,6 +15,7 @@ import pytest
 from jobwire.adapters.stomp import StompAdapter
 from jobwire.config import Config, StompSource
 from tests.support.inprocess import running_daemon
+from tests.support.rows import job_count, jobs_at_least
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -65,14 +66,6 @@ def publisher(destination: str) -> StompAdapter:
         {"name": "pub", "type": "stomp", "destination": destination, "route": {"handler": "noop"}}
     )
     return StompAdapter(cfg)
-
-
-async def job_count(url: str, where: str = "true") -> int:
-    conn = await asyncpg.connect(url)
-    try:
-        return int(await conn.fetchval(f"SELECT count(*) FROM jobwire.jobs WHERE {where}"))
-    finally:
-        await conn.close()
 
 
 async def queue_depth(destination: str) -> int:
@@ -137,7 +130,7 @@ async def test_connection_closed_by_the_broker_twice_reconnects_each_time(
         for _ in range(2):
             await publisher(destination).publish(b"{}", {}, count=50)
             sent += 50
-            await wait_for(lambda s=sent: _at_least(database_url, s), what=f"{sent} jobs")
+            await wait_for(lambda s=sent: jobs_at_least(database_url, s), what=f"{sent} jobs")
             proc = await asyncio.create_subprocess_exec(
                 "rabbitmqctl",
                 "close_all_connections",
@@ -153,12 +146,8 @@ async def test_connection_closed_by_the_broker_twice_reconnects_each_time(
             await wait_for(back_up, timeout=30, what="source reconnected")
             adapter.last_error = None
         await publisher(destination).publish(b"{}", {}, count=50)
-        await wait_for(lambda: _at_least(database_url, 150), what="150 jobs")
+        await wait_for(lambda: jobs_at_least(database_url, 150), what="150 jobs")
     assert await job_count(database_url) == 150
-
-
-async def _at_least(url: str, n: int) -> bool:
-    return await job_count(url) >= n
 
 
 def test_cli_publish_through_a_stomp_source(destination: str, tmp_path: Any) -> None:
