@@ -257,6 +257,7 @@ class WorkerPool:
     async def _claim_loop(self) -> None:
         poll = self.config.workers.poll_interval
         while not self._stopping.is_set():
+            woken = self._wake.is_set()
             self._wake.clear()
             per_queue, free_total = self._free_slots()
             asked = min(free_total, sum(per_queue.values()))
@@ -286,6 +287,11 @@ class WorkerPool:
                 )
                 if self._stopping.is_set():
                     break
+            elif woken:
+                # Told of ready work (another producer's insert, a retry due) with no slot
+                # free: the intake must not hand its jobs every slot that frees past that
+                # work. Hold the hand-off until a claim has looked; a finishing job wakes us.
+                self._backlog = True
             if not self._wake.is_set():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(poll):

@@ -298,3 +298,20 @@ async def test_direct_hand_off_waits_only_behind_older_ready_jobs() -> None:
     assert pool.reserve("default", 1) == 1  # that claim came back short: nothing older waits
     pool.unreserve("default", 1)
     await pool.stop()
+
+
+async def test_ready_work_announced_while_the_pool_is_full_goes_before_the_next_hand_off() -> None:
+    store = MemoryStore()
+    pool = make_pool(store, config=fast_config(workers={"concurrency": 1, "poll_interval": "10s"}))
+    await pool.start()
+    await wait_for(lambda: pool.counters.claims >= 1, what="the first claim")  # empty store
+    assert pool.reserve("default", 1) == 1  # the only slot: an intake insert in flight
+    (older,) = await store.enqueue_many([JobSpec("noop")])  # another producer's job
+    pool.wake()
+    await wait_for(lambda: not pool._wake.is_set(), what="the claim loop looked")
+    pool.unreserve("default", 1)  # the insert is done and its job gone: the slot is free
+    assert pool.reserve("default", 1) == 0  # not for the intake's next batch: the older job
+    pool.wake()  # the intake stored that batch as ready, and says so
+    await wait_for(lambda: all_finished(store), what="the older job run")
+    assert older is not None and store.jobs[older].status == JobStatus.SUCCEEDED
+    await pool.stop()
