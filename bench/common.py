@@ -113,6 +113,8 @@ class Drain:
     total_seconds: float  # first row stored -> last job finished
     reruns: int
     pool: dict[str, Any]  # the daemon's pool_stopped counters
+    # Per second from the first row stored: (rows stored, jobs finished) in that second.
+    timeline: list[tuple[int, int]]
 
     @property
     def rate(self) -> float:
@@ -132,6 +134,7 @@ class Drain:
         if ceiling_seconds:
             print(f"ratio jobwire / ceiling: {ceiling_seconds / self.total_seconds:.0%}")
         print(f"distinct dedup keys: {self.distinct_keys}; jobs run more than once: {self.reruns}")
+        print("per second, stored/finished: " + " ".join(f"{i}/{f}" for i, f in self.timeline))
         if self.pool:
             p = self.pool
             print(
@@ -184,6 +187,14 @@ async def drain_source(
                 " count(*) FILTER (WHERE attempts > 1) AS reruns"
                 " FROM jobwire.jobs"
             )
+            seconds = await conn.fetch(
+                "WITH t AS (SELECT created_at, finished_at, min(created_at) OVER () AS t0"
+                " FROM jobwire.jobs), s AS ("
+                " SELECT floor(extract(epoch FROM created_at - t0))::int AS sec, 1 AS i, 0 AS f"
+                " FROM t UNION ALL"
+                " SELECT floor(extract(epoch FROM finished_at - t0))::int, 0, 1 FROM t)"
+                " SELECT sec, sum(i)::int AS i, sum(f)::int AS f FROM s GROUP BY sec ORDER BY sec"
+            )
         finally:
             await conn.close()
     return Drain(
@@ -193,4 +204,5 @@ async def drain_source(
         float(row["total"]),
         row["reruns"],
         stopped[-1] if stopped else {},
+        [(r["i"], r["f"]) for r in seconds],
     )

@@ -15,6 +15,7 @@ import pytest
 from tests.faults.harness import Broker, tally
 from tests.support.daemon import Daemon as DaemonProcess
 from tests.support.daemon import write_config
+from tests.support.mqtt import create_session
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -36,14 +37,7 @@ def test_sigkill_between_commit_and_ack_then_restart_makes_no_duplicate(
     )
     if broker.kind == "mqtt":
         # The session (and its subscription) must exist before the messages are published.
-        first = DaemonProcess(config, tmp_path / "session.log")
-        try:
-            first.wait_ready()
-            # Subscribed (state up), not merely started: else the session has no subscription.
-            first.wait_event("source_state", state="up")
-            assert first.terminate() == 0
-        finally:
-            first.stop_quietly()
+        create_session(config, tmp_path / "session.log")
     published = asyncio.run(broker.publish(0, N))
     killed = DaemonProcess(
         config, tmp_path / "killed.log", env={"JOBWIRE_FAILPOINT": "intake.after_commit"}

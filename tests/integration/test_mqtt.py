@@ -16,7 +16,7 @@ from jobwire.config import Config
 from tests.support.daemon import Daemon as DaemonProcess
 from tests.support.daemon import jobwire, write_config
 from tests.support.inprocess import running_daemon
-from tests.support.mqtt import Mosquitto, clear_session, publish
+from tests.support.mqtt import Mosquitto, clear_session, create_session, publish
 from tests.support.rows import assert_exactly, job_count, jobs_at_least
 from tests.support.waiting import wait_for
 
@@ -118,14 +118,7 @@ def test_killed_after_receiving_before_committing_gets_the_messages_again(
         },
     )
     # Create the session first (a daemon that stops at once), then publish through the CLI.
-    first = DaemonProcess(config, tmp_path / "first.log")
-    try:
-        first.wait_ready()
-        # Subscribed (state up), not merely started: else the session has no subscription.
-        first.wait_event("source_state", state="up")
-        assert first.terminate() == 0
-    finally:
-        first.stop_quietly()
+    create_session(config, tmp_path / "first.log")
     out = jobwire("publish", "sensors", "--body", '{"x": 1}', "--count", str(n), "-c", str(config))
     assert out.stdout.strip() == f"published {n}, confirmed {n}"
 

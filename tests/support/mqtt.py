@@ -10,6 +10,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from tests.support.daemon import Daemon
 from tests.support.processes import ServiceProcess, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,3 +72,16 @@ class Mosquitto(ServiceProcess):
     def argv(self) -> list[str]:
         """mosquitto with our config file."""
         return [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(self.conf_path)]
+
+
+def create_session(config: Path, log_path: Path) -> None:
+    """Run the daemon until its source is subscribed, then stop it: the broker then keeps a
+    session for it, and messages published before the next start wait there."""
+    first = Daemon(config, log_path)
+    try:
+        first.wait_ready()
+        # Subscribed (state up), not merely started: else the session has no subscription.
+        first.wait_event("source_state", state="up")
+        assert first.terminate() == 0
+    finally:
+        first.stop_quietly()
