@@ -12,6 +12,7 @@ from jobwire import JobContext, Reject, Retry
 from jobwire.models import JobSpec, JobStatus
 from jobwire.store.base import ClaimRequest
 from jobwire.store.memory import MemoryStore
+from jobwire.worker import WorkerPool
 from tests.support.pools import fast_config, make_pool
 from tests.support.waiting import wait_for
 
@@ -278,11 +279,20 @@ async def test_progress_is_recorded() -> None:
     await pool.stop()
 
 
-async def test_direct_hand_off_waits_only_behind_older_ready_jobs() -> None:
+async def idle_pool(concurrency: int) -> tuple[MemoryStore, WorkerPool]:
+    """A started pool whose first claim (of an empty store) is done; it polls only every 10s,
+    so it claims when woken."""
     store = MemoryStore()
-    pool = make_pool(store, config=fast_config(workers={"concurrency": 2, "poll_interval": "10s"}))
+    pool = make_pool(
+        store, config=fast_config(workers={"concurrency": concurrency, "poll_interval": "10s"})
+    )
     await pool.start()
-    await wait_for(lambda: pool.counters.claims >= 1, what="the first claim")  # empty store
+    await wait_for(lambda: pool.counters.claims >= 1, what="the first claim")
+    return store, pool
+
+
+async def test_direct_hand_off_waits_only_behind_older_ready_jobs() -> None:
+    _store, pool = await idle_pool(concurrency=2)
 
     # No await between these steps: the claim loop cannot run in between.
     pool.wake()  # an insert elsewhere: the next claim looks, the hand-off is not held back
@@ -301,10 +311,7 @@ async def test_direct_hand_off_waits_only_behind_older_ready_jobs() -> None:
 
 
 async def test_ready_work_announced_while_the_pool_is_full_goes_before_the_next_hand_off() -> None:
-    store = MemoryStore()
-    pool = make_pool(store, config=fast_config(workers={"concurrency": 1, "poll_interval": "10s"}))
-    await pool.start()
-    await wait_for(lambda: pool.counters.claims >= 1, what="the first claim")  # empty store
+    store, pool = await idle_pool(concurrency=1)
     assert pool.reserve("default", 1) == 1  # the only slot: an intake insert in flight
     (older,) = await store.enqueue_many([JobSpec("noop")])  # another producer's job
     pool.wake()
