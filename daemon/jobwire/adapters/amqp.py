@@ -20,6 +20,7 @@ import aio_pika
 import aiormq.abc
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 
+from jobwire.adapters import amqp_frames
 from jobwire.adapters.base import (
     Adapter,
     Message,
@@ -52,6 +53,8 @@ class AmqpAdapter(Adapter):
     def __init__(self, cfg: AmqpSource) -> None:
         super().__init__(cfg.name)
         self.cfg = cfg
+        # Idempotent; the daemon's AMQP connections then read frames in bulk (amqp_frames).
+        amqp_frames.install()
         self._sink: MessageSink | None = None
         self._underlay: aiormq.abc.AbstractChannel | None = None
         self._consumer_tag: str | None = None

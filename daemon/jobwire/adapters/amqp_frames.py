@@ -1,0 +1,115 @@
+"""A faster frame reader for aiormq: whole socket reads split into frames, not three reads each.
+
+aiormq's ``FrameReceiver`` reads every frame with three ``readexactly`` calls under a lock
+into a ``BytesIO``; a consumed message is three frames, so nine awaits and a lock per
+message. In the AMQP drain that took about a third of the daemon's CPU, more than parsing
+the frames. This reader takes what the socket has (up to 256 KiB), cuts every complete
+frame out of it and hands them out one by one; pamqp still parses each frame. Measured
+on 60,000 deliveries (``python -m bench``'s message): 76 -> 47 us per message.
+
+aiormq builds its reader by the module-level name ``aiormq.connection.FrameReceiver``, so
+``install()`` replaces that name, for every aiormq connection in the process. It does so
+only for the aiormq versions this was written against and checked with (the reader's
+interface is private); any other version keeps its own reader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from importlib.metadata import version
+from typing import Any
+
+import aiormq.connection
+import pamqp.frame
+from aiormq.exceptions import AMQPConnectionError, InvalidFrameError, ProtocolSyntaxError
+from pamqp.exceptions import PAMQPException
+
+# The reader takes what one read returns, up to this; a frame larger than this (frame_max
+# can be raised by the broker) is read across several.
+READ_SIZE = 256 * 1024
+# type (1) + channel (2) + size (4) ... payload ... frame-end (1)
+HEADER_SIZE = 7
+SUPPORTED_AIORMQ = ("7.",)
+
+ReceivedFrame = tuple[int, int, Any]
+
+
+class BufferedFrameReceiver:
+    """aiormq's FrameReceiver interface (``get_frame``, async iteration, ``started``)."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self.reader = reader
+        self.started = False
+        self._buffer = b""
+        self._ready: collections.deque[ReceivedFrame] = collections.deque()
+        # A frame that would not parse: raised once the good frames before it are handed out.
+        self._broken: InvalidFrameError | None = None
+
+    def __aiter__(self) -> BufferedFrameReceiver:
+        return self
+
+    async def __anext__(self) -> ReceivedFrame:
+        return await self.get_frame()
+
+    async def get_frame(self) -> ReceivedFrame:
+        """The next frame: from what was read already, else from the next read."""
+        while not self._ready:
+            if self._broken is not None:
+                raise self._broken
+            chunk = await self._read()
+            if not chunk:
+                if self._buffer:
+                    raise AMQPConnectionError(
+                        "Server connection unexpectedly closed. "
+                        f"{len(self._buffer)} bytes of a frame were read"
+                    )
+                raise StopAsyncIteration
+            self._split(self._buffer + chunk if self._buffer else chunk)
+        return self._ready.popleft()
+
+    async def _read(self) -> bytes:
+        # The same errors as aiormq's reader, so its callers see what they expect.
+        try:
+            return await self.reader.read(READ_SIZE)
+        except ConnectionRefusedError as exc:
+            raise AMQPConnectionError(f"Server connection refused: {exc!r}") from exc
+        except ConnectionResetError as exc:
+            raise AMQPConnectionError(f"Server connection reset: {exc!r}") from exc
+        except ConnectionError as exc:
+            raise AMQPConnectionError(f"Server connection error: {exc!r}") from exc
+        except OSError as exc:
+            raise AMQPConnectionError(f"Server communication error: {exc!r}") from exc
+
+    def _split(self, data: bytes) -> None:
+        """Parse every complete frame in ``data``; keep the incomplete rest for the next read."""
+        if not self.started:
+            if data.startswith(b"AMQP"):
+                # The broker answered our protocol header with its own: version mismatch.
+                raise ProtocolSyntaxError("Unexpected AMQP protocol header")
+            self.started = True
+        position, end = 0, len(data)
+        while end - position > HEADER_SIZE:
+            size = int.from_bytes(data[position + 3 : position + HEADER_SIZE], "big")
+            stop = position + HEADER_SIZE + size + 1
+            if stop > end:
+                break
+            try:
+                self._ready.append(pamqp.frame.unmarshal(data[position:stop]))
+            except PAMQPException as exc:
+                self._broken = InvalidFrameError(str(exc))
+                self._broken.__cause__ = exc
+                break
+            position = stop
+        self._buffer = data[position:]
+
+
+def install() -> bool:
+    """Make aiormq read frames with ``BufferedFrameReceiver``; False if this aiormq is not
+    one it was checked against (then aiormq keeps its own reader)."""
+    if not version("aiormq").startswith(SUPPORTED_AIORMQ):
+        return False
+    if not hasattr(aiormq.connection, "FrameReceiver"):
+        return False
+    aiormq.connection.FrameReceiver = BufferedFrameReceiver  # type: ignore[misc,assignment]
+    return True

@@ -1,0 +1,103 @@
+"""The bulk frame reader yields exactly aiormq's frames, however the bytes arrive."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pamqp.frame
+import pytest
+from aiormq.connection import FrameReceiver as AiormqFrameReceiver
+from aiormq.exceptions import AMQPConnectionError, InvalidFrameError, ProtocolSyntaxError
+from pamqp import body, commands, header, heartbeat
+
+from jobwire.adapters.amqp_frames import BufferedFrameReceiver
+
+
+def _deliveries(count: int, body_size: int = 15) -> bytes:
+    out = bytearray()
+    for tag in range(1, count + 1):
+        content = bytes(random.randrange(256) for _ in range(body_size))
+        props = commands.Basic.Properties(
+            message_id=f"m{tag}", content_type="application/json", headers={"k": "v"}
+        )
+        out += pamqp.frame.marshal(
+            commands.Basic.Deliver(consumer_tag="ctag", delivery_tag=tag, routing_key="q"), 1
+        )
+        out += pamqp.frame.marshal(header.ContentHeader(0, len(content), props), 1)
+        out += pamqp.frame.marshal(body.ContentBody(content), 1)
+        if tag % 7 == 0:
+            out += pamqp.frame.marshal(heartbeat.Heartbeat(), 0)
+    return bytes(out)
+
+
+async def _frames(receiver: object, expected: int) -> list[tuple[int, int, object]]:
+    get_frame = receiver.get_frame  # type: ignore[attr-defined]
+    return [await get_frame() for _ in range(expected)]
+
+
+def _reader(data: bytes, chunk_sizes: list[int] | None = None) -> asyncio.StreamReader:
+    reader = asyncio.StreamReader(limit=2**24)
+    position = 0
+    for size in chunk_sizes or [len(data)]:
+        reader.feed_data(data[position : position + size])
+        position += size
+    if position < len(data):
+        reader.feed_data(data[position:])
+    reader.feed_eof()
+    return reader
+
+
+def _same(ours: list[tuple[int, int, object]], theirs: list[tuple[int, int, object]]) -> None:
+    assert len(ours) == len(theirs)
+    for (w1, c1, f1), (w2, c2, f2) in zip(ours, theirs, strict=True):
+        assert (w1, c1, type(f1)) == (w2, c2, type(f2))
+        assert vars(f1) == vars(f2) if hasattr(f1, "__dict__") else f1 == f2
+
+
+@pytest.mark.parametrize("chunking", ["whole", "one byte", "random"])
+async def test_frames_match_aiormq_whatever_the_chunking(chunking: str) -> None:
+    data = _deliveries(40) + _deliveries(3, body_size=100_000)
+    expected = 43 * 3 + 40 // 7
+    rng = random.Random(7)
+    sizes = {
+        "whole": None,
+        "one byte": [1] * len(data),
+        "random": [rng.randrange(1, 300) for _ in range(len(data) // 150)],
+    }[chunking]
+    stock = AiormqFrameReceiver(_reader(data))
+    stock.started = True
+    ours = BufferedFrameReceiver(_reader(data, sizes))
+    _same(await _frames(ours, expected), await _frames(stock, expected))
+    with pytest.raises(StopAsyncIteration):
+        await ours.get_frame()
+
+
+async def test_a_connection_closed_mid_frame_is_a_connection_error() -> None:
+    data = _deliveries(2)
+    receiver = BufferedFrameReceiver(_reader(data[:-5]))
+    await _frames(receiver, 5)
+    with pytest.raises(AMQPConnectionError, match="unexpectedly closed"):
+        await receiver.get_frame()
+
+
+async def test_a_broken_frame_end_is_an_invalid_frame() -> None:
+    frame = bytearray(_deliveries(1))
+    frame[-1] = 0  # the last frame-end octet (0xCE)
+    receiver = BufferedFrameReceiver(_reader(bytes(frame)))
+    await _frames(receiver, 2)
+    with pytest.raises(InvalidFrameError):
+        await receiver.get_frame()
+
+
+async def test_a_protocol_header_from_the_broker_is_a_version_mismatch() -> None:
+    receiver = BufferedFrameReceiver(_reader(b"AMQP\x00\x00\x09\x01"))
+    with pytest.raises(ProtocolSyntaxError):
+        await receiver.get_frame()
+
+
+async def test_a_read_error_is_a_connection_error() -> None:
+    reader = asyncio.StreamReader()
+    reader.set_exception(ConnectionResetError("reset by peer"))
+    with pytest.raises(AMQPConnectionError, match="reset"):
+        await BufferedFrameReceiver(reader).get_frame()
