@@ -45,6 +45,7 @@ from bench.common import (
     daemon,
     fetchval,
     fresh_database,
+    run,
     succeeded_at_least,
     until,
 )
@@ -393,11 +394,11 @@ async def main() -> None:
     # Round by round, not scenario by scenario: the machine drifts (the same drain measured
     # 3,600 jobs/s in one minute and 5,500 in the next), and a ratio is only fair when both
     # of its figures saw the same drift.
-    for run in range(args.runs):
+    for round_number in range(args.runs):
         for name, scenario in chosen.items():
             rate = await scenario(args.jobs)
             rates[name].append(rate)
-            print(f"  {name}: run {run + 1}: {rate:,.0f}/s", flush=True)
+            print(f"  {name}: run {round_number + 1}: {rate:,.0f}/s", flush=True)
     medians = {name: statistics.median(values) for name, values in rates.items()}
     extra: dict[str, Any] = {}
     if not args.skip_latency and not args.only:
@@ -467,4 +468,4 @@ def _chart(medians: dict[str, float], path: Path) -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO))
-    asyncio.run(main())
+    run(main())

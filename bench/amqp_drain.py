@@ -23,7 +23,7 @@ import aio_pika
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, too
 
-from bench.common import Drain, drain_source
+from bench.common import Drain, drain_source, run
 
 
 async def preload(url: str, queue: str, n: int) -> None:
@@ -106,4 +106,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run(main())

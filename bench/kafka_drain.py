@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.support.kafka import TansuBroker, create_topic  # noqa: E402
 
-from bench.common import Drain, drain_source  # noqa: E402
+from bench.common import Drain, drain_source, run  # noqa: E402
 
 
 async def preload(bootstrap: str, topic: str, n: int) -> None:
@@ -113,4 +113,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run(main())

@@ -23,6 +23,9 @@ from pathlib import Path
 import asyncpg
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, too
+
+from bench.common import run
 from jobwire.models import JobSpec
 from jobwire.store.postgres import PostgresStore, migrate
 
@@ -101,4 +104,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run(main())

@@ -7,12 +7,13 @@ worker is the celery CLI, started by the scenario; its task module is this one.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 import time
 
 import asyncpg
+
+from bench.common import run
 
 
 async def pgqueuer_drain(dsn: str, n: int) -> float:
@@ -90,4 +91,4 @@ app = celery_app() if os.environ.get("BENCH_CELERY_QUEUE") else None
 if __name__ == "__main__":
     which, dsn, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
     runner = {"pgqueuer": pgqueuer_drain, "procrastinate": procrastinate_drain}[which]
-    print(f"{asyncio.run(runner(dsn, count)):.6f}")
+    print(f"{run(runner(dsn, count)):.6f}")
