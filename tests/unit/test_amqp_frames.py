@@ -11,7 +11,7 @@ from aiormq.connection import FrameReceiver as AiormqFrameReceiver
 from aiormq.exceptions import AMQPConnectionError, InvalidFrameError, ProtocolSyntaxError
 from pamqp import body, commands, header, heartbeat
 
-from jobwire.adapters.amqp_frames import BufferedFrameReceiver
+from jobwire.adapters.amqp_frames import READ_SIZE, BufferedFrameReceiver
 
 
 def _deliveries(count: int, body_size: int = 15) -> bytes:
@@ -37,15 +37,28 @@ async def _frames(receiver: object, expected: int) -> list[tuple[int, int, objec
 
 
 def _reader(data: bytes, chunk_sizes: list[int] | None = None) -> asyncio.StreamReader:
+    """A stream that receives ``data`` in these pieces, one per turn of the loop (as a socket
+    would), so reads see frames cut anywhere; all at once without sizes."""
     reader = asyncio.StreamReader(limit=2**24)
-    position = 0
-    for size in chunk_sizes or [len(data)]:
-        reader.feed_data(data[position : position + size])
-        position += size
-    if position < len(data):
+    if chunk_sizes is None:
+        reader.feed_data(data)
+        reader.feed_eof()
+        return reader
+
+    async def feed() -> None:
+        position = 0
+        for size in chunk_sizes:
+            reader.feed_data(data[position : position + size])
+            position += size
+            await asyncio.sleep(0)
         reader.feed_data(data[position:])
-    reader.feed_eof()
+        reader.feed_eof()
+
+    _feeding.add(asyncio.get_running_loop().create_task(feed()))
     return reader
+
+
+_feeding: set[asyncio.Task[None]] = set()
 
 
 def _same(ours: list[tuple[int, int, object]], theirs: list[tuple[int, int, object]]) -> None:
@@ -57,14 +70,16 @@ def _same(ours: list[tuple[int, int, object]], theirs: list[tuple[int, int, obje
 
 @pytest.mark.parametrize("chunking", ["whole", "one byte", "random"])
 async def test_frames_match_aiormq_whatever_the_chunking(chunking: str) -> None:
-    data = _deliveries(40) + _deliveries(3, body_size=100_000)
-    expected = 43 * 3 + 40 // 7
     rng = random.Random(7)
-    sizes = {
-        "whole": None,
-        "one byte": [1] * len(data),
-        "random": [rng.randrange(1, 300) for _ in range(len(data) // 150)],
-    }[chunking]
+    if chunking == "one byte":
+        data, expected = _deliveries(10), 10 * 3 + 1
+        sizes: list[int] | None = [1] * len(data)
+    else:
+        # Bodies of 100 kB, and one frame larger than a whole read (READ_SIZE).
+        data = _deliveries(40) + _deliveries(3, body_size=100_000)
+        data += _deliveries(1, body_size=READ_SIZE + 1000)
+        expected = 44 * 3 + 40 // 7
+        sizes = None if chunking == "whole" else [rng.randrange(1, 3000) for _ in range(400)]
     stock = AiormqFrameReceiver(_reader(data))
     stock.started = True
     ours = BufferedFrameReceiver(_reader(data, sizes))
@@ -73,10 +88,12 @@ async def test_frames_match_aiormq_whatever_the_chunking(chunking: str) -> None:
         await ours.get_frame()
 
 
-async def test_a_connection_closed_mid_frame_is_a_connection_error() -> None:
+@pytest.mark.parametrize("cut", ["in the payload", "in the header"])
+async def test_a_connection_closed_mid_frame_is_a_connection_error(cut: str) -> None:
     data = _deliveries(2)
-    receiver = BufferedFrameReceiver(_reader(data[:-5]))
-    await _frames(receiver, 5)
+    data = data[:-5] if cut == "in the payload" else data + b"\x01\x00"
+    receiver = BufferedFrameReceiver(_reader(data))
+    await _frames(receiver, 5 if cut == "in the payload" else 6)
     with pytest.raises(AMQPConnectionError, match="unexpectedly closed"):
         await receiver.get_frame()
 
