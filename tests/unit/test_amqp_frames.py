@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import random
 
+import aiormq.connection
 import pamqp.frame
 import pytest
 from aiormq.connection import FrameReceiver as AiormqFrameReceiver
 from aiormq.exceptions import AMQPConnectionError, InvalidFrameError, ProtocolSyntaxError
 from pamqp import body, commands, header, heartbeat
 
-from jobwire.adapters.amqp_frames import READ_SIZE, BufferedFrameReceiver
+from jobwire.adapters.amqp_frames import READ_SIZE, BufferedFrameReceiver, install
 
 
 def _deliveries(count: int, body_size: int = 15) -> bytes:
@@ -118,3 +119,13 @@ async def test_a_read_error_is_a_connection_error() -> None:
     reader.set_exception(ConnectionResetError("reset by peer"))
     with pytest.raises(AMQPConnectionError, match="reset"):
         await BufferedFrameReceiver(reader).get_frame()
+
+
+def test_the_environment_can_keep_aiormqs_own_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(aiormq.connection, "FrameReceiver", AiormqFrameReceiver)
+    monkeypatch.setenv("JOBWIRE_AMQP_FRAME_READER", "aiormq")
+    assert install() is False
+    assert aiormq.connection.FrameReceiver is AiormqFrameReceiver
+    monkeypatch.delenv("JOBWIRE_AMQP_FRAME_READER")
+    assert install() is True
+    assert aiormq.connection.FrameReceiver is BufferedFrameReceiver

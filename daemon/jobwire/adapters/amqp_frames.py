@@ -11,13 +11,16 @@ read exactly, in one go. pamqp still parses each frame. Measured on 60,000 deliv
 aiormq builds its reader by the module-level name ``aiormq.connection.FrameReceiver``, so
 ``install()`` replaces that name, for every aiormq connection in the process. It does so
 only for the aiormq versions this was written against and checked with (the reader's
-interface is private); any other version keeps its own reader.
+interface is private); any other version keeps its own reader, and so does a daemon started
+with ``JOBWIRE_AMQP_FRAME_READER=aiormq`` (the operator's way back, should this reader ever
+be in doubt).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import os
 from importlib.metadata import version
 from typing import Any
 
@@ -124,7 +127,9 @@ def _payload_size(data: bytes, position: int) -> int:
 
 def install() -> bool:
     """Make aiormq read frames with ``BufferedFrameReceiver``; False if this aiormq is not
-    one it was checked against (then aiormq keeps its own reader)."""
+    one it was checked against, or the environment asks for aiormq's own reader."""
+    if os.environ.get("JOBWIRE_AMQP_FRAME_READER") == "aiormq":
+        return False
     if not version("aiormq").startswith(SUPPORTED_AIORMQ):
         return False
     if not hasattr(aiormq.connection, "FrameReceiver"):
