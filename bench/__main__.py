@@ -1,7 +1,8 @@
 """python -m bench: jobwire side by side with its ceilings and its peers, in one run.
 
 Every figure is the median of ``--runs`` runs on the same PostgreSQL and RabbitMQ, with
-durable commits for everyone (no one turns off fsync or synchronous_commit):
+durable commits for everyone (no one turns off fsync or synchronous_commit), and every
+asyncio program (ceilings, PgQueuer, Procrastinate) on uvloop, as ``jobwire run`` is:
 
 - ceilings: a bare aio-pika consumer with batched acks; asyncpg batched inserts; jobwire's
   store path alone (insert as running + complete, no broker, no handler);
