@@ -12,6 +12,7 @@ from aiormq.connection import FrameReceiver as AiormqFrameReceiver
 from aiormq.exceptions import AMQPConnectionError, InvalidFrameError, ProtocolSyntaxError
 from pamqp import body, commands, header, heartbeat
 
+from jobwire.adapters import amqp_frames
 from jobwire.adapters.amqp_frames import READ_SIZE, BufferedFrameReceiver, install
 
 
@@ -129,3 +130,12 @@ def test_the_environment_can_keep_aiormqs_own_reader(monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("JOBWIRE_AMQP_FRAME_READER")
     assert install() is True
     assert aiormq.connection.FrameReceiver is BufferedFrameReceiver
+
+
+def test_an_aiormq_it_was_not_checked_against_keeps_its_own_reader(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(aiormq.connection, "FrameReceiver", AiormqFrameReceiver)
+    monkeypatch.setattr(amqp_frames, "version", lambda _name: "8.0.0")
+    assert install() is False
+    assert aiormq.connection.FrameReceiver is AiormqFrameReceiver

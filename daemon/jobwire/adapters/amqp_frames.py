@@ -28,17 +28,23 @@ from typing import Any
 
 import aiormq.connection
 import pamqp.frame
+import structlog
 from aiormq.exceptions import AMQPConnectionError, InvalidFrameError, ProtocolSyntaxError
 from pamqp.exceptions import PAMQPException
 
-# The reader takes what one read returns, up to this; a frame larger than this (frame_max
-# can be raised by the broker) is read across several.
+# The reader takes what one read returns, up to this; a frame cut by the end of a read
+# (however large: frame_max can be raised) is completed by one exact read.
 READ_SIZE = 256 * 1024
 # type (1) + channel (2) + size (4) ... payload ... frame-end (1)
 HEADER_SIZE = 7
-SUPPORTED_AIORMQ = ("7.",)
+# The aiormq releases whose private FrameReceiver this stands in for (checked by reading
+# their connection.py); another release keeps its own reader until checked and added here.
+SUPPORTED_AIORMQ = ("7.2.",)
 
 ReceivedFrame = tuple[int, int, Any]
+
+log = structlog.get_logger("jobwire.adapters")
+_chosen: str | None = None
 
 
 class BufferedFrameReceiver:
@@ -129,12 +135,21 @@ def _payload_size(data: bytes, position: int) -> int:
 
 def install() -> bool:
     """Make aiormq read frames with ``BufferedFrameReceiver``; False if this aiormq is not
-    one it was checked against, or the environment asks for aiormq's own reader."""
+    one it was checked against, or the environment asks for aiormq's own reader. Says
+    which reader it chose in the log, once per process."""
+    global _chosen
+    aiormq_version = version("aiormq")
     if os.environ.get("JOBWIRE_AMQP_FRAME_READER") == "aiormq":
-        return False
-    if not version("aiormq").startswith(SUPPORTED_AIORMQ):
-        return False
-    if not hasattr(aiormq.connection, "FrameReceiver"):
-        return False
-    aiormq.connection.FrameReceiver = BufferedFrameReceiver  # type: ignore[misc,assignment]
-    return True
+        reason = "JOBWIRE_AMQP_FRAME_READER=aiormq"
+    elif not aiormq_version.startswith(SUPPORTED_AIORMQ) or not hasattr(
+        aiormq.connection, "FrameReceiver"
+    ):
+        reason = f"aiormq {aiormq_version} is not one this reader was checked against"
+    else:
+        aiormq.connection.FrameReceiver = BufferedFrameReceiver  # type: ignore[misc,assignment]
+        reason = None
+    chosen = "aiormq" if reason else "buffered"
+    if chosen != _chosen:
+        _chosen = chosen
+        log.info("amqp_frame_reader", reader=chosen, aiormq=aiormq_version, reason=reason)
+    return reason is None
