@@ -66,9 +66,10 @@ async def raw_drain(url: str, queue: str, n: int, prefetch: int) -> float:
         if seen == n:
             done.set()
 
-    await q.consume(on_message)
+    tag = await q.consume(on_message)
     await done.wait()
     elapsed = time.perf_counter() - t0
+    await q.cancel(tag)  # before the delete: else aio-pika prints "cancelled by the broker"
     await channel.queue_delete(queue)
     await connection.close()
     return elapsed
