@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
-import asyncpg
 import pytest
 
 from jobwire.config import Config
@@ -26,6 +25,7 @@ from tests.support.mqtt import Mosquitto
 from tests.support.mqtt import publish as mqtt_publish
 from tests.support.processes import free_port
 from tests.support.proxy import TcpProxy
+from tests.support.rows import fetch
 
 AMQP = "amqp://guest:guest@127.0.0.1"
 
@@ -249,14 +249,11 @@ class Tally:
 
 async def tally(url: str, broker: str, published: int, redeliveries: int) -> Tally:
     """Rows against confirmed publishes: jobs, payload duplicates, attempts beyond the first."""
-    conn = await asyncpg.connect(url)
-    try:
-        row = await conn.fetchrow(
-            "SELECT count(*) AS n, count(*) - count(DISTINCT payload->>'i') AS d,"
-            " coalesce(sum(greatest(attempts - 1, 0)), 0) AS r FROM jobwire.jobs"
-        )
-    finally:
-        await conn.close()
+    (row,) = await fetch(
+        url,
+        "SELECT count(*) AS n, count(*) - count(DISTINCT payload->>'i') AS d,"
+        " coalesce(sum(greatest(attempts - 1, 0)), 0) AS r FROM jobwire.jobs",
+    )
     return Tally(broker, published, row["n"], row["d"], redeliveries, int(row["r"]))
 
 

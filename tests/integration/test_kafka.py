@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -20,7 +19,7 @@ from tests.support.daemon import Daemon as DaemonProcess
 from tests.support.daemon import jobwire, write_config
 from tests.support.inprocess import running_daemon
 from tests.support.kafka import TansuBroker, produce
-from tests.support.rows import assert_exactly, job_count, jobs_at_least, scalar
+from tests.support.rows import assert_exactly, fetch, job_count, jobs_at_least, scalar
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -49,13 +48,9 @@ def kafka_config(database_url: str, bootstrap: str, topic: str, **extra: Any) ->
 
 
 async def stored_offsets(url: str, group: str) -> dict[int, int]:
-    conn = await asyncpg.connect(url)
-    try:
-        rows = await conn.fetch(
-            "SELECT partition, next_offset FROM jobwire.kafka_offsets WHERE group_id = $1", group
-        )
-    finally:
-        await conn.close()
+    rows = await fetch(
+        url, "SELECT partition, next_offset FROM jobwire.kafka_offsets WHERE group_id = $1", group
+    )
     return {r["partition"]: r["next_offset"] for r in rows}
 
 
@@ -116,14 +111,11 @@ async def test_headers_key_and_position_travel_with_the_job_and_poison_fails_wit
         await wait_for(
             lambda: jobs_at_least(database_url, 1, "status = 'succeeded'"), what="echo ran"
         )
-    conn = await asyncpg.connect(database_url)
-    try:
-        rows = await conn.fetch(
-            "SELECT handler, status, headers, last_error, body, dedup_key FROM jobwire.jobs"
-            " ORDER BY id"
-        )
-    finally:
-        await conn.close()
+    rows = await fetch(
+        database_url,
+        "SELECT handler, status, headers, last_error, body, dedup_key FROM jobwire.jobs"
+        " ORDER BY id",
+    )
     good = next(r for r in rows if r["status"] == "succeeded")
     headers = json.loads(good["headers"])
     assert headers["trace"] == "abc"
