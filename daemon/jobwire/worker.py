@@ -280,8 +280,8 @@ class WorkerPool:
                 # A wake during the claim (an insert it may not have seen) is not counted
                 # as a backlog: the loop claims again at once anyway. Counting it (as an
                 # earlier version did) kept a busy intake's every batch going the long way,
-                # insert then claim, instead of straight to the pool (measured: AMQP drain
-                # 5,800 -> 4,100 jobs/s whenever the pool fell into that).
+                # insert then claim, instead of straight to the pool (seen in an AMQP drain
+                # of 40,000: 259 jobs handed over, 39,741 claimed).
                 self._backlog = len(jobs) >= asked or any(
                     self._busy[q] >= self._limits[q] for q in self._queues
                 )

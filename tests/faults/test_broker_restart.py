@@ -77,7 +77,7 @@ async def test_broker_restart_mid_stream_loses_nothing(
 ) -> None:
     subject, restart = broker
     if subject.kind == "mqtt":
-        # Seen with Debian's Mosquitto 2.0.11 in some runs: the last messages published
+        # Seen with Debian's Mosquitto 2.0.11 in most runs: the last messages published
         # before the broker stopped (18 of 2,000, none received, no redelivery) never came
         # after the restart. eclipse-mosquitto/mosquitto#2811 reports something alike.
         request.applymarker(
