@@ -10,8 +10,10 @@ asyncio program (ceilings, PgQueuer, Procrastinate) on uvloop, as ``jobwire run`
 - peers: PgQueuer drain (batch enqueue, then one worker, its defaults), Procrastinate drain,
   Celery (acks_late, no result backend, prefork -c 2) draining RabbitMQ;
 - jobwire publish -> handler-start latency at a steady 1,000 msg/s (AMQP; and SQL inserts
-  with LISTEN/NOTIFY and with polling only);
-- peak RSS of the jobwire process with 10,000 jobs in flight.
+  with LISTEN/NOTIFY and with polling only), and a bare aio-pika consumer's publish ->
+  callback at the same rate, the floor under the AMQP figure;
+- peak RSS of the jobwire process with 10,000 jobs in flight (``--latency-only``: just
+  these last two).
 
 Prints one table, writes JSON and a PNG bar chart under bench/results/ (not committed).
 
@@ -293,6 +295,37 @@ async def latency(
     return {"p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000}
 
 
+async def latency_bare(rate: int = 1000, seconds: float = 5.0) -> dict[str, float]:
+    """publish -> a bare aio-pika consumer's callback, p50 and p99 in ms, at the same steady
+    rate: the floor under jobwire's AMQP figure (broker and client, no store)."""
+    n = int(rate * seconds)
+    queue = f"jw-bench-lat-{uuid.uuid4().hex[:8]}"
+    lags: list[float] = []
+    connection = await aio_pika.connect(AMQP)
+    try:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=1000)
+        declared = await channel.declare_queue(queue, durable=True)
+
+        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            lags.append(time.time() - json.loads(message.body)["t"])
+            await message.ack()
+
+        tag = await declared.consume(on_message)
+        await _steady_amqp(queue, rate, n)
+
+        async def all_seen() -> bool:
+            return len(lags) >= n
+
+        await until(all_seen, 60, None)
+        await declared.cancel(tag)
+        await channel.queue_delete(queue)
+    finally:
+        await connection.close()
+    q = statistics.quantiles(lags, n=100)
+    return {"p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000}
+
+
 async def _latencies(url: str) -> list[float]:
     conn = await asyncpg.connect(url)
     try:
@@ -389,8 +422,11 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--only", nargs="*", help="run only scenarios whose name contains this")
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--latency-only", action="store_true", help="only latency and RSS")
     args = parser.parse_args()
     chosen = {k: v for k, v in SCENARIOS.items() if not args.only or any(o in k for o in args.only)}
+    if args.latency_only:
+        chosen = {}
     rates: dict[str, list[float]] = {name: [] for name in chosen}
     # Round by round, not scenario by scenario: the machine drifts (the same drain measured
     # 3,600 jobs/s in one minute and 5,500 in the next), and a ratio is only fair when both
@@ -408,6 +444,10 @@ async def main() -> None:
             extra[f"latency {mode}"] = {
                 k: statistics.median(r[k] for r in runs) for k in ("p50_ms", "p99_ms")
             }
+        runs = [await latency_bare() for _ in range(args.runs)]
+        extra["latency amqp, bare aio-pika consumer (floor)"] = {
+            k: statistics.median(r[k] for r in runs) for k in ("p50_ms", "p99_ms")
+        }
         extra["peak RSS MB, 10,000 jobs in flight"] = statistics.median(
             [await peak_rss() for _ in range(args.runs)]
         )

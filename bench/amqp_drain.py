@@ -75,13 +75,15 @@ async def raw_drain(url: str, queue: str, n: int, prefetch: int) -> float:
     return elapsed
 
 
-async def drain(url: str, n: int, prefetch: int, concurrency: int) -> Drain:
+async def drain(
+    url: str, n: int, prefetch: int, concurrency: int, profile: str | None = None
+) -> Drain:
     """N persistent messages pre-loaded into a fresh queue, drained by jobwire."""
     queue = f"jw-bench-{uuid.uuid4().hex[:8]}"
     await preload(url, queue, n)
     try:
         source = {"type": "amqp", "url": url, "queue": queue, "prefetch": prefetch}
-        return await drain_source(source, n, concurrency)
+        return await drain_source(source, n, concurrency, profile)
     finally:
         connection = await aio_pika.connect(url)
         channel = await connection.channel()
@@ -95,6 +97,7 @@ async def main() -> None:
     parser.add_argument("--messages", type=int, default=50_000)
     parser.add_argument("--prefetch", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--profile", help="py-spy the daemon for 10 s; raw stacks to this file")
     args = parser.parse_args()
     n = args.messages
 
@@ -102,7 +105,7 @@ async def main() -> None:
     await preload(args.amqp, raw_queue, n)
     raw = await raw_drain(args.amqp, raw_queue, n, args.prefetch)
     print(f"raw aio-pika consume, batched acks: {n} msgs in {raw:.2f}s = {n / raw:,.0f} msg/s")
-    result = await drain(args.amqp, n, args.prefetch, args.concurrency)
+    result = await drain(args.amqp, n, args.prefetch, args.concurrency, args.profile)
     result.report(ceiling_seconds=raw)
 
 
