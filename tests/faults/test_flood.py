@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 
-import asyncpg
 import pytest
 
 from jobwire.config import Config
 from tests.faults.harness import Broker, tally
 from tests.support.inprocess import running_daemon
+from tests.support.rows import job_count
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -22,15 +22,7 @@ N, HIGH = 600, 60
 
 
 async def ready_jobs(url: str) -> int:
-    conn = await asyncpg.connect(url)
-    try:
-        return int(
-            await conn.fetchval(
-                "SELECT count(*) FROM jobwire.jobs WHERE status IN ('pending', 'retrying')"
-            )
-        )
-    finally:
-        await conn.close()
+    return await job_count(url, "status IN ('pending', 'retrying')")
 
 
 async def test_a_flood_waits_in_the_broker_not_in_the_database(

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from jobwire.config import Config
@@ -17,7 +16,7 @@ from tests.support.daemon import Daemon as DaemonProcess
 from tests.support.daemon import jobwire, write_config
 from tests.support.inprocess import running_daemon
 from tests.support.mqtt import Mosquitto, clear_session, create_session, publish
-from tests.support.rows import assert_exactly, job_count, jobs_at_least
+from tests.support.rows import assert_exactly, job_count, jobs_at_least, scalar
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -81,11 +80,7 @@ async def test_thousand_qos1_messages_become_thousand_jobs_with_topic_and_proper
         counters = daemon.sources[0].intake.counters
         assert (counters.stored, counters.acked) == (n, n)
     await assert_exactly(database_url, n)
-    conn = await asyncpg.connect(database_url)
-    try:
-        headers = json.loads(await conn.fetchval("SELECT headers FROM jobwire.jobs LIMIT 1"))
-    finally:
-        await conn.close()
+    headers = json.loads(await scalar(database_url, "SELECT headers FROM jobwire.jobs LIMIT 1"))
     assert headers == {"trace": "t-1", "mqtt-topic": f"{topic}/s1/reading"}
 
 

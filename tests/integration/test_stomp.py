@@ -9,13 +9,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
-import asyncpg
 import pytest
 
 from jobwire.adapters.stomp import StompAdapter
 from jobwire.config import Config, StompSource
 from tests.support.inprocess import running_daemon
-from tests.support.rows import job_count, jobs_at_least
+from tests.support.rows import job_count, jobs_at_least, scalar
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -226,10 +225,6 @@ async def test_notify_mode_rows_first_then_notifications_even_without_the_broker
             )
             assert await asyncio.wait_for(proc.wait(), 120) == 0
         assert len(more) == 20
-    conn = await asyncpg.connect(database_url)
-    try:
-        runs = await conn.fetchval("SELECT count(*) FROM jobwire.job_runs")
-        twice = await conn.fetchval("SELECT count(*) FROM jobwire.jobs WHERE attempts <> 1")
-    finally:
-        await conn.close()
+    runs = await scalar(database_url, "SELECT count(*) FROM jobwire.job_runs")
+    twice = await job_count(database_url, "attempts <> 1")
     assert (runs, twice) == (120, 0)  # each job ran exactly once
