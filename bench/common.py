@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
+import psutil
 import uvloop
 import yaml
 
@@ -127,6 +128,9 @@ class Drain:
     pool: dict[str, Any]  # the daemon's pool_stopped counters
     # Per second from the first row stored: (rows stored, jobs finished) in that second.
     timeline: list[tuple[int, int]]
+    # The daemon's CPU time (user + system) from its first row to its last job, per job:
+    # steadier than the rate when the machine's speed drifts, and what the daemon costs.
+    cpu_us_per_job: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -145,6 +149,7 @@ class Drain:
         )
         if ceiling_seconds:
             print(f"ratio jobwire / ceiling: {ceiling_seconds / self.total_seconds:.0%}")
+        print(f"daemon CPU per job (first row -> last job): {self.cpu_us_per_job:.1f} us")
         print(f"distinct dedup keys: {self.distinct_keys}; jobs run more than once: {self.reruns}")
         print("per second, stored/finished: " + " ".join(f"{i}/{f}" for i, f in self.timeline))
         if self.pool:
@@ -182,7 +187,11 @@ async def drain_source(
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
                     )
+                cpu = psutil.Process(proc.pid)
+                await until(lambda: rows_at_least(url, 1), 120, proc)
+                cpu_start = _cpu_seconds(cpu)
                 await until(lambda: succeeded_at_least(url, n), 900, proc)
+                cpu_used = _cpu_seconds(cpu) - cpu_start
                 if spy is not None:
                     spy.wait(60)
             stopped = [
@@ -217,4 +226,15 @@ async def drain_source(
         row["reruns"],
         stopped[-1] if stopped else {},
         [(r["i"], r["f"]) for r in seconds],
+        cpu_used * 1e6 / row["n"],
     )
+
+
+async def rows_at_least(url: str, n: int) -> bool:
+    """Whether n job rows exist."""
+    return int(await fetchval(url, "SELECT count(*) FROM jobwire.jobs")) >= n
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)

@@ -101,7 +101,7 @@ class Intake:
         self.on_stored: Callable[[int], None] = lambda _count: None
         self._log = log.bind(source=source.name)
 
-    async def submit(self, message: Message) -> None:
+    def submit(self, message: Message) -> None:
         """The adapter's sink: take a delivery (never blocks)."""
         self.counters.received += 1
         self._idle.clear()

@@ -10,9 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import aiormq
+import aiormq.abc
 import pytest
 
 from jobwire import Client
+from jobwire.adapters import amqp_frames
+from jobwire.adapters.amqp_channel import InlineConsumer, InlineDeliveryChannel
 from jobwire.config import Config
 from tests.support.daemon import Daemon as DaemonProcess
 from tests.support.daemon import jobwire, write_config
@@ -421,3 +425,43 @@ async def test_a_flood_waits_in_the_broker_when_the_backlog_is_high(
     assert peak_ready <= high + 60, peak_ready
     assert peak_in_broker > 100  # the rest of the flood waited in the broker
     assert holds.stored == n
+
+
+async def test_jobwire_channel_hands_deliveries_over_in_order_without_a_task_each(
+    queue_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """InlineDeliveryChannel (installed with the frame reader) calls an InlineConsumer from
+    its reader task, in order, past a callback that raises; other consumers keep aiormq's
+    task per delivery."""
+    assert amqp_frames.install(), "this aiormq should get jobwire's reader and channel"
+    connection = await aiormq.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        assert isinstance(channel, InlineDeliveryChannel)
+        plain_queue = f"{queue_name}.dlq"  # the fixture deletes this name too
+        for name in (queue_name, plain_queue):
+            await channel.queue_declare(name, auto_delete=True)
+        inline: list[tuple[bytes, object]] = []
+        plain: list[tuple[bytes, object]] = []
+
+        def deliver(message: aiormq.abc.DeliveredMessage) -> None:
+            inline.append((message.body, asyncio.current_task()))
+            if message.body == b"50":
+                raise RuntimeError("a failing callback")
+
+        async def plain_consumer(message: aiormq.abc.DeliveredMessage) -> None:
+            plain.append((message.body, asyncio.current_task()))
+
+        await channel.basic_consume(queue_name, InlineConsumer(deliver), no_ack=True)
+        await channel.basic_consume(plain_queue, plain_consumer, no_ack=True)
+        for i in range(200):
+            await channel.basic_publish(str(i).encode(), routing_key=queue_name)
+        for i in range(20):
+            await channel.basic_publish(str(i).encode(), routing_key=plain_queue)
+        await wait_for(lambda: len(inline) >= 200 and len(plain) >= 20, timeout=20)
+    finally:
+        await connection.close()
+    assert [body for body, _ in inline] == [str(i).encode() for i in range(200)]
+    assert len({id(task) for _, task in inline}) == 1, "one task: the channel's reader"
+    assert len({id(task) for _, task in plain}) == 20, "aiormq's own: a task per delivery"
+    assert "Consumer callback failed" in caplog.text

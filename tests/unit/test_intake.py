@@ -133,7 +133,7 @@ async def test_run_loop_batches_by_count_and_time() -> None:
     intake, adapter, store, _ = make()
     task = asyncio.create_task(intake.run())
     for i in range(1200):
-        await intake.submit(adapter.message(b'{"type": "noop", "id": %d}' % i))
+        intake.submit(adapter.message(b'{"type": "noop", "id": %d}' % i))
     await wait_for(lambda: len(store.jobs) == 1200, what="1200 stored")
     await intake.drain(5)
     task.cancel()

@@ -21,6 +21,7 @@ import aiormq.abc
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 
 from jobwire.adapters import amqp_frames
+from jobwire.adapters.amqp_channel import InlineConsumer
 from jobwire.adapters.base import (
     Adapter,
     Message,
@@ -130,13 +131,15 @@ class AmqpAdapter(Adapter):
 
     async def _consume(self) -> None:
         assert self._underlay is not None
-        ok = await self._underlay.basic_consume(self.cfg.queue, self._on_delivery, no_ack=False)
+        ok = await self._underlay.basic_consume(
+            self.cfg.queue, InlineConsumer(self._on_delivery), no_ack=False
+        )
         self._consumer_tag = ok.consumer_tag
         self.set_state(SourceState.UP)
 
-    async def _on_delivery(self, delivery: aiormq.abc.DeliveredMessage) -> None:
-        # Runs as one task per delivery (aiormq); nothing here may wait before the hand-off,
-        # so deliveries reach the intake in arrival order.
+    def _on_delivery(self, delivery: aiormq.abc.DeliveredMessage) -> None:
+        # Called by the channel's reader (InlineDeliveryChannel), or in a task per delivery
+        # on aiormq's own channel; it never waits, so deliveries reach the intake in order.
         channel = delivery.channel
         tag = int(delivery.delivery_tag or 0)
         if channel is self._underlay:
@@ -164,7 +167,7 @@ class AmqpAdapter(Adapter):
             raw=(channel, tag),
         )
         assert self._sink is not None
-        await self._sink(message)
+        self._sink(message)
 
     async def _settle_one(
         self, channel: aiormq.abc.AbstractChannel, tag: int, action: str, requeue: bool = True

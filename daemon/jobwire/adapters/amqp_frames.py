@@ -35,6 +35,7 @@ from aiormq.exceptions import AMQPConnectionError, InvalidFrameError, ProtocolSy
 from pamqp.exceptions import PAMQPException
 
 from jobwire.adapters import amqp_decode
+from jobwire.adapters.amqp_channel import InlineDeliveryChannel
 
 # The reader takes what one read returns, up to this; a frame cut by the end of a read
 # (however large: frame_max can be raised) is completed by one exact read.
@@ -141,19 +142,21 @@ def _payload_size(data: bytes, position: int) -> int:
 
 
 def install() -> bool:
-    """Make aiormq read frames with ``BufferedFrameReceiver``; False if this aiormq is not
-    one it was checked against, or the environment asks for aiormq's own reader. Says
-    which reader it chose in the log, once per process."""
+    """Make aiormq read frames with ``BufferedFrameReceiver`` and open channels as
+    ``InlineDeliveryChannel``; False if this aiormq is not one they were checked against,
+    or the environment asks for aiormq's own. Says which it chose in the log, once per
+    process."""
     global _chosen
     aiormq_version = version("aiormq")
     if os.environ.get("JOBWIRE_AMQP_FRAME_READER") == "aiormq":
         reason = "JOBWIRE_AMQP_FRAME_READER=aiormq"
-    elif not aiormq_version.startswith(SUPPORTED_AIORMQ) or not hasattr(
-        aiormq.connection, "FrameReceiver"
+    elif not aiormq_version.startswith(SUPPORTED_AIORMQ) or not (
+        hasattr(aiormq.connection, "FrameReceiver") and hasattr(aiormq.connection, "Channel")
     ):
         reason = f"aiormq {aiormq_version} is not one this reader was checked against"
     else:
         aiormq.connection.FrameReceiver = BufferedFrameReceiver  # type: ignore[misc,assignment]
+        aiormq.connection.Channel = InlineDeliveryChannel  # type: ignore[attr-defined]
         reason = None
     chosen = "aiormq" if reason else "buffered"
     if chosen != _chosen:

@@ -70,7 +70,9 @@ def tls_context(tls: TlsConfig | None, required: bool = False) -> ssl.SSLContext
     return context
 
 
-MessageSink = Callable[[Message], Awaitable[None]]
+MessageSink = Callable[[Message], None]
+"""Takes one delivery and returns at once (the intake queues it): adapters call it in
+arrival order and never wait on it."""
 OffsetReader = Callable[[str, Sequence[tuple[str, int]]], Awaitable[dict[tuple[str, int], int]]]
 """Reads a consumer group's stored positions: ``(group_id, [(topic, partition)])``."""
 

@@ -179,7 +179,7 @@ class KafkaAdapter(Adapter):
             for tp, records in batches.items():
                 for record in records:
                     self._in_flight[tp] += 1
-                    await self._sink(self._message(tp, record))
+                    self._sink(self._message(tp, record))
 
     def _apply_pause(self, consumer: AIOKafkaConsumer) -> None:
         assigned = consumer.assignment()

@@ -107,7 +107,7 @@ class MqttAdapter(Adapter):
                     self._in_flight += 1
                     if self._in_flight >= self.cfg.prefetch:
                         self._room.clear()
-                    await self._sink(self._message(delivery, connection))
+                    self._sink(self._message(delivery, connection))
                     # Paused, or the window is full: stop reading. Unread messages stay in
                     # the client's queue, unacknowledged, and the broker stops sending.
                     await self._resumed.wait()

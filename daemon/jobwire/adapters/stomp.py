@@ -95,7 +95,6 @@ class StompAdapter(Adapter):
         self._end_session: Callable[[str], None] | None = None
         self._subscribed = False
         self._write_lock = asyncio.Lock()
-        self._handing_over: set[asyncio.Future[None]] = set()
         self.dropped_acks = 0
 
     @property
@@ -217,11 +216,7 @@ class StompAdapter(Adapter):
             raw=(generation, ack_id),
         )
         assert self._sink is not None
-        # submit() never waits, so tasks started in arrival order keep that order. The set
-        # holds them until done (the loop keeps only weak references to tasks).
-        task = asyncio.ensure_future(self._sink(message))
-        self._handing_over.add(task)
-        task.add_done_callback(self._handing_over.discard)
+        self._sink(message)
 
     async def _write(self, items: Sequence[tuple[int, str]], action: str) -> None:
         """Send ACK/NACK frames for deliveries of the current connection, off the loop."""
