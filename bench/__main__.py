@@ -68,6 +68,12 @@ async def ceiling_amqp(n: int) -> float:
     return n / await amqp_drain.raw_drain(AMQP, queue, n, 1000)
 
 
+async def amqp_adapter_alone(n: int) -> float:
+    queue = f"jw-bench-adapter-{uuid.uuid4().hex[:8]}"
+    await amqp_drain.preload(AMQP, queue, n)
+    return n / await amqp_drain.adapter_drain(AMQP, queue, n, 1000)
+
+
 async def ceiling_insert(n: int) -> float:
     async with fresh_database() as url:
         conn = await asyncpg.connect(url)
@@ -405,6 +411,7 @@ async def peak_rss(in_flight: int = 10_000) -> float:
 Scenario = Callable[[int], Awaitable[float]]
 SCENARIOS: dict[str, Scenario] = {
     "ceiling: aio-pika consume, batched acks": ceiling_amqp,
+    "jobwire: AMQP adapter alone, no store": amqp_adapter_alone,
     "ceiling: asyncpg batched insert": ceiling_insert,
     "ceiling: jobwire store path, no broker": ceiling_store,
     "jobwire: drain a filled table": jobwire_drain,

@@ -2,6 +2,8 @@
 
 1. Pre-loads N persistent messages into a fresh queue and drains it with a raw aio-pika
    consumer that acks in batches (multiple=True every 500): the broker's ceiling here.
+   Then the same with jobwire's AMQP adapter alone, in this process, no store: what
+   consuming alone costs jobwire.
 2. Pre-loads N persistent messages into another fresh queue, starts ``jobwire run`` (real
    CLI, subprocess, no-op handler, durable commits) and waits until every job succeeded.
    The time is taken from the rows: first job stored -> last job finished.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import time
 import uuid
@@ -24,6 +27,10 @@ import aio_pika
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, too
 
 from bench.common import Drain, drain_source, run
+from jobwire.adapters.amqp import AmqpAdapter
+from jobwire.adapters.base import Message
+from jobwire.config import AmqpSource
+from jobwire.logs import configure_logging
 
 
 async def preload(url: str, queue: str, n: int) -> None:
@@ -75,6 +82,48 @@ async def raw_drain(url: str, queue: str, n: int, prefetch: int) -> float:
     return elapsed
 
 
+async def adapter_drain(url: str, queue: str, n: int, prefetch: int) -> float:
+    """Seconds for jobwire's AMQP adapter alone (in this process, no store, no pool) to take
+    n deliveries, acked as the bare consumer acks them (multiple=True every 500): what
+    consuming costs jobwire, beside what it costs aio-pika."""
+    cfg = AmqpSource.model_validate(
+        {"name": "bench", "type": "amqp", "url": url, "queue": queue, "prefetch": prefetch}
+        | {"route": {"handler": "noop"}}
+    )
+    configure_logging(level="warning")  # the adapter's state lines are not the bench's output
+    adapter = AmqpAdapter(cfg)
+    done = asyncio.Event()
+    taken: list[Message] = []
+    acks: set[asyncio.Task[None]] = set()
+    seen = 0
+
+    def sink(message: Message) -> None:
+        nonlocal seen
+        seen += 1
+        taken.append(message)
+        if len(taken) >= 500 or seen == n:
+            task = asyncio.get_running_loop().create_task(adapter.ack_many(list(taken)))
+            acks.add(task)
+            task.add_done_callback(acks.discard)
+            taken.clear()
+        if seen == n:
+            done.set()
+
+    t0 = time.perf_counter()
+    consuming = asyncio.create_task(adapter.run(sink))
+    await done.wait()
+    elapsed = time.perf_counter() - t0
+    await asyncio.gather(*acks)
+    consuming.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await consuming
+    connection = await aio_pika.connect(url)
+    channel = await connection.channel()
+    await channel.queue_delete(queue)
+    await connection.close()
+    return elapsed
+
+
 async def drain(
     url: str, n: int, prefetch: int, concurrency: int, profile: str | None = None
 ) -> Drain:
@@ -105,6 +154,13 @@ async def main() -> None:
     await preload(args.amqp, raw_queue, n)
     raw = await raw_drain(args.amqp, raw_queue, n, args.prefetch)
     print(f"raw aio-pika consume, batched acks: {n} msgs in {raw:.2f}s = {n / raw:,.0f} msg/s")
+    adapter_queue = f"jw-bench-adapter-{uuid.uuid4().hex[:8]}"
+    await preload(args.amqp, adapter_queue, n)
+    alone = await adapter_drain(args.amqp, adapter_queue, n, args.prefetch)
+    print(
+        f"jobwire's AMQP adapter alone (no store), same acks: {n} msgs in {alone:.2f}s"
+        f" = {n / alone:,.0f} msg/s"
+    )
     result = await drain(args.amqp, n, args.prefetch, args.concurrency, args.profile)
     result.report(ceiling_seconds=raw)
 
