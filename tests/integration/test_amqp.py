@@ -275,27 +275,36 @@ async def assert_consuming_again(database_url: str, queue: str, expected_jobs: i
         await fresh.close()
 
 
+def config_with_published(tmp_path: Path, database_url: str, queue: str, n: int) -> Path:
+    """A config file for a daemon in a subprocess (one AMQP source, no-op jobs, JSON logs),
+    after ``jobwire publish`` has put n confirmed messages on its queue."""
+    config = write_config(
+        tmp_path / "jobwire.yaml",
+        {
+            "database": {"url": database_url},
+            "workers": {"poll_interval": "200ms"},
+            "logging": {"format": "json"},
+            "sources": [
+                {
+                    "name": "orders",
+                    "type": "amqp",
+                    "url": AMQP_URL,
+                    "queue": queue,
+                    "route": {"handler": "noop"},
+                }
+            ],
+        },
+    )
+    out = jobwire("publish", "orders", "--body", '{"x": 1}', "--count", str(n), "-c", str(config))
+    assert out.stdout.strip() == f"published {n}, confirmed {n}"
+    return config
+
+
 def test_failpoint_kill_between_commit_and_ack_makes_no_duplicate(
     database_url: str, queue_name: str, tmp_path: Path
 ) -> None:
     n = 200
-    config_data = {
-        "database": {"url": database_url},
-        "workers": {"poll_interval": "200ms"},
-        "logging": {"format": "json"},
-        "sources": [
-            {
-                "name": "orders",
-                "type": "amqp",
-                "url": AMQP_URL,
-                "queue": queue_name,
-                "route": {"handler": "noop"},
-            }
-        ],
-    }
-    config = write_config(tmp_path / "jobwire.yaml", config_data)
-    out = jobwire("publish", "orders", "--body", '{"x": 1}', "--count", str(n), "-c", str(config))
-    assert out.stdout.strip() == f"published {n}, confirmed {n}"
+    config = config_with_published(tmp_path, database_url, queue_name, n)
     first = DaemonProcess(
         config, tmp_path / "first.log", env={"JOBWIRE_FAILPOINT": "intake.after_commit"}
     )
@@ -465,3 +474,28 @@ async def test_jobwire_channel_hands_deliveries_over_in_order_without_a_task_eac
     assert len({id(task) for _, task in inline}) == 1, "one task: the channel's reader"
     assert len({id(task) for _, task in plain}) == 20, "aiormq's own: a task per delivery"
     assert "Consumer callback failed" in caplog.text
+
+
+def test_aiormqs_own_reader_and_channel_still_take_every_message(
+    database_url: str, queue_name: str, tmp_path: Path
+) -> None:
+    """JOBWIRE_AMQP_FRAME_READER=aiormq, the operator's way back: pamqp decodes, aiormq's
+    channel starts a task per delivery, and every message still becomes one job."""
+    n = 300
+    config = config_with_published(tmp_path, database_url, queue_name, n)
+    daemon = DaemonProcess(
+        config, tmp_path / "daemon.log", env={"JOBWIRE_AMQP_FRAME_READER": "aiormq"}
+    )
+    try:
+        daemon.wait_ready()
+        daemon.wait_event("amqp_frame_reader", reader="aiormq")
+
+        async def all_succeeded() -> bool:
+            return await job_count(database_url, "status = 'succeeded'") >= n
+
+        asyncio.run(wait_for(all_succeeded, timeout=60, what="every job succeeded"))
+        assert daemon.terminate() == 0
+    finally:
+        daemon.stop_quietly()
+    assert asyncio.run(job_count(database_url)) == n
+    assert asyncio.run(_counts_via_new_connection(queue_name)) == (0, 0)
