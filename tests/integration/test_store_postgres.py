@@ -255,6 +255,49 @@ async def test_stale_worker_cannot_complete_a_job_taken_back(pg_store: PostgresS
     assert [r["status"] for r in await pg_store.runs(job.id)] == ["lost", "succeeded"]
 
 
+async def test_a_batch_of_outcomes_lands_each_on_its_own_job(pg_store: PostgresStore) -> None:
+    """Outcomes in any order, of every kind, with one for a job this worker does not hold:
+    each row gets its own status, result and error, and its own job_runs row."""
+    import random
+
+    from jobwire.models import Outcome
+
+    await pg_store.enqueue_many([JobSpec("noop") for _ in range(300)])
+    jobs = await pg_store.claim(ClaimRequest({"default": 300}, 300, "w", lease=30))
+    assert len(jobs) == 300
+    kinds = [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.RETRYING, JobStatus.CANCELLED]
+
+    def outcome(job_id: int) -> Outcome:
+        ok = kinds[job_id % 4] == JobStatus.SUCCEEDED
+        return Outcome(
+            job_id,
+            1,
+            kinds[job_id % 4],
+            job_id / 1000,
+            result_json=f'{{"job": {job_id}}}' if ok else None,
+            error=None if ok else f"error of {job_id}",
+            retry_in=60.0,
+        )
+
+    outcomes = [outcome(job.id) for job in jobs]
+    random.Random(7).shuffle(outcomes)
+    outcomes.insert(150, Outcome(10**9, 1, JobStatus.SUCCEEDED, 0.0))  # held by no one
+    assert await pg_store.complete_many("w", outcomes) == 300
+    for job in jobs:
+        row = await pg_store.get(job.id)
+        assert row is not None
+        kind = kinds[job.id % 4]
+        assert row.status == kind
+        if kind == JobStatus.SUCCEEDED:
+            assert (row.result, row.last_error) == ({"job": job.id}, None)
+        else:
+            assert (row.result, row.last_error) == (None, f"error of {job.id}")
+    runs = await pg_store.runs(jobs[123].id)
+    assert [(r["status"], r["duration"]) for r in runs] == [
+        (str(kinds[jobs[123].id % 4]), jobs[123].id / 1000)
+    ]
+
+
 def test_sync_client_enqueues_and_reads(database_url: str) -> None:
     with SyncClient(database_url) as client:
         job_id = client.enqueue(

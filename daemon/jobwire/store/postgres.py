@@ -502,6 +502,9 @@ class PostgresStore:
                 [o.error for o in outcomes],
                 [o.retry_in or 0.0 for o in outcomes],
                 worker_id,
+                # Job id -> position in the arrays above (1-based, as SQL arrays are); the
+                # connection's jsonb codec serialises it.
+                {str(o.job_id): i for i, o in enumerate(outcomes, 1)},
             )
         return int(count)
 
