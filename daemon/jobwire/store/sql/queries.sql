@@ -280,11 +280,14 @@ SELECT pg_try_advisory_lock(hashtext($1));
 
 -- name: purge_finished
 -- One small batch of finished jobs older than $1 seconds; their job_runs go by cascade.
+-- No ORDER BY: with one, PostgreSQL read and sorted every row of the table (there is no
+-- index on finished_at, on purpose) for each batch, on disk past work_mem: 117 ms per
+-- batch in a table of 200,000, growing with the table. Without it the scan stops at the
+-- batch's last row; which old jobs go first does not matter, they all go.
 WITH old AS (
     SELECT id FROM jobs
     WHERE status IN ('succeeded', 'failed', 'cancelled')
       AND finished_at < now() - make_interval(secs => $1)
-    ORDER BY id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 )
