@@ -14,7 +14,7 @@ import pytest
 
 from tests.faults.harness import Broker, tally
 from tests.support.daemon import Daemon as DaemonProcess
-from tests.support.daemon import write_config
+from tests.support.daemon import one_source_config
 from tests.support.mqtt import create_session
 from tests.support.waiting import wait_for
 
@@ -31,10 +31,7 @@ def test_sigkill_between_commit_and_ack_then_restart_makes_no_duplicate(
         "batch_size": 50,
         **broker.source(broker.port),
     }
-    config = write_config(
-        tmp_path / "jobwire.yaml",
-        {"database": {"url": database_url}, "logging": {"format": "json"}, "sources": [source]},
-    )
+    config = one_source_config(tmp_path, database_url, source)
     if broker.kind == "mqtt":
         # The session (and its subscription) must exist before the messages are published.
         create_session(config, tmp_path / "session.log")

@@ -19,7 +19,7 @@ from jobwire.adapters import amqp_frames
 from jobwire.adapters.amqp_channel import InlineConsumer, InlineDeliveryChannel
 from jobwire.config import Config
 from tests.support.daemon import Daemon as DaemonProcess
-from tests.support.daemon import jobwire, write_config
+from tests.support.daemon import jobwire, one_source_config, publish_confirmed
 from tests.support.inprocess import running_daemon
 from tests.support.rows import fetch, job_count, jobs_at_least
 from tests.support.waiting import wait_for
@@ -276,27 +276,17 @@ async def assert_consuming_again(database_url: str, queue: str, expected_jobs: i
 
 
 def config_with_published(tmp_path: Path, database_url: str, queue: str, n: int) -> Path:
-    """A config file for a daemon in a subprocess (one AMQP source, no-op jobs, JSON logs),
-    after ``jobwire publish`` has put n confirmed messages on its queue."""
-    config = write_config(
-        tmp_path / "jobwire.yaml",
-        {
-            "database": {"url": database_url},
-            "workers": {"poll_interval": "200ms"},
-            "logging": {"format": "json"},
-            "sources": [
-                {
-                    "name": "orders",
-                    "type": "amqp",
-                    "url": AMQP_URL,
-                    "queue": queue,
-                    "route": {"handler": "noop"},
-                }
-            ],
-        },
-    )
-    out = jobwire("publish", "orders", "--body", '{"x": 1}', "--count", str(n), "-c", str(config))
-    assert out.stdout.strip() == f"published {n}, confirmed {n}"
+    """A config file for a daemon in a subprocess (one AMQP source, no-op jobs), after
+    ``jobwire publish`` has put n confirmed messages on its queue."""
+    source = {
+        "name": "orders",
+        "type": "amqp",
+        "url": AMQP_URL,
+        "queue": queue,
+        "route": {"handler": "noop"},
+    }
+    config = one_source_config(tmp_path, database_url, source, poll_interval="200ms")
+    publish_confirmed(config, "orders", n)
     return config
 
 

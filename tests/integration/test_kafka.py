@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from jobwire.config import Config
 from tests.support.daemon import Daemon as DaemonProcess
-from tests.support.daemon import jobwire, write_config
+from tests.support.daemon import one_source_config, publish_confirmed
 from tests.support.inprocess import running_daemon
 from tests.support.kafka import TansuBroker, produce
 from tests.support.rows import assert_exactly, fetch, job_count, jobs_at_least, scalar
@@ -134,28 +134,18 @@ def test_sigkill_mid_stream_then_restart_makes_exactly_n_jobs(
     database_url: str, kafka_broker: TansuBroker, kafka_topic: str, tmp_path: Path
 ) -> None:
     n = 10_000
-    config = write_config(
-        tmp_path / "jobwire.yaml",
-        {
-            "database": {"url": database_url},
-            "workers": {"poll_interval": "200ms"},
-            "logging": {"format": "json"},
-            # Small batches: many commits, so the kill lands between two of them. A short
-            # session: the killed member's partitions are handed on sooner.
-            "sources": [
-                kafka_source(
-                    kafka_broker.bootstrap,
-                    kafka_topic,
-                    batch_size=100,
-                    session_timeout="3s",
-                    heartbeat_interval="1s",
-                )
-            ],
-        },
+    # Small batches: many commits, so the kill lands between two of them. A short session:
+    # the killed member's partitions are handed on sooner.
+    source = kafka_source(
+        kafka_broker.bootstrap,
+        kafka_topic,
+        batch_size=100,
+        session_timeout="3s",
+        heartbeat_interval="1s",
     )
+    config = one_source_config(tmp_path, database_url, source, poll_interval="200ms")
     # The operator's way in: jobwire publish, acked by the broker (acks=all).
-    out = jobwire("publish", "events", "--body", '{"x": 1}', "--count", "10", "-c", str(config))
-    assert out.stdout.strip() == "published 10, confirmed 10"
+    publish_confirmed(config, "events", 10)
     assert asyncio.run(produce(kafka_broker.bootstrap, kafka_topic, bodies(n - 10))) == n - 10
 
     first = DaemonProcess(config, tmp_path / "first.log")
@@ -191,22 +181,14 @@ def test_failpoint_kill_between_commit_and_kafka_commit_reads_on_from_the_store(
 ) -> None:
     n = 600
     asyncio.run(produce(kafka_broker.bootstrap, kafka_topic, bodies(n)))
-    config = write_config(
-        tmp_path / "jobwire.yaml",
-        {
-            "database": {"url": database_url},
-            "logging": {"format": "json"},
-            "sources": [
-                kafka_source(
-                    kafka_broker.bootstrap,
-                    kafka_topic,
-                    batch_size=50,
-                    session_timeout="3s",
-                    heartbeat_interval="1s",
-                )
-            ],
-        },
+    source = kafka_source(
+        kafka_broker.bootstrap,
+        kafka_topic,
+        batch_size=50,
+        session_timeout="3s",
+        heartbeat_interval="1s",
     )
+    config = one_source_config(tmp_path, database_url, source)
     first = DaemonProcess(
         config, tmp_path / "first.log", env={"JOBWIRE_FAILPOINT": "intake.after_commit"}
     )

@@ -13,7 +13,7 @@ import pytest
 
 from jobwire.config import Config
 from tests.support.daemon import Daemon as DaemonProcess
-from tests.support.daemon import jobwire, write_config
+from tests.support.daemon import one_source_config, publish_confirmed
 from tests.support.inprocess import running_daemon
 from tests.support.mqtt import Mosquitto, clear_session, create_session, publish
 from tests.support.rows import assert_exactly, job_count, jobs_at_least, scalar
@@ -101,21 +101,12 @@ def test_killed_after_receiving_before_committing_gets_the_messages_again(
 ) -> None:
     """The manual-PUBACK proof: with paho's automatic acks this test loses all 50."""
     n = 50
-    config = write_config(
-        tmp_path / "jobwire.yaml",
-        {
-            "database": {"url": database_url},
-            "logging": {"format": "json"},
-            # No dedup key: a message stored twice would show as a 51st job.
-            "sources": [
-                mqtt_source(topic, client_ids[0], route={"handler": "noop", "dedup_key": "none"})
-            ],
-        },
-    )
+    # No dedup key: a message stored twice would show as a 51st job.
+    source = mqtt_source(topic, client_ids[0], route={"handler": "noop", "dedup_key": "none"})
+    config = one_source_config(tmp_path, database_url, source)
     # Create the session first (a daemon that stops at once), then publish through the CLI.
     create_session(config, tmp_path / "first.log")
-    out = jobwire("publish", "sensors", "--body", '{"x": 1}', "--count", str(n), "-c", str(config))
-    assert out.stdout.strip() == f"published {n}, confirmed {n}"
+    publish_confirmed(config, "sensors", n)
 
     killed = DaemonProcess(
         config, tmp_path / "killed.log", env={"JOBWIRE_FAILPOINT": "intake.before_store"}

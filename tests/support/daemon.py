@@ -29,6 +29,23 @@ def write_config(path: Path, data: dict[str, Any]) -> Path:
     return path
 
 
+def one_source_config(
+    tmp_path: Path, database_url: str, source: dict[str, Any], **workers: Any
+) -> Path:
+    """``jobwire.yaml`` in tmp_path for a daemon in a subprocess: this database, JSON logs
+    (``Daemon`` reads them), one source, and these ``workers`` settings if any."""
+    data: dict[str, Any] = {"database": {"url": database_url}, "logging": {"format": "json"}}
+    if workers:
+        data["workers"] = workers
+    return write_config(tmp_path / "jobwire.yaml", {**data, "sources": [source]})
+
+
+def publish_confirmed(config: Path, source: str, count: int, body: str = '{"x": 1}') -> None:
+    """``jobwire publish`` count messages to a source's broker; all must be confirmed."""
+    out = jobwire("publish", source, "--body", body, "--count", str(count), "-c", str(config))
+    assert out.stdout.strip() == f"published {count}, confirmed {count}"
+
+
 def jobwire(
     *args: str, env: dict[str, str] | None = None, timeout: float = 60, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
