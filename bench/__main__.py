@@ -293,10 +293,7 @@ async def latency(
             await until(lambda: succeeded_at_least(url, n), 120, proc)
         rows = await _latencies(url)
     if mode == "amqp":
-        connection = await aio_pika.connect(AMQP)
-        channel = await connection.channel()
-        await channel.queue_delete(queue)
-        await connection.close()
+        await amqp_drain.delete_queue(AMQP, queue)
     q = statistics.quantiles(rows, n=100)
     return {"p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000}
 

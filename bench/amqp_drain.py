@@ -117,10 +117,7 @@ async def adapter_drain(url: str, queue: str, n: int, prefetch: int) -> float:
     consuming.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await consuming
-    connection = await aio_pika.connect(url)
-    channel = await connection.channel()
-    await channel.queue_delete(queue)
-    await connection.close()
+    await delete_queue(url, queue)
     return elapsed
 
 
@@ -134,9 +131,16 @@ async def drain(
         source = {"type": "amqp", "url": url, "queue": queue, "prefetch": prefetch}
         return await drain_source(source, n, concurrency, profile)
     finally:
-        connection = await aio_pika.connect(url)
+        await delete_queue(url, queue)
+
+
+async def delete_queue(url: str, queue: str) -> None:
+    """Delete a bench queue on a connection of its own."""
+    connection = await aio_pika.connect(url)
+    try:
         channel = await connection.channel()
         await channel.queue_delete(queue)
+    finally:
         await connection.close()
 
 

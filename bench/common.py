@@ -187,7 +187,7 @@ async def drain_source(
                 if profile:
                     spy = subprocess.Popen(
                         [
-                            *("py-spy", "record", "--pid", str(proc.pid), "--duration", "10"),
+                            *(_py_spy(), "record", "--pid", str(proc.pid), "--duration", "10"),
                             *("--rate", "200", "--format", "raw", "-o", profile),
                         ],
                         stdout=subprocess.DEVNULL,
@@ -241,6 +241,12 @@ async def drain_source(
 async def rows_at_least(url: str, n: int) -> bool:
     """Whether n job rows exist."""
     return int(await fetchval(url, "SELECT count(*) FROM jobwire.jobs")) >= n
+
+
+def _py_spy() -> str:
+    # Installed by the bench extra next to this interpreter; the venv need not be on PATH.
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else "py-spy"
 
 
 def _machine_busy_seconds() -> float:
