@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import random
 import time
 from collections import Counter
 from typing import Any
@@ -11,7 +13,7 @@ import asyncpg
 import pytest
 
 from jobwire import Client, JobContext, SyncClient
-from jobwire.models import JobSpec, JobStatus, StreamOffset
+from jobwire.models import Job, JobSpec, JobStatus, Outcome, StreamOffset
 from jobwire.store.base import ClaimRequest, InvalidJobData
 from jobwire.store.postgres import PostgresStore
 from tests.support.pools import fast_config, make_pool
@@ -239,8 +241,6 @@ async def test_cancel_running_job_reaches_its_worker(pg_store: PostgresStore) ->
 
 
 async def test_stale_worker_cannot_complete_a_job_taken_back(pg_store: PostgresStore) -> None:
-    from jobwire.models import Outcome
-
     await pg_store.enqueue_many([JobSpec("noop")])
     (job,) = await pg_store.claim(ClaimRequest({"default": 1}, 1, "old", lease=0.01))
     await asyncio.sleep(0.05)
@@ -259,10 +259,6 @@ async def test_stale_worker_cannot_complete_a_job_taken_back(pg_store: PostgresS
 async def test_a_batch_of_outcomes_lands_each_on_its_own_job(pg_store: PostgresStore) -> None:
     """Outcomes in any order, of every kind, with one for a job this worker does not hold:
     each row gets its own status, result and error, and its own job_runs row."""
-    import random
-
-    from jobwire.models import Outcome
-
     await pg_store.enqueue_many([JobSpec("noop") for _ in range(300)])
     jobs = await pg_store.claim(ClaimRequest({"default": 300}, 300, "w", lease=30))
     assert len(jobs) == 300
@@ -322,10 +318,6 @@ async def test_repeated_dedup_key_within_one_batch(pg_store: PostgresStore) -> N
 
 
 async def test_job_model_has_a_field_for_every_column(database_url: str) -> None:
-    import dataclasses
-
-    from jobwire.models import Job
-
     conn = await asyncpg.connect(database_url)
     try:
         columns = {
@@ -412,8 +404,6 @@ async def test_every_foreign_key_has_an_index_led_by_its_column(database_url: st
 
 
 async def test_purging_a_finished_parent_keeps_its_child(pg_store: PostgresStore) -> None:
-    from jobwire.models import Outcome
-
     (parent,) = await pg_store.enqueue_many([JobSpec("noop")])
     (child,) = await pg_store.enqueue_many([JobSpec("noop", parent_id=parent)])
     (claimed,) = await pg_store.claim(ClaimRequest({"default": 1}, 1, "w", 30))
