@@ -45,11 +45,11 @@ from bench import amqp_drain, kafka_drain
 from bench.common import (
     AMQP,
     REPO,
+    JobsWatch,
     daemon,
     fetchval,
     fresh_database,
     run,
-    succeeded_at_least,
     until,
 )
 from jobwire.models import JobSpec, JobStatus, Outcome
@@ -139,16 +139,12 @@ async def jobwire_drain(n: int) -> float:
             await store.enqueue_many([JobSpec("noop") for _ in range(min(5000, n - start))])
         await store.close()
         with daemon({"database": {"url": url}, "workers": {"concurrency": 256}}) as proc:
-            await until(lambda: _none_left(url), 600, proc)
+            async with JobsWatch.open(url) as watch:
+                await until(watch.none_left, 600, proc)
         span = await fetchval(
             url, "SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM jobwire.jobs"
         )
     return n / float(span)
-
-
-async def _none_left(url: str) -> bool:
-    left = await fetchval(url, "SELECT count(*) FROM jobwire.jobs WHERE status <> 'succeeded'")
-    return int(left) == 0
 
 
 async def jobwire_amqp(n: int) -> float:
@@ -290,7 +286,8 @@ async def latency(
                 await _steady_amqp(queue, rate, n)
             else:
                 await _steady_sql(url, rate, n)
-            await until(lambda: succeeded_at_least(url, n), 120, proc)
+            async with JobsWatch.open(url) as watch:
+                await until(lambda: watch.succeeded_at_least(n), 120, proc)
         rows = await _latencies(url)
     if mode == "amqp":
         await amqp_drain.delete_queue(AMQP, queue)
@@ -395,11 +392,12 @@ async def peak_rss(in_flight: int = 10_000) -> float:
         with daemon(config) as proc:
             watched = psutil.Process(proc.pid)
             deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                peak = max(peak, watched.memory_info().rss / 2**20)
-                if await succeeded_at_least(url, in_flight):
-                    break
-                await asyncio.sleep(0.1)
+            async with JobsWatch.open(url) as watch:
+                while time.monotonic() < deadline:
+                    peak = max(peak, watched.memory_info().rss / 2**20)
+                    if await watch.succeeded_at_least(in_flight):
+                        break
+                    await asyncio.sleep(0.1)
     return peak
 
 

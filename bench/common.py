@@ -13,7 +13,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -110,10 +110,53 @@ async def fetchval(url: str, sql: str) -> Any:
         await conn.close()
 
 
-async def succeeded_at_least(url: str, n: int) -> bool:
-    """Whether n jobs have succeeded."""
-    done = await fetchval(url, "SELECT count(*) FROM jobwire.jobs WHERE status = 'succeeded'")
-    return int(done) >= n
+class JobsWatch:
+    """A drain's progress, read on one connection with statements that stay cheap.
+
+    The bench polls while the daemon works on the same two cores, so its polling is taken
+    from jobwire's figures: a new connection and a count over the whole table cost the
+    machine 15 ms of CPU per poll at 20,000 rows (a quarter of a core at 50 ms intervals);
+    on one connection the count alone still cost 3.5 ms. Here a poll reads the identity's
+    last value and two partial indexes, and counts only once nothing is left to run.
+    """
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, url: str) -> AsyncIterator[JobsWatch]:
+        """A watch on the jobwire schema at ``url`` (migrated), closed afterwards."""
+        conn = await asyncpg.connect(url)
+        try:
+            yield cls(conn)
+        finally:
+            await conn.close()
+
+    async def any_rows(self) -> bool:
+        """Whether a job row exists."""
+        return bool(await self.conn.fetchval("SELECT EXISTS (SELECT 1 FROM jobwire.jobs)"))
+
+    async def none_left(self) -> bool:
+        """Whether no job is pending, retrying or running (each through its partial index)."""
+        return not await self.conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM jobwire.jobs WHERE status IN ('pending', 'retrying'))"
+            " OR EXISTS (SELECT 1 FROM jobwire.jobs WHERE status = 'running')"
+        )
+
+    async def succeeded_at_least(self, n: int) -> bool:
+        """Whether n jobs have succeeded."""
+        # Rows never outnumber the ids handed out, so below n there is nothing to count.
+        issued = await self.conn.fetchval(
+            "SELECT coalesce(pg_sequence_last_value("
+            "pg_get_serial_sequence('jobwire.jobs', 'id')::regclass), 0)"
+        )
+        if issued < n or not await self.none_left():
+            return False
+        done = await self.conn.fetchval(
+            "SELECT count(*) FROM jobwire.jobs WHERE status = 'succeeded'"
+        )
+        return int(done) >= n
 
 
 @dataclass
@@ -134,6 +177,10 @@ class Drain:
     # The whole machine's busy CPU time (all processes: PostgreSQL, the broker, the kernel)
     # over the same span, per job: on two cores the daemon shares them with both.
     machine_cpu_us_per_job: float = 0.0
+    # The same span's CPU time per job by who spent it: the daemon, PostgreSQL (every
+    # backend and its helpers), the broker, this bench process, and the rest (the kernel's
+    # interrupts, other programs).
+    cpu_us_by_part: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -156,6 +203,11 @@ class Drain:
             f"CPU per job (first row -> last job): daemon {self.cpu_us_per_job:.1f} us, "
             f"whole machine {self.machine_cpu_us_per_job:.1f} us"
         )
+        if self.cpu_us_by_part:
+            print(
+                "CPU per job by part: "
+                + ", ".join(f"{part} {us:.1f} us" for part, us in self.cpu_us_by_part.items())
+            )
         print(f"distinct dedup keys: {self.distinct_keys}; jobs run more than once: {self.reruns}")
         print("per second, stored/finished: " + " ".join(f"{i}/{f}" for i, f in self.timeline))
         if self.pool:
@@ -194,11 +246,14 @@ async def drain_source(
                         stderr=subprocess.DEVNULL,
                     )
                 cpu = psutil.Process(proc.pid)
-                await until(lambda: rows_at_least(url, 1), 120, proc)
-                cpu_start, machine_start = _cpu_seconds(cpu), _machine_busy_seconds()
-                await until(lambda: succeeded_at_least(url, n), 900, proc)
-                cpu_used = _cpu_seconds(cpu) - cpu_start
-                machine_used = _machine_busy_seconds() - machine_start
+                async with JobsWatch.open(url) as watch:
+                    await until(watch.any_rows, 120, proc)
+                    cpu_start, machine_start = _cpu_seconds(cpu), _machine_busy_seconds()
+                    parts_start = _cpu_seconds_by_part(proc.pid)
+                    await until(lambda: watch.succeeded_at_least(n), 900, proc)
+                    cpu_used = _cpu_seconds(cpu) - cpu_start
+                    machine_used = _machine_busy_seconds() - machine_start
+                    parts_end = _cpu_seconds_by_part(proc.pid)
                 if spy is not None:
                     spy.wait(60)
             stopped = [
@@ -235,12 +290,8 @@ async def drain_source(
         [(r["i"], r["f"]) for r in seconds],
         cpu_used * 1e6 / row["n"],
         machine_used * 1e6 / row["n"],
+        _parts_per_job(parts_start, parts_end, machine_used, row["n"]),
     )
-
-
-async def rows_at_least(url: str, n: int) -> bool:
-    """Whether n job rows exist."""
-    return int(await fetchval(url, "SELECT count(*) FROM jobwire.jobs")) >= n
 
 
 def _py_spy() -> str:
@@ -253,6 +304,47 @@ def _machine_busy_seconds() -> float:
     # Linux: guest time is inside user; idle, iowait and steal are not this machine's work.
     t = psutil.cpu_times()
     return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0))
+
+
+# Process names of each part (psutil's name(): the kernel's 15-character comm).
+_PARTS = {
+    "postgres": "PostgreSQL",
+    "beam.smp": "broker",
+    "erl_child_setup": "broker",
+    "tansu": "broker",
+}
+
+
+def _cpu_seconds_by_part(daemon_pid: int) -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of every process that belongs to a part, by pid."""
+    own = os.getpid()
+    seen: dict[int, tuple[str, float]] = {}
+    for process in psutil.process_iter(["name", "cpu_times"]):
+        pid, name, times = process.pid, process.info["name"], process.info["cpu_times"]
+        if times is None:
+            continue
+        part = (
+            "daemon" if pid == daemon_pid else "bench" if pid == own else _PARTS.get(name or "", "")
+        )
+        if part:
+            seen[pid] = (part, float(times.user + times.system))
+    return seen
+
+
+def _parts_per_job(
+    start: dict[int, tuple[str, float]],
+    end: dict[int, tuple[str, float]],
+    machine: float,
+    jobs: int,
+) -> dict[str, float]:
+    # A process that started in the span counts from zero; one that ended in it is lost
+    # to its part and lands in "rest" (PostgreSQL backends live as long as the daemon).
+    used: dict[str, float] = dict.fromkeys(("daemon", "PostgreSQL", "broker", "bench"), 0.0)
+    for pid, (part, seconds) in end.items():
+        before = start.get(pid)
+        used[part] += seconds - (before[1] if before and before[0] == part else 0.0)
+    used["rest"] = machine - sum(used.values())
+    return {part: seconds * 1e6 / jobs for part, seconds in used.items()}
 
 
 def _cpu_seconds(process: psutil.Process) -> float:

@@ -25,7 +25,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, too
 
-from bench.common import run
+from bench.common import JobsWatch, run
 from jobwire.models import JobSpec
 from jobwire.store.postgres import PostgresStore, migrate
 
@@ -74,21 +74,18 @@ async def main() -> None:
                 cwd=REPO,
                 stdin=subprocess.DEVNULL,
             )
-            conn = await asyncpg.connect(url)
-            while (
-                await conn.fetchval("SELECT count(*) FROM jobwire.jobs WHERE status <> 'succeeded'")
-                > 0
-            ):
-                if proc.poll() is not None:
-                    raise SystemExit(f"daemon exited early with {proc.returncode}")
-                await asyncio.sleep(0.25)
-            wall = time.perf_counter() - t_start
-            proc.send_signal(signal.SIGTERM)
-            code = proc.wait(60)
-            span = await conn.fetchval(
-                "SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM jobwire.jobs"
-            )
-            await conn.close()
+            async with JobsWatch.open(url) as watch:
+                while not await watch.none_left():
+                    if proc.poll() is not None:
+                        raise SystemExit(f"daemon exited early with {proc.returncode}")
+                    await asyncio.sleep(0.25)
+                wall = time.perf_counter() - t_start
+                proc.send_signal(signal.SIGTERM)
+                code = proc.wait(60)
+                span = await watch.conn.fetchval(
+                    "SELECT extract(epoch FROM max(finished_at) - min(started_at))"
+                    " FROM jobwire.jobs"
+                )
         await store.close()
         print(f"daemon: {args.jobs} no-op jobs, concurrency {args.concurrency}")
         print(
