@@ -202,6 +202,7 @@ class Daemon:
                 self.describe_sources,
                 store.pool_usage,
                 backlog_cap=self.config.workers.max_backlog or 1_000_000,
+                queues=self.config.queue_names(),
             )
             self.pool.on_outcome = self.metrics.observe
             if self.config.http.enabled:

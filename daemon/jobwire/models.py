@@ -25,6 +25,8 @@ class JobStatus(enum.StrEnum):
 
 
 FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+# Waiting or running: what the metrics count (the rest is history).
+LIVE = (JobStatus.PENDING, JobStatus.RETRYING, JobStatus.RUNNING)
 
 
 @dataclass(slots=True)

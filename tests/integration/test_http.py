@@ -179,13 +179,20 @@ async def test_metrics_are_present_and_move(
             lambda: _metric(session, url, 'jobwire_attempts_total{outcome="succeeded"}', 3.0),
             what="three attempts counted",
         )
-        # The database figures are refreshed at most once a second: wait for them to move.
+        # A job in a queue no instance serves waits, and is shown waiting. The database
+        # figures are refreshed at most once a second: wait for them to move.
+        await post(session, f"{url}/api/v1/jobs", {"handler": "noop", "queue": "elsewhere"})
         await wait_for(
-            lambda: _metric(session, url, 'jobwire_jobs{queue="default",status="succeeded"}', 3.0),
+            lambda: _metric(session, url, 'jobwire_jobs{queue="elsewhere",status="pending"}', 1.0),
             timeout=10,
-            what="jobs by status counted",
+            what="the waiting job counted",
         )
         _, after = await get(session, f"{url}/metrics")
+        # Live jobs only, a series per status for the served queue even when empty.
+        assert 'jobwire_jobs{queue="default",status="pending"} 0.0' in after
+        assert 'jobwire_jobs{queue="default",status="running"} 0.0' in after
+        job_lines = [ln for ln in after.splitlines() if ln.startswith("jobwire_jobs{")]
+        assert job_lines and not [ln for ln in job_lines if 'status="succeeded"' in ln]
         assert 'jobwire_handler_duration_seconds_count{handler="noop",outcome="succeeded"} 3.0' in (
             after
         )

@@ -16,6 +16,7 @@ from jobwire import Client, JobContext, SyncClient
 from jobwire.models import Job, JobSpec, JobStatus, Outcome, StreamOffset
 from jobwire.store.base import ClaimRequest, InvalidJobData
 from jobwire.store.postgres import PostgresStore
+from jobwire.store.queries import queries
 from tests.support.pools import fast_config, make_pool
 from tests.support.rows import fetch
 from tests.support.waiting import wait_for
@@ -413,3 +414,34 @@ async def test_purging_a_finished_parent_keeps_its_child(pg_store: PostgresStore
     assert await pg_store.get(parent) is None
     kept = await pg_store.get(child)
     assert kept is not None and kept.parent_id is None and kept.status == JobStatus.PENDING
+
+
+async def test_live_counts_read_the_partial_indexes_not_the_history(
+    pg_store: PostgresStore, database_url: str
+) -> None:
+    """Metrics count live jobs at every refresh of every instance: with a long history the
+    statement must read jobs_ready and jobs_running, never the whole table (the full count
+    the metrics read before cost about 150 ms per million finished rows)."""
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": "jobwire"})
+    try:
+        await conn.execute(
+            "INSERT INTO jobs (handler, queue, status, finished_at)"
+            " SELECT 'noop', 'default', 'succeeded', now() FROM generate_series(1, 50000)"
+        )
+        await pg_store.enqueue_many([JobSpec("noop") for _ in range(3)])
+        await pg_store.enqueue_many([JobSpec("noop", queue="mail")])
+        await pg_store.claim(ClaimRequest({"default": 2}, 2, "w", 30))
+        await conn.execute("ANALYZE jobs")
+        plan = await conn.fetchval(
+            "EXPLAIN (FORMAT JSON) " + queries()["count_live_by_queue_and_status"]
+        )
+    finally:
+        await conn.close()
+    assert "Seq Scan" not in plan
+    assert "jobs_ready" in plan and "jobs_running" in plan
+    assert await pg_store.stats(finished=False) == {
+        "default": {"pending": 1, "running": 2},
+        "mail": {"pending": 1},
+    }
+    full = await pg_store.stats()
+    assert full["default"] == {"pending": 1, "running": 2, "succeeded": 50000}

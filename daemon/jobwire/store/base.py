@@ -107,8 +107,9 @@ class JobStore(Protocol):
     async def runs(self, job_id: int) -> list[dict[str, Any]]:
         """The attempts of one job, oldest first."""
 
-    async def stats(self) -> dict[str, dict[str, int]]:
-        """Job counts as ``{queue: {status: count}}``."""
+    async def stats(self, finished: bool = True) -> dict[str, dict[str, int]]:
+        """Job counts as ``{queue: {status: count}}``; only pending, retrying and running
+        ones (cheap however long the history) when ``finished`` is false."""
 
     async def set_progress(self, job_id: int, percent: int, note: str | None) -> None:
         """Record a running job's progress."""

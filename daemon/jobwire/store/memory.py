@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from jobwire.models import FINISHED, Job, JobSpec, JobStatus, Outcome, StreamOffset
+from jobwire.models import FINISHED, LIVE, Job, JobSpec, JobStatus, Outcome, StreamOffset
 from jobwire.store.base import ClaimRequest, DirectStart, NotifyCallback, StoreUnavailable
 
 _READY = (JobStatus.PENDING, JobStatus.RETRYING)
@@ -298,10 +298,12 @@ class MemoryStore:
         """Attempts of one job."""
         return [dict(r) for r in self.job_runs if r["job_id"] == job_id]
 
-    async def stats(self) -> dict[str, dict[str, int]]:
-        """Counts by queue and status."""
+    async def stats(self, finished: bool = True) -> dict[str, dict[str, int]]:
+        """Counts by queue and status (live jobs only unless ``finished``)."""
         out: dict[str, dict[str, int]] = {}
         for job in self.jobs.values():
+            if not finished and job.status not in LIVE:
+                continue
             by_status = out.setdefault(job.queue, {})
             by_status[str(job.status)] = by_status.get(str(job.status), 0) + 1
         return out

@@ -587,10 +587,11 @@ class PostgresStore:
             rows = await self._pool.fetch(self._q["job_runs"], job_id)
         return [dict(r) for r in rows]
 
-    async def stats(self) -> dict[str, dict[str, int]]:
-        """Counts by queue and status."""
+    async def stats(self, finished: bool = True) -> dict[str, dict[str, int]]:
+        """Counts by queue and status (without finished jobs: live ones only, cheaply)."""
+        query = "count_by_queue_and_status" if finished else "count_live_by_queue_and_status"
         async with _guard("stats"):
-            rows = await self._pool.fetch(self._q["count_by_queue_and_status"])
+            rows = await self._pool.fetch(self._q[query])
         out: dict[str, dict[str, int]] = {}
         for r in rows:
             out.setdefault(r["queue"], {})[r["status"]] = r["n"]

