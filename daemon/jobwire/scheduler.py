@@ -57,7 +57,7 @@ class ScheduleStore(Protocol):
         """A LeaderLock, or None when another instance leads."""
 
     async def purge_finished(self, older_than: float, batch: int) -> int:
-        """Delete one batch of old finished jobs."""
+        """Delete one batch of old finished jobs, oldest first."""
 
 
 def schedule_rows(schedules: Sequence[ScheduleConfig], now: datetime) -> list[dict[str, Any]]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import random
 import time
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -15,7 +17,7 @@ import pytest
 from jobwire import Client, JobContext, SyncClient
 from jobwire.models import Job, JobSpec, JobStatus, Outcome, StreamOffset
 from jobwire.store.base import ClaimRequest, InvalidJobData
-from jobwire.store.postgres import PostgresStore
+from jobwire.store.postgres import PostgresStore, migrate
 from jobwire.store.queries import queries
 from tests.support.pools import fast_config, make_pool
 from tests.support.rows import fetch
@@ -445,3 +447,92 @@ async def test_live_counts_read_the_partial_indexes_not_the_history(
     }
     full = await pg_store.stats()
     assert full["default"] == {"pending": 1, "running": 2, "succeeded": 50000}
+
+
+async def test_purge_reads_the_finished_index_in_order_whatever_the_statistics(
+    pg_store: PostgresStore, database_url: str
+) -> None:
+    """Left to its statistics the planner scanned the whole table for the purge's last batch
+    (expecting many old rows) or fetched and sorted every old row (expecting few): either
+    way the cost grew with the history. In order on jobs_finished it stops at the batch."""
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": "jobwire"})
+    try:
+        await conn.execute(
+            "INSERT INTO jobs (handler, status, finished_at)"
+            " SELECT 'noop', 'succeeded', now() - random() * interval '30 days'"
+            " FROM generate_series(1, 50000)"
+        )
+        plans = []
+        for analyse in (False, True):
+            if analyse:
+                await conn.execute("ANALYZE jobs")
+            for days in (29, 0):  # few rows old enough, every row old enough
+                async with conn.transaction():
+                    await conn.execute(queries()["purge_plan"])
+                    plans.append(
+                        await conn.fetchval(
+                            "EXPLAIN (FORMAT JSON) " + queries()["purge_finished"],
+                            days * 86400.0,
+                            1000,
+                        )
+                    )
+    finally:
+        await conn.close()
+    for plan in plans:
+        nodes = list(_plan_nodes(json.loads(plan)[0]["Plan"]))
+        assert ("Index Scan", "jobs_finished") in nodes, nodes  # in order, stops early
+        assert not [n for n in nodes if n[0] in ("Seq Scan", "Sort")], nodes
+
+
+def _plan_nodes(node: dict[str, Any]) -> Iterator[tuple[str, str | None]]:
+    """(node type, index name) of a JSON plan node and all below it."""
+    yield node["Node Type"], node.get("Index Name")
+    for child in node.get("Plans", []):
+        yield from _plan_nodes(child)
+
+
+async def test_purge_takes_the_oldest_finished_jobs_first(
+    pg_store: PostgresStore, database_url: str
+) -> None:
+    ids = await pg_store.enqueue_many([JobSpec("noop") for _ in range(4)])
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": "jobwire"})
+    try:
+        # Physical order and id order both disagree with the finish times.
+        for job_id, days in zip(ids, (3, 9, 5, 1), strict=True):
+            await conn.execute(
+                "UPDATE jobs SET status = 'succeeded',"
+                " finished_at = now() - make_interval(days => $2) WHERE id = $1",
+                job_id,
+                days,
+            )
+    finally:
+        await conn.close()
+    assert await pg_store.purge_finished(2 * 86400.0, 2) == 2
+    left = {job_id for job_id in ids if await pg_store.get(job_id) is not None}
+    assert left == {ids[0], ids[3]}  # 9 and 5 days went first; 3 is old but waits its turn
+    assert await pg_store.purge_finished(2 * 86400.0, 2) == 1
+    assert await pg_store.get(ids[3]) is not None  # 1 day: not old enough
+
+
+async def test_finished_index_built_beforehand_is_taken_by_the_migration(
+    database_url: str,
+) -> None:
+    """The README tells operators of large tables to build jobs_finished concurrently before
+    upgrading; migration 0004 must then apply cleanly and leave one such index."""
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": "jobwire"})
+    try:
+        # The database as an install before 0004 left it, plus the operator's own build.
+        await conn.execute("DROP INDEX jobs_finished")
+        await conn.execute("DELETE FROM schema_migrations WHERE version = 4")
+        await conn.execute(
+            "CREATE INDEX CONCURRENTLY jobs_finished ON jobwire.jobs (finished_at)"
+            " WHERE finished_at IS NOT NULL"
+        )
+        assert await migrate(database_url, "jobwire") == ["0004_jobs_finished_index"]
+        indexes = await conn.fetch(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = 'jobwire'"
+            " AND indexdef LIKE '%(finished_at)%'"
+        )
+    finally:
+        await conn.close()
+    assert [r["indexname"] for r in indexes] == ["jobs_finished"]

@@ -391,9 +391,10 @@ class PostgresStore:
         return len(rows)
 
     async def purge_finished(self, older_than: float, batch: int) -> int:
-        """Delete one batch of old finished jobs; returns how many went."""
-        async with _guard("purge"):
-            status = await self._pool.execute(self._q["purge_finished"], older_than, batch)
+        """Delete one batch of old finished jobs, oldest first; returns how many went."""
+        async with _guard("purge"), self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(self._q["purge_plan"])
+            status = await conn.execute(self._q["purge_finished"], older_than, batch)
         return int(status.split()[-1])
 
     async def list_schedules(self) -> list[dict[str, Any]]:
