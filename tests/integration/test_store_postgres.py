@@ -17,7 +17,7 @@ import pytest
 from jobwire import Client, JobContext, SyncClient
 from jobwire.models import Job, JobSpec, JobStatus, Outcome, StreamOffset
 from jobwire.store.base import ClaimRequest, InvalidJobData
-from jobwire.store.postgres import PostgresStore, migrate
+from jobwire.store.postgres import PostgresStore, migrate, server_settings
 from jobwire.store.queries import queries
 from tests.support.pools import fast_config, make_pool
 from tests.support.rows import fetch
@@ -424,7 +424,7 @@ async def test_live_counts_read_the_partial_indexes_not_the_history(
     """Metrics count live jobs at every refresh of every instance: with a long history the
     statement must read jobs_ready and jobs_running, never the whole table (the full count
     the metrics read before cost about 150 ms per million finished rows)."""
-    conn = await asyncpg.connect(database_url, server_settings={"search_path": "jobwire"})
+    conn = await asyncpg.connect(database_url, server_settings=server_settings("jobwire"))
     try:
         await conn.execute(
             "INSERT INTO jobs (handler, queue, status, finished_at)"
@@ -455,7 +455,7 @@ async def test_purge_reads_the_finished_index_in_order_whatever_the_statistics(
     """Left to its statistics the planner scanned the whole table for the purge's last batch
     (expecting many old rows) or fetched and sorted every old row (expecting few): either
     way the cost grew with the history. In order on jobs_finished it stops at the batch."""
-    conn = await asyncpg.connect(database_url, server_settings={"search_path": "jobwire"})
+    conn = await asyncpg.connect(database_url, server_settings=server_settings("jobwire"))
     try:
         await conn.execute(
             "INSERT INTO jobs (handler, status, finished_at)"
@@ -495,7 +495,7 @@ async def test_purge_takes_the_oldest_finished_jobs_first(
     pg_store: PostgresStore, database_url: str
 ) -> None:
     ids = await pg_store.enqueue_many([JobSpec("noop") for _ in range(4)])
-    conn = await asyncpg.connect(database_url, server_settings={"search_path": "jobwire"})
+    conn = await asyncpg.connect(database_url, server_settings=server_settings("jobwire"))
     try:
         # Physical order and id order both disagree with the finish times.
         for job_id, days in zip(ids, (3, 9, 5, 1), strict=True):
@@ -519,7 +519,7 @@ async def test_finished_index_built_beforehand_is_taken_by_the_migration(
 ) -> None:
     """The README tells operators of large tables to build jobs_finished concurrently before
     upgrading; migration 0004 must then apply cleanly and leave one such index."""
-    conn = await asyncpg.connect(database_url, server_settings={"search_path": "jobwire"})
+    conn = await asyncpg.connect(database_url, server_settings=server_settings("jobwire"))
     try:
         # The database as an install before 0004 left it, plus the operator's own build.
         await conn.execute("DROP INDEX jobs_finished")
@@ -536,3 +536,32 @@ async def test_finished_index_built_beforehand_is_taken_by_the_migration(
     finally:
         await conn.close()
     assert [r["indexname"] for r in indexes] == ["jobs_finished"]
+
+
+async def test_a_failed_concurrent_build_of_the_finished_index_is_replaced(
+    database_url: str,
+) -> None:
+    """A concurrent build that fails leaves an invalid index of that name, never used by
+    the planner; IF NOT EXISTS alone would keep it and the purge would read the table."""
+    conn = await asyncpg.connect(database_url, server_settings=server_settings("jobwire"))
+    try:
+        await conn.execute("DROP INDEX jobs_finished")
+        await conn.execute("DELETE FROM schema_migrations WHERE version = 4")
+        await conn.execute(
+            "INSERT INTO jobs (handler, status, finished_at)"
+            " SELECT 'noop', 'succeeded', '2026-01-01' FROM generate_series(1, 2)"
+        )
+        # Two rows alike make a unique build fail after its catalog entry exists: invalid.
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute(
+                "CREATE UNIQUE INDEX CONCURRENTLY jobs_finished ON jobwire.jobs (finished_at)"
+                " WHERE finished_at IS NOT NULL"
+            )
+        valid = "SELECT indisvalid FROM pg_index WHERE indexrelid = 'jobs_finished'::regclass"
+        assert await conn.fetchval(valid) is False
+        assert await migrate(database_url, "jobwire") == ["0004_jobs_finished_index"]
+        assert await conn.fetchval(valid) is True
+        definition = await conn.fetchval("SELECT pg_get_indexdef('jobs_finished'::regclass)")
+    finally:
+        await conn.close()
+    assert "UNIQUE" not in definition and "(finished_at)" in definition

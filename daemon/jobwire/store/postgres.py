@@ -43,7 +43,8 @@ def notify_channel(schema: str) -> str:
     return f"jobwire_{schema}"
 
 
-def _server_settings(schema: str) -> dict[str, str]:
+def server_settings(schema: str) -> dict[str, str]:
+    """The session settings of every connection jobwire opens to ``schema``."""
     return {
         "search_path": schema,
         "application_name": "jobwire",
@@ -233,7 +234,7 @@ class PostgresStore:
                 min_size=min_size,
                 max_size=max_size,
                 command_timeout=command_timeout,
-                server_settings=_server_settings(schema),
+                server_settings=server_settings(schema),
                 init=init,
                 reset=_keep_session,
             )
@@ -423,7 +424,7 @@ class PostgresStore:
         connection drops, loses it at once and another instance takes over.
         """
         async with _guard("leadership"):
-            conn = await asyncpg.connect(self._dsn, server_settings=_server_settings(self._schema))
+            conn = await asyncpg.connect(self._dsn, server_settings=server_settings(self._schema))
             try:
                 if await conn.fetchval(self._q["try_advisory_lock"], key):
                     return Leadership(conn)
@@ -647,7 +648,7 @@ class PostgresStore:
         while True:
             try:
                 conn = await asyncpg.connect(
-                    self._dsn, server_settings=_server_settings(self._schema)
+                    self._dsn, server_settings=server_settings(self._schema)
                 )
             except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
                 log.warning("listen_connect_failed", error=str(exc), retry_in=delay)

@@ -8,5 +8,14 @@
 -- finished_at), so inserts and claims write nothing more; a completion writes one entry
 -- (about 2 us a job, bench/complete_statement.py's statement with and without it).
 -- IF NOT EXISTS: on a large table an operator may build it beforehand without blocking
--- writes (CREATE INDEX CONCURRENTLY, the same definition); see the README, Upgrading.
+-- writes (CREATE INDEX CONCURRENTLY, the same definition); see the README, Upgrading. A
+-- concurrent build that failed leaves an invalid index under the name, which the planner
+-- never uses and IF NOT EXISTS would keep: that one is dropped and built again here.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_index
+               WHERE indexrelid = to_regclass('jobs_finished') AND NOT indisvalid) THEN
+        DROP INDEX jobs_finished;
+    END IF;
+END $$;
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
