@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import asyncpg
@@ -514,27 +515,39 @@ async def test_purge_takes_the_oldest_finished_jobs_first(
     assert await pg_store.get(ids[3]) is not None  # 1 day: not old enough
 
 
+@contextlib.asynccontextmanager
+async def installed_before_0004(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the database as an install from before migration 0004 left it."""
+    conn = await asyncpg.connect(database_url, server_settings=server_settings("jobwire"))
+    try:
+        await conn.execute("DROP INDEX jobs_finished")
+        await conn.execute("DELETE FROM schema_migrations WHERE version = 4")
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def build_finished_index_concurrently(conn: asyncpg.Connection, unique: str = "") -> None:
+    """The operator's own build, as the README gives it (``unique="UNIQUE"`` to make it fail
+    on equal finish times)."""
+    await conn.execute(
+        f"CREATE {unique} INDEX CONCURRENTLY jobs_finished ON jobwire.jobs (finished_at)"
+        " WHERE finished_at IS NOT NULL"
+    )
+
+
 async def test_finished_index_built_beforehand_is_taken_by_the_migration(
     database_url: str,
 ) -> None:
     """The README tells operators of large tables to build jobs_finished concurrently before
     upgrading; migration 0004 must then apply cleanly and leave one such index."""
-    conn = await asyncpg.connect(database_url, server_settings=server_settings("jobwire"))
-    try:
-        # The database as an install before 0004 left it, plus the operator's own build.
-        await conn.execute("DROP INDEX jobs_finished")
-        await conn.execute("DELETE FROM schema_migrations WHERE version = 4")
-        await conn.execute(
-            "CREATE INDEX CONCURRENTLY jobs_finished ON jobwire.jobs (finished_at)"
-            " WHERE finished_at IS NOT NULL"
-        )
+    async with installed_before_0004(database_url) as conn:
+        await build_finished_index_concurrently(conn)
         assert await migrate(database_url, "jobwire") == ["0004_jobs_finished_index"]
         indexes = await conn.fetch(
             "SELECT indexname FROM pg_indexes WHERE schemaname = 'jobwire'"
             " AND indexdef LIKE '%(finished_at)%'"
         )
-    finally:
-        await conn.close()
     assert [r["indexname"] for r in indexes] == ["jobs_finished"]
 
 
@@ -543,25 +556,17 @@ async def test_a_failed_concurrent_build_of_the_finished_index_is_replaced(
 ) -> None:
     """A concurrent build that fails leaves an invalid index of that name, never used by
     the planner; IF NOT EXISTS alone would keep it and the purge would read the table."""
-    conn = await asyncpg.connect(database_url, server_settings=server_settings("jobwire"))
-    try:
-        await conn.execute("DROP INDEX jobs_finished")
-        await conn.execute("DELETE FROM schema_migrations WHERE version = 4")
+    async with installed_before_0004(database_url) as conn:
         await conn.execute(
             "INSERT INTO jobs (handler, status, finished_at)"
             " SELECT 'noop', 'succeeded', '2026-01-01' FROM generate_series(1, 2)"
         )
         # Two rows alike make a unique build fail after its catalog entry exists: invalid.
         with pytest.raises(asyncpg.UniqueViolationError):
-            await conn.execute(
-                "CREATE UNIQUE INDEX CONCURRENTLY jobs_finished ON jobwire.jobs (finished_at)"
-                " WHERE finished_at IS NOT NULL"
-            )
+            await build_finished_index_concurrently(conn, unique="UNIQUE")
         valid = "SELECT indisvalid FROM pg_index WHERE indexrelid = 'jobs_finished'::regclass"
         assert await conn.fetchval(valid) is False
         assert await migrate(database_url, "jobwire") == ["0004_jobs_finished_index"]
         assert await conn.fetchval(valid) is True
         definition = await conn.fetchval("SELECT pg_get_indexdef('jobs_finished'::regclass)")
-    finally:
-        await conn.close()
     assert "UNIQUE" not in definition and "(finished_at)" in definition
