@@ -18,7 +18,7 @@ import pytest
 from jobwire import Client, JobContext, SyncClient
 from jobwire.models import Job, JobSpec, JobStatus, Outcome, StreamOffset
 from jobwire.store.base import ClaimRequest, InvalidJobData
-from jobwire.store.postgres import PostgresStore, migrate, server_settings
+from jobwire.store.postgres import LIST_QUERY_BY_STATUS, PostgresStore, migrate, server_settings
 from jobwire.store.queries import queries
 from tests.support.pools import fast_config, make_pool
 from tests.support.rows import fetch
@@ -515,43 +515,43 @@ async def test_purge_takes_the_oldest_finished_jobs_first(
     assert await pg_store.get(ids[3]) is not None  # 1 day: not old enough
 
 
+# The indexes of migration 0004 as the README tells an operator to build them beforehand.
+HISTORY_INDEXES = {
+    "jobs_finished": "ON jobwire.jobs (finished_at) WHERE finished_at IS NOT NULL",
+    "jobs_failed": "ON jobwire.jobs (id) WHERE status IN ('failed', 'cancelled')",
+}
+
+
 @contextlib.asynccontextmanager
 async def installed_before_0004(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     """A connection to the database as an install from before migration 0004 left it."""
     conn = await asyncpg.connect(database_url, server_settings=server_settings("jobwire"))
     try:
-        await conn.execute("DROP INDEX jobs_finished")
+        for name in HISTORY_INDEXES:
+            await conn.execute(f"DROP INDEX {name}")
         await conn.execute("DELETE FROM schema_migrations WHERE version = 4")
         yield conn
     finally:
         await conn.close()
 
 
-async def build_finished_index_concurrently(conn: asyncpg.Connection, unique: str = "") -> None:
-    """The operator's own build, as the README gives it (``unique="UNIQUE"`` to make it fail
-    on equal finish times)."""
-    await conn.execute(
-        f"CREATE {unique} INDEX CONCURRENTLY jobs_finished ON jobwire.jobs (finished_at)"
-        " WHERE finished_at IS NOT NULL"
-    )
-
-
-async def test_finished_index_built_beforehand_is_taken_by_the_migration(
+async def test_history_indexes_built_beforehand_are_taken_by_the_migration(
     database_url: str,
 ) -> None:
-    """The README tells operators of large tables to build jobs_finished concurrently before
-    upgrading; migration 0004 must then apply cleanly and leave one such index."""
+    """The README tells operators of large tables to build migration 0004's indexes
+    concurrently before upgrading; the migration must then apply cleanly and leave them."""
     async with installed_before_0004(database_url) as conn:
-        await build_finished_index_concurrently(conn)
-        assert await migrate(database_url, "jobwire") == ["0004_jobs_finished_index"]
+        for name, definition in HISTORY_INDEXES.items():
+            await conn.execute(f"CREATE INDEX CONCURRENTLY {name} {definition}")
+        assert await migrate(database_url, "jobwire") == ["0004_history_indexes"]
         indexes = await conn.fetch(
             "SELECT indexname FROM pg_indexes WHERE schemaname = 'jobwire'"
-            " AND indexdef LIKE '%(finished_at)%'"
+            " AND (indexdef LIKE '%(finished_at)%' OR indexdef LIKE '%''failed''%')"
         )
-    assert [r["indexname"] for r in indexes] == ["jobs_finished"]
+    assert sorted(r["indexname"] for r in indexes) == sorted(HISTORY_INDEXES)
 
 
-async def test_a_failed_concurrent_build_of_the_finished_index_is_replaced(
+async def test_a_failed_concurrent_build_of_a_history_index_is_replaced(
     database_url: str,
 ) -> None:
     """A concurrent build that fails leaves an invalid index of that name, never used by
@@ -563,10 +563,84 @@ async def test_a_failed_concurrent_build_of_the_finished_index_is_replaced(
         )
         # Two rows alike make a unique build fail after its catalog entry exists: invalid.
         with pytest.raises(asyncpg.UniqueViolationError):
-            await build_finished_index_concurrently(conn, unique="UNIQUE")
+            await conn.execute(
+                f"CREATE UNIQUE INDEX CONCURRENTLY jobs_finished {HISTORY_INDEXES['jobs_finished']}"
+            )
         valid = "SELECT indisvalid FROM pg_index WHERE indexrelid = 'jobs_finished'::regclass"
         assert await conn.fetchval(valid) is False
-        assert await migrate(database_url, "jobwire") == ["0004_jobs_finished_index"]
+        assert await migrate(database_url, "jobwire") == ["0004_history_indexes"]
         assert await conn.fetchval(valid) is True
         definition = await conn.fetchval("SELECT pg_get_indexdef('jobs_finished'::regclass)")
     assert "UNIQUE" not in definition and "(finished_at)" in definition
+
+
+async def test_listing_by_status_reads_each_status_index_even_in_a_generic_plan(
+    pg_store: PostgresStore, database_url: str
+) -> None:
+    """Listing failed (or pending, or running) jobs walked the whole history back by id when
+    they were few or old. Each such listing names its index's statuses as literals, so even
+    the generic plan a prepared statement settles on reads that index."""
+    conn = await asyncpg.connect(database_url, server_settings=server_settings("jobwire"))
+    plans = {}
+    try:
+        await conn.execute(
+            "INSERT INTO jobs (handler, status, finished_at)"
+            " SELECT 'noop', 'succeeded', now() FROM generate_series(1, 50000)"
+        )
+        await conn.execute("ANALYZE jobs")
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        for status, index in [
+            ("failed", "jobs_failed"),
+            ("cancelled", "jobs_failed"),
+            ("pending", "jobs_ready"),
+            ("retrying", "jobs_ready"),
+            ("running", "jobs_running"),
+        ]:
+            name = LIST_QUERY_BY_STATUS[status]
+            await conn.execute(
+                f"PREPARE {name}_{status} (text, text, int, bigint) AS {queries()[name]}"
+            )
+            plans[status, index] = await conn.fetchval(
+                f"EXPLAIN (FORMAT JSON) EXECUTE {name}_{status} ('{status}', NULL, 50, NULL)"
+            )
+    finally:
+        await conn.close()
+    for (status, index), plan in plans.items():
+        nodes = list(_plan_nodes(json.loads(plan)[0]["Plan"]))
+        assert any(name == index for _, name in nodes), (status, nodes)
+        assert not [n for n in nodes if n[0] == "Seq Scan"], (status, nodes)
+
+
+async def test_listing_by_status_pages_newest_first_within_a_queue(pg_store: PostgresStore) -> None:
+    """Every listing statement returns what one over all rows would: the status, the queue,
+    newest first, ``before_id`` paging."""
+    specs = [JobSpec("noop", queue=("a", "b")[i % 2]) for i in range(24)]
+    await pg_store.enqueue_many(specs)
+    await pg_store.enqueue_many(
+        [JobSpec("noop", queue="a", failed_reason="bad input") for _ in range(3)]
+    )
+    claimed = await pg_store.claim(ClaimRequest({"a": 8, "b": 8}, 16, "w", 30))
+    outcomes = [
+        Outcome(
+            job.id,
+            1,
+            (JobStatus.SUCCEEDED, JobStatus.RETRYING, JobStatus.CANCELLED)[n % 3],
+            0.0,
+            retry_in=3600.0,
+        )
+        for n, job in enumerate(claimed[:12])
+    ]
+    await pg_store.complete_many("w", outcomes)
+    every = await pg_store.list_jobs(limit=1000)
+    assert len(every) == 27
+    for status in [s.value for s in JobStatus]:
+        for queue in ("a", "b", None):
+            expected = [j.id for j in every if j.status == status and queue in (None, j.queue)]
+            if queue is None:
+                assert expected, status  # every status is there to be listed
+            got = [j.id for j in await pg_store.list_jobs(status, queue, limit=1000)]
+            assert got == expected, (status, queue)
+            first = await pg_store.list_jobs(status, queue, limit=2)
+            if first:
+                rest = await pg_store.list_jobs(status, queue, limit=1000, before_id=first[-1].id)
+                assert [j.id for j in first + rest] == expected, (status, queue)

@@ -38,6 +38,16 @@ _UNAVAILABLE = (
 )
 
 
+# Statuses whose listing reads a partial index (see list_jobs in queries.sql).
+LIST_QUERY_BY_STATUS = {
+    "failed": "list_failed_jobs",
+    "cancelled": "list_failed_jobs",
+    "pending": "list_ready_jobs",
+    "retrying": "list_ready_jobs",
+    "running": "list_running_jobs",
+}
+
+
 def notify_channel(schema: str) -> str:
     """The LISTEN/NOTIFY channel of one schema (the insert trigger uses the same name)."""
     return f"jobwire_{schema}"
@@ -579,8 +589,9 @@ class PostgresStore:
         before_id: int | None = None,
     ) -> list[Job]:
         """Newest first; ``before_id`` pages on (keyset paging, no OFFSET)."""
+        query = LIST_QUERY_BY_STATUS.get(status or "", "list_jobs")
         async with _guard("list"):
-            rows = await self._pool.fetch(self._q["list_jobs"], status, queue, limit, before_id)
+            rows = await self._pool.fetch(self._q[query], status, queue, limit, before_id)
         return [_job(r) for r in rows]
 
     async def runs(self, job_id: int) -> list[dict[str, Any]]:
