@@ -159,6 +159,36 @@ class JobsWatch:
         return int(done) >= n
 
 
+async def fill_month_of_history(url: str, rows: int, failed_every: int = 0) -> None:
+    """A migrated jobwire schema as a month of service leaves it: a few old live jobs (500
+    pending in a queue no instance serves, 3 running for an hour), then ``rows`` finished
+    jobs whose finish times are spread over 30 days in random physical order (a purged
+    table reuses its space), one in every ``failed_every`` failed (none for 0)."""
+    conn = await asyncpg.connect(url, server_settings={"search_path": "jobwire"})
+    try:
+        await conn.execute(
+            "INSERT INTO jobs (handler, queue) SELECT 'noop', 'unserved'"
+            " FROM generate_series(1, 500)"
+        )
+        await conn.execute(
+            "INSERT INTO jobs (handler, status, attempts, worker_id, lease_until, started_at)"
+            " SELECT 'slow', 'running', 1, 'w', now() + interval '1 hour', now()"
+            " FROM generate_series(1, 3)"
+        )
+        await conn.execute(
+            "INSERT INTO jobs (handler, status, attempts, finished_at, payload)"
+            " SELECT 'noop', CASE WHEN $2 > 0 AND g % $2 = 0 THEN 'failed' ELSE 'succeeded'"
+            " END, 1, now() - random() * interval '30 days', '{}'"
+            " FROM generate_series(1, $1) AS g",
+            rows,
+            failed_every,
+        )
+        await conn.execute("VACUUM ANALYZE jobs")  # statistics as autovacuum leaves them
+        await conn.execute("CHECKPOINT")  # the fill's writes are not flushed during timing
+    finally:
+        await conn.close()
+
+
 @dataclass
 class Drain:
     """Figures of one source drained to succeeded jobs, taken from the rows."""

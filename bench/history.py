@@ -1,9 +1,8 @@
 """What the operator's and the daemon's reads cost beside a long history of finished jobs.
 
-Fills a fresh table with N finished jobs (finish times spread over 30 days, in random
-physical order; one in every ``--failed-every`` failed), with a few old live jobs in front
-of them (pending in a queue no instance serves, running for an hour), as a table that has
-run for a month looks. Then times each read the way jobwire runs it (best of five, so a
+Fills a fresh table as ``bench.common.fill_month_of_history`` does (N finished jobs, one in
+every ``--failed-every`` failed, behind a few old live ones), as a table that has run for a
+month looks. Then times each read the way jobwire runs it (best of five, so a
 cold cache does not count), and one retention purge run. The reads meant to follow the
 live jobs, not the history, should stay near a millisecond whatever N is.
 
@@ -19,12 +18,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, too
 
-from bench.common import fresh_database, run
-from jobwire.store.postgres import PostgresStore, migrate, server_settings
+from bench.common import fill_month_of_history, fresh_database, run
+from jobwire.store.postgres import PostgresStore, migrate
 
 DAY = 86400.0
 
@@ -36,7 +33,7 @@ async def main() -> None:
     args = parser.parse_args()
     async with fresh_database() as url:
         await migrate(url, "jobwire")
-        await fill(url, args.rows, args.failed_every)
+        await fill_month_of_history(url, args.rows, args.failed_every)
         store = await PostgresStore.connect(url, min_size=1, max_size=1)
         try:
             print(f"{args.rows:,} finished jobs, 1 in {args.failed_every:,} failed:")
@@ -66,33 +63,6 @@ async def main() -> None:
             )
         finally:
             await store.close()
-
-
-async def fill(url: str, rows: int, failed_every: int) -> None:
-    """The month-old table: a few old live jobs, then the spread-out history."""
-    conn = await asyncpg.connect(url, server_settings=server_settings("jobwire"))
-    try:
-        await conn.execute(
-            "INSERT INTO jobs (handler, queue) SELECT 'noop', 'unserved'"
-            " FROM generate_series(1, 500)"
-        )
-        await conn.execute(
-            "INSERT INTO jobs (handler, status, attempts, worker_id, lease_until, started_at)"
-            " SELECT 'slow', 'running', 1, 'w', now() + interval '1 hour', now()"
-            " FROM generate_series(1, 3)"
-        )
-        await conn.execute(
-            "INSERT INTO jobs (handler, status, attempts, finished_at, payload)"
-            " SELECT 'noop', CASE WHEN g % $2 = 0 THEN 'failed' ELSE 'succeeded' END, 1,"
-            " now() - random() * interval '30 days', '{}'"
-            " FROM generate_series(1, $1) AS g",
-            rows,
-            failed_every,
-        )
-        await conn.execute("VACUUM ANALYZE jobs")  # statistics as autovacuum leaves them
-        await conn.execute("CHECKPOINT")  # the fill's writes are not flushed during the reads
-    finally:
-        await conn.close()
 
 
 async def best_of(times: int, read: Callable[[], Awaitable[Any]]) -> float:

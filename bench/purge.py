@@ -3,7 +3,8 @@
 Two tables per size. "Oldest first": N finished jobs inserted as running and completed (each
 with its job_runs row), so the oldest rows lead the heap; batches are timed as the scheduler's
 leader runs them. "Ages spread": N finished jobs whose finish times are spread over 30 days
-in random physical order, as in a table whose purged space was reused; a run (batches until
+in random physical order (``bench.common.fill_month_of_history``), as in a table whose
+purged space was reused; a run (batches until
 one comes back short) is timed for the oldest day, then for a steady run's share (ten
 minutes' worth, the default retention.every), as the leader meets it every time.
 
@@ -17,11 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-import asyncpg
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, too
 
-from bench.common import fresh_database, run
+from bench.common import fill_month_of_history, fresh_database, run
 from jobwire.models import JobSpec, JobStatus, Outcome
 from jobwire.store.base import DirectStart
 from jobwire.store.postgres import PostgresStore, migrate
@@ -67,17 +66,7 @@ async def ages_spread(rows: int, batch: int) -> None:
     async with fresh_database() as url:
         await migrate(url, "jobwire")
         store = await PostgresStore.connect(url, min_size=1, max_size=1)
-        conn = await asyncpg.connect(url, server_settings={"search_path": "jobwire"})
-        try:
-            await conn.execute(
-                "INSERT INTO jobs (handler, status, finished_at, payload)"
-                " SELECT 'noop', 'succeeded', now() - random() * interval '30 days', '{}'"
-                " FROM generate_series(1, $1)",
-                rows,
-            )
-            await conn.execute("VACUUM ANALYZE jobs")  # statistics as autovacuum leaves them
-        finally:
-            await conn.close()
+        await fill_month_of_history(url, rows)
         runs_timed = (("the oldest day", 29 * DAY), ("ten minutes' share", 29 * DAY - 600))
         for what, older_than in runs_timed:
             t0 = time.perf_counter()
