@@ -24,6 +24,14 @@ from pydantic import (
 )
 
 from jobwire.durations import parse_duration
+from jobwire.redaction import (
+    MASK,
+    SECRET,
+    is_secret_name,
+    raw_secret_values,
+    redact,
+    secret_field_names,
+)
 from jobwire.selectors import parse_selector
 from jobwire.ticks import TickRule, valid_cron
 
@@ -198,7 +206,8 @@ class AmqpSource(SourceBase):
     declare: bool = True
     queue_type: Literal["classic", "quorum"] = "classic"
     queue_arguments: dict[str, Any] = Field(default_factory=dict)
-    dead_letter_exchange: str | None = None
+    # Validated even when left out: on_invalid dead-letter needs it (see below).
+    dead_letter_exchange: str | None = Field(None, validate_default=True)
     dead_letter_routing_key: str | None = None
     exchange: str | None = None
     exchange_type: Literal["direct", "topic", "fanout", "headers"] = "direct"
@@ -214,6 +223,25 @@ class AmqpSource(SourceBase):
             raise ValueError("must be an amqp:// or amqps:// URL")
         return value
 
+    # A field validator, not a model one, so that the problem names this key.
+    @field_validator("dead_letter_exchange")
+    @classmethod
+    def _dead_letter_target(cls, value: str | None, info: ValidationInfo) -> str | None:
+        arguments = info.data.get("queue_arguments") or {}
+        if (
+            info.data.get("on_invalid") == "dead-letter"
+            and value is None
+            and arguments.get("x-dead-letter-exchange") is None
+        ):
+            # RabbitMQ drops a message rejected on a queue without a dead-letter exchange.
+            raise ValueError(
+                "on_invalid dead-letter needs a dead-letter exchange, or rejected messages "
+                "are dropped: set dead_letter_exchange (or x-dead-letter-exchange in "
+                "queue_arguments); with declare: false name the one the queue was declared "
+                "with (by arguments or policy), which jobwire cannot read"
+            )
+        return value
+
 
 class StompSource(SourceBase):
     """A STOMP 1.2 destination (RabbitMQ's STOMP plugin, ActiveMQ), consumed with client acks."""
@@ -223,14 +251,29 @@ class StompSource(SourceBase):
     port: int = Field(61613, ge=1, le=65535)
     vhost: str = "/"  # STOMP's host header; RabbitMQ reads it as the vhost
     username: str | None = "guest"
-    password: str | None = "guest"
+    password: str | None = Field("guest", json_schema_extra=SECRET)
     destination: str = Field(pattern=r"^/")
     flavor: Literal["rabbitmq", "activemq"] = "rabbitmq"
     prefetch: int = Field(200, ge=1, le=65535)
     heartbeat: Duration = 10.0
     # For /topic/ destinations: a durable subscription under this stable name.
     durable_name: str | None = None
+    # on_invalid dead-letter: poison is SENT here (with a receipt) before the original is
+    # ACKed. Validated even when left out: dead-letter needs it.
+    dead_letter_destination: str | None = Field(None, pattern=r"^/", validate_default=True)
     tls: TlsConfig | None = None
+
+    # A field validator, not a model one, so that the problem names this key.
+    @field_validator("dead_letter_destination")
+    @classmethod
+    def _dead_letter_target(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("on_invalid") == "dead-letter" and value is None:
+            # A NACK without requeue is no dead-lettering over STOMP: RabbitMQ drops it.
+            raise ValueError(
+                "on_invalid dead-letter needs a destination for poison messages, such as "
+                "/queue/background_jobs.dlq"
+            )
+        return value
 
 
 def _no_requeue(source: SourceBase, why: str) -> None:
@@ -270,7 +313,7 @@ class KafkaSource(SourceBase):
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
-    sasl_password: str | None = None
+    sasl_password: str | None = Field(None, json_schema_extra=SECRET)
     tls: TlsConfig | None = None
 
     @model_validator(mode="after")
@@ -297,7 +340,7 @@ class MqttSource(SourceBase):
     # Subscribe as $share/<group>/<topic>: the instances of a group split the messages.
     shared_group: str | None = Field(None, pattern=r"^[^/+#]+$")
     username: str | None = None
-    password: str | None = None
+    password: str | None = Field(None, json_schema_extra=SECRET)
     # MQTT 5: how long the broker keeps the session while we are away.
     session_expiry: Duration = 7 * 86400.0
     keepalive: Duration = 30.0
@@ -400,7 +443,7 @@ class HttpConfig(_Strict):
     # host:port; port 0 picks a free one (logged as http_listening).
     listen: str = "127.0.0.1:8080"
     # Bearer token for mutations (enqueue, retry, cancel). None: mutations are refused.
-    admin_token: str | None = Field(None, min_length=16)
+    admin_token: str | None = Field(None, min_length=16, json_schema_extra=SECRET)
 
     @field_validator("listen")
     @classmethod
@@ -462,6 +505,9 @@ class Config(_Strict):
         return self.queues.get(name) or QueueConfig()
 
 
+_SECRET_KEYS = secret_field_names(Config)
+
+
 @dataclass(frozen=True)
 class ConfigProblem:
     """One thing wrong with a config file."""
@@ -474,6 +520,10 @@ class ConfigProblem:
         return (
             f"{self.file}: {self.key}: {self.reason}" if self.key else f"{self.file}: {self.reason}"
         )
+
+    def redacted(self, secrets: frozenset[str] | set[str]) -> ConfigProblem:
+        """The same problem with URL passwords and these secrets masked in its reason."""
+        return ConfigProblem(self.file, self.key, redact(self.reason, secrets))
 
 
 class ConfigError(Exception):
@@ -551,7 +601,11 @@ def _pydantic_problems(err: ValidationError, file: str) -> list[ConfigProblem]:
         else:
             reason = str(item["msg"]).removeprefix("Value error, ")
             if "input" in item and not isinstance(item["input"], dict | list):
-                reason += f" (got {item['input']!r})"
+                # A secret field's value is never echoed, however wrong it is (a short one
+                # would escape the verbatim redaction in parse_config).
+                field = next((p for p in reversed(loc) if isinstance(p, str)), "")
+                secret = field in _SECRET_KEYS or is_secret_name(field)
+                reason += f" (got {MASK if secret else repr(item['input'])})"
         problems.append(ConfigProblem(file, key, reason))
     return problems
 
@@ -565,7 +619,9 @@ def parse_config(text: str, file: str, env: Mapping[str, str] | None = None) -> 
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([ConfigProblem(file, where, f"invalid YAML: {problem}")]) from None
+        raise ConfigError(
+            [ConfigProblem(file, where, f"invalid YAML: {redact(problem)}")]
+        ) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -579,7 +635,10 @@ def parse_config(text: str, file: str, env: Mapping[str, str] | None = None) -> 
         # A key whose variable is missing already has its problem; skip the echo it causes.
         env_keys = {key for key, _ in env_problems}
         problems.extend(p for p in _pydantic_problems(err, file) if p.key not in env_keys)
-        raise ConfigError(problems) from None
+        # No model to ask which values are secret: take them from the tree as written (after
+        # ${VAR} interpolation), wherever a validator's message may have quoted them.
+        secrets = raw_secret_values(data, _SECRET_KEYS)
+        raise ConfigError([p.redacted(secrets) for p in problems]) from None
     if problems:
         raise ConfigError(problems)
     return config

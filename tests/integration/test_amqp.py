@@ -19,7 +19,7 @@ from jobwire.adapters import amqp_frames
 from jobwire.adapters.amqp_channel import InlineConsumer, InlineDeliveryChannel
 from jobwire.config import Config
 from tests.support.daemon import Daemon as DaemonProcess
-from tests.support.daemon import jobwire, one_source_config, publish_confirmed
+from tests.support.daemon import jobwire, one_source_config, publish_confirmed, write_config
 from tests.support.inprocess import running_daemon
 from tests.support.rows import fetch, job_count, jobs_at_least
 from tests.support.waiting import wait_for
@@ -212,22 +212,51 @@ async def test_dead_letter_mode_sends_poison_to_the_broker_dlx(
     config = amqp_config(
         database_url,
         queue_name,
-        {"handler_from": "header:type"},
+        {"handler_from": "json:$.type"},
         on_invalid="dead-letter",
         dead_letter_exchange=f"{queue_name}.dlx",
     )
+    poison = [b"not JSON at all", b'{"type": "rm -rf"}']  # unreadable; not allow-listed
     async with running_daemon(config):
-        await publish(amqp, queue_name, [b"{}"], ["poison"], headers={"type": "evil"})
-        await publish(amqp, queue_name, [b"{}"], ["fine"], headers={"type": "noop"})
+        await publish(
+            amqp,
+            queue_name,
+            [b'{"type": "echo", "n": 1}', poison[0], poison[1], b'{"type": "echo", "n": 2}'],
+            ["good-1", "poison-1", "poison-2", "good-2"],
+            headers={"trace": "abc"},
+        )
 
-        async def dead_lettered() -> bool:
-            declared = await channel.declare_queue(f"{queue_name}.dlq", passive=True)
-            return declared.declaration_result.message_count == 1
+        async def both_done() -> bool:
+            return await job_count(database_url, "status = 'succeeded'") == 2
 
-        await wait_for(dead_lettered, what="poison message in the DLQ")
-        await wait_for(lambda: job_count(database_url), what="good job stored")
-    assert await job_count(database_url) == 1
+        await wait_for(both_done, what="the two good messages run")
+        copies = [await wait_for(lambda: dlq.get(no_ack=True, fail=False)) for _ in poison]
+    assert sorted(c.body for c in copies) == sorted(poison)
+    assert sorted(str(c.message_id) for c in copies) == ["poison-1", "poison-2"]
+    assert {c.headers["trace"] for c in copies} == {"abc"}  # the broker's own dead-lettering
+    rows = await fetch(database_url, "SELECT dedup_key, body FROM jobwire.jobs")
+    assert sorted(r["dedup_key"] for r in rows) == ["orders:good-1", "orders:good-2"]
+    assert await queue_counts(amqp, queue_name) == (0, 0)
     await channel.close()
+
+
+def test_dead_letter_without_an_exchange_is_refused(tmp_path: Path) -> None:
+    """basic.reject on a queue without a dead-letter exchange drops the message: no run."""
+    for extra in ({}, {"declare": False}):
+        source = {
+            "name": "orders",
+            "type": "amqp",
+            "queue": "orders",
+            "on_invalid": "dead-letter",
+            "route": {"handler": "noop"},
+            **extra,
+        }
+        config = write_config(tmp_path / "jobwire.yaml", {"sources": [source]})
+        for command in ("check-config", "run"):
+            proc = jobwire(command, "-c", str(config), check=False, timeout=30)
+            assert proc.returncode == 2, proc.stderr
+            assert "sources[0].dead_letter_exchange: on_invalid dead-letter needs" in proc.stderr
+            assert "Traceback" not in proc.stderr
 
 
 async def _queue_empty(amqp: aio_pika.abc.AbstractConnection, queue: str) -> bool:

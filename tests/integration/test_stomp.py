@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -11,10 +12,12 @@ from typing import Any
 import aio_pika
 import pytest
 
+from jobwire.adapters import stomp as stomp_adapter
 from jobwire.adapters.stomp import StompAdapter
 from jobwire.config import Config, StompSource
+from tests.support.daemon import jobwire, write_config
 from tests.support.inprocess import running_daemon
-from tests.support.rows import job_count, jobs_at_least, scalar
+from tests.support.rows import fetch, job_count, jobs_at_least, scalar
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -117,6 +120,142 @@ async def test_poison_message_fails_with_its_reason(database_url: str, destinati
         )
         == 1
     )
+
+
+def test_dead_letter_without_a_destination_is_refused(tmp_path: Any) -> None:
+    """A STOMP NACK without requeue makes RabbitMQ drop the message: no destination, no run."""
+    source = {
+        "name": "koha",
+        "type": "stomp",
+        "destination": "/queue/jobs",
+        "on_invalid": "dead-letter",
+        "route": {"handler": "noop"},
+    }
+    config = write_config(tmp_path / "jobwire.yaml", {"sources": [source]})
+    for command in ("check-config", "run"):
+        proc = jobwire(command, "-c", str(config), check=False, timeout=30)
+        assert proc.returncode == 2, proc.stderr
+        assert "sources[0].dead_letter_destination: on_invalid dead-letter needs" in proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+@contextlib.asynccontextmanager
+async def dead_letter_queue(
+    destination: str,
+) -> AsyncIterator[tuple[str, aio_pika.abc.AbstractQueue]]:
+    """A ``/queue/`` destination for poison and the RabbitMQ queue behind it (deleted after)."""
+    name = f"{destination.removeprefix('/queue/')}.dlq"
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        # Declared as RabbitMQ's STOMP plugin declares a SEND's /queue/ (durable).
+        queue = await channel.declare_queue(name, durable=True)
+        yield f"/queue/{name}", queue
+        await channel.queue_delete(name)
+    finally:
+        await connection.close()
+
+
+async def test_dead_letter_sends_poison_to_its_destination_and_stores_the_rest(
+    database_url: str, destination: str
+) -> None:
+    async with dead_letter_queue(destination) as (dead_letters, dlq):
+        config = stomp_config(
+            database_url,
+            destination,
+            route={"handler_from": "json:$.type"},
+            on_invalid="dead-letter",
+            dead_letter_destination=dead_letters,
+        )
+        poison = b"this is not JSON \x00\xff"
+        async with running_daemon(config) as daemon:
+            sender = publisher(destination)
+            await sender.publish(b'{"type": "echo", "n": 1}', {"amqp-message-id": "good-1"})
+            await sender.publish(poison, {"amqp-message-id": "bad", "trace": "abc"})
+            await sender.publish(b'{"type": "echo", "n": 2}', {"amqp-message-id": "good-2"})
+
+            async def both_done() -> bool:
+                return await job_count(database_url, "status = 'succeeded'") == 2
+
+            await wait_for(both_done, what="the two good messages run")
+            counters = daemon.sources[0].intake.counters
+            await wait_for(lambda: counters.dead_lettered == 1, what="poison dead-lettered")
+            copy = await wait_for(lambda: dlq.get(no_ack=True, fail=False), what="the copy")
+        assert await queue_depth(destination) == 0  # the original was acked, not left behind
+    assert copy.body == poison
+    headers = {k: v.decode() if isinstance(v, bytes) else v for k, v in copy.headers.items()}
+    assert headers["trace"] == "abc"  # the producer's headers travel with it
+    assert headers["x-jobwire-original-destination"] == destination
+    assert headers["x-jobwire-source"] == "koha"
+    assert headers["x-jobwire-reason"]
+    rows = await fetch(database_url, "SELECT payload->>'n' AS n, body FROM jobwire.jobs")
+    assert sorted(r["n"] for r in rows) == ["1", "2"]  # no row for the poison
+    assert all(r["body"] != poison for r in rows)
+
+
+async def test_dead_letter_copy_refused_keeps_the_original_as_a_failed_job(
+    database_url: str, destination: str
+) -> None:
+    """The copy is not confirmed (no such exchange): the original is not acked then, so it
+    comes back; its redelivery is kept as a failed job at once, not copied again and again."""
+    config = stomp_config(
+        database_url,
+        destination,
+        route={"handler_from": "json:$.type"},
+        on_invalid="dead-letter",
+        dead_letter_destination=f"/exchange/jw-missing-{uuid.uuid4().hex[:10]}",
+    )
+    async with running_daemon(config) as daemon:
+        adapter = daemon.sources[0].adapter
+        assert isinstance(adapter, StompAdapter)
+        await publisher(destination).publish(b"not json", {"amqp-message-id": "bad"})
+        await wait_for(lambda: adapter.dead_letter_failures >= 1, what="the copy refused")
+        await wait_for(lambda: _kept_as_failed(database_url), what="kept as a failed job")
+        await wait_for(lambda: _settled(destination), what="the original settled", timeout=20)
+        assert adapter.dead_letter_failures == 1  # not tried again: no loop
+    rows = await fetch(database_url, "SELECT status, body FROM jobwire.jobs")
+    assert [(r["status"], r["body"]) for r in rows] == [("failed", b"not json")]
+
+
+async def _kept_as_failed(database_url: str) -> bool:
+    rows = await fetch(database_url, "SELECT status FROM jobwire.jobs")
+    return [r["status"] for r in rows] == ["failed"]
+
+
+async def _settled(destination: str) -> bool:
+    return await queue_depth(destination) == 0
+
+
+async def test_dead_letter_receipt_that_never_comes_never_loses_the_original(
+    database_url: str, destination: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker takes the copy but its RECEIPT is lost: after the timeout the connection
+    is given up, so the original is not acked then; it comes back and is kept as a failed
+    job. Copies may repeat; the original is never lost."""
+    monkeypatch.setattr(StompAdapter, "_on_receipt", lambda self, frame: None)
+    monkeypatch.setattr(stomp_adapter, "DEAD_LETTER_TIMEOUT", 0.5)
+    async with dead_letter_queue(destination) as (dead_letters, dlq):
+        config = stomp_config(
+            database_url,
+            destination,
+            route={"handler_from": "json:$.type"},
+            on_invalid="dead-letter",
+            dead_letter_destination=dead_letters,
+        )
+        async with running_daemon(config) as daemon:
+            adapter = daemon.sources[0].adapter
+            assert isinstance(adapter, StompAdapter)
+            await publisher(destination).publish(b"not json", {"amqp-message-id": "bad"})
+            await wait_for(lambda: adapter.dead_letter_failures >= 1, what="copy unconfirmed")
+
+            def given_up() -> bool:
+                return "dead-letter copy not confirmed" in (adapter.last_error or "")
+
+            await wait_for(given_up, what="the connection given up")
+            await wait_for(lambda: _kept_as_failed(database_url), what="kept as a failed job")
+            await wait_for(lambda: _settled(destination), what="the original settled")
+        copy = await wait_for(lambda: dlq.get(no_ack=True, fail=False), what="a copy")
+    assert copy.body == b"not json"
 
 
 async def test_connection_closed_by_the_broker_twice_reconnects_each_time(

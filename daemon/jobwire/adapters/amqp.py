@@ -18,6 +18,7 @@ from typing import Any
 
 import aio_pika
 import aiormq.abc
+import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 
 from jobwire.adapters import amqp_frames
@@ -114,6 +115,8 @@ class AmqpAdapter(Adapter):
             # per-message IncomingMessage and second task (together about 15% of the daemon's
             # CPU in a py-spy profile of bench/amqp_drain.py).
             underlay = await channel.get_underlay_channel()
+            if self.cfg.on_invalid == "dead-letter":
+                await self._check_dead_letter_exchange(connection)
             self._underlay = underlay
             self._outstanding = {}
             if self._paused:
@@ -128,6 +131,29 @@ class AmqpAdapter(Adapter):
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(5):
                     await connection.close()
+
+    async def _check_dead_letter_exchange(self, connection: AbstractConnection) -> None:
+        """Warn when the dead-letter exchange does not exist: RabbitMQ then drops what is
+        rejected, without a word. A warning, not a failure: good messages still flow."""
+        cfg = self.cfg
+        name = cfg.dead_letter_exchange
+        if name is None:
+            name = cfg.queue_arguments.get("x-dead-letter-exchange")
+        if not name:
+            return  # "" is the default exchange, which always exists
+        # A channel of its own: a failed passive declare closes the channel it ran on.
+        channel = await connection.channel()
+        try:
+            await channel.get_exchange(str(name), ensure=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            self._log.warning(
+                "dead_letter_exchange_missing",
+                exchange=name,
+                note="RabbitMQ drops dead-lettered messages until it is declared",
+            )
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
 
     async def _consume(self) -> None:
         assert self._underlay is not None
@@ -163,7 +189,7 @@ class AmqpAdapter(Adapter):
             content_type=props.content_type,
             ack=lambda: self._settle_one(channel, tag, "ack"),
             nack=lambda requeue: self._settle_one(channel, tag, "nack", requeue),
-            reject=lambda: self._settle_one(channel, tag, "reject"),
+            reject=lambda reason=None: self._reject(channel, tag),
             raw=(channel, tag),
         )
         assert self._sink is not None
@@ -177,13 +203,20 @@ class AmqpAdapter(Adapter):
         try:
             if action == "ack":
                 await channel.basic_ack(tag)
-            elif action == "nack":
-                await channel.basic_nack(tag, requeue=requeue)
             else:
-                await channel.basic_reject(tag, requeue=False)
+                await channel.basic_nack(tag, requeue=requeue)
         except Exception as exc:  # noqa: BLE001 - a dead channel: the broker redelivers
             self.dropped_acks += 1
             self._log.warning("settle_dropped", action=action, error=f"{type(exc).__name__}: {exc}")
+
+    async def _reject(self, channel: aiormq.abc.AbstractChannel, tag: int) -> None:
+        """basic.reject without requeue: the queue's dead-letter exchange (required by the
+        config for on_invalid dead-letter) gets it. Raises when it cannot be sent, so the
+        intake never reports as dead-lettered a delivery the broker still holds."""
+        if channel is not self._underlay:
+            raise ConnectionError("the channel it came on is closed; the broker redelivers it")
+        self._outstanding.pop(tag, None)
+        await channel.basic_reject(tag, requeue=False)
 
     async def ack_many(self, messages: Sequence[Message]) -> None:
         """One cumulative ack when it covers only this batch, else one ack each."""
@@ -224,7 +257,12 @@ class AmqpAdapter(Adapter):
     async def resume(self) -> None:
         """Consume again (at once if connected, else when the session reconnects)."""
         self._paused = False
-        if self._underlay is not None and self._consumer_tag is None:
+        if self._underlay is None:
+            if self.state == SourceState.PAUSED:
+                # Not connected (the broker is out too): no longer held, so a failed
+                # reconnect shows as down, not paused.
+                self.set_state(SourceState.CONNECTING)
+        elif self._consumer_tag is None:
             try:
                 await self._consume()
             except Exception as exc:  # noqa: BLE001 - the session notices and reconnects

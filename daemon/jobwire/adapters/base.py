@@ -15,7 +15,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -35,6 +35,18 @@ class SourceState(enum.StrEnum):
     STOPPED = "stopped"
 
 
+class Reject(Protocol):
+    """Dead-letters one delivery: returns once the dead-letter target has it, else raises.
+
+    When it raises, the delivery is not settled and the broker still has it (it comes back
+    when the connection or channel it came on ends); nothing is lost.
+    """
+
+    def __call__(self, reason: str | None = None) -> Awaitable[None]:
+        """``reason``: why it is poison, passed on where the protocol can carry it (STOMP)."""
+        ...
+
+
 @dataclass(slots=True)
 class Message:
     """One broker delivery, decoded; settled through the callables its adapter put in it."""
@@ -49,7 +61,7 @@ class Message:
     dedup_key: str | None = None
     ack: Callable[[], Awaitable[None]] | None = None
     nack: Callable[[bool], Awaitable[None]] | None = None
-    reject: Callable[[], Awaitable[None]] | None = None
+    reject: Reject | None = None
     # A log consumer's position after this message (Kafka): stored with the job row.
     offset: StreamOffset | None = None
     # The adapter's own handle on the delivery (used for batched acks).
@@ -176,25 +188,43 @@ async def supervise(
     """Run ``session`` (connect and consume until the connection ends) again and again.
 
     A session that returns or raises means the connection is gone: the adapter goes
-    ``down``, waits a jittered, growing delay, and connects afresh. Cancellation stops it.
+    ``down``, waits a jittered, growing delay, and connects afresh. Every pass waits, paused
+    or not: with the broker down, a paused source's session fails at once, and skipping the
+    wait would reconnect in a tight loop. Cancellation stops it.
     """
     backoff = backoff or Backoff()
     while True:
         if adapter.state != SourceState.PAUSED:
             adapter.set_state(SourceState.CONNECTING)
         started = time.monotonic()
+        failed = True
         try:
             await session()
             error = "connection closed"
+            failed = False
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure means: reconnect
             error = f"{type(exc).__name__}: {exc}"
-        if adapter.state == SourceState.PAUSED:
-            continue  # paused on purpose (the adapter resumes itself): not an outage
         if time.monotonic() - started > 10:
             backoff.reset()  # it was up for a while: this is a fresh outage
+        if adapter.state == SourceState.PAUSED and not failed:
+            # Ended by a pause (STOMP disconnects while held): not an outage, and the next
+            # session waits for resume() itself. A short fixed wait, so that flow control
+            # toggling a pause often never grows the delay a resume then waits out.
+            await asyncio.sleep(backoff.initial)
+            continue
         delay = backoff.next()
-        adapter.set_state(SourceState.DOWN, error)
-        adapter._log.warning("source_reconnecting", retry_in=round(delay, 2), error=error)
+        if adapter.state == SourceState.PAUSED:
+            # Held by the intake and the broker is out too: operators keep seeing "paused"
+            # (the intake resumes it), but it is still an outage, retried with backoff.
+            adapter.last_error = error
+        else:
+            adapter.set_state(SourceState.DOWN, error)
+        adapter._log.warning(
+            "source_reconnecting",
+            retry_in=round(delay, 2),
+            error=error,
+            paused=adapter.state == SourceState.PAUSED,
+        )
         await asyncio.sleep(delay)

@@ -369,6 +369,9 @@ class KafkaAdapter(Adapter):
         if self._consumer is not None:
             self._apply_pause(self._consumer)
             self.set_state(SourceState.UP)
+        elif self.state == SourceState.PAUSED:
+            # Not connected: no longer held, so a failed reconnect shows as down.
+            self.set_state(SourceState.CONNECTING)
 
     def describe(self) -> dict[str, Any]:
         """State for stats, with the lag per partition seen at the last probe."""

@@ -167,6 +167,9 @@ class MqttAdapter(Adapter):
         self._resumed.set()
         if self._client is not None:
             self.set_state(SourceState.UP)
+        elif self.state == SourceState.PAUSED:
+            # Not connected: no longer held, so a failed reconnect shows as down.
+            self.set_state(SourceState.CONNECTING)
 
     async def publish(
         self,

@@ -6,6 +6,12 @@ decision is taken on the loop. Frames are written (ACK, NACK, SUBSCRIBE) from a 
 thread, never on the loop, because stomp.py's socket writes block. Reconnecting is the
 shared supervisor's job, never the listener's: a lost connection (including missed
 heart-beats) ends the session, and the supervisor builds a fresh connection.
+
+Dead-lettering is done here, not by the broker: a STOMP NACK without requeue makes RabbitMQ
+drop the message. A poison message is SENT to ``dead_letter_destination`` with a receipt,
+and the original is ACKed only once the RECEIPT is in. Without it (timeout, connection
+lost) the connection is ended, so the original comes back: a copy may be sent twice, but a
+message is never lost.
 """
 
 from __future__ import annotations
@@ -34,6 +40,33 @@ _FRAME_HEADERS = {
     "redelivered",
     "content-type",
 }
+# Not copied onto a dead-lettered copy: protocol bookkeeping, an expiry that would drop it
+# from the dead-letter queue, and RabbitMQ's queue-declaring SEND headers (a mismatch with
+# the dead-letter queue's arguments would have the broker refuse every copy).
+_NOT_FORWARDED = _FRAME_HEADERS | {
+    "receipt",
+    "transaction",
+    "expiration",
+    "durable",
+    "auto-delete",
+    "exclusive",
+    "x-queue-name",
+    "x-queue-type",
+    "x-queue-mode",
+    "x-queue-master-locator",
+    "x-queue-version",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-expires",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-message-ttl",
+    "x-overflow",
+    "x-single-active-consumer",
+}
+# How long a dead-lettered copy's RECEIPT may take before the connection is given up.
+DEAD_LETTER_TIMEOUT = 10.0
 
 
 class _Bridge(stomp.ConnectionListener):  # type: ignore[misc]
@@ -45,11 +78,13 @@ class _Bridge(stomp.ConnectionListener):  # type: ignore[misc]
         on_frame: Callable[[Frame], None],
         on_lost: Callable[[str], None],
         on_error: Callable[[Frame], None],
+        on_receipt: Callable[[Frame], None],
     ) -> None:
         self._loop = loop
         self._on_frame = on_frame
         self._on_lost = on_lost
         self._on_error = on_error
+        self._on_receipt = on_receipt
 
     def _post(self, callback: Callable[..., None], *args: Any) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: we are shutting down
@@ -60,6 +95,9 @@ class _Bridge(stomp.ConnectionListener):  # type: ignore[misc]
 
     def on_error(self, frame: Frame) -> None:
         self._post(self._on_error, frame)
+
+    def on_receipt(self, frame: Frame) -> None:
+        self._post(self._on_receipt, frame)
 
     def on_disconnected(self) -> None:
         self._post(self._on_lost, "disconnected")
@@ -95,7 +133,10 @@ class StompAdapter(Adapter):
         self._end_session: Callable[[str], None] | None = None
         self._subscribed = False
         self._write_lock = asyncio.Lock()
+        # Dead-lettered copies waiting for their RECEIPT, by receipt id (current connection).
+        self._receipts: dict[str, asyncio.Future[None]] = {}
         self.dropped_acks = 0
+        self.dead_letter_failures = 0  # copies not confirmed (their originals came back)
 
     @property
     def subscription_id(self) -> str:
@@ -138,7 +179,9 @@ class StompAdapter(Adapter):
                 lost.set_result(reason)
 
         conn = self._new_connection()
-        conn.set_listener("jobwire", _Bridge(loop, self._on_frame, on_lost, self._on_error))
+        conn.set_listener(
+            "jobwire", _Bridge(loop, self._on_frame, on_lost, self._on_error, self._on_receipt)
+        )
         self._end_session = on_lost
         try:
             await asyncio.to_thread(conn.connect, self.cfg.username, self.cfg.password, wait=True)
@@ -148,10 +191,11 @@ class StompAdapter(Adapter):
             await self._subscribe()
             reason = await lost
             if reason == "paused":
-                return  # supervise() sees the PAUSED state and waits for resume, no backoff
+                return  # not an outage: supervise() sees PAUSED; the next session waits
             raise ConnectionError(f"STOMP connection lost: {reason}")
         finally:
             self._end_session = None
+            self._fail_receipts(f"connection ended ({lost.result() if lost.done() else 'closed'})")
             self._conn = None
             self._subscribed = False
             await asyncio.to_thread(_quiet_disconnect, conn)
@@ -191,6 +235,24 @@ class StompAdapter(Adapter):
             message=frame.headers.get("message"),
             detail=(frame.body or b"")[:200],
         )
+        # An ERROR about a SEND names its receipt: that dead-letter copy was refused.
+        waiter = self._receipts.pop(frame.headers.get("receipt-id", ""), None)
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(
+                ConnectionError(f"broker refused the copy: {frame.headers.get('message')}")
+            )
+
+    def _on_receipt(self, frame: Frame) -> None:
+        waiter = self._receipts.pop(frame.headers.get("receipt-id", ""), None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail_receipts(self, reason: str) -> None:
+        """The connection is gone: no RECEIPT will come for what it sent."""
+        receipts, self._receipts = self._receipts, {}
+        for waiter in receipts.values():
+            if not waiter.done():
+                waiter.set_exception(ConnectionError(reason))
 
     def _on_frame(self, frame: Frame) -> None:
         headers: dict[str, str] = dict(frame.headers)
@@ -209,17 +271,81 @@ class StompAdapter(Adapter):
             },
             content_type=content_type.split(";")[0].strip() if content_type else None,
             ack=lambda: self._write([(generation, ack_id)], "ack"),
-            nack=lambda requeue: self._write(
-                [(generation, ack_id)], "nack" if requeue else "reject"
+            # Without requeue, a NACK would make RabbitMQ drop it: dead-letter it instead.
+            nack=lambda requeue: (
+                self._write([(generation, ack_id)], "nack")
+                if requeue
+                else self._dead_letter(generation, ack_id, headers, body)
             ),
-            reject=lambda: self._write([(generation, ack_id)], "reject"),
+            reject=lambda reason=None: self._dead_letter(generation, ack_id, headers, body, reason),
             raw=(generation, ack_id),
         )
         assert self._sink is not None
         self._sink(message)
 
+    async def _dead_letter(
+        self,
+        generation: int,
+        ack_id: str,
+        headers: dict[str, str],
+        body: bytes,
+        reason: str | None = None,
+    ) -> None:
+        """SEND a copy to the dead-letter destination, await its RECEIPT, then ACK the
+        original. Raises if the copy is not confirmed; the original then comes back."""
+        destination = self.cfg.dead_letter_destination
+        if destination is None:
+            # The config refuses on_invalid dead-letter without one; a NACK would drop it.
+            raise RuntimeError(f"source {self.name} has no dead_letter_destination")
+        conn, end_session = self._conn, self._end_session
+        if conn is None or end_session is None or generation != self._generation:
+            raise ConnectionError("the connection it came on is closed; the broker redelivers it")
+        receipt = f"jobwire-dead-letter-{uuid.uuid4().hex}"
+        extra = {k: v for k, v in headers.items() if k not in _NOT_FORWARDED}
+        extra.update(
+            {
+                "persistent": "true",
+                "x-jobwire-reason": (reason or "invalid message (on_invalid: dead-letter)")[:500],
+                "x-jobwire-source": self.name,
+                "x-jobwire-original-destination": headers.get("destination", ""),
+                "x-jobwire-original-message-id": headers.get("message-id", ""),
+                "receipt": receipt,
+            }
+        )
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._receipts[receipt] = waiter
+        try:
+            async with self._write_lock:
+                await asyncio.to_thread(
+                    conn.send,
+                    destination,
+                    body,
+                    content_type=headers.get("content-type"),
+                    headers=extra,
+                )
+            async with asyncio.timeout(DEAD_LETTER_TIMEOUT):
+                await waiter
+        except Exception as exc:
+            self.dead_letter_failures += 1
+            # Unconfirmed: end that connection (if it is not over already), so that the
+            # original and every other unacknowledged delivery go back to the broker. No
+            # frame is written on it any more, so the outcome is the same whatever the
+            # intake does next: an ACK racing the disconnect is dropped, not half-applied.
+            if generation == self._generation:
+                self._conn = None
+            end_session(f"dead-letter copy not confirmed: {type(exc).__name__}")
+            raise ConnectionError(
+                f"dead-letter copy to {destination} not confirmed: {type(exc).__name__}: {exc}"
+            ) from exc
+        finally:
+            self._receipts.pop(receipt, None)
+        # The copy is safe: now the original may go. If this ACK is lost, the original comes
+        # back and is copied again (a duplicate in the dead-letter queue, never a loss).
+        await self._write([(generation, ack_id)], "ack")
+
     async def _write(self, items: Sequence[tuple[int, str]], action: str) -> None:
-        """Send ACK/NACK frames for deliveries of the current connection, off the loop."""
+        """Send ACK or NACK (requeue) frames for the current connection's deliveries, off
+        the loop."""
         conn = self._conn
         current = [ack_id for generation, ack_id in items if generation == self._generation]
         stale = len(items) - len(current)
@@ -240,10 +366,8 @@ class StompAdapter(Adapter):
             for ack_id in current:
                 if action == "ack":
                     conn.ack(ack_id)
-                elif action == "nack":
-                    conn.nack(ack_id)  # RabbitMQ and ActiveMQ redeliver a NACKed message
                 else:
-                    conn.nack(ack_id, requeue="false")  # RabbitMQ: dead-letter it
+                    conn.nack(ack_id)  # RabbitMQ and ActiveMQ redeliver a NACKed message
 
         try:
             async with self._write_lock:
@@ -281,6 +405,9 @@ class StompAdapter(Adapter):
     async def resume(self) -> None:
         """Connect and subscribe again (the supervisor's session was waiting for this)."""
         self._paused = False
+        if self.state == SourceState.PAUSED:
+            # No longer held: until the session is subscribed, a failure shows as down.
+            self.set_state(SourceState.CONNECTING)
         self._resumed.set()
 
     async def publish(
