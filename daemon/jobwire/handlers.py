@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
+import functools
 import importlib
 import inspect
+import itertools
+import queue
+import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +51,9 @@ class JobContext:
     # A plain flag, not a threading.Event: one per job is made, and the GIL makes a bool
     # write visible to a handler's thread.
     _cancelled: bool = False
+    # A plain handler's thread (its future): the pool keeps the job's slot taken until it
+    # returns, even after the attempt ended (timeout, cancel): a thread cannot be stopped.
+    _thread: concurrent.futures.Future[Any] | None = None
 
     @property
     def log(self) -> Any:
@@ -57,7 +66,8 @@ class JobContext:
 
     @property
     def cancelled(self) -> bool:
-        """True once the job was asked to stop (cancel, timeout or shutdown); check it in loops."""
+        """True once the job was asked to stop (cancel, timeout, lost lease or shutdown);
+        check it in loops, above all in plain (threaded) handlers, which cannot be stopped."""
         return self._cancelled
 
     def cancel(self) -> None:
@@ -119,6 +129,92 @@ def import_target(target: str) -> Handler:
     return obj  # type: ignore[no-any-return]
 
 
+_WorkItem = tuple[concurrent.futures.Future[Any], Callable[[], Any]]
+
+
+class HandlerThreads(concurrent.futures.Executor):
+    """The threads plain (blocking) handlers run on, at most ``max_workers`` of them.
+
+    Separate from asyncio's default executor, which the loop and some adapters use for their
+    own blocking calls: handlers there competed with that I/O for its few threads. Daemon
+    threads, started as needed: a handler stuck for good must not keep the process from
+    exiting after a stop (a ThreadPoolExecutor's threads are joined at interpreter exit).
+    """
+
+    def __init__(self, max_workers: int, name: str = "jobwire-handler") -> None:
+        if max_workers < 1:
+            raise ValueError("max_workers must be at least 1")
+        self._max_workers = max_workers
+        self._name = name
+        self._numbers = itertools.count(1)
+        self._queue: queue.SimpleQueue[_WorkItem | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = threading.Semaphore(0)
+        self._lock = threading.Lock()
+        self._shutdown = False
+
+    def submit(
+        self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[Any]:
+        """Run ``fn(*args, **kwargs)`` on one of the threads; returns its future."""
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot run a handler after the handler threads shut down")
+            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            self._queue.put((future, functools.partial(fn, *args, **kwargs)))
+            # An idle thread takes it; otherwise start one, up to the limit (past it, the
+            # item waits for the first thread that frees).
+            if not self._idle.acquire(blocking=False) and len(self._threads) < self._max_workers:
+                thread = threading.Thread(
+                    target=self._work, name=f"{self._name}-{next(self._numbers)}", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
+        return future
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                self._queue.put(None)  # wake the next thread: all of them end
+                return
+            future, call = item
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = call()
+                except Exception as exc:  # noqa: BLE001 - handed to the job's task
+                    future.set_exception(exc)
+                except BaseException as exc:  # noqa: BLE001 - must not end the loop thread
+                    # SystemExit or KeyboardInterrupt re-raised in the pool's task would stop
+                    # the whole daemon: to the pool it is one handler's failure.
+                    future.set_exception(
+                        RuntimeError(f"{type(exc).__name__} raised in a handler thread: {exc}")
+                    )
+                else:
+                    future.set_result(result)
+            del item, future, call  # drop the job's references before waiting for the next
+            self._idle.release()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Take no more work; with ``cancel_futures`` drop what waits for a thread; with
+        ``wait`` join the threads (they are daemon threads: without, nothing waits for them)."""
+        with self._lock:
+            self._shutdown = True
+            if cancel_futures:
+                while True:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is not None:
+                        item[0].cancel()
+            self._queue.put(None)
+            threads = list(self._threads)
+        if wait:
+            for thread in threads:
+                thread.join()
+
+
 class HandlerRegistry:
     """The allow-list: only handlers named here (or built in) can ever run."""
 
@@ -145,15 +241,31 @@ class HandlerRegistry:
         """Every allowed handler name."""
         return sorted(self._handlers)
 
-    async def invoke(self, name: str, payload: Any, ctx: JobContext) -> Any:
-        """Run a handler: coroutines on the loop, plain functions in a thread."""
+    async def invoke(
+        self,
+        name: str,
+        payload: Any,
+        ctx: JobContext,
+        threads: concurrent.futures.Executor | None = None,
+    ) -> Any:
+        """Run a handler: coroutines on the loop, plain functions on ``threads`` (asyncio's
+        default executor without). The thread's future is left in ``ctx._thread``."""
         fn = self._handlers.get(name)
         if fn is None:
             raise Reject(f"handler {name!r} is not in the allow-list (handlers: in the config)")
         args = (payload, ctx) if self._arity[name] else (payload,)
         if inspect.iscoroutinefunction(fn):
             return await fn(*args)
-        result = await asyncio.to_thread(fn, *args)
+        if threads is None:
+            result = await asyncio.to_thread(fn, *args)
+        else:
+            # As asyncio.to_thread does: the handler's thread sees the task's context vars
+            # (the job id bound for its log lines).
+            call = functools.partial(contextvars.copy_context().run, fn, *args)
+            ctx._thread = threads.submit(call)
+            # Cancelling this await (timeout, cancel) leaves the thread running on: only a
+            # handler that has not started yet is dropped.
+            result = await asyncio.wrap_future(ctx._thread)
         if inspect.isawaitable(result):
             return await result
         return result

@@ -14,9 +14,9 @@ import dataclasses
 import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -24,7 +24,8 @@ from jobwire import failpoints
 from jobwire.adapters.base import Adapter, Message
 from jobwire.config import SourceBase
 from jobwire.models import Job, JobSpec, JobStatus, StreamOffset
-from jobwire.routing import Routed, Router
+from jobwire.routing import UNROUTABLE, Poison, Routed, Router
+from jobwire.storable import storable_text
 from jobwire.store.base import DirectStart, InvalidJobData, JobStore, StoreUnavailable
 
 log = structlog.get_logger("jobwire.intake")
@@ -43,8 +44,12 @@ class SourceCounters:
     acked: int = 0
     nacked: int = 0
     batches: int = 0
+    # Messages whose headers had to be changed to be storable (they still ran).
+    headers_replaced: int = 0
+    # Messages that became failed jobs (or were dead-lettered), by Poison reason.
+    poison: dict[str, int] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, Any]:
         """Plain dict of the counts."""
         return asdict(self)
 
@@ -66,6 +71,10 @@ class Handoff(Protocol):
 
     def wake(self) -> None:
         """New jobs are waiting: claim."""
+
+    def orphans_possible(self) -> None:
+        """An insert of directly started jobs failed unseen: it may have committed rows
+        running here that no task runs; give them back once the store answers."""
 
 
 class Intake:
@@ -97,6 +106,8 @@ class Intake:
         self._delayed: set[asyncio.Task[None]] = set()
         # Why the source is not taking messages now ("store", "backlog"); empty: it is.
         self._held: set[str] = set()
+        # Dedup keys of messages the dead-letter target did not confirm (oldest first).
+        self._dead_letter_failed: dict[str, None] = {}
         # Told how many jobs each batch stored (flow control's early warning).
         self.on_stored: Callable[[int], None] = lambda _count: None
         self._log = log.bind(source=source.name)
@@ -131,21 +142,49 @@ class Intake:
                 self._idle.set()
 
     async def _process_guarded(self, batch: Sequence[Message]) -> None:
-        """``process``, surviving a bug: the batch goes back, or (a log) is tried again."""
+        """``process``, surviving a bug: the batch is taken again one message at a time, and
+        a message that alone still breaks it is kept as a failed job (it never holds the
+        source)."""
+        try:
+            await self.process(batch)
+            return
+        except Exception as exc:  # noqa: BLE001 - a bug must not stop intake for good
+            self._log.exception("intake_batch_crashed", size=len(batch))
+            error = exc
+        if len(batch) > 1:
+            for message in batch:
+                await self._process_guarded([message])
+            return
+        await self._keep_as_failed(
+            batch[0], f"intake failed on it: {type(error).__name__}: {error}"
+        )
+
+    async def _keep_as_failed(self, message: Message, reason: str) -> None:
+        """Last resort for one message: a failed job holding it, then ack; or, while the
+        store cannot take even that, back to the broker (or kept, for a log)."""
         delay = 1.0
         while True:
             try:
-                await self.process(batch)
+                routed = self.router.failed(message, reason, kind=Poison.INTERNAL)
+                await self._insert_and_start([routed], [message.body], _last_offsets([message]))
+                self._count_poison(message, routed)
+                await self.adapter.ack_many([message])
+                self.counters.acked += 1
                 return
-            except Exception as exc:  # noqa: BLE001 - a bug must not stop intake for good
-                self._log.exception("intake_batch_crashed", size=len(batch))
+            except StoreUnavailable as exc:
                 if self.adapter.requeue_redelivers:
-                    await self._requeue(batch, exc)
+                    await self._requeue([message], exc)
                     return
-            # Kafka: dropping the batch would let later offsets pass it (a silent loss on
-            # the next restart). Stuck and loud is better than lost.
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+                await self._pause_until_store_answers()
+            except Exception:  # noqa: BLE001 - stuck and loud, never silently dropped
+                self._log.exception("intake_message_stuck", bytes=len(message.body))
+                if self.adapter.requeue_redelivers:
+                    await self._settle(functools.partial(self.adapter.requeue_many, [message]))
+                    self.counters.nacked += 1
+                    return
+                # A log read in order: skipping it would let later offsets pass it.
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     async def drain(self, timeout: float) -> None:
         """Wait until every delivery taken so far is stored and settled (at shutdown)."""
@@ -178,52 +217,104 @@ class Intake:
                 await self._pause_until_store_answers()
 
     async def _store_batch(self, batch: Sequence[Message]) -> None:
-        """Insert one batch (with its log offsets) and settle it; StoreUnavailable if down."""
+        """Insert one batch (with its log offsets) and settle it; StoreUnavailable if down.
+
+        Only an outage raises: a message the router or the store refuses becomes a failed
+        job here, and the messages around it are stored and acked as usual.
+        """
         routed = [self.router.route_message(m) for m in batch]
         dead_letter = self.source.on_invalid == "dead-letter"
         keep: list[tuple[Message, Routed]] = []
         rejects: list[tuple[Message, Routed]] = []
         for message, result in zip(batch, routed, strict=True):
-            if result.invalid and dead_letter and message.reject is not None:
+            if (
+                result.invalid
+                and dead_letter
+                and message.reject is not None
+                and result.spec.dedup_key not in self._dead_letter_failed
+            ):
                 rejects.append((message, result))
             else:
                 keep.append((message, result))
-        specs = [r.spec for _, r in keep]
         offsets = _last_offsets(batch)
         failpoints.hit("intake.before_store")  # received, not yet committed (drills)
-        reserved, direct = self._reserve(specs)
-        try:
-            ids, refused = await self._insert(specs, direct, offsets)
-        except BaseException:
-            self._unreserve(reserved)
-            raise
+        ids = await self._insert_and_start([r for _, r in keep], [m.body for m, _ in keep], offsets)
         failpoints.hit("intake.after_commit")
         self.counters.batches += 1
         for message, result in keep:
-            if result.invalid:
-                self.counters.invalid += 1
-                self._log.warning(
-                    "message_invalid",
-                    reason=result.invalid,
-                    dedup_key=result.spec.dedup_key,
-                    bytes=len(message.body),
-                )
+            self._count_poison(message, result)
         inserted = sum(1 for i in ids if i is not None)
         self.counters.stored += inserted
         self.on_stored(inserted)
         self.counters.duplicate += len(ids) - inserted
-        for message, result in rejects:
-            self._log.warning("message_dead_lettered", reason=result.invalid)
-            await self._settle(message.reject)
-            self.counters.dead_lettered += 1
-        # Committed: the jobs may start before the broker hears of it. Their tasks run while
-        # the ack below is written, instead of after (0.15 ms of the publish -> start path).
-        started = self._start_direct(specs, ids, direct, refused)
-        self._unreserve(reserved)
-        if inserted > started:
-            self.pool.wake()
         await self.adapter.ack_many([m for m, _ in keep])
         self.counters.acked += len(keep)
+        if rejects:
+            await self._dead_letter(rejects)
+
+    async def _dead_letter(self, rejects: Sequence[tuple[Message, Routed]]) -> None:
+        """Hand invalid messages to the broker's dead-letter target; one it could not take
+        is kept as a failed job instead (never dropped, never looped)."""
+        fallback: list[tuple[Message, Routed]] = []
+        for message, result in rejects:
+            assert message.reject is not None
+            try:
+                await message.reject(result.invalid)
+            except Exception as exc:  # noqa: BLE001 - not confirmed: keep it ourselves
+                # The broker still has it (the adapter ended its channel or connection, so
+                # the ack below may not reach it) and redelivers it: remembered, the copy is
+                # then kept as a failed job at once, its dedup key absorbing this one's row,
+                # instead of trying a target that fails again and again.
+                if result.spec.dedup_key is not None:
+                    self._dead_letter_failed[result.spec.dedup_key] = None
+                    while len(self._dead_letter_failed) > 10_000:
+                        del self._dead_letter_failed[next(iter(self._dead_letter_failed))]
+                self._log.warning(
+                    "dead_letter_failed",
+                    reason=result.invalid,
+                    error=f"{type(exc).__name__}: {exc}",
+                    note="kept as a failed job",
+                )
+                fallback.append((message, result))
+                continue
+            self.counters.dead_lettered += 1
+            self.counters.poison[result.kind or Poison.INTERNAL] = (
+                self.counters.poison.get(result.kind or Poison.INTERNAL, 0) + 1
+            )
+            self._log.warning("message_dead_lettered", reason=result.invalid)
+        if not fallback:
+            return
+        messages = [m for m, _ in fallback]
+        try:
+            await self._insert_and_start([r for _, r in fallback], [m.body for m in messages])
+        except StoreUnavailable as exc:
+            await self._requeue(messages, exc)
+            return
+        for message, result in fallback:
+            self._count_poison(message, result)
+        await self.adapter.ack_many(messages)
+        self.counters.acked += len(messages)
+
+    def _count_poison(self, message: Message, result: Routed) -> None:
+        """Count and log what routing had to change or refuse in one stored message."""
+        if result.notes:
+            self.counters.headers_replaced += 1
+            self._log.warning(
+                "message_headers_replaced", notes=result.notes[:5], dedup_key=result.spec.dedup_key
+            )
+        reason = result.spec.failed_reason
+        if reason is None:
+            return
+        kind = result.kind or Poison.STORE_REFUSED
+        self.counters.invalid += 1
+        self.counters.poison[kind] = self.counters.poison.get(kind, 0) + 1
+        self._log.warning(
+            "message_invalid",
+            kind=kind,
+            reason=reason,
+            dedup_key=result.spec.dedup_key,
+            bytes=len(message.body),
+        )
 
     async def _process_notifications(self, batch: Sequence[Message]) -> None:
         """Notify mode: ack once the named job's row is visible, then wake the pool."""
@@ -234,19 +325,20 @@ class Intake:
             if isinstance(parsed, int):
                 named.append((message, parsed))
             else:
-                bad.append((message, self.router.failed(message, parsed)))
+                bad.append(
+                    (message, self.router.failed(message, parsed, kind=Poison.BAD_NOTIFICATION))
+                )
         try:
             visible = await self.store.existing([job_id for _, job_id in named])
             if bad:
-                await self.store.enqueue_many([r.spec for _, r in bad])
+                await self._insert_and_start([r for _, r in bad], [m.body for m, _ in bad])
         except StoreUnavailable as exc:
             await self._requeue(batch, exc)
             return
         now = time.monotonic()
         settled: list[Message] = [m for m, _ in bad]
-        for _message, routed in bad:
-            self.counters.invalid += 1
-            self._log.warning("message_invalid", reason=routed.invalid)
+        for message, routed in bad:
+            self._count_poison(message, routed)
         for message, job_id in named:
             if job_id in visible:
                 self._notified_waiting.pop(job_id, None)
@@ -311,20 +403,117 @@ class Intake:
             if count:
                 self.pool.unreserve(queue, count)
 
-    def _start_direct(
+    async def _insert_and_start(
         self,
-        specs: Sequence[JobSpec],
-        ids: Sequence[int | None],
-        direct: DirectStart | None,
-        refused: set[int],
+        routed: Sequence[Routed],
+        bodies: Sequence[bytes],
+        offsets: Sequence[StreamOffset] = (),
+    ) -> list[int | None]:
+        """Insert these specs (and offsets); start at once the jobs the pool has room for.
+
+        Raises only StoreUnavailable. A batch the store refuses for its data is split until
+        each refused message is alone, and that one is stored as a failed job with its raw
+        body (``routed[i]`` then describes it). Every row inserted running here is started;
+        an insert whose answer was lost may have committed some, which the pool is told.
+        """
+        specs = [r.spec for r in routed]
+        if not specs and not offsets:
+            return []
+        reserved, direct = self._reserve(specs)
+        try:
+            try:
+                ids = await self.store.enqueue_many(specs, direct, offsets)
+            except InvalidJobData as exc:
+                # Nothing was written (one statement). Split it with no direct start: the
+                # pool claims what is stored, so no row can be left running without a task.
+                direct = None
+                ids = [None] * len(specs)
+                await self._bisect(routed, bodies, 0, len(specs), exc, ids)
+                if offsets:
+                    # Only once every row is in: a crash before this reads the batch again,
+                    # and the dedup keys absorb the rows already stored.
+                    await self.store.enqueue_many([], None, offsets)
+            except StoreUnavailable:
+                if direct is not None:
+                    self.pool.orphans_possible()
+                raise
+            started = self._start_direct(specs, ids, direct)
+        finally:
+            self._unreserve(reserved)
+        runnable = sum(
+            1
+            for r, i in zip(routed, ids, strict=True)
+            if i is not None and not r.spec.failed_reason
+        )
+        if runnable > started:
+            self.pool.wake()
+        return ids
+
+    async def _bisect(
+        self,
+        routed: Sequence[Routed],
+        bodies: Sequence[bytes],
+        lo: int,
+        hi: int,
+        error: InvalidJobData,
+        ids: list[int | None],
+    ) -> None:
+        """Store routed[lo:hi], known to be refused as a whole, in halves, down to the
+        messages that are refused alone."""
+        if hi - lo == 1:
+            ids[lo] = await self._insert_refused(routed[lo], bodies[lo], error)
+            return
+        mid = (lo + hi) // 2
+        for a, b in ((lo, mid), (mid, hi)):
+            try:
+                ids[a:b] = await self.store.enqueue_many([r.spec for r in routed[a:b]])
+            except InvalidJobData as exc:
+                await self._bisect(routed, bodies, a, b, exc, ids)
+
+    async def _insert_refused(
+        self, routed: Routed, body: bytes, error: InvalidJobData
+    ) -> int | None:
+        """One message the store refused: a failed job with the raw body and the reason."""
+        reason = f"store refused it: {error}"
+        spec = routed.spec
+        failed = dataclasses.replace(
+            spec,
+            payload=None,
+            payload_json=None,
+            body=body,
+            failed_reason=storable_text(reason, 2000),
+        )
+        routed.spec, routed.invalid, routed.kind = failed, reason, Poison.STORE_REFUSED
+        try:
+            return (await self.store.enqueue_many([failed]))[0]
+        except InvalidJobData as exc:
+            self._log.warning("message_refused_twice", error=str(exc))
+        # Even that was refused: keep only what cannot be refused (bytes and plain names).
+        bare = JobSpec(
+            handler=UNROUTABLE,
+            body=body,
+            queue=spec.queue,
+            source=spec.source,
+            dedup_key=spec.dedup_key,
+            failed_reason=storable_text(reason, 2000),
+        )
+        routed.spec = bare
+        try:
+            return (await self.store.enqueue_many([bare]))[0]
+        except InvalidJobData as exc:
+            # Not this message: the store refuses the simplest row there is.
+            raise StoreUnavailable(f"the store refuses even a bare failed job: {exc}") from exc
+
+    def _start_direct(
+        self, specs: Sequence[JobSpec], ids: Sequence[int | None], direct: DirectStart | None
     ) -> int:
         if direct is None:
             return 0
         now = datetime.now(UTC)
         started = 0
-        for index, (spec, job_id, flag) in enumerate(zip(specs, ids, direct.flags, strict=True)):
-            if not flag or job_id is None or index in refused:
-                continue  # not handed off, a duplicate that made no row, or stored as failed
+        for spec, job_id, flag in zip(specs, ids, direct.flags, strict=True):
+            if not flag or job_id is None:
+                continue  # not handed off, or a duplicate that made no row
             self.pool.start_inserted(
                 Job(
                     id=job_id,
@@ -349,51 +538,6 @@ class Intake:
             started += 1
         return started
 
-    async def _insert(
-        self,
-        specs: Sequence[JobSpec],
-        direct: DirectStart | None,
-        offsets: Sequence[StreamOffset] = (),
-    ) -> tuple[list[int | None], set[int]]:
-        """Insert the batch; if the store refuses its data, find the bad rows one by one.
-
-        Returns the ids and the indexes of specs stored as failed because the store refused them.
-        """
-        if not specs and not offsets:
-            return [], set()
-        try:
-            return await self.store.enqueue_many(specs, direct, offsets), set()
-        except InvalidJobData:
-            pass
-        ids: list[int | None] = []
-        refused: set[int] = set()
-        for index, spec in enumerate(specs):
-            one = (
-                DirectStart(direct.worker_id, direct.lease, [direct.flags[index]])
-                if direct
-                else None
-            )
-            try:
-                ids.extend(await self.store.enqueue_many([spec], one))
-            except InvalidJobData as exc:
-                # Keep the message as a failed job with its raw body; never lose it.
-                failed = dataclasses.replace(
-                    spec,
-                    payload=None,
-                    payload_json=None,
-                    failed_reason=f"store refused it: {exc}",
-                    body=spec.body if spec.body is not None else (spec.payload_json or "").encode(),
-                )
-                refused.add(index)
-                ids.extend(await self.store.enqueue_many([failed]))
-                self.counters.invalid += 1
-                self._log.warning("message_invalid", reason=failed.failed_reason)
-        if offsets:
-            # Only once every row is in: a crash before this reads the batch again, and
-            # the dedup keys absorb the rows already stored.
-            await self.store.enqueue_many([], None, offsets)
-        return ids, refused
-
     async def _settle(self, action: Callable[[], Awaitable[None]] | None) -> None:
         if action is None:
             return
@@ -407,6 +551,11 @@ class Intake:
         await self._settle(functools.partial(self.adapter.requeue_many, batch))
         self.counters.nacked += len(batch)
         await self._pause_until_store_answers()
+
+    @property
+    def held(self) -> list[str]:
+        """Why the source is not taking messages now (store, backlog); empty: it is."""
+        return sorted(self._held)
 
     async def hold(self, reason: str) -> None:
         """Stop the source taking messages, for ``reason`` (store, backlog)."""

@@ -145,14 +145,28 @@ class Metrics(Collector):
             "Messages between the stored offset and the partition's end.",
             labels=["source", "partition"],
         )
+        poison = CounterMetricFamily(
+            "jobwire_poison",
+            "Messages that could not become runnable jobs (stored as failed, or dead-lettered),"
+            " by source and reason.",
+            labels=["source", "reason"],
+        )
+        replaced = CounterMetricFamily(
+            "jobwire_headers_replaced",
+            "Messages whose headers held values the store cannot (replaced by markers).",
+            labels=["source"],
+        )
         for name, info in sorted(sources.items()):
+            for reason, count in sorted((info.get("poison") or {}).items()):
+                poison.add_metric([name, reason], count)
+            replaced.add_metric([name], info.get("headers_replaced", 0))
             for outcome in INTAKE_OUTCOMES:
                 intake.add_metric([name, outcome], info.get(outcome, 0))
             for each in SOURCE_STATES:
                 state.add_metric([name, each], 1 if info.get("state") == each else 0)
             for partition, behind in sorted((info.get("lag") or {}).items()):
                 lag.add_metric([name, partition], behind)
-        yield from (intake, state, lag)
+        yield from (intake, state, lag, poison, replaced)
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

@@ -11,9 +11,26 @@ from jobwire.adapters.base import Message
 from jobwire.config import Config, ConfigProblem, RouteConfig, SourceBase
 from jobwire.models import JobSpec
 from jobwire.selectors import Selector, parse_selector
+from jobwire.storable import storable_headers, storable_key, storable_text
 
 UNROUTABLE = "(unroutable)"
-_NOT_JSON = object()
+# The store's priority column is a 32-bit integer.
+PRIORITY_MIN, PRIORITY_MAX = -(2**31), 2**31 - 1
+# Job ids are bigint.
+JOB_ID_MAX = 2**63 - 1
+
+
+class Poison:
+    """Why a message could not become a runnable job, as a small fixed set (metric labels)."""
+
+    TOO_LARGE = "too_large"
+    NOT_JSON = "not_json"
+    NO_HANDLER = "no_handler"
+    HANDLER_NOT_ALLOWED = "handler_not_allowed"
+    BAD_PRIORITY = "bad_priority"
+    BAD_NOTIFICATION = "bad_notification"
+    STORE_REFUSED = "store_refused"
+    INTERNAL = "internal_error"
 
 
 @dataclass(slots=True)
@@ -22,6 +39,9 @@ class Routed:
 
     spec: JobSpec
     invalid: str | None = None
+    kind: str | None = None  # a Poison value when invalid
+    # Headers that had to be replaced or renamed to be storable (the job still runs).
+    notes: list[str] | None = None
 
 
 def _is_json_type(content_type: str | None) -> bool:
@@ -65,52 +85,86 @@ class Router:
         if self.dedup is not None:
             value = self.dedup.select(msg.headers, msg.properties, decoded)
             key = None if value in (None, "") else _as_key(value)
-        return None if key is None else f"{self.source}:{key}"
+        return None if key is None else storable_key(f"{self.source}:{key}")
+
+    def _safe_dedup_key(self, msg: Message, decoded: Any) -> str | None:
+        """The dedup key, or (if selecting it fails) the adapter's own, or none."""
+        try:
+            return self._dedup_key(msg, decoded)
+        except Exception:  # noqa: BLE001 - e.g. a selected value too deep to serialise
+            if self.no_dedup or msg.dedup_key is None:
+                return None
+            return storable_key(f"{self.source}:{msg.dedup_key}")
 
     def failed(
-        self, msg: Message, reason: str, handler: str | None = None, dedup_key: str | None = None
+        self,
+        msg: Message,
+        reason: str,
+        handler: str | None = None,
+        dedup_key: str | None = None,
+        kind: str = Poison.INTERNAL,
     ) -> Routed:
-        """A message that cannot become a runnable job: a failed one, raw body kept."""
+        """A message that cannot become a runnable job: a failed one, raw body kept.
+
+        Never raises: this is where every other failure of a message ends.
+        """
         if dedup_key is None:
-            dedup_key = self._dedup_key(msg, None)
+            dedup_key = self._safe_dedup_key(msg, None)
+        headers, notes = storable_headers(msg.headers)
         spec = JobSpec(
-            handler=handler or UNROUTABLE,
+            handler=storable_text(handler, 200) or UNROUTABLE,
             body=msg.body,
-            failed_reason=reason,
-            headers=msg.headers,
+            failed_reason=storable_text(reason, 2000),
+            headers=headers,
             source=self.source,
             dedup_key=dedup_key,
-            content_type=msg.content_type,
+            content_type=storable_text(msg.content_type),
             queue=self.route.queue,
         )
-        return Routed(spec, reason)
+        return Routed(spec, reason, kind, notes or None)
 
     def notified_job_id(self, msg: Message) -> int | str:
-        """Notify mode: the job id a message names, or why it names none."""
+        """Notify mode: the job id a message names, or why it names none (never raises)."""
         try:
             data = json.loads(msg.body)
-        except ValueError as exc:
-            return f"notification body is not valid JSON: {exc}"
+        except (ValueError, RecursionError) as exc:
+            return f"notification body is not valid JSON: {_short(exc)}"
         job_id = data.get("job_id") if isinstance(data, dict) else None
-        if isinstance(job_id, str) and job_id.isdigit():
+        # ASCII digits only: str.isdigit() accepts "²", which int() refuses.
+        if isinstance(job_id, str) and job_id.isascii() and job_id.isdigit() and len(job_id) < 20:
             job_id = int(job_id)
-        if not isinstance(job_id, int) or isinstance(job_id, bool) or job_id <= 0:
+        if not isinstance(job_id, int) or isinstance(job_id, bool) or not 0 < job_id <= JOB_ID_MAX:
             return f'notification names no job: expected {{"job_id": N}}, got {msg.body[:100]!r}'
         return job_id
 
     def route_message(self, msg: Message) -> Routed:
         """Turn one message into a spec; invalid input becomes a failed spec, never an error."""
+        try:
+            routed = self._route(msg)
+        except Exception as exc:  # noqa: BLE001 - one message's problem stays with it
+            return self.failed(msg, f"routing failed: {_short(exc)}", kind=Poison.INTERNAL)
+        if routed.invalid is None:
+            headers, notes = storable_headers(routed.spec.headers)
+            routed.spec.headers = headers
+            routed.spec.content_type = storable_text(routed.spec.content_type)
+            routed.notes = notes or None
+        return routed
+
+    def _route(self, msg: Message) -> Routed:
         payload: Any = None
         body: bytes | None = None
         problem: str | None = None
+        kind = Poison.INTERNAL
         if len(msg.body) > self.max_body_bytes:
             problem = f"body of {len(msg.body)} bytes exceeds max_body_bytes {self.max_body_bytes}"
+            kind = Poison.TOO_LARGE
         elif _is_json_type(msg.content_type):
             try:
                 payload = json.loads(msg.body) if msg.body.strip() else None
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 if msg.content_type or self.needs_json:
-                    problem = f"body is not valid JSON: {exc}"
+                    problem = f"body is not valid JSON: {_short(exc)}"
+                    kind = Poison.NOT_JSON
                 body = msg.body
         else:
             body = msg.body
@@ -119,6 +173,7 @@ class Router:
                     f"route reads {', '.join(self.needs_json)} but the body is "
                     f"{msg.content_type}, not JSON"
                 )
+                kind = Poison.NOT_JSON
         decoded = payload if body is None else None
         payload_json = None
         if body is None and payload is not None:
@@ -129,19 +184,24 @@ class Router:
                 payload_json = None
 
         # The dedup key comes first: a redelivered poison message must not fail twice.
-        dedup_key = self._dedup_key(msg, decoded)
+        dedup_key = self._safe_dedup_key(msg, decoded)
 
         handler = self.route.handler
         if problem is None and self.handler_from is not None:
             value = self.handler_from.select(msg.headers, msg.properties, decoded)
             if value in (None, ""):
                 problem = f"no handler: {self.handler_from} is missing"
+                kind = Poison.NO_HANDLER
             elif not isinstance(value, str) or value not in self.allowed:
-                problem = f"handler {value!r} (from {self.handler_from}) is not in the allow-list"
+                problem = (
+                    f"handler {_preview(value)} (from {self.handler_from}) is not in the allow-list"
+                )
+                kind = Poison.HANDLER_NOT_ALLOWED
             else:
                 handler = value
         elif handler is not None and handler not in self.allowed:
             problem = f"handler {handler!r} is not in the allow-list"
+            kind = Poison.HANDLER_NOT_ALLOWED
 
         priority = 0
         if isinstance(self.priority, int):
@@ -149,13 +209,14 @@ class Router:
         elif problem is None:
             value = self.priority.select(msg.headers, msg.properties, decoded)
             if value is not None:
-                try:
-                    priority = int(value)
-                except (TypeError, ValueError):
-                    problem = f"priority from {self.priority} is not an integer: {value!r}"
+                priority_or_problem = _priority(value, self.priority)
+                if isinstance(priority_or_problem, str):
+                    problem, kind = priority_or_problem, Poison.BAD_PRIORITY
+                else:
+                    priority = priority_or_problem
 
         if problem is not None:
-            return self.failed(msg, problem, handler, dedup_key)
+            return self.failed(msg, problem, handler, dedup_key, kind)
         assert handler is not None
         return Routed(
             JobSpec(
@@ -173,6 +234,35 @@ class Router:
                 queue=self.route.queue,
             )
         )
+
+
+def _priority(value: Any, selector: Selector) -> int | str:
+    """A selected priority as an int the store holds, or why it is not one."""
+    try:
+        priority = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return f"priority from {selector} is not an integer: {_preview(value)}"
+    if isinstance(value, bool) or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+        return (
+            f"priority from {selector} is out of range "
+            f"({PRIORITY_MIN}..{PRIORITY_MAX}): {_preview(value)}"
+        )
+    return priority
+
+
+def _preview(value: Any) -> str:
+    """A short repr of a value from a message, for a reason text."""
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - e.g. too deep to repr
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 100 else text[:100] + "..."
+
+
+def _short(exc: BaseException) -> str:
+    """``Type: message``, cut short (a RecursionError's message is fine; its traceback not)."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 300 else text[:300] + "..."
 
 
 def route_problems(config: Config, allowed: Collection[str], file: str) -> list[ConfigProblem]:

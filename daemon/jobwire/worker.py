@@ -3,12 +3,16 @@
 One asyncio task claims, one writes completions, one renews leases, one listens for
 notifications. Slots are counted per queue and for the whole pool; a job's lease is
 renewed for as long as its handler runs, and a job whose lease this pool could not renew
-in time is abandoned locally, because another instance may already have taken it back.
+in time, or that a renewal no longer finds ours, is stopped locally and its outcome never
+written, because another instance may already have taken it back. Plain (blocking)
+handlers run on the pool's own threads, one per slot; a thread cannot be stopped, so its
+slot stays taken until it returns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -25,7 +29,7 @@ import structlog
 from jobwire import __version__
 from jobwire.config import Config
 from jobwire.exceptions import Reject, Retry
-from jobwire.handlers import HandlerRegistry, JobContext
+from jobwire.handlers import HandlerRegistry, HandlerThreads, JobContext
 from jobwire.models import Job, JobStatus, Outcome
 from jobwire.retry import Backoff
 from jobwire.store.base import ClaimRequest, JobStore, StoreUnavailable
@@ -35,6 +39,9 @@ log = structlog.get_logger("jobwire.worker")
 T = TypeVar("T")
 
 _MAX_ERROR_CHARS = 8000
+# How long a stop waits for handler threads still running after their jobs were stopped
+# (they were told: ctx.cancelled) before it gives the jobs back and leaves them behind.
+_THREAD_GRACE = 5.0
 
 
 def make_worker_id() -> str:
@@ -93,6 +100,13 @@ class WorkerPool:
         self._busy = dict.fromkeys(self._queues, 0)
         self._reserved: dict[str, int] = {}
         self._reserved_total = 0
+        # An insert of directly started jobs, or a claim, failed with its answer lost: rows
+        # may be running under this worker with no task. Set until they are given back;
+        # while that runs, nothing new is claimed or handed over (see _give_back_unknown).
+        self._orphans_possible = False
+        self._reconciling = False
+        self._claiming = False
+        self._settled = asyncio.Event()  # set when no claim or hand-over is in flight
         self._running: dict[int, _Running] = {}
         self._outcomes: list[Outcome] = []
         self._outcomes_ready = asyncio.Event()
@@ -103,7 +117,19 @@ class WorkerPool:
         self._backlog = False
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._lease_ok_until = time.monotonic() + config.workers.lease
+        # Every attempt whose lease this pool holds (running here, or its outcome not yet
+        # written), (job id, attempt) -> until when the lease is known good: the send time
+        # of the claim or of the last renewal that returned it, plus the lease (the database
+        # counts from a moment later). Kept by monotonic time, which runs on while the
+        # process is frozen (SIGSTOP): a thawed pool sees at once what it can no longer hold.
+        self._leases: dict[tuple[int, int], float] = {}
+        self._lease_timer: asyncio.TimerHandle | None = None
+        # Outcomes at the head of self._outcomes being written right now (never dropped).
+        self._flushing = 0
+        self._threads: HandlerThreads | None = None
+        # Threads of attempts already ended (timed out, stopped) that have not returned yet:
+        # each keeps its slot, or more threads would run than the pool's concurrency.
+        self._lingering: set[concurrent.futures.Future[Any]] = set()
         # Told of every attempt's end (metrics: the handler duration histogram).
         self.on_outcome: Callable[[Job, Outcome], None] | None = None
         self._store_down_since: float | None = None
@@ -120,7 +146,12 @@ class WorkerPool:
 
     def reserve(self, queue: str, wanted: int) -> int:
         """Slots for jobs being inserted right now; 0 while older ready work is waiting."""
-        if self._stopping.is_set() or self._backlog or queue not in self._limits:
+        if (
+            self._stopping.is_set()
+            or self._backlog
+            or self._reconciling
+            or queue not in self._limits
+        ):
             return 0
         free_total = self._free_total()
         free_queue = self._limits[queue] - self._busy[queue] - self._reserved.get(queue, 0)
@@ -137,6 +168,15 @@ class WorkerPool:
         """Return reserved slots (used or not) after the insert."""
         self._reserved[queue] = self._reserved.get(queue, 0) - count
         self._reserved_total -= count
+        self._note_settled()
+
+    def _note_settled(self) -> None:
+        if not self._claiming and self._reserved_total <= 0:
+            self._settled.set()
+
+    def orphans_possible(self) -> None:
+        """An insert of directly started jobs failed unseen: look for rows left running."""
+        self._orphans_possible = True
 
     def direct_start(self) -> tuple[str, float]:
         """Worker id and lease to insert directly started jobs with."""
@@ -145,7 +185,9 @@ class WorkerPool:
     def start_inserted(self, job: Job) -> None:
         """Run a job the intake inserted as running in this worker (its slot was reserved)."""
         self.counters.direct += 1
-        self._start(job)
+        # Counted from now, a moment after the insert: were the process frozen in between,
+        # the renewal due at once after the thaw finds whether the job is still ours.
+        self._start(job, time.monotonic())
 
     async def start(self) -> None:
         """Register this instance and start the pool's tasks."""
@@ -153,6 +195,7 @@ class WorkerPool:
             self.worker_id, socket.gethostname(), os.getpid(), __version__
         )
         structlog.contextvars.bind_contextvars(worker=self.worker_id)
+        self._threads = HandlerThreads(self.config.workers.concurrency)
         self._tasks = [
             asyncio.create_task(_keep_running("claim", self._claim_loop), name="jobwire-claim"),
             asyncio.create_task(
@@ -192,6 +235,7 @@ class WorkerPool:
             running.task.cancel()
         if leftovers:
             await asyncio.wait([r.task for r in leftovers])
+        await self._wait_for_threads()
         # The completion loop must not flush the same outcomes alongside the final flush; an
         # interrupted write is repeated, and a repeat matches no row (the attempt is done).
         # Every store step below is bounded: a stop must end even when the store does not
@@ -208,8 +252,27 @@ class WorkerPool:
         for task in self._tasks:
             task.cancel()
         await asyncio.wait(self._tasks, timeout=5)
+        if self._lease_timer is not None:
+            self._lease_timer.cancel()
         await _bounded("unregister worker", self.store.unregister_worker(self.worker_id), 5)
         log.info("pool_stopped", **self._counts())
+
+    async def _wait_for_threads(self) -> None:
+        """Give stopped handlers' threads a moment to return, then let the threads go."""
+        if self._lingering:
+            await asyncio.wait(
+                [asyncio.wrap_future(f) for f in self._lingering], timeout=_THREAD_GRACE
+            )
+        if self._lingering:
+            log.warning(
+                "handler_threads_left_running",
+                count=len(self._lingering),
+                note="plain handlers that ignore ctx.cancelled cannot be stopped",
+            )
+        if self._threads is not None:
+            # Not waiting: a thread stuck for good must not hold up the stop (they are
+            # daemon threads, so the exit does not wait for them either).
+            self._threads.shutdown(wait=False, cancel_futures=True)
 
     def figures(self) -> dict[str, int]:
         """Counters and the number of jobs running now (stats and metrics)."""
@@ -243,7 +306,11 @@ class WorkerPool:
         # finished-but-unrecorded jobs in memory.
         unwritten = max(0, len(self._outcomes) - self.config.workers.completion_batch)
         return (
-            self.config.workers.concurrency - len(self._running) - self._reserved_total - unwritten
+            self.config.workers.concurrency
+            - len(self._running)
+            - len(self._lingering)
+            - self._reserved_total
+            - unwritten
         )
 
     def _free_slots(self) -> tuple[dict[str, int], int]:
@@ -261,7 +328,9 @@ class WorkerPool:
             self._wake.clear()
             per_queue, free_total = self._free_slots()
             asked = min(free_total, sum(per_queue.values()))
-            if asked > 0:
+            if asked > 0 and not self._reconciling:
+                sent = time.monotonic()
+                self._claiming = True
                 try:
                     jobs = await self.store.claim(
                         ClaimRequest(
@@ -270,11 +339,16 @@ class WorkerPool:
                     )
                     self._store_back()
                 except StoreUnavailable as exc:
+                    # The claim may have committed with its answer lost.
+                    self._orphans_possible = True
                     await self._store_down("claim", exc)
                     continue
+                finally:
+                    self._claiming = False
+                    self._note_settled()
                 self.counters.claims += 1
                 for job in jobs:
-                    self._start(job)
+                    self._start(job, sent)
                 # A full answer, or a queue at its limit, means more may be waiting: claim
                 # again as soon as a slot frees instead of waiting for the next wake.
                 # A wake during the claim (an insert it may not have seen) is not counted
@@ -316,7 +390,12 @@ class WorkerPool:
 
     # -- running --------------------------------------------------------------------
 
-    def _start(self, job: Job) -> None:
+    def _start(self, job: Job, since: float) -> None:
+        """Run a job now held here; its lease began no earlier than ``since`` (monotonic)."""
+        if job.id in self._running:
+            # Ours again (another instance took it back, then this pool claimed it) while the
+            # older attempt still runs here: that attempt's lease is gone.
+            self._cancel_local(job.id, "lease_lost", why="claimed_again")
         self.counters.claimed += 1
         self._busy[job.queue] = self._busy.get(job.queue, 0) + 1
         ctx = JobContext(
@@ -336,8 +415,11 @@ class WorkerPool:
         # and the job id is in every log line the task writes.
         task = asyncio.create_task(self._run(job, ctx))
         self._running[job.id] = _Running(job, task, ctx)
+        self._leases[(job.id, job.attempts)] = since + self.config.workers.lease
 
     async def _run(self, job: Job, ctx: JobContext) -> None:
+        # Set by _start before this task's first step.
+        mine = self._running[job.id]
         structlog.contextvars.bind_contextvars(job_id=job.id, queue=job.queue)
         timeout = (
             self._timeouts[job.queue]
@@ -365,27 +447,50 @@ class WorkerPool:
                 reason = _describe(exc)
             outcome = self._retry_or_fail(job, reason, time.monotonic() - started, None)
         except asyncio.CancelledError:
-            running = self._running.get(job.id)
-            stop_reason = running.stop_reason if running else None
-            if stop_reason == "cancelled":
+            if mine.stop_reason == "cancelled":
                 outcome = self._final(job, JobStatus.CANCELLED, "cancelled by request", started)
-            elif stop_reason is None:
+            elif mine.stop_reason is None:
                 raise
             # "shutdown" and "lease_lost": no outcome; the job is released or taken back.
         except Exception as exc:  # noqa: BLE001 - a handler's failure is data, not a crash
             outcome = self._retry_or_fail(job, _describe(exc), time.monotonic() - started, None)
         finally:
-            self._finish(job)
-        if outcome is not None:
-            self._record(job, outcome)
+            self._finish(mine)
+        # A handler that swallowed the cancellation still returns: with the lease lost, what
+        # it returns is not ours to write.
+        if outcome is not None and mine.stop_reason != "lease_lost":
+            self._record(job, outcome)  # its lease is kept until the outcome is written
+        else:
+            self._leases.pop((job.id, job.attempts), None)
 
     async def _invoke(self, job: Job, ctx: JobContext) -> Any:
         with job_span(job):
-            return await self.registry.invoke(job.handler, job.payload, ctx)
+            return await self.registry.invoke(job.handler, job.payload, ctx, self._threads)
 
-    def _finish(self, job: Job) -> None:
-        self._running.pop(job.id, None)
-        self._busy[job.queue] = max(0, self._busy.get(job.queue, 1) - 1)
+    def _finish(self, mine: _Running) -> None:
+        job = mine.job
+        if self._running.get(job.id) is mine:
+            del self._running[job.id]
+        thread = mine.ctx._thread
+        if thread is not None and not thread.done():
+            # The attempt is over but its thread runs on: the slot (queue and pool) stays
+            # taken until the thread returns.
+            self._lingering.add(thread)
+            loop = asyncio.get_running_loop()
+            thread.add_done_callback(
+                lambda future: _call_soon_threadsafe(loop, self._thread_returned, job, future)
+            )
+            return
+        self._free_slot(job.queue)
+
+    def _thread_returned(self, job: Job, thread: concurrent.futures.Future[Any]) -> None:
+        if thread in self._lingering:
+            self._lingering.discard(thread)
+            log.info("handler_thread_returned", job_id=job.id, handler=job.handler)
+            self._free_slot(job.queue)
+
+    def _free_slot(self, queue: str) -> None:
+        self._busy[queue] = max(0, self._busy.get(queue, 1) - 1)
         if self._backlog:
             self._wake.set()
 
@@ -454,14 +559,34 @@ class WorkerPool:
         self._outcomes.append(outcome)
         self._outcomes_ready.set()
 
-    def _cancel_local(self, job_id: int, reason: str) -> None:
+    def _cancel_local(
+        self, job_id: int, reason: str, why: str | None = None, attempt: int | None = None
+    ) -> bool:
+        """Stop a job running here (``reason``: cancelled, lease_lost or shutdown); with
+        ``attempt``, only that attempt. True if it was stopped now."""
         running = self._running.get(job_id)
-        if running is None or running.stop_reason is not None:
-            return
+        if running is None or (attempt is not None and running.job.attempts != attempt):
+            return False
+        if running.stop_reason is not None and not (
+            # A cancelled job whose lease is then lost must not write "cancelled" either.
+            reason == "lease_lost" and running.stop_reason == "cancelled"
+        ):
+            return False
         running.stop_reason = reason
         running.ctx.cancel()
         running.task.cancel()
-        log.info("job_stopping", job_id=job_id, reason=reason)
+        if reason == "lease_lost":
+            log.warning(
+                "job_lease_lost",
+                job_id=job_id,
+                handler=running.job.handler,
+                attempt=running.job.attempts,
+                reason=why,
+                note="stopped here; another instance may run it, its outcome is not written",
+            )
+        else:
+            log.info("job_stopping", job_id=job_id, reason=reason)
+        return True
 
     # -- completions ----------------------------------------------------------------
 
@@ -479,9 +604,11 @@ class WorkerPool:
         tries = 0
         while self._outcomes:
             batch = self._outcomes[: self.config.workers.completion_batch]
+            self._flushing = len(batch)
             try:
                 await self.store.complete_many(self.worker_id, batch)
             except StoreUnavailable as exc:
+                self._flushing = 0
                 tries += 1
                 if final and tries >= 5:
                     log.error(
@@ -496,9 +623,15 @@ class WorkerPool:
                 else:
                     await self._store_down("complete", exc)
                 continue
+            except BaseException:
+                self._flushing = 0
+                raise
+            self._flushing = 0
             self._store_back()
             self.counters.completion_batches += 1
             del self._outcomes[: len(batch)]
+            for o in batch:
+                self._leases.pop((o.job_id, o.attempt), None)
             if self._backlog:
                 self._wake.set()  # slots held by unwritten outcomes are free again
 
@@ -507,36 +640,146 @@ class WorkerPool:
     async def _lease_loop(self) -> None:
         lease = self.config.workers.lease
         interval = min(lease / 3, 10.0)
+        self._arm_lease_timer()
         while True:
+            # A loop that wakes late (the process was frozen, the loop blocked) may already be
+            # past its leases, and another instance may run those jobs by now: stop them
+            # before anything else (the timer does too; this covers a timer not yet run).
+            self._expire_leases()
+            held = self._held()
+            sent = time.monotonic()
             try:
-                # Only jobs still ours: running here, or finished with the outcome not yet
-                # written. One given up on must be left to expire.
-                held = [job_id for job_id, r in self._running.items() if r.stop_reason is None]
-                held += [o.job_id for o in self._outcomes]
-                cancel_ids = await self.store.renew_leases(self.worker_id, lease, held)
-                self._lease_ok_until = time.monotonic() + lease
+                renewal = await self.store.renew_leases(
+                    self.worker_id, lease, [job_id for job_id, _ in held]
+                )
+            except StoreUnavailable as exc:
+                if self._store_down_since is None:
+                    self._store_down_since = time.monotonic()
+                    log.error("store_unavailable", operation="renew leases", error=str(exc))
+                # The next try may come too late: stop the jobs one interval before the end.
+                self._expire_leases(margin=interval, why="store_unavailable")
+                await asyncio.sleep(interval)
+                continue
+            self._store_back()
+            lost = set()
+            for pair in held:
+                if pair[0] not in renewal.held:
+                    lost.add(pair)
+                elif pair in self._leases:
+                    self._leases[pair] = sent + lease
+            self._lease_lost(lost, "not_held")
+            # An answer that came after the new lease already ended is no better than none.
+            self._expire_leases()
+            for job_id, attempt in held:
+                if job_id in renewal.cancel:
+                    self._cancel_local(job_id, "cancelled", attempt=attempt)
+            try:
+                if self._orphans_possible:
+                    await self._give_back_unknown()
                 recovered = await self.store.recover_expired_leases()
                 await self.store.heartbeat_worker(
                     self.worker_id,
                     {"running": len(self._running), **self._counts(), **self.extra_state()},
                 )
-                self._store_back()
             except StoreUnavailable as exc:
-                if self._store_down_since is None:
-                    self._store_down_since = time.monotonic()
-                    log.error("store_unavailable", operation="renew leases", error=str(exc))
-                # Past our lease another instance may own these jobs: stop them here.
-                if time.monotonic() > self._lease_ok_until - interval:
-                    for job_id in list(self._running):
-                        self._cancel_local(job_id, "lease_lost")
-                await asyncio.sleep(interval)
-                continue
-            for job_id in cancel_ids:
-                self._cancel_local(job_id, "cancelled")
+                log.warning("lease_upkeep_failed", error=str(exc))
+                recovered = []
             if recovered:
                 log.warning("leases_recovered", count=len(recovered), job_ids=recovered[:20])
                 self._wake.set()
             await asyncio.sleep(interval)
+
+    async def _give_back_unknown(self) -> None:
+        """Give back rows running under this worker that no task here runs.
+
+        Claims and hand-overs wait meanwhile, and the ones in flight finish first: a row
+        they committed but had not started yet must not be taken for an orphan.
+        """
+        self._reconciling = True
+        try:
+            self._settled.clear()
+            self._note_settled()
+            try:
+                async with asyncio.timeout(30.0):
+                    await self._settled.wait()
+            except TimeoutError:
+                return  # still busy: try again at the next renewal
+            known = sorted({job_id for job_id, _ in self._leases} | set(self._running))
+            released = await self.store.release_unknown(self.worker_id, known)
+            self._orphans_possible = False
+        finally:
+            self._reconciling = False
+            self._wake.set()
+        if released:
+            log.warning("unknown_jobs_released", count=len(released), job_ids=released[:20])
+
+    def _held(self) -> list[tuple[int, int]]:
+        """(job id, attempt) of every lease to renew: running here, or finished with the
+        outcome not yet written. Not one being stopped: that one must be left to expire."""
+        return [pair for pair in self._leases if not self._stopping_attempt(pair)]
+
+    def _stopping_attempt(self, pair: tuple[int, int]) -> bool:
+        running = self._running.get(pair[0])
+        return (
+            running is not None
+            and running.job.attempts == pair[1]
+            and running.stop_reason is not None
+        )
+
+    def _arm_lease_timer(self) -> None:
+        """Check the leases at the first deadline, and at least every renewal interval:
+        should no renewal answer in time (one hanging, the store gone), the jobs still stop
+        at their lease's end, not at the lease loop's next turn."""
+        if self._lease_timer is not None:
+            self._lease_timer.cancel()
+        interval = min(self.config.workers.lease / 3, 10.0)
+        now = time.monotonic()
+        first = min(self._leases.values(), default=now + interval)
+        delay = max(0.0, min(first - now, interval))
+        self._lease_timer = asyncio.get_running_loop().call_later(delay, self._lease_tick)
+
+    def _lease_tick(self) -> None:
+        self._expire_leases()
+        if not self._stopping.is_set():
+            self._arm_lease_timer()
+
+    def _expire_leases(self, margin: float = 0.0, why: str = "not_renewed_in_time") -> None:
+        """Stop every attempt whose lease ends within ``margin`` seconds (or has ended);
+        one being cancelled too, so that it writes no "cancelled" either."""
+        limit = time.monotonic() + margin
+        self._lease_lost({p for p, until in self._leases.items() if until <= limit}, why)
+
+    def _lease_lost(self, pairs: set[tuple[int, int]], why: str) -> None:
+        """Stop these attempts (job id, attempt) and drop their unwritten outcomes: another
+        instance may own the jobs now, and the attempt's outcome is not ours to write."""
+        if not pairs:
+            return
+        for job_id, attempt in pairs:
+            self._cancel_local(job_id, "lease_lost", why=why, attempt=attempt)
+            self._leases.pop((job_id, attempt), None)
+        # Not the head being written right now: that write is matched against the row's
+        # worker and attempt and changes nothing if the job is no longer ours.
+        waiting = self._outcomes[self._flushing :]
+        kept = [o for o in waiting if (o.job_id, o.attempt) not in pairs]
+        if len(kept) < len(waiting):
+            for o in waiting:
+                if (o.job_id, o.attempt) in pairs:
+                    log.warning(
+                        "job_lease_lost",
+                        job_id=o.job_id,
+                        attempt=o.attempt,
+                        reason=why,
+                        note=f"finished here ({o.status}); that outcome is not written",
+                    )
+            self._outcomes[self._flushing :] = kept
+
+
+def _call_soon_threadsafe(
+    loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any
+) -> None:
+    """Hand a callback to the loop from another thread; nothing if the loop is closed."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback, *args)
 
 
 async def _keep_running(name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from jobwire import Client, JobContext, SyncClient
 from jobwire.models import Job, JobSpec, JobStatus, Outcome, StreamOffset
-from jobwire.store.base import ClaimRequest, InvalidJobData
+from jobwire.store.base import ClaimRequest, DirectStart, InvalidJobData
 from jobwire.store.postgres import LIST_QUERY_BY_STATUS, PostgresStore, migrate, server_settings
 from jobwire.store.queries import queries
 from tests.support.pools import fast_config, make_pool
@@ -645,3 +645,22 @@ async def test_listing_by_status_pages_newest_first_within_a_queue(pg_store: Pos
             if first:
                 rest = await pg_store.list_jobs(status, queue, limit=1000, before_id=first[-1].id)
                 assert [j.id for j in first + rest] == expected, (status, queue)
+
+
+async def test_release_unknown_gives_back_only_rows_the_worker_does_not_run(
+    pg_store: PostgresStore,
+) -> None:
+    ids = await pg_store.enqueue_many(
+        [JobSpec("noop"), JobSpec("noop"), JobSpec("noop")],
+        DirectStart("w1", 30.0, [True, True, False]),
+    )
+    running, orphan, waiting = ids
+    assert running is not None and orphan is not None and waiting is not None
+    assert await pg_store.release_unknown("w2", []) == []  # another worker's rows: untouched
+    assert await pg_store.release_unknown("w1", [running]) == [orphan]
+    back = await pg_store.get(orphan)
+    assert back is not None and back.status == JobStatus.PENDING and back.attempts == 0
+    assert back.worker_id is None and back.lease_until is None
+    still = await pg_store.get(running)
+    assert still is not None and still.status == JobStatus.RUNNING and still.worker_id == "w1"
+    assert await pg_store.runs(orphan) == []  # no attempt started, none recorded

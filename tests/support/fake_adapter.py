@@ -19,6 +19,8 @@ class FakeAdapter(Adapter):
         self.settled: dict[int, str] = {}
         self.pauses = 0
         self.resumes = 0
+        # Set to make every dead-lettering fail (the target did not confirm).
+        self.reject_error: Exception | None = None
         self._n = 0
 
     def message(
@@ -37,7 +39,9 @@ class FakeAdapter(Adapter):
         async def nack(requeue: bool) -> None:
             self.settled[n] = "nack-requeue" if requeue else "nack"
 
-        async def reject() -> None:
+        async def reject(reason: str | None = None) -> None:
+            if self.reject_error is not None:
+                raise self.reject_error
             self.settled[n] = "reject"
 
         return Message(

@@ -21,6 +21,7 @@ class FakePool:
         self.reserved = 0
         self.started: list[Job] = []
         self.wakes = 0
+        self.orphan_warnings = 0
 
     def reserve(self, queue: str, wanted: int) -> int:
         granted = min(wanted, self.free - self.reserved)
@@ -39,6 +40,9 @@ class FakePool:
     def wake(self) -> None:
         self.wakes += 1
 
+    def orphans_possible(self) -> None:
+        self.orphan_warnings += 1
+
 
 def make(
     on_invalid: str = "fail", free: int = 0
@@ -51,6 +55,7 @@ def make(
                     "type": "amqp",
                     "queue": "q",
                     "on_invalid": on_invalid,
+                    **({"dead_letter_exchange": "dlx"} if on_invalid == "dead-letter" else {}),
                     "route": {"handler_from": "json:$.type", "dedup_key": "json:$.id"},
                 }
             ]

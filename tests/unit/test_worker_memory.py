@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from jobwire import JobContext, Reject, Retry
 from jobwire.models import JobSpec, JobStatus
-from jobwire.store.base import ClaimRequest
+from jobwire.store.base import ClaimRequest, DirectStart, Renewal
 from jobwire.store.memory import MemoryStore
 from jobwire.worker import WorkerPool
 from tests.support.pools import fast_config, make_pool
@@ -322,3 +325,165 @@ async def test_ready_work_announced_while_the_pool_is_full_goes_before_the_next_
     await wait_for(lambda: all_finished(store), what="the older job run")
     assert older is not None and store.jobs[older].status == JobStatus.SUCCEEDED
     await pool.stop()
+
+
+# -- lease loss: a job this pool can no longer be sure it holds is stopped, nothing written --
+
+
+async def take_back(store: MemoryStore, job_id: int, by: str = "other-instance") -> None:
+    """What another instance does to a job whose lease ran out: recover it, then claim it."""
+    store.jobs[job_id].lease_until = datetime.now(UTC) - timedelta(seconds=1)
+    assert await store.recover_expired_leases() == [job_id]
+    claimed = await store.claim(ClaimRequest({"default": 1}, 1, by, lease=60))
+    assert [j.id for j in claimed] == [job_id]
+
+
+def lease_lost_events(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in logs if e["event"] == "job_lease_lost"]
+
+
+async def test_a_job_a_renewal_no_longer_returns_is_stopped_and_writes_nothing() -> None:
+    store = MemoryStore()
+    contexts: list[JobContext] = []
+
+    async def hold(payload: Any, ctx: JobContext) -> str:
+        contexts.append(ctx)
+        await asyncio.Event().wait()
+        return "never"
+
+    (job_id,) = await store.enqueue_many([JobSpec("hold")])
+    assert job_id is not None
+    # A 1s lease: renewals every 1/3 s.
+    pool = make_pool(store, {"hold": hold}, fast_config(workers={"lease": "1s"}))
+    with capture_logs() as logs:
+        await pool.start()
+        await wait_for(lambda: contexts, what="the job running")
+        await take_back(store, job_id)
+        await wait_for(lambda: job_id not in pool._running, timeout=5, what="the job stopped")
+        await pool.stop()
+    assert contexts[0].cancelled
+    # Only the recovery's row: this pool wrote no outcome, the job is the other's.
+    assert [r["status"] for r in await store.runs(job_id)] == ["lost"]
+    job = store.jobs[job_id]
+    assert job.status == JobStatus.RUNNING and job.worker_id == "other-instance"
+    assert pool.counters.succeeded == pool.counters.cancelled == 0
+    (event,) = lease_lost_events(logs)
+    assert event["job_id"] == job_id and event["handler"] == "hold"
+    assert event["reason"] == "not_held"
+
+
+async def test_an_unwritten_outcome_of_a_job_no_longer_held_is_dropped() -> None:
+    store = MemoryStore()
+    (job_id,) = await store.enqueue_many([JobSpec("echo", "done")])
+    assert job_id is not None
+    # Outcomes wait 30s for company before they are written: this one is still unwritten
+    # when the renewal finds the job gone.
+    config = fast_config(workers={"lease": "1s", "completion_delay": "30s"})
+    pool = make_pool(store, config=config)
+    with capture_logs() as logs:
+        await pool.start()
+        await wait_for(lambda: pool.counters.succeeded == 1, what="the job finished here")
+        assert [o.job_id for o in pool._outcomes] == [job_id]
+        await take_back(store, job_id)
+        await wait_for(lambda: not pool._outcomes, timeout=5, what="the outcome dropped")
+        await pool.stop()
+    assert [r["status"] for r in await store.runs(job_id)] == ["lost"]
+    assert store.jobs[job_id].worker_id == "other-instance"
+    (event,) = lease_lost_events(logs)
+    assert event["job_id"] == job_id and event["reason"] == "not_held"
+
+
+async def test_a_frozen_pool_stops_its_jobs_once_it_runs_again() -> None:
+    """Frozen past the lease (SIGSTOP, a loop blocked): at the thaw another instance may run
+    the job already, so the pool stops it at once, before any renewal could say so."""
+    store = MemoryStore()
+    contexts: list[JobContext] = []
+
+    async def hold(payload: Any, ctx: JobContext) -> None:
+        contexts.append(ctx)
+        await asyncio.Event().wait()
+
+    (job_id,) = await store.enqueue_many([JobSpec("hold")])
+    assert job_id is not None
+    pool = make_pool(store, {"hold": hold}, fast_config(workers={"lease": "1s"}))
+    renewed: list[Sequence[int]] = []
+    renew = store.renew_leases
+
+    async def renew_and_note(worker_id: str, lease: float, job_ids: Sequence[int]) -> Renewal:
+        renewed.append(list(job_ids))
+        return await renew(worker_id, lease, job_ids)
+
+    store.renew_leases = renew_and_note  # type: ignore[method-assign]
+    with capture_logs() as logs:
+        await pool.start()
+        await wait_for(lambda: contexts, what="the job running")
+        await wait_for(lambda: [job_id] in renewed, what="its lease renewed")
+        time.sleep(1.5)  # noqa: ASYNC251 - the point: the whole loop frozen past the lease
+        frozen_at = len(renewed)
+        await wait_for(lambda: contexts[0].cancelled, timeout=5, what="the job stopped")
+        await wait_for(lambda: job_id not in pool._running or len(contexts) > 1, what="ended")
+        await pool.stop()
+    # Stopped before the first renewal after the thaw, which no longer asked for it; nothing
+    # written by this attempt (the store still called it ours: the pool's own recovery then
+    # counted it lost, and the pool ran it again).
+    assert renewed[frozen_at] == []
+    first_attempt = [r for r in await store.runs(job_id) if r["attempt"] == 1]
+    assert [r["status"] for r in first_attempt] == ["lost"]
+    event = lease_lost_events(logs)[0]
+    assert event["job_id"] == job_id and event["reason"] == "not_renewed_in_time"
+
+
+async def test_jobs_stop_at_the_end_of_a_lease_a_hanging_renewal_cannot_extend() -> None:
+    store = MemoryStore()
+    contexts: list[JobContext] = []
+
+    async def hold(payload: Any, ctx: JobContext) -> None:
+        contexts.append(ctx)
+        await asyncio.Event().wait()
+
+    (job_id,) = await store.enqueue_many([JobSpec("hold")])
+    assert job_id is not None
+    pool = make_pool(store, {"hold": hold}, fast_config(workers={"lease": "1s"}))
+    stuck = asyncio.Event()
+    renew = store.renew_leases
+
+    async def renew_or_hang(worker_id: str, lease: float, job_ids: Sequence[int]) -> Renewal:
+        if stuck.is_set():
+            await asyncio.Event().wait()  # a store that no longer answers
+        return await renew(worker_id, lease, job_ids)
+
+    store.renew_leases = renew_or_hang  # type: ignore[method-assign]
+    with capture_logs() as logs:
+        await pool.start()
+        await wait_for(lambda: contexts, what="the job running")
+        stuck.set()
+        hung_at = time.monotonic()
+        await wait_for(lambda: contexts[0].cancelled, timeout=5, what="the job stopped")
+        assert time.monotonic() - hung_at <= 1.5  # by the lease's end, not a later retry
+        await wait_for(lambda: job_id not in pool._running, what="its task ended")
+        pool._tasks[2].cancel()  # the lease loop waits on the hung renewal forever
+        await pool.stop()
+    assert [r["status"] for r in await store.runs(job_id)] == []  # nothing written
+    (event,) = lease_lost_events(logs)
+    assert event["job_id"] == job_id and event["reason"] == "not_renewed_in_time"
+
+
+async def test_rows_left_running_by_an_insert_whose_answer_was_lost_are_given_back() -> None:
+    """The intake's insert of directly started jobs committed, but the connection dropped
+    before the answer: rows run under this worker with no task. Told so, the pool gives
+    them back (no attempt counted) and runs them, long before their lease would end."""
+    store = MemoryStore()
+    # Renewals every 3 s; the lease (9 s) would end only after the wait below gives up.
+    pool = make_pool(store, config=fast_config(workers={"lease": "9s"}))
+    await pool.start()
+    (orphan,) = await store.enqueue_many(
+        [JobSpec("echo", {"n": 1})], DirectStart(pool.worker_id, 30.0, [True])
+    )
+    assert orphan is not None and store.jobs[orphan].status == JobStatus.RUNNING
+    pool.orphans_possible()
+    await wait_for(
+        lambda: store.jobs[orphan].status == JobStatus.SUCCEEDED, what="orphan run", timeout=8
+    )
+    await pool.stop()
+    assert store.jobs[orphan].attempts == 1  # the attempt that never started is not counted
+    assert [r["status"] for r in store.job_runs] == ["succeeded"]

@@ -40,6 +40,18 @@ class DirectStart:
     flags: Sequence[bool]  # one per spec: start this one at once
 
 
+@dataclass(frozen=True)
+class Renewal:
+    """The answer to a lease renewal: which jobs are still this worker's, which to cancel.
+
+    A job asked about but missing from ``held`` is no longer this worker's (its lease was
+    recovered, or another worker runs it now): the worker must stop it and write nothing.
+    """
+
+    held: frozenset[int] = frozenset()
+    cancel: frozenset[int] = frozenset()
+
+
 NotifyCallback = Callable[[str], None]
 
 
@@ -71,11 +83,16 @@ class JobStore(Protocol):
     async def complete_many(self, worker_id: str, outcomes: Sequence[Outcome]) -> int:
         """Record attempt outcomes; returns how many were still held by this worker."""
 
-    async def renew_leases(self, worker_id: str, lease: float, job_ids: Sequence[int]) -> set[int]:
-        """Extend the leases of these running jobs; returns ids asked to cancel."""
+    async def renew_leases(self, worker_id: str, lease: float, job_ids: Sequence[int]) -> Renewal:
+        """Extend the leases of these running jobs still held by this worker; says which
+        were renewed (still held) and which of those are asked to cancel."""
 
     async def recover_expired_leases(self) -> list[int]:
         """Take back jobs whose lease ran out (their worker died) so others can run them."""
+
+    async def release_unknown(self, worker_id: str, known_ids: Sequence[int]) -> list[int]:
+        """Give back jobs running under ``worker_id`` other than ``known_ids`` (rows an insert
+        or claim committed though its answer was lost), not counting an attempt."""
 
     async def release(self, worker_id: str, job_ids: Sequence[int]) -> list[int]:
         """Give unfinished jobs back at shutdown, not counting the interrupted attempt."""

@@ -10,13 +10,66 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from jobwire.models import FINISHED, LIVE, Job, JobSpec, JobStatus, Outcome, StreamOffset
-from jobwire.store.base import ClaimRequest, DirectStart, NotifyCallback, StoreUnavailable
+from jobwire.storable import MAX_KEY_BYTES, problem_of
+from jobwire.store.base import (
+    ClaimRequest,
+    DirectStart,
+    InvalidJobData,
+    NotifyCallback,
+    Renewal,
+    StoreUnavailable,
+)
 
 _READY = (JobStatus.PENDING, JobStatus.RETRYING)
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _json_problem(value: Any, depth: int = 0) -> str | None:
+    """What jsonb would refuse in a decoded JSON value (strings it cannot hold, NaN)."""
+    if depth > 900:
+        return "JSON too deep"
+    if isinstance(value, str):
+        return problem_of(value)
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return "NaN or Infinity in JSON"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problem = problem_of(key) or _json_problem(item, depth + 1)
+            if problem:
+                return problem
+    if isinstance(value, list):
+        for item in value:
+            problem = _json_problem(item, depth + 1)
+            if problem:
+                return problem
+    return None
+
+
+def _refused(spec: JobSpec) -> str | None:
+    """Why PostgreSQL would refuse this spec's row, for the memory store to refuse it too."""
+    texts = [spec.handler, spec.queue, spec.source, spec.dedup_key, spec.content_type]
+    texts += [spec.failed_reason, *spec.headers, *spec.headers.values()]
+    for text in texts:
+        if text is not None and problem_of(text):
+            return f"DataError: text {problem_of(text)}"
+    if not -(2**31) <= spec.priority < 2**31:
+        return "DataError: priority out of int32 range"
+    if spec.dedup_key is not None and len(spec.dedup_key.encode()) > 2 * MAX_KEY_BYTES:
+        return "ProgramLimitExceededError: index row size exceeds the maximum"
+    payload = spec.payload
+    if spec.payload_json is not None:
+        try:
+            payload = json.loads(spec.payload_json)
+        except (ValueError, RecursionError):
+            return "DataError: invalid input syntax for type json"
+    try:
+        problem = _json_problem(payload)
+    except RecursionError:
+        problem = "JSON too deep"
+    return None if problem is None else f"DataError: jsonb {problem}"
 
 
 class MemoryStore:
@@ -70,8 +123,15 @@ class MemoryStore:
         direct: DirectStart | None = None,
         offsets: Sequence[StreamOffset] = (),
     ) -> list[int | None]:
-        """Insert jobs, skipping duplicate dedup keys; offsets never move backwards."""
+        """Insert jobs, skipping duplicate dedup keys; offsets never move backwards.
+
+        Refuses, as PostgreSQL does, a whole batch with one value it cannot hold.
+        """
         await self.ping()
+        for spec in specs:
+            problem = _refused(spec)
+            if problem is not None:
+                raise InvalidJobData(problem)
         for o in offsets:
             key = (o.group_id, o.topic, o.partition)
             self.offsets[key] = max(self.offsets.get(key, o.next_offset), o.next_offset)
@@ -176,17 +236,19 @@ class MemoryStore:
             job.lease_until = job.worker_id = None
         return count
 
-    async def renew_leases(self, worker_id: str, lease: float, job_ids: Sequence[int]) -> set[int]:
-        """Extend the leases of these jobs; report cancel requests."""
+    async def renew_leases(self, worker_id: str, lease: float, job_ids: Sequence[int]) -> Renewal:
+        """Extend the leases of these jobs still held by this worker; report cancel requests."""
         until = _now() + timedelta(seconds=lease)
+        held = set()
         cancelled = set()
         for job_id in job_ids:
             job = self.jobs.get(job_id)
-            if job is not None and job.worker_id == worker_id:
+            if job is not None and job.status == JobStatus.RUNNING and job.worker_id == worker_id:
                 job.lease_until = until
+                held.add(job.id)
                 if job.cancel_requested:
                     cancelled.add(job.id)
-        return cancelled
+        return Renewal(frozenset(held), frozenset(cancelled))
 
     async def recover_expired_leases(self) -> list[int]:
         """Take back jobs whose lease ran out."""
@@ -210,6 +272,22 @@ class MemoryStore:
                 job.lease_until = job.worker_id = None
                 lost.append(job.id)
         return lost
+
+    async def release_unknown(self, worker_id: str, known_ids: Sequence[int]) -> list[int]:
+        """Give back running jobs of this worker other than ``known_ids`` (no run counted)."""
+        await self.ping()
+        known = set(known_ids)
+        released = []
+        for job in self.jobs.values():
+            if job.status != JobStatus.RUNNING or job.worker_id != worker_id or job.id in known:
+                continue
+            job.status = JobStatus.CANCELLED if job.cancel_requested else JobStatus.PENDING
+            job.finished_at = _now() if job.cancel_requested else None
+            job.attempts -= 1
+            job.lease_until = job.worker_id = job.started_at = None
+            job.run_at = _now()
+            released.append(job.id)
+        return released
 
     async def release(self, worker_id: str, job_ids: Sequence[int]) -> list[int]:
         """Give jobs back without counting the attempt."""

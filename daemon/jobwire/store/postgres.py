@@ -18,6 +18,7 @@ from jobwire.store.base import (
     DirectStart,
     InvalidJobData,
     NotifyCallback,
+    Renewal,
     StoreRefused,
     StoreUnavailable,
 )
@@ -36,6 +37,19 @@ _UNAVAILABLE = (
     asyncpg.TooManyConnectionsError,
     asyncpg.QueryCanceledError,
 )
+
+
+# SQLSTATE classes that say "the server cannot do this now", whatever the statement:
+# connection (08), transaction rollback such as a deadlock (40), insufficient resources
+# such as a full disk (53), operator intervention (57), system errors (58), internal (XX).
+_OUTAGE_CLASSES = frozenset({"08", "40", "53", "57", "58", "XX"})
+_READ_ONLY = "25006"  # connected to a standby (after a failover): not the rows' fault
+
+
+def _is_outage(exc: asyncpg.PostgresError) -> bool:
+    """True when a server error says the store is unavailable rather than the data bad."""
+    state = str(getattr(exc, "sqlstate", "") or "")
+    return state[:2] in _OUTAGE_CLASSES or state == _READ_ONLY
 
 
 # Statuses whose listing reads a partial index (see list_jobs in queries.sql).
@@ -452,8 +466,11 @@ class PostgresStore:
                     self._q["insert_jobs"], *columns
                 )
                 return rows
-        except asyncpg.DataError as exc:
-            # Bad data in one row (e.g. a NUL character jsonb refuses) rejects the statement.
+        except asyncpg.PostgresError as exc:
+            if _is_outage(exc):
+                raise StoreUnavailable(f"enqueue: {type(exc).__name__}: {exc}") from exc
+            # Anything else is about the rows (a NUL character jsonb refuses, an integer out
+            # of range, JSON too deep for the server): the caller finds the row that did it.
             raise InvalidJobData(f"{type(exc).__name__}: {exc}") from exc
 
     async def stored_offsets(
@@ -520,18 +537,30 @@ class PostgresStore:
             )
         return int(count)
 
-    async def renew_leases(self, worker_id: str, lease: float, job_ids: Sequence[int]) -> set[int]:
-        """Extend the leases of the jobs this worker runs; report which were asked to cancel."""
+    async def renew_leases(self, worker_id: str, lease: float, job_ids: Sequence[int]) -> Renewal:
+        """Extend the leases of the jobs this worker still holds; report which it holds and
+        which of those were asked to cancel."""
         if not job_ids:
-            return set()
+            return Renewal()
         async with _guard("renew leases"):
             rows = await self._pool.fetch(self._q["renew_leases"], worker_id, lease, list(job_ids))
-        return {r["id"] for r in rows if r["cancel_requested"]}
+        return Renewal(
+            held=frozenset(r["id"] for r in rows),
+            cancel=frozenset(r["id"] for r in rows if r["cancel_requested"]),
+        )
 
     async def recover_expired_leases(self) -> list[int]:
         """Take back jobs of dead workers."""
         async with _guard("recover leases"):
             rows = await self._pool.fetch(self._q["recover_expired_leases"])
+        return [r["id"] for r in rows]
+
+    async def release_unknown(self, worker_id: str, known_ids: Sequence[int]) -> list[int]:
+        """Give back running jobs of this worker that it does not know it runs."""
+        async with _guard("release unknown"):
+            rows = await self._pool.fetch(
+                self._q["release_unknown_jobs"], worker_id, list(known_ids)
+            )
         return [r["id"] for r in rows]
 
     async def release(self, worker_id: str, job_ids: Sequence[int]) -> list[int]:

@@ -120,7 +120,9 @@ SELECT count(*) FROM done;
 -- name: renew_leases
 -- One statement renews the leases of the jobs this worker is running ($3) and reports
 -- cancel requests. Only those: a job it gave up on (its lease could not be renewed in
--- time) must be left to expire, or it would stay "running" here forever.
+-- time) must be left to expire, or it would stay "running" here forever. An id asked for
+-- but not returned is no longer this worker's (its lease was recovered, perhaps another
+-- worker runs it now): the worker stops its copy and writes no outcome.
 UPDATE jobs SET lease_until = now() + make_interval(secs => $2)
 WHERE id = ANY($3::bigint[]) AND worker_id = $1
 RETURNING id, cancel_requested;
@@ -151,6 +153,22 @@ WITH expired AS (
     FROM lost JOIN expired ON expired.id = lost.id
 )
 SELECT id FROM lost;
+
+-- name: release_unknown_jobs
+-- Rows running for worker $1 that it does not run ($2: the ids it does): an insert of
+-- directly started jobs, or a claim, committed but its answer was lost with the
+-- connection. No attempt started, so none is counted.
+WITH orphans AS (
+    SELECT id FROM jobs
+    WHERE worker_id = $1 AND status = 'running' AND NOT (id = ANY($2::bigint[]))
+    FOR UPDATE
+)
+UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'pending' END,
+                finished_at = CASE WHEN cancel_requested THEN now() END,
+                attempts = jobs.attempts - 1, lease_until = NULL, worker_id = NULL,
+                started_at = NULL, run_at = now()
+FROM orphans WHERE jobs.id = orphans.id
+RETURNING jobs.id;
 
 -- name: release_jobs
 -- Graceful stop: give unfinished jobs back without counting the interrupted attempt.

@@ -1,0 +1,99 @@
+"""Text the store can hold: what a broker may carry but PostgreSQL refuses, made storable.
+
+PostgreSQL's ``text`` refuses NUL characters, ``jsonb`` refuses ``\\u0000`` and lone UTF-16
+surrogates, and a btree entry (the dedup key's unique index) has a size limit. A broker
+carries any of them. Every text a message puts into a job row passes through here, so one
+odd header or message id never makes the store refuse a whole batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+# A header value longer than this is replaced: headers are metadata, and the raw body is
+# where large data belongs (it is kept as bytes).
+MAX_HEADER_CHARS = 16_384
+MAX_HEADERS = 256
+# Well under a btree entry's limit (about 2,700 bytes), in bytes of UTF-8.
+MAX_KEY_BYTES = 1_000
+MAX_SHORT_TEXT = 1_000  # content types, handler names
+_PREVIEW = 64
+
+
+def problem_of(text: str) -> str | None:
+    """Why PostgreSQL would refuse ``text`` (None: it would not)."""
+    if "\x00" in text:
+        return "contains a NUL character"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains a lone surrogate (not valid Unicode)"
+    return None
+
+
+def escape(text: str) -> str:
+    """A storable, readable and deterministic spelling of any text (NUL and surrogates as
+    backslash escapes)."""
+    if problem_of(text) is None:
+        return text
+    return (
+        text.replace("\\", "\\\\")
+        .replace("\x00", "\\x00")
+        .encode("utf-8", "backslashreplace")
+        .decode("utf-8")
+    )
+
+
+def storable_text(text: str | None, limit: int = MAX_SHORT_TEXT) -> str | None:
+    """``text`` escaped and cut to ``limit`` characters; None stays None."""
+    if text is None:
+        return None
+    clean = escape(text)
+    return clean if len(clean) <= limit else clean[:limit]
+
+
+def storable_key(key: str | None) -> str | None:
+    """A dedup key the unique index can hold, the same for the same input (so a redelivery
+    still finds its row): escaped, and hashed when too long."""
+    if key is None:
+        return None
+    clean = escape(key)
+    if len(clean.encode("utf-8")) <= MAX_KEY_BYTES:
+        return clean
+    digest = hashlib.sha256(clean.encode("utf-8")).hexdigest()
+    return f"{clean[:200]}...sha256:{digest}"
+
+
+def _marker(what: str, value: str, why: str) -> str:
+    preview = escape(value[:_PREVIEW])
+    return f"[jobwire: {what} replaced: {why}; {len(value)} chars, began {preview!r}]"
+
+
+def storable_headers(headers: Mapping[Any, Any]) -> tuple[dict[str, str], list[str]]:
+    """Headers as jsonb can hold them, and a note per header that had to change.
+
+    A value the store cannot hold (NUL, lone surrogate, over ``MAX_HEADER_CHARS``) is
+    replaced by a marker saying which and why; a name is escaped.
+    """
+    out: dict[str, str] = {}
+    notes: list[str] = []
+    for index, (raw_name, raw_value) in enumerate(headers.items()):
+        if index >= MAX_HEADERS:
+            notes.append(f"{len(headers) - MAX_HEADERS} headers past the first {MAX_HEADERS}")
+            out["jobwire-headers-dropped"] = str(len(headers) - MAX_HEADERS)
+            break
+        name = raw_name if isinstance(raw_name, str) else str(raw_name)
+        clean_name = storable_text(name, 256) or ""
+        if clean_name != name:
+            notes.append(f"header name {clean_name!r}: {problem_of(name) or 'too long'}")
+        value = raw_value if isinstance(raw_value, str) else str(raw_value)
+        why = problem_of(value)
+        if why is None and len(value) > MAX_HEADER_CHARS:
+            why = f"longer than {MAX_HEADER_CHARS} characters"
+        if why is not None:
+            notes.append(f"header {clean_name!r}: {why}")
+            value = _marker(f"header {clean_name!r}", value, why)
+        out[clean_name] = value
+    return out, notes
