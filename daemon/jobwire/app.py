@@ -21,6 +21,7 @@ from jobwire.flow import BacklogGate
 from jobwire.handlers import HandlerRegistry
 from jobwire.intake import Intake
 from jobwire.metrics import Metrics
+from jobwire.redaction import redact_data, remember, secret_values
 from jobwire.routing import Router
 from jobwire.scheduler import Scheduler
 from jobwire.store.base import JobStore, StoreRefused, StoreUnavailable
@@ -30,6 +31,27 @@ from jobwire.web import HttpApi
 from jobwire.worker import WorkerPool
 
 log = structlog.get_logger("jobwire.app")
+
+
+class ListenError(Exception):
+    """A configured address could not be bound (taken, not local, not allowed)."""
+
+    def __init__(self, key: str, address: str, reason: str) -> None:
+        super().__init__(f"{key} {address}: {reason}")
+        self.key = key
+        self.address = address
+        self.reason = reason
+
+
+def _bind_reason(exc: OSError) -> str:
+    """``address already in use`` rather than the loop's long wrapped message."""
+    # web.py re-raises the loop's OSError with its own text; the errno is on the cause.
+    for err in (exc, exc.__cause__):
+        if isinstance(err, socket.gaierror):
+            return str(err.strerror or err).lower()
+        if isinstance(err, OSError) and err.errno and err.errno > 0:
+            return os.strerror(err.errno).lower()
+    return str(exc)
 
 
 def with_database_url(config: Config, url: str | None) -> Config:
@@ -144,7 +166,11 @@ class Source:
 
     def describe(self) -> dict[str, Any]:
         """State and counters, for stats."""
-        return {**self.adapter.describe(), **self.intake.counters.as_dict()}
+        return {
+            **self.adapter.describe(),
+            **self.intake.counters.as_dict(),
+            "held": self.intake.held,
+        }
 
 
 def build_sources(
@@ -172,21 +198,31 @@ class Daemon:
         self.sources: list[Source] = []
         self.metrics: Metrics | None = None
         self.http: HttpApi | None = None
+        # Log lines, /readyz and the workers table mask these wherever they appear.
+        remember(secret_values(config))
 
     def describe_sources(self) -> dict[str, dict[str, Any]]:
-        """Each source's state, last error and counters, by name."""
-        return {s.cfg.name: s.describe() for s in self.sources}
+        """Each source's state, last error and counters, by name (secrets masked)."""
+        # A broker client's error may quote the URL it was given, password and all; this
+        # feeds /readyz, /api/v1/sources and the state published for ``jobwire stats``.
+        described: dict[str, dict[str, Any]] = redact_data(
+            {s.cfg.name: s.describe() for s in self.sources}
+        )
+        return described
 
     def request_stop(self, reason: str = "requested") -> None:
-        """Begin a graceful stop (SIGTERM/SIGINT or a test)."""
+        """Begin a graceful stop (SIGTERM/SIGINT/SIGHUP or a test)."""
         if not self.stop_requested.is_set():
             log.info("stop_requested", reason=reason)
             self.stop_requested.set()
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM and SIGINT start a graceful stop; installed only by the entry point."""
+        """SIGTERM, SIGINT and SIGHUP start a graceful stop; installed only by the entry point."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # SIGHUP too: its default action kills the process on the spot (exit 129), leaving the
+        # running jobs leased and this instance's workers row behind. There is no config
+        # reload to give it instead, and a closed terminal or ssh session sends it.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
 
     async def run(self) -> None:
@@ -213,8 +249,15 @@ class Daemon:
                     self.describe_sources,
                     self.pool.wake,
                     frozenset(s.name for s in self.config.sources if s.required),
+                    allowed_handlers=frozenset(self.registry.names()),
                 )
-                await self.http.start()  # first: a taken port fails before anything runs
+                try:
+                    await self.http.start()  # first: a taken port fails before anything runs
+                except OSError as exc:
+                    # An operator's mistake, not a crash: the CLI prints one line, exits 2.
+                    raise ListenError(
+                        "http.listen", self.config.http.listen, _bind_reason(exc)
+                    ) from exc
             await self.pool.start()
             gate_task = None
             high = self.config.workers.max_backlog

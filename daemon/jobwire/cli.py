@@ -15,12 +15,13 @@ import uvloop
 
 from jobwire import __version__
 from jobwire.adapters import build_adapter
-from jobwire.app import Daemon, open_store, with_database_url
+from jobwire.app import Daemon, ListenError, open_store, with_database_url
 from jobwire.config import Config, ConfigError, load_config
 from jobwire.durations import parse_duration
 from jobwire.handlers import HandlerLoadError, HandlerRegistry
 from jobwire.logs import configure_logging
 from jobwire.models import Job, JobSpec, JobStatus, job_as_dict
+from jobwire.redaction import redact, redact_data, remember, secret_values
 from jobwire.routing import route_problems
 from jobwire.scheduler import tick_spec
 from jobwire.store.base import StoreUnavailable
@@ -51,7 +52,8 @@ def _config_options(fn: F) -> F:
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    click.echo(f"jobwire: {message}", err=True)
+    # Messages quote exceptions (a database or broker client's), which may quote a URL.
+    click.echo(f"jobwire: {redact(message)}", err=True)
     sys.exit(code)
 
 
@@ -66,13 +68,15 @@ def _load_with_path(config_path: str | None, database_url: str | None) -> tuple[
     except ConfigError as err:
         _report(err.problems)
     config = with_database_url(config, database_url)
+    # Before anything logs or prints: every line from here on masks them.
+    remember(secret_values(config))
     configure_logging(config.logging.format, config.logging.level)
     return config, str(path) if path else "(built-in defaults)"
 
 
 def _report(problems: Iterable[object]) -> NoReturn:
     for problem in problems:
-        click.echo(f"error: {problem}", err=True)
+        click.echo(f"error: {redact(str(problem))}", err=True)
     sys.exit(EXIT_USAGE)
 
 
@@ -114,7 +118,7 @@ def main() -> None:
 @main.command()
 @_config_options
 def run(config_path: str | None, database_url: str | None) -> None:
-    """Run the daemon until SIGTERM or SIGINT."""
+    """Run the daemon until SIGTERM, SIGINT or SIGHUP."""
     config, file = _load_with_path(config_path, database_url)
     registry = _registry(config, file)
 
@@ -123,7 +127,10 @@ def run(config_path: str | None, database_url: str | None) -> None:
         daemon.install_signal_handlers()
         await daemon.run()
 
-    _run(go())
+    try:
+        _run(go())
+    except ListenError as exc:
+        _fail(str(exc), EXIT_USAGE)
 
 
 @main.command()
@@ -314,6 +321,9 @@ def stats(as_json: bool, config_path: str | None, database_url: str | None) -> N
         return await store.stats(), await store.list_workers()
 
     counts, workers = _with_store(config, action)
+    # The published state holds sources' last errors; a daemon masks its own secrets there,
+    # this masks URL passwords again for rows of daemons that did not.
+    workers = [{**w, "state": redact_data(w["state"])} for w in workers]
     if as_json:
         instances = [
             {

@@ -133,3 +133,36 @@ def test_mqtt_source_defaults_and_rules() -> None:
     assert (
         line == "jobwire.yaml: sources[0].url: must be an mqtt:// or mqtts:// URL (got 'http://x')"
     )
+
+
+def test_a_bad_secret_field_is_named_without_its_value() -> None:
+    (line,) = problems("http: {admin_token: short-tok3n}")
+    assert line == (
+        "jobwire.yaml: http.admin_token: String should have at least 16 characters (got ***)"
+    )
+    (line,) = problems(
+        "sources: [{name: m, type: mqtt, topics: [a], password: 12345678, route: {handler: x}}]"
+    )
+    assert line.startswith("jobwire.yaml: sources[0].password: Input should be a valid string")
+    assert "12345678" not in line
+
+
+def test_a_bad_url_is_shown_with_its_password_masked() -> None:
+    (line,) = problems("database: {url: 'mysql://root:hunter2pw@db/x'}")
+    assert line == (
+        "jobwire.yaml: database.url: must be 'embedded' or a postgresql:// URL"
+        " (got 'mysql://root:***@db/x')"
+    )
+
+
+def test_a_secret_quoted_by_any_problem_is_masked() -> None:
+    # The same value as a URL's password and (by mistake) as the schema: the schema's
+    # validator quotes it; the problem still names the key and what is wrong.
+    text = "database: {url: 'postgresql://jw:${PW}@db/x', schema: '${PW}'}"
+    (line,) = problems(text, {"PW": "pw-with-dash"})
+    assert line.startswith("jobwire.yaml: database.schema: '***' must be a plain SQL identifier")
+    assert "pw-with-dash" not in line
+    token = "tok-0123456789abcdef"
+    (line,) = problems("http: {admin_token: '${T}', listen: '${T}'}", {"T": token})
+    assert line.startswith("jobwire.yaml: http.listen: must be host:port")
+    assert token not in line
