@@ -21,9 +21,8 @@ from typing import Any, Protocol
 import structlog
 
 from jobwire import failpoints
-from jobwire.adapters.base import Adapter, Message
 from jobwire.config import SourceBase
-from jobwire.models import Job, JobSpec, JobStatus, StreamOffset
+from jobwire.models import Job, JobSpec, JobStatus, Message, StreamOffset
 from jobwire.routing import UNROUTABLE, Poison, Routed, Router
 from jobwire.storable import storable_text
 from jobwire.store.base import DirectStart, InvalidJobData, JobStore, StoreUnavailable
@@ -52,6 +51,29 @@ class SourceCounters:
     def as_dict(self) -> dict[str, Any]:
         """Plain dict of the counts."""
         return asdict(self)
+
+
+class Settler(Protocol):
+    """What the intake needs of a source: settle deliveries, and stop or go on taking them.
+
+    The intake owns this port; every broker adapter fills it.
+    """
+
+    # True: a requeued delivery comes back from the broker (AMQP, STOMP, MQTT). False: the
+    # source is a log read in order (Kafka), and the intake keeps what it could not store.
+    requeue_redelivers: bool
+
+    async def ack_many(self, messages: Sequence[Message]) -> None:
+        """Acknowledge deliveries whose rows are committed."""
+
+    async def requeue_many(self, messages: Sequence[Message]) -> None:
+        """Give deliveries back to the broker (the store is out)."""
+
+    async def pause(self) -> None:
+        """Stop taking deliveries."""
+
+    async def resume(self) -> None:
+        """Take deliveries again."""
 
 
 class Handoff(Protocol):
@@ -83,7 +105,7 @@ class Intake:
     def __init__(
         self,
         source: SourceBase,
-        adapter: Adapter,
+        adapter: Settler,
         router: Router,
         store: JobStore,
         pool: Handoff,

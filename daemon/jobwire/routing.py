@@ -7,9 +7,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from jobwire.adapters.base import Message
 from jobwire.config import Config, ConfigProblem, RouteConfig, SourceBase
-from jobwire.models import JobSpec
+from jobwire.models import JobSpec, Message
 from jobwire.selectors import Selector, parse_selector
 from jobwire.storable import storable_headers, storable_key, storable_text
 

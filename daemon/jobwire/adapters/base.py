@@ -1,8 +1,10 @@
-"""What every broker adapter is: a Message type, a state, and a shared reconnect supervisor.
+"""What every broker adapter is: a state, settlement defaults and a shared reconnect supervisor.
 
 An adapter decodes deliveries into ``Message``s and hands them to a sink (the intake). It
 settles each delivery only when the intake says so: ``ack`` after the job row committed,
 ``nack(requeue=True)`` when the store failed, ``reject`` to dead-letter. It never writes SQL.
+``Message`` and the sink it goes to belong to the core (``jobwire.models``), which defines
+what it takes from a source; they are re-exported here for adapters.
 """
 
 from __future__ import annotations
@@ -14,13 +16,25 @@ import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
 from jobwire.config import TlsConfig
-from jobwire.models import StreamOffset
+from jobwire.models import DeadLetter, Message, MessageSink, OffsetReader
+
+__all__ = [
+    "Adapter",
+    "Backoff",
+    "DeadLetter",
+    "Message",
+    "MessageSink",
+    "OffsetReader",
+    "SourceState",
+    "supervise",
+    "tls_context",
+]
 
 log = structlog.get_logger("jobwire.adapters")
 
@@ -35,39 +49,6 @@ class SourceState(enum.StrEnum):
     STOPPED = "stopped"
 
 
-class Reject(Protocol):
-    """Dead-letters one delivery: returns once the dead-letter target has it, else raises.
-
-    When it raises, the delivery is not settled and the broker still has it (it comes back
-    when the connection or channel it came on ends); nothing is lost.
-    """
-
-    def __call__(self, reason: str | None = None) -> Awaitable[None]:
-        """``reason``: why it is poison, passed on where the protocol can carry it (STOMP)."""
-        ...
-
-
-@dataclass(slots=True)
-class Message:
-    """One broker delivery, decoded; settled through the callables its adapter put in it."""
-
-    source: str
-    body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
-    # Protocol metadata a route may select with ``property:NAME`` (message_id, routing_key...).
-    properties: dict[str, Any] = field(default_factory=dict)
-    content_type: str | None = None
-    # A key the adapter knows already (Kafka: topic/partition/offset); routes may override it.
-    dedup_key: str | None = None
-    ack: Callable[[], Awaitable[None]] | None = None
-    nack: Callable[[bool], Awaitable[None]] | None = None
-    reject: Reject | None = None
-    # A log consumer's position after this message (Kafka): stored with the job row.
-    offset: StreamOffset | None = None
-    # The adapter's own handle on the delivery (used for batched acks).
-    raw: Any = None
-
-
 def tls_context(tls: TlsConfig | None, required: bool = False) -> ssl.SSLContext | None:
     """An SSL context from a source's ``tls:`` settings; None when neither it nor the URL
     scheme (``required``: amqps://, mqtts://, Kafka SSL) asks for TLS."""
@@ -80,13 +61,6 @@ def tls_context(tls: TlsConfig | None, required: bool = False) -> ssl.SSLContext
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
-
-
-MessageSink = Callable[[Message], None]
-"""Takes one delivery and returns at once (the intake queues it): adapters call it in
-arrival order and never wait on it."""
-OffsetReader = Callable[[str, Sequence[tuple[str, int]]], Awaitable[dict[tuple[str, int], int]]]
-"""Reads a consumer group's stored positions: ``(group_id, [(topic, partition)])``."""
 
 
 class Adapter(abc.ABC):
