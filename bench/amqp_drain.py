@@ -27,9 +27,9 @@ import aio_pika
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, too
 
 from bench.common import Drain, drain_source, run
-from jobwire.adapters.amqp import AmqpAdapter
+from jobwire.adapters import build_adapter
+from jobwire.adapters.amqp import AmqpSource
 from jobwire.adapters.base import Message
-from jobwire.config import AmqpSource
 from jobwire.logs import configure_logging
 
 
@@ -91,7 +91,7 @@ async def adapter_drain(url: str, queue: str, n: int, prefetch: int) -> float:
         | {"route": {"handler": "noop"}}
     )
     configure_logging(level="warning")  # the adapter's state lines are not the bench's output
-    adapter = AmqpAdapter(cfg)
+    adapter = build_adapter(cfg)  # as the daemon builds it: with the fast frame path
     done = asyncio.Event()
     taken: list[Message] = []
     acks: set[asyncio.Task[None]] = set()

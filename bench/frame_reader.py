@@ -3,7 +3,8 @@
 Both read the same bytes, N deliveries as RabbitMQ sends them to a consumer (method,
 header and body frame each, the bench's 15-byte JSON body), from an in-memory stream;
 prints microseconds per message for each, and for decoding the same frames alone: by pamqp,
-and by jobwire's direct decoder (``amqp_decode``, which the buffered reader uses).
+and by jobwire's direct decoder (``jobwire.adapters.amqp.decode``, which the buffered
+reader uses).
 
     .venv/bin/python bench/frame_reader.py --messages 60000
 """
@@ -25,8 +26,8 @@ from pamqp import body, commands, header
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, too
 
 from bench.common import run
-from jobwire.adapters import amqp_decode
-from jobwire.adapters.amqp_frames import BufferedFrameReceiver
+from jobwire.adapters.amqp import decode as amqp_decode
+from jobwire.adapters.amqp.frames import BufferedFrameReceiver
 
 BODY = b'{"bench": true}'
 

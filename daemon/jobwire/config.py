@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -191,92 +191,13 @@ class SourceBase(_Strict):
     batch_size: int = Field(500, ge=1, le=10_000)
     # How long the first message of a batch waits for company. 0: none; under load batches
     # still form, from what arrives while the previous batch is being stored, and a lone
-    # message is not held back (publish -> handler start p50 went from 13.4 to 7.2 ms at
-    # 1,000 msg/s; drain throughput unchanged).
+    # message is not held back (a delay mostly adds latency; ``latency(batch_delay=...)`` in
+    # bench/__main__.py measures it).
     batch_delay: Duration = 0.0
     required: bool = False
 
 
-class AmqpSource(SourceBase):
-    """A RabbitMQ (AMQP 0-9-1) queue consumed with manual acks."""
-
-    type: Literal["amqp"]
-    url: str = "amqp://guest:guest@127.0.0.1:5672/"
-    queue: str
-    declare: bool = True
-    queue_type: Literal["classic", "quorum"] = "classic"
-    queue_arguments: dict[str, Any] = Field(default_factory=dict)
-    # Validated even when left out: on_invalid dead-letter needs it (see below).
-    dead_letter_exchange: str | None = Field(None, validate_default=True)
-    dead_letter_routing_key: str | None = None
-    exchange: str | None = None
-    exchange_type: Literal["direct", "topic", "fanout", "headers"] = "direct"
-    routing_keys: list[str] = Field(default_factory=list)
-    prefetch: int = Field(200, ge=1, le=65535)
-    heartbeat: Duration = 30.0
-    tls: TlsConfig | None = None
-
-    @field_validator("url")
-    @classmethod
-    def _amqp_url(cls, value: str) -> str:
-        if not value.startswith(("amqp://", "amqps://")):
-            raise ValueError("must be an amqp:// or amqps:// URL")
-        return value
-
-    # A field validator, not a model one, so that the problem names this key.
-    @field_validator("dead_letter_exchange")
-    @classmethod
-    def _dead_letter_target(cls, value: str | None, info: ValidationInfo) -> str | None:
-        arguments = info.data.get("queue_arguments") or {}
-        if (
-            info.data.get("on_invalid") == "dead-letter"
-            and value is None
-            and arguments.get("x-dead-letter-exchange") is None
-        ):
-            # RabbitMQ drops a message rejected on a queue without a dead-letter exchange.
-            raise ValueError(
-                "on_invalid dead-letter needs a dead-letter exchange, or rejected messages "
-                "are dropped: set dead_letter_exchange (or x-dead-letter-exchange in "
-                "queue_arguments); with declare: false name the one the queue was declared "
-                "with (by arguments or policy), which jobwire cannot read"
-            )
-        return value
-
-
-class StompSource(SourceBase):
-    """A STOMP 1.2 destination (RabbitMQ's STOMP plugin, ActiveMQ), consumed with client acks."""
-
-    type: Literal["stomp"]
-    host: str = "127.0.0.1"
-    port: int = Field(61613, ge=1, le=65535)
-    vhost: str = "/"  # STOMP's host header; RabbitMQ reads it as the vhost
-    username: str | None = "guest"
-    password: str | None = Field("guest", json_schema_extra=SECRET)
-    destination: str = Field(pattern=r"^/")
-    flavor: Literal["rabbitmq", "activemq"] = "rabbitmq"
-    prefetch: int = Field(200, ge=1, le=65535)
-    heartbeat: Duration = 10.0
-    # For /topic/ destinations: a durable subscription under this stable name.
-    durable_name: str | None = None
-    # on_invalid dead-letter: poison is SENT here (with a receipt) before the original is
-    # ACKed. Validated even when left out: dead-letter needs it.
-    dead_letter_destination: str | None = Field(None, pattern=r"^/", validate_default=True)
-    tls: TlsConfig | None = None
-
-    # A field validator, not a model one, so that the problem names this key.
-    @field_validator("dead_letter_destination")
-    @classmethod
-    def _dead_letter_target(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if info.data.get("on_invalid") == "dead-letter" and value is None:
-            # A NACK without requeue is no dead-lettering over STOMP: RabbitMQ drops it.
-            raise ValueError(
-                "on_invalid dead-letter needs a destination for poison messages, such as "
-                "/queue/background_jobs.dlq"
-            )
-        return value
-
-
-def _no_requeue(source: SourceBase, why: str) -> None:
+def no_requeue(source: SourceBase, why: str) -> None:
     """Refuse the options that need a broker-side NACK or dead-letter queue."""
     if source.route.mode == "notify":
         raise ValueError(
@@ -288,88 +209,16 @@ def _no_requeue(source: SourceBase, why: str) -> None:
         )
 
 
-class KafkaSource(SourceBase):
-    """Kafka topics read by a consumer group; offsets kept in PostgreSQL with the job rows."""
+# The source models live with their adapters (jobwire.adapters.<type>.config) and build on
+# the classes above, so the registry is imported here, after them: importing an adapter's
+# config module first works too (jobwire.adapters imports this module before any of them).
+# The registry and those modules import no broker library (an import-linter contract).
+from jobwire.adapters.registry import SOURCE_TYPES, source_union  # noqa: E402
 
-    type: Literal["kafka"]
-    bootstrap_servers: str | list[str] = "127.0.0.1:9092"
-    topics: list[str] = Field(min_length=1)
-    group_id: str = "jobwire"
-    client_id: str | None = None
-    # A first deploy must not skip what was published before it: earliest.
-    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
-    # read_committed: messages of aborted producer transactions never become jobs.
-    isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed"
-    max_records: int = Field(500, ge=1, le=100_000)  # per getmany call
-    # Deliveries taken but not yet stored; above it the partitions are paused (Kafka has
-    # no prefetch, so this is what bounds memory).
-    max_in_flight: int = Field(5000, ge=1)
-    session_timeout: Duration = 10.0
-    heartbeat_interval: Duration = 3.0
-    max_poll_interval: Duration = 300.0
-    # How long a rebalance waits for the in-flight deliveries of revoked partitions to be
-    # stored before it lets them go (the next owner then reads them again; dedup absorbs it).
-    revoke_timeout: Duration = 10.0
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: str | None = Field(None, json_schema_extra=SECRET)
-    tls: TlsConfig | None = None
-
-    @model_validator(mode="after")
-    def _kafka_rules(self) -> KafkaSource:
-        _no_requeue(self, "a Kafka partition is read in order and has no per-message NACK")
-        if self.sasl_mechanism and not self.security_protocol.startswith("SASL"):
-            raise ValueError("sasl_mechanism needs security_protocol SASL_PLAINTEXT or SASL_SSL")
-        return self
-
-
-class MqttSource(SourceBase):
-    """MQTT topics (Mosquitto, EMQX, HiveMQ) at QoS 1, acknowledged only after the commit."""
-
-    type: Literal["mqtt"]
-    url: str = "mqtt://127.0.0.1:1883"
-    topics: list[str] = Field(min_length=1)
-    # 1 by default. 2 is accepted, but paho answers PUBREC before the message is stored, so
-    # exactly-once delivery ends at the client; QoS 1 with a dedup key is the safer choice.
-    qos: Literal[1, 2] = 1
-    protocol: Literal["5", "3.1.1"] = "5"
-    # Stable per instance, so the broker keeps the session (and what is queued for it)
-    # across restarts. Default: jobwire-<host>-<source name>.
-    client_id: str | None = Field(None, min_length=1, max_length=128)
-    # Subscribe as $share/<group>/<topic>: the instances of a group split the messages.
-    shared_group: str | None = Field(None, pattern=r"^[^/+#]+$")
-    username: str | None = None
-    password: str | None = Field(None, json_schema_extra=SECRET)
-    # MQTT 5: how long the broker keeps the session while we are away.
-    session_expiry: Duration = 7 * 86400.0
-    keepalive: Duration = 30.0
-    # MQTT 5 Receive Maximum: unacknowledged messages the broker may send us at once.
-    prefetch: int = Field(200, ge=1, le=65535)
-    tls: TlsConfig | None = None
-
-    @field_validator("protocol", mode="before")
-    @classmethod
-    def _protocol_text(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, int | float) else value
-
-    @field_validator("url")
-    @classmethod
-    def _mqtt_url(cls, value: str) -> str:
-        if not value.startswith(("mqtt://", "mqtts://")):
-            raise ValueError("must be an mqtt:// or mqtts:// URL")
-        return value
-
-    @model_validator(mode="after")
-    def _mqtt_rules(self) -> MqttSource:
-        _no_requeue(self, "MQTT redelivers an unacknowledged message only on reconnect")
-        return self
-
-
-SourceConfig = Annotated[
-    Union[AmqpSource, StompSource, KafkaSource, MqttSource],  # noqa: UP007
-    Field(discriminator="type"),
-]
+if TYPE_CHECKING:
+    SourceConfig = SourceBase
+else:
+    SourceConfig = source_union()
 
 
 class ScheduleConfig(_Strict):
@@ -562,9 +411,6 @@ def interpolate(
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
-
-
-SOURCE_TYPES = ("amqp", "stomp", "kafka", "mqtt")
 
 
 def _loc_to_key(loc: tuple[int | str, ...]) -> str:

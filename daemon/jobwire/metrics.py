@@ -156,7 +156,15 @@ class Metrics(Collector):
             "Messages whose headers held values the store cannot (replaced by markers).",
             labels=["source"],
         )
+        # AMQP: "jobwire" (the fast path) or "aiormq"; STOMP: "nul-safe" or "stomp.py".
+        reader = GaugeMetricFamily(
+            "jobwire_source_frame_reader",
+            "1 for the frame reader each source's connections use.",
+            labels=["source", "reader"],
+        )
         for name, info in sorted(sources.items()):
+            if info.get("frame_reader"):
+                reader.add_metric([name, str(info["frame_reader"])], 1)
             for reason, count in sorted((info.get("poison") or {}).items()):
                 poison.add_metric([name, reason], count)
             replaced.add_metric([name], info.get("headers_replaced", 0))
@@ -166,7 +174,7 @@ class Metrics(Collector):
                 state.add_metric([name, each], 1 if info.get("state") == each else 0)
             for partition, behind in sorted((info.get("lag") or {}).items()):
                 lag.add_metric([name, partition], behind)
-        yield from (intake, state, lag, poison, replaced)
+        yield from (intake, state, lag, poison, replaced, reader)
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

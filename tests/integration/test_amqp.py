@@ -15,8 +15,8 @@ import aiormq.abc
 import pytest
 
 from jobwire import Client
-from jobwire.adapters import amqp_frames
-from jobwire.adapters.amqp_channel import InlineConsumer, InlineDeliveryChannel
+from jobwire.adapters.amqp import install_fast_path
+from jobwire.adapters.amqp.channel import InlineConsumer, InlineDeliveryChannel
 from jobwire.config import Config
 from tests.support.daemon import Daemon as DaemonProcess
 from tests.support.daemon import jobwire, one_source_config, publish_confirmed, write_config
@@ -461,7 +461,7 @@ async def test_jobwire_channel_hands_deliveries_over_in_order_without_a_task_eac
     """InlineDeliveryChannel (installed with the frame reader) calls an InlineConsumer from
     its reader task, in order, past a callback that raises; other consumers keep aiormq's
     task per delivery."""
-    assert amqp_frames.install(), "this aiormq should get jobwire's reader and channel"
+    assert install_fast_path(), "this aiormq should get jobwire's reader and channel"
     connection = await aiormq.connect(AMQP_URL)
     try:
         channel = await connection.channel()

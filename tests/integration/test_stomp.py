@@ -12,9 +12,9 @@ from typing import Any
 import aio_pika
 import pytest
 
-from jobwire.adapters import stomp as stomp_adapter
-from jobwire.adapters.stomp import StompAdapter
-from jobwire.config import Config, StompSource
+from jobwire.adapters.stomp import StompAdapter, StompSource
+from jobwire.adapters.stomp import adapter as stomp_adapter
+from jobwire.config import Config
 from tests.support.daemon import jobwire, write_config
 from tests.support.inprocess import running_daemon
 from tests.support.rows import fetch, job_count, jobs_at_least, scalar
@@ -367,3 +367,73 @@ async def test_notify_mode_rows_first_then_notifications_even_without_the_broker
     runs = await scalar(database_url, "SELECT count(*) FROM jobwire.job_runs")
     twice = await job_count(database_url, "attempts <> 1")
     assert (runs, twice) == (120, 0)  # each job ran exactly once
+
+
+def _send_with_stomp_py(destination: str, messages: list[tuple[bytes, dict[str, str]]]) -> None:
+    """SEND through stomp.py itself (not jobwire's publish), waiting for each RECEIPT."""
+    import threading
+
+    import stomp
+
+    receipts: set[str] = set()
+    changed = threading.Condition()
+
+    class Receipts(stomp.ConnectionListener):  # type: ignore[misc]
+        def on_receipt(self, frame: Any) -> None:
+            with changed:
+                receipts.add(frame.headers["receipt-id"])
+                changed.notify_all()
+
+    conn = stomp.Connection12([("127.0.0.1", 61613)], vhost="/", auto_decode=False)
+    conn.set_listener("receipts", Receipts())
+    conn.connect("guest", "guest", wait=True)
+    try:
+        for n, (body, headers) in enumerate(messages):
+            extra = {"persistent": "true", "receipt": f"r-{n}", **headers}
+            conn.send(destination, body, content_type="application/json", headers=extra)
+        wanted = {f"r-{n}" for n in range(len(messages))}
+        with changed:
+            assert changed.wait_for(lambda: wanted <= receipts, timeout=30), "no receipts"
+    finally:
+        conn.disconnect()
+
+
+async def test_a_nul_in_a_header_value_keeps_the_message_whole(
+    database_url: str, destination: str
+) -> None:
+    """STOMP 1.2 allows a NUL in a header and RabbitMQ forwards it raw, while a NUL also ends
+    a frame: the frame is read whole (by its content-length), so the body and the dedup key
+    are kept and only the header the store cannot hold is replaced by a marker."""
+    import json
+
+    config = stomp_config(database_url, destination, route={"handler": "echo"})
+    async with running_daemon(config):
+        await asyncio.to_thread(
+            _send_with_stomp_py,
+            destination,
+            [
+                (b'{"n": 1}', {"amqp-message-id": "good-1"}),
+                (b'{"n": 2}', {"x-hostile": "a\x00b", "amqp-message-id": "nul-1"}),
+                (b'{"n": 3}', {"amqp-message-id": "good-2"}),
+            ],
+        )
+
+        async def three_done() -> bool:
+            return await job_count(database_url, "status IN ('succeeded', 'failed')") == 3
+
+        await wait_for(three_done, what="three finished jobs")
+    rows = await fetch(
+        database_url,
+        "SELECT dedup_key, status, payload::text AS payload, headers::text AS headers"
+        " FROM jobwire.jobs",
+    )
+    # A JSON body is kept as the payload.
+    jobs = {r["dedup_key"]: (r["status"], json.loads(r["payload"] or "null")) for r in rows}
+    assert jobs == {
+        "koha:good-1": ("succeeded", {"n": 1}),
+        "koha:nul-1": ("succeeded", {"n": 2}),
+        "koha:good-2": ("succeeded", {"n": 3}),
+    }
+    headers = json.loads(next(r["headers"] for r in rows if r["dedup_key"] == "koha:nul-1"))
+    assert headers["x-hostile"].startswith("[jobwire: header"), headers
+    assert headers["amqp-message-id"] == "nul-1"

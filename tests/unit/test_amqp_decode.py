@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from pamqp import body, commands, header, heartbeat
 from pamqp.exceptions import PAMQPException
 
-from jobwire.adapters import amqp_decode
+from jobwire.adapters.amqp import decode as amqp_decode
 
 short_text = st.text(max_size=40).filter(lambda s: len(s.encode()) <= 255)
 # pamqp will only write exchange names AMQP allows (a broker sends no others).

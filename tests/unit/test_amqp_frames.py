@@ -12,8 +12,8 @@ from aiormq.connection import FrameReceiver as AiormqFrameReceiver
 from aiormq.exceptions import AMQPConnectionError, InvalidFrameError, ProtocolSyntaxError
 from pamqp import body, commands, header, heartbeat
 
-from jobwire.adapters import amqp_frames
-from jobwire.adapters.amqp_frames import READ_SIZE, BufferedFrameReceiver, install
+from jobwire.adapters.amqp import frames as amqp_frames
+from jobwire.adapters.amqp.frames import READ_SIZE, BufferedFrameReceiver, install_fast_path
 
 
 def _deliveries(count: int, body_size: int = 15) -> bytes:
@@ -125,10 +125,10 @@ async def test_a_read_error_is_a_connection_error() -> None:
 def test_the_environment_can_keep_aiormqs_own_reader(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(aiormq.connection, "FrameReceiver", AiormqFrameReceiver)
     monkeypatch.setenv("JOBWIRE_AMQP_FRAME_READER", "aiormq")
-    assert install() is False
+    assert install_fast_path() is False
     assert aiormq.connection.FrameReceiver is AiormqFrameReceiver
     monkeypatch.delenv("JOBWIRE_AMQP_FRAME_READER")
-    assert install() is True
+    assert install_fast_path() is True
     assert aiormq.connection.FrameReceiver is BufferedFrameReceiver
 
 
@@ -137,5 +137,5 @@ def test_an_aiormq_it_was_not_checked_against_keeps_its_own_reader(
 ) -> None:
     monkeypatch.setattr(aiormq.connection, "FrameReceiver", AiormqFrameReceiver)
     monkeypatch.setattr(amqp_frames, "version", lambda _name: "8.0.0")
-    assert install() is False
+    assert install_fast_path() is False
     assert aiormq.connection.FrameReceiver is AiormqFrameReceiver

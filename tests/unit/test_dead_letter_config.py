@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 import yaml
 
-from jobwire.config import AmqpSource, ConfigError, StompSource, parse_config
+from jobwire.adapters.amqp import AmqpSource
+from jobwire.adapters.stomp import StompSource
+from jobwire.config import ConfigError, parse_config
 
 
 def _parse(source: dict[str, Any]) -> None:

@@ -8,8 +8,11 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from jobwire.adapters.amqp import AmqpSource
 from jobwire.adapters.base import Adapter, Backoff, SourceState, supervise
-from jobwire.config import AmqpSource, KafkaSource, MqttSource, StompSource
+from jobwire.adapters.kafka import KafkaSource
+from jobwire.adapters.mqtt import MqttSource
+from jobwire.adapters.stomp import StompSource
 from tests.support.fake_adapter import FakeAdapter
 from tests.support.waiting import wait_for
 
@@ -98,10 +101,10 @@ async def test_a_failing_session_when_not_paused_goes_down_and_backs_off() -> No
 
 
 def _adapters() -> list[Adapter]:
-    from jobwire.adapters.amqp import AmqpAdapter
-    from jobwire.adapters.kafka import KafkaAdapter
-    from jobwire.adapters.mqtt import MqttAdapter
-    from jobwire.adapters.stomp import StompAdapter
+    from jobwire.adapters.amqp.adapter import AmqpAdapter
+    from jobwire.adapters.kafka.adapter import KafkaAdapter
+    from jobwire.adapters.mqtt.adapter import MqttAdapter
+    from jobwire.adapters.stomp.adapter import StompAdapter
 
     route = {"handler": "noop"}
     return [

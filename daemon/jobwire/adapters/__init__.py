@@ -1,8 +1,13 @@
-"""Broker adapters: one module per broker, each turning deliveries into Messages."""
+"""Broker adapters: one package per broker (adapter, config, ...), each turning deliveries
+into Messages; ``registry`` lists them."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+# The adapters' config modules build on jobwire.config, which imports them (through the
+# registry) once its shared classes exist: load it first, whichever module is asked for.
+import jobwire.config  # noqa: F401
 
 if TYPE_CHECKING:
     from jobwire.adapters.base import Adapter, OffsetReader
@@ -12,31 +17,16 @@ if TYPE_CHECKING:
 def build_adapter(source: SourceBase, offset_reader: OffsetReader | None = None) -> Adapter:
     """The adapter for one configured source; its broker library is imported only here.
 
-    ``offset_reader`` gives log consumers (Kafka) the positions stored with the jobs.
+    ``offset_reader`` gives log consumers (Kafka) the positions stored with the jobs. The
+    type's setup hook (AMQP: its fast frame path) runs first; it is idempotent.
     """
+    from jobwire.adapters.registry import SOURCES, resolve
+
     kind = getattr(source, "type", None)
-    if kind == "amqp":
-        from jobwire.adapters.amqp import AmqpAdapter
-        from jobwire.config import AmqpSource
-
-        assert isinstance(source, AmqpSource)
-        return AmqpAdapter(source)
-    if kind == "stomp":
-        from jobwire.adapters.stomp import StompAdapter
-        from jobwire.config import StompSource
-
-        assert isinstance(source, StompSource)
-        return StompAdapter(source)
-    if kind == "kafka":
-        from jobwire.adapters.kafka import KafkaAdapter
-        from jobwire.config import KafkaSource
-
-        assert isinstance(source, KafkaSource)
-        return KafkaAdapter(source, offset_reader)
-    if kind == "mqtt":
-        from jobwire.adapters.mqtt import MqttAdapter
-        from jobwire.config import MqttSource
-
-        assert isinstance(source, MqttSource)
-        return MqttAdapter(source)
-    raise ValueError(f"no adapter for source type {kind!r}")
+    entry = SOURCES.get(kind) if isinstance(kind, str) else None
+    if entry is None or not isinstance(source, entry.model):
+        raise ValueError(f"no adapter for source type {kind!r}")
+    if entry.setup is not None:
+        resolve(entry.setup)()
+    adapter: Adapter = resolve(entry.factory)(source, offset_reader)
+    return adapter

@@ -33,11 +33,13 @@ from jobwire.adapters.base import (
     Adapter,
     Message,
     MessageSink,
+    OffsetReader,
     SourceState,
     supervise,
     tls_context,
 )
-from jobwire.config import MqttSource
+from jobwire.adapters.mqtt.config import MqttSource
+from jobwire.config import SourceBase
 
 
 def default_client_id(source_name: str) -> str:
@@ -65,9 +67,9 @@ class MqttAdapter(Adapter):
         self._resumed = asyncio.Event()
         self._resumed.set()
         # Delivered to the intake and not yet acknowledged. Reading stops at ``prefetch``
-        # whatever the broker does with Receive Maximum (found by the flood drill: with only
-        # Receive Maximum to bound it, the backlog overshot its mark of 60 by about 100;
-        # why Mosquitto 2.0.11 sent more than that was not pinned down).
+        # whatever the broker does with Receive Maximum (found by the flood drill,
+        # tests/faults/test_flood.py: with only Receive Maximum to bound it, the broker sent
+        # more than that and the backlog overshot its mark).
         self._in_flight = 0
         self._room = asyncio.Event()
         self._room.set()
@@ -235,3 +237,9 @@ def _client_options(cfg: MqttSource, client_id: str, persistent: bool) -> dict[s
         options["protocol"] = aiomqtt.ProtocolVersion.V311
         options["clean_session"] = not persistent
     return options
+
+
+def build(source: SourceBase, offset_reader: OffsetReader | None = None) -> MqttAdapter:
+    """The registry's factory: an ``MqttAdapter`` for an ``MqttSource``."""
+    assert isinstance(source, MqttSource)
+    return MqttAdapter(source)

@@ -4,20 +4,19 @@ aiormq's ``FrameReceiver`` reads every frame with three ``readexactly`` calls un
 into a ``BytesIO``; a consumed message is three frames, so nine awaits and a lock per
 message. This reader takes what the socket has (up to 256 KiB), cuts every complete
 frame out of it and hands them out one by one; the rest of a frame cut by the read is then
-read exactly, in one go. A delivery's three frames are decoded by ``amqp_decode``, every
-other frame by pamqp. ``bench/frame_reader.py`` (60,000 deliveries), on the machine of
-2026-11-22: aiormq's reader 68.6 us per message, this one 44.5 (then still decoding with
-pamqp), pamqp's parsing alone 35.3; on the faster machine of 2026-11-23, with the direct
-decoder: aiormq's 23.5, this one 8.0, pamqp's parsing alone 12.2, the direct decoder 5.4.
-``bench/amqp_drain.py --messages 60000 --concurrency 256``, once with
-``JOBWIRE_AMQP_FRAME_READER=aiormq`` and once without: 3,039 and 3,854 jobs/s (2026-11-22).
+read exactly, in one go. A delivery's three frames are decoded by ``decode``, every other
+frame by pamqp. ``bench/frame_reader.py`` times aiormq's reader against this one (and
+pamqp's parsing against the direct decoder); ``bench/amqp_drain.py``, run once with
+``JOBWIRE_AMQP_FRAME_READER=aiormq`` and once without, gives the daemon's throughput with
+each.
 
 aiormq builds its reader by the module-level name ``aiormq.connection.FrameReceiver``, so
-``install()`` replaces that name, for every aiormq connection in the process. It does so
-only for the aiormq versions this was written against and checked with (the reader's
-interface is private); any other version keeps its own reader, and so does a daemon started
-with ``JOBWIRE_AMQP_FRAME_READER=aiormq`` (the operator's way back, should this reader ever
-be in doubt).
+``install_fast_path()`` replaces that name, for every aiormq connection in the process. The
+daemon calls it when it builds an AMQP source (``build_adapter``, through the registry's
+setup hook), not on import. It does so only for the aiormq versions this was written
+against and checked with (the reader's interface is private); any other version keeps its
+own reader, and so does a daemon started with ``JOBWIRE_AMQP_FRAME_READER=aiormq`` (the
+operator's way back, should this reader ever be in doubt).
 """
 
 from __future__ import annotations
@@ -34,8 +33,8 @@ import structlog
 from aiormq.exceptions import AMQPConnectionError, InvalidFrameError, ProtocolSyntaxError
 from pamqp.exceptions import PAMQPException
 
-from jobwire.adapters import amqp_decode
-from jobwire.adapters.amqp_channel import InlineDeliveryChannel
+from jobwire.adapters.amqp import decode as amqp_decode
+from jobwire.adapters.amqp.channel import InlineDeliveryChannel
 
 # The reader takes what one read returns, up to this; a frame cut by the end of a read
 # (however large: frame_max can be raised) is completed by one exact read.
@@ -141,14 +140,22 @@ def _payload_size(data: bytes, position: int) -> int:
     return int.from_bytes(data[position + 3 : position + HEADER_SIZE], "big")
 
 
-def install() -> bool:
+def fast_path_reader() -> str:
+    """Which frame reader aiormq connections use now: "jobwire" (this one) or "aiormq"."""
+    current = getattr(aiormq.connection, "FrameReceiver", None)
+    return "jobwire" if current is BufferedFrameReceiver else "aiormq"
+
+
+def install_fast_path() -> bool:
     """Make aiormq read frames with ``BufferedFrameReceiver`` and open channels as
     ``InlineDeliveryChannel``; False if this aiormq is not one they were checked against,
-    or the environment asks for aiormq's own. Says which it chose in the log, once per
-    process."""
+    or the environment asks for aiormq's own. Idempotent (once in place, it stays); says
+    which it chose in the log, once per process."""
     global _chosen
     aiormq_version = version("aiormq")
-    if os.environ.get("JOBWIRE_AMQP_FRAME_READER") == "aiormq":
+    if fast_path_reader() == "jobwire":
+        reason = None
+    elif os.environ.get("JOBWIRE_AMQP_FRAME_READER") == "aiormq":
         reason = "JOBWIRE_AMQP_FRAME_READER=aiormq"
     elif not aiormq_version.startswith(SUPPORTED_AIORMQ) or not (
         hasattr(aiormq.connection, "FrameReceiver") and hasattr(aiormq.connection, "Channel")
@@ -158,7 +165,7 @@ def install() -> bool:
         aiormq.connection.FrameReceiver = BufferedFrameReceiver  # type: ignore[misc,assignment]
         aiormq.connection.Channel = InlineDeliveryChannel  # type: ignore[attr-defined]
         reason = None
-    chosen = "aiormq" if reason else "buffered"
+    chosen = "aiormq" if reason else "jobwire"
     if chosen != _chosen:
         _chosen = chosen
         log.info("amqp_frame_reader", reader=chosen, aiormq=aiormq_version, reason=reason)

@@ -21,17 +21,19 @@ import aiormq.abc
 import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 
-from jobwire.adapters import amqp_frames
-from jobwire.adapters.amqp_channel import InlineConsumer
+from jobwire.adapters.amqp.channel import InlineConsumer
+from jobwire.adapters.amqp.config import AmqpSource
+from jobwire.adapters.amqp.frames import fast_path_reader
 from jobwire.adapters.base import (
     Adapter,
     Message,
     MessageSink,
+    OffsetReader,
     SourceState,
     supervise,
     tls_context,
 )
-from jobwire.config import AmqpSource
+from jobwire.config import SourceBase
 
 DEFAULT_DEDUP = "property:message_id"
 
@@ -55,8 +57,6 @@ class AmqpAdapter(Adapter):
     def __init__(self, cfg: AmqpSource) -> None:
         super().__init__(cfg.name)
         self.cfg = cfg
-        # Idempotent; the daemon's AMQP connections then read frames in bulk (amqp_frames).
-        amqp_frames.install()
         self._sink: MessageSink | None = None
         self._underlay: aiormq.abc.AbstractChannel | None = None
         self._consumer_tag: str | None = None
@@ -65,6 +65,10 @@ class AmqpAdapter(Adapter):
         # (multiple=True) is only safe when it covers nothing that is still in flight.
         self._outstanding: dict[int, None] = {}
         self.dropped_acks = 0
+
+    def describe(self) -> dict[str, Any]:
+        """State for stats, with the frame reader in use ("jobwire": the fast path)."""
+        return {**super().describe(), "frame_reader": fast_path_reader()}
 
     async def _connect(self) -> AbstractConnection:
         context = tls_context(self.cfg.tls, self.cfg.url.startswith("amqps://"))
@@ -307,3 +311,9 @@ class AmqpAdapter(Adapter):
             return confirmed
         finally:
             await connection.close()
+
+
+def build(source: SourceBase, offset_reader: OffsetReader | None = None) -> AmqpAdapter:
+    """The registry's factory: an ``AmqpAdapter`` for an ``AmqpSource``."""
+    assert isinstance(source, AmqpSource)
+    return AmqpAdapter(source)

@@ -5,7 +5,7 @@ a set entry and two done callbacks). The AMQP adapter's consumer only queues the
 for the intake, so it cannot block: ``InlineDeliveryChannel`` calls it directly from the
 channel's reader, in arrival order, and a callback that raises is logged as aiormq logs
 it. Any other consumer (aio-pika's, for publishing code in the same process) still gets
-its task. ``amqp_frames.install()`` puts this class in place together with the frame
+its task. ``frames.install_fast_path()`` puts this class in place together with the frame
 reader, under the same version pin and the same way back.
 """
 

@@ -17,7 +17,6 @@ message is never lost.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -26,92 +25,27 @@ from typing import Any
 import stomp
 from stomp.utils import Frame
 
-from jobwire.adapters.base import Adapter, Message, MessageSink, SourceState, supervise
-from jobwire.config import StompSource
+from jobwire.adapters.base import (
+    Adapter,
+    Message,
+    MessageSink,
+    OffsetReader,
+    SourceState,
+    supervise,
+)
+from jobwire.adapters.stomp import frames as stomp_frames
+from jobwire.adapters.stomp.bridge import (
+    FRAME_HEADERS,
+    NOT_FORWARDED,
+    Bridge,
+    quiet_disconnect,
+)
+from jobwire.adapters.stomp.config import StompSource
+from jobwire.config import SourceBase
 
 DEFAULT_DEDUP = "header:amqp-message-id"
-# Protocol bookkeeping, not message headers: kept out of the job's headers.
-_FRAME_HEADERS = {
-    "ack",
-    "message-id",
-    "subscription",
-    "destination",
-    "content-length",
-    "redelivered",
-    "content-type",
-}
-# Not copied onto a dead-lettered copy: protocol bookkeeping, an expiry that would drop it
-# from the dead-letter queue, and RabbitMQ's queue-declaring SEND headers (a mismatch with
-# the dead-letter queue's arguments would have the broker refuse every copy).
-_NOT_FORWARDED = _FRAME_HEADERS | {
-    "receipt",
-    "transaction",
-    "expiration",
-    "durable",
-    "auto-delete",
-    "exclusive",
-    "x-queue-name",
-    "x-queue-type",
-    "x-queue-mode",
-    "x-queue-master-locator",
-    "x-queue-version",
-    "x-dead-letter-exchange",
-    "x-dead-letter-routing-key",
-    "x-expires",
-    "x-max-length",
-    "x-max-length-bytes",
-    "x-max-priority",
-    "x-message-ttl",
-    "x-overflow",
-    "x-single-active-consumer",
-}
 # How long a dead-lettered copy's RECEIPT may take before the connection is given up.
 DEAD_LETTER_TIMEOUT = 10.0
-
-
-class _Bridge(stomp.ConnectionListener):  # type: ignore[misc]
-    """Runs on stomp.py's receiver thread: forward to the loop, return immediately."""
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        on_frame: Callable[[Frame], None],
-        on_lost: Callable[[str], None],
-        on_error: Callable[[Frame], None],
-        on_receipt: Callable[[Frame], None],
-    ) -> None:
-        self._loop = loop
-        self._on_frame = on_frame
-        self._on_lost = on_lost
-        self._on_error = on_error
-        self._on_receipt = on_receipt
-
-    def _post(self, callback: Callable[..., None], *args: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: we are shutting down
-            self._loop.call_soon_threadsafe(callback, *args)
-
-    def on_message(self, frame: Frame) -> None:
-        self._post(self._on_frame, frame)
-
-    def on_error(self, frame: Frame) -> None:
-        self._post(self._on_error, frame)
-
-    def on_receipt(self, frame: Frame) -> None:
-        self._post(self._on_receipt, frame)
-
-    def on_disconnected(self) -> None:
-        self._post(self._on_lost, "disconnected")
-
-    def on_heartbeat_timeout(self) -> None:
-        self._post(self._on_lost, "heart-beat timeout")
-
-
-def _quiet_disconnect(conn: stomp.Connection12) -> None:
-    with contextlib.suppress(Exception):
-        if conn.is_connected():
-            conn.disconnect()
-    with contextlib.suppress(Exception):
-        conn.transport.stop()
 
 
 class StompAdapter(Adapter):
@@ -137,6 +71,13 @@ class StompAdapter(Adapter):
         self._receipts: dict[str, asyncio.Future[None]] = {}
         self.dropped_acks = 0
         self.dead_letter_failures = 0  # copies not confirmed (their originals came back)
+        # The reader this source's connections use: chosen now, so stats show it before the
+        # first connection (each connection asks again; the choice is per process).
+        self._frame_reader = stomp_frames.reader_name(stomp_frames.connection_class())
+
+    def describe(self) -> dict[str, Any]:
+        """State for stats, with the frame reader in use ("nul-safe" or "stomp.py")."""
+        return {**super().describe(), "frame_reader": self._frame_reader}
 
     @property
     def subscription_id(self) -> str:
@@ -145,7 +86,10 @@ class StompAdapter(Adapter):
 
     def _new_connection(self) -> stomp.Connection12:
         heartbeat_ms = int(self.cfg.heartbeat * 1000)
-        conn = stomp.Connection12(
+        # A frame reader that keeps a frame whole when a header holds a NUL (stomp_frames).
+        connection_class = stomp_frames.connection_class()
+        self._frame_reader = stomp_frames.reader_name(connection_class)
+        conn = connection_class(
             [(self.cfg.host, self.cfg.port)],
             heartbeats=(heartbeat_ms, heartbeat_ms),
             vhost=self.cfg.vhost,
@@ -180,7 +124,7 @@ class StompAdapter(Adapter):
 
         conn = self._new_connection()
         conn.set_listener(
-            "jobwire", _Bridge(loop, self._on_frame, on_lost, self._on_error, self._on_receipt)
+            "jobwire", Bridge(loop, self._on_frame, on_lost, self._on_error, self._on_receipt)
         )
         self._end_session = on_lost
         try:
@@ -198,7 +142,7 @@ class StompAdapter(Adapter):
             self._fail_receipts(f"connection ended ({lost.result() if lost.done() else 'closed'})")
             self._conn = None
             self._subscribed = False
-            await asyncio.to_thread(_quiet_disconnect, conn)
+            await asyncio.to_thread(quiet_disconnect, conn)
 
     def _subscribe_headers(self) -> dict[str, str]:
         cfg = self.cfg
@@ -263,7 +207,7 @@ class StompAdapter(Adapter):
         message = Message(
             source=self.name,
             body=body,
-            headers={k: v for k, v in headers.items() if k not in _FRAME_HEADERS},
+            headers={k: v for k, v in headers.items() if k not in FRAME_HEADERS},
             properties={
                 "message_id": headers.get("message-id"),
                 "destination": headers.get("destination"),
@@ -301,7 +245,7 @@ class StompAdapter(Adapter):
         if conn is None or end_session is None or generation != self._generation:
             raise ConnectionError("the connection it came on is closed; the broker redelivers it")
         receipt = f"jobwire-dead-letter-{uuid.uuid4().hex}"
-        extra = {k: v for k, v in headers.items() if k not in _NOT_FORWARDED}
+        extra = {k: v for k, v in headers.items() if k not in NOT_FORWARDED}
         extra.update(
             {
                 "persistent": "true",
@@ -445,4 +389,10 @@ class StompAdapter(Adapter):
                 raise TimeoutError("no receipt from the broker within 30s")
             return count
         finally:
-            _quiet_disconnect(conn)
+            quiet_disconnect(conn)
+
+
+def build(source: SourceBase, offset_reader: OffsetReader | None = None) -> StompAdapter:
+    """The registry's factory: a ``StompAdapter`` for a ``StompSource``."""
+    assert isinstance(source, StompSource)
+    return StompAdapter(source)

@@ -34,7 +34,8 @@ from jobwire.adapters.base import (
     supervise,
     tls_context,
 )
-from jobwire.config import KafkaSource
+from jobwire.adapters.kafka.config import KafkaSource
+from jobwire.config import SourceBase
 from jobwire.models import StreamOffset
 
 # Metadata probes (one per heart-beat interval) that fail in a row before the session is
@@ -408,3 +409,10 @@ class KafkaAdapter(Adapter):
 
 def _names(partitions: Sequence[TopicPartition]) -> list[str]:
     return sorted(f"{tp.topic}/{tp.partition}" for tp in partitions)
+
+
+def build(source: SourceBase, offset_reader: OffsetReader | None = None) -> KafkaAdapter:
+    """The registry's factory: a ``KafkaAdapter`` for a ``KafkaSource``, reading its stored
+    offsets through ``offset_reader``."""
+    assert isinstance(source, KafkaSource)
+    return KafkaAdapter(source, offset_reader)

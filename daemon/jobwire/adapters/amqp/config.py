@@ -1,0 +1,55 @@
+"""The ``type: amqp`` source's settings; no broker library here (the registry imports it)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from jobwire.config import Duration, SourceBase, TlsConfig
+
+
+class AmqpSource(SourceBase):
+    """A RabbitMQ (AMQP 0-9-1) queue consumed with manual acks."""
+
+    type: Literal["amqp"]
+    url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    queue: str
+    declare: bool = True
+    queue_type: Literal["classic", "quorum"] = "classic"
+    queue_arguments: dict[str, Any] = Field(default_factory=dict)
+    # Validated even when left out: on_invalid dead-letter needs it (see below).
+    dead_letter_exchange: str | None = Field(None, validate_default=True)
+    dead_letter_routing_key: str | None = None
+    exchange: str | None = None
+    exchange_type: Literal["direct", "topic", "fanout", "headers"] = "direct"
+    routing_keys: list[str] = Field(default_factory=list)
+    prefetch: int = Field(200, ge=1, le=65535)
+    heartbeat: Duration = 30.0
+    tls: TlsConfig | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _amqp_url(cls, value: str) -> str:
+        if not value.startswith(("amqp://", "amqps://")):
+            raise ValueError("must be an amqp:// or amqps:// URL")
+        return value
+
+    # A field validator, not a model one, so that the problem names this key.
+    @field_validator("dead_letter_exchange")
+    @classmethod
+    def _dead_letter_target(cls, value: str | None, info: ValidationInfo) -> str | None:
+        arguments = info.data.get("queue_arguments") or {}
+        if (
+            info.data.get("on_invalid") == "dead-letter"
+            and value is None
+            and arguments.get("x-dead-letter-exchange") is None
+        ):
+            # RabbitMQ drops a message rejected on a queue without a dead-letter exchange.
+            raise ValueError(
+                "on_invalid dead-letter needs a dead-letter exchange, or rejected messages "
+                "are dropped: set dead_letter_exchange (or x-dead-letter-exchange in "
+                "queue_arguments); with declare: false name the one the queue was declared "
+                "with (by arguments or policy), which jobwire cannot read"
+            )
+        return value

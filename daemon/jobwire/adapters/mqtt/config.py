@@ -1,0 +1,52 @@
+"""The ``type: mqtt`` source's settings; no broker library here (the registry imports it)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from jobwire.config import Duration, SourceBase, TlsConfig, no_requeue
+from jobwire.redaction import SECRET
+
+
+class MqttSource(SourceBase):
+    """MQTT topics (Mosquitto, EMQX, HiveMQ) at QoS 1, acknowledged only after the commit."""
+
+    type: Literal["mqtt"]
+    url: str = "mqtt://127.0.0.1:1883"
+    topics: list[str] = Field(min_length=1)
+    # 1 by default. 2 is accepted, but paho answers PUBREC before the message is stored, so
+    # exactly-once delivery ends at the client; QoS 1 with a dedup key is the safer choice.
+    qos: Literal[1, 2] = 1
+    protocol: Literal["5", "3.1.1"] = "5"
+    # Stable per instance, so the broker keeps the session (and what is queued for it)
+    # across restarts. Default: jobwire-<host>-<source name>.
+    client_id: str | None = Field(None, min_length=1, max_length=128)
+    # Subscribe as $share/<group>/<topic>: the instances of a group split the messages.
+    shared_group: str | None = Field(None, pattern=r"^[^/+#]+$")
+    username: str | None = None
+    password: str | None = Field(None, json_schema_extra=SECRET)
+    # MQTT 5: how long the broker keeps the session while we are away.
+    session_expiry: Duration = 7 * 86400.0
+    keepalive: Duration = 30.0
+    # MQTT 5 Receive Maximum: unacknowledged messages the broker may send us at once.
+    prefetch: int = Field(200, ge=1, le=65535)
+    tls: TlsConfig | None = None
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int | float) else value
+
+    @field_validator("url")
+    @classmethod
+    def _mqtt_url(cls, value: str) -> str:
+        if not value.startswith(("mqtt://", "mqtts://")):
+            raise ValueError("must be an mqtt:// or mqtts:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _mqtt_rules(self) -> MqttSource:
+        no_requeue(self, "MQTT redelivers an unacknowledged message only on reconnect")
+        return self
