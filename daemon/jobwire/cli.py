@@ -24,8 +24,7 @@ from jobwire.models import Job, JobSpec, JobStatus, job_as_dict
 from jobwire.redaction import redact, redact_data, remember, secret_values
 from jobwire.routing import route_problems
 from jobwire.scheduler import tick_spec
-from jobwire.store.base import StoreUnavailable
-from jobwire.store.postgres import PostgresStore
+from jobwire.store.base import AdminStore, OperatorStore, StoreUnavailable
 
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 1
@@ -101,7 +100,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         _fail(f"database unavailable: {exc}", EXIT_UNAVAILABLE)
 
 
-def _with_store(config: Config, action: Callable[[PostgresStore], Awaitable[T]]) -> T:
+def _with_store(config: Config, action: Callable[[OperatorStore], Awaitable[T]]) -> T:
     async def go() -> T:
         async with open_store(config, wait=5.0) as store:
             return await action(store)
@@ -139,7 +138,7 @@ def migrate(config_path: str | None, database_url: str | None) -> None:
     """Create or upgrade the database schema."""
     config = _load(config_path, database_url)
 
-    async def nothing(store: PostgresStore) -> None:
+    async def nothing(store: AdminStore) -> None:
         return None
 
     _with_store(config, nothing)
@@ -198,7 +197,7 @@ def enqueue(
         source="cli",
     )
 
-    async def action(store: PostgresStore) -> int:
+    async def action(store: AdminStore) -> int:
         (job_id,) = await store.enqueue_many([spec])
         if job_id is None:
             assert dedup_key is not None
@@ -260,7 +259,7 @@ def jobs_show(job_id: int, config_path: str | None, database_url: str | None) ->
     """Show one job with its attempts, as JSON."""
     config = _load(config_path, database_url)
 
-    async def action(store: PostgresStore) -> tuple[Job | None, list[dict[str, Any]]]:
+    async def action(store: AdminStore) -> tuple[Job | None, list[dict[str, Any]]]:
         return await store.get(job_id), await store.runs(job_id)
 
     job, runs = _with_store(config, action)
@@ -317,7 +316,7 @@ def stats(as_json: bool, config_path: str | None, database_url: str | None) -> N
     """Job counts by queue and status, and every instance with its sources' state."""
     config = _load(config_path, database_url)
 
-    async def action(store: PostgresStore) -> tuple[Any, list[dict[str, Any]]]:
+    async def action(store: AdminStore) -> tuple[Any, list[dict[str, Any]]]:
         return await store.stats(), await store.list_workers()
 
     counts, workers = _with_store(config, action)
@@ -411,11 +410,11 @@ def schedules_list(config_path: str | None, database_url: str | None) -> None:
     rows = _with_store(config, lambda s: s.list_schedules())
     click.echo(f"{'NAME':<20} {'WHEN':<16} {'STATE':<8} {'NEXT RUN':<19}  {'LAST RUN':<19}  RUNS")
     for r in rows:
-        when = r["cron"] or f"every {r['interval_s']:g}s"
-        state = "enabled" if r["enabled"] else "paused"
+        when = r.cron or f"every {r.interval_s or 0:g}s"
+        state = "enabled" if r.enabled else "paused"
         click.echo(
-            f"{r['name']:<20} {when:<16} {state:<8} {_fmt_time(r['next_run_at']):<19}  "
-            f"{_fmt_time(r['last_run_at']):<19}  {r['run_count']}"
+            f"{r.name:<20} {when:<16} {state:<8} {_fmt_time(r.next_run_at):<19}  "
+            f"{_fmt_time(r.last_run_at):<19}  {r.run_count}"
         )
 
 
@@ -426,7 +425,7 @@ def schedules_run(name: str, config_path: str | None, database_url: str | None) 
     """Enqueue one job from a schedule now (its regular ticks are not affected)."""
     config = _load(config_path, database_url)
 
-    async def action(store: PostgresStore) -> int | None:
+    async def action(store: OperatorStore) -> int | None:
         row = await store.get_schedule(name)
         if row is None:
             return None

@@ -9,7 +9,8 @@ from typing import Any, TypeVar
 
 from jobwire.durations import parse_duration
 from jobwire.models import Job, JobSpec
-from jobwire.store.postgres import PostgresStore
+from jobwire.store import AdminStore
+from jobwire.store import connect as connect_store
 
 T = TypeVar("T")
 
@@ -21,12 +22,12 @@ class Client:
         self._url = url
         self._schema = schema
         self._default_max_attempts = default_max_attempts
-        self._store: PostgresStore | None = None
+        self._store: AdminStore | None = None
 
     async def connect(self) -> Client:
         """Open the connection pool (done on first use too)."""
         if self._store is None:
-            self._store = await PostgresStore.connect(
+            self._store = await connect_store(
                 self._url,
                 self._schema,
                 min_size=1,
@@ -47,7 +48,7 @@ class Client:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _ready(self) -> PostgresStore:
+    async def _ready(self) -> AdminStore:
         await self.connect()
         assert self._store is not None
         return self._store

@@ -13,6 +13,7 @@ and a value the database refuses all the same is a 400; a store outage is a 503.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 from collections.abc import Awaitable, Callable
@@ -34,8 +35,7 @@ from jobwire.api_models import (
 from jobwire.config import HttpConfig
 from jobwire.metrics import Metrics
 from jobwire.models import job_as_dict
-from jobwire.store.base import InvalidJobData, StoreUnavailable
-from jobwire.store.postgres import PostgresStore
+from jobwire.store.base import InvalidJobData, OperatorStore, StoreUnavailable
 
 log = structlog.get_logger("jobwire.http")
 
@@ -111,7 +111,7 @@ class HttpApi:
     def __init__(
         self,
         config: HttpConfig,
-        store: PostgresStore,
+        store: OperatorStore,
         metrics: Metrics,
         sources: SourcesView,
         wake: Callable[[], None],
@@ -230,7 +230,8 @@ class HttpApi:
 
     async def list_schedules(self, request: web.Request) -> web.Response:
         """Every schedule with its next run."""
-        return _json({"schedules": await self.store.list_schedules()})
+        rows = await self.store.list_schedules()
+        return _json({"schedules": [dataclasses.asdict(r) for r in rows]})
 
     async def list_sources(self, request: web.Request) -> web.Response:
         """Each source's state, last error, counters (and Kafka lag)."""

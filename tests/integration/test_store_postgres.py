@@ -1,4 +1,7 @@
-"""The pool and store on a real PostgreSQL: claims, ordering, wake-ups, leases, two pools."""
+"""The pool and store on a real PostgreSQL: wake-ups, two pools, plans, migrations.
+
+What every store must do is in test_store_contract.py, run on this store and the memory one.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +19,10 @@ import asyncpg
 import pytest
 
 from jobwire import Client, JobContext, SyncClient
-from jobwire.models import Job, JobSpec, JobStatus, Outcome, StreamOffset
-from jobwire.store.base import ClaimRequest, DirectStart, InvalidJobData
+from jobwire.models import Job, JobSpec, JobStatus, Outcome
+from jobwire.store.base import ClaimRequest, ScheduleRow
 from jobwire.store.postgres import LIST_QUERY_BY_STATUS, PostgresStore, migrate, server_settings
-from jobwire.store.queries import queries
+from jobwire.store.queries import migrations, queries
 from tests.support.pools import fast_config, make_pool
 from tests.support.rows import fetch
 from tests.support.waiting import wait_for
@@ -30,49 +33,6 @@ pytestmark = pytest.mark.timeout(60)
 async def count(store: PostgresStore, status: str) -> int:
     stats = await store.stats()
     return sum(by_status.get(status, 0) for by_status in stats.values())
-
-
-async def test_enqueue_many_maps_ids_and_skips_duplicate_keys(pg_store: PostgresStore) -> None:
-    first = await pg_store.enqueue_many(
-        [JobSpec("noop", dedup_key="a"), JobSpec("noop"), JobSpec("noop", dedup_key="b")]
-    )
-    assert all(isinstance(i, int) for i in first)
-    again = await pg_store.enqueue_many(
-        [
-            JobSpec("noop", dedup_key="b"),
-            JobSpec("noop"),
-            JobSpec("noop", dedup_key="a"),
-            JobSpec("noop", dedup_key="c"),
-        ]
-    )
-    assert again[0] is None and again[2] is None
-    assert isinstance(again[1], int) and isinstance(again[3], int)
-    for job_id, key in ((again[1], None), (again[3], "c")):
-        assert job_id is not None
-        job = await pg_store.get(job_id)
-        assert job is not None and job.dedup_key == key
-    assert await count(pg_store, "pending") == 5
-
-
-async def test_claim_order_priority_then_fifo_and_run_at(pg_store: PostgresStore) -> None:
-    ids = await pg_store.enqueue_many(
-        [
-            JobSpec("noop", "low-1"),
-            JobSpec("noop", "high-1", priority=5),
-            JobSpec("noop", "future", priority=99, delay=3600),
-            JobSpec("noop", "low-2"),
-            JobSpec("noop", "high-2", priority=5),
-            JobSpec("noop", "other", queue="other"),
-        ]
-    )
-    claimed = await pg_store.claim(ClaimRequest({"default": 10}, 3, "w1", 30))
-    assert [j.payload for j in claimed] == ["high-1", "high-2", "low-1"]
-    rest = await pg_store.claim(ClaimRequest({"default": 10, "other": 10}, 10, "w1", 30))
-    assert [j.payload for j in rest] == ["low-2", "other"]
-    assert all(j.status == JobStatus.RUNNING and j.attempts == 1 for j in claimed + rest)
-    assert ids[2] is not None
-    future = await pg_store.get(ids[2])
-    assert future is not None and future.status == JobStatus.PENDING
 
 
 async def test_pool_runs_retries_and_records_runs(pg_store: PostgresStore) -> None:
@@ -244,22 +204,6 @@ async def test_cancel_running_job_reaches_its_worker(pg_store: PostgresStore) ->
     assert job is not None and job.status == JobStatus.PENDING
 
 
-async def test_stale_worker_cannot_complete_a_job_taken_back(pg_store: PostgresStore) -> None:
-    await pg_store.enqueue_many([JobSpec("noop")])
-    (job,) = await pg_store.claim(ClaimRequest({"default": 1}, 1, "old", lease=0.01))
-    await asyncio.sleep(0.05)
-    assert await pg_store.recover_expired_leases() == [job.id]
-    (again,) = await pg_store.claim(ClaimRequest({"default": 1}, 1, "new", lease=30))
-    assert again.attempts == 2
-    stale = Outcome(job.id, 1, JobStatus.SUCCEEDED, 0.1, result_json='"stale"')
-    assert await pg_store.complete_many("old", [stale]) == 0
-    fresh = Outcome(job.id, 2, JobStatus.SUCCEEDED, 0.1, result_json='"fresh"')
-    assert await pg_store.complete_many("new", [fresh]) == 1
-    final = await pg_store.get(job.id)
-    assert final is not None and final.result == "fresh"
-    assert [r["status"] for r in await pg_store.runs(job.id)] == ["lost", "succeeded"]
-
-
 async def test_a_batch_of_outcomes_lands_each_on_its_own_job(pg_store: PostgresStore) -> None:
     """Outcomes in any order, of every kind, with one for a job this worker does not hold:
     each row gets its own status, result and error, and its own job_runs row."""
@@ -312,55 +256,25 @@ def test_sync_client_enqueues_and_reads(database_url: str) -> None:
         assert client.cancel(job_id) == "cancelled"
 
 
-async def test_repeated_dedup_key_within_one_batch(pg_store: PostgresStore) -> None:
-    ids = await pg_store.enqueue_many(
-        [JobSpec("noop", 1, dedup_key="k"), JobSpec("noop", 2), JobSpec("noop", 3, dedup_key="k")]
+async def columns_of(database_url: str, table: str) -> list[str]:
+    """The columns of one jobwire table, in order."""
+    rows = await fetch(
+        database_url,
+        "SELECT column_name FROM information_schema.columns"
+        f" WHERE table_schema = 'jobwire' AND table_name = '{table}' ORDER BY ordinal_position",
     )
-    assert isinstance(ids[0], int) and isinstance(ids[1], int) and ids[2] is None
-    first = await pg_store.get(ids[0])
-    assert first is not None and first.payload == 1
+    return [r["column_name"] for r in rows]
 
 
 async def test_job_model_has_a_field_for_every_column(database_url: str) -> None:
-    conn = await asyncpg.connect(database_url)
-    try:
-        columns = {
-            r["column_name"]
-            for r in await conn.fetch(
-                "SELECT column_name FROM information_schema.columns"
-                " WHERE table_schema = 'jobwire' AND table_name = 'jobs'"
-            )
-        }
-    finally:
-        await conn.close()
-    assert columns == {f.name for f in dataclasses.fields(Job)}
+    columns = await columns_of(database_url, "jobs")
+    assert set(columns) == {f.name for f in dataclasses.fields(Job)}
 
 
-async def test_offsets_commit_with_the_rows_and_never_move_backwards(
-    pg_store: PostgresStore,
-) -> None:
-    ids = await pg_store.enqueue_many(
-        [JobSpec("noop", dedup_key="k/0/7")], None, [StreamOffset("g", "t", 0, 8)]
-    )
-    assert ids[0] is not None
-    assert await pg_store.stored_offsets("g", [("t", 0), ("t", 1)]) == {("t", 0): 8}
-    # A late former owner: its rows are duplicates and its older offset is not taken.
-    again = await pg_store.enqueue_many(
-        [JobSpec("noop", dedup_key="k/0/7")], None, [StreamOffset("g", "t", 0, 3)]
-    )
-    assert again == [None]
-    assert await pg_store.stored_offsets("g", [("t", 0)]) == {("t", 0): 8}
-    assert await pg_store.stored_offsets("other", [("t", 0)]) == {}
-
-
-async def test_bad_row_rolls_back_its_offsets_too(pg_store: PostgresStore) -> None:
-    with pytest.raises(InvalidJobData):
-        await pg_store.enqueue_many(
-            [JobSpec("noop", payload={"bad": "nul \u0000 char"})],
-            None,
-            [StreamOffset("g", "t", 0, 99)],
-        )
-    assert await pg_store.stored_offsets("g", [("t", 0)]) == {}
+async def test_schedule_row_has_a_field_for_every_column_in_order(database_url: str) -> None:
+    # list_schedules reads "SELECT *" into ScheduleRow, and the HTTP API shows its fields.
+    columns = await columns_of(database_url, "schedules")
+    assert columns == [f.name for f in dataclasses.fields(ScheduleRow)]
 
 
 async def test_a_claimed_job_reads_like_the_row_itself(pg_store: PostgresStore) -> None:
@@ -405,18 +319,6 @@ async def test_every_foreign_key_has_an_index_led_by_its_column(database_url: st
         """,
     )
     assert [(r["tbl"], r["col"]) for r in unindexed] == []
-
-
-async def test_purging_a_finished_parent_keeps_its_child(pg_store: PostgresStore) -> None:
-    (parent,) = await pg_store.enqueue_many([JobSpec("noop")])
-    (child,) = await pg_store.enqueue_many([JobSpec("noop", parent_id=parent)])
-    (claimed,) = await pg_store.claim(ClaimRequest({"default": 1}, 1, "w", 30))
-    assert claimed.id == parent
-    await pg_store.complete_many("w", [Outcome(parent, 1, JobStatus.SUCCEEDED, 0.0)])
-    assert await pg_store.purge_finished(0.0, 10) == 1
-    assert await pg_store.get(parent) is None
-    kept = await pg_store.get(child)
-    assert kept is not None and kept.parent_id is None and kept.status == JobStatus.PENDING
 
 
 async def test_live_counts_read_the_partial_indexes_not_the_history(
@@ -612,55 +514,13 @@ async def test_listing_by_status_reads_each_status_index_even_in_a_generic_plan(
         assert not [n for n in nodes if n[0] == "Seq Scan"], (status, nodes)
 
 
-async def test_listing_by_status_pages_newest_first_within_a_queue(pg_store: PostgresStore) -> None:
-    """Every listing statement returns what one over all rows would: the status, the queue,
-    newest first, ``before_id`` paging."""
-    specs = [JobSpec("noop", queue=("a", "b")[i % 2]) for i in range(24)]
-    await pg_store.enqueue_many(specs)
-    await pg_store.enqueue_many(
-        [JobSpec("noop", queue="a", failed_reason="bad input") for _ in range(3)]
-    )
-    claimed = await pg_store.claim(ClaimRequest({"a": 8, "b": 8}, 16, "w", 30))
-    outcomes = [
-        Outcome(
-            job.id,
-            1,
-            (JobStatus.SUCCEEDED, JobStatus.RETRYING, JobStatus.CANCELLED)[n % 3],
-            0.0,
-            retry_in=3600.0,
-        )
-        for n, job in enumerate(claimed[:12])
-    ]
-    await pg_store.complete_many("w", outcomes)
-    every = await pg_store.list_jobs(limit=1000)
-    assert len(every) == 27
-    for status in [s.value for s in JobStatus]:
-        for queue in ("a", "b", None):
-            expected = [j.id for j in every if j.status == status and queue in (None, j.queue)]
-            if queue is None:
-                assert expected, status  # every status is there to be listed
-            got = [j.id for j in await pg_store.list_jobs(status, queue, limit=1000)]
-            assert got == expected, (status, queue)
-            first = await pg_store.list_jobs(status, queue, limit=2)
-            if first:
-                rest = await pg_store.list_jobs(status, queue, limit=1000, before_id=first[-1].id)
-                assert [j.id for j in first + rest] == expected, (status, queue)
-
-
-async def test_release_unknown_gives_back_only_rows_the_worker_does_not_run(
-    pg_store: PostgresStore,
-) -> None:
-    ids = await pg_store.enqueue_many(
-        [JobSpec("noop"), JobSpec("noop"), JobSpec("noop")],
-        DirectStart("w1", 30.0, [True, True, False]),
-    )
-    running, orphan, waiting = ids
-    assert running is not None and orphan is not None and waiting is not None
-    assert await pg_store.release_unknown("w2", []) == []  # another worker's rows: untouched
-    assert await pg_store.release_unknown("w1", [running]) == [orphan]
-    back = await pg_store.get(orphan)
-    assert back is not None and back.status == JobStatus.PENDING and back.attempts == 0
-    assert back.worker_id is None and back.lease_until is None
-    still = await pg_store.get(running)
-    assert still is not None and still.status == JobStatus.RUNNING and still.worker_id == "w1"
-    assert await pg_store.runs(orphan) == []  # no attempt started, none recorded
+async def test_migrate_builds_a_new_schema_once(database_url: str) -> None:
+    """The schema name goes into DDL as a quoted identifier (DDL takes no parameters)."""
+    expected = [f"{v:04d}_{name}" for v, name, _ in migrations()]
+    assert await migrate(database_url, "jobwire_other") == expected
+    assert await migrate(database_url, "jobwire_other") == []
+    store = await PostgresStore.connect(database_url, "jobwire_other", min_size=1, max_size=1)
+    try:
+        assert await store.enqueue_many([JobSpec("noop")]) == [1]
+    finally:
+        await store.close()

@@ -17,7 +17,7 @@ from jobwire.intake import Intake
 from jobwire.metrics import Metrics
 from jobwire.models import JobSpec, JobStatus
 from jobwire.routing import Poison, Router
-from jobwire.store.base import InvalidJobData
+from jobwire.store.base import Enqueued, InvalidJobData
 from jobwire.store.memory import MemoryStore
 from tests.support.fake_adapter import FakeAdapter
 from tests.unit.test_intake import FakePool, make_notify
@@ -190,6 +190,10 @@ async def test_a_store_that_refuses_even_a_bare_row_is_an_outage_not_a_drop(
             return [None]
         raise InvalidJobData("relation jobs does not exist")
 
+    async def refuse_batch(*args: Any, **kw: Any) -> Enqueued:
+        return Enqueued(await refuse(*args, **kw))
+
+    monkeypatch.setattr(store, "enqueue", refuse_batch)
     monkeypatch.setattr(store, "enqueue_many", refuse)
     message = adapter.message(b"{}", headers={"id": "1"})
     task = asyncio.create_task(intake.process([message]))

@@ -1,12 +1,13 @@
-"""The JobStore interface every part of the core talks to."""
+"""The store's role ports: what the intake and pools, the scheduler and operators each use."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
 
-from jobwire.models import Job, JobSpec, Outcome, StreamOffset
+from jobwire.models import Job, JobSpec, JobStatus, Outcome, StreamOffset
 
 
 class StoreUnavailable(Exception):
@@ -41,6 +42,14 @@ class DirectStart:
 
 
 @dataclass(frozen=True)
+class Enqueued:
+    """What an insert made: an id per spec (None for a duplicate), and the jobs it started."""
+
+    ids: list[int | None]
+    started: list[Job] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class Renewal:
     """The answer to a lease renewal: which jobs are still this worker's, which to cancel.
 
@@ -52,14 +61,97 @@ class Renewal:
     cancel: frozenset[int] = frozenset()
 
 
+@dataclass(frozen=True)
+class ScheduleRow:
+    """One row of the schedules table (a field per column; a test holds them together)."""
+
+    id: int
+    name: str
+    cron: str | None
+    interval_s: float | None
+    timezone: str
+    handler: str
+    payload: Any
+    queue: str
+    priority: int
+    max_attempts: int | None
+    enabled: bool
+    start_at: datetime | None
+    end_at: datetime | None
+    max_runs: int | None
+    run_count: int
+    last_run_at: datetime | None
+    next_run_at: datetime | None
+    catch_up: Literal["none", "latest", "all"]
+
+
 NotifyCallback = Callable[[str], None]
 
 
+def started_jobs(
+    specs: Sequence[JobSpec],
+    ids: Sequence[int | None],
+    direct: DirectStart | None,
+    default_max_attempts: int,
+) -> list[Job]:
+    """The jobs an insert with ``direct`` made running: flagged, new, and not failed."""
+    if direct is None:
+        return []
+    now = datetime.now(UTC)
+    return [
+        Job(
+            id=job_id,
+            handler=spec.handler,
+            queue=spec.queue,
+            status=JobStatus.RUNNING,
+            priority=spec.priority,
+            attempts=1,
+            max_attempts=spec.max_attempts or default_max_attempts,
+            payload=spec.payload,
+            run_at=now,
+            created_at=now,
+            body=spec.body,
+            content_type=spec.content_type,
+            headers=spec.headers,
+            source=spec.source,
+            dedup_key=spec.dedup_key,
+            worker_id=direct.worker_id,
+            started_at=now,
+        )
+        for spec, job_id, flag in zip(specs, ids, direct.flags, strict=True)
+        # Not handed off, a duplicate that made no row, or a row stored failed.
+        if flag and job_id is not None and spec.failed_reason is None
+    ]
+
+
+class LeaderLock(Protocol):
+    """A held leadership lock: held while its connection lives."""
+
+    async def still_held(self) -> bool:
+        """False once the lock is gone (its connection dropped)."""
+
+    async def release(self) -> None:
+        """Give the lock up."""
+
+
 class JobStore(Protocol):
-    """Durable job storage; one implementation per backend (PostgreSQL, memory)."""
+    """What the intake and the worker pool use: insert, claim, finish and give back jobs."""
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the store answers."""
+
+    async def enqueue(
+        self,
+        specs: Sequence[JobSpec],
+        direct: DirectStart | None = None,
+        offsets: Sequence[StreamOffset] = (),
+    ) -> Enqueued:
+        """Insert jobs in one transaction; a duplicate dedup key yields None instead of an id.
+
+        ``offsets`` (a log consumer's positions) commit in the same transaction, never
+        moving backwards. With ``direct``, the flagged new rows start running in its worker
+        and come back in ``started``, ready to run.
+        """
 
     async def enqueue_many(
         self,
@@ -67,10 +159,7 @@ class JobStore(Protocol):
         direct: DirectStart | None = None,
         offsets: Sequence[StreamOffset] = (),
     ) -> list[int | None]:
-        """Insert jobs in one transaction; a duplicate dedup key yields None instead of an id.
-
-        ``offsets`` (a log consumer's positions) commit in the same transaction.
-        """
+        """``enqueue(...).ids``: an id per spec, None for a duplicate dedup key."""
 
     async def stored_offsets(
         self, group_id: str, partitions: Sequence[tuple[str, int]]
@@ -97,17 +186,99 @@ class JobStore(Protocol):
     async def release(self, worker_id: str, job_ids: Sequence[int]) -> list[int]:
         """Give unfinished jobs back at shutdown, not counting the interrupted attempt."""
 
-    async def cancel(self, job_id: int) -> str | None:
-        """Cancel a waiting job or flag a running one; returns the status, None if unknown."""
+    async def set_progress(self, job_id: int, percent: int, note: str | None) -> None:
+        """Record a running job's progress."""
 
-    async def retry(self, job_ids: Sequence[int] = (), status: str | None = None) -> list[int]:
-        """Run failed or cancelled jobs again; returns the ids that were requeued."""
+    async def existing(self, job_ids: Sequence[int]) -> set[int]:
+        """Which of these job ids have a visible (committed) row."""
 
     async def ready_backlog(self, cap: int) -> int:
         """How many jobs are ready to run, counting no further than ``cap``."""
 
-    async def existing(self, job_ids: Sequence[int]) -> set[int]:
-        """Which of these job ids have a visible (committed) row."""
+    async def stats(self, finished: bool = True) -> dict[str, dict[str, int]]:
+        """Job counts as ``{queue: {status: count}}`` (metrics read the live ones only)."""
+
+    async def register_worker(self, worker_id: str, host: str, pid: int, version: str) -> None:
+        """Announce this instance in the workers table."""
+
+    async def heartbeat_worker(self, worker_id: str, state: dict[str, Any]) -> None:
+        """Refresh this instance's heartbeat and published state."""
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        """Remove this instance's row on a clean stop."""
+
+    async def listen(self, on_notify: NotifyCallback, on_reconnect: Callable[[], None]) -> None:
+        """Deliver notifications until cancelled, reconnecting when the connection drops."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+class ScheduleStore(Protocol):
+    """What the scheduler and the schedules commands use, with the leader's lock."""
+
+    async def sync_schedules(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Write the configured schedules (config wins); disable those no longer listed."""
+
+    async def due_schedules(self) -> list[ScheduleRow]:
+        """Enabled schedules whose next tick has come, the most overdue first."""
+
+    async def fire_schedule(
+        self,
+        name: str,
+        specs: Sequence[JobSpec],
+        last_run_at: datetime | None,
+        next_run_at: datetime | None,
+        expected_next: datetime,
+    ) -> int | None:
+        """Insert a schedule's tick jobs and move it on, in one transaction.
+
+        Returns how many jobs were new, or None when another leader had already moved the
+        schedule on (nothing is written then).
+        """
+
+    async def list_schedules(self) -> list[ScheduleRow]:
+        """Every schedule, by name."""
+
+    async def get_schedule(self, name: str) -> ScheduleRow | None:
+        """One schedule by name."""
+
+    async def set_schedule_enabled(self, name: str, enabled: bool) -> bool:
+        """Pause or resume a schedule; False if there is none by that name."""
+
+    async def try_leadership(self, key: str) -> LeaderLock | None:
+        """A held lock named ``key``, or None when another instance holds it."""
+
+
+class MaintenanceStore(Protocol):
+    """What the leader's housekeeping uses: its own lock, lease rescue and retention."""
+
+    async def try_leadership(self, key: str) -> LeaderLock | None:
+        """A held lock named ``key``, or None when another instance holds it."""
+
+    async def recover_expired_leases(self) -> list[int]:
+        """Take back jobs whose lease ran out (their worker died); the lost attempt counts."""
+
+    async def purge_finished(self, older_than: float, batch: int) -> int:
+        """Delete one batch of finished jobs older than ``older_than`` seconds, oldest first."""
+
+
+class AdminStore(Protocol):
+    """What operators and applications use: enqueue, look up, cancel and retry jobs."""
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the store answers."""
+
+    async def enqueue_many(
+        self,
+        specs: Sequence[JobSpec],
+        direct: DirectStart | None = None,
+        offsets: Sequence[StreamOffset] = (),
+    ) -> list[int | None]:
+        """Insert jobs in one transaction; a duplicate dedup key yields None instead of an id."""
+
+    async def ids_by_dedup_key(self, keys: Sequence[str]) -> dict[str, int]:
+        """Existing job ids for the given dedup keys."""
 
     async def get(self, job_id: int) -> Job | None:
         """One job by id."""
@@ -128,26 +299,22 @@ class JobStore(Protocol):
         """Job counts as ``{queue: {status: count}}``; only pending, retrying and running
         ones (cheap however long the history) when ``finished`` is false."""
 
-    async def set_progress(self, job_id: int, percent: int, note: str | None) -> None:
-        """Record a running job's progress."""
-
-    async def register_worker(self, worker_id: str, host: str, pid: int, version: str) -> None:
-        """Announce this instance in the workers table."""
-
-    async def heartbeat_worker(self, worker_id: str, state: dict[str, Any]) -> None:
-        """Refresh this instance's heartbeat and published state."""
-
     async def list_workers(self) -> list[dict[str, Any]]:
         """Every instance's row: id, host, pid, version, heartbeat age, published state."""
 
-    async def unregister_worker(self, worker_id: str) -> None:
-        """Remove this instance's row on a clean stop."""
+    async def cancel(self, job_id: int) -> str | None:
+        """Cancel a waiting job or flag a running one; returns the status, None if unknown."""
 
-    async def notify(self, message: str) -> None:
-        """Wake every instance listening on this store."""
-
-    async def listen(self, on_notify: NotifyCallback, on_reconnect: Callable[[], None]) -> None:
-        """Deliver notifications until cancelled, reconnecting when the connection drops."""
+    async def retry(self, job_ids: Sequence[int] = (), status: str | None = None) -> list[int]:
+        """Run failed or cancelled jobs again; returns the ids that were requeued."""
 
     async def close(self) -> None:
         """Release connections."""
+
+
+class OperatorStore(AdminStore, ScheduleStore, Protocol):
+    """What the CLI and the HTTP API use: the admin role and the schedules."""
+
+
+class Store(JobStore, OperatorStore, MaintenanceStore, Protocol):
+    """Every role: what the wiring holds and hands out by role."""

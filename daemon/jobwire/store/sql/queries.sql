@@ -5,7 +5,7 @@
 -- Insert a batch in one round trip; a dedup_key already present is skipped, not an error.
 -- ORDER BY ord keeps identity values ascending in input order, which the caller relies on.
 -- Rows with run_now are handed straight to worker $14 (no claim round trip): they start
--- life running, under a lease, as their first attempt.
+-- life running, under a lease, as their first attempt (unless stored failed).
 -- $17-$20 are Kafka positions (empty for queues), stored by the same statement, so in the
 -- same transaction as the rows, without a BEGIN and COMMIT round trip each. Never
 -- backwards: after a rebalance a former owner may still store a batch it had taken; its
@@ -29,10 +29,11 @@ SELECT j.handler, j.queue, j.priority, j.max_attempts, now() + make_interval(sec
             WHEN j.run_now THEN 'running' ELSE 'pending' END,
        j.failed_reason,
        CASE WHEN j.failed_reason IS NULL THEN NULL ELSE now() END,
-       CASE WHEN j.run_now THEN 1 ELSE 0 END,
-       CASE WHEN j.run_now THEN $14::text END,
-       CASE WHEN j.run_now THEN now() + make_interval(secs => $15::float8) END,
-       CASE WHEN j.run_now THEN now() END
+       CASE WHEN j.run_now AND j.failed_reason IS NULL THEN 1 ELSE 0 END,
+       CASE WHEN j.run_now AND j.failed_reason IS NULL THEN $14::text END,
+       CASE WHEN j.run_now AND j.failed_reason IS NULL
+            THEN now() + make_interval(secs => $15::float8) END,
+       CASE WHEN j.run_now AND j.failed_reason IS NULL THEN now() END
 FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::float8[], $6::text[], $7::bytea[],
             $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::text[],
             $16::bool[])
@@ -79,11 +80,10 @@ RETURNING jobs.id, jobs.handler, jobs.queue, jobs.priority, jobs.attempts, jobs.
 -- the attempt may finish it: a worker whose lease was taken back finds no row to update.
 -- Each outcome is read from the arrays by its position, not by joining an unnest() of them:
 -- a queue table's statistics are always stale, and with them the planner joined the two
--- 500-row sets by a nested loop comparing every pair (measured: 40 ms per 256 outcomes,
--- against 16 ms this way), or scanned the whole table to hash it. The position comes from
--- $9, a JSON object of job id -> position, one lookup per row; array_position(), before,
--- scanned the id array for every row (bench/complete_statement.py, array_position -> $9:
--- 200 outcomes 8.1 -> 5.9 ms, 1,000 55 -> 27 ms, 2,000 177 -> 69 ms). Planner steering,
+-- sets by a nested loop comparing every pair, or scanned the whole table to hash it. The
+-- position comes from $9, a JSON object of job id -> position, one lookup per row;
+-- array_position(), before, scanned the id array for every row, a cost growing with the
+-- square of the batch (bench/complete_statement.py compares the two). Planner steering,
 -- also on purpose: "id = ANY" asks for primary-key lookups, and there is no "status =
 -- 'running'" test, which would let the planner pick the partial jobs_running index, whose
 -- dead entries (every job run since the last vacuum) it then scans. worker_id is set
@@ -223,7 +223,7 @@ SELECT * FROM jobs WHERE id = $1;
 -- nearly every row has succeeded. The other statuses have statements of their own below,
 -- each naming its partial index's statuses as literals: a prepared statement's generic
 -- plan cannot use a partial index for "status = $1" alone, and walking the history back to
--- find 10 failed jobs among 1,000,000 took 88 ms here, growing with the history.
+-- find a few failed jobs costs more the longer the history (bench/history.py).
 SELECT * FROM jobs
 WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR queue = $2)
   AND ($4::bigint IS NULL OR id < $4)
@@ -258,15 +258,15 @@ LIMIT $3;
 SELECT * FROM job_runs WHERE job_id = $1 ORDER BY attempt, id;
 
 -- name: count_by_queue_and_status
--- Every row, history included: its cost grows with the retained history (about 150 ms per
--- million rows). For an operator's explicit question (jobwire stats), not for scrapes.
+-- Every row, history included: its cost grows with the retained history (bench/history.py).
+-- For an operator's explicit question (jobwire stats), not for scrapes.
 SELECT queue, status, count(*) AS n FROM jobs GROUP BY queue, status ORDER BY queue, status;
 
 -- name: count_live_by_queue_and_status
 -- Pending, retrying and running jobs only, each read through its partial index (the
 -- predicates match jobs_ready's and jobs_running's exactly), so the cost follows the live
--- jobs, not the history: 1.3 ms beside 150 ms for the full count with a million finished
--- rows. Metrics read this at every refresh.
+-- jobs, not the history (bench/history.py times both counts). Metrics read this at every
+-- refresh.
 SELECT queue, status, count(*) AS n FROM jobs
 WHERE status IN ('pending', 'retrying') GROUP BY queue, status
 UNION ALL
@@ -347,9 +347,9 @@ SET LOCAL enable_sort = off;
 -- by cascade. Read in the order of the jobs_finished index (migration 0004), the scan stops
 -- at the batch or at the cutoff, whatever the planner's statistics say. Left to them, it
 -- chose badly both ways: expecting many old rows (statistics from before the last purge),
--- a sequential scan, so the run's last batch, which comes back short, read the whole table
--- (194 ms at 1,000,000 rows); expecting few (never analysed), every old row fetched and
--- sorted (600-1,000 ms at 1,000,000). Read in order: 8-38 ms (bench/purge.py). The rows
+-- a sequential scan, so the run's last batch, which comes back short, read the whole table;
+-- expecting few (never analysed), every old row fetched and sorted. bench/purge.py times
+-- the three. The rows
 -- are then deleted by "id = ANY": primary-key lookups, where a join let a small table be
 -- hashed whole.
 DELETE FROM jobs WHERE id = ANY (ARRAY(
@@ -374,6 +374,33 @@ JOIN unnest($2::text[], $3::int[]) AS w(topic, partition)
   ON w.topic = o.topic AND w.partition = o.partition
 WHERE o.group_id = $1;
 
--- name: list_offsets
-SELECT group_id, topic, partition, next_offset, updated_at
-FROM kafka_offsets ORDER BY group_id, topic, partition;
+-- name: ping
+SELECT 1;
+
+-- name: advisory_lock
+-- Waits for the lock: one migrator per schema at a time.
+SELECT pg_advisory_lock(hashtext($1));
+
+-- name: advisory_unlock
+SELECT pg_advisory_unlock(hashtext($1));
+
+-- name: create_schema
+-- A template: DDL takes no parameters, so migrate() puts in the quoted identifier.
+CREATE SCHEMA IF NOT EXISTS {schema};
+
+-- name: use_schema
+-- A template, as create_schema: the migrations name no schema.
+SET search_path TO {schema};
+
+-- name: create_schema_migrations
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: applied_migrations
+SELECT version FROM schema_migrations;
+
+-- name: record_migration
+INSERT INTO schema_migrations (version, name) VALUES ($1, $2);

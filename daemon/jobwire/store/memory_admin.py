@@ -1,0 +1,223 @@
+"""The AdminStore and ScheduleStore roles in memory."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from jobwire.models import FINISHED, LIVE, Job, JobSpec, JobStatus
+from jobwire.store.base import ScheduleRow
+from jobwire.store.memory_base import READY, MemoryState, now
+
+
+class MemoryAdmin(MemoryState):
+    """What operators and applications run on the memory store."""
+
+    async def ids_by_dedup_key(self, keys: Sequence[str]) -> dict[str, int]:
+        """Existing job ids for the given dedup keys."""
+        return {k: self._by_key[k] for k in keys if k in self._by_key}
+
+    async def cancel(self, job_id: int) -> str | None:
+        """Cancel a waiting job, flag a running one."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return None
+        if job.status in READY:
+            job.status = JobStatus.CANCELLED
+            job.finished_at = now()
+        elif job.status == JobStatus.RUNNING:
+            job.cancel_requested = True
+            self._fire(f"cancel:{job_id}")
+        return str(job.status)
+
+    async def retry(self, job_ids: Sequence[int] = (), status: str | None = None) -> list[int]:
+        """Requeue failed or cancelled jobs with a fresh allowance of attempts."""
+        out = []
+        for job in self.jobs.values():
+            if (job.id in job_ids or job.status == status) and job.status in (
+                JobStatus.FAILED,
+                JobStatus.CANCELLED,
+            ):
+                job.status = JobStatus.PENDING
+                job.max_attempts = job.attempts + self._default_max_attempts
+                job.run_at = now()
+                job.finished_at = job.result = None
+                job.cancel_requested = False
+                out.append(job.id)
+        if out:
+            self._fire("jobs")
+        return out
+
+    async def get(self, job_id: int) -> Job | None:
+        """One job."""
+        job = self.jobs.get(job_id)
+        return None if job is None else dataclasses.replace(job)
+
+    async def list_jobs(
+        self,
+        status: str | None = None,
+        queue: str | None = None,
+        limit: int = 50,
+        before_id: int | None = None,
+    ) -> list[Job]:
+        """Newest first; ``before_id`` pages on."""
+        found = [
+            j
+            for j in self.jobs.values()
+            if (status is None or j.status == status)
+            and (queue is None or j.queue == queue)
+            and (before_id is None or j.id < before_id)
+        ]
+        return [dataclasses.replace(j) for j in sorted(found, key=lambda j: -j.id)[:limit]]
+
+    async def runs(self, job_id: int) -> list[dict[str, Any]]:
+        """Attempts of one job, oldest first."""
+        found = [dict(r) for r in self.job_runs if r["job_id"] == job_id]
+        return sorted(found, key=lambda r: (r["attempt"], r["id"]))
+
+    async def stats(self, finished: bool = True) -> dict[str, dict[str, int]]:
+        """Counts by queue and status (live jobs only unless ``finished``)."""
+        out: dict[str, dict[str, int]] = {}
+        for job in self.jobs.values():
+            if not finished and job.status not in LIVE:
+                continue
+            by_status = out.setdefault(job.queue, {})
+            by_status[str(job.status)] = by_status.get(str(job.status), 0) + 1
+        return out
+
+    async def list_workers(self) -> list[dict[str, Any]]:
+        """Registered instances."""
+        return [{"id": k, "heartbeat_age": 0.0, **v} for k, v in self.workers.items()]
+
+
+class MemoryLock:
+    """A leadership lock of the memory store: held until released."""
+
+    def __init__(self, locks: set[str], key: str) -> None:
+        self._locks = locks
+        self._key = key
+
+    async def still_held(self) -> bool:
+        """True until released."""
+        return self._key in self._locks
+
+    async def release(self) -> None:
+        """Give the lock up."""
+        self._locks.discard(self._key)
+
+
+_TIMING = ("cron", "interval_s", "timezone", "start_at")
+
+
+class MemorySchedules(MemoryState):
+    """What the scheduler and the schedules commands run on the memory store."""
+
+    async def sync_schedules(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Write the configured schedules (config wins); disable those no longer listed."""
+        await self.ping()
+        for r in rows:
+            old = self.schedules.get(r["name"])
+            values = {k: r[k] for k in r if k != "next_run_at"}
+            # A schedule whose timing did not change keeps its next tick (missed ticks stay due).
+            keep = old is not None and old.next_run_at is not None
+            keep = keep and all(getattr(old, k) == r[k] for k in _TIMING)
+            next_run_at = old.next_run_at if keep and old else r["next_run_at"]
+            if old is None:
+                self.schedules[r["name"]] = ScheduleRow(
+                    id=self._next_schedule_id,
+                    run_count=0,
+                    last_run_at=None,
+                    next_run_at=next_run_at,
+                    **values,
+                )
+                self._next_schedule_id += 1
+            else:
+                self.schedules[r["name"]] = dataclasses.replace(
+                    old, next_run_at=next_run_at, **values
+                )
+        names = {r["name"] for r in rows}
+        for name, row in self.schedules.items():
+            if row.enabled and name not in names:
+                self.schedules[name] = dataclasses.replace(row, enabled=False)
+
+    async def due_schedules(self) -> list[ScheduleRow]:
+        """Enabled schedules whose next tick has come, the most overdue first."""
+        await self.ping()
+        at = now()
+        due = [
+            s
+            for s in self.schedules.values()
+            if s.enabled and s.next_run_at is not None and s.next_run_at <= at
+        ]
+        return sorted(due, key=lambda s: s.next_run_at or at)
+
+    async def fire_schedule(
+        self,
+        name: str,
+        specs: Sequence[JobSpec],
+        last_run_at: datetime | None,
+        next_run_at: datetime | None,
+        expected_next: datetime,
+    ) -> int | None:
+        """Insert tick jobs and move the schedule on; None if it had moved on already."""
+        await self.ping()
+        row = self.schedules.get(name)
+        if row is None or row.next_run_at != expected_next:
+            return None
+        made = sum(1 for i in self._insert(specs, None, ()) if i is not None)
+        self.schedules[name] = dataclasses.replace(
+            row,
+            last_run_at=last_run_at or row.last_run_at,
+            next_run_at=next_run_at,
+            run_count=row.run_count + made,
+            enabled=row.enabled and (row.max_runs is None or row.run_count + made < row.max_runs),
+        )
+        return made
+
+    async def list_schedules(self) -> list[ScheduleRow]:
+        """Every schedule, by name."""
+        return [self.schedules[name] for name in sorted(self.schedules)]
+
+    async def get_schedule(self, name: str) -> ScheduleRow | None:
+        """One schedule by name."""
+        return self.schedules.get(name)
+
+    async def set_schedule_enabled(self, name: str, enabled: bool) -> bool:
+        """Pause or resume a schedule; False if there is none by that name."""
+        row = self.schedules.get(name)
+        if row is None:
+            return False
+        self.schedules[name] = dataclasses.replace(row, enabled=enabled)
+        return True
+
+    async def try_leadership(self, key: str) -> MemoryLock | None:
+        """The lock named ``key`` unless it is held."""
+        await self.ping()
+        if key in self.locks:
+            return None
+        self.locks.add(key)
+        return MemoryLock(self.locks, key)
+
+    async def purge_finished(self, older_than: float, batch: int) -> int:
+        """Delete one batch of old finished jobs, oldest first; their runs go with them."""
+        cutoff = now() - timedelta(seconds=older_than)
+        old = sorted(
+            (
+                j
+                for j in self.jobs.values()
+                if j.status in FINISHED and j.finished_at is not None and j.finished_at < cutoff
+            ),
+            key=lambda j: j.finished_at or cutoff,
+        )[:batch]
+        gone = {j.id for j in old}
+        for job in old:
+            del self.jobs[job.id]
+            if job.dedup_key is not None:
+                self._by_key.pop(job.dedup_key, None)
+        self.job_runs = [r for r in self.job_runs if r["job_id"] not in gone]
+        for job in self.jobs.values():
+            if job.parent_id in gone:
+                job.parent_id = None  # ON DELETE SET NULL
+        return len(gone)

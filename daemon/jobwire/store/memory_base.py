@@ -1,0 +1,183 @@
+"""The memory store's state and what PostgreSQL would refuse, shared by its role classes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from jobwire.models import Job, JobSpec, JobStatus, StreamOffset
+from jobwire.storable import MAX_KEY_BYTES, problem_of
+from jobwire.store.base import (
+    DirectStart,
+    InvalidJobData,
+    NotifyCallback,
+    ScheduleRow,
+    StoreUnavailable,
+)
+
+READY = (JobStatus.PENDING, JobStatus.RETRYING)
+
+
+def now() -> datetime:
+    """The current time, as PostgreSQL's now() gives it (aware, UTC)."""
+    return datetime.now(UTC)
+
+
+def _json_problem(value: Any, depth: int = 0) -> str | None:
+    """What jsonb would refuse in a decoded JSON value (strings it cannot hold, NaN)."""
+    if depth > 900:
+        return "JSON too deep"
+    if isinstance(value, str):
+        return problem_of(value)
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return "NaN or Infinity in JSON"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problem = problem_of(key) or _json_problem(item, depth + 1)
+            if problem:
+                return problem
+    if isinstance(value, list):
+        for item in value:
+            problem = _json_problem(item, depth + 1)
+            if problem:
+                return problem
+    return None
+
+
+def refused(spec: JobSpec) -> str | None:
+    """Why PostgreSQL would refuse this spec's row, for the memory store to refuse it too."""
+    texts = [spec.handler, spec.queue, spec.source, spec.dedup_key, spec.content_type]
+    texts += [spec.failed_reason, *spec.headers, *spec.headers.values()]
+    for text in texts:
+        if text is not None and problem_of(text):
+            return f"DataError: text {problem_of(text)}"
+    if not -(2**31) <= spec.priority < 2**31:
+        return "DataError: priority out of int32 range"
+    if spec.dedup_key is not None and len(spec.dedup_key.encode()) > 2 * MAX_KEY_BYTES:
+        return "ProgramLimitExceededError: index row size exceeds the maximum"
+    payload = spec.payload
+    if spec.payload_json is not None:
+        try:
+            payload = json.loads(spec.payload_json)
+        except (ValueError, RecursionError):
+            return "DataError: invalid input syntax for type json"
+    try:
+        problem = _json_problem(payload)
+    except RecursionError:
+        problem = "JSON too deep"
+    return None if problem is None else f"DataError: jsonb {problem}"
+
+
+class MemoryState:
+    """The tables, in dicts, and the helpers every memory role class writes them through."""
+
+    def __init__(self, default_max_attempts: int = 5) -> None:
+        self.jobs: dict[int, Job] = {}
+        self.job_runs: list[dict[str, Any]] = []
+        self.workers: dict[str, dict[str, Any]] = {}
+        self.schedules: dict[str, ScheduleRow] = {}
+        self.offsets: dict[tuple[str, str, int], int] = {}
+        self.locks: set[str] = set()
+        self._by_key: dict[str, int] = {}
+        self._next_id = 1
+        self._next_run_id = 1
+        self._next_schedule_id = 1
+        self._listeners: list[NotifyCallback] = []
+        self._default_max_attempts = default_max_attempts
+        self.available = True
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable while ``available`` is False (tests simulate outages)."""
+        if not self.available:
+            raise StoreUnavailable("memory store switched off")
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    def _fire(self, message: str) -> None:
+        for callback in list(self._listeners):
+            callback(message)
+
+    def _add_run(
+        self,
+        job: Job,
+        worker_id: str | None,
+        status: str,
+        error: str | None,
+        duration: float | None = None,
+        result: Any = None,
+    ) -> None:
+        """One job_runs row, written when the attempt ends (as the PostgreSQL store does)."""
+        at = now()
+        started = job.started_at or at
+        self.job_runs.append(
+            {
+                "id": self._next_run_id,
+                "job_id": job.id,
+                "attempt": job.attempts,
+                "worker_id": worker_id or "?",
+                "status": status,
+                "started_at": started,
+                "finished_at": at,
+                "duration": (at - started).total_seconds() if duration is None else duration,
+                "error": error,
+                "result": result,
+            }
+        )
+        self._next_run_id += 1
+
+    def _insert(
+        self,
+        specs: Sequence[JobSpec],
+        direct: DirectStart | None,
+        offsets: Sequence[StreamOffset],
+    ) -> list[int | None]:
+        """The rows of one batch, all or none; offsets never move backwards."""
+        for spec in specs:
+            problem = refused(spec)
+            if problem is not None:
+                raise InvalidJobData(problem)
+        for o in offsets:
+            key = (o.group_id, o.topic, o.partition)
+            self.offsets[key] = max(self.offsets.get(key, o.next_offset), o.next_offset)
+        ids: list[int | None] = []
+        at = now()
+        flags = list(direct.flags) if direct else [False] * len(specs)
+        for s, run_now in zip(specs, flags, strict=True):
+            if s.dedup_key is not None and s.dedup_key in self._by_key:
+                ids.append(None)
+                continue
+            job = Job(
+                id=self._next_id,
+                handler=s.handler,
+                queue=s.queue,
+                status=JobStatus.FAILED if s.failed_reason else JobStatus.PENDING,
+                priority=s.priority,
+                attempts=0,
+                max_attempts=s.max_attempts or self._default_max_attempts,
+                payload=s.payload if s.payload_json is None else json.loads(s.payload_json),
+                run_at=at + timedelta(seconds=max(s.delay, 0.0)),
+                created_at=at,
+                body=s.body,
+                content_type=s.content_type,
+                headers=dict(s.headers),
+                source=s.source,
+                dedup_key=s.dedup_key,
+                last_error=s.failed_reason,
+                parent_id=s.parent_id,
+                finished_at=at if s.failed_reason else None,
+            )
+            if run_now and direct and not s.failed_reason:
+                job.status, job.attempts, job.worker_id = JobStatus.RUNNING, 1, direct.worker_id
+                job.lease_until = at + timedelta(seconds=direct.lease)
+                job.started_at = at
+            self._next_id += 1
+            self.jobs[job.id] = job
+            if s.dedup_key is not None:
+                self._by_key[s.dedup_key] = job.id
+            ids.append(job.id)
+        if any(i is not None for i in ids):
+            self._fire("jobs")
+        return ids

@@ -1,0 +1,89 @@
+"""The AdminStore role on PostgreSQL: look up, list, count, cancel and retry jobs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from jobwire.models import Job
+from jobwire.store.pg_base import PgBase, guard, job_of
+
+# Statuses whose listing reads a partial index (see list_jobs in queries.sql).
+LIST_QUERY_BY_STATUS = {
+    "failed": "list_failed_jobs",
+    "cancelled": "list_failed_jobs",
+    "pending": "list_ready_jobs",
+    "retrying": "list_ready_jobs",
+    "running": "list_running_jobs",
+}
+
+
+class PgAdmin(PgBase):
+    """What operators and applications run on PostgreSQL (enqueueing is PgJobs')."""
+
+    async def ids_by_dedup_key(self, keys: Sequence[str]) -> dict[str, int]:
+        """Existing job ids for the given dedup keys."""
+        async with guard("lookup"):
+            rows = await self._pool.fetch(self._q["ids_by_dedup_key"], list(keys))
+        return {r["dedup_key"]: r["id"] for r in rows}
+
+    async def cancel(self, job_id: int) -> str | None:
+        """Cancel or flag a job and tell the worker running it."""
+        async with guard("cancel"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                status = await conn.fetchval(self._q["cancel_job"], job_id)
+                if status == "running":
+                    await conn.execute(self._q["notify"], self._channel, f"cancel:{job_id}")
+        return None if status is None else str(status)
+
+    async def retry(self, job_ids: Sequence[int] = (), status: str | None = None) -> list[int]:
+        """Requeue failed or cancelled jobs and wake the pools."""
+        async with guard("retry"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                rows = await conn.fetch(
+                    self._q["retry_jobs"], list(job_ids), status, self._default_max_attempts
+                )
+                if rows:
+                    await conn.execute(self._q["notify"], self._channel, "jobs")
+        return [r["id"] for r in rows]
+
+    async def get(self, job_id: int) -> Job | None:
+        """One job by id."""
+        async with guard("get"):
+            row = await self._pool.fetchrow(self._q["get_job"], job_id)
+        return None if row is None else job_of(row)
+
+    async def list_jobs(
+        self,
+        status: str | None = None,
+        queue: str | None = None,
+        limit: int = 50,
+        before_id: int | None = None,
+    ) -> list[Job]:
+        """Newest first; ``before_id`` pages on (keyset paging, no OFFSET)."""
+        query = LIST_QUERY_BY_STATUS.get(status or "", "list_jobs")
+        async with guard("list"):
+            rows = await self._pool.fetch(self._q[query], status, queue, limit, before_id)
+        return [job_of(r) for r in rows]
+
+    async def runs(self, job_id: int) -> list[dict[str, Any]]:
+        """Attempts of one job."""
+        async with guard("runs"):
+            rows = await self._pool.fetch(self._q["job_runs"], job_id)
+        return [dict(r) for r in rows]
+
+    async def stats(self, finished: bool = True) -> dict[str, dict[str, int]]:
+        """Counts by queue and status (without finished jobs: live ones only, cheaply)."""
+        query = "count_by_queue_and_status" if finished else "count_live_by_queue_and_status"
+        async with guard("stats"):
+            rows = await self._pool.fetch(self._q[query])
+        out: dict[str, dict[str, int]] = {}
+        for r in rows:
+            out.setdefault(r["queue"], {})[r["status"]] = r["n"]
+        return out
+
+    async def list_workers(self) -> list[dict[str, Any]]:
+        """The workers table, oldest instance first."""
+        async with guard("list workers"):
+            rows = await self._pool.fetch(self._q["list_workers"])
+        return [dict(r) for r in rows]

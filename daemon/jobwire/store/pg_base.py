@@ -1,0 +1,180 @@
+"""What every PostgreSQL role class shares: the pool, error mapping and row decoding."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import asyncpg
+
+from jobwire.models import Job, JobSpec, JobStatus, StreamOffset
+from jobwire.store.base import DirectStart, StoreRefused, StoreUnavailable
+from jobwire.store.queries import queries
+
+# Errors that mean "the database is not there right now", as opposed to a bug in a statement.
+UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.QueryCanceledError,
+)
+
+
+# SQLSTATE classes that say "the server cannot do this now", whatever the statement:
+# connection (08), transaction rollback such as a deadlock (40), insufficient resources
+# such as a full disk (53), operator intervention (57), system errors (58), internal (XX).
+_OUTAGE_CLASSES = frozenset({"08", "40", "53", "57", "58", "XX"})
+_READ_ONLY = "25006"  # connected to a standby (after a failover): not the rows' fault
+
+
+def is_outage(exc: asyncpg.PostgresError) -> bool:
+    """True when a server error says the store is unavailable rather than the data bad."""
+    state = str(getattr(exc, "sqlstate", "") or "")
+    return state[:2] in _OUTAGE_CLASSES or state == _READ_ONLY
+
+
+def notify_channel(schema: str) -> str:
+    """The LISTEN/NOTIFY channel of one schema (the insert trigger uses the same name)."""
+    return f"jobwire_{schema}"
+
+
+def server_settings(schema: str) -> dict[str, str]:
+    """The session settings of every connection jobwire opens to ``schema``."""
+    return {
+        "search_path": schema,
+        "application_name": "jobwire",
+        # A queue table's statistics are always stale: the planner then believes the claim
+        # index holds a handful of rows and picks a bitmap scan, which reads every entry
+        # (including those of already-claimed jobs) and sorts them, instead of walking the
+        # index in claim order and stopping at LIMIT. Every jobwire statement is a key or
+        # index-order lookup, so bitmap scans are never what we want here.
+        "enable_bitmapscan": "off",
+    }
+
+
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """Skip asyncpg's reset query on release: pool connections never hold session state
+    (LISTEN and advisory locks use dedicated connections), and the reset costs a round
+    trip per query."""
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Decode json and jsonb with the json module on every pool connection."""
+    for kind in ("json", "jsonb"):
+        await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+def job_of(row: asyncpg.Record) -> Job:
+    """A jobs row as a Job (Job has a field for every column; a test holds them together)."""
+    values = dict(row.items())
+    values["status"] = JobStatus(values["status"])
+    values["headers"] = values["headers"] or {}
+    return Job(**values)
+
+
+@contextlib.asynccontextmanager
+async def guard(what: str) -> AsyncIterator[None]:
+    """Turn connection-level failures into StoreUnavailable; let real SQL errors through."""
+    try:
+        yield
+    except UNAVAILABLE as exc:
+        raise StoreUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+@contextlib.asynccontextmanager
+async def connecting() -> AsyncIterator[None]:
+    """Like guard, and a server that refuses the connection is StoreRefused (no retry)."""
+    try:
+        async with guard("connect"):
+            yield
+    except (
+        asyncpg.InvalidCatalogNameError,
+        asyncpg.InvalidAuthorizationSpecificationError,
+        asyncpg.InvalidPasswordError,
+        asyncpg.InsufficientPrivilegeError,
+    ) as exc:
+        raise StoreRefused(f"the database refused the connection: {exc}") from exc
+
+
+class PgBase:
+    """The state every role class reads: the pool, the schema and the named statements."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        dsn: str,
+        schema: str,
+        default_max_attempts: int,
+        own_backends: set[int] | None = None,
+    ) -> None:
+        self._pool = pool
+        # Server pids of this pool's connections: their "jobs inserted" notifications come
+        # back to our own listener, and the inserting code has already woken its pool.
+        self._own_backends = own_backends if own_backends is not None else set()
+        self._dsn = dsn
+        self._schema = schema
+        self._channel = notify_channel(schema)
+        self._default_max_attempts = default_max_attempts
+        self._q = queries()
+
+    @property
+    def schema(self) -> str:
+        """The schema this store reads and writes."""
+        return self._schema
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the database answers."""
+        async with guard("ping"):
+            await self._pool.fetchval(self._q["ping"])
+
+    async def close(self) -> None:
+        """Close the pool, waiting briefly for connections in use."""
+        try:
+            async with asyncio.timeout(5):
+                await self._pool.close()
+        except (TimeoutError, *UNAVAILABLE):
+            self._pool.terminate()
+
+    def _insert_args(
+        self,
+        specs: Sequence[JobSpec],
+        direct: DirectStart | None,
+        offsets: Sequence[StreamOffset] = (),
+    ) -> list[Any]:
+        """The insert_jobs parameters: one array per column, the direct-start ones, then the
+        stream offsets."""
+        default_attempts = self._default_max_attempts
+        return [
+            [s.handler for s in specs],
+            [s.queue for s in specs],
+            [s.priority for s in specs],
+            [s.max_attempts or default_attempts for s in specs],
+            [max(s.delay, 0.0) for s in specs],
+            [
+                s.payload_json
+                if s.payload_json is not None
+                else (None if s.payload is None else json.dumps(s.payload))
+                for s in specs
+            ],
+            [s.body for s in specs],
+            [s.content_type for s in specs],
+            [json.dumps(s.headers) if s.headers else None for s in specs],
+            [s.source for s in specs],
+            [s.dedup_key for s in specs],
+            [s.parent_id for s in specs],
+            [s.failed_reason for s in specs],
+            direct.worker_id if direct else None,
+            direct.lease if direct else 0.0,
+            list(direct.flags) if direct else [False] * len(specs),
+            [o.group_id for o in offsets],
+            [o.topic for o in offsets],
+            [o.partition for o in offsets],
+            [o.next_offset for o in offsets],
+        ]

@@ -1,0 +1,279 @@
+"""The JobStore role on PostgreSQL: inserts, claims, outcomes, leases, workers, LISTEN."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import asyncpg
+import structlog
+
+from jobwire.models import Job, JobSpec, JobStatus, Outcome, StreamOffset
+from jobwire.store.base import (
+    ClaimRequest,
+    DirectStart,
+    Enqueued,
+    InvalidJobData,
+    NotifyCallback,
+    Renewal,
+    StoreUnavailable,
+    started_jobs,
+)
+from jobwire.store.pg_base import UNAVAILABLE, PgBase, guard, is_outage, server_settings
+
+log = structlog.get_logger("jobwire.store")
+
+
+def _claimed(row: asyncpg.Record) -> Job:
+    """A job as claim_jobs returns it (its columns by position)."""
+    return Job(
+        row[0],
+        row[1],
+        row[2],
+        JobStatus.RUNNING,
+        row[3],
+        row[4],
+        row[5],
+        row[6],
+        row[7],
+        row[8],
+        body=row[9],
+        content_type=row[10],
+        headers=row[11] or {},
+        source=row[12],
+        dedup_key=row[13],
+        worker_id=row[14],
+        started_at=row[15],
+        parent_id=row[16],
+        lease_until=row[17],
+    )
+
+
+class PgJobs(PgBase):
+    """What the intake and the worker pool run on PostgreSQL."""
+
+    async def enqueue(
+        self,
+        specs: Sequence[JobSpec],
+        direct: DirectStart | None = None,
+        offsets: Sequence[StreamOffset] = (),
+    ) -> Enqueued:
+        """Insert jobs in one statement; duplicates (by dedup key) yield None.
+
+        ``offsets`` (Kafka positions) are written in the same transaction as the rows.
+        """
+        if not specs and not offsets:
+            return Enqueued([])
+        rows = await self._insert(self._insert_args(specs, direct, offsets))
+        inserted_keys = {r["dedup_key"] for r in rows if r["dedup_key"] is not None}
+        # Identity values ascend in input order (the INSERT orders by ordinality), so the
+        # n-th inserted spec owns the n-th smallest id.
+        new_ids = iter(sorted(r["id"] for r in rows))
+        ids: list[int | None] = []
+        for spec in specs:
+            if spec.dedup_key is None:
+                ids.append(next(new_ids))
+            elif spec.dedup_key in inserted_keys:
+                # The first spec with a key owns the row; a repeat in the same batch does not.
+                inserted_keys.discard(spec.dedup_key)
+                ids.append(next(new_ids))
+            else:
+                ids.append(None)
+        return Enqueued(ids, started_jobs(specs, ids, direct, self._default_max_attempts))
+
+    async def enqueue_many(
+        self,
+        specs: Sequence[JobSpec],
+        direct: DirectStart | None = None,
+        offsets: Sequence[StreamOffset] = (),
+    ) -> list[int | None]:
+        """An id per spec, None for a duplicate (see enqueue)."""
+        return (await self.enqueue(specs, direct, offsets)).ids
+
+    async def _insert(self, columns: list[Any]) -> list[asyncpg.Record]:
+        try:
+            async with guard("enqueue"):
+                # One statement, rows and offsets: its own transaction, one round trip.
+                rows: list[asyncpg.Record] = await self._pool.fetch(
+                    self._q["insert_jobs"], *columns
+                )
+                return rows
+        except asyncpg.PostgresError as exc:
+            if is_outage(exc):
+                raise StoreUnavailable(f"enqueue: {type(exc).__name__}: {exc}") from exc
+            # Anything else is about the rows (a NUL character jsonb refuses, an integer out
+            # of range, JSON too deep for the server): the caller finds the row that did it.
+            raise InvalidJobData(f"{type(exc).__name__}: {exc}") from exc
+
+    async def stored_offsets(
+        self, group_id: str, partitions: Sequence[tuple[str, int]]
+    ) -> dict[tuple[str, int], int]:
+        """The next offset stored for each (topic, partition) of a consumer group."""
+        if not partitions:
+            return {}
+        async with guard("offsets"):
+            rows = await self._pool.fetch(
+                self._q["stored_offsets"],
+                group_id,
+                [t for t, _ in partitions],
+                [p for _, p in partitions],
+            )
+        return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+
+    async def claim(self, request: ClaimRequest) -> list[Job]:
+        """Claim ready jobs for one worker."""
+        queues = [q for q, n in request.per_queue.items() if n > 0]
+        if not queues or request.limit <= 0:
+            return []
+        async with guard("claim"):
+            rows = await self._pool.fetch(
+                self._q["claim_jobs"],
+                queues,
+                [request.per_queue[q] for q in queues],
+                request.limit,
+                request.worker_id,
+                request.lease,
+            )
+        # The claim's RETURNING gives rows in no particular order; the pool starts them in
+        # claim order.
+        return sorted((_claimed(r) for r in rows), key=lambda j: (-j.priority, j.id))
+
+    async def complete_many(self, worker_id: str, outcomes: Sequence[Outcome]) -> int:
+        """Write a batch of outcomes in one statement."""
+        if not outcomes:
+            return 0
+        async with guard("complete"):
+            count = await self._pool.fetchval(
+                self._q["complete_jobs"],
+                [o.job_id for o in outcomes],
+                [o.attempt for o in outcomes],
+                [str(o.status) for o in outcomes],
+                [o.duration for o in outcomes],
+                [o.result_json for o in outcomes],
+                [o.error for o in outcomes],
+                [o.retry_in or 0.0 for o in outcomes],
+                worker_id,
+                # Job id -> position in the arrays above (1-based, as SQL arrays are); the
+                # connection's jsonb codec serialises it.
+                {str(o.job_id): i for i, o in enumerate(outcomes, 1)},
+            )
+        return int(count)
+
+    async def renew_leases(self, worker_id: str, lease: float, job_ids: Sequence[int]) -> Renewal:
+        """Extend the leases of the jobs this worker still holds; report which it holds and
+        which of those were asked to cancel."""
+        if not job_ids:
+            return Renewal()
+        async with guard("renew leases"):
+            rows = await self._pool.fetch(self._q["renew_leases"], worker_id, lease, list(job_ids))
+        return Renewal(
+            held=frozenset(r["id"] for r in rows),
+            cancel=frozenset(r["id"] for r in rows if r["cancel_requested"]),
+        )
+
+    async def recover_expired_leases(self) -> list[int]:
+        """Take back jobs of dead workers."""
+        async with guard("recover leases"):
+            rows = await self._pool.fetch(self._q["recover_expired_leases"])
+        return [r["id"] for r in rows]
+
+    async def release_unknown(self, worker_id: str, known_ids: Sequence[int]) -> list[int]:
+        """Give back running jobs of this worker that it does not know it runs."""
+        async with guard("release unknown"):
+            rows = await self._pool.fetch(
+                self._q["release_unknown_jobs"], worker_id, list(known_ids)
+            )
+        return [r["id"] for r in rows]
+
+    async def release(self, worker_id: str, job_ids: Sequence[int]) -> list[int]:
+        """Give unfinished jobs back at shutdown."""
+        if not job_ids:
+            return []
+        async with guard("release"):
+            rows = await self._pool.fetch(self._q["release_jobs"], worker_id, list(job_ids))
+        return [r["id"] for r in rows]
+
+    async def ready_backlog(self, cap: int) -> int:
+        """Ready jobs, up to ``cap``."""
+        async with guard("backlog"):
+            return int(await self._pool.fetchval(self._q["ready_backlog"], cap))
+
+    async def existing(self, job_ids: Sequence[int]) -> set[int]:
+        """Ids among these with a committed row."""
+        if not job_ids:
+            return set()
+        async with guard("existing"):
+            rows = await self._pool.fetch(self._q["existing_ids"], list(job_ids))
+        return {r["id"] for r in rows}
+
+    async def set_progress(self, job_id: int, percent: int, note: str | None) -> None:
+        """Store progress of a running job."""
+        async with guard("progress"):
+            await self._pool.execute(self._q["set_progress"], job_id, percent, note)
+
+    async def register_worker(self, worker_id: str, host: str, pid: int, version: str) -> None:
+        """Insert this instance's row."""
+        async with guard("register worker"):
+            await self._pool.execute(self._q["register_worker"], worker_id, host, pid, version)
+
+    async def heartbeat_worker(self, worker_id: str, state: dict[str, Any]) -> None:
+        """Refresh this instance's heartbeat."""
+        async with guard("worker heartbeat"):
+            # The connection's jsonb codec serialises the dict itself.
+            await self._pool.execute(self._q["heartbeat_worker"], worker_id, state)
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        """Delete this instance's row."""
+        async with guard("unregister worker"):
+            await self._pool.execute(self._q["unregister_worker"], worker_id)
+
+    def _relay(self, on_notify: NotifyCallback) -> Callable[[Any, int, str, str], None]:
+        def relay(_conn: Any, pid: int, _channel: str, message: str) -> None:
+            # Our own inserts already woke our pool (Intake calls wake()); echoing them back
+            # would cost a claim per batch. Cancel requests are always passed on.
+            if message == "jobs" and pid in self._own_backends:
+                return
+            on_notify(message)
+
+        return relay
+
+    async def listen(self, on_notify: NotifyCallback, on_reconnect: Callable[[], None]) -> None:
+        """LISTEN on a dedicated connection; reconnect with backoff and report each reconnect."""
+        delay = 0.1
+        connected_before = False
+        while True:
+            try:
+                conn = await asyncpg.connect(
+                    self._dsn, server_settings=server_settings(self._schema)
+                )
+            except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+                log.warning("listen_connect_failed", error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            lost = asyncio.Event()
+            conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+            try:
+                await conn.add_listener(self._channel, self._relay(on_notify))
+                delay = 0.1
+                if connected_before:
+                    log.info("listen_reconnected", channel=self._channel)
+                    # Anything inserted while we were deaf is found by a catch-up claim.
+                    on_reconnect()
+                connected_before = True
+                while not lost.is_set():
+                    # A silent (half-open) connection sends no termination: ping it now and then.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(5.0):
+                            await lost.wait()
+                        break
+                    await conn.fetchval(self._q["ping"], timeout=5.0)
+            except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+                log.warning("listen_connection_lost", error=str(exc))
+            finally:
+                if not conn.is_closed():
+                    conn.terminate()
+            if lost.is_set():
+                log.warning("listen_connection_lost", error="connection closed")
