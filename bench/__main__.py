@@ -486,12 +486,17 @@ def _report(
         "extra": extra,
     }
     (RESULTS / f"{stamp}.json").write_text(json.dumps(data, indent=2))
-    _chart(medians, RESULTS / f"{stamp}.png")
-    print(f"written: bench/results/{stamp}.json, .png")
+    if _chart(medians, RESULTS / f"{stamp}.png"):
+        print(f"written: bench/results/{stamp}.json, .png")
+    else:
+        print(f"written: bench/results/{stamp}.json (no chart: pip install -e '.[bench]')")
 
 
-def _chart(medians: dict[str, float], path: Path) -> None:
-    import matplotlib
+def _chart(medians: dict[str, float], path: Path) -> bool:
+    try:
+        import matplotlib
+    except ImportError:  # the chart is a nicety; the figures are printed and saved already
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -507,6 +512,7 @@ def _chart(medians: dict[str, float], path: Path) -> None:
         ax.text(medians[n], i, f" {medians[n]:,.0f}", va="center")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    return True
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Wiring and lifecycle: the one place that builds the store, the pool and (later) the sources."""
+"""Wiring and lifecycle: the one place that builds the services and starts them in order."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -20,10 +20,12 @@ from jobwire.config import Config, SourceBase
 from jobwire.flow import BacklogGate
 from jobwire.handlers import HandlerRegistry
 from jobwire.intake import Intake
+from jobwire.maintenance import Maintenance
 from jobwire.metrics import Metrics
 from jobwire.redaction import redact_data, remember, secret_values
 from jobwire.routing import Router
 from jobwire.scheduler import Scheduler
+from jobwire.services import LoopService, Service, ServiceGroup
 from jobwire.store.base import JobStore, StoreRefused, StoreUnavailable
 from jobwire.store.embedded import EmbeddedPostgres
 from jobwire.store.postgres import PostgresStore, migrate
@@ -173,15 +175,62 @@ class Source:
         }
 
 
+class Sources:
+    """Every source as one service: started together, stopped together."""
+
+    name = "sources"
+
+    def __init__(self, sources: Sequence[Source], stop_timeout: float = 10.0) -> None:
+        self.sources = list(sources)
+        self.stop_timeout = stop_timeout
+
+    async def start(self) -> None:
+        """Start consuming from every source."""
+        for source in self.sources:
+            source.start()
+
+    async def stop(self) -> None:
+        """Stop every source at once, each storing and settling what it took."""
+        await asyncio.gather(*(s.stop(timeout=self.stop_timeout) for s in self.sources))
+
+
+class HttpService:
+    """The HTTP server as a service; a taken port is a ListenError, not a crash."""
+
+    name = "http"
+
+    def __init__(self, api: HttpApi, listen: str) -> None:
+        self.api = api
+        self.listen = listen
+
+    async def start(self) -> None:
+        """Bind and serve."""
+        try:
+            await self.api.start()
+        except OSError as exc:
+            # An operator's mistake, not a crash: the CLI prints one line, exits 2.
+            raise ListenError("http.listen", self.listen, _bind_reason(exc)) from exc
+
+    async def stop(self) -> None:
+        """Stop serving."""
+        await self.api.stop()
+
+
 def build_sources(
-    config: Config, registry: HandlerRegistry, store: JobStore, pool: WorkerPool
+    config: Config,
+    registry: HandlerRegistry,
+    store: JobStore,
+    pool: WorkerPool,
+    on_stored: Callable[[int], None] | None = None,
 ) -> list[Source]:
     """Adapter, router and intake for every configured source."""
     sources = []
     for cfg in config.sources:
         adapter = build_adapter(cfg, store.stored_offsets)
         router = Router(cfg, registry.names(), adapter.default_dedup)
-        intake = Intake(cfg, adapter, router, store, pool, config.retry.max_attempts)
+        intake = Intake(
+            cfg, adapter, router, store, pool, config.retry.max_attempts, on_stored=on_stored
+        )
         sources.append(Source(cfg, adapter, intake))
     return sources
 
@@ -225,84 +274,96 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
 
+    def _pool_figures(self) -> dict[str, int]:
+        return self.pool.figures() if self.pool is not None else {}
+
+    def build(self, store: PostgresStore) -> list[Service]:
+        """Every service, in start order; each gets what it needs at construction.
+
+        Stopped in reverse: the sources first, so no delivery is left taken but unsettled,
+        then the leader's loops and the gate, then the pool, then the HTTP server.
+        """
+        config = self.config
+        self.metrics = Metrics(
+            store,
+            self._pool_figures,
+            self.describe_sources,
+            store.pool_usage,
+            backlog_cap=config.workers.max_backlog or 1_000_000,
+            queues=config.queue_names(),
+        )
+        self.pool = WorkerPool(
+            store,
+            self.registry,
+            config,
+            on_outcome=self.metrics.observe,
+            extra_state=lambda: {"sources": self.describe_sources()},
+        )
+        services: list[Service] = []
+        if config.http.enabled:
+            self.http = HttpApi(
+                config.http,
+                store,
+                self.metrics,
+                self.describe_sources,
+                self.pool.wake,
+                frozenset(s.name for s in config.sources if s.required),
+                allowed_handlers=frozenset(self.registry.names()),
+            )
+            # First: a taken port fails before anything runs.
+            services.append(HttpService(self.http, config.http.listen))
+        services.append(self.pool)
+        gate = None
+        high = config.workers.max_backlog
+        if high is not None and config.sources:
+            low = config.workers.backlog_resume
+            gate = BacklogGate(
+                store,
+                lambda: [s.intake for s in self.sources],
+                high,
+                int(high * 0.8) if low is None else low,
+            )
+            services.append(gate)
+        self.sources = build_sources(
+            config,
+            self.registry,
+            store,
+            self.pool,
+            on_stored=gate.note_stored if gate is not None else None,
+        )
+        # An instance without schedules of its own still fires those other instances wrote
+        # to the table, as it did when the scheduler also ran the purge (retention on).
+        if config.schedules or config.retention.enabled:
+            scheduler = Scheduler(store, config, self.pool.wake, schema=config.database.db_schema)
+            # Without schedules: leaves the table as other instances set it.
+            sync = scheduler.sync if config.schedules else None
+            services.append(LoopService("scheduler", scheduler.run, prepare=sync))
+        if config.retention.enabled:
+            services.append(Maintenance(store, config.retention, schema=config.database.db_schema))
+        services.append(Sources(self.sources))
+        return services
+
     async def run(self) -> None:
         """Run until a stop is requested, then drain and return."""
         log.info("daemon_starting", version=__version__, pid=os.getpid())
         async with open_store(self.config) as store:
-            self.pool = WorkerPool(store, self.registry, self.config)
-            self.sources = build_sources(self.config, self.registry, store, self.pool)
-            self.pool.extra_state = lambda: {"sources": self.describe_sources()}
-            self.metrics = Metrics(
-                store,
-                self.pool.figures,
-                self.describe_sources,
-                store.pool_usage,
-                backlog_cap=self.config.workers.max_backlog or 1_000_000,
-                queues=self.config.queue_names(),
-            )
-            self.pool.on_outcome = self.metrics.observe
-            if self.config.http.enabled:
-                self.http = HttpApi(
-                    self.config.http,
-                    store,
-                    self.metrics,
-                    self.describe_sources,
-                    self.pool.wake,
-                    frozenset(s.name for s in self.config.sources if s.required),
-                    allowed_handlers=frozenset(self.registry.names()),
+            services = ServiceGroup(self.build(store))
+            watchdog = None
+            try:
+                await services.start()
+                _sd_notify("READY=1\nSTATUS=running")
+                self.ready.set()
+                watchdog = _start_watchdog()
+                log.info(
+                    "daemon_ready",
+                    worker=self.pool.worker_id if self.pool is not None else None,
+                    sources=[s.cfg.name for s in self.sources],
+                    services=services.started,
                 )
-                try:
-                    await self.http.start()  # first: a taken port fails before anything runs
-                except OSError as exc:
-                    # An operator's mistake, not a crash: the CLI prints one line, exits 2.
-                    raise ListenError(
-                        "http.listen", self.config.http.listen, _bind_reason(exc)
-                    ) from exc
-            await self.pool.start()
-            gate_task = None
-            high = self.config.workers.max_backlog
-            if high is not None and self.sources:
-                low = self.config.workers.backlog_resume
-                gate = BacklogGate(
-                    store,
-                    [s.intake for s in self.sources],
-                    high,
-                    int(high * 0.8) if low is None else low,
-                )
-                for source in self.sources:
-                    source.intake.on_stored = gate.note_stored
-                gate_task = asyncio.create_task(gate.run(), name="jobwire-backlog")
-            scheduler_task = None
-            # Always: the leader also runs the built-in retention purge.
-            if self.config.schedules or self.config.retention.enabled:
-                scheduler = Scheduler(
-                    store, self.config, self.pool.wake, schema=self.config.database.db_schema
-                )
-                if self.config.schedules:
-                    # An instance without schedules: leaves the table as other instances set it.
-                    await scheduler.sync()
-                scheduler_task = asyncio.create_task(scheduler.run(), name="jobwire-scheduler")
-            for source in self.sources:
-                source.start()
-            _sd_notify("READY=1\nSTATUS=running")
-            self.ready.set()
-            watchdog = _start_watchdog()
-            log.info(
-                "daemon_ready",
-                worker=self.pool.worker_id,
-                sources=[s.cfg.name for s in self.sources],
-            )
-            await self.stop_requested.wait()
-            _sd_notify("STOPPING=1")
-            for task in (gate_task, scheduler_task):
-                if task is not None:
-                    task.cancel()  # the scheduler releases leadership (closes its connection)
-                    await asyncio.wait({task}, timeout=5)
-            # Sources first: no delivery may be left taken but unsettled when the pool stops.
-            await asyncio.gather(*(s.stop(timeout=10) for s in self.sources))
-            await self.pool.stop()
-            if watchdog is not None:
-                watchdog.cancel()
-            if self.http is not None:
-                await self.http.stop()
+                await self.stop_requested.wait()
+                _sd_notify("STOPPING=1")
+            finally:
+                if watchdog is not None:
+                    watchdog.cancel()
+                await services.stop()
         log.info("daemon_stopped")

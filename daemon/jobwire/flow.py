@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import structlog
 
@@ -14,13 +14,24 @@ log = structlog.get_logger("jobwire.flow")
 
 
 class BacklogGate:
-    """Holds every intake above ``high`` ready jobs and releases them at or below ``low``."""
+    """Holds every intake above ``high`` ready jobs and releases them at or below ``low``.
+
+    ``intakes`` may be a callable: the intakes are built after the gate, since each takes
+    the gate's ``note_stored`` at construction.
+    """
+
+    name = "backlog gate"
 
     def __init__(
-        self, store: JobStore, intakes: Sequence[Intake], high: int, low: int, interval: float = 1.0
+        self,
+        store: JobStore,
+        intakes: Sequence[Intake] | Callable[[], Sequence[Intake]],
+        high: int,
+        low: int,
+        interval: float = 1.0,
     ) -> None:
         self.store = store
-        self.intakes = list(intakes)
+        self._intakes = intakes
         self.high = high
         self.low = low
         self.interval = interval
@@ -28,6 +39,24 @@ class BacklogGate:
         self.last_backlog = 0
         self._stored_since_check = 0
         self._checking: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def intakes(self) -> list[Intake]:
+        """The intakes this gate holds and releases."""
+        intakes = self._intakes
+        return list(intakes() if callable(intakes) else intakes)
+
+    async def start(self) -> None:
+        """Start checking every ``interval``."""
+        self._task = asyncio.create_task(self.run(), name="jobwire-backlog")
+
+    async def stop(self) -> None:
+        """Stop checking."""
+        for task in (self._task, self._checking):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait({task}, timeout=5)
 
     def note_stored(self, count: int) -> None:
         """Intake stored ``count`` jobs: check at once if that may have crossed the mark.

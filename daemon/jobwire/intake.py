@@ -15,14 +15,13 @@ import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import structlog
 
 from jobwire import failpoints
 from jobwire.config import SourceBase
-from jobwire.models import Job, JobSpec, JobStatus, Message, StreamOffset
+from jobwire.models import Job, JobSpec, Message, StreamOffset
 from jobwire.routing import UNROUTABLE, Poison, Routed, Router
 from jobwire.storable import storable_text
 from jobwire.store.base import DirectStart, InvalidJobData, JobStore, StoreUnavailable
@@ -110,6 +109,7 @@ class Intake:
         store: JobStore,
         pool: Handoff,
         default_max_attempts: int,
+        on_stored: Callable[[int], None] | None = None,
     ) -> None:
         self.source = source
         self.adapter = adapter
@@ -131,7 +131,7 @@ class Intake:
         # Dedup keys of messages the dead-letter target did not confirm (oldest first).
         self._dead_letter_failed: dict[str, None] = {}
         # Told how many jobs each batch stored (flow control's early warning).
-        self.on_stored: Callable[[int], None] = lambda _count: None
+        self.on_stored: Callable[[int], None] = on_stored or (lambda _count: None)
         self._log = log.bind(source=source.name)
 
     def submit(self, message: Message) -> None:
@@ -444,12 +444,13 @@ class Intake:
         reserved, direct = self._reserve(specs)
         try:
             try:
-                ids = await self.store.enqueue_many(specs, direct, offsets)
+                enqueued = await self.store.enqueue(specs, direct, offsets)
+                ids, to_start = enqueued.ids, enqueued.started
             except InvalidJobData as exc:
                 # Nothing was written (one statement). Split it with no direct start: the
                 # pool claims what is stored, so no row can be left running without a task.
                 direct = None
-                ids = [None] * len(specs)
+                ids, to_start = [None] * len(specs), []
                 await self._bisect(routed, bodies, 0, len(specs), exc, ids)
                 if offsets:
                     # Only once every row is in: a crash before this reads the batch again,
@@ -459,7 +460,7 @@ class Intake:
                 if direct is not None:
                     self.pool.orphans_possible()
                 raise
-            started = self._start_direct(specs, ids, direct)
+            started = self._start_direct(to_start)
         finally:
             self._unreserve(reserved)
         runnable = sum(
@@ -526,39 +527,11 @@ class Intake:
             # Not this message: the store refuses the simplest row there is.
             raise StoreUnavailable(f"the store refuses even a bare failed job: {exc}") from exc
 
-    def _start_direct(
-        self, specs: Sequence[JobSpec], ids: Sequence[int | None], direct: DirectStart | None
-    ) -> int:
-        if direct is None:
-            return 0
-        now = datetime.now(UTC)
-        started = 0
-        for spec, job_id, flag in zip(specs, ids, direct.flags, strict=True):
-            if not flag or job_id is None:
-                continue  # not handed off, or a duplicate that made no row
-            self.pool.start_inserted(
-                Job(
-                    id=job_id,
-                    handler=spec.handler,
-                    queue=spec.queue,
-                    status=JobStatus.RUNNING,
-                    priority=spec.priority,
-                    attempts=1,
-                    max_attempts=spec.max_attempts or self.default_max_attempts,
-                    payload=spec.payload,
-                    run_at=now,
-                    created_at=now,
-                    body=spec.body,
-                    content_type=spec.content_type,
-                    headers=spec.headers,
-                    source=spec.source,
-                    dedup_key=spec.dedup_key,
-                    worker_id=direct.worker_id,
-                    started_at=now,
-                )
-            )
-            started += 1
-        return started
+    def _start_direct(self, jobs: Sequence[Job]) -> int:
+        """Hand the pool the jobs the insert made running in it; returns how many."""
+        for job in jobs:
+            self.pool.start_inserted(job)
+        return len(jobs)
 
     async def _settle(self, action: Callable[[], Awaitable[None]] | None) -> None:
         if action is None:

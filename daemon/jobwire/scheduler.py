@@ -18,7 +18,7 @@ import structlog
 
 from jobwire.config import Config, ScheduleConfig
 from jobwire.models import JobSpec
-from jobwire.store.base import StoreUnavailable
+from jobwire.store.base import ScheduleRow, StoreUnavailable
 from jobwire.ticks import CatchUp, TickRule, choose
 
 log = structlog.get_logger("jobwire.scheduler")
@@ -40,7 +40,7 @@ class ScheduleStore(Protocol):
     async def sync_schedules(self, rows: Sequence[dict[str, Any]]) -> None:
         """Write the configured schedules."""
 
-    async def due_schedules(self) -> list[dict[str, Any]]:
+    async def due_schedules(self) -> list[ScheduleRow]:
         """Enabled schedules whose next tick has come."""
 
     async def fire_schedule(
@@ -55,9 +55,6 @@ class ScheduleStore(Protocol):
 
     async def try_leadership(self, key: str) -> LeaderLock | None:
         """A LeaderLock, or None when another instance leads."""
-
-    async def purge_finished(self, older_than: float, batch: int) -> int:
-        """Delete one batch of old finished jobs, oldest first."""
 
 
 def schedule_rows(schedules: Sequence[ScheduleConfig], now: datetime) -> list[dict[str, Any]]:
@@ -84,26 +81,26 @@ def schedule_rows(schedules: Sequence[ScheduleConfig], now: datetime) -> list[di
     ]
 
 
-def rule_of(row: dict[str, Any]) -> TickRule:
+def rule_of(row: ScheduleRow) -> TickRule:
     """The timing of a schedules row."""
     return TickRule(
-        cron=row["cron"],
-        every=row["interval_s"],
-        timezone=row["timezone"],
-        start_at=row["start_at"],
-        end_at=row["end_at"],
+        cron=row.cron,
+        every=row.interval_s,
+        timezone=row.timezone,
+        start_at=row.start_at,
+        end_at=row.end_at,
     )
 
 
-def tick_spec(row: dict[str, Any], tick: datetime | None) -> JobSpec:
+def tick_spec(row: ScheduleRow, tick: datetime | None) -> JobSpec:
     """The job one tick makes; a tick's dedup key makes a second firing impossible."""
-    name = row["name"]
+    name = row.name
     return JobSpec(
-        handler=row["handler"],
-        payload=row["payload"],
-        queue=row["queue"],
-        priority=row["priority"],
-        max_attempts=row["max_attempts"],
+        handler=row.handler,
+        payload=row.payload,
+        queue=row.queue,
+        priority=row.priority,
+        max_attempts=row.max_attempts,
         source=f"schedule:{name}",
         dedup_key=None if tick is None else f"schedule:{name}:{tick.isoformat()}",
     )
@@ -160,13 +157,9 @@ class Scheduler:
         log.info("scheduler_leading", lock=self.lock_key)
         loop = asyncio.get_running_loop()
         next_ping = loop.time() + 2.0
-        next_purge = loop.time() + 5.0  # not in the first seconds of a start-up
         while True:
             try:
                 await self.fire_due()
-                if self.config.retention.enabled and loop.time() >= next_purge:
-                    next_purge = loop.time() + self.config.retention.every
-                    await self.purge()
             except StoreUnavailable as exc:
                 log.warning("scheduler_store_unavailable", error=str(exc))
             await asyncio.sleep(self.check_every)
@@ -176,50 +169,37 @@ class Scheduler:
                     log.warning("scheduler_lock_lost")
                     return
 
-    async def purge(self) -> int:
-        """Delete finished jobs past retention.finished, in small batches with pauses."""
-        retention = self.config.retention
-        total = 0
-        while True:
-            deleted = await self.store.purge_finished(retention.finished, retention.batch)
-            total += deleted
-            if deleted < retention.batch:
-                break
-            await asyncio.sleep(0.05)  # small batches, room for the real work in between
-        if total:
-            log.info("jobs_purged", count=total, older_than_s=retention.finished)
-        return total
-
     async def fire_due(self) -> int:
         """Fire every due schedule once; returns how many jobs were made."""
         made = 0
         now = datetime.now(UTC)
         for row in await self.store.due_schedules():
             rule = rule_of(row)
-            due = rule.due(row["next_run_at"], now)
-            if not due:
+            expected = row.next_run_at  # never None in a due row
+            due = rule.due(expected, now) if expected is not None else []
+            if not due or expected is None:
                 continue
-            policy: CatchUp = row["catch_up"]
+            policy: CatchUp = row.catch_up
             # A tick is "missed" once it is older than the grace, or than one interval for
             # fast interval schedules: a 1s schedule that is 3s behind has missed 2 ticks.
-            grace = min(self.grace, row["interval_s"] or self.grace)
+            grace = min(self.grace, row.interval_s or self.grace)
             chosen = choose(due, now, policy, grace)
-            if row["max_runs"] is not None:
-                chosen = chosen[: max(0, row["max_runs"] - row["run_count"])]
+            if row.max_runs is not None:
+                chosen = chosen[: max(0, row.max_runs - row.run_count)]
             specs = [tick_spec(row, tick) for tick in chosen]
             inserted = await self.store.fire_schedule(
-                row["name"],
+                row.name,
                 specs,
                 chosen[-1] if chosen else None,
                 rule.next_after(due[-1]),
-                row["next_run_at"],
+                expected,
             )
             if inserted is None:
                 continue  # another leader moved it on first
             made += inserted
             log.info(
                 "schedule_fired",
-                schedule=row["name"],
+                schedule=row.name,
                 ticks=len(chosen),
                 skipped=len(due) - len(chosen),
                 jobs=inserted,

@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 
 from jobwire.config import Config
+from jobwire.maintenance import Maintenance
 from jobwire.scheduler import Scheduler
 from jobwire.store.postgres import PostgresStore
 from tests.support.daemon import jobwire, write_config
@@ -124,13 +125,13 @@ async def test_max_runs_and_end_at_stop_a_schedule(database_url: str) -> None:
 
         async def stopped() -> bool:
             rows = await store.list_schedules()
-            return not rows[0]["enabled"]
+            return not rows[0].enabled
 
         await wait_for(stopped, timeout=15, what="schedule disabled after max_runs")
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         assert len(await tick_times(database_url)) == 3
-        assert (await store.list_schedules())[0]["run_count"] == 3
+        assert (await store.list_schedules())[0].run_count == 3
     finally:
         await store.close()
 
@@ -225,7 +226,7 @@ async def test_retention_purges_old_finished_jobs_and_their_runs(database_url: s
                 ids[20],
             )
             config = Config.model_validate({"retention": {"finished": "30d", "batch": 7}})
-            purged = await Scheduler(store, config, lambda: None).purge()
+            purged = await Maintenance(store, config.retention).purge()
             left = await conn.fetchval("SELECT count(*) FROM jobwire.jobs")
             runs = await conn.fetchval("SELECT count(*) FROM jobwire.job_runs")
         finally:
@@ -234,3 +235,47 @@ async def test_retention_purges_old_finished_jobs_and_their_runs(database_url: s
         await store.close()
     assert purged == 20  # in batches of 7: 7 + 7 + 6
     assert (left, runs) == (5, 5)
+
+
+async def test_one_maintenance_leader_purges_and_another_takes_over(database_url: str) -> None:
+    from jobwire.config import RetentionConfig
+    from jobwire.models import JobSpec
+
+    retention = RetentionConfig.model_validate({"finished": "30d", "every": "100ms"})
+    stores = [await PostgresStore.connect(database_url, min_size=1, max_size=2) for _ in range(2)]
+    services = [
+        Maintenance(s, retention, retry_every=0.2, check_every=0.05, first_purge_after=0)
+        for s in stores
+    ]
+    conn = await asyncpg.connect(database_url)
+
+    async def finish_long_ago(job_id: int | None) -> None:
+        await conn.execute(
+            "UPDATE jobwire.jobs SET status = 'succeeded', finished_at = now() - interval"
+            " '40 days' WHERE id = $1",
+            job_id,
+        )
+
+    async def left(expected: int) -> bool:
+        return bool(await conn.fetchval("SELECT count(*) FROM jobwire.jobs") == expected)
+
+    try:
+        ids = await stores[0].enqueue_many([JobSpec("noop") for _ in range(2)])
+        for service in services:
+            await service.start()
+        await wait_for(lambda: any(m.leading for m in services), timeout=10, what="a leader")
+        assert sum(m.leading for m in services) == 1  # one leader, by the advisory lock
+        await finish_long_ago(ids[0])
+        await wait_for(lambda: left(1), timeout=10, what="the old job purged")
+        leader = next(m for m in services if m.leading)
+        other = services[1 - services.index(leader)]
+        await leader.stop()  # its lock's connection closes with it
+        await wait_for(lambda: other.leading, timeout=10, what="the other instance leading")
+        await finish_long_ago(ids[1])
+        await wait_for(lambda: left(0), timeout=10, what="purged by the new leader")
+    finally:
+        for service in services:
+            await service.stop()
+        await conn.close()
+        for store in stores:
+            await store.close()

@@ -103,10 +103,10 @@ async def test_a_timed_out_thread_keeps_its_slot_until_it_returns(gate: threadin
     assert "timed out after 0.2s" in (store.jobs[first_id].last_error or "")
     assert contexts[0].cancelled
     # The attempt is over, its thread is not: no slot is free, however often the pool looks.
-    assert pool._free_slots() == ({"default": 0, "short": 0}, 0)
+    assert pool.state.free_slots() == ({"default": 0, "short": 0}, 0)
     for _ in range(3):
         pool.wake()
-        await wait_for(lambda: not pool._wake.is_set(), what="the claim loop looked")
+        await wait_for(lambda: not pool.state.wake.is_set(), what="the claim loop looked")
     assert events == ["stuck started"]
     assert store.jobs[second_id].status == JobStatus.PENDING
     gate.set()
@@ -143,7 +143,7 @@ async def test_threaded_handlers_see_a_cancel_and_report_progress(gate: threadin
 
     await wait_for(cancelled, timeout=5, what="the job cancelled")
     # The thread saw the flag and returned: its slot is free again.
-    await wait_for(lambda: not pool._lingering, timeout=5, what="the thread returned")
+    await wait_for(lambda: not pool.state.lingering, timeout=5, what="the thread returned")
     await pool.stop()
 
 

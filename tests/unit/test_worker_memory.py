@@ -318,7 +318,7 @@ async def test_ready_work_announced_while_the_pool_is_full_goes_before_the_next_
     assert pool.reserve("default", 1) == 1  # the only slot: an intake insert in flight
     (older,) = await store.enqueue_many([JobSpec("noop")])  # another producer's job
     pool.wake()
-    await wait_for(lambda: not pool._wake.is_set(), what="the claim loop looked")
+    await wait_for(lambda: not pool.state.wake.is_set(), what="the claim loop looked")
     pool.unreserve("default", 1)  # the insert is done and its job gone: the slot is free
     assert pool.reserve("default", 1) == 0  # not for the intake's next batch: the older job
     pool.wake()  # the intake stored that batch as ready, and says so
@@ -359,7 +359,7 @@ async def test_a_job_a_renewal_no_longer_returns_is_stopped_and_writes_nothing()
         await pool.start()
         await wait_for(lambda: contexts, what="the job running")
         await take_back(store, job_id)
-        await wait_for(lambda: job_id not in pool._running, timeout=5, what="the job stopped")
+        await wait_for(lambda: job_id not in pool.state.running, timeout=5, what="the job stopped")
         await pool.stop()
     assert contexts[0].cancelled
     # Only the recovery's row: this pool wrote no outcome, the job is the other's.
@@ -383,9 +383,9 @@ async def test_an_unwritten_outcome_of_a_job_no_longer_held_is_dropped() -> None
     with capture_logs() as logs:
         await pool.start()
         await wait_for(lambda: pool.counters.succeeded == 1, what="the job finished here")
-        assert [o.job_id for o in pool._outcomes] == [job_id]
+        assert [o.job_id for o in pool.state.outcomes] == [job_id]
         await take_back(store, job_id)
-        await wait_for(lambda: not pool._outcomes, timeout=5, what="the outcome dropped")
+        await wait_for(lambda: not pool.state.outcomes, timeout=5, what="the outcome dropped")
         await pool.stop()
     assert [r["status"] for r in await store.runs(job_id)] == ["lost"]
     assert store.jobs[job_id].worker_id == "other-instance"
@@ -421,7 +421,7 @@ async def test_a_frozen_pool_stops_its_jobs_once_it_runs_again() -> None:
         time.sleep(1.5)  # noqa: ASYNC251 - the point: the whole loop frozen past the lease
         frozen_at = len(renewed)
         await wait_for(lambda: contexts[0].cancelled, timeout=5, what="the job stopped")
-        await wait_for(lambda: job_id not in pool._running or len(contexts) > 1, what="ended")
+        await wait_for(lambda: job_id not in pool.state.running or len(contexts) > 1, what="ended")
         await pool.stop()
     # Stopped before the first renewal after the thaw, which no longer asked for it; nothing
     # written by this attempt (the store still called it ours: the pool's own recovery then
@@ -460,8 +460,9 @@ async def test_jobs_stop_at_the_end_of_a_lease_a_hanging_renewal_cannot_extend()
         hung_at = time.monotonic()
         await wait_for(lambda: contexts[0].cancelled, timeout=5, what="the job stopped")
         assert time.monotonic() - hung_at <= 1.5  # by the lease's end, not a later retry
-        await wait_for(lambda: job_id not in pool._running, what="its task ended")
-        pool._tasks[2].cancel()  # the lease loop waits on the hung renewal forever
+        await wait_for(lambda: job_id not in pool.state.running, what="its task ended")
+        assert pool.leases.task is not None
+        pool.leases.task.cancel()  # the lease loop waits on the hung renewal forever
         await pool.stop()
     assert [r["status"] for r in await store.runs(job_id)] == []  # nothing written
     (event,) = lease_lost_events(logs)

@@ -1,0 +1,60 @@
+"""What one attempt's end becomes: an Outcome to write, built from a result or an error."""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from typing import Any
+
+from jobwire.models import Job, JobStatus, Outcome
+from jobwire.retry import Backoff
+
+_MAX_ERROR_CHARS = 8000
+
+
+class OutcomeBuilder:
+    """Builds outcomes: success, a retry after the backoff (or failure at the last
+    attempt), or a final status."""
+
+    def __init__(self, backoff: Backoff) -> None:
+        self.backoff = backoff
+
+    def succeeded(self, job: Job, result: Any, duration: float) -> Outcome:
+        """Success, with the result as JSON; a result that is not JSON fails the job."""
+        try:
+            result_json = None if result is None else json.dumps(result)
+        except (TypeError, ValueError) as exc:
+            return Outcome(
+                job.id,
+                job.attempts,
+                JobStatus.FAILED,
+                duration,
+                error=f"result is not JSON serialisable: {exc}",
+            )
+        return Outcome(job.id, job.attempts, JobStatus.SUCCEEDED, duration, result_json=result_json)
+
+    def retry_or_fail(self, job: Job, error: str, duration: float, after: float | None) -> Outcome:
+        """Retry after ``after`` (or the backoff), or fail if that was the last attempt."""
+        if job.attempts >= job.max_attempts:
+            return Outcome(
+                job.id,
+                job.attempts,
+                JobStatus.FAILED,
+                duration,
+                error=f"{error} (attempt {job.attempts} of {job.max_attempts})",
+            )
+        delay = after if after is not None else self.backoff.delay(job.attempts)
+        return Outcome(
+            job.id, job.attempts, JobStatus.RETRYING, duration, error=error, retry_in=delay
+        )
+
+    def final(self, job: Job, status: JobStatus, error: str, started: float) -> Outcome:
+        """A final status (failed, cancelled) for an attempt begun at ``started``."""
+        return Outcome(job.id, job.attempts, status, time.monotonic() - started, error=error)
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` on the first line (for logs and lists), the traceback below it."""
+    trace = "".join(traceback.format_exception(exc, limit=-8))
+    return f"{type(exc).__name__}: {exc}\n{trace[-_MAX_ERROR_CHARS:]}".rstrip()

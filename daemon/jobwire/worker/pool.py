@@ -1,0 +1,158 @@
+"""The worker pool: the claimer, executor, completer and lease keeper over one shared slot
+count, and the direct hand-off from the intake."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from jobwire import __version__
+from jobwire.config import Config
+from jobwire.handlers import HandlerRegistry
+from jobwire.models import Job, Outcome
+from jobwire.retry import Backoff
+from jobwire.store.base import JobStore
+from jobwire.worker.claimer import Claimer
+from jobwire.worker.completer import Completer
+from jobwire.worker.executor import Executor
+from jobwire.worker.leases import LeaseKeeper
+from jobwire.worker.outcomes import OutcomeBuilder
+from jobwire.worker.state import PoolCounters, PoolState, bounded, log, make_worker_id
+
+
+class WorkerPool:
+    """Runs jobs from a JobStore with whole-pool and per-queue concurrency limits."""
+
+    name = "pool"
+
+    def __init__(
+        self,
+        store: JobStore,
+        registry: HandlerRegistry,
+        config: Config,
+        worker_id: str | None = None,
+        *,
+        on_outcome: Callable[[Job, Outcome], None] | None = None,
+        extra_state: Callable[[], dict[str, Any]] = dict,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.config = config
+        self.worker_id = worker_id or make_worker_id()
+        self.state = PoolState(config, self.worker_id)
+        self.completer = Completer(self.state, store, on_outcome)
+        self.executor = Executor(
+            self.state,
+            store,
+            registry,
+            OutcomeBuilder(Backoff.from_config(config.retry)),
+            self.completer.record,
+        )
+        self.claimer = Claimer(self.state, store, self.executor.start_job, self.executor.cancel)
+        self.leases = LeaseKeeper(self.state, store, self.executor, self.completer, extra_state)
+
+    @property
+    def counters(self) -> PoolCounters:
+        """In-process counts (stats, metrics, tests)."""
+        return self.state.counters
+
+    def wake(self) -> None:
+        """Claim now: called after a local insert and on every notification."""
+        self.state.wake.set()
+
+    # -- direct hand-off: intake inserts jobs already running here, skipping the claim --
+
+    def reserve(self, queue: str, wanted: int) -> int:
+        """Slots for jobs being inserted right now; 0 while older ready work is waiting."""
+        state = self.state
+        if (
+            state.stopping.is_set()
+            or state.backlog
+            or state.reconciling
+            or queue not in state.limits
+        ):
+            return 0
+        granted = max(0, min(wanted, state.free_total(), state.free_in(queue)))
+        if granted < wanted:
+            # The rest are stored as ready: they are older than whatever comes next.
+            state.backlog = True
+        if granted:
+            state.reserved[queue] = state.reserved.get(queue, 0) + granted
+            state.reserved_total += granted
+        return granted
+
+    def unreserve(self, queue: str, count: int) -> None:
+        """Return reserved slots (used or not) after the insert."""
+        state = self.state
+        state.reserved[queue] = state.reserved.get(queue, 0) - count
+        state.reserved_total -= count
+        state.note_settled()
+
+    def orphans_possible(self) -> None:
+        """An insert of directly started jobs failed unseen: look for rows left running."""
+        self.state.orphans_possible = True
+
+    def direct_start(self) -> tuple[str, float]:
+        """Worker id and lease to insert directly started jobs with."""
+        return self.worker_id, self.config.workers.lease
+
+    def start_inserted(self, job: Job) -> None:
+        """Run a job the intake inserted as running in this worker (its slot was reserved)."""
+        self.state.counters.direct += 1
+        # Counted from now, a moment after the insert: were the process frozen in between,
+        # the renewal due at once after the thaw finds whether the job is still ours.
+        self.executor.start_job(job, time.monotonic())
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Register this instance and start the pool's parts."""
+        await self.store.register_worker(
+            self.worker_id, socket.gethostname(), os.getpid(), __version__
+        )
+        structlog.contextvars.bind_contextvars(worker=self.worker_id)
+        await self.executor.start()
+        await self.claimer.start()
+        await self.completer.start()
+        await self.leases.start()
+        log.info(
+            "pool_started",
+            concurrency=self.config.workers.concurrency,
+            queues=self.state.limits,
+            handlers=self.registry.names(),
+        )
+
+    async def stop(self) -> None:
+        """Graceful stop: no new claims, let jobs finish, give the rest back, flush outcomes."""
+        state = self.state
+        if state.stopping.is_set():
+            return
+        state.stopping.set()
+        state.wake.set()
+        # Leases are still renewed while the jobs finish; every store step below is
+        # bounded: a stop must end even when the store does not answer (leases then
+        # expire and other instances take the jobs back).
+        leftovers = await self.executor.stop()
+        await self.completer.stop()
+        if leftovers:
+            ids = [r.job.id for r in leftovers]
+            released = await bounded("release jobs", self.store.release(self.worker_id, ids), 10)
+            if released is not None:
+                log.info("jobs_released", count=len(released), job_ids=released)
+        await asyncio.gather(self.claimer.stop(), self.leases.stop())
+        await bounded("unregister worker", self.store.unregister_worker(self.worker_id), 5)
+        log.info("pool_stopped", **state.counters.as_dict())
+
+    def figures(self) -> dict[str, int]:
+        """Counters and the number of jobs running now (stats and metrics)."""
+        return self.state.figures()
+
+    def describe(self) -> dict[str, Any]:
+        """This pool's id and figures."""
+        return {"worker": self.worker_id, **self.figures()}

@@ -1,0 +1,220 @@
+"""What the pool's parts share: slot accounting, the jobs running here, their leases and
+unwritten outcomes, the wake and stop signals, and whether the store answers."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import structlog
+
+from jobwire.config import Config
+from jobwire.handlers import JobContext
+from jobwire.models import Job, Outcome
+from jobwire.store.base import StoreUnavailable
+
+log = structlog.get_logger("jobwire.worker")
+T = TypeVar("T")
+
+
+def make_worker_id() -> str:
+    """A unique, readable id for this instance: host, pid and a random suffix."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(slots=True)
+class Running:
+    """One attempt running here: its job, task and context, and why it is being stopped."""
+
+    job: Job
+    task: asyncio.Task[None]
+    ctx: JobContext
+    stop_reason: str | None = None  # "cancelled" | "lease_lost" | "shutdown"
+
+
+@dataclass
+class PoolCounters:
+    """In-process counts for logs, stats and metrics."""
+
+    claimed: int = 0
+    succeeded: int = 0
+    retried: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    claims: int = 0
+    direct: int = 0
+    completion_batches: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The counts as published (claimed excludes the jobs handed over directly)."""
+        return {
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "retried": self.retried,
+            "cancelled": self.cancelled,
+            "claims": self.claims,
+            "claimed": self.claimed - self.direct,
+            "direct": self.direct,
+            "completion_batches": self.completion_batches,
+        }
+
+
+class PoolState:
+    """The slots, jobs, leases and outcomes the claimer, executor, completer and lease
+    keeper share; slots are counted per queue and for the whole pool."""
+
+    def __init__(self, config: Config, worker_id: str) -> None:
+        self.config = config
+        self.workers = config.workers
+        self.worker_id = worker_id
+        self.counters = PoolCounters()
+        self.queues = config.queue_names()
+        self.limits = {
+            q: min(
+                config.queue(q).concurrency or self.workers.concurrency, self.workers.concurrency
+            )
+            for q in self.queues
+        }
+        self.busy = dict.fromkeys(self.queues, 0)
+        self.reserved: dict[str, int] = {}
+        self.reserved_total = 0
+        self.running: dict[int, Running] = {}
+        # Threads of attempts already ended (timed out, stopped) that have not returned yet:
+        # each keeps its slot, or more threads would run than the pool's concurrency.
+        self.lingering: set[concurrent.futures.Future[Any]] = set()
+        # Finished attempts whose outcome is not written yet, oldest first; the first
+        # ``flushing`` of them are being written right now (never dropped).
+        self.outcomes: list[Outcome] = []
+        self.flushing = 0
+        # Every attempt whose lease this pool holds (running here, or its outcome not yet
+        # written), (job id, attempt) -> until when the lease is known good: the send time
+        # of the claim or of the last renewal that returned it, plus the lease (the database
+        # counts from a moment later). Kept by monotonic time, which runs on while the
+        # process is frozen (SIGSTOP): a thawed pool sees at once what it can no longer hold.
+        self.leases: dict[tuple[int, int], float] = {}
+        self.wake = asyncio.Event()
+        self.stopping = asyncio.Event()
+        # Ready jobs wait in the database that this pool could not take (a claim came back
+        # full, or the intake inserted more than the pool had room for): until a claim
+        # comes back short, the intake hands nothing over directly, so older jobs go first.
+        self.backlog = False
+        # An insert of directly started jobs, or a claim, failed with its answer lost: rows
+        # may be running under this worker with no task. Set until they are given back;
+        # while that runs, nothing new is claimed or handed over (see LeaseKeeper).
+        self.orphans_possible = False
+        self.reconciling = False
+        self.claiming = False
+        self.settled = asyncio.Event()  # set when no claim or hand-over is in flight
+        self._store_down_since: float | None = None
+
+    # -- slots ----------------------------------------------------------------------
+
+    def free_total(self) -> int:
+        """Slots free in the whole pool."""
+        # Outcomes not yet written hold their slot once they pass a batch: when the store
+        # writes more slowly than handlers finish, the pool slows down instead of piling up
+        # finished-but-unrecorded jobs in memory.
+        unwritten = max(0, len(self.outcomes) - self.workers.completion_batch)
+        return (
+            self.workers.concurrency
+            - len(self.running)
+            - len(self.lingering)
+            - self.reserved_total
+            - unwritten
+        )
+
+    def free_in(self, queue: str) -> int:
+        """Slots free in one queue, not counting the whole pool's limit."""
+        return self.limits[queue] - self.busy[queue] - self.reserved.get(queue, 0)
+
+    def free_slots(self) -> tuple[dict[str, int], int]:
+        """Free slots per queue (each capped by the pool's) and in the whole pool."""
+        free_total = self.free_total()
+        per_queue = {q: max(0, min(self.free_in(q), free_total)) for q in self.queues}
+        return per_queue, free_total
+
+    def take_slot(self, queue: str) -> None:
+        """A job of ``queue`` starts running here."""
+        self.busy[queue] = self.busy.get(queue, 0) + 1
+
+    def free_slot(self, queue: str) -> None:
+        """A job of ``queue`` (or its thread) is done with its slot."""
+        self.busy[queue] = max(0, self.busy.get(queue, 1) - 1)
+        if self.backlog:
+            self.wake.set()
+
+    def note_settled(self) -> None:
+        """Set ``settled`` once no claim and no hand-over is in flight."""
+        if not self.claiming and self.reserved_total <= 0:
+            self.settled.set()
+
+    def figures(self) -> dict[str, int]:
+        """Counters and the number of jobs running now."""
+        return {**self.counters.as_dict(), "running": len(self.running)}
+
+    # -- the store's health ---------------------------------------------------------
+
+    def store_failed(self, what: str, exc: Exception) -> None:
+        """Note (and log, the first time) that the store did not answer."""
+        if self._store_down_since is None:
+            self._store_down_since = time.monotonic()
+            log.error("store_unavailable", operation=what, error=str(exc))
+
+    async def store_down(self, what: str, exc: Exception) -> None:
+        """Note the failure and wait a moment before the next try (less when stopping)."""
+        self.store_failed(what, exc)
+        delay = min(self.workers.poll_interval, 1.0)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self.stopping.wait()
+
+    def store_back(self) -> None:
+        """The store answered: log how long it was away, if it was."""
+        if self._store_down_since is not None:
+            log.info(
+                "store_available", down_for=round(time.monotonic() - self._store_down_since, 3)
+            )
+            self._store_down_since = None
+
+
+def call_soon_threadsafe(
+    loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any
+) -> None:
+    """Hand a callback to the loop from another thread; nothing if the loop is closed."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback, *args)
+
+
+async def keep_running(name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run one of the pool's loops; an unexpected error is logged and the loop restarted,
+    never left to end the loop silently (a dead claim loop is a daemon that does nothing)."""
+    while True:
+        try:
+            await loop()
+            return
+        except Exception:
+            log.exception("pool_loop_crashed", loop=name)
+            await asyncio.sleep(1.0)
+
+
+async def bounded(step: str, coro: Coroutine[Any, Any, T], seconds: float) -> T | None:
+    """Run one shutdown step with a deadline; log and go on if it fails or takes too long."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await coro
+    except (TimeoutError, StoreUnavailable) as exc:
+        log.error(
+            "shutdown_step_failed",
+            step=step,
+            error=f"{type(exc).__name__}: {exc}",
+            note="leases expire and other instances take unfinished jobs back",
+        )
+        return None
