@@ -228,9 +228,7 @@ def build_sources(
     for cfg in config.sources:
         adapter = build_adapter(cfg, store.stored_offsets)
         router = Router(cfg, registry.names(), adapter.default_dedup)
-        intake = Intake(
-            cfg, adapter, router, store, pool, config.retry.max_attempts, on_stored=on_stored
-        )
+        intake = Intake(cfg, adapter, router, store, pool, on_stored=on_stored)
         sources.append(Source(cfg, adapter, intake))
     return sources
 

@@ -36,7 +36,7 @@ async def test_store_cut_mid_stream_loses_nothing_and_duplicates_nothing(
             await wait_for(lambda: intake.counters.stored >= N // 10, timeout=60, what="under way")
             proxy.cut()
             try:
-                await wait_for(lambda: "store" in intake._held, what="intake held for the store")
+                await wait_for(lambda: "store" in intake.held, what="intake held for the store")
                 await asyncio.sleep(1.5)  # the outage itself: the store is away this long
             finally:
                 proxy.restore()

@@ -110,7 +110,7 @@ async def _drive(
     adapter = FakeAdapter(name)
     pool = FakePool(free=3)
     router = Router(config.sources[0], {"noop", "echo"}, "property:message_id")
-    intake = Intake(config.sources[0], adapter, router, store, pool, 5)
+    intake = Intake(config.sources[0], adapter, router, store, pool)
     batch = []
     for index, parts in enumerate(deliveries):
         message = adapter.message(

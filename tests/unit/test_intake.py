@@ -65,7 +65,7 @@ def make(
     store = MemoryStore()
     pool = FakePool(free)
     router = Router(config.sources[0], {"noop", "echo"}, adapter.default_dedup)
-    intake = Intake(config.sources[0], adapter, router, store, pool, 5)
+    intake = Intake(config.sources[0], adapter, router, store, pool)
     return intake, adapter, store, pool
 
 
@@ -161,7 +161,7 @@ def make_notify(notify_wait: str = "30s") -> tuple[Intake, FakeAdapter, MemorySt
     )
     adapter, store, pool = FakeAdapter(), MemoryStore(), FakePool()
     router = Router(config.sources[0], {"noop"}, adapter.default_dedup)
-    return Intake(config.sources[0], adapter, router, store, pool, 5), adapter, store, pool
+    return Intake(config.sources[0], adapter, router, store, pool), adapter, store, pool
 
 
 async def test_notify_mode_acks_visible_jobs_and_wakes_the_pool() -> None:

@@ -31,7 +31,7 @@ def make(route: dict[str, Any], free: int = 0) -> tuple[Intake, FakeAdapter, Mem
     )
     adapter, store, pool = FakeAdapter(), MemoryStore(), FakePool(free)
     router = Router(config.sources[0], {"noop", "echo"}, adapter.default_dedup)
-    return Intake(config.sources[0], adapter, router, store, pool, 5), adapter, store, pool
+    return Intake(config.sources[0], adapter, router, store, pool), adapter, store, pool
 
 
 def good(adapter: FakeAdapter, n: int) -> Any:
@@ -270,7 +270,7 @@ async def test_a_dead_letter_target_that_fails_keeps_the_message_and_ends_the_lo
     )
     adapter, store, pool = FakeAdapter(), MemoryStore(), FakePool()
     router = Router(config.sources[0], {"noop"}, adapter.default_dedup)
-    intake = Intake(config.sources[0], adapter, router, store, pool, 5)
+    intake = Intake(config.sources[0], adapter, router, store, pool)
     adapter.reject_error = ConnectionError("channel closed")
     first = adapter.message(b'{"type": "os:system"}', headers={"id": "bad"})
     await intake.process([first, adapter.message(b'{"type": "noop"}', headers={"id": "ok"})])
