@@ -8,8 +8,8 @@ import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import structlog
 
@@ -28,11 +28,13 @@ from jobwire.scheduler import Scheduler
 from jobwire.services import LoopService, Service, ServiceGroup
 from jobwire.store.base import JobStore, StoreRefused, StoreUnavailable
 from jobwire.store.embedded import EmbeddedPostgres
+from jobwire.store.migrate import check_schema_at
 from jobwire.store.postgres import PostgresStore, migrate
 from jobwire.web import HttpApi
 from jobwire.worker import WorkerPool
 
 log = structlog.get_logger("jobwire.app")
+T = TypeVar("T")
 
 
 class ListenError(Exception):
@@ -64,12 +66,13 @@ def with_database_url(config: Config, url: str | None) -> Config:
     return config.model_copy(update={"database": database})
 
 
-async def _migrate_with_retry(dsn: str, schema: str, wait: float) -> list[str]:
+async def retry_unavailable(attempt: Callable[[], Awaitable[T]], wait: float) -> T:
+    """Run ``attempt`` until the database answers, for up to ``wait`` seconds."""
     deadline = time.monotonic() + wait
     delay = 0.2
     while True:
         try:
-            return await migrate(dsn, schema)
+            return await attempt()
         except StoreRefused:
             raise
         except (TimeoutError, OSError, StoreUnavailable) as exc:
@@ -80,19 +83,76 @@ async def _migrate_with_retry(dsn: str, schema: str, wait: float) -> list[str]:
             delay = min(delay * 2, 5.0)
 
 
+# While migrating, systemd's start timeout is pushed this far ahead, again and again: a
+# migration that reads a large table must not be killed as a hung start, and a truly hung
+# one still is, this long after its last sign of life.
+_EXTEND_TIMEOUT = 90.0
+_EXTEND_EVERY = 30.0
+
+
+async def migrate_schema(
+    dsn: str,
+    schema: str,
+    wait: float,
+    on_applied: Callable[[str, float], None] | None = None,
+) -> list[str]:
+    """Migrate, telling systemd which migration runs and keeping its start timeout ahead."""
+    extend = f"EXTEND_TIMEOUT_USEC={int(_EXTEND_TIMEOUT * 1_000_000)}"
+
+    def applying(label: str) -> None:
+        log.info("migration_applying", schema=schema, migration=label)
+        _sd_notify(f"STATUS=applying migration {label}\n{extend}")
+
+    async def keep_extending() -> None:
+        while True:
+            await asyncio.sleep(_EXTEND_EVERY)
+            _sd_notify(extend)
+
+    _sd_notify(f"STATUS=checking schema {schema} migrations\n{extend}")
+    extender = asyncio.create_task(keep_extending(), name="jobwire-migrate-extend")
+    try:
+        return await retry_unavailable(
+            lambda: migrate(dsn, schema, on_applying=applying, on_applied=on_applied), wait
+        )
+    finally:
+        extender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await extender
+        _sd_notify("STATUS=starting")
+
+
 @contextlib.asynccontextmanager
-async def open_store(
-    config: Config, *, apply_migrations: bool = True, wait: float = 30.0
-) -> AsyncIterator[PostgresStore]:
-    """Start the embedded database if configured, migrate, and yield a connected store."""
+async def database_dsn(config: Config) -> AsyncIterator[str]:
+    """The configured database's URL; the embedded server runs for as long as it is used."""
     db = config.database
     embedded = EmbeddedPostgres(db.data_dir) if db.url == "embedded" else None
     dsn = await embedded.start() if embedded else db.url
     try:
-        if apply_migrations:
-            applied = await _migrate_with_retry(dsn, db.db_schema, wait)
+        yield dsn
+    finally:
+        if embedded:
+            await embedded.stop()
+
+
+@contextlib.asynccontextmanager
+async def open_store(
+    config: Config, *, apply_migrations: bool | None = None, wait: float = 30.0
+) -> AsyncIterator[PostgresStore]:
+    """Start the embedded database if configured, migrate or check the schema, and yield a
+    connected store.
+
+    ``apply_migrations`` None: as ``database.migrate`` says. Without migrating, a schema this
+    jobwire does not match (missing, behind or ahead) raises SchemaMismatch, changing nothing.
+    """
+    db = config.database
+    migrating = db.migrate if apply_migrations is None else apply_migrations
+    async with database_dsn(config) as dsn:
+        if migrating:
+            applied = await migrate_schema(dsn, db.db_schema, wait)
             if applied:
                 log.info("migrations_applied", schema=db.db_schema, migrations=applied)
+        else:
+            await retry_unavailable(lambda: check_schema_at(dsn, db.db_schema), wait)
         store = await PostgresStore.connect(
             dsn,
             db.db_schema,
@@ -105,9 +165,6 @@ async def open_store(
             yield store
         finally:
             await store.close()
-    finally:
-        if embedded:
-            await embedded.stop()
 
 
 def _sd_notify(message: str) -> None:
@@ -289,12 +346,14 @@ class Daemon:
             store.pool_usage,
             backlog_cap=config.workers.max_backlog or 1_000_000,
             queues=config.queue_names(),
+            handlers=self.registry,
         )
         self.pool = WorkerPool(
             store,
             self.registry,
             config,
             on_outcome=self.metrics.observe,
+            on_start=self.metrics.observe_start,
             extra_state=lambda: {"sources": self.describe_sources()},
         )
         services: list[Service] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import datetime
@@ -15,8 +16,24 @@ import uvloop
 
 from jobwire import __version__
 from jobwire.adapters import build_adapter
-from jobwire.app import Daemon, ListenError, open_store, with_database_url
-from jobwire.config import Config, ConfigError, load_config
+from jobwire.app import (
+    Daemon,
+    ListenError,
+    database_dsn,
+    migrate_schema,
+    open_store,
+    retry_unavailable,
+    with_database_url,
+)
+from jobwire.config import (
+    Config,
+    ConfigError,
+    ConfigProblem,
+    DatabaseConfig,
+    find_config_file,
+    json_schema,
+    load_config,
+)
 from jobwire.durations import parse_duration
 from jobwire.handlers import HandlerLoadError, HandlerRegistry
 from jobwire.logs import configure_logging
@@ -25,11 +42,23 @@ from jobwire.redaction import redact, redact_data, remember, secret_values
 from jobwire.routing import route_problems
 from jobwire.scheduler import tick_spec
 from jobwire.store.base import AdminStore, OperatorStore, StoreUnavailable
+from jobwire.store.migrate import (
+    SchemaMismatch,
+    SchemaState,
+    latest_version,
+    migration_script,
+    read_schema_state,
+)
 
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 1
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
+
+# Commands that only talk to the database read only these sections of the config: an
+# operator's shell need not hold the daemon's other secrets (admin token, broker passwords).
+DB_SECTIONS = ("database", "logging")
+ENQUEUE_SECTIONS = (*DB_SECTIONS, "retry")  # retry.max_attempts: a new job's default
 
 
 def _config_options(fn: F) -> F:
@@ -38,6 +67,31 @@ def _config_options(fn: F) -> F:
         envvar="JOBWIRE_DATABASE_URL_OVERRIDE",
         default=None,
         help="Use this PostgreSQL URL instead of database.url.",
+    )(fn)
+    fn = click.option(
+        "-c",
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Config file (default: $JOBWIRE_CONFIG, ./jobwire.yaml, /etc/jobwire/jobwire.yaml).",
+    )(fn)
+    return fn
+
+
+def _db_options(fn: F) -> F:
+    fn = click.option(
+        "--schema",
+        default=None,
+        help="Use this schema instead of database.schema.",
+    )(fn)
+    fn = click.option(
+        "--database-url",
+        envvar="JOBWIRE_DATABASE_URL_OVERRIDE",
+        default=None,
+        help="Use this PostgreSQL URL instead of database.url. Only the config's database: "
+        "and logging: sections are read (none of its other ${VAR}s); without a config file, "
+        "$JOBWIRE_DATABASE_URL is the default.",
     )(fn)
     fn = click.option(
         "-c",
@@ -61,9 +115,32 @@ def _load(config_path: str | None, database_url: str | None) -> Config:
     return config
 
 
-def _load_with_path(config_path: str | None, database_url: str | None) -> tuple[Config, str]:
+def _load_db(
+    config_path: str | None,
+    database_url: str | None,
+    schema: str | None,
+    sections: tuple[str, ...] = DB_SECTIONS,
+) -> Config:
+    """The config as a command that only talks to the database needs it."""
+    if database_url is None and find_config_file(config_path) is None:
+        # What the example config says (${JOBWIRE_DATABASE_URL:-embedded}), without one.
+        database_url = os.environ.get("JOBWIRE_DATABASE_URL") or None
+    config, _ = _load_with_path(config_path, database_url, sections)
+    if schema is not None:
+        try:
+            DatabaseConfig.model_validate({"schema": schema})
+        except ValueError:
+            _fail(f"--schema {schema!r} must be a plain SQL identifier (letters, digits, _)")
+        database = config.database.model_copy(update={"db_schema": schema})
+        config = config.model_copy(update={"database": database})
+    return config
+
+
+def _load_with_path(
+    config_path: str | None, database_url: str | None, sections: tuple[str, ...] | None = None
+) -> tuple[Config, str]:
     try:
-        config, path = load_config(config_path)
+        config, path = load_config(config_path, sections=sections, database_url=database_url)
     except ConfigError as err:
         _report(err.problems)
     config = with_database_url(config, database_url)
@@ -84,7 +161,10 @@ def _registry(config: Config, file: str) -> HandlerRegistry:
     try:
         registry = HandlerRegistry.from_config(config.handlers)
     except HandlerLoadError as exc:
-        _report([f"{file}: {exc}"])
+        _report(
+            ConfigProblem(file, f"handlers.{f.name}", f"cannot load {f.target!r}: {f.reason}")
+            for f in exc.failures
+        )
     problems = route_problems(config, registry.names(), file)
     if problems:
         _report(problems)
@@ -98,11 +178,15 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
             return runner.run(coro)
     except StoreUnavailable as exc:
         _fail(f"database unavailable: {exc}", EXIT_UNAVAILABLE)
+    except SchemaMismatch as exc:
+        # Not a transient state: restarting (systemd) or retrying changes nothing.
+        _fail(str(exc), EXIT_USAGE)
 
 
 def _with_store(config: Config, action: Callable[[OperatorStore], Awaitable[T]]) -> T:
     async def go() -> T:
-        async with open_store(config, wait=5.0) as store:
+        # Never migrates: only `jobwire migrate` and `jobwire run` change the schema.
+        async with open_store(config, apply_migrations=False, wait=5.0) as store:
             return await action(store)
 
     return _run(go())
@@ -115,10 +199,20 @@ def main() -> None:
 
 
 @main.command()
+@click.option(
+    "--migrate/--no-migrate",
+    "migrate_first",
+    default=None,
+    help="Apply pending migrations before starting (default: database.migrate, true). "
+    "--no-migrate refuses to start on a schema this jobwire does not match (exit 2).",
+)
 @_config_options
-def run(config_path: str | None, database_url: str | None) -> None:
+def run(config_path: str | None, database_url: str | None, migrate_first: bool | None) -> None:
     """Run the daemon until SIGTERM, SIGINT or SIGHUP."""
     config, file = _load_with_path(config_path, database_url)
+    if migrate_first is not None:
+        database = config.database.model_copy(update={"migrate": migrate_first})
+        config = config.model_copy(update={"database": database})
     registry = _registry(config, file)
 
     async def go() -> None:
@@ -132,17 +226,81 @@ def run(config_path: str | None, database_url: str | None) -> None:
         _fail(str(exc), EXIT_USAGE)
 
 
+def _print_status(state: SchemaState) -> None:
+    version = "does not exist" if state.version is None else f"is at {state.version:04d}"
+    click.echo(f"schema {state.schema} {version}; this jobwire needs {latest_version():04d}")
+    applied = {a.version: a for a in state.applied}
+    for m in state.known:
+        row = applied.get(m.version)
+        when = _fmt_time(row.applied_at) if row is not None else ""
+        click.echo(f"{'applied' if row is not None else 'pending':<8} {m.label:<32} {when}")
+    for a in state.unknown:
+        click.echo(f"{'unknown':<8} {a.label:<32} {_fmt_time(a.applied_at)}  (a newer jobwire's)")
+    mismatch = state.mismatch()
+    click.echo(str(mismatch) if mismatch is not None else "up to date")
+
+
 @main.command()
-@_config_options
-def migrate(config_path: str | None, database_url: str | None) -> None:
-    """Create or upgrade the database schema."""
-    config = _load(config_path, database_url)
+@click.option(
+    "--status",
+    "show_status",
+    is_flag=True,
+    help="List applied and pending migrations; exit 0 when the schema is what this jobwire "
+    "needs, 1 when not (pending, missing, or newer).",
+)
+@click.option("--dry-run", is_flag=True, help="List the migrations that would run; run none.")
+@click.option("--sql", "show_sql", is_flag=True, help="Print the SQL that would run; run none.")
+@_db_options
+def migrate(
+    show_status: bool,
+    dry_run: bool,
+    show_sql: bool,
+    config_path: str | None,
+    database_url: str | None,
+    schema: str | None,
+) -> None:
+    """Create or upgrade the database schema (the only command that changes it, with run).
 
-    async def nothing(store: AdminStore) -> None:
-        return None
+    Reads only the config's database: and logging: sections.
+    """
+    if show_status + dry_run + show_sql > 1:
+        _fail("give at most one of --status, --dry-run, --sql")
+    config = _load_db(config_path, database_url, schema)
+    name = config.database.db_schema
+    latest = latest_version()
 
-    _with_store(config, nothing)
-    click.echo(f"schema {config.database.db_schema} is up to date")
+    def applied(label: str, seconds: float) -> None:
+        click.echo(f"applied {label} ({seconds:.2f}s)")
+
+    async def go() -> SchemaState | list[str]:
+        async with database_dsn(config) as dsn:
+            if show_status or dry_run or show_sql:
+                return await retry_unavailable(lambda: read_schema_state(dsn, name), 5.0)
+            return await migrate_schema(dsn, name, 5.0, on_applied=applied)
+
+    result = _run(go())
+    if isinstance(result, list):
+        if result:
+            click.echo(f"schema {name} is now at {latest:04d}")
+        else:
+            click.echo(f"schema {name} is up to date at {latest:04d}")
+        return
+    state = result
+    if show_status:
+        _print_status(state)
+        sys.exit(0 if state.mismatch() is None else 1)
+    if state.unknown:
+        mismatch = state.mismatch()
+        _fail(str(mismatch), EXIT_USAGE)
+    if show_sql:
+        click.echo(migration_script(name, state.pending), nl=False)
+        return
+    for m in state.pending:
+        click.echo(f"would apply {m.label}")
+    if state.pending:
+        click.echo(f"schema {name} would then be at {latest:04d}")
+    else:
+        click.echo(f"schema {name} is up to date at {latest:04d}; nothing would run")
 
 
 @main.command("check-config")
@@ -154,6 +312,17 @@ def check_config(config_path: str | None, database_url: str | None) -> None:
     click.echo("ok")
 
 
+@main.group("config")
+def config_group() -> None:
+    """The configuration file's format."""
+
+
+@config_group.command("schema")
+def config_schema() -> None:
+    """Print the config file's JSON Schema (for editors: see config/jobwire.schema.json)."""
+    click.echo(json.dumps(json_schema(), indent=2))
+
+
 @main.command()
 @click.argument("handler")
 @click.option("--payload", default="null", help="JSON payload (or @file to read it from a file).")
@@ -162,7 +331,7 @@ def check_config(config_path: str | None, database_url: str | None) -> None:
 @click.option("--delay", default="0s", help="Run no earlier than this from now (e.g. 30s, 5m).")
 @click.option("--dedup-key", default=None, help="A second job with this key is not created.")
 @click.option("--max-attempts", default=None, type=click.IntRange(min=1))
-@_config_options
+@_db_options
 def enqueue(
     handler: str,
     payload: str,
@@ -173,9 +342,10 @@ def enqueue(
     max_attempts: int | None,
     config_path: str | None,
     database_url: str | None,
+    schema: str | None,
 ) -> None:
     """Add a job and print its id."""
-    config = _load(config_path, database_url)
+    config = _load_db(config_path, database_url, schema, ENQUEUE_SECTIONS)
     if payload.startswith("@"):
         payload = Path(payload[1:]).read_text(encoding="utf-8")
     try:
@@ -223,7 +393,7 @@ def _fmt_time(value: datetime | None) -> str:
 @click.option("--queue", default=None)
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@_config_options
+@_db_options
 def jobs_list(
     status: str | None,
     queue: str | None,
@@ -231,9 +401,10 @@ def jobs_list(
     as_json: bool,
     config_path: str | None,
     database_url: str | None,
+    schema: str | None,
 ) -> None:
     """List jobs, newest first."""
-    config = _load(config_path, database_url)
+    config = _load_db(config_path, database_url, schema)
     found = _with_store(config, lambda s: s.list_jobs(status, queue, limit))
     if as_json:
         for job in found:
@@ -254,10 +425,12 @@ def jobs_list(
 
 @jobs.command("show")
 @click.argument("job_id", type=int)
-@_config_options
-def jobs_show(job_id: int, config_path: str | None, database_url: str | None) -> None:
+@_db_options
+def jobs_show(
+    job_id: int, config_path: str | None, database_url: str | None, schema: str | None
+) -> None:
     """Show one job with its attempts, as JSON."""
-    config = _load(config_path, database_url)
+    config = _load_db(config_path, database_url, schema)
 
     async def action(store: AdminStore) -> tuple[Job | None, list[dict[str, Any]]]:
         return await store.get(job_id), await store.runs(job_id)
@@ -280,24 +453,30 @@ def jobs_show(job_id: int, config_path: str | None, database_url: str | None) ->
     default=None,
     help="Retry every job in this status.",
 )
-@_config_options
+@_db_options
 def jobs_retry(
-    job_ids: tuple[int, ...], status: str | None, config_path: str | None, database_url: str | None
+    job_ids: tuple[int, ...],
+    status: str | None,
+    config_path: str | None,
+    database_url: str | None,
+    schema: str | None,
 ) -> None:
     """Run failed or cancelled jobs again."""
     if not job_ids and not status:
         _fail("give job ids or --status")
-    config = _load(config_path, database_url)
+    config = _load_db(config_path, database_url, schema)
     retried = _with_store(config, lambda s: s.retry(job_ids, status))
     click.echo(f"{len(retried)} job(s) requeued")
 
 
 @jobs.command("cancel")
 @click.argument("job_id", type=int)
-@_config_options
-def jobs_cancel(job_id: int, config_path: str | None, database_url: str | None) -> None:
+@_db_options
+def jobs_cancel(
+    job_id: int, config_path: str | None, database_url: str | None, schema: str | None
+) -> None:
     """Cancel a waiting job, or stop a running one."""
-    config = _load(config_path, database_url)
+    config = _load_db(config_path, database_url, schema)
     status = _with_store(config, lambda s: s.cancel(job_id))
     if status is None:
         _fail(f"no job {job_id}", 1)
@@ -311,10 +490,12 @@ def jobs_cancel(job_id: int, config_path: str | None, database_url: str | None) 
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
-@_config_options
-def stats(as_json: bool, config_path: str | None, database_url: str | None) -> None:
+@_db_options
+def stats(
+    as_json: bool, config_path: str | None, database_url: str | None, schema: str | None
+) -> None:
     """Job counts by queue and status, and every instance with its sources' state."""
-    config = _load(config_path, database_url)
+    config = _load_db(config_path, database_url, schema)
 
     async def action(store: AdminStore) -> tuple[Any, list[dict[str, Any]]]:
         return await store.stats(), await store.list_workers()
@@ -403,10 +584,10 @@ def schedules() -> None:
 
 
 @schedules.command("list")
-@_config_options
-def schedules_list(config_path: str | None, database_url: str | None) -> None:
+@_db_options
+def schedules_list(config_path: str | None, database_url: str | None, schema: str | None) -> None:
     """Every schedule as the daemon wrote it (at start-up): timing, state, runs."""
-    config = _load(config_path, database_url)
+    config = _load_db(config_path, database_url, schema)
     rows = _with_store(config, lambda s: s.list_schedules())
     click.echo(f"{'NAME':<20} {'WHEN':<16} {'STATE':<8} {'NEXT RUN':<19}  {'LAST RUN':<19}  RUNS")
     for r in rows:
@@ -420,10 +601,12 @@ def schedules_list(config_path: str | None, database_url: str | None) -> None:
 
 @schedules.command("run")
 @click.argument("name")
-@_config_options
-def schedules_run(name: str, config_path: str | None, database_url: str | None) -> None:
+@_db_options
+def schedules_run(
+    name: str, config_path: str | None, database_url: str | None, schema: str | None
+) -> None:
     """Enqueue one job from a schedule now (its regular ticks are not affected)."""
-    config = _load(config_path, database_url)
+    config = _load_db(config_path, database_url, schema)
 
     async def action(store: OperatorStore) -> int | None:
         row = await store.get_schedule(name)
@@ -439,9 +622,9 @@ def schedules_run(name: str, config_path: str | None, database_url: str | None) 
 
 
 def _set_enabled(
-    name: str, enabled: bool, config_path: str | None, database_url: str | None
+    name: str, enabled: bool, config_path: str | None, database_url: str | None, schema: str | None
 ) -> None:
-    config = _load(config_path, database_url)
+    config = _load_db(config_path, database_url, schema)
     found = _with_store(config, lambda s: s.set_schedule_enabled(name, enabled))
     if not found:
         _fail(f"no schedule named {name!r}", 1)
@@ -453,15 +636,19 @@ def _set_enabled(
 
 @schedules.command("pause")
 @click.argument("name")
-@_config_options
-def schedules_pause(name: str, config_path: str | None, database_url: str | None) -> None:
+@_db_options
+def schedules_pause(
+    name: str, config_path: str | None, database_url: str | None, schema: str | None
+) -> None:
     """Stop firing a schedule."""
-    _set_enabled(name, False, config_path, database_url)
+    _set_enabled(name, False, config_path, database_url, schema)
 
 
 @schedules.command("resume")
 @click.argument("name")
-@_config_options
-def schedules_resume(name: str, config_path: str | None, database_url: str | None) -> None:
+@_db_options
+def schedules_resume(
+    name: str, config_path: str | None, database_url: str | None, schema: str | None
+) -> None:
     """Fire a paused schedule again."""
-    _set_enabled(name, True, config_path, database_url)
+    _set_enabled(name, True, config_path, database_url, schema)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
-from collections.abc import Mapping
+import types
+import typing
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -19,6 +23,7 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -30,12 +35,27 @@ from jobwire.redaction import (
     is_secret_name,
     raw_secret_values,
     redact,
+    remember,
     secret_field_names,
 )
 from jobwire.selectors import parse_selector
 from jobwire.ticks import TickRule, valid_cron
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+# What parse_duration accepts (spaces between parts included), for editors' schema checks.
+DURATION_PATTERN = r"^ *([0-9]+(\.[0-9]+)?|([0-9]+(\.[0-9]+)? *(ms|s|m|h|d) *)+) *$"
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": DURATION_PATTERN},
+            ]
+        }
+    ),
+]
 """Seconds, written in the config as ``500ms``, ``30s``, ``5m``, ``1h``."""
 
 DEFAULT_PATHS = (Path("jobwire.yaml"), Path("/etc/jobwire/jobwire.yaml"))
@@ -49,8 +69,8 @@ class _Strict(BaseModel):
 class PoolConfig(_Strict):
     """Size of the asyncpg connection pool."""
 
-    min: int = Field(2, ge=1)
-    max: int = Field(10, ge=1)
+    min: int = Field(2, ge=1, description="Connections kept open at least.")
+    max: int = Field(10, ge=1, description="Connections open at most.")
 
     @model_validator(mode="after")
     def _min_not_above_max(self) -> PoolConfig:
@@ -62,11 +82,25 @@ class PoolConfig(_Strict):
 class DatabaseConfig(_Strict):
     """Where jobs live: ``embedded`` or a ``postgresql://`` URL."""
 
-    url: str = "embedded"
-    data_dir: Path = Path("./var/jobwire")
-    db_schema: str = Field("jobwire", alias="schema")
-    pool: PoolConfig = PoolConfig()
-    command_timeout: Duration = 30.0
+    url: str = Field(
+        "embedded",
+        description="'embedded' (a bundled PostgreSQL under data_dir) or a postgresql:// URL.",
+    )
+    data_dir: Path = Field(
+        Path("./var/jobwire"), description="Where the embedded server keeps its data."
+    )
+    db_schema: str = Field(
+        "jobwire", alias="schema", description="The PostgreSQL schema all tables live in."
+    )
+    pool: PoolConfig = Field(PoolConfig(), description="The connection pool's size.")
+    command_timeout: Duration = Field(
+        30.0, description="A statement slower than this counts as the database being down."
+    )
+    migrate: bool = Field(
+        True,
+        description="`jobwire run` applies pending migrations first; false: it refuses an "
+        "outdated schema instead (run `jobwire migrate`).",
+    )
 
     @field_validator("db_schema")
     @classmethod
@@ -86,20 +120,36 @@ class DatabaseConfig(_Strict):
 class WorkersConfig(_Strict):
     """The worker pool as a whole."""
 
-    concurrency: int = Field(32, ge=1, le=10_000)
-    poll_interval: Duration = 1.0
-    # LISTEN/NOTIFY wake-ups. false: polling only (behind a transaction-pooling PgBouncer,
-    # where LISTEN does not work).
-    listen: bool = True
-    lease: Duration = 60.0
-    shutdown_timeout: Duration = 30.0
-    completion_batch: int = Field(200, ge=1)
-    completion_delay: Duration = 0.005
-    # Flow control: above this many ready jobs the sources stop taking messages, so a
-    # flood waits in the broker rather than in the database; they go on again at or below
-    # backlog_resume (default: 80% of max_backlog). null: no limit.
-    max_backlog: int | None = Field(100_000, ge=1)
-    backlog_resume: int | None = Field(None, ge=0)
+    concurrency: int = Field(
+        32, ge=1, le=10_000, description="Jobs running at once in this instance, all queues."
+    )
+    poll_interval: Duration = Field(
+        1.0, description="Fallback polling for ready jobs (inserts also wake the workers)."
+    )
+    # false is for a transaction-pooling PgBouncer, where LISTEN does not work.
+    listen: bool = Field(True, description="LISTEN/NOTIFY wake-ups; false: polling only.")
+    lease: Duration = Field(
+        60.0, description="A running job's lease, renewed every lease/3 (at least 1s)."
+    )
+    shutdown_timeout: Duration = Field(
+        30.0, description="On SIGTERM, how long running jobs may finish before being given back."
+    )
+    completion_batch: int = Field(200, ge=1, description="Outcomes written per statement at most.")
+    completion_delay: Duration = Field(
+        0.005, description="How long an outcome may wait for others to share its write."
+    )
+    # Flow control: a flood waits in the broker rather than in the database.
+    max_backlog: int | None = Field(
+        100_000,
+        ge=1,
+        description="Above this many ready jobs the sources stop taking messages; null: no limit.",
+    )
+    backlog_resume: int | None = Field(
+        None,
+        ge=0,
+        description="The sources go on at or below this many ready jobs "
+        "(null: 80% of max_backlog).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> WorkersConfig:
@@ -119,18 +169,22 @@ class WorkersConfig(_Strict):
 class QueueConfig(_Strict):
     """Limits of one named queue."""
 
-    concurrency: int | None = Field(None, ge=1)
-    timeout: Duration | None = None
+    concurrency: int | None = Field(
+        None, ge=1, description="Jobs of this queue running at once; null: no own limit."
+    )
+    timeout: Duration | None = Field(
+        None, description="An attempt running longer is cancelled and fails; null: none."
+    )
 
 
 class RetryConfig(_Strict):
     """Default retry policy: exponential backoff with full jitter."""
 
-    max_attempts: int = Field(5, ge=1)
-    base: Duration = 2.0
-    factor: float = Field(2.0, ge=1.0)
-    max: Duration = 600.0
-    jitter: bool = True
+    max_attempts: int = Field(5, ge=1, description="Attempts of a job that sets none itself.")
+    base: Duration = Field(2.0, description="The delay before the second attempt.")
+    factor: float = Field(2.0, ge=1.0, description="Each further delay is this times the last.")
+    max: Duration = Field(600.0, description="The longest delay between attempts.")
+    jitter: bool = Field(True, description="Draw each delay uniformly from [0, computed delay].")
 
 
 def _check_selector(value: str | None) -> str | None:
@@ -146,20 +200,36 @@ SelectorText = Annotated[str, BeforeValidator(lambda v: _check_selector(v))]
 class RouteConfig(_Strict):
     """How a source's messages become jobs."""
 
-    # job: each message becomes a job. notify: each message is {"job_id": N} for a job a
-    # producer already wrote; it only wakes the pool (Koha's JobsNotificationMethod).
-    mode: Literal["job", "notify"] = "job"
-    # notify mode: how long a job_id that is not (yet) visible is NACKed before the message
-    # is dropped as naming no job.
-    notify_wait: Duration = 30.0
-    handler: str | None = None
-    handler_from: SelectorText | None = None
-    queue: str = "default"
-    priority: int | SelectorText = 0
-    max_attempts: int | None = Field(None, ge=1)
-    delay: Duration = 0.0
-    # None: the source type's default (AMQP: property:message_id). "none": no dedup.
-    dedup_key: SelectorText | None = None
+    # notify is Koha's JobsNotificationMethod: the producer writes the row itself.
+    mode: Literal["job", "notify"] = Field(
+        "job",
+        description='job: each message becomes a job; notify: each message is {"job_id": N} '
+        "for a job a producer already wrote, and only wakes the pool.",
+    )
+    notify_wait: Duration = Field(
+        30.0,
+        description="notify: how long a job_id not yet visible is NACKed before the message "
+        "is dropped.",
+    )
+    handler: str | None = Field(None, description="The handler of every job (a handlers: name).")
+    handler_from: SelectorText | None = Field(
+        None,
+        description="Where the message names its handler: header:NAME, json:$.path or "
+        "property:NAME.",
+    )
+    queue: str = Field("default", description="The jobwire queue the jobs go to.")
+    priority: int | SelectorText = Field(
+        0, description="A number (higher runs first) or a selector such as header:priority."
+    )
+    max_attempts: int | None = Field(
+        None, ge=1, description="Attempts per job; null: retry.max_attempts."
+    )
+    delay: Duration = Field(0.0, description="Run no earlier than this after arrival.")
+    dedup_key: SelectorText | None = Field(
+        None,
+        description="A selector for the deduplication key; null: the source type's default; "
+        "'none': no deduplication.",
+    )
 
     @model_validator(mode="after")
     def _one_handler(self) -> RouteConfig:
@@ -175,26 +245,33 @@ class RouteConfig(_Strict):
 class TlsConfig(_Strict):
     """TLS for a broker connection (amqps://, mqtts://, ...)."""
 
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    verify: bool = True
+    ca_file: Path | None = Field(None, description="CA certificates (PEM); null: the system's.")
+    cert_file: Path | None = Field(None, description="Client certificate (PEM).")
+    key_file: Path | None = Field(None, description="The client certificate's private key (PEM).")
+    verify: bool = Field(True, description="Check the server's certificate and host name.")
 
 
 class SourceBase(_Strict):
     """Settings shared by every source type."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    route: RouteConfig
-    on_invalid: Literal["fail", "dead-letter"] = "fail"
-    max_body_bytes: int = Field(1_048_576, ge=1)
-    batch_size: int = Field(500, ge=1, le=10_000)
-    # How long the first message of a batch waits for company. 0: none; under load batches
-    # still form, from what arrives while the previous batch is being stored, and a lone
-    # message is not held back (a delay mostly adds latency; ``latency(batch_delay=...)`` in
-    # bench/__main__.py measures it).
-    batch_delay: Duration = 0.0
-    required: bool = False
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]+$", description="Unique; used in logs, stats and dedup keys."
+    )
+    route: RouteConfig = Field(description="How the source's messages become jobs.")
+    on_invalid: Literal["fail", "dead-letter"] = Field(
+        "fail",
+        description="An invalid message: fail (a failed job with the reason) or dead-letter "
+        "(to the broker's dead-letter queue).",
+    )
+    max_body_bytes: int = Field(1_048_576, ge=1, description="Larger messages are invalid.")
+    batch_size: int = Field(500, ge=1, le=10_000, description="Messages per INSERT at most.")
+    # 0: under load batches still form, from what arrives while the previous batch is being
+    # stored, and a lone message is not held back (a delay mostly adds latency;
+    # ``latency(batch_delay=...)`` in bench/__main__.py measures it).
+    batch_delay: Duration = Field(
+        0.0, description="How long the first message of a batch waits for others; 0: none."
+    )
+    required: bool = Field(False, description="Reserved for readiness checks.")
 
 
 def no_requeue(source: SourceBase, why: str) -> None:
@@ -213,7 +290,7 @@ def no_requeue(source: SourceBase, why: str) -> None:
 # the classes above, so the registry is imported here, after them: importing an adapter's
 # config module first works too (jobwire.adapters imports this module before any of them).
 # The registry and those modules import no broker library (an import-linter contract).
-from jobwire.adapters.registry import SOURCE_TYPES, source_union  # noqa: E402
+from jobwire.adapters.registry import SOURCE_TYPES, SOURCES, source_union  # noqa: E402
 
 if TYPE_CHECKING:
     SourceConfig = SourceBase
@@ -224,21 +301,30 @@ else:
 class ScheduleConfig(_Strict):
     """A periodic job: a cron expression or an interval, firing one job per tick."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.:-]+$")
-    cron: str | None = None
-    every: Duration | None = None
-    timezone: str = "UTC"
-    handler: str
-    payload: Any = None
-    queue: str = "default"
-    priority: int = 0
-    max_attempts: int | None = Field(None, ge=1)
-    start_at: datetime | None = None
-    end_at: datetime | None = None
-    max_runs: int | None = Field(None, ge=1)
-    enabled: bool = True
-    # After downtime: none (skip missed ticks), latest (one run for them), all (every one).
-    catch_up: Literal["none", "latest", "all"] = "latest"
+    name: str = Field(pattern=r"^[A-Za-z0-9_.:-]+$", description="Unique name of the schedule.")
+    cron: str | None = Field(
+        None, description="Five cron fields, or @hourly @daily @weekly @monthly @yearly."
+    )
+    every: Duration | None = Field(None, description="A fixed interval (at least 1s) instead.")
+    timezone: str = Field("UTC", description="The zone cron is read in (IANA name).")
+    handler: str = Field(description="The handler of each job (a handlers: name or built-in).")
+    payload: Any = Field(None, description="The payload of each job.")
+    queue: str = Field("default", description="The queue the jobs go to.")
+    priority: int = Field(0, description="Higher runs first.")
+    max_attempts: int | None = Field(
+        None, ge=1, description="Attempts per job; null: retry.max_attempts."
+    )
+    start_at: datetime | None = Field(
+        None, description="No ticks before this (ISO 8601 with an offset)."
+    )
+    end_at: datetime | None = Field(None, description="No ticks after this.")
+    max_runs: int | None = Field(None, ge=1, description="Disabled after this many runs.")
+    enabled: bool = Field(True, description="false: the schedule does not fire.")
+    catch_up: Literal["none", "latest", "all"] = Field(
+        "latest",
+        description="After downtime: none (skip missed ticks), latest (one run for them), "
+        "all (every one).",
+    )
 
     @model_validator(mode="after")
     def _timing(self) -> ScheduleConfig:
@@ -272,27 +358,57 @@ class ScheduleConfig(_Strict):
 class RetentionConfig(_Strict):
     """How long finished jobs (and their runs) are kept; purged by the scheduler's leader."""
 
-    enabled: bool = True
-    finished: Duration = 30 * 86400.0
-    every: Duration = 600.0
-    batch: int = Field(1000, ge=1, le=100_000)
+    enabled: bool = Field(True, description="false: finished jobs are kept for good.")
+    finished: Duration = Field(
+        30 * 86400.0, description="Finished jobs older than this are deleted."
+    )
+    every: Duration = Field(600.0, description="How often the leader purges.")
+    batch: int = Field(1000, ge=1, le=100_000, description="Rows per DELETE.")
 
 
 class LoggingConfig(_Strict):
     """How log lines look."""
 
-    format: Literal["auto", "console", "json"] = "auto"
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "console", "json"] = Field(
+        "auto", description="auto: console on a TTY, JSON lines otherwise."
+    )
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="The least severe level logged."
+    )
+
+
+class DashboardConfig(_Strict):
+    """The web dashboard under /ui/: off unless enabled; sign-in by token."""
+
+    enabled: bool = Field(False, description="true: serve the dashboard under /ui/.")
+    read_token: str | None = Field(
+        None,
+        min_length=16,
+        json_schema_extra=SECRET,
+        description="Token of the read-only role (http.admin_token signs in as admin).",
+    )
+    session_ttl: Duration = Field(
+        28800.0, description="How long a sign-in lasts (sessions also end at a restart)."
+    )
 
 
 class HttpConfig(_Strict):
     """The daemon's HTTP server: health, readiness, metrics and the admin API."""
 
-    enabled: bool = True
-    # host:port; port 0 picks a free one (logged as http_listening).
-    listen: str = "127.0.0.1:8080"
-    # Bearer token for mutations (enqueue, retry, cancel). None: mutations are refused.
-    admin_token: str | None = Field(None, min_length=16, json_schema_extra=SECRET)
+    enabled: bool = Field(True, description="false: no HTTP server.")
+    listen: str = Field(
+        "127.0.0.1:8080",
+        description="host:port to listen on; port 0 picks a free one (logged as http_listening).",
+    )
+    admin_token: str | None = Field(
+        None,
+        min_length=16,
+        json_schema_extra=SECRET,
+        description="Bearer token for mutations (enqueue, retry, cancel); null: they are refused.",
+    )
+    dashboard: DashboardConfig = Field(
+        DashboardConfig(), description="The web dashboard under /ui/ (off by default)."
+    )
 
     @field_validator("listen")
     @classmethod
@@ -311,16 +427,30 @@ class HttpConfig(_Strict):
 class Config(_Strict):
     """The whole jobwire configuration."""
 
-    database: DatabaseConfig = DatabaseConfig()
-    workers: WorkersConfig = WorkersConfig()
-    queues: dict[str, QueueConfig] = Field(default_factory=lambda: {"default": QueueConfig()})
-    retry: RetryConfig = RetryConfig()
-    handlers: dict[str, str] = Field(default_factory=dict)
-    sources: list[SourceConfig] = Field(default_factory=list)
-    schedules: list[ScheduleConfig] = Field(default_factory=list)
-    retention: RetentionConfig = RetentionConfig()
-    logging: LoggingConfig = LoggingConfig()
-    http: HttpConfig = HttpConfig()
+    database: DatabaseConfig = Field(DatabaseConfig(), description="Where jobs live.")
+    workers: WorkersConfig = Field(WorkersConfig(), description="The worker pool as a whole.")
+    queues: dict[str, QueueConfig] = Field(
+        default_factory=lambda: {"default": QueueConfig()},
+        description="Queues this instance serves (and always default), by name.",
+    )
+    retry: RetryConfig = Field(RetryConfig(), description="The default retry policy.")
+    handlers: dict[str, str] = Field(
+        default_factory=dict,
+        description="The allow-list: handler name -> 'package.module:function'.",
+    )
+    sources: list[SourceConfig] = Field(
+        default_factory=list, description="Broker sources whose messages become jobs."
+    )
+    schedules: list[ScheduleConfig] = Field(
+        default_factory=list, description="Periodic jobs (cron or interval)."
+    )
+    retention: RetentionConfig = Field(
+        RetentionConfig(), description="How long finished jobs are kept."
+    )
+    logging: LoggingConfig = Field(LoggingConfig(), description="How log lines look.")
+    http: HttpConfig = Field(
+        HttpConfig(), description="The HTTP server: health, metrics and the admin API."
+    )
 
     @field_validator("sources", "schedules")
     @classmethod
@@ -357,6 +487,13 @@ class Config(_Strict):
 _SECRET_KEYS = secret_field_names(Config)
 
 
+def json_schema() -> dict[str, Any]:
+    """The config file's JSON Schema (``jobwire config schema``), for editors and checkers."""
+    schema = Config.model_json_schema(by_alias=True)
+    schema["title"] = "jobwire configuration"
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
 @dataclass(frozen=True)
 class ConfigProblem:
     """One thing wrong with a config file."""
@@ -383,30 +520,138 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# $$ (a literal $), ${VAR} or ${VAR:-default}.
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_URL_HEAD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+class _Plain(str):
+    """An unquoted YAML scalar holding ``${``: when it expands to nothing it is null."""
+
+    __slots__ = ()
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.safe_load``, except that it marks unquoted scalars holding ``${`` (``_Plain``)."""
+
+
+def _construct_str(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> str:
+    value = loader.construct_scalar(node)
+    # The quoting is gone once the tree is built: keep it where interpolation needs it.
+    return _Plain(value) if node.style is None and "${" in value else value
+
+
+_Loader.add_constructor("tag:yaml.org,2002:str", _construct_str)
+
+
+@dataclass
+class _Lookup:
+    """Where ``${VAR}`` values come from, and what reading them found."""
+
+    env: Mapping[str, str]
+    problems: list[tuple[str, str]]
+    # Values read from files: secrets by convention, whatever key they end up under.
+    secrets: set[str]
+
+    def get(self, name: str, path: str) -> str | None:
+        """``$VAR``, else the file ``$VAR_FILE`` names, else ``$CREDENTIALS_DIRECTORY/VAR``."""
+        if name in self.env:
+            return self.env[name]
+        pointer = self.env.get(f"{name}_FILE")
+        if pointer:
+            where = f"environment variable {name}_FILE names {pointer}"
+            return self._read(Path(pointer), where, path)
+        # systemd's LoadCredential= puts each credential in a file named after it.
+        directory = self.env.get("CREDENTIALS_DIRECTORY")
+        if directory and (Path(directory) / name).exists():
+            where = f"credential {name} ({Path(directory) / name})"
+            return self._read(Path(directory) / name, where, path)
+        return None
+
+    def _read(self, file: Path, where: str, path: str) -> str:
+        try:
+            value = file.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            self.problems.append((path, f"{where}, which cannot be read: {exc.strerror}"))
+            return ""
+        except UnicodeDecodeError:
+            # Its message would quote bytes of the secret.
+            self.problems.append((path, f"{where}, which is not UTF-8 text"))
+            return ""
+        self.secrets.add(value)
+        return value
+
+
+def _userinfo(text: str) -> tuple[int, int] | None:
+    """Start and end of the ``user:password`` part of a URL-looking scalar, if it has one."""
+    head = _URL_HEAD.match(text)
+    if head is None:
+        return None
+    # A reference (its default, say) may hold / or @: blank them out, keeping positions.
+    opaque = _VAR.sub(lambda m: "_" * len(m.group(0)), text)
+    end = len(opaque)
+    for stop in "/?#":
+        found = opaque.find(stop, head.end())
+        if found != -1:
+            end = min(end, found)
+    at = opaque.rfind("@", head.end(), end)
+    return (head.end(), at) if at != -1 else None
+
+
+def _expand(text: str, lookup: _Lookup, path: str) -> str | None:
+    userinfo = _userinfo(text)
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        value = lookup.get(name, path)
+        if value is None:
+            if default is not None:
+                return default  # written in the file: as it should appear, escaped or not
+            lookup.problems.append(
+                (path, f"environment variable {name} is not set and has no default")
+            )
+            return ""
+        if userinfo and userinfo[0] <= match.start() and match.end() <= userinfo[1]:
+            # A password with @, /, : or % would otherwise end or garble the URL's userinfo.
+            escaped = quote(value, safe="")
+            if value in lookup.secrets:
+                lookup.secrets.add(escaped)
+            return escaped
+        return value
+
+    result = str(_VAR.sub(replace, text))
+    # As an empty unquoted YAML value is: ``key: ${X:-}`` is null, ``key: "${X:-}"`` is "".
+    if isinstance(text, _Plain) and result == "":
+        return None
+    return result
 
 
 def interpolate(
-    node: Any, env: Mapping[str, str], path: str, problems: list[tuple[str, str]]
+    node: Any,
+    env: Mapping[str, str],
+    path: str,
+    problems: list[tuple[str, str]],
+    secrets: set[str] | None = None,
 ) -> Any:
-    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of a parsed YAML tree."""
+    """Replace ``${VAR}``, ``${VAR:-default}`` and ``$$`` in every string of a parsed YAML
+    tree; values read from ``_FILE`` files or credentials are added to ``secrets``."""
+    lookup = _Lookup(env, problems, set() if secrets is None else secrets)
+    return _interpolate(node, lookup, path)
+
+
+def _interpolate(node: Any, lookup: _Lookup, path: str) -> Any:
     if isinstance(node, dict):
-        return {k: interpolate(v, env, _join(path, str(k)), problems) for k, v in node.items()}
+        return {
+            str(k) if isinstance(k, _Plain) else k: _interpolate(v, lookup, _join(path, str(k)))
+            for k, v in node.items()
+        }
     if isinstance(node, list):
-        return [interpolate(v, env, f"{path}[{i}]", problems) for i, v in enumerate(node)]
+        return [_interpolate(v, lookup, f"{path}[{i}]") for i, v in enumerate(node)]
     if not isinstance(node, str):
         return node
-
-    def replace(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        if name in env:
-            return env[name]
-        if default is not None:
-            return default
-        problems.append((path, f"environment variable {name} is not set and has no default"))
-        return ""
-
-    return _VAR.sub(replace, node)
+    return _expand(node, lookup, path)
 
 
 def _join(path: str, key: str) -> str:
@@ -426,6 +671,51 @@ def _loc_to_key(loc: tuple[int | str, ...]) -> str:
     return key
 
 
+def _unwrap(annotation: Any) -> Any:
+    """``X`` of ``Annotated[X, ...]`` and of ``X | None``; anything else as it is."""
+    while True:
+        if typing.get_origin(annotation) is Annotated:
+            annotation = typing.get_args(annotation)[0]
+            continue
+        if typing.get_origin(annotation) is typing.Union or isinstance(annotation, types.UnionType):
+            options = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(options) == 1:
+                annotation = options[0]
+                continue
+        return annotation
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model whose keys sit at ``loc`` (a pydantic error location), if any."""
+    current: Any = Config
+    for part in loc:
+        current = _unwrap(current)
+        origin, args = typing.get_origin(current), typing.get_args(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            fields = current.model_fields.items()
+            current = next((f.annotation for n, f in fields if part in (n, f.alias)), None)
+        elif isinstance(part, str) and part in SOURCES:  # the discriminated union's tag
+            current = SOURCES[part].model
+        elif origin is list and isinstance(part, int):
+            current = args[0]
+        elif origin is dict and isinstance(part, str):
+            current = args[1]
+        else:
+            return None
+    current = _unwrap(current)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _did_you_mean(loc: tuple[int | str, ...]) -> str:
+    """`` (did you mean 'x'?)`` when an unknown key is close to one of its model's keys."""
+    model = _model_at(loc[:-1])
+    if model is None or not isinstance(loc[-1], str):
+        return ""
+    keys = [key for name, f in model.model_fields.items() for key in (name, f.alias) if key]
+    close = difflib.get_close_matches(loc[-1], keys, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _pydantic_problems(err: ValidationError, file: str) -> list[ConfigProblem]:
     problems = []
     for item in err.errors():
@@ -434,7 +724,7 @@ def _pydantic_problems(err: ValidationError, file: str) -> list[ConfigProblem]:
         )
         key = _loc_to_key(loc)
         if item["type"] == "extra_forbidden":
-            reason = "unknown key"
+            reason = "unknown key" + _did_you_mean(loc)
         elif item["type"] == "missing":
             reason = "required key is missing"
         elif item["type"] == "union_tag_invalid":
@@ -456,11 +746,23 @@ def _pydantic_problems(err: ValidationError, file: str) -> list[ConfigProblem]:
     return problems
 
 
-def parse_config(text: str, file: str, env: Mapping[str, str] | None = None) -> Config:
-    """Parse and validate config text; raise ConfigError naming file, key and reason."""
+def parse_config(
+    text: str,
+    file: str,
+    env: Mapping[str, str] | None = None,
+    *,
+    sections: Collection[str] | None = None,
+    database_url: str | None = None,
+) -> Config:
+    """Parse and validate config text; raise ConfigError naming file, key and reason.
+
+    ``sections``: read only these top-level keys (the rest keep their defaults), so a command
+    that needs the database alone never reads another section's ``${VAR}`` or secret.
+    ``database_url`` replaces ``database.url`` as given (no ``${VAR}`` substitution in it).
+    """
     env = os.environ if env is None else env
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_Loader)  # a SafeLoader: plain data only
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -472,8 +774,20 @@ def parse_config(text: str, file: str, env: Mapping[str, str] | None = None) -> 
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError([ConfigProblem(file, "", "the top level must be a mapping of keys")])
+    if sections is not None:
+        raw = {key: value for key, value in raw.items() if key in sections}
+    override = bool(database_url) and isinstance(raw.get("database"), dict)
+    if override:
+        # The file's url is never read (its ${VAR} may be unset); the given one is set after
+        # substitution, so a "$$" or "${" in its password is taken as written.
+        raw = {**raw, "database": {k: v for k, v in raw["database"].items() if k != "url"}}
     env_problems: list[tuple[str, str]] = []
-    data = interpolate(raw, env, "", env_problems)
+    file_secrets: set[str] = set()
+    data = interpolate(raw, env, "", env_problems, file_secrets)
+    if override and isinstance(data, dict) and isinstance(data.get("database"), dict):
+        data["database"]["url"] = database_url
+    # Before any message is built: whatever prints from here on masks them.
+    remember(file_secrets)
     problems = [ConfigProblem(file, key, reason) for key, reason in env_problems]
     try:
         config = Config.model_validate(data)
@@ -483,7 +797,7 @@ def parse_config(text: str, file: str, env: Mapping[str, str] | None = None) -> 
         problems.extend(p for p in _pydantic_problems(err, file) if p.key not in env_keys)
         # No model to ask which values are secret: take them from the tree as written (after
         # ${VAR} interpolation), wherever a validator's message may have quoted them.
-        secrets = raw_secret_values(data, _SECRET_KEYS)
+        secrets = raw_secret_values(data, _SECRET_KEYS) | file_secrets
         raise ConfigError([p.redacted(secrets) for p in problems]) from None
     if problems:
         raise ConfigError(problems)
@@ -503,7 +817,12 @@ def find_config_file(explicit: str | None, env: Mapping[str, str] | None = None)
     return None
 
 
-def load_config(explicit: str | None = None) -> tuple[Config, Path | None]:
+def load_config(
+    explicit: str | None = None,
+    *,
+    sections: Collection[str] | None = None,
+    database_url: str | None = None,
+) -> tuple[Config, Path | None]:
     """Load the config by the look-up order; built-in defaults when no file is found."""
     path = find_config_file(explicit)
     if path is None:
@@ -512,4 +831,4 @@ def load_config(explicit: str | None = None) -> tuple[Config, Path | None]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([ConfigProblem(str(path), "", f"cannot read: {exc.strerror}")]) from None
-    return parse_config(text, str(path)), path
+    return parse_config(text, str(path), sections=sections, database_url=database_url), path

@@ -11,7 +11,7 @@ import inspect
 import itertools
 import queue
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,13 +23,24 @@ Handler = Callable[..., Any]
 ProgressSink = Callable[[int, int, str | None], Awaitable[None]]
 
 
-class HandlerLoadError(Exception):
-    """A handler named in the config cannot be imported; names the handler and the path."""
+@dataclass(frozen=True)
+class HandlerFailure:
+    """One configured handler that cannot be imported, and why."""
 
-    def __init__(self, name: str, target: str, reason: str) -> None:
-        super().__init__(f"handlers.{name}: cannot load {target!r}: {reason}")
-        self.name = name
-        self.target = target
+    name: str
+    target: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"handlers.{self.name}: cannot load {self.target!r}: {self.reason}"
+
+
+class HandlerLoadError(Exception):
+    """Handlers named in the config cannot be imported; names each handler and its path."""
+
+    def __init__(self, failures: Sequence[HandlerFailure]) -> None:
+        super().__init__("\n".join(str(f) for f in failures))
+        self.failures = list(failures)
 
 
 @dataclass(slots=True)
@@ -225,13 +236,17 @@ class HandlerRegistry:
 
     @classmethod
     def from_config(cls, mapping: Mapping[str, str]) -> HandlerRegistry:
-        """Import every configured handler now, so a typo stops start-up rather than a job."""
+        """Import every configured handler now, so a typo stops start-up rather than a job;
+        raise HandlerLoadError naming every one that fails, not just the first."""
         loaded: dict[str, Handler] = {}
+        failures: list[HandlerFailure] = []
         for name, target in mapping.items():
             try:
                 loaded[name] = import_target(target)
-            except Exception as exc:
-                raise HandlerLoadError(name, target, f"{type(exc).__name__}: {exc}") from exc
+            except Exception as exc:  # noqa: BLE001 - each is reported, all together
+                failures.append(HandlerFailure(name, target, f"{type(exc).__name__}: {exc}"))
+        if failures:
+            raise HandlerLoadError(failures)
         return cls(loaded)
 
     def __contains__(self, name: object) -> bool:

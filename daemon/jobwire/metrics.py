@@ -4,24 +4,48 @@ Most figures already exist as counters and states in the pool, the intakes and t
 adapters; a custom collector reads them at scrape time instead of mirroring every change.
 Figures that need the database (live jobs by queue and status, the ready backlog) are
 refreshed by ``refresh()`` before each scrape, at most once a second, so a scrape storm
-costs the database nothing extra.
+costs the database nothing extra. Attempts, waits and handler durations are counted as they
+happen, from the pool's hooks (``observe_start``, ``observe``).
 """
 
 from __future__ import annotations
 
+import platform
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from jobwire.models import LIVE, Job, Outcome
+from jobwire import __version__
+from jobwire.models import LIVE, Job, JobStatus, Outcome
 from jobwire.store.base import JobStore, StoreUnavailable
+
+# A `_created` series per counter and histogram child doubles the series to store and tells
+# an operator nothing that rate() does not; process-wide, as prometheus_client decides it.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # the library leaves it unannotated
 
 SOURCE_STATES = ("connecting", "up", "down", "paused", "stopped")
 INTAKE_OUTCOMES = ("received", "stored", "duplicate", "invalid", "dead_lettered", "acked", "nacked")
+# The attempt outcomes as the counter has always named them (a retry is "retried").
+ATTEMPT_OUTCOMES = {
+    JobStatus.SUCCEEDED: "succeeded",
+    JobStatus.RETRYING: "retried",
+    JobStatus.FAILED: "failed",
+    JobStatus.CANCELLED: "cancelled",
+}
+# A handler named by a job but not in the allow-list: one label for all of them, so a
+# stream of made-up names cannot grow the series without bound.
+UNLISTED_HANDLER = "_unlisted"
 
 
 class Metrics(Collector):
@@ -35,8 +59,10 @@ class Metrics(Collector):
         db_pool: Callable[[], tuple[int, int]] | None = None,
         backlog_cap: int = 1_000_000,
         queues: Iterable[str] = (),
+        handlers: Container[str] | None = None,
     ) -> None:
         self.store = store
+        self.handlers = handlers  # None: every handler name is a label (tests)
         self.pool_counters = pool_counters
         self.sources = sources
         self.db_pool = db_pool
@@ -50,25 +76,59 @@ class Metrics(Collector):
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300, float("inf")),
         )
         self._duration_by: dict[tuple[str, str], Any] = {}
+        # From 1 ms (a direct hand-off, an idle pool) to an hour (a queue far behind).
+        self.wait = Histogram(
+            "jobwire_job_wait_seconds",
+            "Time from a job being ready to run (run_at) to its start, by queue.",
+            ["queue"],
+            registry=self.registry,
+            buckets=(
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600,
+                float("inf"),
+            ),
+        )  # fmt: skip
+        self._wait_by: dict[str, Any] = {}
+        self._attempts: dict[tuple[str, str, str], int] = {}
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
         self.registry.register(self)
         self._jobs: dict[str, dict[str, int]] | None = None  # None: never read yet
         # Every queue served here or seen with live jobs gets a series for each live status,
         # 0 when empty: a series that vanished would read as "no data", not as "none left".
         self._queues_seen = set(queues)
         self._backlog: int | None = None
+        self._oldest: dict[str, float] | None = None
         self._store_up = 0
         self._refreshed = 0.0
 
-    def observe(self, job: Job, outcome: Outcome) -> None:
-        """The pool's on_outcome hook: one histogram observation per attempt."""
-        key = (job.handler, outcome.status)
-        child = self._duration_by.get(key)
+    def _handler_label(self, handler: str) -> str:
+        if self.handlers is None or handler in self.handlers:
+            return handler
+        return UNLISTED_HANDLER
+
+    def observe_start(self, job: Job) -> None:
+        """The pool's on_start hook: how long the job waited, ready, before it started."""
+        child = self._wait_by.get(job.queue)
         if child is None:
             # labels() takes a lock and builds a key per call: look each child up once.
+            child = self._wait_by[job.queue] = self.wait.labels(job.queue)
+        # Both times come from the same clock (the database's, or the memory store's).
+        started = job.started_at or datetime.now(UTC)
+        child.observe(max(0.0, (started - job.run_at).total_seconds()))
+
+    def observe(self, job: Job, outcome: Outcome) -> None:
+        """The pool's on_outcome hook: the attempt counted and its duration observed."""
+        handler = self._handler_label(job.handler)
+        key = (handler, outcome.status)
+        child = self._duration_by.get(key)
+        if child is None:
             child = self._duration_by[key] = self.handler_duration.labels(
-                job.handler, str(outcome.status)
+                handler, str(outcome.status)
             )
         child.observe(outcome.duration)
+        status = ATTEMPT_OUTCOMES.get(outcome.status, str(outcome.status))
+        counted = (job.queue, handler, status)
+        self._attempts[counted] = self._attempts.get(counted, 0) + 1
 
     async def refresh(self, max_age: float = 1.0) -> None:
         """Read the database figures, unless read less than ``max_age`` seconds ago."""
@@ -80,6 +140,7 @@ class Metrics(Collector):
             self._jobs = await self.store.stats(finished=False)
             self._queues_seen.update(self._jobs)
             self._backlog = await self.store.ready_backlog(self.backlog_cap)
+            self._oldest = await self.store.oldest_ready(sorted(self._queues_seen))
             self._store_up = 1
         except StoreUnavailable:
             self._store_up = 0
@@ -101,19 +162,37 @@ class Metrics(Collector):
                 for status in LIVE:
                     jobs.add_metric([queue, status], counts.get(status, 0))
         yield jobs
+        if self._oldest is not None:
+            oldest = GaugeMetricFamily(
+                "jobwire_queue_oldest_ready_seconds",
+                "Age of the oldest job ready to run now, by queue (0 when none is ready).",
+                labels=["queue"],
+            )
+            for queue in sorted(self._queues_seen):
+                oldest.add_metric([queue], self._oldest.get(queue, 0.0))
+            yield oldest
         if self._backlog is not None:
             yield _gauge(
                 "jobwire_ready_backlog",
                 f"Jobs ready to run, counted up to {self.backlog_cap}.",
                 self._backlog,
             )
-        attempts = CounterMetricFamily(
-            "jobwire_attempts", "Attempts this instance finished, by outcome.", labels=["outcome"]
+        build = GaugeMetricFamily(
+            "jobwire_build_info",
+            "Always 1: the jobwire and Python versions this instance runs.",
+            labels=["version", "python"],
         )
-        pool = self.pool_counters()
-        for outcome in ("succeeded", "retried", "failed", "cancelled"):
-            attempts.add_metric([outcome], pool.get(outcome, 0))
+        build.add_metric([__version__, platform.python_version()], 1)
+        yield build
+        attempts = CounterMetricFamily(
+            "jobwire_attempts",
+            "Attempts this instance finished, by queue, handler and outcome.",
+            labels=["queue", "handler", "outcome"],
+        )
+        for labels, count in sorted(self._attempts.items()):
+            attempts.add_metric(list(labels), count)
         yield attempts
+        pool = self.pool_counters()
         yield _counter(
             "jobwire_claimed_jobs", "Jobs this instance claimed.", pool.get("claimed", 0)
         )

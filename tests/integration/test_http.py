@@ -190,7 +190,12 @@ async def test_metrics_are_present_and_move(
         for _ in range(3):
             await post(session, f"{url}/api/v1/jobs", {"handler": "noop"})
         await wait_for(
-            lambda: _metric(session, url, 'jobwire_attempts_total{outcome="succeeded"}', 3.0),
+            lambda: _metric(
+                session,
+                url,
+                'jobwire_attempts_total{handler="noop",outcome="succeeded",queue="default"}',
+                3.0,
+            ),
             what="three attempts counted",
         )
         # A job in a queue no instance serves waits, and is shown waiting. The database

@@ -367,6 +367,27 @@ class StoreContract:
         }
         assert await store.ready_backlog(1) == 1 and await store.ready_backlog(10) == 2
 
+    async def test_oldest_ready_ages_each_asked_queue_by_its_ready_jobs_only(
+        self, store: Store
+    ) -> None:
+        assert await store.oldest_ready(["default", "mail"]) == {"default": 0.0, "mail": 0.0}
+        await store.enqueue_many([JobSpec("noop"), JobSpec("noop", queue="unasked")])
+        await store.enqueue_many([JobSpec("noop", queue="mail", delay=3600)])  # not due
+        await asyncio.sleep(0.3)
+        await store.enqueue_many([JobSpec("noop")])  # newer: the oldest one counts
+        ages = await store.oldest_ready(["default", "mail"])
+        assert set(ages) == {"default", "mail"} and ages["mail"] == 0.0, ages
+        assert 0.3 <= ages["default"] < 30, ages
+
+        # Running jobs are not waiting; a retry waits from when it became due again.
+        running = await store.claim(claim({"default": 2}, 2))
+        assert (await store.oldest_ready(["default"]))["default"] == 0.0
+        await store.complete_many(
+            "w", [Outcome(running[0].id, 1, JobStatus.RETRYING, 0, retry_in=0.0)]
+        )
+        await asyncio.sleep(0.1)
+        assert 0.1 <= (await store.oldest_ready(["default"]))["default"] < 30
+
     # -- schedules, leadership, retention ---------------------------------------------
 
     async def test_schedules_sync_due_fire_and_superseded(self, store: Store) -> None:

@@ -524,3 +524,47 @@ async def test_migrate_builds_a_new_schema_once(database_url: str) -> None:
         assert await store.enqueue_many([JobSpec("noop")]) == [1]
     finally:
         await store.close()
+
+
+async def test_oldest_ready_reads_jobs_ready_not_the_history(
+    pg_store: PostgresStore, database_url: str
+) -> None:
+    """Metrics read each queue's oldest ready job at every refresh of every instance: with a
+    long history the statement must read jobs_ready's live rows per queue, never the whole
+    table, in the generic plan a prepared statement settles on as well."""
+    conn = await asyncpg.connect(database_url, server_settings=server_settings("jobwire"))
+    plans = []
+    try:
+        await conn.execute(
+            "INSERT INTO jobs (handler, queue, status, finished_at)"
+            " SELECT 'noop', 'default', 'succeeded', now() FROM generate_series(1, 200000)"
+        )
+        # A few thousand live ones: ready for a while, ready now, and not due yet.
+        await conn.execute(
+            "INSERT INTO jobs (handler, queue, run_at)"
+            " SELECT 'noop', q, now() - make_interval(secs => i % 100)"
+            " FROM generate_series(1, 3000) i, unnest(ARRAY['default', 'mail']) q"
+        )
+        await conn.execute(
+            "INSERT INTO jobs (handler, queue, run_at)"
+            " SELECT 'noop', 'default', now() + interval '1 hour' FROM generate_series(1, 500)"
+        )
+        await conn.execute("ANALYZE jobs")
+        statement = queries()["oldest_ready"]
+        plans.append(
+            await conn.fetchval("EXPLAIN (FORMAT JSON) " + statement, ["default", "mail", "idle"])
+        )
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        await conn.execute(f"PREPARE oldest (text[]) AS {statement}")
+        plans.append(
+            await conn.fetchval("EXPLAIN (FORMAT JSON) EXECUTE oldest ('{default,mail,idle}')")
+        )
+    finally:
+        await conn.close()
+    for plan in plans:
+        nodes = list(_plan_nodes(json.loads(plan)[0]["Plan"]))
+        assert not [n for n in nodes if n[0] == "Seq Scan"], nodes
+        assert "jobs_ready" in {index for _, index in nodes}, nodes
+    ages = await pg_store.oldest_ready(["default", "mail", "idle"])
+    assert 99 <= ages["default"] < 110 and 99 <= ages["mail"] < 110, ages
+    assert ages["idle"] == 0.0

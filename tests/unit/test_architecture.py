@@ -9,6 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from jobwire.store.queries import parse_named_queries
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -30,3 +34,9 @@ def test_every_sql_statement_is_named_in_the_sql_file() -> None:
             if keyword in text:
                 offenders.append(f"{path.relative_to(REPO)}: {keyword.strip()}")
     assert offenders == []
+
+
+def test_a_statement_name_used_twice_in_the_sql_file_is_refused() -> None:
+    text = "-- name: a\nSELECT 1;\n\n-- name: a\nSELECT 2;\n"
+    with pytest.raises(ValueError, match="names 'a' twice"):
+        parse_named_queries(text)

@@ -1,8 +1,13 @@
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
+from click.testing import CliRunner
 
+from jobwire import redaction
+from jobwire.cli import main
 from jobwire.config import Config, ConfigError, find_config_file, parse_config
+from jobwire.handlers import HandlerLoadError, HandlerRegistry
 
 
 def problems(text: str, env: dict[str, str] | None = None) -> list[str]:
@@ -42,7 +47,9 @@ queues: {long: {concurrency: 2, timeout: 2h}}
 
 
 def test_unknown_key_is_named_with_its_path() -> None:
-    assert problems("workers: {concurency: 3}") == ["jobwire.yaml: workers.concurency: unknown key"]
+    assert problems("workers: {concurency: 3}") == [
+        "jobwire.yaml: workers.concurency: unknown key (did you mean 'concurrency'?)"
+    ]
 
 
 def test_wrong_type_is_named() -> None:
@@ -166,3 +173,149 @@ def test_a_secret_quoted_by_any_problem_is_masked() -> None:
     (line,) = problems("http: {admin_token: '${T}', listen: '${T}'}", {"T": token})
     assert line.startswith("jobwire.yaml: http.listen: must be host:port")
     assert token not in line
+
+
+AMQP = "sources: [{name: a, type: amqp, queue: q, route: {handler: echo}, %s}]"
+# Block style: an unquoted ${...} cannot stand in a {flow: mapping}, where { is syntax.
+AMQP_BLOCK = """
+sources:
+  - name: a
+    type: amqp
+    queue: q
+    route: {handler: echo}
+"""
+
+
+def test_an_unknown_key_gets_the_closest_known_one() -> None:
+    assert problems(AMQP % "prefecth: 10") == [
+        "jobwire.yaml: sources[0].prefecth: unknown key (did you mean 'prefetch'?)"
+    ]
+    assert problems("database: {shema: jw, pool: {mx: 3}}\nworkrs: {}") == [
+        "jobwire.yaml: database.pool.mx: unknown key (did you mean 'max'?)",
+        "jobwire.yaml: database.shema: unknown key (did you mean 'schema'?)",
+        "jobwire.yaml: workrs: unknown key (did you mean 'workers'?)",
+    ]
+    assert problems("queues: {long: {timout: 2h}}") == [
+        "jobwire.yaml: queues.long.timout: unknown key (did you mean 'timeout'?)"
+    ]
+    # Nothing close: no guess.
+    assert problems("workers: {zzzzzz: 1}") == ["jobwire.yaml: workers.zzzzzz: unknown key"]
+
+
+def test_double_dollar_is_a_literal_dollar() -> None:
+    text = "database: {url: 'postgresql://u:pa$$word@db/x', schema: '$${HOME}'}"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "f.yaml", {"HOME": "/root"})
+    # Not substituted: the schema is the literal text, which is no identifier.
+    (problem,) = info.value.problems
+    assert (problem.key, problem.reason.split(" must")[0]) == ("database.schema", "'${HOME}'")
+    config = parse_config(text.replace("'$${HOME}'", "jw"), "f.yaml", {})
+    assert urlsplit(config.database.url).password == "pa$word"
+    # A variable whose value holds $$ is not unescaped again.
+    config = parse_config(AMQP_BLOCK + "    exchange: ${EX}\n", "f.yaml", {"EX": "a$$b"})
+    assert config.sources[0].exchange == "a$$b"
+
+
+def test_an_unquoted_value_that_expands_to_nothing_is_null() -> None:
+    text = AMQP_BLOCK + '    exchange: ${EX:-}\n    dead_letter_routing_key: "${EX:-}"\n'
+    source = parse_config(text, "f.yaml", {}).sources[0]
+    # Unquoted: null (the field's "not set"); quoted: the empty string (AMQP's default exchange).
+    assert (source.exchange, source.dead_letter_routing_key) == (None, "")
+    assert parse_config(text, "f.yaml", {"EX": ""}).sources[0].exchange is None
+    config = parse_config("http:\n  admin_token: ${TOKEN:-}", "f.yaml", {})
+    assert config.http.admin_token is None
+    (line,) = problems("http: {admin_token: '${TOKEN:-}'}")
+    assert line.startswith("jobwire.yaml: http.admin_token: String should have at least 16")
+
+
+def test_a_variable_falls_back_to_its_file(tmp_path: Path) -> None:
+    secret = "from-a-file-4f1c@/:%"
+    (tmp_path / "pw").write_text(secret + "\n")
+    text = "database: {url: 'postgresql://jw:${DB_PASSWORD}@db:5432/jobs'}"
+    config = parse_config(text, "f.yaml", {"DB_PASSWORD_FILE": str(tmp_path / "pw")})
+    assert unquote(urlsplit(config.database.url).password or "") == secret
+    assert secret in redaction.known()
+    # The variable itself wins over its file.
+    env = {"DB_PASSWORD": "direct", "DB_PASSWORD_FILE": str(tmp_path / "pw")}
+    assert parse_config(text, "f.yaml", env).database.url == "postgresql://jw:direct@db:5432/jobs"
+
+
+def test_a_variable_falls_back_to_a_systemd_credential(tmp_path: Path) -> None:
+    (tmp_path / "ADMIN_TOKEN").write_text("token-from-credentials-dir-7d2e\n")
+    env = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
+    config = parse_config("http: {admin_token: '${ADMIN_TOKEN}'}", "f.yaml", env)
+    assert config.http.admin_token == "token-from-credentials-dir-7d2e"
+    assert "token-from-credentials-dir-7d2e" in redaction.known()
+    # A credential the directory does not hold: the default, or the usual problem.
+    config = parse_config("http:\n  admin_token: ${OTHER:-}", "f.yaml", env)
+    assert config.http.admin_token is None
+    (line,) = problems("http: {admin_token: '${OTHER}'}", env)
+    assert line.endswith("environment variable OTHER is not set and has no default")
+
+
+def test_a_missing_secret_file_is_named_without_content(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    (line,) = problems("http: {admin_token: '${TOKEN}'}", {"TOKEN_FILE": str(missing)})
+    assert line == (
+        f"jobwire.yaml: http.admin_token: environment variable TOKEN_FILE names {missing}, "
+        "which cannot be read: No such file or directory"
+    )
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xffsecret-bytes")
+    (line,) = problems("http: {admin_token: '${TOKEN}'}", {"TOKEN_FILE": str(binary)})
+    assert line.endswith("which is not UTF-8 text")
+    assert "secret-bytes" not in line
+
+
+def test_a_file_secret_is_masked_in_problems(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("file-secret-91ab\n")
+    (line,) = problems("database: {schema: '${PW}'}", {"PW_FILE": str(tmp_path / "pw")})
+    assert line.startswith("jobwire.yaml: database.schema: '***' must be a plain SQL identifier")
+
+
+@pytest.mark.parametrize(
+    ("text", "scheme"),
+    [
+        ("database: {url: 'postgresql://${USER}:${PASS}@db.internal:5432/jobs'}", "postgresql"),
+        (AMQP % "url: 'amqp://${USER}:${PASS}@${HOST}:5672/%2F'", "amqp"),
+    ],
+)
+def test_a_variable_in_a_url_password_is_percent_encoded(text: str, scheme: str) -> None:
+    password = "p@ss/w:rd%41#?"
+    config = parse_config(text, "f.yaml", {"USER": "job@wire", "PASS": password, "HOST": "mq"})
+    url = config.database.url if scheme == "postgresql" else config.sources[0].url
+    parts = urlsplit(url)
+    assert parts.scheme == scheme
+    assert (unquote(parts.username or ""), unquote(parts.password or "")) == ("job@wire", password)
+    assert parts.hostname in ("db.internal", "mq")
+
+
+def test_only_a_url_userinfo_is_encoded() -> None:
+    env = {"DB_URL": "postgresql://u:p@ss@db/x", "DB": "my/db", "PASS": "a@b"}
+    # The whole URL from one variable is taken as it is: it is the operator's URL.
+    assert parse_config("database: {url: '${DB_URL}'}", "f", env).database.url == env["DB_URL"]
+    config = parse_config("database: {url: 'postgresql://u:${PASS}@db/${DB}'}", "f", env)
+    assert config.database.url == "postgresql://u:a%40b@db/my/db"
+    # A default is written in the file, as it should appear in the URL.
+    config = parse_config("database: {url: 'postgresql://u:${NONE:-p%40w}@db/x'}", "f", env)
+    assert config.database.url == "postgresql://u:p%40w@db/x"
+
+
+def test_every_handler_that_fails_to_import_is_reported(tmp_path: Path) -> None:
+    handlers = {"mail": "nosuchmodule.jobs:send", "echo2": "json:no_such_function"}
+    with pytest.raises(HandlerLoadError) as info:
+        HandlerRegistry.from_config({**handlers, "ok": "json:dumps"})
+    assert [f.name for f in info.value.failures] == ["mail", "echo2"]
+    path = tmp_path / "jobwire.yaml"
+    path.write_text(
+        "handlers: {mail: 'nosuchmodule.jobs:send', ok: 'json:dumps',"
+        " echo2: 'json:no_such_function'}\n"
+    )
+    result = CliRunner().invoke(main, ["check-config", "-c", str(path)])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        f"error: {path}: handlers.mail: cannot load 'nosuchmodule.jobs:send': "
+        "ModuleNotFoundError: No module named 'nosuchmodule'",
+        f"error: {path}: handlers.echo2: cannot load 'json:no_such_function': "
+        "AttributeError: module 'json' has no attribute 'no_such_function'",
+    ]

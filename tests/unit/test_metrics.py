@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import platform
+import sys
+from datetime import UTC, datetime, timedelta
+
 from prometheus_client import generate_latest
 
+from jobwire import __version__
+from jobwire.handlers import HandlerRegistry
 from jobwire.metrics import Metrics
-from jobwire.models import JobSpec, JobStatus, Outcome
+from jobwire.models import Job, JobSpec, JobStatus, Outcome
 from jobwire.store.base import ClaimRequest
 from jobwire.store.memory import MemoryStore
+from jobwire.worker import WorkerPool
+from tests.support.pools import fast_config
+from tests.support.waiting import wait_for
 
 
 def make_metrics(store: MemoryStore, queues: tuple[str, ...] = ("default",)) -> Metrics:
@@ -62,3 +71,90 @@ async def test_a_queue_seen_once_reads_zero_when_its_jobs_are_done() -> None:
     lines = job_lines(metrics)
     assert line("other", "pending", 0.0) in lines  # not gone: zero
     assert not any('status="succeeded"' in each for each in lines)  # history is not counted
+
+
+def exposition(metrics: Metrics) -> str:
+    return generate_latest(metrics.registry).decode()
+
+
+def oldest_lines(metrics: Metrics) -> dict[str, float]:
+    prefix = "jobwire_queue_oldest_ready_seconds{queue="
+    found = {}
+    for each in exposition(metrics).splitlines():
+        if each.startswith(prefix):
+            labels, value = each[len(prefix) :].split("} ")
+            found[labels.strip('"')] = float(value)
+    return found
+
+
+async def test_oldest_ready_age_per_served_queue_counts_only_jobs_due_now() -> None:
+    store = MemoryStore()
+    metrics = make_metrics(store, ("default", "mail"))
+    await metrics.refresh(max_age=0)
+    assert oldest_lines(metrics) == {"default": 0.0, "mail": 0.0}  # none ready: 0, not gone
+
+    old, _newer = await store.enqueue_many([JobSpec("noop"), JobSpec("noop")])
+    assert old is not None
+    store.jobs[old].run_at -= timedelta(minutes=10)  # ready, and waiting since then
+    await store.enqueue_many([JobSpec("noop", queue="mail", delay=3600)])  # not due yet
+    await metrics.refresh(max_age=0)
+    ages = oldest_lines(metrics)
+    assert 600 <= ages["default"] < 660 and ages["mail"] == 0.0, ages
+
+
+async def test_wait_from_ready_to_start_is_observed_when_the_pool_starts_a_job() -> None:
+    store = MemoryStore()
+    metrics = make_metrics(store)
+    (job_id,) = await store.enqueue_many([JobSpec("noop")])
+    assert job_id is not None
+    store.jobs[job_id].run_at -= timedelta(seconds=90)
+    pool = WorkerPool(
+        store,
+        HandlerRegistry({}),
+        fast_config(),
+        on_outcome=metrics.observe,
+        on_start=metrics.observe_start,
+    )
+    await pool.start()
+    try:
+        await wait_for(lambda: pool.counters.succeeded == 1, what="the job ran")
+    finally:
+        await pool.stop()
+    text = exposition(metrics)
+    assert 'jobwire_job_wait_seconds_count{queue="default"} 1.0' in text
+    assert 'jobwire_job_wait_seconds_bucket{le="60.0",queue="default"} 0.0' in text
+    assert 'jobwire_job_wait_seconds_bucket{le="300.0",queue="default"} 1.0' in text
+
+
+def test_attempts_are_counted_by_queue_handler_and_outcome_within_the_allow_list() -> None:
+    metrics = Metrics(MemoryStore(), lambda: {}, lambda: {}, handlers={"email"})
+    at = datetime.now(UTC)
+    for queue, handler, status in [
+        ("mail", "email", JobStatus.SUCCEEDED),
+        ("mail", "email", JobStatus.SUCCEEDED),
+        ("mail", "email", JobStatus.RETRYING),
+        ("default", "made-up-1", JobStatus.FAILED),
+        ("default", "made-up-2", JobStatus.FAILED),
+    ]:
+        job = Job(1, handler, queue, JobStatus.RUNNING, 0, 1, 3, None, at, at)
+        metrics.observe(job, Outcome(1, 1, status, 0.01))
+    attempts = {
+        each for each in exposition(metrics).splitlines() if each.startswith("jobwire_attempts")
+    }
+    assert attempts == {
+        'jobwire_attempts_total{handler="email",outcome="succeeded",queue="mail"} 2.0',
+        'jobwire_attempts_total{handler="email",outcome="retried",queue="mail"} 1.0',
+        # Names outside the allow-list share one label: the series stay bounded.
+        'jobwire_attempts_total{handler="_unlisted",outcome="failed",queue="default"} 2.0',
+    }
+
+
+def test_build_info_process_metrics_and_no_created_series() -> None:
+    text = exposition(make_metrics(MemoryStore()))
+    version = platform.python_version()
+    assert f'jobwire_build_info{{python="{version}",version="{__version__}"}} 1.0' in text
+    assert "python_info{" in text
+    if sys.platform == "linux":  # ProcessCollector reads /proc
+        assert "process_cpu_seconds_total " in text
+        assert "process_resident_memory_bytes " in text
+    assert "_created" not in text

@@ -85,6 +85,32 @@ class ScheduleRow:
     catch_up: Literal["none", "latest", "all"]
 
 
+@dataclass(frozen=True)
+class AuditEntry:
+    """One operator action to record: who (actor and role), what, on what, how many."""
+
+    actor: str
+    role: str
+    action: str
+    target: str | None = None
+    count: int = 0
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    """One row of the audit table."""
+
+    id: int
+    at: datetime
+    actor: str
+    role: str
+    action: str
+    target: str | None
+    count: int
+    detail: dict[str, Any]
+
+
 NotifyCallback = Callable[[str], None]
 
 
@@ -195,6 +221,9 @@ class JobStore(Protocol):
     async def ready_backlog(self, cap: int) -> int:
         """How many jobs are ready to run, counting no further than ``cap``."""
 
+    async def oldest_ready(self, queues: Sequence[str]) -> dict[str, float]:
+        """Seconds the oldest job ready to run now has waited, per queue (0 when none)."""
+
     async def stats(self, finished: bool = True) -> dict[str, dict[str, int]]:
         """Job counts as ``{queue: {status: count}}`` (metrics read the live ones only)."""
 
@@ -289,8 +318,32 @@ class AdminStore(Protocol):
         queue: str | None = None,
         limit: int = 50,
         before_id: int | None = None,
+        *,
+        handler: str | None = None,
+        source: str | None = None,
     ) -> list[Job]:
         """Newest jobs first, optionally filtered; ``before_id`` pages on."""
+
+    async def count_jobs(
+        self,
+        status: str,
+        queue: str | None = None,
+        handler: str | None = None,
+        source: str | None = None,
+        *,
+        cap: int,
+    ) -> int | None:
+        """How many jobs match, counted no further than ``cap``; None for a status whose
+        count would read the history (succeeded), where no partial index bounds it."""
+
+    async def failed_since(self, seconds: float, cap: int) -> dict[str, int]:
+        """Jobs failed in the last ``seconds``, by queue, counted no further than ``cap``."""
+
+    async def record_audit(self, entry: AuditEntry) -> int:
+        """Write an operator's action to the audit table; returns its id."""
+
+    async def list_audit(self, limit: int = 50, before_id: int | None = None) -> list[AuditRow]:
+        """Audit rows, newest first; ``before_id`` pages on."""
 
     async def runs(self, job_id: int) -> list[dict[str, Any]]:
         """The attempts of one job, oldest first."""

@@ -8,12 +8,19 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from jobwire.models import FINISHED, LIVE, Job, JobSpec, JobStatus
-from jobwire.store.base import ScheduleRow
+from jobwire.store.base import AuditEntry, AuditRow, ScheduleRow
 from jobwire.store.memory_base import READY, MemoryState, now
+
+# Statuses counted as PostgreSQL counts them (through a partial index); not succeeded.
+_COUNTED = frozenset({"failed", "cancelled", "pending", "retrying", "running"})
 
 
 class MemoryAdmin(MemoryState):
     """What operators and applications run on the memory store."""
+
+    def __init__(self, default_max_attempts: int = 5) -> None:
+        super().__init__(default_max_attempts)
+        self.audit: list[AuditRow] = []
 
     async def ids_by_dedup_key(self, keys: Sequence[str]) -> dict[str, int]:
         """Existing job ids for the given dedup keys."""
@@ -61,16 +68,67 @@ class MemoryAdmin(MemoryState):
         queue: str | None = None,
         limit: int = 50,
         before_id: int | None = None,
+        *,
+        handler: str | None = None,
+        source: str | None = None,
     ) -> list[Job]:
         """Newest first; ``before_id`` pages on."""
         found = [
             j
+            for j in self._matching(status, queue, handler, source)
+            if before_id is None or j.id < before_id
+        ]
+        return [dataclasses.replace(j) for j in sorted(found, key=lambda j: -j.id)[:limit]]
+
+    def _matching(
+        self, status: str | None, queue: str | None, handler: str | None, source: str | None
+    ) -> list[Job]:
+        return [
+            j
             for j in self.jobs.values()
             if (status is None or j.status == status)
             and (queue is None or j.queue == queue)
-            and (before_id is None or j.id < before_id)
+            and (handler is None or j.handler == handler)
+            and (source is None or j.source == source)
         ]
-        return [dataclasses.replace(j) for j in sorted(found, key=lambda j: -j.id)[:limit]]
+
+    async def count_jobs(
+        self,
+        status: str,
+        queue: str | None = None,
+        handler: str | None = None,
+        source: str | None = None,
+        *,
+        cap: int,
+    ) -> int | None:
+        """Matching jobs up to ``cap``; None for succeeded, as PostgreSQL answers."""
+        if status not in _COUNTED:
+            return None
+        return min(cap, len(self._matching(status, queue, handler, source)))
+
+    async def failed_since(self, seconds: float, cap: int) -> dict[str, int]:
+        """Recently failed jobs by queue, up to ``cap`` in all."""
+        cutoff = now() - timedelta(seconds=seconds)
+        out: dict[str, int] = {}
+        recent = [
+            j
+            for j in self.jobs.values()
+            if j.status == JobStatus.FAILED and j.finished_at and j.finished_at > cutoff
+        ]
+        for job in recent[:cap]:
+            out[job.queue] = out.get(job.queue, 0) + 1
+        return out
+
+    async def record_audit(self, entry: AuditEntry) -> int:
+        """Append one audit row."""
+        row = AuditRow(len(self.audit) + 1, now(), **dataclasses.asdict(entry))
+        self.audit.append(row)
+        return row.id
+
+    async def list_audit(self, limit: int = 50, before_id: int | None = None) -> list[AuditRow]:
+        """Audit rows, newest first."""
+        rows = [r for r in reversed(self.audit) if before_id is None or r.id < before_id]
+        return rows[:limit]
 
     async def runs(self, job_id: int) -> list[dict[str, Any]]:
         """Attempts of one job, oldest first."""

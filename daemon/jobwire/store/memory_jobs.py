@@ -186,6 +186,16 @@ class MemoryJobs(MemoryState):
         at = now()
         return min(cap, sum(1 for j in self.jobs.values() if j.status in READY and j.run_at <= at))
 
+    async def oldest_ready(self, queues: Sequence[str]) -> dict[str, float]:
+        """Age of each queue's oldest ready job, 0 when none is ready."""
+        await self.ping()
+        at = now()
+        ages = dict.fromkeys(queues, 0.0)
+        for j in self.jobs.values():
+            if j.queue in ages and j.status in READY and j.run_at <= at:
+                ages[j.queue] = max(ages[j.queue], (at - j.run_at).total_seconds())
+        return ages
+
     async def existing(self, job_ids: Sequence[int]) -> set[int]:
         """Ids among these with a row."""
         await self.ping()

@@ -1,17 +1,211 @@
-"""Schema migrations under an advisory lock, and the leader's lock held on a connection."""
+"""Schema migrations under an advisory lock, the schema version check, and the leader's lock
+held on a connection."""
 
 from __future__ import annotations
 
 import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
-from jobwire.store.pg_base import UNAVAILABLE, connecting
+from jobwire.store.pg_base import UNAVAILABLE, connecting, guard
 from jobwire.store.queries import migrations, queries
 
 
-async def migrate(dsn: str, schema: str) -> list[str]:
-    """Apply missing numbered migrations under an advisory lock; returns the names applied."""
+@dataclass(frozen=True)
+class Migration:
+    """One numbered SQL migration shipped with this jobwire."""
+
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def label(self) -> str:
+        """``0004_history_indexes``."""
+        return f"{self.version:04d}_{self.name}"
+
+
+@dataclass(frozen=True)
+class AppliedMigration:
+    """One row of schema_migrations."""
+
+    version: int
+    name: str
+    applied_at: datetime | None
+
+    @property
+    def label(self) -> str:
+        """``0004_history_indexes``."""
+        return f"{self.version:04d}_{self.name}"
+
+
+def known_migrations() -> list[Migration]:
+    """Every migration this jobwire ships, in order."""
+    return [Migration(version, name, sql) for version, name, sql in migrations()]
+
+
+def latest_version() -> int:
+    """The schema version this jobwire needs (its last migration)."""
+    return max((m.version for m in known_migrations()), default=0)
+
+
+class SchemaMismatch(Exception):
+    """The schema is missing, behind or ahead of what this jobwire knows; says what to run."""
+
+    def __init__(self, schema: str, found: int | None, needed: int, missing: list[str]) -> None:
+        self.schema = schema
+        self.found = found  # None: the schema does not exist
+        self.needed = needed
+        self.missing = missing  # pending migrations (empty when the schema is ahead)
+        super().__init__(self._message())
+
+    @property
+    def newer(self) -> bool:
+        """The schema was migrated by a newer jobwire."""
+        return not self.missing and self.found is not None
+
+    def _message(self) -> str:
+        if self.found is None:
+            return f"schema {self.schema} does not exist: run `jobwire migrate`"
+        if self.newer:
+            return (
+                f"schema {self.schema} is at {self.found:04d}, newer than this jobwire knows "
+                f"({self.needed:04d}): upgrade jobwire"
+            )
+        if self.found >= self.needed:
+            # A gap below the last applied one (restored or hand-edited schema_migrations).
+            return (
+                f"schema {self.schema} lacks migration {', '.join(self.missing)}: "
+                "run `jobwire migrate`"
+            )
+        return (
+            f"schema {self.schema} is at {self.found:04d}, this jobwire needs "
+            f"{self.needed:04d}: run `jobwire migrate`"
+        )
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    """What a schema holds compared with the migrations this jobwire ships."""
+
+    schema: str
+    exists: bool
+    applied: list[AppliedMigration]
+    known: list[Migration]
+
+    @property
+    def version(self) -> int | None:
+        """The highest applied version; 0 for a schema without any, None for no schema."""
+        if not self.exists:
+            return None
+        return max((a.version for a in self.applied), default=0)
+
+    @property
+    def pending(self) -> list[Migration]:
+        """Migrations this jobwire ships that the schema lacks, in order."""
+        done = {a.version for a in self.applied}
+        return [m for m in self.known if m.version not in done]
+
+    @property
+    def unknown(self) -> list[AppliedMigration]:
+        """Applied migrations this jobwire does not ship (a newer jobwire's)."""
+        known = {m.version for m in self.known}
+        return [a for a in self.applied if a.version not in known]
+
+    def mismatch(self) -> SchemaMismatch | None:
+        """Why this jobwire cannot use the schema as it is, or None when it can."""
+        needed = max((m.version for m in self.known), default=0)
+        if self.unknown:
+            return SchemaMismatch(self.schema, self.version, needed, [])
+        if not self.exists or self.pending:
+            return SchemaMismatch(
+                self.schema, self.version, needed, [m.label for m in self.pending]
+            )
+        return None
+
+
+def _quoted(schema: str) -> str:
+    # DDL takes no parameters: the schema is an identifier, quoted as one.
+    return '"' + schema.replace('"', '""') + '"'
+
+
+async def schema_state(conn: asyncpg.Connection, schema: str) -> SchemaState:
+    """Read the schema's applied migrations without creating or locking anything."""
+    known = known_migrations()
+    # Read before anything exists: the schema and its schema_migrations table may be
+    # missing, and looking must create neither (read commands never change the database).
+    q = queries()
+    if not await conn.fetchval(q["schema_exists"], schema):
+        return SchemaState(schema, False, [], known)
+    if not await conn.fetchval(q["schema_migrations_exists"], schema):
+        return SchemaState(schema, True, [], known)
+    rows = await conn.fetch(q["applied_migrations"].format(schema=_quoted(schema)))
+    applied = [AppliedMigration(r["version"], r["name"], r["applied_at"]) for r in rows]
+    return SchemaState(schema, True, applied, known)
+
+
+async def schema_version(conn: asyncpg.Connection, schema: str) -> int | None:
+    """The schema's highest applied migration; 0 with none recorded, None with no schema."""
+    return (await schema_state(conn, schema)).version
+
+
+async def check_schema(conn: asyncpg.Connection, schema: str) -> None:
+    """Raise SchemaMismatch unless the schema is exactly what this jobwire needs."""
+    problem = (await schema_state(conn, schema)).mismatch()
+    if problem is not None:
+        raise problem
+
+
+async def read_schema_state(dsn: str, schema: str) -> SchemaState:
+    """Connect and read the schema's state (read only: nothing is created)."""
+    async with connecting():
+        conn = await asyncpg.connect(dsn)
+    try:
+        async with guard("schema check"):
+            return await schema_state(conn, schema)
+    finally:
+        await conn.close()
+
+
+async def check_schema_at(dsn: str, schema: str) -> None:
+    """Connect and raise SchemaMismatch unless the schema is what this jobwire needs."""
+    problem = (await read_schema_state(dsn, schema)).mismatch()
+    if problem is not None:
+        raise problem
+
+
+def migration_script(schema: str, pending: list[Migration]) -> str:
+    """The SQL ``jobwire migrate`` would run for these migrations, as a psql script."""
+    q = queries()
+    quoted = _quoted(schema)
+    parts = [
+        f"-- jobwire migrations for schema {schema}: what `jobwire migrate` would run.",
+        q["create_schema"].format(schema=quoted) + ";",
+        q["use_schema"].format(schema=quoted) + ";",
+        q["create_schema_migrations"] + ";",
+    ]
+    for m in pending:
+        record = q["record_migration"].replace("$1", str(m.version)).replace("$2", f"'{m.name}'")
+        parts.append(f"\n-- {m.label}\nBEGIN;\n{m.sql.strip()}\n{record};\nCOMMIT;")
+    return "\n".join(parts) + "\n"
+
+
+async def migrate(
+    dsn: str,
+    schema: str,
+    *,
+    on_applying: Callable[[str], None] | None = None,
+    on_applied: Callable[[str, float], None] | None = None,
+) -> list[str]:
+    """Apply missing numbered migrations under an advisory lock; returns the names applied.
+
+    Raises SchemaMismatch, applying nothing, when the schema holds migrations this jobwire
+    does not know (a newer jobwire migrated it).
+    """
     q = queries()
     async with connecting():
         conn = await asyncpg.connect(dsn)
@@ -21,19 +215,25 @@ async def migrate(dsn: str, schema: str) -> list[str]:
         # One migrator per schema at a time, whichever instance starts first.
         await conn.execute(q["advisory_lock"], lock_key)
         try:
-            # DDL takes no parameters: the schema is an identifier, quoted as one.
-            quoted = '"' + schema.replace('"', '""') + '"'
+            quoted = _quoted(schema)
             await conn.execute(q["create_schema"].format(schema=quoted))
             await conn.execute(q["use_schema"].format(schema=quoted))
             await conn.execute(q["create_schema_migrations"])
-            done = {r["version"] for r in await conn.fetch(q["applied_migrations"])}
-            for version, name, sql in migrations():
-                if version in done:
-                    continue
+            state = await schema_state(conn, schema)
+            if state.unknown:
+                problem = state.mismatch()
+                assert problem is not None
+                raise problem
+            for m in state.pending:
+                if on_applying is not None:
+                    on_applying(m.label)
+                started = time.monotonic()
                 async with conn.transaction():
-                    await conn.execute(sql)
-                    await conn.execute(q["record_migration"], version, name)
-                applied.append(f"{version:04d}_{name}")
+                    await conn.execute(m.sql)
+                    await conn.execute(q["record_migration"], m.version, m.name)
+                applied.append(m.label)
+                if on_applied is not None:
+                    on_applied(m.label, time.monotonic() - started)
         finally:
             await conn.execute(q["advisory_unlock"], lock_key)
     finally:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from jobwire.models import Job
+from jobwire.store.base import AuditEntry, AuditRow
 from jobwire.store.pg_base import PgBase, guard, job_of
 
 # Statuses whose listing reads a partial index (see list_jobs in queries.sql).
@@ -15,6 +16,13 @@ LIST_QUERY_BY_STATUS = {
     "pending": "list_ready_jobs",
     "retrying": "list_ready_jobs",
     "running": "list_running_jobs",
+}
+# The same with the handler and source filters too (the dashboard's), and their counts.
+FIND_QUERY_BY_STATUS = {
+    status: query.replace("list_", "find_") for status, query in LIST_QUERY_BY_STATUS.items()
+}
+COUNT_QUERY_BY_STATUS = {
+    status: query.replace("list_", "count_") for status, query in LIST_QUERY_BY_STATUS.items()
 }
 
 
@@ -59,12 +67,63 @@ class PgAdmin(PgBase):
         queue: str | None = None,
         limit: int = 50,
         before_id: int | None = None,
+        *,
+        handler: str | None = None,
+        source: str | None = None,
     ) -> list[Job]:
         """Newest first; ``before_id`` pages on (keyset paging, no OFFSET)."""
-        query = LIST_QUERY_BY_STATUS.get(status or "", "list_jobs")
+        args: tuple[object, ...] = (status, queue, limit, before_id)
+        if handler is None and source is None:
+            query = LIST_QUERY_BY_STATUS.get(status or "", "list_jobs")
+        else:
+            query = FIND_QUERY_BY_STATUS.get(status or "", "find_jobs")
+            args += (handler, source)
         async with guard("list"):
-            rows = await self._pool.fetch(self._q[query], status, queue, limit, before_id)
+            rows = await self._pool.fetch(self._q[query], *args)
         return [job_of(r) for r in rows]
+
+    async def count_jobs(
+        self,
+        status: str,
+        queue: str | None = None,
+        handler: str | None = None,
+        source: str | None = None,
+        *,
+        cap: int,
+    ) -> int | None:
+        """Matching jobs up to ``cap``, through the status's partial index; None otherwise."""
+        query = COUNT_QUERY_BY_STATUS.get(status)
+        if query is None:
+            return None
+        async with guard("count"):
+            found = await self._pool.fetchval(self._q[query], status, queue, handler, source, cap)
+        return int(found)
+
+    async def failed_since(self, seconds: float, cap: int) -> dict[str, int]:
+        """Recently failed jobs by queue, through jobs_failed."""
+        async with guard("count failed"):
+            rows = await self._pool.fetch(self._q["failed_since"], float(seconds), cap)
+        return {r["queue"]: r["n"] for r in rows}
+
+    async def record_audit(self, entry: AuditEntry) -> int:
+        """Insert one audit row."""
+        async with guard("audit"):
+            audit_id = await self._pool.fetchval(
+                self._q["insert_audit"],
+                entry.actor,
+                entry.role,
+                entry.action,
+                entry.target,
+                entry.count,
+                entry.detail,
+            )
+        return int(audit_id)
+
+    async def list_audit(self, limit: int = 50, before_id: int | None = None) -> list[AuditRow]:
+        """Audit rows, newest first."""
+        async with guard("list audit"):
+            rows = await self._pool.fetch(self._q["list_audit"], limit, before_id)
+        return [AuditRow(**dict(r.items())) for r in rows]
 
     async def runs(self, job_id: int) -> list[dict[str, Any]]:
         """Attempts of one job."""

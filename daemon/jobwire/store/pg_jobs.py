@@ -200,6 +200,14 @@ class PgJobs(PgBase):
         async with guard("backlog"):
             return int(await self._pool.fetchval(self._q["ready_backlog"], cap))
 
+    async def oldest_ready(self, queues: Sequence[str]) -> dict[str, float]:
+        """Age of each queue's oldest ready job, through jobs_ready."""
+        if not queues:
+            return {}
+        async with guard("oldest ready"):
+            rows = await self._pool.fetch(self._q["oldest_ready"], list(queues))
+        return {r["queue"]: float(r["age"] or 0.0) for r in rows}
+
     async def existing(self, job_ids: Sequence[int]) -> set[int]:
         """Ids among these with a committed row."""
         if not job_ids:

@@ -14,6 +14,9 @@ def parse_named_queries(text: str) -> dict[str, str]:
     parts = _NAME.split(text)
     queries: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        if name in queries:
+            # The later one would silently replace the earlier one's statement.
+            raise ValueError(f"queries.sql names {name!r} twice")
         lines = [ln for ln in body.strip().splitlines() if not ln.lstrip().startswith("--")]
         queries[name] = "\n".join(lines).strip().rstrip(";")
     return queries

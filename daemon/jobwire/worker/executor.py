@@ -40,8 +40,10 @@ class Executor:
         registry: HandlerRegistry,
         outcomes: OutcomeBuilder,
         record: Callable[[Job, Outcome], None],
+        on_start: Callable[[Job], None] | None = None,
     ) -> None:
         self.state = state
+        self._on_start = on_start
         self.store = store
         self.registry = registry
         self.outcomes = outcomes
@@ -97,6 +99,8 @@ class Executor:
             self.cancel(job.id, "lease_lost", why="claimed_again")
         state.counters.claimed += 1
         state.take_slot(job.queue)
+        if self._on_start is not None:
+            self._on_start(job)
         ctx = JobContext(
             job_id=job.id,
             attempt=job.attempts,

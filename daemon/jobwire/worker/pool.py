@@ -39,6 +39,7 @@ class WorkerPool:
         worker_id: str | None = None,
         *,
         on_outcome: Callable[[Job, Outcome], None] | None = None,
+        on_start: Callable[[Job], None] | None = None,
         extra_state: Callable[[], dict[str, Any]] = dict,
     ) -> None:
         self.store = store
@@ -53,6 +54,7 @@ class WorkerPool:
             registry,
             OutcomeBuilder(Backoff.from_config(config.retry)),
             self.completer.record,
+            on_start,
         )
         self.claimer = Claimer(self.state, store, self.executor.start_job, self.executor.cancel)
         self.leases = LeaseKeeper(self.state, store, self.executor, self.completer, extra_state)

@@ -12,21 +12,41 @@ from jobwire.config import Duration, SourceBase, TlsConfig
 class AmqpSource(SourceBase):
     """A RabbitMQ (AMQP 0-9-1) queue consumed with manual acks."""
 
-    type: Literal["amqp"]
-    url: str = "amqp://guest:guest@127.0.0.1:5672/"
-    queue: str
-    declare: bool = True
-    queue_type: Literal["classic", "quorum"] = "classic"
-    queue_arguments: dict[str, Any] = Field(default_factory=dict)
+    type: Literal["amqp"] = Field(description="RabbitMQ (AMQP 0-9-1).")
+    url: str = Field(
+        "amqp://guest:guest@127.0.0.1:5672/", description="The broker: amqp:// or amqps:// URL."
+    )
+    queue: str = Field(description="The queue consumed.")
+    declare: bool = Field(
+        True, description="Declare the queue (durable); false: it must exist already."
+    )
+    queue_type: Literal["classic", "quorum"] = Field(
+        "classic", description="The type of a declared queue."
+    )
+    queue_arguments: dict[str, Any] = Field(
+        default_factory=dict, description="Extra x-arguments for the declaration."
+    )
     # Validated even when left out: on_invalid dead-letter needs it (see below).
-    dead_letter_exchange: str | None = Field(None, validate_default=True)
-    dead_letter_routing_key: str | None = None
-    exchange: str | None = None
-    exchange_type: Literal["direct", "topic", "fanout", "headers"] = "direct"
-    routing_keys: list[str] = Field(default_factory=list)
-    prefetch: int = Field(200, ge=1, le=65535)
-    heartbeat: Duration = 30.0
-    tls: TlsConfig | None = None
+    dead_letter_exchange: str | None = Field(
+        None,
+        validate_default=True,
+        description="The queue's x-dead-letter-exchange, where dead-letter sends poison.",
+    )
+    dead_letter_routing_key: str | None = Field(
+        None, description="The queue's x-dead-letter-routing-key."
+    )
+    exchange: str | None = Field(
+        None, description="Declare this exchange and bind the queue to it."
+    )
+    exchange_type: Literal["direct", "topic", "fanout", "headers"] = Field(
+        "direct", description="The type of the declared exchange."
+    )
+    routing_keys: list[str] = Field(
+        default_factory=list, description="Binding keys (default: the queue name)."
+    )
+    prefetch: int = Field(200, ge=1, le=65535, description="Unacknowledged deliveries at once.")
+    heartbeat: Duration = Field(30.0, description="The AMQP heartbeat interval.")
+    tls: TlsConfig | None = Field(None, description="TLS settings (with amqps://).")
 
     @field_validator("url")
     @classmethod

@@ -13,26 +13,50 @@ from jobwire.redaction import SECRET
 class MqttSource(SourceBase):
     """MQTT topics (Mosquitto, EMQX, HiveMQ) at QoS 1, acknowledged only after the commit."""
 
-    type: Literal["mqtt"]
-    url: str = "mqtt://127.0.0.1:1883"
-    topics: list[str] = Field(min_length=1)
-    # 1 by default. 2 is accepted, but paho answers PUBREC before the message is stored, so
-    # exactly-once delivery ends at the client; QoS 1 with a dedup key is the safer choice.
-    qos: Literal[1, 2] = 1
-    protocol: Literal["5", "3.1.1"] = "5"
+    type: Literal["mqtt"] = Field(description="MQTT 5 or 3.1.1.")
+    url: str = Field(
+        "mqtt://127.0.0.1:1883",
+        description="The broker: mqtt:// or mqtts:// URL, user:password@ allowed.",
+    )
+    topics: list[str] = Field(min_length=1, description="Topic filters (+ and # allowed).")
+    # 2 is accepted, but paho answers PUBREC before the message is stored, so exactly-once
+    # delivery ends at the client; QoS 1 with a dedup key is the safer choice.
+    qos: Literal[1, 2] = Field(1, description="The subscription's QoS.")
+    protocol: Literal["5", "3.1.1"] = Field(
+        "5",
+        description="The MQTT protocol version.",
+        # A bare 5 is accepted too (the validator below turns it into "5").
+        json_schema_extra={"enum": ["5", "3.1.1", 5], "type": ["string", "integer"]},
+    )
     # Stable per instance, so the broker keeps the session (and what is queued for it)
-    # across restarts. Default: jobwire-<host>-<source name>.
-    client_id: str | None = Field(None, min_length=1, max_length=128)
-    # Subscribe as $share/<group>/<topic>: the instances of a group split the messages.
-    shared_group: str | None = Field(None, pattern=r"^[^/+#]+$")
-    username: str | None = None
-    password: str | None = Field(None, json_schema_extra=SECRET)
-    # MQTT 5: how long the broker keeps the session while we are away.
-    session_expiry: Duration = 7 * 86400.0
-    keepalive: Duration = 30.0
-    # MQTT 5 Receive Maximum: unacknowledged messages the broker may send us at once.
-    prefetch: int = Field(200, ge=1, le=65535)
-    tls: TlsConfig | None = None
+    # across restarts.
+    client_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="The MQTT client id; null: jobwire-<host>-<source name>.",
+    )
+    shared_group: str | None = Field(
+        None,
+        pattern=r"^[^/+#]+$",
+        description="Subscribe as $share/<group>/<topic>: the instances of a group split "
+        "the messages.",
+    )
+    username: str | None = Field(None, description="The user name.")
+    password: str | None = Field(
+        None, json_schema_extra=SECRET, description="The password (secret)."
+    )
+    session_expiry: Duration = Field(
+        7 * 86400.0, description="MQTT 5: how long the broker keeps the session while we are away."
+    )
+    keepalive: Duration = Field(30.0, description="The MQTT keepalive interval.")
+    prefetch: int = Field(
+        200,
+        ge=1,
+        le=65535,
+        description="MQTT 5 Receive Maximum: unacknowledged messages the broker may send at once.",
+    )
+    tls: TlsConfig | None = Field(None, description="TLS settings (with mqtts://).")
 
     @field_validator("protocol", mode="before")
     @classmethod

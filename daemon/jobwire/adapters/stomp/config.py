@@ -13,22 +13,34 @@ from jobwire.redaction import SECRET
 class StompSource(SourceBase):
     """A STOMP 1.2 destination (RabbitMQ's STOMP plugin, ActiveMQ), consumed with client acks."""
 
-    type: Literal["stomp"]
-    host: str = "127.0.0.1"
-    port: int = Field(61613, ge=1, le=65535)
-    vhost: str = "/"  # STOMP's host header; RabbitMQ reads it as the vhost
-    username: str | None = "guest"
-    password: str | None = Field("guest", json_schema_extra=SECRET)
-    destination: str = Field(pattern=r"^/")
-    flavor: Literal["rabbitmq", "activemq"] = "rabbitmq"
-    prefetch: int = Field(200, ge=1, le=65535)
-    heartbeat: Duration = 10.0
-    # For /topic/ destinations: a durable subscription under this stable name.
-    durable_name: str | None = None
-    # on_invalid dead-letter: poison is SENT here (with a receipt) before the original is
-    # ACKed. Validated even when left out: dead-letter needs it.
-    dead_letter_destination: str | None = Field(None, pattern=r"^/", validate_default=True)
-    tls: TlsConfig | None = None
+    type: Literal["stomp"] = Field(description="STOMP 1.2 (RabbitMQ's plugin, ActiveMQ).")
+    host: str = Field("127.0.0.1", description="The broker's host.")
+    port: int = Field(61613, ge=1, le=65535, description="The broker's STOMP port.")
+    vhost: str = Field("/", description="STOMP's host header; RabbitMQ reads it as the vhost.")
+    username: str | None = Field("guest", description="The login.")
+    password: str | None = Field(
+        "guest", json_schema_extra=SECRET, description="The passcode (secret)."
+    )
+    destination: str = Field(
+        pattern=r"^/", description="What is consumed: /queue/x, /amq/queue/x or /topic/x."
+    )
+    flavor: Literal["rabbitmq", "activemq"] = Field(
+        "rabbitmq", description="Which broker's prefetch header to send."
+    )
+    prefetch: int = Field(200, ge=1, le=65535, description="Unacknowledged messages at once.")
+    heartbeat: Duration = Field(10.0, description="Heart-beats, both ways.")
+    durable_name: str | None = Field(
+        None, description="For /topic/ destinations: a durable subscription under this name."
+    )
+    # Validated even when left out: dead-letter needs it.
+    dead_letter_destination: str | None = Field(
+        None,
+        pattern=r"^/",
+        validate_default=True,
+        description="on_invalid dead-letter: poison is SENT here (with a receipt) before the "
+        "original is ACKed.",
+    )
+    tls: TlsConfig | None = Field(None, description="TLS settings.")
 
     # A field validator, not a model one, so that the problem names this key.
     @field_validator("dead_letter_destination")

@@ -254,6 +254,89 @@ WHERE status = 'running' AND status = $1
 ORDER BY id DESC
 LIMIT $3;
 
+-- name: find_jobs
+-- list_jobs's family with two more filters, handler ($5) and source ($6), for the
+-- dashboard (the API's statements above keep their four parameters). Same reasoning: any
+-- status or succeeded walks back by id; the others read their partial index.
+SELECT * FROM jobs
+WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR queue = $2)
+  AND ($4::bigint IS NULL OR id < $4)
+  AND ($5::text IS NULL OR handler = $5) AND ($6::text IS NULL OR source = $6)
+ORDER BY id DESC
+LIMIT $3;
+
+-- name: find_failed_jobs
+SELECT * FROM jobs
+WHERE status IN ('failed', 'cancelled') AND status = $1
+  AND ($2::text IS NULL OR queue = $2) AND ($4::bigint IS NULL OR id < $4)
+  AND ($5::text IS NULL OR handler = $5) AND ($6::text IS NULL OR source = $6)
+ORDER BY id DESC
+LIMIT $3;
+
+-- name: find_ready_jobs
+SELECT * FROM jobs
+WHERE status IN ('pending', 'retrying') AND status = $1
+  AND ($2::text IS NULL OR queue = $2) AND ($4::bigint IS NULL OR id < $4)
+  AND ($5::text IS NULL OR handler = $5) AND ($6::text IS NULL OR source = $6)
+ORDER BY id DESC
+LIMIT $3;
+
+-- name: find_running_jobs
+SELECT * FROM jobs
+WHERE status = 'running' AND status = $1
+  AND ($2::text IS NULL OR queue = $2) AND ($4::bigint IS NULL OR id < $4)
+  AND ($5::text IS NULL OR handler = $5) AND ($6::text IS NULL OR source = $6)
+ORDER BY id DESC
+LIMIT $3;
+
+-- name: count_failed_jobs
+-- Counted up to a cap ($5) through the status's partial index, as its listing reads it:
+-- a page says "10,000+" rather than count the history. Succeeded jobs are not counted.
+SELECT count(*) FROM (
+    SELECT 1 FROM jobs
+    WHERE status IN ('failed', 'cancelled') AND status = $1
+      AND ($2::text IS NULL OR queue = $2) AND ($3::text IS NULL OR handler = $3)
+      AND ($4::text IS NULL OR source = $4)
+    LIMIT $5
+) found;
+
+-- name: count_ready_jobs
+SELECT count(*) FROM (
+    SELECT 1 FROM jobs
+    WHERE status IN ('pending', 'retrying') AND status = $1
+      AND ($2::text IS NULL OR queue = $2) AND ($3::text IS NULL OR handler = $3)
+      AND ($4::text IS NULL OR source = $4)
+    LIMIT $5
+) found;
+
+-- name: count_running_jobs
+SELECT count(*) FROM (
+    SELECT 1 FROM jobs
+    WHERE status = 'running' AND status = $1
+      AND ($2::text IS NULL OR queue = $2) AND ($3::text IS NULL OR handler = $3)
+      AND ($4::text IS NULL OR source = $4)
+    LIMIT $5
+) found;
+
+-- name: failed_since
+-- Failed in the last $1 seconds, per queue, up to a cap ($2): through jobs_failed, so the
+-- cost follows the failed jobs kept, never the succeeded history.
+SELECT queue, count(*) AS n FROM (
+    SELECT queue FROM jobs
+    WHERE status IN ('failed', 'cancelled') AND status = 'failed'
+      AND finished_at > now() - make_interval(secs => $1)
+    LIMIT $2
+) recent
+GROUP BY queue;
+
+-- name: insert_audit
+INSERT INTO audit (actor, role, action, target, count, detail)
+VALUES ($1, $2, $3, $4, $5, $6::jsonb)
+RETURNING id;
+
+-- name: list_audit
+SELECT * FROM audit WHERE ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $1;
+
 -- name: job_runs
 SELECT * FROM job_runs WHERE job_id = $1 ORDER BY attempt, id;
 
@@ -367,6 +450,17 @@ SELECT count(*) FROM (
     SELECT 1 FROM jobs WHERE status IN ('pending', 'retrying') AND run_at <= now() LIMIT $1
 ) ready;
 
+-- name: oldest_ready
+-- Seconds since the oldest ready job of each queue ($1) became ready, NULL when none is.
+-- Per queue, through jobs_ready (its predicate matches): the queue's live rows only, never
+-- the history. That index is ordered by priority, not run_at, so min() reads all of them;
+-- the live set is small, and metrics read this at most once a second.
+SELECT w.queue, extract(epoch FROM now() - r.oldest)::float8 AS age
+FROM unnest($1::text[]) AS w(queue) CROSS JOIN LATERAL (
+    SELECT min(run_at) AS oldest FROM jobs
+    WHERE queue = w.queue AND status IN ('pending', 'retrying') AND run_at <= now()
+) r;
+
 -- name: stored_offsets
 SELECT o.topic, o.partition, o.next_offset
 FROM kafka_offsets o
@@ -384,6 +478,18 @@ SELECT pg_advisory_lock(hashtext($1));
 -- name: advisory_unlock
 SELECT pg_advisory_unlock(hashtext($1));
 
+-- name: schema_exists
+-- The schema check of every command but migrate: reads, creates nothing.
+SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1);
+
+-- name: schema_migrations_exists
+SELECT EXISTS (SELECT 1 FROM pg_tables
+               WHERE schemaname = $1 AND tablename = 'schema_migrations');
+
+-- name: applied_migrations
+-- A template, as create_schema: the schema may not be on the connection's search_path.
+SELECT version, name, applied_at FROM {schema}.schema_migrations ORDER BY version;
+
 -- name: create_schema
 -- A template: DDL takes no parameters, so migrate() puts in the quoted identifier.
 CREATE SCHEMA IF NOT EXISTS {schema};
@@ -398,9 +504,6 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     name text NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
 );
-
--- name: applied_migrations
-SELECT version FROM schema_migrations;
 
 -- name: record_migration
 INSERT INTO schema_migrations (version, name) VALUES ($1, $2);
