@@ -33,6 +33,7 @@ from jobwire.api_models import (
     parse_list_query,
 )
 from jobwire.config import HttpConfig
+from jobwire.dashboard import Dashboard
 from jobwire.metrics import Metrics
 from jobwire.models import job_as_dict
 from jobwire.store.base import InvalidJobData, OperatorStore, StoreUnavailable
@@ -130,6 +131,10 @@ class HttpApi:
         self.allowed_handlers = allowed_handlers
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+        # Built once, so its sessions outlive any number of app() calls.
+        self.dashboard = (
+            Dashboard(config, store, sources, wake) if config.dashboard.enabled else None
+        )
 
     def app(self) -> web.Application:
         """The aiohttp application (tests may serve it themselves)."""
@@ -148,6 +153,8 @@ class HttpApi:
                 web.get("/api/v1/sources", self.list_sources),
             ]
         )
+        if self.dashboard is not None:
+            self.dashboard.mount(app)
         return app
 
     async def start(self) -> None:

@@ -1,0 +1,298 @@
+"""The dashboard's routes through aiohttp's test client: sign-in, roles, CSRF, CSP, pages."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from jobwire.models import JobSpec, JobStatus, Outcome
+from jobwire.store.base import ClaimRequest
+from jobwire.store.postgres import PostgresStore
+from tests.support.dashboard import (
+    ADMIN,
+    READER,
+    csrf_of,
+    dashboard_api,
+    dashboard_config,
+    sign_in,
+)
+
+pytestmark = pytest.mark.timeout(60)
+Client = TestClient[Any, Any]
+SOURCES = {
+    "orders": {"state": "up", "last_error": None, "held": []},
+    "telemetry": {"state": "down", "last_error": "connection refused", "held": []},
+}
+PAGES = ["/ui/", "/ui/jobs", "/ui/jobs?status=failed", "/ui/jobs/1", "/ui/audit"]
+
+
+@pytest.fixture
+async def client(pg_store: PostgresStore) -> AsyncIterator[Client]:
+    async with TestClient(TestServer(dashboard_api(pg_store, sources=SOURCES).app())) as c:
+        yield c
+
+
+async def failed_job(store: PostgresStore, **spec: Any) -> int:
+    """A job that ran once and failed for good (so it has an attempt to show)."""
+    (job_id,) = await store.enqueue_many([JobSpec("noop", max_attempts=1, **spec)])
+    assert job_id is not None
+    queue = spec.get("queue", "default")
+    (job,) = await store.claim(ClaimRequest({queue: 1}, 1, "w-test", 30))
+    assert job.id == job_id
+    outcome = Outcome(job.id, 1, JobStatus.FAILED, 0.25, error="ValueError: boom")
+    assert await store.complete_many("w-test", [outcome]) == 1
+    return job_id
+
+
+async def test_without_a_session_pages_redirect_to_sign_in_and_actions_are_refused(
+    client: Client, pg_store: PostgresStore
+) -> None:
+    job_id = await failed_job(pg_store)
+    for path in PAGES:
+        async with client.get(path, allow_redirects=False) as response:
+            assert response.status == 303, path
+            assert response.headers["Location"].startswith("/ui/login?next=%2Fui%2F"), path
+    async with client.get(f"/ui/jobs/{job_id}/live", headers={"HX-Request": "true"}) as r:
+        assert (r.status, r.headers["HX-Redirect"]) == (401, "/ui/login")
+    for action in ("retry", "cancel"):
+        async with client.post(f"/ui/jobs/{job_id}/{action}", data={"csrf": "x"}) as r:
+            assert r.status == 403, action
+    async with client.post("/ui/logout") as r:
+        assert r.status == 403
+    job = await pg_store.get(job_id)
+    assert job is not None and job.status == JobStatus.FAILED
+    assert await pg_store.list_audit() == []
+
+
+async def test_every_response_carries_a_strict_csp_and_no_page_has_inline_code(
+    client: Client, pg_store: PostgresStore
+) -> None:
+    await failed_job(pg_store)
+    async with client.get("/ui/login") as r:
+        login = await r.text()
+        assert r.headers["Content-Security-Policy"].startswith("default-src 'self'")
+    await sign_in(client, ADMIN)
+    pages = {"/ui/login": login}
+    for path in [*PAGES, "/ui/jobs/1/live", "/ui/jobs/999", "/ui/static/dashboard.css"]:
+        async with client.get(path) as r:
+            csp = r.headers["Content-Security-Policy"]
+            assert "script-src 'self'" in csp and "'unsafe-inline'" not in csp, path
+            assert r.headers["X-Frame-Options"] == "DENY"
+            assert r.headers["X-Content-Type-Options"] == "nosniff"
+            pages[path] = await r.text()
+    for path, html in pages.items():
+        assert not re.search(r"<script(?![^>]*\bsrc=)", html), path
+        assert not re.search(r"\son[a-z]+=|\sstyle=|javascript:", html), path
+    async with client.get("/ui/static/htmx.min.js") as r:
+        assert r.status == 200 and "htmx" in (await r.text())[:200]
+
+
+async def test_sign_in_needs_a_known_token_and_the_form_token(client: Client) -> None:
+    async with client.get("/ui/login") as form:
+        login_csrf = csrf_of(await form.text())
+    data = {"csrf": login_csrf, "token": "not-the-token-0123456789"}
+    async with client.post("/ui/login", data=data, allow_redirects=False) as r:
+        assert r.status == 401 and "jobwire_session" not in r.cookies
+        assert "not valid" in await r.text()
+    data = {"csrf": "forged", "token": ADMIN}
+    async with client.post("/ui/login", data=data, allow_redirects=False) as r:
+        assert r.status == 403 and "jobwire_session" not in r.cookies
+    async with client.get("/ui/login") as form:
+        data = {"csrf": csrf_of(await form.text()), "token": READER, "next": "//evil/"}
+    async with client.post("/ui/login", data=data, allow_redirects=False) as r:
+        assert (r.status, r.headers["Location"]) == (303, "/ui/")  # no open redirect
+        cookie = r.headers["Set-Cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/ui" in cookie
+    async with client.get("/ui/") as r:
+        assert r.status == 200 and 'class="role role-read"' in await r.text()
+
+
+async def test_a_read_only_session_sees_but_cannot_act(
+    client: Client, pg_store: PostgresStore
+) -> None:
+    job_id = await failed_job(pg_store)
+    csrf = await sign_in(client, READER)
+    async with client.get(f"/ui/jobs/{job_id}") as r:
+        page = await r.text()
+        assert r.status == 200 and "ValueError: boom" in page
+        assert 'id="retry"' not in page
+    async with client.post(f"/ui/jobs/{job_id}/retry", data={"csrf": csrf}) as r:
+        assert r.status == 403 and "read-only" in await r.text()
+    job = await pg_store.get(job_id)
+    assert job is not None and job.status == JobStatus.FAILED
+    assert [a.action for a in await pg_store.list_audit()] == ["login"]
+
+
+async def test_an_action_without_the_session_csrf_token_is_refused(
+    client: Client, pg_store: PostgresStore
+) -> None:
+    job_id = await failed_job(pg_store)
+    await sign_in(client, ADMIN)
+    for data in ({}, {"csrf": "wrong"}):
+        async with client.post(f"/ui/jobs/{job_id}/retry", data=data) as r:
+            assert r.status == 403 and "CSRF" in await r.text()
+    job = await pg_store.get(job_id)
+    assert job is not None and job.status == JobStatus.FAILED
+
+
+async def test_admin_retry_and_cancel_work_and_are_audited(
+    client: Client, pg_store: PostgresStore
+) -> None:
+    job_id = await failed_job(pg_store)
+    csrf = await sign_in(client, ADMIN)
+    async with client.get(f"/ui/jobs/{job_id}") as r:
+        assert 'id="retry"' in await r.text()
+    retry = f"/ui/jobs/{job_id}/retry"
+    async with client.post(retry, data={"csrf": csrf}, allow_redirects=False) as r:
+        assert (r.status, r.headers["Location"]) == (303, f"/ui/jobs/{job_id}")
+    job = await pg_store.get(job_id)
+    assert job is not None and job.status == JobStatus.PENDING
+    async with client.post(retry, data={"csrf": csrf}) as r:  # pending now: nothing to retry
+        assert r.status == 409
+    cancel = f"/ui/jobs/{job_id}/cancel"
+    async with client.post(cancel, data={"csrf": csrf}, allow_redirects=False) as r:
+        assert r.status == 303
+    job = await pg_store.get(job_id)
+    assert job is not None and job.status == JobStatus.CANCELLED
+    rows = await pg_store.list_audit()
+    assert [(a.action, a.role, a.target, a.count) for a in rows] == [
+        ("cancel", "admin", f"job {job_id}", 1),
+        ("retry", "admin", f"job {job_id}", 0),
+        ("retry", "admin", f"job {job_id}", 1),
+        ("login", "admin", None, 0),
+    ]
+    assert rows[2].detail == {"status_before": "failed"} and rows[2].actor.startswith("admin@")
+    async with client.get("/ui/audit") as r:
+        page = await r.text()
+        assert page.count(f'href="/ui/jobs/{job_id}"') == 3
+    async with client.post("/ui/logout", data={"csrf": csrf}, allow_redirects=False) as r:
+        assert r.status == 303
+    async with client.get("/ui/", allow_redirects=False) as r:
+        assert r.status == 303  # signed out: the old cookie is no session any more
+
+
+async def test_jobs_filter_by_status_queue_handler_and_source_and_page_by_id(
+    client: Client, pg_store: PostgresStore
+) -> None:
+    await pg_store.enqueue_many(
+        [JobSpec("noop", queue="long", source="orders") for _ in range(60)]
+        + [JobSpec("other", queue="long", failed_reason="bad body", source="orders")]
+        + [JobSpec("noop", queue="short", failed_reason="bad body", source="telemetry")]
+    )
+    await sign_in(client, READER)
+
+    async def shown(query: str) -> tuple[list[int], str]:
+        async with client.get(f"/ui/jobs?{query}") as r:
+            assert r.status == 200, await r.text()
+            page = await r.text()
+        return [int(i) for i in re.findall(r'<td class="num"><a href="/ui/jobs/(\d+)"', page)], page
+
+    ids, page = await shown("status=failed&queue=long")
+    assert len(ids) == 1 and 'id="total">1<' in page
+    ids, _ = await shown("handler=noop&source=telemetry&queue=&status=")
+    assert len(ids) == 1
+    first, page = await shown("queue=long&status=pending")
+    assert len(first) == 50 and first == sorted(first, reverse=True)
+    assert 'id="total">60<' in page
+    older = re.search(r'id="older" href="/ui/jobs\?([^"]+)"', page)
+    assert older is not None
+    second, page = await shown(older.group(1).replace("&amp;", "&"))
+    assert len(second) == 10 and max(second) < min(first) and 'id="older"' not in page
+    for bad in ("status=lost", "colour=red", "before_id=-1", "queue=a%00b"):
+        async with client.get(f"/ui/jobs?{bad}") as r:
+            assert r.status == 400, bad
+
+
+async def test_the_job_page_shows_payload_body_provenance_attempts_and_parent(
+    client: Client, pg_store: PostgresStore
+) -> None:
+    (parent,) = await pg_store.enqueue_many([JobSpec("noop", queue="parents")])
+    headers = {"kafka-topic": "orders", "kafka-partition": "2", "kafka-offset": "41", "x": "y"}
+    job_id = await failed_job(
+        pg_store,
+        payload={"order": 7, "items": ["a", "b"]},
+        body=b"\x00\x01binary\xff",
+        headers=headers,
+        source="orders",
+        parent_id=parent,
+    )
+    await sign_in(client, READER)
+    async with client.get(f"/ui/jobs/{job_id}") as r:
+        page = await r.text()
+    assert "&#34;order&#34;: 7" in page  # pretty JSON, escaped
+    assert "00 01 62 69 6e 61 72 79 ff" in page  # a hex preview of a binary body
+    for text in ("kafka-partition", "41", "orders", f'href="/ui/jobs/{parent}"', "w-test"):
+        assert text in page, text
+    assert "ValueError: boom" in page and "250ms" in page  # the attempt, its duration
+
+
+async def test_the_live_fragment_polls_only_while_the_job_is_not_finished(
+    client: Client, pg_store: PostgresStore
+) -> None:
+    (job_id,) = await pg_store.enqueue_many([JobSpec("noop")])
+    await sign_in(client, READER)
+    async with client.get(f"/ui/jobs/{job_id}/live") as r:
+        fragment = await r.text()
+    assert 'hx-trigger="every 2s"' in fragment and "<html" not in fragment
+    await pg_store.claim(ClaimRequest({"default": 1}, 1, "w", 30))
+    await pg_store.set_progress(job_id, 40, "halfway")
+    async with client.get(f"/ui/jobs/{job_id}/live") as r:
+        fragment = await r.text()
+    assert 'value="40"' in fragment and "halfway" in fragment
+    await pg_store.complete_many("w", [Outcome(job_id, 1, JobStatus.SUCCEEDED, 0.1)])
+    async with client.get(f"/ui/jobs/{job_id}/live") as r:
+        fragment = await r.text()
+    assert "hx-trigger" not in fragment and "succeeded" in fragment
+
+
+async def test_the_overview_shows_queues_sources_instances_and_schedules(
+    client: Client, pg_store: PostgresStore
+) -> None:
+    await pg_store.enqueue_many([JobSpec("noop", queue="mail") for _ in range(3)])
+    await failed_job(pg_store, queue="long")
+    await pg_store.register_worker("w-overview", "host-a", 1234, "0.1.0")
+    next_run = datetime.now(UTC) + timedelta(minutes=5)
+    await pg_store.sync_schedules([_schedule("nightly", next_run)])
+    await sign_in(client, READER)
+    async with client.get("/ui/") as r:
+        page = await r.text()
+    queues = page[page.index('id="queues"') : page.index('id="sources"')]
+    assert re.search(r"mail</a></td>\s*<td class=\"num ?\"><a [^>]+>3<", queues), queues
+    assert 'class="num bad"' in queues  # long's failure of the last hour stands out
+    for text in ("telemetry", "connection refused", "w-overview", "host-a", "nightly"):
+        assert text in page, text
+    assert re.search(r">in [45]m<", page)  # the schedule's next run
+
+
+async def test_the_dashboard_is_off_unless_enabled(pg_store: PostgresStore) -> None:
+    api = dashboard_api(pg_store, config=dashboard_config(enabled=False))
+    async with TestClient(TestServer(api.app())) as c:
+        async with c.get("/ui/login") as r:
+            assert r.status == 404
+        async with c.get("/healthz") as r:
+            assert r.status == 200
+
+
+def _schedule(name: str, next_run_at: datetime) -> dict[str, Any]:
+    return {
+        "name": name,
+        "cron": "0 3 * * *",
+        "interval_s": None,
+        "timezone": "UTC",
+        "handler": "noop",
+        "payload": None,
+        "queue": "default",
+        "priority": 0,
+        "max_attempts": None,
+        "enabled": True,
+        "start_at": None,
+        "end_at": None,
+        "max_runs": None,
+        "catch_up": "latest",
+        "next_run_at": next_run_at,
+    }
