@@ -1,8 +1,9 @@
 """Drill: the broker itself restarted mid-stream (STOMP's RabbitMQ, a private Mosquitto).
 
 Half the messages are published (confirmed) before the restart and half after; every one
-must become exactly one job. The AMQP restart drill is in test_amqp.py; Kafka's test broker
-(tansu, memory storage in this build) loses its data on restart, so it has none.
+must become exactly one job. The AMQP restart drill is in
+tests/integration/brokers/test_amqp.py; Kafka's test broker (tansu, memory storage in this
+build) loses its data on restart, so it has none.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Drill: the daemon SIGKILLed between the store commit and the broker ack (a failpoint),
 for every broker, then restarted: the redelivered messages make no second job.
 
-(AMQP's and Kafka's own versions are in test_amqp.py and test_kafka.py; this one runs the
+(AMQP's and Kafka's own versions are in tests/integration/brokers/; this one runs the
 same drill through the shared harness for all four.)
 """
 

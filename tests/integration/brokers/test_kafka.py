@@ -1,0 +1,220 @@
+"""Kafka (tansu): the broker suite, and the Kafka source's own tests (partitions, offsets
+stored with the jobs, consumer groups, key and position).
+
+tansu (memory storage) stands in for Apache Kafka here. Differences seen and allowed for:
+its data lives only as long as its process, so a broker restart is not tested against it.
+Kafka has no message id: the source's dedup key is topic/partition/offset, and the
+redelivery test's route names one (``json:$.id``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from jobwire.app import Daemon as InProcessDaemon
+from tests.integration.brokers.base import BrokerSuite, Outage, cut_proxy, proxied
+from tests.support import hostile as h
+from tests.support.daemon import Daemon as DaemonProcess
+from tests.support.daemon import one_source_config, publish_confirmed
+from tests.support.inprocess import running_daemon
+from tests.support.kafka import TansuBroker, create_topic, produce
+from tests.support.processes import free_port
+from tests.support.rows import assert_exactly, fetch, job_count, jobs_at_least, scalar
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(180)
+Target = tuple[str, str]  # bootstrap, topic
+
+
+async def stored_offsets(url: str, group: str) -> dict[int, int]:
+    rows = await fetch(
+        url, "SELECT partition, next_offset FROM jobwire.kafka_offsets WHERE group_id = $1", group
+    )
+    return {r["partition"]: r["next_offset"] for r in rows}
+
+
+def bodies(n: int, start: int = 0) -> list[bytes]:
+    return [b'{"i": %d}' % i for i in range(start, start + n)]
+
+
+class TestKafka(BrokerSuite):
+    """The session's tansu, a fresh three-partition topic per test."""
+
+    source_name = "events"
+    many = 10_000  # over three partitions
+    concurrency = 64
+    ordered = False  # "same" twice may go to two partitions: either may be stored first
+    dedup_route = {"dedup_key": "json:$.id"}
+    # A short session: the killed member's partitions are handed on sooner.
+    kill_source_extra = {"session_timeout": "3s", "heartbeat_interval": "1s"}
+
+    @pytest.fixture
+    def target(self, kafka_broker: TansuBroker, kafka_topic: str) -> Target:
+        return kafka_broker.bootstrap, kafka_topic
+
+    def source(self, target: Target) -> dict[str, Any]:
+        bootstrap, topic = target
+        return {
+            "type": "kafka",
+            "bootstrap_servers": bootstrap,
+            "topics": [topic],
+            "group_id": f"g-{topic}",
+        }
+
+    def publish(self, target: Target, outgoing: Sequence[h.Outgoing]) -> list[str | None]:
+        return h.publish_kafka(*target, outgoing)
+
+    async def left_behind(self, target: Target, database_url: str, published: int) -> int | None:
+        """Offsets not stored: the topic is fresh, so the next offsets add up to all sent."""
+        stored = await stored_offsets(database_url, f"g-{target[1]}")
+        return published - sum(stored.values())
+
+    async def check_many(self, target: Target, database_url: str, daemon: InProcessDaemon) -> None:
+        offsets = await stored_offsets(database_url, f"g-{target[1]}")
+        assert sorted(offsets) == [0, 1, 2]  # the messages were spread over all three
+
+    async def check_many_stopped(self, target: Target, database_url: str, n: int) -> None:
+        # Kafka's own committed offsets followed the store (what lag tools read).
+        bootstrap, topic = target
+        offsets = await stored_offsets(database_url, f"g-{topic}")
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=f"g-{topic}")
+        await consumer.start()
+        try:
+            committed = {p: await consumer.committed(TopicPartition(topic, p)) for p in offsets}
+        finally:
+            await consumer.stop()
+        assert committed == offsets
+
+    def check_restarted(self, second: DaemonProcess) -> None:
+        # The second daemon started from the offset stored with the first batch, not from 0.
+        assigned = [e for e in second.events() if e.get("event") == "kafka_partitions_assigned"]
+        assert assigned and any(assigned[0]["from_store"].values())
+
+    @contextlib.asynccontextmanager
+    async def outage(self, target: Target) -> AsyncIterator[Outage]:
+        """A tansu of the test's own behind a proxy, advertising the proxy's port: Kafka
+        clients go where the metadata says, so every connection passes the proxy."""
+        proxy_port = free_port()
+        logs = tempfile.TemporaryDirectory(prefix="jw-tansu-")
+        tansu = TansuBroker(Path(logs.name) / "tansu.log", advertised_port=proxy_port).start()
+        try:
+            async with proxied(tansu.port, port=proxy_port) as proxy:
+                topic = f"jw-test-{uuid.uuid4().hex[:10]}"
+                await create_topic(f"127.0.0.1:{proxy_port}", topic, partitions=3)
+                yield Outage(
+                    (f"127.0.0.1:{proxy_port}", topic),
+                    lambda adapter: cut_proxy(proxy, adapter),
+                    {"session_timeout": "6s", "heartbeat_interval": "1s"},
+                )
+        finally:
+            tansu.stop()
+            logs.cleanup()
+
+    # --- Kafka's own --------------------------------------------------------------------
+
+    async def test_headers_key_and_position_travel_with_the_job_and_poison_fails(
+        self, database_url: str, target: Target
+    ) -> None:
+        bootstrap, topic = target
+        await produce(
+            bootstrap,
+            topic,
+            [b'{"type": "echo", "i": 1}'],
+            headers=[("trace", b"abc")],
+            keys=[b"customer-7"],
+        )
+        await produce(bootstrap, topic, [b"not json", b'{"type": "rm -rf"}'])
+        config = self.config(database_url, target, {"handler_from": "json:$.type"})
+        async with running_daemon(config):
+            await wait_for(lambda: jobs_at_least(database_url, 3), what="three jobs")
+            await wait_for(
+                lambda: jobs_at_least(database_url, 1, "status = 'succeeded'"), what="echo ran"
+            )
+        rows = await fetch(
+            database_url,
+            "SELECT handler, status, headers, last_error, body, dedup_key FROM jobwire.jobs"
+            " ORDER BY id",
+        )
+        good = next(r for r in rows if r["status"] == "succeeded")
+        headers = json.loads(good["headers"])
+        assert headers["trace"] == "abc"
+        assert headers["kafka-key"] == "customer-7"
+        assert headers["kafka-topic"] == topic
+        assert good["dedup_key"] == (
+            f"events:{topic}/{headers['kafka-partition']}/{headers['kafka-offset']}"
+        )
+        failed = [r for r in rows if r["status"] == "failed"]
+        assert len(failed) == 2
+        assert {bytes(r["body"]) for r in failed} == {b"not json", b'{"type": "rm -rf"}'}
+        assert all(r["last_error"] for r in failed)
+
+    def test_sigkill_mid_stream_then_restart_makes_exactly_n_jobs(
+        self, database_url: str, target: Target, tmp_path: Path
+    ) -> None:
+        n = 10_000
+        bootstrap, topic = target
+        # Small batches: many commits, so the kill lands between two of them.
+        source = self.source_config(target, batch_size=100, **self.kill_source_extra)
+        config = one_source_config(tmp_path, database_url, source, poll_interval="200ms")
+        # The operator's way in: jobwire publish, acked by the broker (acks=all).
+        publish_confirmed(config, "events", 10)
+        assert asyncio.run(produce(bootstrap, topic, bodies(n - 10))) == n - 10
+
+        first = DaemonProcess(config, tmp_path / "first.log")
+        try:
+            first.wait_ready()
+            asyncio.run(
+                wait_for(lambda: jobs_at_least(database_url, 2000), timeout=60, what="mid-stream")
+            )
+            first.kill()
+        finally:
+            first.stop_quietly()
+        at_kill = asyncio.run(job_count(database_url))
+        assert at_kill < n, "the kill came too late to be mid-stream"
+
+        second = DaemonProcess(config, tmp_path / "second.log")
+        try:
+            second.wait_ready()
+            asyncio.run(
+                wait_for(lambda: jobs_at_least(database_url, n), timeout=90, what=f"{n} jobs")
+            )
+            assert second.terminate() == 0
+        finally:
+            second.stop_quietly()
+        doubled = asyncio.run(
+            scalar(database_url, "SELECT count(*) - count(DISTINCT dedup_key) FROM jobwire.jobs")
+        )
+        assert doubled == 0
+        assert asyncio.run(job_count(database_url)) == n
+        offsets = asyncio.run(stored_offsets(database_url, f"g-{topic}"))
+        assert sum(offsets.values()) == n
+
+    async def test_two_daemons_in_one_group_share_the_partitions_and_make_exactly_n_jobs(
+        self, database_url: str, target: Target
+    ) -> None:
+        n = 6000
+        config = self.config(database_url, target)
+        async with running_daemon(config) as one, running_daemon(config) as two:
+            adapters = [d.sources[0].adapter for d in (one, two)]
+
+            def shared() -> bool:
+                owned = [a._consumer.assignment() if a._consumer else set() for a in adapters]
+                return all(owned) and len(owned[0] | owned[1]) == 3 and not owned[0] & owned[1]
+
+            await wait_for(shared, timeout=60, what="both instances own partitions")
+            assert await produce(target[0], target[1], bodies(n)) == n
+            await wait_for(lambda: jobs_at_least(database_url, n), timeout=90, what=f"{n} jobs")
+            stored = [d.sources[0].intake.counters.stored for d in (one, two)]
+            assert all(stored), f"one instance stored nothing: {stored}"
+            assert sum(stored) == n
+        await assert_exactly(database_url, n)
