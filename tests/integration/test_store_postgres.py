@@ -418,7 +418,7 @@ async def test_purge_takes_the_oldest_finished_jobs_first(
     assert await pg_store.get(ids[3]) is not None  # 1 day: not old enough
 
 
-# The indexes of migration 0004 as the README tells an operator to build them beforehand.
+# Migration 0004's indexes as docs/operations/upgrading.md tells operators to build them.
 HISTORY_INDEXES = {
     "jobs_finished": "ON jobwire.jobs (finished_at) WHERE finished_at IS NOT NULL",
     "jobs_failed": "ON jobwire.jobs (id) WHERE status IN ('failed', 'cancelled')",
@@ -441,7 +441,7 @@ async def installed_before_0004(database_url: str) -> AsyncIterator[asyncpg.Conn
 async def test_history_indexes_built_beforehand_are_taken_by_the_migration(
     database_url: str,
 ) -> None:
-    """The README tells operators of large tables to build migration 0004's indexes
+    """The upgrading page (docs/) tells operators of large tables to build migration 0004's indexes
     concurrently before upgrading; the migration must then apply cleanly and leave them."""
     async with installed_before_0004(database_url) as conn:
         for name, definition in HISTORY_INDEXES.items():
