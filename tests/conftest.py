@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
+import structlog
 
 from jobwire.store.postgres import PostgresStore, migrate
 from tests.support.kafka import TansuBroker, create_topic
@@ -30,6 +31,14 @@ async def _admin(sql: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+@pytest.fixture(autouse=True)
+def _structlog_defaults() -> Iterator[None]:
+    """Each test starts with structlog's defaults: a test that ran configure_logging (a CLI
+    quiet level, cached loggers) must not hide log lines from a later test's capture_logs."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture(scope="session")

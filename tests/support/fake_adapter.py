@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from jobwire.adapters.base import Adapter, Message, MessageSink, SourceState
+from jobwire.adapters.base import Adapter, Message, SourceState
 
 
 class FakeAdapter(Adapter):
@@ -56,16 +57,19 @@ class FakeAdapter(Adapter):
             raw=n,
         )
 
-    async def run(self, sink: MessageSink) -> None:
-        self.set_state(SourceState.UP)
+    async def _session(self) -> None:
+        """Connected at once, until cancelled (run() supervises it like a real adapter's)."""
+        self._new_generation()
+        self.set_state(SourceState.PAUSED if self.paused else SourceState.UP)
+        await asyncio.Event().wait()
 
-    async def pause(self) -> None:
+    async def _on_pause(self) -> None:
         self.pauses += 1
-        self.set_state(SourceState.PAUSED)
 
-    async def resume(self) -> None:
+    async def _on_resume(self) -> bool:
         self.resumes += 1
         self.set_state(SourceState.UP)
+        return True
 
     async def ack_many(self, messages: Sequence[Message]) -> None:
         for m in messages:

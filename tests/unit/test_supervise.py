@@ -121,8 +121,11 @@ async def test_resumed_while_disconnected_is_no_longer_shown_paused(kind: str) -
     [adapter] = [a for a in _adapters() if a.kind == kind]
     await adapter.pause()
     assert adapter.state == SourceState.PAUSED
+    assert adapter.paused  # the base's flag, whatever the broker's way of pausing
     await adapter.resume()
     assert adapter.state == SourceState.CONNECTING
+    assert not adapter.paused
+    assert adapter.describe()["dropped_acks"] == 0
 
     async def session() -> None:
         raise ConnectionRefusedError("connection refused")

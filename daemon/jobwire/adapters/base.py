@@ -1,4 +1,5 @@
-"""What every broker adapter is: a state, settlement defaults and a shared reconnect supervisor.
+"""What every broker adapter is: a state, a pause flag, a connection generation, settlement
+defaults and the shared reconnect supervisor that runs each adapter's sessions.
 
 An adapter decodes deliveries into ``Message``s and hands them to a sink (the intake). It
 settles each delivery only when the intake says so: ``ack`` after the job row committed,
@@ -12,15 +13,14 @@ from __future__ import annotations
 import abc
 import asyncio
 import enum
-import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
+from jobwire.backoff import Backoff
 from jobwire.config import TlsConfig
 from jobwire.models import DeadLetter, Message, MessageSink, OffsetReader
 
@@ -64,7 +64,8 @@ def tls_context(tls: TlsConfig | None, required: bool = False) -> ssl.SSLContext
 
 
 class Adapter(abc.ABC):
-    """Base of every broker adapter: state bookkeeping and settlement defaults."""
+    """Base of every broker adapter: the supervised run, the pause flag, the connection
+    generation, dropped-ack counting, state bookkeeping and settlement defaults."""
 
     kind: str = "abstract"
     default_dedup: str | None = None  # the route's dedup_key when it names none
@@ -78,6 +79,11 @@ class Adapter(abc.ABC):
         self.state = SourceState.STOPPED
         self.last_error: str | None = None
         self.state_since = time.time()
+        self.dropped_acks = 0  # settlements that could not be sent; the broker redelivers
+        self._sink: MessageSink | None = None
+        self._paused = False
+        # One per connection: a delivery's ack belongs to the connection it came on only.
+        self._generation = 0
         self._log = log.bind(source=name, kind=self.kind)
 
     def set_state(self, state: SourceState, error: str | None = None) -> None:
@@ -98,19 +104,68 @@ class Adapter(abc.ABC):
             "state": str(self.state),
             "since": self.state_since,
             "last_error": self.last_error,
+            "dropped_acks": self.dropped_acks,
         }
 
-    @abc.abstractmethod
+    # -- running ---------------------------------------------------------------------------
+
     async def run(self, sink: MessageSink) -> None:
-        """Connect, consume into ``sink``, and reconnect until cancelled."""
+        """Connect, consume into ``sink``, and reconnect with backoff until cancelled."""
+        self._sink = sink
+        await supervise(self, self._session)
 
     @abc.abstractmethod
+    async def _session(self) -> None:
+        """One connection: connect and consume until it ends (return or raise)."""
+
+    def _new_generation(self) -> int:
+        """A new connection is up: deliveries of every earlier one can no longer be settled."""
+        self._generation += 1
+        return self._generation
+
+    def is_current(self, generation: int) -> bool:
+        """Whether ``generation`` is the latest connection's."""
+        return generation == self._generation
+
+    def _dropped(self, count: int, reason: str, **fields: Any) -> None:
+        """Count settlements that could not be sent (the broker redelivers; the dedup key
+        makes each redelivery no new job), with one log line for them all."""
+        if count <= 0:
+            return
+        self.dropped_acks += count
+        self._log.warning("acks_dropped", count=count, reason=reason, **fields)
+
+    # -- flow control ----------------------------------------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        """Held by the intake: taking no new deliveries until resume()."""
+        return self._paused
+
     async def pause(self) -> None:
         """Stop taking new deliveries (the store is down or the backlog is high)."""
+        self._paused = True
+        await self._on_pause()
+        self.set_state(SourceState.PAUSED)
+
+    async def resume(self) -> None:
+        """Take deliveries again (at once if connected, else when the session reconnects)."""
+        self._paused = False
+        if not await self._on_resume() and self.state == SourceState.PAUSED:
+            # Not connected (the broker is out too): no longer held, so a failed reconnect
+            # shows as down, not paused.
+            self.set_state(SourceState.CONNECTING)
 
     @abc.abstractmethod
-    async def resume(self) -> None:
-        """Take deliveries again."""
+    async def _on_pause(self) -> None:
+        """Stop this broker's deliveries (the flag is already set)."""
+
+    @abc.abstractmethod
+    async def _on_resume(self) -> bool:
+        """Take this broker's deliveries again; True when connected (the state is then
+        the adapter's to set), False when the next session does it."""
+
+    # -- settling --------------------------------------------------------------------------
 
     async def ack_many(self, messages: Sequence[Message]) -> None:
         """Acknowledge a committed batch; adapters with cumulative acks override this."""
@@ -130,28 +185,11 @@ class Adapter(abc.ABC):
         headers: dict[str, str],
         count: int = 1,
         content_type: str | None = "application/json",
+        topic: str | None = None,
     ) -> int:  # pragma: no cover - per adapter
-        """Send test messages through this source's broker; returns how many were confirmed."""
+        """Send test messages through this source's broker (to ``topic``, a topic or routing
+        key, when given); returns how many were confirmed."""
         raise NotImplementedError(f"{self.kind} sources cannot publish")
-
-
-@dataclass
-class Backoff:
-    """Reconnect delays: exponential with full jitter, reset after a success."""
-
-    initial: float = 0.5
-    maximum: float = 30.0
-    attempt: int = 0
-
-    def next(self) -> float:
-        """The next delay to wait."""
-        ceiling = min(self.maximum, self.initial * 2**self.attempt)
-        self.attempt = min(self.attempt + 1, 30)
-        return random.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        """Start again from the initial delay."""
-        self.attempt = 0
 
 
 async def supervise(

@@ -3,10 +3,11 @@ wait for the store to answer again."""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import time
 from typing import Any
 
+from jobwire.backoff import Backoff
 from jobwire.intake.ports import Settler
 from jobwire.store.base import JobStore, StoreUnavailable
 
@@ -46,13 +47,12 @@ class Holds:
         """Hold the source for "store" until the store answers a ping."""
         await self.hold("store")
         started = time.monotonic()
-        delay = 0.1
+        # A ping is cheap and local: exact delays, no jitter.
+        backoff = Backoff(initial=0.1, maximum=2.0, jitter="none")
         while True:
-            await asyncio.sleep(delay)
-            try:
+            await backoff.sleep()
+            with contextlib.suppress(StoreUnavailable):
                 await self._store.ping()
                 break
-            except StoreUnavailable:
-                delay = min(delay * 2, 2.0)
         self._log.info("intake_store_back", paused_for=round(time.monotonic() - started, 3))
         await self.release("store")

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import structlog
 
 from jobwire import failpoints
+from jobwire.backoff import Backoff
 from jobwire.config import SourceBase
 from jobwire.intake.counters import SourceCounters
 from jobwire.intake.holds import Holds
@@ -248,7 +249,7 @@ class Intake:
     async def _keep_as_failed(self, message: Message, reason: str) -> None:
         """Last resort for one message: a failed job holding it, then ack; or, while the
         store cannot take even that, back to the broker (or kept, for a log)."""
-        delay = 1.0
+        backoff = Backoff(initial=1.0, maximum=30.0, jitter="none")
         while True:
             try:
                 routed = self.router.failed(message, reason, kind=Poison.INTERNAL)
@@ -269,8 +270,7 @@ class Intake:
                     self.counters.nacked += 1
                     return
                 # A log read in order: skipping it would let later offsets pass it.
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                await backoff.sleep()
 
     # -- settling ------------------------------------------------------------------------
 

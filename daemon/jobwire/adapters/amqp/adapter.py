@@ -27,10 +27,8 @@ from jobwire.adapters.amqp.frames import fast_path_reader
 from jobwire.adapters.base import (
     Adapter,
     Message,
-    MessageSink,
     OffsetReader,
     SourceState,
-    supervise,
     tls_context,
 )
 from jobwire.config import SourceBase
@@ -57,14 +55,13 @@ class AmqpAdapter(Adapter):
     def __init__(self, cfg: AmqpSource) -> None:
         super().__init__(cfg.name)
         self.cfg = cfg
-        self._sink: MessageSink | None = None
+        # The current connection's consuming channel; a delivery records the connection's
+        # generation (the base's), and only the live one's deliveries can be settled.
         self._underlay: aiormq.abc.AbstractChannel | None = None
         self._consumer_tag: str | None = None
-        self._paused = False
         # Unsettled delivery tags of the current channel, in arrival order: a cumulative ack
         # (multiple=True) is only safe when it covers nothing that is still in flight.
         self._outstanding: dict[int, None] = {}
-        self.dropped_acks = 0
 
     def describe(self) -> dict[str, Any]:
         """State for stats, with the frame reader in use ("jobwire": the fast path)."""
@@ -101,12 +98,8 @@ class AmqpAdapter(Adapter):
                 await queue.bind(exchange, routing_key=key)
         return queue
 
-    async def run(self, sink: MessageSink) -> None:
-        """Connect, declare, consume; reconnect with backoff whenever the connection ends."""
-        self._sink = sink
-        await supervise(self, self._session)
-
     async def _session(self) -> None:
+        """Connect, declare, consume until the connection or channel closes."""
         connection = await self._connect()
         ended = asyncio.Event()
         connection.close_callbacks.add(lambda *_: ended.set())
@@ -121,9 +114,12 @@ class AmqpAdapter(Adapter):
             underlay = await channel.get_underlay_channel()
             if self.cfg.on_invalid == "dead-letter":
                 await self._check_dead_letter_exchange(connection)
+            # The underlay is set only after the generation moves on: a live generation is
+            # one with a channel, exactly as when deliveries compared channels.
+            self._new_generation()
             self._underlay = underlay
             self._outstanding = {}
-            if self._paused:
+            if self.paused:
                 self.set_state(SourceState.PAUSED)
             else:
                 await self._consume()
@@ -172,7 +168,9 @@ class AmqpAdapter(Adapter):
         # on aiormq's own channel; it never waits, so deliveries reach the intake in order.
         channel = delivery.channel
         tag = int(delivery.delivery_tag or 0)
-        if channel is self._underlay:
+        # Which connection it came on: the current one's if on its channel, else none.
+        generation = self._generation if channel is self._underlay else -1
+        if generation >= 0:
             self._outstanding[tag] = None
         props = delivery.header.properties
         properties = {
@@ -191,18 +189,27 @@ class AmqpAdapter(Adapter):
             headers=headers,
             properties={k: v for k, v in properties.items() if v is not None},
             content_type=props.content_type,
-            ack=lambda: self._settle_one(channel, tag, "ack"),
-            nack=lambda requeue: self._settle_one(channel, tag, "nack", requeue),
-            reject=lambda reason=None: self._reject(channel, tag),
-            raw=(channel, tag),
+            ack=lambda: self._settle_one(channel, generation, tag, "ack"),
+            nack=lambda requeue: self._settle_one(channel, generation, tag, "nack", requeue),
+            reject=lambda reason=None: self._reject(channel, generation, tag),
+            raw=(generation, tag),
         )
         assert self._sink is not None
         self._sink(message)
 
+    def _live(self, generation: int) -> bool:
+        """Whether a delivery of ``generation`` came on the channel still open."""
+        return self._underlay is not None and self.is_current(generation)
+
     async def _settle_one(
-        self, channel: aiormq.abc.AbstractChannel, tag: int, action: str, requeue: bool = True
+        self,
+        channel: aiormq.abc.AbstractChannel,
+        generation: int,
+        tag: int,
+        action: str,
+        requeue: bool = True,
     ) -> None:
-        if channel is self._underlay:
+        if self._live(generation):
             self._outstanding.pop(tag, None)
         try:
             if action == "ack":
@@ -210,30 +217,28 @@ class AmqpAdapter(Adapter):
             else:
                 await channel.basic_nack(tag, requeue=requeue)
         except Exception as exc:  # noqa: BLE001 - a dead channel: the broker redelivers
-            self.dropped_acks += 1
-            self._log.warning("settle_dropped", action=action, error=f"{type(exc).__name__}: {exc}")
+            self._dropped(1, f"{type(exc).__name__}: {exc}", action=action)
 
-    async def _reject(self, channel: aiormq.abc.AbstractChannel, tag: int) -> None:
+    async def _reject(self, channel: aiormq.abc.AbstractChannel, generation: int, tag: int) -> None:
         """basic.reject without requeue: the queue's dead-letter exchange (required by the
         config for on_invalid dead-letter) gets it. Raises when it cannot be sent, so the
         intake never reports as dead-lettered a delivery the broker still holds."""
-        if channel is not self._underlay:
+        if not self._live(generation):
             raise ConnectionError("the channel it came on is closed; the broker redelivers it")
         self._outstanding.pop(tag, None)
         await channel.basic_reject(tag, requeue=False)
 
     async def ack_many(self, messages: Sequence[Message]) -> None:
         """One cumulative ack when it covers only this batch, else one ack each."""
-        current = [m.raw[1] for m in messages if m.raw[0] is self._underlay]
-        stale = len(messages) - len(current)
-        if stale:
-            # Delivered on a channel that has since died: these acks cannot be sent. The
-            # broker redelivers; the dedup key turns each redelivery into no new job.
-            self.dropped_acks += stale
-            self._log.warning("acks_dropped", count=stale, reason="channel closed")
-        if not current or self._underlay is None:
+        channel = self._underlay
+        # No channel: no generation is live (-2 matches no delivery's, not even a stale -1).
+        generation = self._generation if channel is not None else -2
+        current = [m.raw[1] for m in messages if m.raw[0] == generation]
+        # Delivered on a channel that has since died: these acks cannot be sent.
+        self._dropped(len(messages) - len(current), "channel closed")
+        if not current or channel is None:
             return
-        channel, tags, top = self._underlay, set(current), max(current)
+        tags, top = set(current), max(current)
         covered = [t for t in self._outstanding if t <= top]
         if all(t in tags for t in covered):
             for t in covered:
@@ -241,36 +246,28 @@ class AmqpAdapter(Adapter):
             try:
                 await channel.basic_ack(top, multiple=True)
             except Exception as exc:  # noqa: BLE001 - same as a closed channel
-                self.dropped_acks += len(current)
-                self._log.warning(
-                    "acks_dropped", count=len(current), reason=f"{type(exc).__name__}: {exc}"
-                )
+                self._dropped(len(current), f"{type(exc).__name__}: {exc}")
         else:
             for t in current:
-                await self._settle_one(channel, t, "ack")
+                await self._settle_one(channel, generation, t, "ack")
 
-    async def pause(self) -> None:
+    async def _on_pause(self) -> None:
         """Cancel the consumer; the broker keeps the rest of the queue."""
-        self._paused = True
         if self._underlay is not None and self._consumer_tag is not None:
             tag, self._consumer_tag = self._consumer_tag, None
             with contextlib.suppress(Exception):
                 await self._underlay.basic_cancel(tag)
-        self.set_state(SourceState.PAUSED)
 
-    async def resume(self) -> None:
-        """Consume again (at once if connected, else when the session reconnects)."""
-        self._paused = False
+    async def _on_resume(self) -> bool:
+        """Consume again at once if connected; else the session does when it reconnects."""
         if self._underlay is None:
-            if self.state == SourceState.PAUSED:
-                # Not connected (the broker is out too): no longer held, so a failed
-                # reconnect shows as down, not paused.
-                self.set_state(SourceState.CONNECTING)
-        elif self._consumer_tag is None:
+            return False
+        if self._consumer_tag is None:
             try:
                 await self._consume()
             except Exception as exc:  # noqa: BLE001 - the session notices and reconnects
                 self._log.warning("resume_failed", error=f"{type(exc).__name__}: {exc}")
+        return True
 
     async def publish(
         self,
@@ -278,6 +275,7 @@ class AmqpAdapter(Adapter):
         headers: dict[str, str],
         count: int = 1,
         content_type: str | None = "application/json",
+        topic: str | None = None,
     ) -> int:
         """Publish persistent messages with publisher confirms; returns how many were confirmed."""
         connection = await self._connect()
@@ -285,7 +283,7 @@ class AmqpAdapter(Adapter):
             channel = await connection.channel(publisher_confirms=True)
             if self.cfg.exchange:
                 exchange = await channel.get_exchange(self.cfg.exchange)
-                routing_key = (self.cfg.routing_keys or [self.cfg.queue])[0]
+                routing_key = topic or (self.cfg.routing_keys or [self.cfg.queue])[0]
             else:
                 if self.cfg.declare:
                     await self._declare(channel)

@@ -28,10 +28,8 @@ from aiokafka.errors import KafkaError
 from jobwire.adapters.base import (
     Adapter,
     Message,
-    MessageSink,
     OffsetReader,
     SourceState,
-    supervise,
     tls_context,
 )
 from jobwire.adapters.kafka.config import KafkaSource
@@ -95,9 +93,7 @@ class KafkaAdapter(Adapter):
         super().__init__(cfg.name)
         self.cfg = cfg
         self.offset_reader = offset_reader
-        self._sink: MessageSink | None = None
         self._consumer: AIOKafkaConsumer | None = None
-        self._paused = False
         # Delivered to the intake and not yet stored, per partition: bounds memory, and a
         # revoked partition waits for its count to reach zero.
         self._in_flight: Counter[TopicPartition] = Counter()
@@ -110,11 +106,6 @@ class KafkaAdapter(Adapter):
         self.assignments = 0  # rebalances that gave us partitions (a stable group: 1)
 
     # -- consuming ------------------------------------------------------------------
-
-    async def run(self, sink: MessageSink) -> None:
-        """Join the group, consume, and start again with backoff whenever the session ends."""
-        self._sink = sink
-        await supervise(self, self._session)
 
     def _new_consumer(self) -> AIOKafkaConsumer:
         cfg = self.cfg
@@ -131,14 +122,18 @@ class KafkaAdapter(Adapter):
         )
 
     async def _session(self) -> None:
+        """Join the group and consume until a fetch, commit or probe loop ends."""
         consumer = self._new_consumer()
         consumer.subscribe(topics=list(self.cfg.topics), listener=_Rebalance(self))
         await consumer.start()
         self._consumer = consumer
+        # Offsets, not per-connection acks, settle Kafka deliveries: the generation is kept
+        # only so that every adapter counts its connections the same way.
+        self._new_generation()
         self._in_flight.clear()
         self._stored.clear()
         self._to_commit.clear()
-        self.set_state(SourceState.PAUSED if self._paused else SourceState.UP)
+        self.set_state(SourceState.PAUSED if self.paused else SourceState.UP)
         tasks = [
             asyncio.create_task(loop(consumer), name=f"jobwire-kafka-{self.name}")
             for loop in (self._fetch_loop, self._commit_loop, self._probe_loop)
@@ -188,7 +183,7 @@ class KafkaAdapter(Adapter):
             return
         full = sum(self._in_flight.values()) >= self.cfg.max_in_flight
         paused = consumer.paused()
-        if self._paused or full:
+        if self.paused or full:
             if paused != assigned:
                 consumer.pause(*assigned)
         elif paused:
@@ -285,7 +280,7 @@ class KafkaAdapter(Adapter):
                     raise ConnectionError(f"broker unreachable for {failures} probes") from exc
                 continue
             failures = 0
-            self.set_state(SourceState.PAUSED if self._paused else SourceState.UP)
+            self.set_state(SourceState.PAUSED if self.paused else SourceState.UP)
             self._update_lag(consumer)
 
     def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
@@ -356,23 +351,19 @@ class KafkaAdapter(Adapter):
 
     # -- flow control and state -----------------------------------------------------
 
-    async def pause(self) -> None:
+    async def _on_pause(self) -> None:
         """Pause every assigned partition; polling goes on so the group keeps us."""
-        self._paused = True
         if self._consumer is not None:
             self._apply_pause(self._consumer)
-        self.set_state(SourceState.PAUSED)
 
-    async def resume(self) -> None:
+    async def _on_resume(self) -> bool:
         """Fetch again."""
-        self._paused = False
         self._settled.set()  # wake a fetch loop waiting for room
-        if self._consumer is not None:
-            self._apply_pause(self._consumer)
-            self.set_state(SourceState.UP)
-        elif self.state == SourceState.PAUSED:
-            # Not connected: no longer held, so a failed reconnect shows as down.
-            self.set_state(SourceState.CONNECTING)
+        if self._consumer is None:
+            return False
+        self._apply_pause(self._consumer)
+        self.set_state(SourceState.UP)
+        return True
 
     def describe(self) -> dict[str, Any]:
         """State for stats, with the lag per partition seen at the last probe."""
@@ -386,15 +377,17 @@ class KafkaAdapter(Adapter):
         headers: dict[str, str],
         count: int = 1,
         content_type: str | None = "application/json",
+        topic: str | None = None,
     ) -> int:
-        """Produce to the source's first topic with acks=all; returns how many were acked."""
+        """Produce to ``topic`` (default: the source's first) with acks=all; returns how many
+        were acked."""
         producer = AIOKafkaProducer(acks="all", linger_ms=5, **_client_options(self.cfg))
         await producer.start()
         try:
             kafka_headers = [(k, v.encode()) for k, v in headers.items()]
             if content_type and "content-type" not in headers:
                 kafka_headers.append(("content-type", content_type.encode()))
-            topic = self.cfg.topics[0]
+            topic = topic or self.cfg.topics[0]
             confirmed = 0
             for start in range(0, count, 1000):
                 futures = [

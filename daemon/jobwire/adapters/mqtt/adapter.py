@@ -32,10 +32,8 @@ from paho.mqtt.properties import Properties
 from jobwire.adapters.base import (
     Adapter,
     Message,
-    MessageSink,
     OffsetReader,
     SourceState,
-    supervise,
     tls_context,
 )
 from jobwire.adapters.mqtt.config import MqttSource
@@ -58,12 +56,10 @@ class MqttAdapter(Adapter):
         super().__init__(cfg.name)
         self.cfg = cfg
         self.client_id = client_id or cfg.client_id or default_client_id(cfg.name)
-        self._sink: MessageSink | None = None
+        # A delivery records its connection's generation (the base's): a PUBACK belongs to
+        # that connection only. After a reconnect the broker sends unacknowledged messages
+        # again (same packet id, DUP set), and the id may later be reused for another message.
         self._client: aiomqtt.Client | None = None
-        # Which connection a delivery came on: a PUBACK belongs to that connection only.
-        # After a reconnect the broker sends unacknowledged messages again (same packet id,
-        # DUP set), and the id may later be reused for another message.
-        self._connection = 0
         self._resumed = asyncio.Event()
         self._resumed.set()
         # Delivered to the intake and not yet acknowledged. Reading stops at ``prefetch``
@@ -73,7 +69,6 @@ class MqttAdapter(Adapter):
         self._in_flight = 0
         self._room = asyncio.Event()
         self._room.set()
-        self.dropped_acks = 0
 
     def _new_client(self) -> aiomqtt.Client:
         client = aiomqtt.Client(**_client_options(self.cfg, self.client_id, persistent=True))
@@ -81,29 +76,24 @@ class MqttAdapter(Adapter):
         client._client.manual_ack_set(True)
         return client
 
-    async def run(self, sink: MessageSink) -> None:
-        """Connect, subscribe, consume; reconnect with backoff whenever the connection ends."""
-        self._sink = sink
-        await supervise(self, self._session)
-
     def _topic_filters(self) -> list[str]:
         group = self.cfg.shared_group
         return [f"$share/{group}/{t}" if group else t for t in self.cfg.topics]
 
     async def _session(self) -> None:
+        """Connect, subscribe, consume until the connection ends."""
         client = self._new_client()
         async with client:
-            self._connection += 1
+            connection = self._new_generation()
             # Messages of the last connection still in the intake count no more: the broker
             # sends them again on this one.
             self._in_flight = 0
             self._room.set()
-            connection = self._connection
             self._client = client
             try:
                 for topic in self._topic_filters():
                     await client.subscribe(topic, qos=self.cfg.qos)
-                self.set_state(SourceState.PAUSED if not self._resumed.is_set() else SourceState.UP)
+                self.set_state(SourceState.PAUSED if self.paused else SourceState.UP)
                 assert self._sink is not None
                 async for delivery in client.messages:
                     self._in_flight += 1
@@ -141,37 +131,35 @@ class MqttAdapter(Adapter):
     async def ack_many(self, messages: Sequence[Message]) -> None:
         """PUBACK each stored message on the connection it came on."""
         client = self._client
-        current = sum(1 for m in messages if m.raw[0] == self._connection)
+        current = sum(1 for m in messages if self.is_current(m.raw[0]))
         self._in_flight = max(0, self._in_flight - current)
         if self._in_flight < self.cfg.prefetch:
             self._room.set()
+        stale = 0
         for message in messages:
             connection, mid, qos = message.raw
             if qos == 0:
                 continue
-            if client is None or connection != self._connection:
-                # Its connection is gone: the broker sends it again on the new one, and the
-                # dedup key (if the route has one) makes that no new job.
-                self.dropped_acks += 1
+            if client is None or not self.is_current(connection):
+                # Its connection is gone: the broker sends it again on the new one.
+                stale += 1
                 continue
             rc = client._client.ack(mid, qos)
             if rc != paho.MQTT_ERR_SUCCESS:
-                self.dropped_acks += 1
-                self._log.warning("settle_dropped", action="puback", error=paho.error_string(rc))
+                self._dropped(1, paho.error_string(rc), action="puback")
+        self._dropped(stale, "connection closed", action="puback")
 
-    async def pause(self) -> None:
+    async def _on_pause(self) -> None:
         """Stop reading deliveries; unacknowledged, they hold the broker back."""
         self._resumed.clear()
-        self.set_state(SourceState.PAUSED)
 
-    async def resume(self) -> None:
+    async def _on_resume(self) -> bool:
         """Read deliveries again."""
         self._resumed.set()
-        if self._client is not None:
-            self.set_state(SourceState.UP)
-        elif self.state == SourceState.PAUSED:
-            # Not connected: no longer held, so a failed reconnect shows as down.
-            self.set_state(SourceState.CONNECTING)
+        if self._client is None:
+            return False
+        self.set_state(SourceState.UP)
+        return True
 
     async def publish(
         self,
@@ -179,9 +167,11 @@ class MqttAdapter(Adapter):
         headers: dict[str, str],
         count: int = 1,
         content_type: str | None = "application/json",
+        topic: str | None = None,
     ) -> int:
-        """Publish to the first topic (no wildcards) at the source's QoS; returns the acked."""
-        topic = self.cfg.topics[0]
+        """Publish to ``topic`` (default: the first topic; no wildcards) at the source's QoS;
+        returns the acked."""
+        topic = topic or self.cfg.topics[0]
         if any(ch in topic for ch in "+#"):
             raise ValueError(f"cannot publish to a wildcard topic filter: {topic!r}")
         client = aiomqtt.Client(

@@ -28,10 +28,8 @@ from stomp.utils import Frame
 from jobwire.adapters.base import (
     Adapter,
     Message,
-    MessageSink,
     OffsetReader,
     SourceState,
-    supervise,
 )
 from jobwire.adapters.stomp import frames as stomp_frames
 from jobwire.adapters.stomp.bridge import (
@@ -57,11 +55,9 @@ class StompAdapter(Adapter):
     def __init__(self, cfg: StompSource) -> None:
         super().__init__(cfg.name)
         self.cfg = cfg
-        self._sink: MessageSink | None = None
+        # Each connection gets a generation (the base's): an ack id is only valid on its own
+        # connection.
         self._conn: stomp.Connection12 | None = None
-        # Each connection gets a generation: an ack id is only valid on its own connection.
-        self._generation = 0
-        self._paused = False
         self._resumed = asyncio.Event()
         self._resumed.set()
         self._end_session: Callable[[str], None] | None = None
@@ -69,7 +65,6 @@ class StompAdapter(Adapter):
         self._write_lock = asyncio.Lock()
         # Dead-lettered copies waiting for their RECEIPT, by receipt id (current connection).
         self._receipts: dict[str, asyncio.Future[None]] = {}
-        self.dropped_acks = 0
         self.dead_letter_failures = 0  # copies not confirmed (their originals came back)
         # The reader this source's connections use: chosen now, so stats show it before the
         # first connection (each connection asks again; the choice is per process).
@@ -107,12 +102,8 @@ class StompAdapter(Adapter):
             )
         return conn
 
-    async def run(self, sink: MessageSink) -> None:
-        """Connect, subscribe, consume; reconnect with backoff whenever the connection ends."""
-        self._sink = sink
-        await supervise(self, self._session)
-
     async def _session(self) -> None:
+        """Connect and subscribe, once resumed, and consume until the connection ends."""
         # Paused: no connection at all until resumed (see pause()).
         await self._resumed.wait()
         loop = asyncio.get_running_loop()
@@ -129,7 +120,7 @@ class StompAdapter(Adapter):
         self._end_session = on_lost
         try:
             await asyncio.to_thread(conn.connect, self.cfg.username, self.cfg.password, wait=True)
-            self._generation += 1
+            self._new_generation()
             self._conn = conn
             self._subscribed = False
             await self._subscribe()
@@ -242,7 +233,7 @@ class StompAdapter(Adapter):
             # The config refuses on_invalid dead-letter without one; a NACK would drop it.
             raise RuntimeError(f"source {self.name} has no dead_letter_destination")
         conn, end_session = self._conn, self._end_session
-        if conn is None or end_session is None or generation != self._generation:
+        if conn is None or end_session is None or not self.is_current(generation):
             raise ConnectionError("the connection it came on is closed; the broker redelivers it")
         receipt = f"jobwire-dead-letter-{uuid.uuid4().hex}"
         extra = {k: v for k, v in headers.items() if k not in NOT_FORWARDED}
@@ -275,7 +266,7 @@ class StompAdapter(Adapter):
             # original and every other unacknowledged delivery go back to the broker. No
             # frame is written on it any more, so the outcome is the same whatever the
             # intake does next: an ACK racing the disconnect is dropped, not half-applied.
-            if generation == self._generation:
+            if self.is_current(generation):
                 self._conn = None
             end_session(f"dead-letter copy not confirmed: {type(exc).__name__}")
             raise ConnectionError(
@@ -291,18 +282,13 @@ class StompAdapter(Adapter):
         """Send ACK or NACK (requeue) frames for the current connection's deliveries, off
         the loop."""
         conn = self._conn
-        current = [ack_id for generation, ack_id in items if generation == self._generation]
-        stale = len(items) - len(current)
-        if stale or conn is None:
-            # Delivered on a connection that has since died: the broker redelivers them,
-            # and the dedup key turns each redelivery into no new job.
-            self.dropped_acks += len(items) if conn is None else stale
-            self._log.warning(
-                "acks_dropped",
-                count=len(items) if conn is None else stale,
-                action=action,
-                reason="connection closed",
-            )
+        current = [ack_id for generation, ack_id in items if self.is_current(generation)]
+        # Delivered on a connection that has since died: the broker redelivers them.
+        self._dropped(
+            len(items) if conn is None else len(items) - len(current),
+            "connection closed",
+            action=action,
+        )
         if conn is None or not current:
             return
 
@@ -317,13 +303,7 @@ class StompAdapter(Adapter):
             async with self._write_lock:
                 await asyncio.to_thread(send)
         except Exception as exc:  # noqa: BLE001 - the session notices the dead connection
-            self.dropped_acks += len(current)
-            self._log.warning(
-                "acks_dropped",
-                count=len(current),
-                action=action,
-                reason=f"{type(exc).__name__}: {exc}",
-            )
+            self._dropped(len(current), f"{type(exc).__name__}: {exc}", action=action)
 
     async def ack_many(self, messages: Sequence[Message]) -> None:
         """All ACKs of a batch in one trip to the writer thread."""
@@ -333,26 +313,23 @@ class StompAdapter(Adapter):
         """All NACKs of a batch in one trip to the writer thread."""
         await self._write([m.raw for m in messages], "nack")
 
-    async def pause(self) -> None:
+    async def _on_pause(self) -> None:
         """Disconnect until resume(): every unacknowledged delivery goes back to the broker.
 
         Not UNSUBSCRIBE: RabbitMQ refuses ACK and NACK for the deliveries of a cancelled
         subscription ("Subscription not found"), and those would then stay unacknowledged,
         neither stored nor redelivered, for as long as the connection lives.
         """
-        self._paused = True
         self._resumed.clear()
-        self.set_state(SourceState.PAUSED)
         if self._end_session is not None:
             self._end_session("paused")
 
-    async def resume(self) -> None:
+    async def _on_resume(self) -> bool:
         """Connect and subscribe again (the supervisor's session was waiting for this)."""
-        self._paused = False
-        if self.state == SourceState.PAUSED:
-            # No longer held: until the session is subscribed, a failure shows as down.
-            self.set_state(SourceState.CONNECTING)
         self._resumed.set()
+        # Never connected while paused: until the session is subscribed, a failure shows
+        # as down (the base moves a paused state to connecting).
+        return False
 
     async def publish(
         self,
@@ -360,9 +337,13 @@ class StompAdapter(Adapter):
         headers: dict[str, str],
         count: int = 1,
         content_type: str | None = "application/json",
+        topic: str | None = None,
     ) -> int:
         """SEND persistent messages, each with a fresh amqp-message-id; the broker's receipt
-        for the last one confirms them all (it processes a connection's frames in order)."""
+        for the last one confirms them all (it processes a connection's frames in order).
+        ``topic`` does not apply: a STOMP source sends to its destination."""
+        if topic is not None:
+            raise ValueError("a STOMP source publishes to its destination; no topic applies")
         return await asyncio.to_thread(self._publish_blocking, body, headers, count, content_type)
 
     def _publish_blocking(
