@@ -178,15 +178,13 @@ def test_cli_enqueue_list_show_retry_cancel(database_url: str) -> None:
     again = jobwire("enqueue", "echo", "--dedup-key", "x", *url)
     assert again.stdout.strip() == dup.stdout.strip()
     assert "duplicate" in again.stderr
-    listed = [
-        json.loads(line)
-        for line in jobwire("jobs", "list", "--json", "--queue", "short", *url).stdout.splitlines()
-    ]
+    # One JSON document: a list (it was a line per job before issue 23).
+    listed = json.loads(jobwire("jobs", "list", "-o", "json", "--queue", "short", *url).stdout)
     assert [(j["id"], j["priority"], j["max_attempts"], j["payload"]) for j in listed] == [
         (job_id, 4, 2, {"a": 1})
     ]
     assert "cancelled" in jobwire("jobs", "cancel", str(job_id), *url).stdout
-    assert "1 job(s) requeued" in jobwire("jobs", "retry", str(job_id), *url).stdout
+    assert "1 retried, 0 skipped" in jobwire("jobs", "retry", str(job_id), *url).stdout
     show = json.loads(jobwire("jobs", "show", str(job_id), *url).stdout)
     assert show["status"] == "pending"
     assert jobwire("jobs", "show", "999999", *url, check=False).returncode == 1

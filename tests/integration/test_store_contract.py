@@ -15,7 +15,15 @@ from typing import Any
 import pytest
 
 from jobwire.models import JobSpec, JobStatus, Outcome, StreamOffset
-from jobwire.store.base import ClaimRequest, DirectStart, InvalidJobData, Store
+from jobwire.routing import UNROUTABLE
+from jobwire.store.base import (
+    UNROUTABLE_HANDLER,
+    ClaimRequest,
+    DirectStart,
+    InvalidJobData,
+    JobFilter,
+    Store,
+)
 from jobwire.store.memory import MemoryStore
 from jobwire.store.postgres import PostgresStore
 
@@ -461,6 +469,83 @@ class StoreContract:
         kept = await store.get(child)
         assert kept is not None and kept.parent_id is None and kept.status == JobStatus.PENDING
         assert await store.existing([waiting]) == {waiting}
+
+    # -- bulk actions (jobwire jobs retry|cancel|delete) -----------------------------------
+
+    async def test_select_ids_filters_and_pages_newest_first(self, store: Store) -> None:
+        a, b, c, d = await ids(
+            store,
+            [
+                JobSpec("echo", queue="q1", source="cli"),
+                JobSpec("echo", queue="q2"),
+                JobSpec("noop", queue="q1"),
+                JobSpec("echo", queue="q1", source="cli"),
+            ],
+        )
+        every = JobFilter()
+        assert await store.select_ids(every, 10) == [d, c, b, a]
+        assert await store.select_ids(every, 2) == [d, c]
+        assert await store.select_ids(every, 2, before_id=c) == [b, a]
+        echo_q1 = JobFilter(status="pending", queue="q1", handler="echo")
+        assert await store.select_ids(echo_q1, 10) == [d, a]
+        assert await store.select_ids(JobFilter(source="cli", ids=(a, b, c)), 10) == [a]
+        future = datetime.now(UTC) + timedelta(hours=1)
+        assert await store.select_ids(JobFilter(created_before=future), 10) == [d, c, b, a]
+        assert await store.select_ids(JobFilter(created_after=future), 10) == []
+        assert await store.select_ids(JobFilter(status="failed"), 10) == []
+        assert [j.id for j in await store.jobs_by_ids([a, c, 10**9])] == [c, a]
+
+    async def test_retry_ids_skips_poison_and_jobs_no_longer_failed(self, store: Store) -> None:
+        assert UNROUTABLE == UNROUTABLE_HANDLER
+        unroutable, never_ran, ran, waiting = await ids(
+            store,
+            [
+                JobSpec(UNROUTABLE, failed_reason="no route"),
+                JobSpec("echo", failed_reason="bad payload"),
+                JobSpec("echo", max_attempts=1),
+                JobSpec("echo"),
+            ],
+        )
+        (claimed,) = await store.claim(claim({"default": 1}, 1))
+        assert claimed.id == ran
+        await store.complete_many("w", [Outcome(ran, 1, JobStatus.FAILED, 0.0, error="boom")])
+        failed = JobFilter(status="failed")
+        assert await store.select_ids(failed, 10) == [ran, never_ran, unroutable]
+        assert await store.select_ids(JobFilter(status="failed", exclude_poison=True), 10) == [ran]
+        everything = [unroutable, never_ran, ran, waiting]
+        assert await store.retry_ids(everything) == [ran]
+        assert await status_of(store, ran) == "pending"
+        assert await store.retry_ids([ran]) == []  # no longer failed: skipped
+        assert sorted(await store.retry_ids(everything, include_poison=True)) == [
+            unroutable,
+            never_ran,
+        ]
+
+    async def test_cancel_ids_cancels_waiting_and_flags_running(self, store: Store) -> None:
+        running, waiting, done = await ids(
+            store, [JobSpec("echo"), JobSpec("echo"), JobSpec("echo")]
+        )
+        (claimed,) = await store.claim(claim({"default": 1}, 1))
+        assert claimed.id == running
+        assert await store.cancel_ids([done]) == {done: "cancelled"}
+        assert await store.cancel_ids([running, waiting, done, 10**9]) == {
+            running: "running",
+            waiting: "cancelled",
+        }
+        job = await store.get(running)
+        assert job is not None and job.cancel_requested
+
+    async def test_delete_ids_removes_finished_jobs_with_their_runs(self, store: Store) -> None:
+        finished, running, waiting = await ids(
+            store, [JobSpec("echo"), JobSpec("echo"), JobSpec("echo")]
+        )
+        await store.claim(claim({"default": 2}, 2))
+        await store.complete_many("w", [Outcome(finished, 1, JobStatus.SUCCEEDED, 0.0)])
+        assert len(await store.runs(finished)) == 1
+        assert await store.delete_ids([finished, running, waiting, 10**9]) == [finished]
+        assert await store.get(finished) is None and await store.runs(finished) == []
+        assert await status_of(store, running) == "running"
+        assert await status_of(store, waiting) == "pending"
 
 
 class TestMemoryStore(StoreContract):

@@ -111,6 +111,29 @@ class AuditRow:
     detail: dict[str, Any]
 
 
+# The handler routing gives a message no route matched (jobwire.routing.UNROUTABLE; the
+# store may not import routing, so a contract test holds the two equal).
+UNROUTABLE_HANDLER = "(unroutable)"
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """Which jobs an operator's bulk action or listing means; every field narrows it.
+
+    A job is poison when it can only fail again: unroutable, or stored failed before it
+    ever ran (attempts 0). ``exclude_poison`` leaves those out.
+    """
+
+    status: str | None = None
+    queue: str | None = None
+    handler: str | None = None
+    source: str | None = None
+    created_before: datetime | None = None
+    created_after: datetime | None = None
+    ids: tuple[int, ...] | None = None
+    exclude_poison: bool = False
+
+
 NotifyCallback = Callable[[str], None]
 
 
@@ -360,6 +383,26 @@ class AdminStore(Protocol):
 
     async def retry(self, job_ids: Sequence[int] = (), status: str | None = None) -> list[int]:
         """Run failed or cancelled jobs again; returns the ids that were requeued."""
+
+    async def select_ids(
+        self, where: JobFilter, limit: int, before_id: int | None = None
+    ) -> list[int]:
+        """Ids of matching jobs, newest first, at most ``limit``; ``before_id`` pages on
+        (keyset, through the status's index as list_jobs reads it)."""
+
+    async def jobs_by_ids(self, job_ids: Sequence[int]) -> list[Job]:
+        """These jobs (those that exist), newest first."""
+
+    async def retry_ids(self, job_ids: Sequence[int], include_poison: bool = False) -> list[int]:
+        """Requeue those of these jobs still failed or cancelled (poison ones only with
+        ``include_poison``); returns the ids requeued."""
+
+    async def cancel_ids(self, job_ids: Sequence[int]) -> dict[int, str]:
+        """Cancel those of these jobs still waiting and flag running ones; returns each
+        touched id with its status now (cancelled, or running when flagged)."""
+
+    async def delete_ids(self, job_ids: Sequence[int]) -> list[int]:
+        """Delete those of these jobs that are finished, with their runs; returns their ids."""
 
     async def close(self) -> None:
         """Release connections."""

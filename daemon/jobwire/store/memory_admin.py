@@ -8,11 +8,31 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from jobwire.models import FINISHED, LIVE, Job, JobSpec, JobStatus
-from jobwire.store.base import AuditEntry, AuditRow, ScheduleRow
+from jobwire.store.base import UNROUTABLE_HANDLER, AuditEntry, AuditRow, JobFilter, ScheduleRow
 from jobwire.store.memory_base import READY, MemoryState, now
 
 # Statuses counted as PostgreSQL counts them (through a partial index); not succeeded.
 _COUNTED = frozenset({"failed", "cancelled", "pending", "retrying", "running"})
+
+
+def _poison(job: Job) -> bool:
+    """Only fails again: unroutable, or stored failed before it ever ran."""
+    return job.handler == UNROUTABLE_HANDLER or (
+        job.status == JobStatus.FAILED and job.attempts == 0
+    )
+
+
+def _selected(job: Job, where: JobFilter) -> bool:
+    return (
+        (where.status is None or job.status == where.status)
+        and (where.queue is None or job.queue == where.queue)
+        and (where.handler is None or job.handler == where.handler)
+        and (where.source is None or job.source == where.source)
+        and (where.created_before is None or job.created_at < where.created_before)
+        and (where.created_after is None or job.created_at >= where.created_after)
+        and (where.ids is None or job.id in where.ids)
+        and not (where.exclude_poison and _poison(job))
+    )
 
 
 class MemoryAdmin(MemoryState):
@@ -148,6 +168,65 @@ class MemoryAdmin(MemoryState):
     async def list_workers(self) -> list[dict[str, Any]]:
         """Registered instances."""
         return [{"id": k, "heartbeat_age": 0.0, **v} for k, v in self.workers.items()]
+
+    # -- bulk actions: select a frozen set of ids, then act on it ---------------------
+
+    async def select_ids(
+        self, where: JobFilter, limit: int, before_id: int | None = None
+    ) -> list[int]:
+        """Matching ids, newest first; ``before_id`` pages on."""
+        found = sorted(
+            (
+                j.id
+                for j in self.jobs.values()
+                if (before_id is None or j.id < before_id) and _selected(j, where)
+            ),
+            reverse=True,
+        )
+        return found[:limit]
+
+    async def jobs_by_ids(self, job_ids: Sequence[int]) -> list[Job]:
+        """These jobs, newest first."""
+        found = sorted({i for i in job_ids if i in self.jobs}, reverse=True)
+        return [dataclasses.replace(self.jobs[i]) for i in found]
+
+    async def retry_ids(self, job_ids: Sequence[int], include_poison: bool = False) -> list[int]:
+        """Requeue those still failed or cancelled (poison only if asked)."""
+        eligible = [
+            i
+            for i in dict.fromkeys(job_ids)
+            if i in self.jobs
+            and self.jobs[i].status in (JobStatus.FAILED, JobStatus.CANCELLED)
+            and (include_poison or not _poison(self.jobs[i]))
+        ]
+        return await self.retry(eligible) if eligible else []
+
+    async def cancel_ids(self, job_ids: Sequence[int]) -> dict[int, str]:
+        """Cancel those still waiting, flag running ones."""
+        out: dict[int, str] = {}
+        for i in dict.fromkeys(job_ids):
+            job = self.jobs.get(i)
+            if job is not None and job.status in LIVE:
+                status = await self.cancel(i)
+                assert status is not None
+                out[i] = status
+        return out
+
+    async def delete_ids(self, job_ids: Sequence[int]) -> list[int]:
+        """Delete those that are finished, with their runs; children lose their parent."""
+        gone = [
+            i for i in dict.fromkeys(job_ids) if i in self.jobs and self.jobs[i].status in FINISHED
+        ]
+        for i in gone:
+            job = self.jobs.pop(i)
+            if job.dedup_key is not None:
+                self._by_key.pop(job.dedup_key, None)
+        drop = set(gone)
+        self.job_runs = [r for r in self.job_runs if r["job_id"] not in drop]
+        for job in self.jobs.values():
+            if job.parent_id in drop:
+                job.parent_id = None  # ON DELETE SET NULL
+        return gone
 
 
 class MemoryLock:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from jobwire.models import Job
-from jobwire.store.base import AuditEntry, AuditRow
+from jobwire.store.base import AuditEntry, AuditRow, JobFilter
 from jobwire.store.pg_base import PgBase, guard, job_of
 
 # Statuses whose listing reads a partial index (see list_jobs in queries.sql).
@@ -20,6 +20,11 @@ LIST_QUERY_BY_STATUS = {
 # The same with the handler and source filters too (the dashboard's), and their counts.
 FIND_QUERY_BY_STATUS = {
     status: query.replace("list_", "find_") for status, query in LIST_QUERY_BY_STATUS.items()
+}
+# The bulk actions' id selection, through the same indexes.
+SELECT_QUERY_BY_STATUS = {
+    status: query.replace("list_", "select_").replace("_jobs", "_job_ids")
+    for status, query in LIST_QUERY_BY_STATUS.items()
 }
 COUNT_QUERY_BY_STATUS = {
     status: query.replace("list_", "count_") for status, query in LIST_QUERY_BY_STATUS.items()
@@ -146,3 +151,60 @@ class PgAdmin(PgBase):
         async with guard("list workers"):
             rows = await self._pool.fetch(self._q["list_workers"])
         return [dict(r) for r in rows]
+
+    async def select_ids(
+        self, where: JobFilter, limit: int, before_id: int | None = None
+    ) -> list[int]:
+        """Matching ids, newest first, through the status's partial index (keyset paging)."""
+        query = SELECT_QUERY_BY_STATUS.get(where.status or "", "select_job_ids")
+        async with guard("select"):
+            rows = await self._pool.fetch(
+                self._q[query],
+                where.status,
+                where.queue,
+                limit,
+                before_id,
+                where.handler,
+                where.source,
+                where.created_before,
+                where.created_after,
+                None if where.ids is None else list(where.ids),
+                where.exclude_poison,
+            )
+        return [r["id"] for r in rows]
+
+    async def jobs_by_ids(self, job_ids: Sequence[int]) -> list[Job]:
+        """These jobs, newest first."""
+        async with guard("get"):
+            rows = await self._pool.fetch(self._q["jobs_by_ids"], list(job_ids))
+        return [job_of(r) for r in rows]
+
+    async def retry_ids(self, job_ids: Sequence[int], include_poison: bool = False) -> list[int]:
+        """Requeue those still failed or cancelled, and wake the pools."""
+        async with guard("retry"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                rows = await conn.fetch(
+                    self._q["retry_job_ids"],
+                    list(job_ids),
+                    self._default_max_attempts,
+                    include_poison,
+                )
+                if rows:
+                    await conn.execute(self._q["notify"], self._channel, "jobs")
+        return [r["id"] for r in rows]
+
+    async def cancel_ids(self, job_ids: Sequence[int]) -> dict[int, str]:
+        """Cancel or flag those still live, and tell the workers running flagged ones."""
+        async with guard("cancel"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                rows = await conn.fetch(self._q["cancel_job_ids"], list(job_ids))
+                for r in rows:
+                    if r["status"] == "running":
+                        await conn.execute(self._q["notify"], self._channel, f"cancel:{r['id']}")
+        return {r["id"]: str(r["status"]) for r in rows}
+
+    async def delete_ids(self, job_ids: Sequence[int]) -> list[int]:
+        """Delete those that are finished (their runs by cascade)."""
+        async with guard("delete"):
+            rows = await self._pool.fetch(self._q["delete_job_ids"], list(job_ids))
+        return [r["id"] for r in rows]

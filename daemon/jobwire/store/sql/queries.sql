@@ -318,6 +318,87 @@ SELECT count(*) FROM (
     LIMIT $5
 ) found;
 
+-- name: select_job_ids
+-- The operator's bulk actions (jobwire jobs retry|cancel|delete) first freeze the set of
+-- ids they act on, a page at a time: find_jobs's family (the same indexes, the same
+-- keyset on id), ids only, with more filters: created before $7 / from $8, among the ids
+-- $9, and without poison ($10: unroutable, or stored failed before it ever ran, attempts 0).
+SELECT id FROM jobs
+WHERE ($1::text IS NULL OR status = $1)
+  AND ($2::text IS NULL OR queue = $2) AND ($4::bigint IS NULL OR id < $4)
+  AND ($5::text IS NULL OR handler = $5) AND ($6::text IS NULL OR source = $6)
+  AND ($7::timestamptz IS NULL OR created_at < $7)
+  AND ($8::timestamptz IS NULL OR created_at >= $8)
+  AND ($9::bigint[] IS NULL OR id = ANY($9::bigint[]))
+  AND NOT ($10::bool AND (handler = '(unroutable)' OR (status = 'failed' AND attempts = 0)))
+ORDER BY id DESC
+LIMIT $3;
+
+-- name: select_failed_job_ids
+SELECT id FROM jobs
+WHERE status IN ('failed', 'cancelled') AND status = $1
+  AND ($2::text IS NULL OR queue = $2) AND ($4::bigint IS NULL OR id < $4)
+  AND ($5::text IS NULL OR handler = $5) AND ($6::text IS NULL OR source = $6)
+  AND ($7::timestamptz IS NULL OR created_at < $7)
+  AND ($8::timestamptz IS NULL OR created_at >= $8)
+  AND ($9::bigint[] IS NULL OR id = ANY($9::bigint[]))
+  AND NOT ($10::bool AND (handler = '(unroutable)' OR (status = 'failed' AND attempts = 0)))
+ORDER BY id DESC
+LIMIT $3;
+
+-- name: select_ready_job_ids
+SELECT id FROM jobs
+WHERE status IN ('pending', 'retrying') AND status = $1
+  AND ($2::text IS NULL OR queue = $2) AND ($4::bigint IS NULL OR id < $4)
+  AND ($5::text IS NULL OR handler = $5) AND ($6::text IS NULL OR source = $6)
+  AND ($7::timestamptz IS NULL OR created_at < $7)
+  AND ($8::timestamptz IS NULL OR created_at >= $8)
+  AND ($9::bigint[] IS NULL OR id = ANY($9::bigint[]))
+  AND NOT ($10::bool AND (handler = '(unroutable)' OR (status = 'failed' AND attempts = 0)))
+ORDER BY id DESC
+LIMIT $3;
+
+-- name: select_running_job_ids
+SELECT id FROM jobs
+WHERE status = 'running' AND status = $1
+  AND ($2::text IS NULL OR queue = $2) AND ($4::bigint IS NULL OR id < $4)
+  AND ($5::text IS NULL OR handler = $5) AND ($6::text IS NULL OR source = $6)
+  AND ($7::timestamptz IS NULL OR created_at < $7)
+  AND ($8::timestamptz IS NULL OR created_at >= $8)
+  AND ($9::bigint[] IS NULL OR id = ANY($9::bigint[]))
+  AND NOT ($10::bool AND (handler = '(unroutable)' OR (status = 'failed' AND attempts = 0)))
+ORDER BY id DESC
+LIMIT $3;
+
+-- name: jobs_by_ids
+SELECT * FROM jobs WHERE id = ANY($1::bigint[]) ORDER BY id DESC;
+
+-- name: retry_job_ids
+-- retry_jobs for a frozen set of ids: only those still failed or cancelled (a job that
+-- changed state since it was selected is skipped), never poison unless $3.
+UPDATE jobs SET status = 'pending', max_attempts = attempts + $2, run_at = now(),
+                finished_at = NULL, cancel_requested = false, result = NULL
+WHERE id = ANY($1::bigint[]) AND status IN ('failed', 'cancelled')
+  AND ($3::bool OR NOT (handler = '(unroutable)' OR (status = 'failed' AND attempts = 0)))
+RETURNING id;
+
+-- name: cancel_job_ids
+-- cancel_job for a frozen set of ids: waiting ones are cancelled, running ones flagged;
+-- finished ones are left alone (and not returned).
+UPDATE jobs SET
+    status = CASE WHEN status IN ('pending', 'retrying') THEN 'cancelled' ELSE status END,
+    finished_at = CASE WHEN status IN ('pending', 'retrying') THEN now() ELSE finished_at END,
+    cancel_requested = (status = 'running') OR cancel_requested
+WHERE id = ANY($1::bigint[]) AND status IN ('pending', 'retrying', 'running')
+RETURNING id, status;
+
+-- name: delete_job_ids
+-- Finished jobs only (never a running or waiting one); their job_runs go by cascade and
+-- their children keep running with parent_id cleared (ON DELETE SET NULL).
+DELETE FROM jobs
+WHERE id = ANY($1::bigint[]) AND status IN ('succeeded', 'failed', 'cancelled')
+RETURNING id;
+
 -- name: failed_since
 -- Failed in the last $1 seconds, per queue, up to a cap ($2): through jobs_failed, so the
 -- cost follows the failed jobs kept, never the succeeded history.
@@ -507,3 +588,45 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 
 -- name: record_migration
 INSERT INTO schema_migrations (version, name) VALUES ($1, $2);
+
+-- name: default_max_attempts
+-- The attempts of a job that sets none itself, as the daemon last published them.
+SELECT default_max_attempts();
+
+-- name: publish_default_max_attempts
+-- Written by the daemon at start-up from retry.max_attempts; unchanged values write nothing.
+INSERT INTO settings (key, value) VALUES ('default_max_attempts', $1::integer::text)
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
+WHERE settings.value IS DISTINCT FROM EXCLUDED.value;
+
+-- name: enqueue_on_connection
+-- A template ({schema}: the quoted identifier): the Client on an application's own asyncpg
+-- connection, whose search_path is its own, inside the application's transaction.
+SELECT {schema}.enqueue($1, $2::text::jsonb, queue => $3, priority => $4,
+                        delay => make_interval(secs => $5::float8), dedup_key => $6,
+                        max_attempts => $7, headers => $8::text::jsonb, source => 'api');
+
+-- name: insert_jobs_on_connection
+-- A template, as enqueue_on_connection: the Client's batch on an application's connection.
+-- Jobs that set no max_attempts get the published default, as with enqueue(). ORDER BY ord
+-- keeps identity values ascending in input order, which the caller relies on.
+INSERT INTO {schema}.jobs (handler, queue, priority, max_attempts, run_at, payload, body,
+                           content_type, headers, source, dedup_key, parent_id)
+SELECT j.handler, j.queue, j.priority, coalesce(j.max_attempts, {schema}.default_max_attempts()),
+       now() + make_interval(secs => j.delay), j.payload::jsonb, j.body, j.content_type,
+       coalesce(j.headers::jsonb, jsonb_build_object()), j.source, j.dedup_key, j.parent_id
+FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::float8[], $6::text[], $7::bytea[],
+            $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[])
+     WITH ORDINALITY AS j(handler, queue, priority, max_attempts, delay, payload, body,
+                          content_type, headers, source, dedup_key, parent_id, ord)
+ORDER BY j.ord
+ON CONFLICT (dedup_key) DO NOTHING
+RETURNING id, dedup_key;
+
+-- name: enqueue_dbapi
+-- A template, as enqueue_on_connection, for jobwire.pg_sync: DB-API drivers (psycopg 3,
+-- psycopg2) take %s placeholders. Typed casts, so a None is a NULL of the right type.
+SELECT {schema}.enqueue(%s, %s::text::jsonb, queue => %s, priority => %s,
+                        run_at => %s::timestamptz, delay => make_interval(secs => %s::float8),
+                        dedup_key => %s::text, max_attempts => %s::integer,
+                        headers => %s::text::jsonb, source => 'api');

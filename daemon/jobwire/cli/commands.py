@@ -1,0 +1,381 @@
+"""The daemon and its set-up (run, migrate, check-config), enqueue, stats and publish."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from jobwire.adapters import build_adapter
+from jobwire.app import Daemon, ListenError, database_dsn, migrate_schema, retry_unavailable
+from jobwire.cli.common import (
+    DB_SECTIONS,
+    ENQUEUE_SECTIONS,
+    EXIT_NOTHING,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    Column,
+    as_json,
+    fail,
+    fmt_time,
+    global_options,
+    globals_,
+    json_flag,
+    load,
+    print_json,
+    print_table,
+    report,
+    run,
+    with_store,
+)
+from jobwire.cli.group import main
+from jobwire.cli.publishing import publish_topic
+from jobwire.config import Config, ConfigProblem, find_config_file, json_schema
+from jobwire.durations import parse_duration
+from jobwire.handlers import BUILTINS, HandlerLoadError, HandlerRegistry
+from jobwire.models import JobSpec, JobStatus
+from jobwire.redaction import redact_data
+from jobwire.routing import route_problems
+from jobwire.store.base import AdminStore
+from jobwire.store.migrate import SchemaState, latest_version, migration_script, read_schema_state
+
+
+def _registry(config: Config, file: str) -> HandlerRegistry:
+    """Import the allow-listed handlers and check every route against them (exit 2 if not)."""
+    try:
+        registry = HandlerRegistry.from_config(config.handlers)
+    except HandlerLoadError as exc:
+        report(
+            ConfigProblem(file, f"handlers.{f.name}", f"cannot load {f.target!r}: {f.reason}")
+            for f in exc.failures
+        )
+    problems = route_problems(config, registry.names(), file)
+    if problems:
+        report(problems)
+    return registry
+
+
+@main.command("run")
+@click.option(
+    "--migrate/--no-migrate",
+    "migrate_first",
+    default=None,
+    help="Apply pending migrations before starting (default: database.migrate, true). "
+    "--no-migrate refuses to start on a schema this jobwire does not match (exit 2).",
+)
+@global_options
+def run_daemon(migrate_first: bool | None) -> None:
+    """Run the daemon until SIGTERM, SIGINT or SIGHUP."""
+    config, file = load(daemon=True)
+    if migrate_first is not None:
+        database = config.database.model_copy(update={"migrate": migrate_first})
+        config = config.model_copy(update={"database": database})
+    registry = _registry(config, file)
+
+    async def go() -> None:
+        daemon = Daemon(config, registry)
+        daemon.install_signal_handlers()
+        await daemon.run()
+
+    try:
+        run(go())
+    except ListenError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+def _state_data(state: SchemaState) -> dict[str, Any]:
+    applied = {a.version: a for a in state.applied}
+    mismatch = state.mismatch()
+    return {
+        "schema": state.schema,
+        "version": state.version,
+        "needs": latest_version(),
+        "migrations": [
+            {
+                "label": m.label,
+                "state": "applied" if m.version in applied else "pending",
+                "applied_at": applied[m.version].applied_at if m.version in applied else None,
+            }
+            for m in state.known
+        ]
+        + [
+            {"label": a.label, "state": "unknown", "applied_at": a.applied_at}
+            for a in state.unknown
+        ],
+        "problem": None if mismatch is None else str(mismatch),
+    }
+
+
+def _print_status(state: SchemaState) -> None:
+    data = _state_data(state)
+    if as_json():
+        print_json(data)
+        return
+    version = "does not exist" if state.version is None else f"is at {state.version:04d}"
+    click.echo(f"schema {state.schema} {version}; this jobwire needs {latest_version():04d}")
+    # Plain lines, as before -o existed (scripts and tests read them by position).
+    for m in data["migrations"]:
+        note = "  (a newer jobwire's)" if m["state"] == "unknown" else ""
+        click.echo(f"{m['state']:<8} {m['label']:<32} {fmt_time(m['applied_at'])}{note}")
+    click.echo(data["problem"] or "up to date")
+
+
+@main.command()
+@click.option(
+    "--status",
+    "show_status",
+    is_flag=True,
+    help="List applied and pending migrations; exit 0 when the schema is what this jobwire "
+    "needs, 1 when not (pending, missing, or newer).",
+)
+@click.option("--dry-run", is_flag=True, help="List the migrations that would run; run none.")
+@click.option("--sql", "show_sql", is_flag=True, help="Print the SQL that would run; run none.")
+@global_options
+def migrate(show_status: bool, dry_run: bool, show_sql: bool) -> None:
+    """Create or upgrade the database schema (the only command that changes it, with run).
+
+    Reads only the config's database: and logging: sections.
+    """
+    if show_status + dry_run + show_sql > 1:
+        fail("give at most one of --status, --dry-run, --sql")
+    config, _ = load(DB_SECTIONS)
+    name = config.database.db_schema
+    latest = latest_version()
+    done: list[str] = []
+
+    def applied(label: str, seconds: float) -> None:
+        done.append(label)
+        if not as_json():
+            click.echo(f"applied {label} ({seconds:.2f}s)")
+
+    async def go() -> SchemaState | list[str]:
+        async with database_dsn(config) as dsn:
+            if show_status or dry_run or show_sql:
+                return await retry_unavailable(lambda: read_schema_state(dsn, name), 5.0)
+            return await migrate_schema(dsn, name, 5.0, on_applied=applied)
+
+    result = run(go())
+    if isinstance(result, list):
+        if as_json():
+            print_json({"schema": name, "version": latest, "applied": done})
+        elif result:
+            click.echo(f"schema {name} is now at {latest:04d}")
+        else:
+            click.echo(f"schema {name} is up to date at {latest:04d}")
+        return
+    state = result
+    if show_status:
+        _print_status(state)
+        sys.exit(0 if state.mismatch() is None else EXIT_NOTHING)
+    if state.unknown:
+        fail(str(state.mismatch()), EXIT_USAGE)
+    if show_sql:
+        click.echo(migration_script(name, state.pending), nl=False)
+        return
+    if as_json():
+        print_json({"schema": name, "would_apply": [m.label for m in state.pending]})
+        return
+    for m in state.pending:
+        click.echo(f"would apply {m.label}")
+    if state.pending:
+        click.echo(f"schema {name} would then be at {latest:04d}")
+    else:
+        click.echo(f"schema {name} is up to date at {latest:04d}; nothing would run")
+
+
+@main.command("check-config")
+@global_options
+def check_config() -> None:
+    """Validate the config (and import every handler); print ok or every problem."""
+    config, file = load()
+    _registry(config, file)
+    if as_json():
+        print_json({"ok": True, "file": file})
+    else:
+        click.echo("ok")
+
+
+@main.group("config")
+def config_group() -> None:
+    """The configuration file's format."""
+
+
+@config_group.command("schema")
+def config_schema() -> None:
+    """Print the config file's JSON Schema (for editors: see config/jobwire.schema.json)."""
+    click.echo(json.dumps(json_schema(), indent=2))
+
+
+@main.command()
+@click.argument("handler")
+@click.option("--payload", default="null", help="JSON payload (or @file to read it from a file).")
+@click.option("--queue", default="default", show_default=True)
+@click.option("--priority", default=0, type=int, show_default=True, help="Higher runs first.")
+@click.option("--delay", default="0s", help="Run no earlier than this from now (e.g. 30s, 5m).")
+@click.option("--dedup-key", default=None, help="A second job with this key is not created.")
+@click.option("--max-attempts", default=None, type=click.IntRange(min=1))
+@global_options
+def enqueue(
+    handler: str,
+    payload: str,
+    queue: str,
+    priority: int,
+    delay: str,
+    dedup_key: str | None,
+    max_attempts: int | None,
+) -> None:
+    """Add a job and print its id (exit 2 for a handler the config does not allow)."""
+    config, _ = load(ENQUEUE_SECTIONS)
+    if find_config_file(globals_().config_path) is not None:
+        # A known config: a job for a handler outside its allow-list could only fail.
+        allowed = sorted({*BUILTINS, *config.handlers})
+        if handler not in allowed:
+            fail(f"handler {handler!r} is not in the config's allow-list ({', '.join(allowed)})")
+    if payload.startswith("@"):
+        payload = Path(payload[1:]).read_text(encoding="utf-8")
+    try:
+        data = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        fail(f"--payload is not valid JSON: {exc}")
+    try:
+        delay_s = parse_duration(delay)
+    except ValueError as exc:
+        fail(f"--delay: {exc}")
+    spec = JobSpec(
+        handler=handler,
+        payload=data,
+        queue=queue,
+        priority=priority,
+        delay=delay_s,
+        dedup_key=dedup_key,
+        max_attempts=max_attempts,
+        source="cli",
+    )
+
+    async def action(store: AdminStore) -> tuple[int, bool]:
+        (job_id,) = await store.enqueue_many([spec])
+        if job_id is None:
+            assert dedup_key is not None
+            return (await store.ids_by_dedup_key([dedup_key]))[dedup_key], True
+        return job_id, False
+
+    job_id, duplicate = with_store(config, action)
+    if as_json():
+        print_json({"id": job_id, "duplicate": duplicate})
+        return
+    if duplicate:
+        click.echo(f"duplicate dedup key; existing job {job_id}", err=True)
+    click.echo(job_id)
+
+
+def _sources_shown(state: Any) -> str:
+    sources = state.get("sources", {}) if isinstance(state, dict) else {}
+    return (
+        ", ".join(
+            f"{name}={src.get('state')}"
+            + (
+                f" ({src['last_error']})"
+                if src.get("state") != "up" and src.get("last_error")
+                else ""
+            )
+            for name, src in sorted(sources.items())
+        )
+        or "-"
+    )
+
+
+@main.command()
+@json_flag
+@global_options
+def stats() -> None:
+    """Job counts by queue and status, and every instance with its sources' state."""
+    config, _ = load(DB_SECTIONS)
+
+    async def action(store: AdminStore) -> tuple[Any, list[dict[str, Any]]]:
+        return await store.stats(), await store.list_workers()
+
+    counts, workers = with_store(config, action)
+    # The published state holds sources' last errors; a daemon masks its own secrets there,
+    # this masks URL passwords again for rows of daemons that did not.
+    workers = [
+        {**w, "state": redact_data(w["state"]), "heartbeat_age": float(w["heartbeat_age"])}
+        for w in workers
+    ]
+    if as_json():
+        print_json({"queues": counts, "instances": workers})
+        return
+    statuses = [s.value for s in JobStatus]
+    print_table(
+        [Column("QUEUE"), *(Column(s.upper(), justify="right") for s in statuses)],
+        [(q, *(by.get(s, 0) for s in statuses)) for q, by in sorted(counts.items())],
+    )
+    click.echo()
+    rows = []
+    for w in workers:
+        age = w["heartbeat_age"]
+        running = w["state"].get("running", 0) if isinstance(w["state"], dict) else 0
+        beat = f"{age:.0f}s ago" if age < 3600 else "stale"
+        rows.append((w["id"], beat, running, _sources_shown(w["state"])))
+    print_table(
+        [
+            Column("INSTANCE"),
+            Column("HEARTBEAT", justify="right"),
+            Column("RUNNING", justify="right"),
+            Column("SOURCES"),
+        ],
+        rows,
+    )
+
+
+@main.command()
+@click.argument("source_name", metavar="SOURCE")
+@click.option("--body", required=True, help="Message body (JSON or text), or @file to read it.")
+@click.option("--header", "headers", multiple=True, help="A header as key=value; repeatable.")
+@click.option("--content-type", default="application/json", show_default=True)
+@click.option("--count", default=1, type=click.IntRange(min=1), show_default=True)
+@click.option(
+    "--topic",
+    default=None,
+    help="The topic (MQTT, Kafka) or routing key (AMQP) to publish to: needed when the "
+    "source's is a wildcard; must be one the source reads.",
+)
+@global_options
+def publish(
+    source_name: str,
+    body: str,
+    headers: tuple[str, ...],
+    content_type: str,
+    count: int,
+    topic: str | None,
+) -> None:
+    """Send test messages through a configured source's broker (with publisher confirms)."""
+    config, _ = load()
+    source = next((s for s in config.sources if s.name == source_name), None)
+    if source is None:
+        names = ", ".join(s.name for s in config.sources) or "none configured"
+        fail(f"no source named {source_name!r} (sources: {names})")
+    problem = publish_topic(source, topic)
+    if problem is not None:
+        fail(problem)
+    data = Path(body[1:]).read_bytes() if body.startswith("@") else body.encode()
+    parsed: dict[str, str] = {}
+    for item in headers:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"--header {item!r} is not key=value")
+        parsed[key] = value
+    adapter = build_adapter(source)
+    try:
+        confirmed = asyncio.run(adapter.publish(data, parsed, count, content_type, topic=topic))
+    except Exception as exc:  # noqa: BLE001 - an operator command: report, no traceback
+        fail(f"publish to {source_name} failed: {type(exc).__name__}: {exc}", EXIT_UNAVAILABLE)
+    if as_json():
+        print_json(
+            {"source": source_name, "topic": topic, "published": count, "confirmed": confirmed}
+        )
+    else:
+        click.echo(f"published {count}, confirmed {confirmed}")
