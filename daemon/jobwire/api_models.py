@@ -16,7 +16,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+)
 
 from jobwire.durations import parse_duration
 from jobwire.models import JobSpec, JobStatus
@@ -40,6 +47,29 @@ _ID_TEXT = re.compile(r"[0-9]{1,19}")
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _STATUSES = frozenset(s.value for s in JobStatus)
 _LIST_PARAMS = ("status", "queue", "limit", "before_id")
+_ID_SCHEMA: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": BIGINT_MAX}
+# An empty query value means the parameter is absent (HTML forms send every field).
+_EMPTY: dict[str, Any] = {"type": "string", "maxLength": 0}
+# What parse_id and parse_list_query accept, as JSON schemas (for the OpenAPI document).
+PARAMETER_SCHEMAS: dict[str, dict[str, Any]] = {
+    "id": _ID_SCHEMA,
+    "status": {"type": "string", "enum": ["", *sorted(_STATUSES)]},
+    "queue": {"type": "string", "maxLength": MAX_NAME_CHARS},
+    "limit": {
+        "anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_LIST}, _EMPTY],
+        "default": DEFAULT_LIST,
+    },
+    "before_id": {"anyOf": [_ID_SCHEMA, _EMPTY]},
+}
+# ``delay`` as _delay_seconds takes it: a number of seconds, or a duration such as 5m.
+_DELAY_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "number", "minimum": 0, "maximum": MAX_DELAY_SECONDS},
+        {"type": "string", "description": "a duration: 500ms, 30s, 5m, 1h, 2d, 1h30m"},
+    ],
+    "default": 0,
+    "description": "Seconds before the job may run: a number, or a duration such as 5m.",
+}
 
 
 class BadInput(ValueError):
@@ -241,7 +271,7 @@ class EnqueueRequest(BaseModel):
     payload: Any = None
     queue: Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)] = "default"
     priority: Annotated[int, Field(ge=INT32_MIN, le=INT32_MAX)] = 0
-    delay: Annotated[float, BeforeValidator(_delay_seconds)] = 0.0
+    delay: Annotated[float, BeforeValidator(_delay_seconds), WithJsonSchema(_DELAY_SCHEMA)] = 0.0
     max_attempts: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = None
     dedup_key: Annotated[str, Field(min_length=1, max_length=MAX_DEDUP_KEY_CHARS)] | None = None
     headers: dict[str, str] = Field(default_factory=dict)

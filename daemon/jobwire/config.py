@@ -406,6 +406,16 @@ class HttpConfig(_Strict):
         json_schema_extra=SECRET,
         description="Bearer token for mutations (enqueue, retry, cancel); null: they are refused.",
     )
+    read_token: str | None = Field(
+        None,
+        min_length=16,
+        json_schema_extra=SECRET,
+        description="Bearer token for /api/v1 reads (admin_token reads too); null: admin only.",
+    )
+    public_reads: bool = Field(
+        False,
+        description="true: /api/v1 reads need no token (mutations still need admin_token).",
+    )
     dashboard: DashboardConfig = Field(
         DashboardConfig(), description="The web dashboard under /ui/ (off by default)."
     )

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from jobwire.app import Daemon
 from jobwire.config import Config, HttpConfig
 from jobwire.metrics import Metrics
+from jobwire.models import JobSpec
 from jobwire.store.base import InvalidJobData
 from jobwire.store.postgres import PostgresStore
 from jobwire.web import HttpApi
@@ -64,8 +65,11 @@ def auth(token: str = TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def get(session: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
-    async with session.get(url) as response:
+async def get(
+    session: aiohttp.ClientSession, url: str, token: str | None = TOKEN
+) -> tuple[int, Any]:
+    headers = auth(token) if token is not None else {}
+    async with session.get(url, headers=headers) as response:
         if response.content_type == "application/json":
             return response.status, await response.json()
         return response.status, await response.text()
@@ -169,7 +173,57 @@ async def test_mutations_are_refused_when_no_token_is_configured(
     async with running_daemon(config) as daemon:
         status, body = await post(session, f"{base(daemon)}/api/v1/jobs", {"handler": "echo"})
         assert status == 403 and "admin_token" in body["error"]
-        assert (await get(session, f"{base(daemon)}/api/v1/jobs"))[0] == 200  # reads are open
+        # Reads need a token too, and none is configured; probes and Prometheus stay open.
+        status, body = await get(session, f"{base(daemon)}/api/v1/jobs", None)
+        assert status == 403 and "public_reads" in body["error"]
+        for open_path in ("/healthz", "/readyz", "/metrics"):
+            assert (await get(session, f"{base(daemon)}{open_path}", None))[0] == 200
+
+
+READER = "read-token-for-http-tests-01"
+READ_ROUTES = ["/api/v1/jobs", "/api/v1/jobs/{id}", "/api/v1/schedules", "/api/v1/sources"]
+
+
+async def test_reads_need_the_read_or_admin_token_unless_public(
+    pg_store: PostgresStore, session: aiohttp.ClientSession
+) -> None:
+    (job_id,) = await pg_store.enqueue_many([JobSpec(handler="echo")])
+    reads = [path.format(id=job_id) for path in READ_ROUTES]
+
+    async def statuses(config: HttpConfig, token: str | None) -> set[int]:
+        server = TestServer(make_api(pg_store, config=config).app())
+        await server.start_server()
+        try:
+            url = str(server.make_url("")).rstrip("/")
+            return {(await get(session, url + path, token))[0] for path in reads}
+        finally:
+            await server.close()
+
+    both = HttpConfig(listen="127.0.0.1:0", admin_token=TOKEN, read_token=READER)
+    assert await statuses(both, READER) == {200}
+    assert await statuses(both, TOKEN) == {200}  # the admin token reads too
+    assert await statuses(both, None) == {401}
+    assert await statuses(both, "wrong-token-of-the-same-size") == {401}
+    public = HttpConfig(listen="127.0.0.1:0", public_reads=True)
+    assert await statuses(public, None) == {200}
+    admin_only = HttpConfig(listen="127.0.0.1:0", admin_token=TOKEN)
+    assert await statuses(admin_only, TOKEN) == {200}
+    assert await statuses(admin_only, None) == {401}
+
+    # The read token never acts, public reads or not.
+    for config in (both, both.model_copy(update={"public_reads": True})):
+        server = TestServer(make_api(pg_store, config=config).app())
+        await server.start_server()
+        try:
+            url = str(server.make_url("")).rstrip("/")
+            for path in ("/api/v1/jobs", f"/api/v1/jobs/{job_id}/cancel"):
+                status, body = await post(session, url + path, {"handler": "echo"}, READER)
+                assert status == 403 and "admin_token" in body["error"], body
+            async with session.post(f"{url}/api/v1/jobs", json={"handler": "echo"}) as answer:
+                assert answer.status == 401
+                assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+        finally:
+            await server.close()
 
 
 async def test_metrics_are_present_and_move(
@@ -360,10 +414,12 @@ HOSTILE_TEXTS = [
 ]
 
 
-def make_api(store: PostgresStore, allowed: frozenset[str] = ALLOWED) -> HttpApi:
+def make_api(
+    store: PostgresStore, allowed: frozenset[str] = ALLOWED, config: HttpConfig | None = None
+) -> HttpApi:
     """The HTTP API over a store, without workers or sources."""
     return HttpApi(
-        HttpConfig(listen="127.0.0.1:0", admin_token=TOKEN),
+        config or HttpConfig(listen="127.0.0.1:0", admin_token=TOKEN),
         store,
         Metrics(store, lambda: {}, lambda: {}),
         lambda: {},
@@ -521,10 +577,11 @@ async def test_a_valid_enqueue_is_201_and_a_taken_dedup_key_a_duplicate(
     assert job["source"] == "http" and job["status"] == "pending"
     run_in = datetime.fromisoformat(job["run_at"]) - datetime.fromisoformat(job["created_at"])
     assert 299 <= run_in.total_seconds() <= 301
+    # A taken key answers the existing job's id, as the CLI and the Client return it.
     again = enqueue_body(dedup_key="k" * 512, payload="other")
     assert await call(session, api, "POST", "/api/v1/jobs", again) == (
         200,
-        {"id": None, "duplicate": True},
+        {"id": body["id"], "duplicate": True},
     )
     for delay in (30, 2.5, "1h30m", 0):  # numbers of seconds, and durations as the CLI takes
         status, _ = await call(session, api, "POST", "/api/v1/jobs", enqueue_body(delay=delay))
@@ -611,7 +668,7 @@ async def test_an_instance_refuses_a_handler_it_does_not_allow(
         assert status == 201 and isinstance(body["id"], int)
         assert await post(session, url, {"handler": "echo", "dedup_key": "once"}) == (
             200,
-            {"id": None, "duplicate": True},
+            {"id": body["id"], "duplicate": True},
         )
         _, page = await get(session, url)
         assert [job["handler"] for job in page["jobs"]] == ["echo"]

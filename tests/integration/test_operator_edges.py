@@ -131,9 +131,12 @@ def test_check_config_never_prints_a_secret(tmp_path: Path) -> None:
         assert any(line.startswith(prefix) for line in lines), f"{prefix!r} not in:\n{out}"
 
 
-def _get(url: str) -> str:
+def _get(url: str, token: str | None = None) -> str:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers), timeout=10
+        ) as response:
             return str(response.read().decode())
     except urllib.error.HTTPError as err:  # /readyz answers 503: the brokers are down
         return str(err.read().decode())
@@ -158,7 +161,11 @@ def test_running_daemon_prints_no_secret(
         daemon.wait_event("source_state", source=name, state="down")
     port = next(e["port"] for e in daemon.events() if e.get("event") == "http_listening")
     base = f"http://127.0.0.1:{port}"
-    outputs = [_get(f"{base}/readyz"), _get(f"{base}/api/v1/sources"), _get(f"{base}/metrics")]
+    outputs = [
+        _get(f"{base}/readyz"),
+        _get(f"{base}/api/v1/sources", SECRETS["token"]),
+        _get(f"{base}/metrics"),
+    ]
     url = ["--database-url", database_url]
     wait_until(
         lambda: "a=down" in jobwire("stats", *url).stdout, what="stats showing source a down"

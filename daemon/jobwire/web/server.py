@@ -1,109 +1,34 @@
-"""The daemon's HTTP server (aiohttp): health, readiness, Prometheus metrics, admin API.
-
-``/healthz`` says the process (its event loop) is alive; ``/readyz`` says whether it can do
-its work: the database answers and every source marked ``required`` is connected.
-``/api/v1`` lists and shows jobs, schedules and sources; its mutations (enqueue, retry,
-cancel) need ``Authorization: Bearer <http.admin_token>`` and are refused when no token is
-configured. Every error is JSON: ``{"error": "..."}``, with ``"field"`` naming the path
-parameter, query parameter or body key at fault when the request was bad (400). No request
-input answers 500: values are checked (jobwire.api_models) before they reach the store,
-and a value the database refuses all the same is a 400; a store outage is a 503.
-"""
+"""HttpApi: the aiohttp application of health, readiness, metrics and the ``/api/v1`` routes."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hmac
-import json
-from collections.abc import Awaitable, Callable
-from datetime import datetime
+from collections.abc import Callable
 from typing import Any
 
-import asyncpg
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from jobwire.api_models import (
-    MAX_BODY_BYTES,
-    BadInput,
-    parse_enqueue,
-    parse_id,
-    parse_list_query,
-)
+from jobwire.api_models import MAX_BODY_BYTES, parse_enqueue, parse_id, parse_list_query
 from jobwire.config import HttpConfig
 from jobwire.dashboard import Dashboard
 from jobwire.metrics import Metrics
 from jobwire.models import job_as_dict
-from jobwire.store.base import InvalidJobData, OperatorStore, StoreUnavailable
+from jobwire.store.base import OperatorStore, StoreUnavailable
+from jobwire.web.access import authorize
+from jobwire.web.openapi import openapi_document
+from jobwire.web.responses import ApiError, Handler, errors, json_response
+from jobwire.web.routes import ROUTES, Route
 
 log = structlog.get_logger("jobwire.http")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SourcesView = Callable[[], dict[str, dict[str, Any]]]
 REQUIRED_UP = frozenset({"up", "paused"})  # paused on purpose (backlog) is not an outage
-# The database answered and refused the values (out of range, unstorable text, a check or an
-# index size limit): the request's fault, not the server's. Outages are StoreUnavailable.
-_REFUSED_BY_DATABASE = (
-    asyncpg.DataError,
-    asyncpg.IntegrityConstraintViolationError,
-    asyncpg.ProgramLimitExceededError,
-)
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        text=json.dumps(data, default=_plain, sort_keys=True),
-        status=status,
-        content_type="application/json",
-    )
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
-
-
-class ApiError(Exception):
-    """An error answered as JSON with its HTTP status (and the request field it is about)."""
-
-    def __init__(self, status: int, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.field = field
-
-
-def _error(status: int, message: str, field: str | None = None) -> web.Response:
-    body = {"error": message} if field is None else {"error": message, "field": field}
-    return _json(body, status)
-
-
-@web.middleware
-async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return _error(exc.status, exc.message, exc.field)
-    except BadInput as exc:
-        return _error(400, exc.message, exc.field)
-    except StoreUnavailable as exc:
-        return _error(503, f"database unavailable: {exc}")
-    except InvalidJobData as exc:
-        return _error(400, f"the database refused the job: {exc}", "body")
-    except _REFUSED_BY_DATABASE as exc:
-        # Validation should have caught it first; logged so the gap can be closed.
-        log.warning("http_value_refused_by_database", path=request.path, error=str(exc))
-        return _error(400, f"the database refused a value of the request: {exc}")
-    except web.HTTPException as exc:
-        return _json({"error": exc.reason}, exc.status)
-    except Exception:  # answer JSON; the bug goes to the log with its traceback
-        log.exception("http_handler_crashed", path=request.path)
-        return _json({"error": "internal error; see the daemon's log"}, 500)
+# Enqueues of a taken dedup key whose job is purged before its id is read (retention) try
+# again: the key is free by then. Twice more is plenty for a race that rare.
+_ENQUEUE_TRIES = 3
 
 
 class HttpApi:
@@ -129,6 +54,7 @@ class HttpApi:
         # The handler names this instance may run: an enqueue naming another is refused, as
         # a broker message naming one is not (it becomes a failed job: see routing).
         self.allowed_handlers = allowed_handlers
+        self.document = openapi_document(config)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         # Built once, so its sessions outlive any number of app() calls.
@@ -138,24 +64,30 @@ class HttpApi:
 
     def app(self) -> web.Application:
         """The aiohttp application (tests may serve it themselves)."""
-        app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY_BYTES)
+        app = web.Application(middlewares=[errors], client_max_size=MAX_BODY_BYTES)
+        # Open to probes and Prometheus whatever the tokens (see docs/operations/http.md).
         app.add_routes(
             [
                 web.get("/healthz", self.healthz),
                 web.get("/readyz", self.readyz),
                 web.get("/metrics", self.metrics_text),
-                web.get("/api/v1/jobs", self.list_jobs),
-                web.post("/api/v1/jobs", self.enqueue),
-                web.get("/api/v1/jobs/{id}", self.show_job),
-                web.post("/api/v1/jobs/{id}/retry", self.retry_job),
-                web.post("/api/v1/jobs/{id}/cancel", self.cancel_job),
-                web.get("/api/v1/schedules", self.list_schedules),
-                web.get("/api/v1/sources", self.list_sources),
             ]
         )
+        for route in ROUTES:
+            app.router.add_route(route.method, route.path, self._endpoint(route))
         if self.dashboard is not None:
             self.dashboard.mount(app)
         return app
+
+    def _endpoint(self, route: Route) -> Handler:
+        """The route's handler behind its access check (before any input is looked at)."""
+        handler: Handler = getattr(self, route.handler)
+
+        async def endpoint(request: web.Request) -> web.StreamResponse:
+            authorize(request, self.config, route.access)
+            return await handler(request)
+
+        return endpoint
 
     async def start(self) -> None:
         """Bind and serve; a port that cannot be bound stops the daemon with a clear error."""
@@ -183,7 +115,7 @@ class HttpApi:
 
     async def healthz(self, request: web.Request) -> web.Response:
         """The process is alive (this answer came from its event loop)."""
-        return _json({"status": "ok"})
+        return json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
         """503 unless the database answers and every required source is connected."""
@@ -209,7 +141,7 @@ class HttpApi:
             if required and state not in REQUIRED_UP:
                 problems.append(f"source {name}: {state}")
         body = {"ready": not problems, "store": store, "sources": sources, "problems": problems}
-        return _json(body, 200 if not problems else 503)
+        return json_response(body, 200 if not problems else 503)
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         """Prometheus text format."""
@@ -220,12 +152,17 @@ class HttpApi:
 
     # -- reading --------------------------------------------------------------------
 
+    async def openapi(self, request: web.Request) -> web.Response:
+        """The OpenAPI 3.1 document of /api/v1."""
+        return json_response(self.document)
+
     async def list_jobs(self, request: web.Request) -> web.Response:
         """Newest first; ?status= &queue= &limit= (max 1000) &before_id= for the next page."""
         query = parse_list_query(request.query.items())
         jobs = await self.store.list_jobs(query.status, query.queue, query.limit, query.before_id)
         next_before_id = jobs[-1].id if len(jobs) == query.limit else None
-        return _json({"jobs": [job_as_dict(j) for j in jobs], "next_before_id": next_before_id})
+        page = {"jobs": [job_as_dict(j) for j in jobs], "next_before_id": next_before_id}
+        return json_response(page)
 
     async def show_job(self, request: web.Request) -> web.Response:
         """One job with every attempt."""
@@ -233,34 +170,22 @@ class HttpApi:
         job = await self.store.get(job_id)
         if job is None:
             raise ApiError(404, f"no job {job_id}")
-        return _json({**job_as_dict(job), "runs": await self.store.runs(job_id)})
+        return json_response({**job_as_dict(job), "runs": await self.store.runs(job_id)})
 
     async def list_schedules(self, request: web.Request) -> web.Response:
         """Every schedule with its next run."""
         rows = await self.store.list_schedules()
-        return _json({"schedules": [dataclasses.asdict(r) for r in rows]})
+        return json_response({"schedules": [dataclasses.asdict(r) for r in rows]})
 
     async def list_sources(self, request: web.Request) -> web.Response:
         """Each source's state, last error, counters (and Kafka lag)."""
-        return _json({"sources": self.sources()})
+        return json_response({"sources": self.sources()})
 
     # -- acting ---------------------------------------------------------------------
 
-    def _authorize(self, request: web.Request) -> None:
-        token = self.config.admin_token
-        if not token:
-            raise ApiError(403, "mutations are disabled: set http.admin_token to allow them")
-        given = request.headers.get("Authorization", "")
-        scheme, _, value = given.partition(" ")
-        # aiohttp keeps undecodable header bytes as surrogate escapes: encode them back,
-        # rather than failing on them, so a mangled header is a 401 and not a 500.
-        presented = value.encode("utf-8", "surrogateescape")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(presented, token.encode()):
-            raise ApiError(401, "missing or wrong bearer token")
-
     async def enqueue(self, request: web.Request) -> web.Response:
-        """POST a job; the body is checked by jobwire.api_models.EnqueueRequest."""
-        self._authorize(request)
+        """POST a job (checked by api_models.EnqueueRequest); a taken dedup key answers 200
+        with the existing job's id, as the CLI and the Client return it."""
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -271,15 +196,20 @@ class HttpApi:
             raise ApiError(
                 400, f"handler {job.handler[:40]!a} is not allowed on this instance", "handler"
             )
-        (job_id,) = await self.store.enqueue_many([job.spec()])
-        self.wake()
-        if job_id is None:
-            return _json({"id": None, "duplicate": True}, 200)
-        return _json({"id": job_id, "duplicate": False}, 201)
+        spec = job.spec()
+        for _ in range(_ENQUEUE_TRIES):
+            (job_id,) = await self.store.enqueue_many([spec])
+            if job_id is not None:
+                self.wake()
+                return json_response({"id": job_id, "duplicate": False}, 201)
+            assert spec.dedup_key is not None  # only a dedup key makes a duplicate
+            existing = (await self.store.ids_by_dedup_key([spec.dedup_key])).get(spec.dedup_key)
+            if existing is not None:
+                return json_response({"id": existing, "duplicate": True}, 200)
+        raise ApiError(409, "the dedup_key was taken and freed again meanwhile", "dedup_key")
 
     async def retry_job(self, request: web.Request) -> web.Response:
         """Run a failed or cancelled job again."""
-        self._authorize(request)
         job_id = parse_id(request.match_info["id"])
         if await self.store.get(job_id) is None:
             raise ApiError(404, f"no job {job_id}")
@@ -287,13 +217,12 @@ class HttpApi:
         if not retried:
             raise ApiError(409, f"job {job_id} is not failed or cancelled")
         self.wake()
-        return _json({"id": job_id, "status": "pending"})
+        return json_response({"id": job_id, "status": "pending"})
 
     async def cancel_job(self, request: web.Request) -> web.Response:
         """Cancel a waiting job, or ask the worker running it to stop."""
-        self._authorize(request)
         job_id = parse_id(request.match_info["id"])
         status = await self.store.cancel(job_id)
         if status is None:
             raise ApiError(404, f"no job {job_id}")
-        return _json({"id": job_id, "status": status})
+        return json_response({"id": job_id, "status": status})

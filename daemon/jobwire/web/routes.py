@@ -1,0 +1,117 @@
+"""The one table of ``/api/v1`` routes: the server registers it, the OpenAPI document says it.
+
+A route is served only through this table, so it cannot be served undocumented (a test
+compares the application's routes with the document's paths), nor without its access check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+
+from jobwire.api_models import EnqueueRequest
+from jobwire.web.access import Access
+
+OPENAPI_PATH = "/api/v1/openapi.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One operation: how it is served, who may call it, what it takes and answers."""
+
+    method: str
+    path: str
+    handler: str  # the HttpApi method serving it
+    summary: str
+    access: Access
+    ok: dict[int, str]  # success statuses: the component schema of each answer
+    path_params: tuple[str, ...] = ()
+    query_params: tuple[str, ...] = ()
+    body: type[BaseModel] | None = None
+    errors: tuple[int, ...] = ()  # beyond 400/401/403/503, which follow from the rest
+    uses_store: bool = True
+    description: str = field(default="")
+
+
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "GET",
+        "/api/v1/jobs",
+        "list_jobs",
+        "List jobs, newest first",
+        Access.READ,
+        {200: "JobPage"},
+        query_params=("status", "queue", "limit", "before_id"),
+        description="An empty parameter counts as absent; an unknown or repeated one is a 400. "
+        "next_before_id, when not null, is the before_id of the next page.",
+    ),
+    Route(
+        "POST",
+        "/api/v1/jobs",
+        "enqueue",
+        "Enqueue a job",
+        Access.ADMIN,
+        {201: "Enqueued", 200: "Enqueued"},
+        body=EnqueueRequest,
+        errors=(409, 413),
+        description="201 with the new job's id; 200 with duplicate: true and the id of the "
+        "job that already holds the dedup_key.",
+    ),
+    Route(
+        "GET",
+        "/api/v1/jobs/{id}",
+        "show_job",
+        "One job with every attempt",
+        Access.READ,
+        {200: "JobDetail"},
+        path_params=("id",),
+        errors=(404,),
+    ),
+    Route(
+        "POST",
+        "/api/v1/jobs/{id}/retry",
+        "retry_job",
+        "Run a failed or cancelled job again",
+        Access.ADMIN,
+        {200: "JobState"},
+        path_params=("id",),
+        errors=(404, 409),
+    ),
+    Route(
+        "POST",
+        "/api/v1/jobs/{id}/cancel",
+        "cancel_job",
+        "Cancel a waiting job, or ask the worker running it to stop",
+        Access.ADMIN,
+        {200: "JobState"},
+        path_params=("id",),
+        errors=(404,),
+    ),
+    Route(
+        "GET",
+        "/api/v1/schedules",
+        "list_schedules",
+        "Every schedule with its next run",
+        Access.READ,
+        {200: "ScheduleList"},
+    ),
+    Route(
+        "GET",
+        "/api/v1/sources",
+        "list_sources",
+        "Each source's state, last error, counters (and Kafka lag)",
+        Access.READ,
+        {200: "SourceList"},
+        uses_store=False,
+    ),
+    Route(
+        "GET",
+        OPENAPI_PATH,
+        "openapi",
+        "This document (open: it describes the API, not the data)",
+        Access.OPEN,
+        {200: "OpenApiDocument"},
+        uses_store=False,
+    ),
+)
