@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -16,13 +17,14 @@ import structlog
 from jobwire import __version__
 from jobwire.adapters import build_adapter
 from jobwire.adapters.base import Adapter
+from jobwire.backoff import Backoff
 from jobwire.config import Config, SourceBase
 from jobwire.flow import BacklogGate
 from jobwire.handlers import HandlerRegistry
 from jobwire.intake import Intake
 from jobwire.maintenance import Maintenance
 from jobwire.metrics import Metrics
-from jobwire.redaction import redact_data, remember, secret_values
+from jobwire.redaction import mask_url, redact_data, remember, secret_values
 from jobwire.routing import Router
 from jobwire.scheduler import Scheduler
 from jobwire.services import LoopService, Service, ServiceGroup
@@ -69,18 +71,18 @@ def with_database_url(config: Config, url: str | None) -> Config:
 async def retry_unavailable(attempt: Callable[[], Awaitable[T]], wait: float) -> T:
     """Run ``attempt`` until the database answers, for up to ``wait`` seconds."""
     deadline = time.monotonic() + wait
-    delay = 0.2
+    backoff = Backoff(initial=0.2, maximum=5.0, jitter="none")
     while True:
         try:
             return await attempt()
         except StoreRefused:
             raise
         except (TimeoutError, OSError, StoreUnavailable) as exc:
+            delay = backoff.next()
             if time.monotonic() + delay > deadline:
                 raise StoreUnavailable(f"database not reachable: {exc}") from exc
             log.warning("database_waiting", error=str(exc), retry_in=delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
 
 # While migrating, systemd's start timeout is pushed this far ahead, again and again: a
@@ -290,6 +292,46 @@ def build_sources(
     return sources
 
 
+def ready_line(config: Config, http_port: int | None = None) -> str:
+    """The one line ``jobwire run`` prints on a terminal once ready: where the database is,
+    what it consumes, where its HTTP server is (the URL's password masked).
+
+    ``http_port``: the port actually bound (``http.listen`` may say 0), if known.
+    """
+    db = config.database
+    if db.url == "embedded":
+        database = f"database embedded under {db.data_dir}"
+    else:
+        database = f"database {mask_url(db.url)}"
+    database += f" (schema {db.db_schema})"
+    if config.sources:
+        kinds = ", ".join(f"{s.name} ({getattr(s, 'type', '?')})" for s in config.sources)
+        consuming = f"consuming {kinds}"
+    else:
+        consuming = "no sources"
+    http = config.http
+    if not http.enabled:
+        served = "no HTTP server"
+    else:
+        host, _, port = http.listen.rpartition(":")
+        shown_port = http_port if http_port else int(port)
+        wildcard = host in ("0.0.0.0", "::", "[::]", "*")
+        served = f"http://{'127.0.0.1' if wildcard else host}:{shown_port}"
+        notes = [f"all interfaces, port {shown_port}"] if wildcard else []
+        if http.dashboard.enabled:
+            notes.append("dashboard /ui/")
+        if notes:
+            served += f" ({'; '.join(notes)})"
+    return f"jobwire ready: {database}, {consuming}; {served}"
+
+
+def _announce_ready(config: Config, http_port: int | None) -> None:
+    """Print ``ready_line`` for a person at a terminal; JSON logs or a pipe get none."""
+    if config.logging.format == "json" or not sys.stdout.isatty():
+        return
+    print(ready_line(config, http_port), flush=True)
+
+
 class Daemon:
     """``jobwire run``: the store, the worker pool, and a clean stop on request."""
 
@@ -404,6 +446,7 @@ class Daemon:
         """Run until a stop is requested, then drain and return."""
         log.info("daemon_starting", version=__version__, pid=os.getpid())
         async with open_store(self.config) as store:
+            await store.publish_default_max_attempts(self.config.retry.max_attempts)
             services = ServiceGroup(self.build(store))
             watchdog = None
             try:
@@ -417,6 +460,7 @@ class Daemon:
                     sources=[s.cfg.name for s in self.sources],
                     services=services.started,
                 )
+                _announce_ready(self.config, self.http.port if self.http is not None else None)
                 await self.stop_requested.wait()
                 _sd_notify("STOPPING=1")
             finally:

@@ -134,6 +134,11 @@ class PgBase:
         async with guard("ping"):
             await self._pool.fetchval(self._q["ping"])
 
+    async def publish_default_max_attempts(self, attempts: int) -> None:
+        """Store the attempts of a job that sets none, for SQL callers and the Client."""
+        async with guard("settings"):
+            await self._pool.execute(self._q["publish_default_max_attempts"], attempts)
+
     async def close(self) -> None:
         """Close the pool, waiting briefly for connections in use."""
         try:

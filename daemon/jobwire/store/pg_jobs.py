@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import structlog
 
+from jobwire.backoff import Backoff
 from jobwire.models import Job, JobSpec, JobStatus, Outcome, StreamOffset
 from jobwire.store.base import (
     ClaimRequest,
@@ -249,7 +250,7 @@ class PgJobs(PgBase):
 
     async def listen(self, on_notify: NotifyCallback, on_reconnect: Callable[[], None]) -> None:
         """LISTEN on a dedicated connection; reconnect with backoff and report each reconnect."""
-        delay = 0.1
+        backoff = Backoff(initial=0.1, maximum=5.0, jitter="none")
         connected_before = False
         while True:
             try:
@@ -257,15 +258,15 @@ class PgJobs(PgBase):
                     self._dsn, server_settings=server_settings(self._schema)
                 )
             except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+                delay = backoff.next()
                 log.warning("listen_connect_failed", error=str(exc), retry_in=delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
                 continue
             lost = asyncio.Event()
             conn.add_termination_listener(lambda _c, lost=lost: lost.set())
             try:
                 await conn.add_listener(self._channel, self._relay(on_notify))
-                delay = 0.1
+                backoff.reset()
                 if connected_before:
                     log.info("listen_reconnected", channel=self._channel)
                     # Anything inserted while we were deaf is found by a catch-up claim.

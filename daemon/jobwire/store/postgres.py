@@ -11,6 +11,7 @@ from jobwire.store.migrate import Leadership, migrate
 from jobwire.store.pg_admin import LIST_QUERY_BY_STATUS, PgAdmin
 from jobwire.store.pg_base import (
     connecting,
+    guard,
     init_connection,
     keep_session,
     notify_channel,
@@ -18,6 +19,7 @@ from jobwire.store.pg_base import (
 )
 from jobwire.store.pg_jobs import PgJobs
 from jobwire.store.pg_schedules import PgSchedules
+from jobwire.store.queries import queries
 
 __all__ = [
     "LIST_QUERY_BY_STATUS",
@@ -41,9 +43,13 @@ class PostgresStore(PgJobs, PgSchedules, PgAdmin):
         min_size: int = 2,
         max_size: int = 10,
         command_timeout: float = 30.0,
-        default_max_attempts: int = 5,
+        connect_timeout: float = 60.0,
+        default_max_attempts: int | None = 5,
     ) -> PostgresStore:
-        """Open a pool whose connections see ``schema`` first on their search_path."""
+        """Open a pool whose connections see ``schema`` first on their search_path.
+
+        ``default_max_attempts`` None: the value the daemon published in the database.
+        """
         own_backends: set[int] = set()
 
         async def init(conn: asyncpg.Connection) -> None:
@@ -56,10 +62,19 @@ class PostgresStore(PgJobs, PgSchedules, PgAdmin):
                 min_size=min_size,
                 max_size=max_size,
                 command_timeout=command_timeout,
+                timeout=connect_timeout,
                 server_settings=server_settings(schema),
                 init=init,
                 reset=keep_session,
             )
+        if default_max_attempts is None:
+            try:
+                async with guard("settings"):
+                    default_max_attempts = await pool.fetchval(queries()["default_max_attempts"])
+            except BaseException:
+                pool.terminate()
+                raise
+        assert default_max_attempts is not None
         return cls(pool, dsn, schema, default_max_attempts, own_backends)
 
     def pool_usage(self) -> tuple[int, int]:

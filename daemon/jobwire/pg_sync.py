@@ -1,0 +1,66 @@
+"""Enqueue from synchronous code on the caller's own database connection (psycopg, Django).
+
+The job is inserted by the ``enqueue`` SQL function inside the caller's transaction: it
+exists exactly when the caller's own writes commit, and a rollback takes it away with them.
+Any DB-API connection or cursor that speaks PostgreSQL with ``%s`` placeholders works
+(psycopg 3, psycopg2, Django's ``connection.connection``); nothing here imports a driver.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from jobwire.client import UNMIGRATED_SQLSTATES, SchemaNotMigrated, quoted_schema, with_trace
+from jobwire.durations import parse_duration
+from jobwire.store.queries import queries
+
+
+def enqueue(
+    conn: Any,
+    handler: str,
+    payload: Any = None,
+    *,
+    queue: str = "default",
+    priority: int = 0,
+    run_at: datetime | None = None,
+    delay: str | float | None = None,
+    dedup_key: str | None = None,
+    max_attempts: int | None = None,
+    headers: Mapping[str, str] | None = None,
+    schema: str = "jobwire",
+) -> int:
+    """Insert a job through ``conn`` (a connection or cursor) without committing; its id.
+
+    A dedup key already taken gives the existing job's id. ``max_attempts`` None: the
+    daemon's retry.max_attempts, as the daemon published it in the database.
+    """
+    sql = queries()["enqueue_dbapi"].format(schema=quoted_schema(schema))
+    params = (
+        handler,
+        None if payload is None else json.dumps(payload),
+        queue,
+        priority,
+        run_at,
+        None if delay is None else parse_duration(delay),
+        dedup_key,
+        max_attempts,
+        json.dumps(with_trace(headers)),
+    )
+    try:
+        if hasattr(conn, "cursor"):
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                row = cur.fetchone()
+        else:
+            conn.execute(sql, params)
+            row = conn.fetchone()
+    except Exception as exc:
+        # psycopg 3 names the SQLSTATE sqlstate, psycopg2 pgcode.
+        state = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+        if state in UNMIGRATED_SQLSTATES:
+            raise SchemaNotMigrated(schema, exc) from exc
+        raise
+    return int(row[0])
