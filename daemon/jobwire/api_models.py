@@ -276,8 +276,8 @@ class EnqueueRequest(BaseModel):
     dedup_key: Annotated[str, Field(min_length=1, max_length=MAX_DEDUP_KEY_CHARS)] | None = None
     headers: dict[str, str] = Field(default_factory=dict)
 
-    def spec(self) -> JobSpec:
-        """The job to insert, marked as coming from the HTTP API."""
+    def spec(self, source: str = "http") -> JobSpec:
+        """The job to insert, marked as coming from ``source`` (http, cli, api)."""
         return JobSpec(
             handler=self.handler,
             payload=self.payload,
@@ -287,15 +287,20 @@ class EnqueueRequest(BaseModel):
             max_attempts=self.max_attempts,
             dedup_key=self.dedup_key,
             headers=dict(self.headers),
-            source="http",
+            source=source,
         )
 
 
 def parse_enqueue(raw: bytes) -> EnqueueRequest:
     """Parse and check an enqueue body; the first problem found is raised as BadInput."""
-    body = parse_json_object(raw)
+    return check_enqueue(parse_json_object(raw))
+
+
+def check_enqueue(fields: dict[str, Any]) -> EnqueueRequest:
+    """Check an enqueue's fields, as the HTTP API, the CLI and the Client all take them; the
+    first problem is raised as BadInput naming the field."""
     try:
-        return EnqueueRequest.model_validate(body)
+        return EnqueueRequest.model_validate(fields)
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
         loc = [str(part)[:40] for part in first["loc"]] or ["body"]

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import asyncpg
 from opentelemetry import propagate, trace
 
-from jobwire.durations import parse_duration
+from jobwire.api_models import check_enqueue
 from jobwire.models import Job, JobSpec
 from jobwire.store import AdminStore
 from jobwire.store import connect as connect_store
@@ -169,33 +169,35 @@ class Client:
 
         With ``conn``, on that connection and in its transaction (nothing is committed here).
         """
-        all_headers = with_trace(headers)
+        # The same checks as the HTTP API and the CLI: BadInput (a ValueError) names the field.
+        spec = check_enqueue(
+            {
+                "handler": handler,
+                "payload": payload,
+                "queue": queue,
+                "priority": priority,
+                "delay": delay,
+                "dedup_key": dedup_key,
+                "max_attempts": max_attempts,
+                "headers": dict(headers or {}),
+            }
+        ).spec(source="api")
+        spec.headers = with_trace(spec.headers)
         if conn is not None:
             with unmigrated_as_clear_error(self._schema):
                 job_id: int = await conn.fetchval(
                     self._enqueue_sql,
-                    handler,
-                    None if payload is None else json.dumps(payload),
-                    queue,
-                    priority,
-                    max(parse_duration(delay), 0.0),
-                    dedup_key,
-                    max_attempts,
-                    json.dumps(all_headers),
+                    spec.handler,
+                    None if spec.payload is None else json.dumps(spec.payload),
+                    spec.queue,
+                    spec.priority,
+                    max(spec.delay, 0.0),
+                    spec.dedup_key,
+                    spec.max_attempts,
+                    json.dumps(spec.headers),
                     timeout=self._command_timeout,
                 )
             return job_id
-        spec = JobSpec(
-            handler=handler,
-            payload=payload,
-            queue=queue,
-            priority=priority,
-            delay=parse_duration(delay),
-            dedup_key=dedup_key,
-            max_attempts=max_attempts,
-            headers=all_headers,
-            source="api",
-        )
         store = await self._ready()
         with unmigrated_as_clear_error(self._schema):
             (new_id,) = await store.enqueue_many([spec])

@@ -26,6 +26,8 @@ def problem_of(text: str) -> str | None:
     """Why PostgreSQL would refuse ``text`` (None: it would not)."""
     if "\x00" in text:
         return "contains a NUL character"
+    if text.isascii():  # O(1) in CPython: most text needs no encoding to know
+        return None
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -71,12 +73,31 @@ def _marker(what: str, value: str, why: str) -> str:
     return f"[jobwire: {what} replaced: {why}; {len(value)} chars, began {preview!r}]"
 
 
+def _plain(headers: Mapping[Any, Any]) -> bool:
+    """Every name and value a short ASCII str without NUL: nothing to change."""
+    for name, value in headers.items():
+        if (
+            type(name) is not str
+            or type(value) is not str
+            or not (name.isascii() and value.isascii())
+            or len(value) > MAX_HEADER_CHARS
+            or len(name) > 256
+            or "\x00" in name
+            or "\x00" in value
+        ):
+            return False
+    return True
+
+
 def storable_headers(headers: Mapping[Any, Any]) -> tuple[dict[str, str], list[str]]:
     """Headers as jsonb can hold them, and a note per header that had to change.
 
     A value the store cannot hold (NUL, lone surrogate, over ``MAX_HEADER_CHARS``) is
     replaced by a marker saying which and why; a name is escaped.
     """
+    if len(headers) <= MAX_HEADERS and _plain(headers):
+        # The common case, checked cheaply: every message passes here.
+        return dict(headers), []
     out: dict[str, str] = {}
     notes: list[str] = []
     for index, (raw_name, raw_value) in enumerate(headers.items()):

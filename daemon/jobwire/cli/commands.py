@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from jobwire.adapters import build_adapter
+from jobwire.api_models import BadInput, check_enqueue
 from jobwire.app import Daemon, ListenError, database_dsn, migrate_schema, retry_unavailable
 from jobwire.cli.common import (
     DB_SECTIONS,
@@ -35,9 +36,8 @@ from jobwire.cli.common import (
 from jobwire.cli.group import main
 from jobwire.cli.publishing import publish_topic
 from jobwire.config import Config, ConfigProblem, find_config_file, json_schema
-from jobwire.durations import parse_duration
 from jobwire.handlers import BUILTINS, HandlerLoadError, HandlerRegistry
-from jobwire.models import JobSpec, JobStatus
+from jobwire.models import JobStatus
 from jobwire.redaction import redact_data
 from jobwire.routing import route_problems
 from jobwire.store.base import AdminStore
@@ -242,19 +242,21 @@ def enqueue(
     except json.JSONDecodeError as exc:
         fail(f"--payload is not valid JSON: {exc}")
     try:
-        delay_s = parse_duration(delay)
-    except ValueError as exc:
-        fail(f"--delay: {exc}")
-    spec = JobSpec(
-        handler=handler,
-        payload=data,
-        queue=queue,
-        priority=priority,
-        delay=delay_s,
-        dedup_key=dedup_key,
-        max_attempts=max_attempts,
-        source="cli",
-    )
+        # The same checks as the HTTP API and the Client (one model, api_models).
+        request = check_enqueue(
+            {
+                "handler": handler,
+                "payload": data,
+                "queue": queue,
+                "priority": priority,
+                "delay": delay,
+                "dedup_key": dedup_key,
+                "max_attempts": max_attempts,
+            }
+        )
+    except BadInput as exc:
+        fail(f"--{exc.field.replace('_', '-')}: {exc.message}")
+    spec = request.spec(source="cli")
 
     async def action(store: AdminStore) -> tuple[int, bool]:
         (job_id,) = await store.enqueue_many([spec])
