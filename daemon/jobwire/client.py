@@ -9,7 +9,7 @@ import json
 import os
 import selectors
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import asyncpg
@@ -21,6 +21,7 @@ from jobwire.store import AdminStore
 from jobwire.store import connect as connect_store
 from jobwire.store.base import InvalidJobData
 from jobwire.store.queries import queries
+from jobwire.store.rows import ids_in_order, job_columns
 
 T = TypeVar("T")
 
@@ -222,9 +223,9 @@ class Client:
             return []
         with unmigrated_as_clear_error(self._schema):
             rows = await conn.fetch(
-                self._insert_sql, *_insert_columns(batch), timeout=self._command_timeout
+                self._insert_sql, *job_columns(batch, None), timeout=self._command_timeout
             )
-        return _ids_in_order(batch, rows)
+        return ids_in_order(batch, rows)
 
     async def get(self, job_id: int) -> Job | None:
         """A job's current row."""
@@ -237,45 +238,6 @@ class Client:
         store = await self._ready()
         with unmigrated_as_clear_error(self._schema):
             return await store.cancel(job_id)
-
-
-def _insert_columns(specs: Sequence[JobSpec]) -> list[list[Any]]:
-    return [
-        [s.handler for s in specs],
-        [s.queue for s in specs],
-        [s.priority for s in specs],
-        [s.max_attempts for s in specs],
-        [max(s.delay, 0.0) for s in specs],
-        [
-            s.payload_json
-            if s.payload_json is not None
-            else (None if s.payload is None else json.dumps(s.payload))
-            for s in specs
-        ],
-        [s.body for s in specs],
-        [s.content_type for s in specs],
-        [json.dumps(s.headers) if s.headers else None for s in specs],
-        [s.source for s in specs],
-        [s.dedup_key for s in specs],
-        [s.parent_id for s in specs],
-    ]
-
-
-def _ids_in_order(specs: Sequence[JobSpec], rows: Sequence[asyncpg.Record]) -> list[int | None]:
-    """An id per spec, None for a taken dedup key (as the store's enqueue does)."""
-    inserted_keys = {r["dedup_key"] for r in rows if r["dedup_key"] is not None}
-    # Identity values ascend in input order (the INSERT orders by ordinality).
-    new_ids = iter(sorted(r["id"] for r in rows))
-    ids: list[int | None] = []
-    for spec in specs:
-        if spec.dedup_key is None:
-            ids.append(next(new_ids))
-        elif spec.dedup_key in inserted_keys:
-            inserted_keys.discard(spec.dedup_key)
-            ids.append(next(new_ids))
-        else:
-            ids.append(None)
-    return ids
 
 
 class _Runtime:

@@ -9,25 +9,14 @@ frozen leader keeps its lock, and its own expired leases would then never be res
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
 
 import structlog
 
 from jobwire.config import RetentionConfig
-from jobwire.scheduler import LeaderLock
-from jobwire.store.base import StoreUnavailable
+from jobwire.leadership import Leader
+from jobwire.store.base import MaintenanceStore
 
 log = structlog.get_logger("jobwire.maintenance")
-
-
-class MaintenanceStore(Protocol):
-    """The store operations maintenance uses."""
-
-    async def try_leadership(self, key: str) -> LeaderLock | None:
-        """A LeaderLock, or None when another instance leads."""
-
-    async def purge_finished(self, older_than: float, batch: int) -> int:
-        """Delete one batch of old finished jobs, oldest first."""
 
 
 class Maintenance:
@@ -51,7 +40,15 @@ class Maintenance:
         self.retry_every = retry_every
         self.check_every = check_every
         self.first_purge_after = first_purge_after
-        self.leading = False
+        self._next_purge: float | None = None
+        self._leader = Leader(
+            "maintenance",
+            store.try_leadership,
+            self.lock_key,
+            self._due,
+            retry_every=retry_every,
+            check_every=check_every,
+        )
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -64,44 +61,23 @@ class Maintenance:
             self._task.cancel()
             await asyncio.wait({self._task}, timeout=5)
 
-    async def run(self) -> None:
-        """Try to lead; lead until the lock's connection is lost; try again."""
-        while True:
-            try:
-                lock = await self.store.try_leadership(self.lock_key)
-            except StoreUnavailable as exc:
-                log.warning("maintenance_store_unavailable", error=str(exc))
-                lock = None
-            if lock is None:
-                await asyncio.sleep(self.retry_every)
-                continue
-            try:
-                await self._lead(lock)
-            finally:
-                self.leading = False
-                await lock.release()
-                log.info("maintenance_leadership_released")
+    @property
+    def leading(self) -> bool:
+        """True while this instance holds the maintenance lock."""
+        return self._leader.leading
 
-    async def _lead(self, lock: LeaderLock) -> None:
-        self.leading = True
-        log.info("maintenance_leading", lock=self.lock_key)
-        loop = asyncio.get_running_loop()
-        next_ping = loop.time() + 2.0
+    async def run(self) -> None:
+        """Try to lead; while leading, purge when due; until cancelled."""
+        await self._leader.run()
+
+    async def _due(self) -> None:
         # Not in the first seconds of a start-up, when the daemon has more urgent work.
-        next_purge = loop.time() + self.first_purge_after
-        while True:
-            if loop.time() >= next_purge:
-                next_purge = loop.time() + self.retention.every
-                try:
-                    await self.purge()
-                except StoreUnavailable as exc:
-                    log.warning("maintenance_store_unavailable", error=str(exc))
-            await asyncio.sleep(self.check_every)
-            if loop.time() >= next_ping:
-                next_ping = loop.time() + 2.0
-                if not await lock.still_held():
-                    log.warning("maintenance_lock_lost")
-                    return
+        loop = asyncio.get_running_loop()
+        if self._next_purge is None:
+            self._next_purge = loop.time() + self.first_purge_after
+        if loop.time() >= self._next_purge:
+            self._next_purge = loop.time() + self.retention.every
+            await self.purge()
 
     async def purge(self) -> int:
         """Delete finished jobs past retention.finished, in small batches with pauses."""

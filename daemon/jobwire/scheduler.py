@@ -9,52 +9,19 @@ key is the schedule's name and the tick time; moving a schedule on is guarded by
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
 from jobwire.config import Config, ScheduleConfig
+from jobwire.leadership import Leader
 from jobwire.models import JobSpec
-from jobwire.store.base import ScheduleRow, StoreUnavailable
+from jobwire.store.base import ScheduleRow, ScheduleStore
 from jobwire.ticks import CatchUp, TickRule, choose
 
 log = structlog.get_logger("jobwire.scheduler")
-
-
-class LeaderLock(Protocol):
-    """A held leadership lock (see PostgresStore.try_leadership)."""
-
-    async def still_held(self) -> bool:
-        """False once the lock is gone (its connection dropped)."""
-
-    async def release(self) -> None:
-        """Give the lock up."""
-
-
-class ScheduleStore(Protocol):
-    """The store operations the scheduler uses."""
-
-    async def sync_schedules(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Write the configured schedules."""
-
-    async def due_schedules(self) -> list[ScheduleRow]:
-        """Enabled schedules whose next tick has come."""
-
-    async def fire_schedule(
-        self,
-        name: str,
-        specs: Sequence[JobSpec],
-        last_run_at: datetime | None,
-        next_run_at: datetime | None,
-        expected_next: datetime,
-    ) -> int | None:
-        """Insert tick jobs and move the schedule on; None if another leader did."""
-
-    async def try_leadership(self, key: str) -> LeaderLock | None:
-        """A LeaderLock, or None when another instance leads."""
 
 
 def schedule_rows(schedules: Sequence[ScheduleConfig], now: datetime) -> list[dict[str, Any]]:
@@ -127,47 +94,28 @@ class Scheduler:
         self.check_every = check_every
         self.retry_every = retry_every
         self.grace = grace
-        self.leading = False
         self.fired = 0
+        self._leader = Leader(
+            "scheduler",
+            store.try_leadership,
+            self.lock_key,
+            self.fire_due,
+            retry_every=retry_every,
+            check_every=check_every,
+        )
 
     async def sync(self) -> None:
         """Write the config's schedules to the table (config wins)."""
         await self.store.sync_schedules(schedule_rows(self.config.schedules, datetime.now(UTC)))
 
-    async def run(self) -> None:
-        """Try to lead; lead until the lock's connection is lost; try again."""
-        while True:
-            try:
-                lock = await self.store.try_leadership(self.lock_key)
-            except StoreUnavailable as exc:
-                log.warning("scheduler_store_unavailable", error=str(exc))
-                lock = None
-            if lock is None:
-                await asyncio.sleep(self.retry_every)
-                continue
-            try:
-                await self._lead(lock)
-            finally:
-                self.leading = False
-                await lock.release()
-                log.info("scheduler_leadership_released")
+    @property
+    def leading(self) -> bool:
+        """True while this instance holds the scheduler's lock."""
+        return self._leader.leading
 
-    async def _lead(self, lock: LeaderLock) -> None:
-        self.leading = True
-        log.info("scheduler_leading", lock=self.lock_key)
-        loop = asyncio.get_running_loop()
-        next_ping = loop.time() + 2.0
-        while True:
-            try:
-                await self.fire_due()
-            except StoreUnavailable as exc:
-                log.warning("scheduler_store_unavailable", error=str(exc))
-            await asyncio.sleep(self.check_every)
-            if loop.time() >= next_ping:
-                next_ping = loop.time() + 2.0
-                if not await lock.still_held():
-                    log.warning("scheduler_lock_lost")
-                    return
+    async def run(self) -> None:
+        """Try to lead; while leading, fire due schedules; until cancelled."""
+        await self._leader.run()
 
     async def fire_due(self) -> int:
         """Fire every due schedule once; returns how many jobs were made."""

@@ -13,6 +13,7 @@ import asyncpg
 from jobwire.models import Job, JobSpec, JobStatus, StreamOffset
 from jobwire.store.base import DirectStart, StoreRefused, StoreUnavailable
 from jobwire.store.queries import queries
+from jobwire.store.rows import job_columns
 
 # Errors that mean "the database is not there right now", as opposed to a bug in a statement.
 UNAVAILABLE = (
@@ -155,25 +156,8 @@ class PgBase:
     ) -> list[Any]:
         """The insert_jobs parameters: one array per column, the direct-start ones, then the
         stream offsets."""
-        default_attempts = self._default_max_attempts
         return [
-            [s.handler for s in specs],
-            [s.queue for s in specs],
-            [s.priority for s in specs],
-            [s.max_attempts or default_attempts for s in specs],
-            [max(s.delay, 0.0) for s in specs],
-            [
-                s.payload_json
-                if s.payload_json is not None
-                else (None if s.payload is None else json.dumps(s.payload))
-                for s in specs
-            ],
-            [s.body for s in specs],
-            [s.content_type for s in specs],
-            [json.dumps(s.headers) if s.headers else None for s in specs],
-            [s.source for s in specs],
-            [s.dedup_key for s in specs],
-            [s.parent_id for s in specs],
+            *job_columns(specs, self._default_max_attempts),
             [s.failed_reason for s in specs],
             direct.worker_id if direct else None,
             direct.lease if direct else 0.0,

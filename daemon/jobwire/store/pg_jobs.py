@@ -23,6 +23,7 @@ from jobwire.store.base import (
     started_jobs,
 )
 from jobwire.store.pg_base import UNAVAILABLE, PgBase, guard, is_outage, server_settings
+from jobwire.store.rows import ids_in_order
 
 log = structlog.get_logger("jobwire.store")
 
@@ -68,20 +69,7 @@ class PgJobs(PgBase):
         if not specs and not offsets:
             return Enqueued([])
         rows = await self._insert(self._insert_args(specs, direct, offsets))
-        inserted_keys = {r["dedup_key"] for r in rows if r["dedup_key"] is not None}
-        # Identity values ascend in input order (the INSERT orders by ordinality), so the
-        # n-th inserted spec owns the n-th smallest id.
-        new_ids = iter(sorted(r["id"] for r in rows))
-        ids: list[int | None] = []
-        for spec in specs:
-            if spec.dedup_key is None:
-                ids.append(next(new_ids))
-            elif spec.dedup_key in inserted_keys:
-                # The first spec with a key owns the row; a repeat in the same batch does not.
-                inserted_keys.discard(spec.dedup_key)
-                ids.append(next(new_ids))
-            else:
-                ids.append(None)
+        ids = ids_in_order(specs, rows)
         return Enqueued(ids, started_jobs(specs, ids, direct, self._default_max_attempts))
 
     async def enqueue_many(
