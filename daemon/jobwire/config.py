@@ -59,7 +59,9 @@ Duration = Annotated[
 """Seconds, written in the config as ``500ms``, ``30s``, ``5m``, ``1h``."""
 
 DEFAULT_PATHS = (Path("jobwire.yaml"), Path("/etc/jobwire/jobwire.yaml"))
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# Lower case only: the schema is quoted where it is created but not in the connections'
+# search_path, where PostgreSQL folds an unquoted name to lower case.
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 class _Strict(BaseModel):
@@ -106,7 +108,9 @@ class DatabaseConfig(_Strict):
     @classmethod
     def _plain_identifier(cls, value: str) -> str:
         if not _IDENT.match(value):
-            raise ValueError(f"{value!r} must be a plain SQL identifier (letters, digits, _)")
+            raise ValueError(
+                f"{value!r} must be a plain SQL identifier (lower-case letters, digits, _)"
+            )
         return value
 
     @field_validator("url")

@@ -72,7 +72,9 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
             redact_event,
             structlog.dev.ConsoleRenderer(
                 colors=sys.stderr.isatty(),
-                exception_formatter=_redacting(structlog.dev.default_exception_formatter),
+                # plain_traceback: rich's formatter shows locals (request headers, cookies) and
+                # cuts long values, which would cut a secret past the redaction's reach.
+                exception_formatter=_redacting(structlog.dev.plain_traceback),
             ),
         ]
     numeric = logging.getLevelNamesMapping()[level.upper()]

@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from jobwire.api_models import BadInput, check_enqueue
 from jobwire.client import UNMIGRATED_SQLSTATES, SchemaNotMigrated, quoted_schema, with_trace
-from jobwire.durations import parse_duration
+from jobwire.storable import json_problem
 from jobwire.store.queries import queries
 
 
@@ -37,17 +38,34 @@ def enqueue(
     A dedup key already taken gives the existing job's id. ``max_attempts`` None: the
     daemon's retry.max_attempts, as the daemon published it in the database.
     """
+    # The same checks as the HTTP API, the CLI and the Client, before any SQL: a value the
+    # database would refuse must not abort the caller's transaction.
+    spec = check_enqueue(
+        {
+            "handler": handler,
+            "payload": payload,
+            "queue": queue,
+            "priority": priority,
+            "delay": 0.0 if delay is None else delay,
+            "dedup_key": dedup_key,
+            "max_attempts": max_attempts,
+            "headers": dict(headers or {}),
+        }
+    ).spec(source="api")
+    problem = json_problem(spec.payload)
+    if problem is not None:
+        raise BadInput("payload", f"payload cannot be stored: {problem}")
     sql = queries()["enqueue_dbapi"].format(schema=quoted_schema(schema))
     params = (
-        handler,
-        None if payload is None else json.dumps(payload),
-        queue,
-        priority,
+        spec.handler,
+        None if spec.payload is None else json.dumps(spec.payload),
+        spec.queue,
+        spec.priority,
         run_at,
-        None if delay is None else parse_duration(delay),
-        dedup_key,
-        max_attempts,
-        json.dumps(with_trace(headers)),
+        None if delay is None else spec.delay,
+        spec.dedup_key,
+        spec.max_attempts,
+        json.dumps(with_trace(spec.headers)),
     )
     try:
         if hasattr(conn, "cursor"):

@@ -108,7 +108,7 @@ class Router:
         Never raises: this is where every other failure of a message ends.
         """
         if dedup_key is None:
-            dedup_key = self._safe_dedup_key(msg, None)
+            dedup_key = self._safe_dedup_key(msg, self._body_for_key(msg))
         headers, notes = storable_headers(msg.headers)
         spec = JobSpec(
             handler=storable_text(handler, 200) or UNROUTABLE,
@@ -121,6 +121,16 @@ class Router:
             queue=self.route.queue,
         )
         return Routed(spec, reason, kind, notes or None)
+
+    def _body_for_key(self, msg: Message) -> Any:
+        """The decoded body, when the dedup key is read from it (so a message kept as failed
+        by a later path still gets the key its redelivery will have); else None."""
+        if self.dedup is None or self.dedup.kind != "json" or len(msg.body) > self.max_body_bytes:
+            return None
+        try:
+            return json.loads(msg.body)
+        except (ValueError, RecursionError):
+            return None
 
     def notified_job_id(self, msg: Message) -> int | str:
         """Notify mode: the job id a message names, or why it names none (never raises)."""
@@ -178,7 +188,8 @@ class Router:
         if body is None and payload is not None:
             # Store the JSON text as it came (it parsed): no second serialisation.
             try:
-                payload_json = msg.body.decode("utf-8")
+                # utf-8-sig: json.loads accepts a byte-order mark, jsonb does not.
+                payload_json = msg.body.decode("utf-8-sig")
             except UnicodeDecodeError:
                 payload_json = None
 

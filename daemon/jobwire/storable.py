@@ -35,6 +35,30 @@ def problem_of(text: str) -> str | None:
     return None
 
 
+def json_problem(value: Any, depth: int = 0) -> str | None:
+    """What jsonb would refuse in a JSON-ready value: text it cannot hold, NaN or Infinity,
+    nesting deeper than the server's stack allows."""
+    if depth > 900:
+        return "JSON too deep"
+    if isinstance(value, str):
+        return problem_of(value)
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return "NaN or Infinity in JSON"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problem = (problem_of(key) if isinstance(key, str) else None) or json_problem(
+                item, depth + 1
+            )
+            if problem:
+                return problem
+    if isinstance(value, list | tuple):
+        for item in value:
+            problem = json_problem(item, depth + 1)
+            if problem:
+                return problem
+    return None
+
+
 def escape(text: str) -> str:
     """A storable, readable and deterministic spelling of any text (NUL and surrogates as
     backslash escapes)."""

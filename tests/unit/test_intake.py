@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from jobwire.config import Config
 from jobwire.intake import Intake
@@ -34,7 +35,9 @@ class FakePool:
     def direct_start(self) -> tuple[str, float]:
         return "me", 30.0
 
-    def start_inserted(self, job: Job) -> None:
+    def start_inserted(self, job: Job, sent: float | None = None) -> None:
+        # The lease counts from when the insert was sent, never from its answer.
+        assert sent is not None and sent <= time.monotonic()
         self.started.append(job)
 
     def wake(self) -> None:

@@ -282,3 +282,17 @@ async def test_a_dead_letter_target_that_fails_keeps_the_message_and_ends_the_lo
     assert len(store.jobs) == 2 and intake.counters.duplicate == 1
     (failed,) = [j for j in store.jobs.values() if j.status == JobStatus.FAILED]
     assert "allow-list" in (failed.last_error or "")
+
+
+async def test_json_with_a_byte_order_mark_is_a_runnable_job() -> None:
+    intake, adapter, store, _ = make({"handler": "noop"})
+    await intake.process([adapter.message(b'\xef\xbb\xbf{"n": 1}', headers={"id": "bom"})])
+    (job,) = store.jobs.values()
+    assert job.status == JobStatus.PENDING and job.payload == {"n": 1}
+
+
+async def test_a_job_kept_as_failed_later_still_gets_its_json_dedup_key() -> None:
+    intake, adapter, _store, _ = make({"handler": "noop", "dedup_key": "json:$.id"})
+    message = adapter.message(b'{"id": "k1"}')
+    routed = intake.router.failed(message, "kept by a later path")
+    assert routed.spec.dedup_key == "fake:k1"

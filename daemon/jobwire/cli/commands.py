@@ -40,6 +40,7 @@ from jobwire.handlers import BUILTINS, HandlerLoadError, HandlerRegistry
 from jobwire.models import JobStatus
 from jobwire.redaction import redact_data
 from jobwire.routing import route_problems
+from jobwire.storable import json_problem
 from jobwire.store.base import AdminStore
 from jobwire.store.migrate import SchemaState, latest_version, migration_script, read_schema_state
 
@@ -236,11 +237,19 @@ def enqueue(
         if handler not in allowed:
             fail(f"handler {handler!r} is not in the config's allow-list ({', '.join(allowed)})")
     if payload.startswith("@"):
-        payload = Path(payload[1:]).read_text(encoding="utf-8")
+        try:
+            payload = Path(payload[1:]).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"--payload {payload}: {exc}")
     try:
         data = json.loads(payload)
     except json.JSONDecodeError as exc:
         fail(f"--payload is not valid JSON: {exc}")
+    except RecursionError:
+        fail("--payload is nested too deep")
+    problem = json_problem(data)
+    if problem is not None:
+        fail(f"--payload cannot be stored: {problem}")
     try:
         # The same checks as the HTTP API and the Client (one model, api_models).
         request = check_enqueue(
@@ -363,7 +372,10 @@ def publish(
     problem = publish_topic(source, topic)
     if problem is not None:
         fail(problem)
-    data = Path(body[1:]).read_bytes() if body.startswith("@") else body.encode()
+    try:
+        data = Path(body[1:]).read_bytes() if body.startswith("@") else body.encode()
+    except (OSError, UnicodeEncodeError) as exc:
+        fail(f"--body {body[:100]}: {exc}")
     parsed: dict[str, str] = {}
     for item in headers:
         key, sep, value = item.partition("=")

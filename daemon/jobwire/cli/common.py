@@ -11,17 +11,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn, TypeVar
 
+import asyncpg
 import click
 import uvloop
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from jobwire.api_models import BadInput
 from jobwire.app import open_store, with_database_url
 from jobwire.config import Config, ConfigError, DatabaseConfig, find_config_file, load_config
 from jobwire.logs import configure_logging
 from jobwire.redaction import redact, remember, secret_values
-from jobwire.store.base import OperatorStore, StoreUnavailable
+from jobwire.store.base import InvalidJobData, OperatorStore, StoreUnavailable
 from jobwire.store.migrate import SchemaMismatch
 
 # Exit codes, the same for every command (docs/operations/cli.md lists them).
@@ -211,6 +213,9 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     except SchemaMismatch as exc:
         # Not a transient state: restarting (systemd) or retrying changes nothing.
         fail(str(exc), EXIT_USAGE)
+    except (InvalidJobData, BadInput, asyncpg.DataError) as exc:
+        # A value the database refuses (a NUL in a payload, an id beyond bigint): bad input.
+        fail(f"the database refused a value given: {exc}", EXIT_USAGE)
 
 
 def with_store(config: Config, action: Callable[[OperatorStore], Awaitable[T]]) -> T:

@@ -23,13 +23,15 @@ def parse_when(value: str | None, option: str) -> datetime | None:
         return None
     try:
         return datetime.now(UTC) - timedelta(seconds=parse_duration(value))
+    except OverflowError:
+        fail(f"{option} {value!r} reaches before the year 1")
     except ValueError:
         pass
     try:
         when = datetime.fromisoformat(value)
-    except ValueError:
+        return when if when.tzinfo is not None else when.astimezone()
+    except (ValueError, OverflowError):
         fail(f"{option} {value!r} is neither a time (2024-05-01T12:00) nor a duration (2h)")
-    return when if when.tzinfo is not None else when.astimezone()
 
 
 def filter_options(fn: F) -> F:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp_jinja2
@@ -39,6 +40,7 @@ from jobwire.dashboard.common import (
 )
 from jobwire.dashboard.pages import Pages
 from jobwire.dashboard.views import FILTERS
+from jobwire.redaction import redact
 from jobwire.store.base import AuditEntry, OperatorStore, StoreUnavailable
 
 log = structlog.get_logger("jobwire.dashboard")
@@ -124,7 +126,7 @@ class Dashboard:
         except BadInput as exc:
             response = self._error(request, 400, exc.message)
         except StoreUnavailable as exc:
-            response = self._error(request, 503, f"the database is unavailable: {exc}")
+            response = self._error(request, 503, f"the database is unavailable: {redact(str(exc))}")
         except web.HTTPException as exc:  # no such route or file, wrong method
             response = self._error(request, exc.status, exc.reason)
         except Exception:  # a page, not a traceback; the bug goes to the log
@@ -150,7 +152,7 @@ class Dashboard:
                 return web.Response(status=401, headers={"HX-Redirect": f"{PREFIX}/login"})
             return see_other(f"{PREFIX}/login?next={quote(request.path_qs, safe='')}")
         if request.method == "POST":
-            form = await request.post()
+            form = await read_form(request)
             given = form.get("csrf")
             if not isinstance(given, str) or not csrf_ok(given, session):
                 raise PageError(403, "the form's CSRF token is missing or wrong: reload the page")
@@ -182,7 +184,7 @@ class Dashboard:
 
     async def login(self, request: web.Request) -> web.Response:
         """Check the token; on success a session cookie and on to ``next``."""
-        form = await request.post()
+        form = await read_form(request)
         next_path = safe_next(_text(form.get("next")))
         if not login_csrf_ok(_text(form.get("csrf")), request.cookies.get(LOGIN_COOKIE)):
             raise PageError(403, "the sign-in form expired or came from elsewhere: reload it")
@@ -234,3 +236,16 @@ def _set_cookie(
 
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+async def read_form(request: web.Request) -> Any:
+    """The posted form, or a 400: a malformed body (bad charset, not UTF-8, a multipart part
+    without a name) is the sender's mistake, not a crash, and the form has a size limit."""
+    if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
+        raise PageError(413, f"the form is larger than {MAX_FORM_BYTES} bytes")
+    try:
+        return await request.post()
+    except (ValueError, LookupError) as exc:
+        raise PageError(400, f"malformed form: {type(exc).__name__}") from None
+    except web.HTTPRequestEntityTooLarge:
+        raise PageError(413, f"the form is larger than {MAX_FORM_BYTES} bytes") from None

@@ -43,8 +43,9 @@ class Handoff(Protocol):
     def direct_start(self) -> tuple[str, float]:
         """Worker id and lease to insert with."""
 
-    def start_inserted(self, job: Job) -> None:
-        """Run a job inserted as running in this worker."""
+    def start_inserted(self, job: Job, sent: float | None = None) -> None:
+        """Run a job inserted as running in this worker; ``sent``: when the insert was sent
+        (monotonic), which its lease counts from."""
 
     def wake(self) -> None:
         """New jobs are waiting: claim."""

@@ -4,6 +4,7 @@ split of a batch the store refuses down to the messages that caused it."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +41,7 @@ class BatchWriter:
             return []
         reserved, direct = self._reserve(specs)
         try:
+            sent = time.monotonic()
             try:
                 enqueued = await self._store.enqueue(specs, direct, offsets)
                 ids, to_start = enqueued.ids, enqueued.started
@@ -56,7 +58,7 @@ class BatchWriter:
                 if direct is not None:
                     self._pool.orphans_possible()
                 raise
-            started = self._start(to_start)
+            started = self._start(to_start, sent)
         finally:
             self._unreserve(reserved)
         runnable = sum(
@@ -92,10 +94,10 @@ class BatchWriter:
             if count:
                 self._pool.unreserve(queue, count)
 
-    def _start(self, jobs: Sequence[Job]) -> int:
+    def _start(self, jobs: Sequence[Job], sent: float) -> int:
         """Hand the pool the jobs the insert made running in it; returns how many."""
         for job in jobs:
-            self._pool.start_inserted(job)
+            self._pool.start_inserted(job, sent)
         return len(jobs)
 
     async def _bisect(

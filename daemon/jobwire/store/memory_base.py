@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from jobwire.models import Job, JobSpec, JobStatus, StreamOffset
-from jobwire.storable import MAX_KEY_BYTES, problem_of
+from jobwire.storable import MAX_KEY_BYTES, json_problem, problem_of
 from jobwire.store.base import (
     DirectStart,
     InvalidJobData,
@@ -23,27 +23,6 @@ READY = (JobStatus.PENDING, JobStatus.RETRYING)
 def now() -> datetime:
     """The current time, as PostgreSQL's now() gives it (aware, UTC)."""
     return datetime.now(UTC)
-
-
-def _json_problem(value: Any, depth: int = 0) -> str | None:
-    """What jsonb would refuse in a decoded JSON value (strings it cannot hold, NaN)."""
-    if depth > 900:
-        return "JSON too deep"
-    if isinstance(value, str):
-        return problem_of(value)
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-        return "NaN or Infinity in JSON"
-    if isinstance(value, dict):
-        for key, item in value.items():
-            problem = problem_of(key) or _json_problem(item, depth + 1)
-            if problem:
-                return problem
-    if isinstance(value, list):
-        for item in value:
-            problem = _json_problem(item, depth + 1)
-            if problem:
-                return problem
-    return None
 
 
 def refused(spec: JobSpec) -> str | None:
@@ -64,7 +43,7 @@ def refused(spec: JobSpec) -> str | None:
         except (ValueError, RecursionError):
             return "DataError: invalid input syntax for type json"
     try:
-        problem = _json_problem(payload)
+        problem = json_problem(payload)
     except RecursionError:
         problem = "JSON too deep"
     return None if problem is None else f"DataError: jsonb {problem}"

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 
 from jobwire.models import Job, JobSpec, JobStatus, StreamOffset
-from jobwire.store.base import DirectStart, StoreRefused, StoreUnavailable
+from jobwire.store.base import DirectStart, InvalidJobData, StoreRefused, StoreUnavailable
 from jobwire.store.queries import queries
 from jobwire.store.rows import job_columns
 
@@ -30,8 +30,9 @@ UNAVAILABLE = (
 
 # SQLSTATE classes that say "the server cannot do this now", whatever the statement:
 # connection (08), transaction rollback such as a deadlock (40), insufficient resources
-# such as a full disk (53), operator intervention (57), system errors (58), internal (XX).
-_OUTAGE_CLASSES = frozenset({"08", "40", "53", "57", "58", "XX"})
+# such as a full disk (53), a lock not available in time (55), operator intervention (57),
+# system errors (58), internal (XX).
+_OUTAGE_CLASSES = frozenset({"08", "40", "53", "55", "57", "58", "XX"})
 _READ_ONLY = "25006"  # connected to a standby (after a failover): not the rows' fault
 
 
@@ -85,6 +86,10 @@ async def guard(what: str) -> AsyncIterator[None]:
     """Turn connection-level failures into StoreUnavailable; let real SQL errors through."""
     try:
         yield
+    except asyncpg.DataError as exc:
+        # Before UNAVAILABLE: asyncpg raises this InterfaceError subclass itself when a value
+        # cannot be encoded (a lone surrogate, an int beyond int32): the data, not the store.
+        raise InvalidJobData(f"{what}: {type(exc).__name__}: {exc}") from exc
     except UNAVAILABLE as exc:
         raise StoreUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
 

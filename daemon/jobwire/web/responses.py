@@ -12,6 +12,7 @@ import structlog
 from aiohttp import web
 
 from jobwire.api_models import BadInput
+from jobwire.redaction import redact
 from jobwire.store.base import InvalidJobData, StoreUnavailable
 
 log = structlog.get_logger("jobwire.http")
@@ -82,7 +83,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except BadInput as exc:
         return error_response(400, exc.message, exc.field)
     except StoreUnavailable as exc:
-        return error_response(503, f"database unavailable: {exc}")
+        return error_response(503, redact(f"database unavailable: {exc}"))
     except InvalidJobData as exc:
         return error_response(400, f"the database refused the job: {exc}", "body")
     except _REFUSED_BY_DATABASE as exc:

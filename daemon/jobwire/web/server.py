@@ -16,6 +16,7 @@ from jobwire.config import HttpConfig
 from jobwire.dashboard import Dashboard
 from jobwire.metrics import Metrics
 from jobwire.models import job_as_dict
+from jobwire.redaction import redact
 from jobwire.store.base import OperatorStore, StoreUnavailable
 from jobwire.web.access import authorize
 from jobwire.web.openapi import openapi_document
@@ -126,7 +127,7 @@ class HttpApi:
             store = "up"
         except (StoreUnavailable, TimeoutError) as exc:
             store = "down"
-            problems.append(f"database: {exc or 'no answer within 2s'}")
+            problems.append(redact(f"database: {exc or 'no answer within 2s'}"))
         sources = {}
         for name, info in self.sources().items():
             state = str(info.get("state"))

@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Callable
 
 from jobwire.models import Job, JobStatus, Outcome
-from jobwire.store.base import JobStore, StoreUnavailable
+from jobwire.store.base import InvalidJobData, JobStore, StoreUnavailable
 from jobwire.worker.state import PoolState, bounded, keep_running, log
 
 
@@ -102,6 +102,11 @@ class Completer:
             state.flushing = len(batch)
             try:
                 await self.store.complete_many(state.worker_id, batch)
+            except InvalidJobData as exc:
+                # One outcome the store refuses must not hold every one behind it.
+                state.flushing = 0
+                log.error("outcomes_refused", count=len(batch), error=str(exc))
+                await self._one_by_one(batch)
             except StoreUnavailable as exc:
                 state.flushing = 0
                 tries += 1
@@ -130,6 +135,18 @@ class Completer:
             if state.backlog:
                 state.wake.set()  # slots held by unwritten outcomes are free again
 
+    async def _one_by_one(self, batch: list[Outcome]) -> None:
+        """Write a refused batch one outcome at a time; a refused outcome is written as a
+        bare failure, and if even that is refused it is dropped (its lease then expires and
+        the job runs again): never a stuck completer."""
+        for outcome in batch:
+            for attempt in (outcome, _bare_failure(outcome)):
+                try:
+                    await self.store.complete_many(self.state.worker_id, [attempt])
+                    break
+                except InvalidJobData as exc:
+                    log.error("outcome_refused", job_id=outcome.job_id, error=str(exc))
+
     def drop(self, pairs: set[tuple[int, int]], why: str) -> None:
         """Drop the unwritten outcomes of these attempts (job id, attempt): their lease
         is lost, so they are not ours to write."""
@@ -149,3 +166,14 @@ class Completer:
                         note=f"finished here ({o.status}); that outcome is not written",
                     )
             state.outcomes[state.flushing :] = kept
+
+
+def _bare_failure(outcome: Outcome) -> Outcome:
+    """The same attempt, failed, with nothing in it the store could refuse."""
+    return Outcome(
+        outcome.job_id,
+        outcome.attempt,
+        JobStatus.FAILED,
+        outcome.duration,
+        error="the store refused this attempt's outcome (its result or error)",
+    )

@@ -9,8 +9,11 @@ from typing import Any
 
 from jobwire.models import Job, JobStatus, Outcome
 from jobwire.retry import Backoff
+from jobwire.storable import json_problem, storable_text
 
 _MAX_ERROR_CHARS = 8000
+# A Retry(after=...) beyond this waits this long: PostgreSQL's interval has limits.
+_MAX_RETRY_IN = 10 * 365 * 86400.0
 
 
 class OutcomeBuilder:
@@ -23,19 +26,26 @@ class OutcomeBuilder:
     def succeeded(self, job: Job, result: Any, duration: float) -> Outcome:
         """Success, with the result as JSON; a result that is not JSON fails the job."""
         try:
-            result_json = None if result is None else json.dumps(result)
-        except (TypeError, ValueError) as exc:
+            # A result jsonb would refuse (NaN, a NUL, a lone surrogate) must not reach the
+            # completion statement: it would refuse the whole batch with it.
+            problem = json_problem(result)
+            result_json = None if result is None else json.dumps(result, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
+            problem = f"not JSON serialisable: {exc}"
+        if problem is not None:
             return Outcome(
                 job.id,
                 job.attempts,
                 JobStatus.FAILED,
                 duration,
-                error=f"result is not JSON serialisable: {exc}",
+                error=storable_text(f"result cannot be stored: {problem}", _MAX_ERROR_CHARS),
             )
         return Outcome(job.id, job.attempts, JobStatus.SUCCEEDED, duration, result_json=result_json)
 
     def retry_or_fail(self, job: Job, error: str, duration: float, after: float | None) -> Outcome:
         """Retry after ``after`` (or the backoff), or fail if that was the last attempt."""
+        # An error may quote message data (a NUL, a lone surrogate): stored as text anyway.
+        error = storable_text(error, _MAX_ERROR_CHARS) or ""
         if job.attempts >= job.max_attempts:
             return Outcome(
                 job.id,
@@ -45,13 +55,16 @@ class OutcomeBuilder:
                 error=f"{error} (attempt {job.attempts} of {job.max_attempts})",
             )
         delay = after if after is not None else self.backoff.delay(job.attempts)
+        if not 0.0 <= delay <= _MAX_RETRY_IN:  # NaN fails both tests
+            delay = _MAX_RETRY_IN if delay > 0 else 0.0
         return Outcome(
             job.id, job.attempts, JobStatus.RETRYING, duration, error=error, retry_in=delay
         )
 
     def final(self, job: Job, status: JobStatus, error: str, started: float) -> Outcome:
         """A final status (failed, cancelled) for an attempt begun at ``started``."""
-        return Outcome(job.id, job.attempts, status, time.monotonic() - started, error=error)
+        clean = storable_text(error, _MAX_ERROR_CHARS)
+        return Outcome(job.id, job.attempts, status, time.monotonic() - started, error=clean)
 
 
 def describe(exc: BaseException) -> str:

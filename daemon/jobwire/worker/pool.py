@@ -104,12 +104,14 @@ class WorkerPool:
         """Worker id and lease to insert directly started jobs with."""
         return self.worker_id, self.config.workers.lease
 
-    def start_inserted(self, job: Job) -> None:
-        """Run a job the intake inserted as running in this worker (its slot was reserved)."""
+    def start_inserted(self, job: Job, sent: float | None = None) -> None:
+        """Run a job the intake inserted as running in this worker (its slot was reserved);
+        ``sent``: when the insert was sent (monotonic), where its lease began at the latest."""
         self.state.counters.direct += 1
-        # Counted from now, a moment after the insert: were the process frozen in between,
-        # the renewal due at once after the thaw finds whether the job is still ours.
-        self.executor.start_job(job, time.monotonic())
+        # The lease is counted from when the insert was sent, not from its answer: a slow
+        # commit or a freeze in between must not let this worker believe in a lease that
+        # another instance may already have taken back.
+        self.executor.start_job(job, time.monotonic() if sent is None else sent)
 
     # -- lifecycle ------------------------------------------------------------------
 
