@@ -20,6 +20,7 @@ from jobwire.routing import Poison, Router
 from jobwire.store.base import Enqueued, InvalidJobData
 from jobwire.store.memory import MemoryStore
 from tests.support.fake_adapter import FakeAdapter
+from tests.support.waiting import wait_for
 from tests.unit.test_intake import FakePool, make_notify
 
 DEEP = b"[" * 100_000 + b"]" * 100_000
@@ -146,12 +147,7 @@ async def test_a_lost_answer_to_a_direct_insert_tells_the_pool_to_look_for_orpha
     intake, adapter, store, pool = make({"handler": "noop"}, free=5)
     store.available = False
     task = asyncio.create_task(intake.process([adapter.message(b"{}", headers={"id": "1"})]))
-    await asyncio.sleep(0)
-    for _ in range(100):
-        if pool.orphan_warnings:
-            break
-        await asyncio.sleep(0.01)
-    assert pool.orphan_warnings == 1
+    await wait_for(lambda: pool.orphan_warnings == 1, what="the pool told of possible orphans")
     store.available = True
     await asyncio.wait_for(task, 5)
 
@@ -197,11 +193,7 @@ async def test_a_store_that_refuses_even_a_bare_row_is_an_outage_not_a_drop(
     monkeypatch.setattr(store, "enqueue_many", refuse)
     message = adapter.message(b"{}", headers={"id": "1"})
     task = asyncio.create_task(intake.process([message]))
-    for _ in range(200):
-        if adapter.pauses:
-            break
-        await asyncio.sleep(0.01)
-    assert adapter.pauses == 1  # held for the store, loudly
+    await wait_for(lambda: adapter.pauses == 1, what="held for the store, loudly")
     assert adapter.settled[message.raw] == "nack-requeue"  # back to the broker, not dropped
     await asyncio.wait_for(task, 5)
 
