@@ -12,6 +12,8 @@ import pytest
 import structlog
 
 from jobwire.store.postgres import PostgresStore, migrate
+from tests.support.activemq import ActiveMQBroker
+from tests.support.activemq import available as activemq_available
 from tests.support.kafka import TansuBroker, create_topic
 from tests.support.mqtt import Mosquitto
 
@@ -88,6 +90,17 @@ async def kafka_topic(kafka_broker: TansuBroker) -> str:
     name = f"jw-test-{uuid.uuid4().hex[:10]}"
     await create_topic(kafka_broker.bootstrap, name, partitions=3)
     return name
+
+
+@pytest.fixture(scope="session")
+def activemq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ActiveMQBroker]:
+    """A private ActiveMQ (Debian's jars) with a STOMP connector on a free port."""
+    missing = activemq_available()
+    if missing is not None:
+        pytest.skip(missing)
+    broker = ActiveMQBroker(tmp_path_factory.mktemp("activemq")).start(timeout=60)
+    yield broker
+    broker.stop()
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.harness import (
+    ActiveMqBroker,
     AmqpBroker,
     Broker,
     KafkaBroker,
@@ -24,7 +25,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.drill)
 
 
-@pytest.fixture(params=["amqp", "stomp", "kafka", "mqtt"])
+@pytest.fixture(params=["amqp", "stomp", "activemq", "kafka", "mqtt"])
 async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
     """Each broker in turn, consumed directly (no proxy): the session's tansu for Kafka,
     the private Mosquitto (shipped limits) for MQTT."""
@@ -34,6 +35,8 @@ async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
         subject: Broker = KafkaBroker(tansu, tansu.port)
     elif kind == "mqtt":
         subject = MqttBroker(request.getfixturevalue("mosquitto"))
+    elif kind == "activemq":
+        subject = ActiveMqBroker(request.getfixturevalue("activemq"))
     else:
         subject = AmqpBroker() if kind == "amqp" else StompBroker()
     await subject.prepare()
@@ -43,7 +46,7 @@ async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
         await subject.cleanup()
 
 
-@pytest.fixture(params=["amqp", "stomp", "kafka", "mqtt"])
+@pytest.fixture(params=["amqp", "stomp", "activemq", "kafka", "mqtt"])
 async def broker_and_proxy(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[tuple[Broker, TcpProxy]]:

@@ -20,6 +20,8 @@ import aio_pika
 import pytest
 
 from jobwire.config import Config
+from tests.support.activemq import ActiveMQBroker
+from tests.support.hostile import Outgoing, publish_stomp
 from tests.support.kafka import TansuBroker, create_topic, produce
 from tests.support.mqtt import Mosquitto
 from tests.support.mqtt import publish as mqtt_publish
@@ -128,6 +130,31 @@ class StompBroker(AmqpBroker):
         }
 
 
+class ActiveMqBroker(Broker):
+    """A private ActiveMQ over STOMP (flavor activemq); the producer is stomp.py with a
+    receipt per persistent SEND, straight to the broker."""
+
+    kind = "activemq"
+
+    def __init__(self, broker: ActiveMQBroker) -> None:
+        super().__init__()
+        self.port = broker.port
+
+    def source(self, proxy_port: int) -> dict[str, Any]:
+        return {
+            "type": "stomp",
+            "flavor": "activemq",
+            "port": proxy_port,
+            "destination": f"/queue/{self.name}",
+            "heartbeat": "1s",
+        }
+
+    async def publish(self, start: int, n: int) -> int:
+        outgoing = [Outgoing(body(i), f"m-{i}") for i in range(start, start + n)]
+        sent = await asyncio.to_thread(publish_stomp, f"/queue/{self.name}", outgoing, self.port)
+        return len(sent)
+
+
 class KafkaBroker(Broker):
     """A tansu of the drill's own, advertising the proxy's port (see publishes_through_proxy)."""
 
@@ -201,6 +228,8 @@ async def behind_proxy(
     else:
         if kind == "mqtt":
             broker = MqttBroker(request.getfixturevalue("mosquitto"))
+        elif kind == "activemq":
+            broker = ActiveMqBroker(request.getfixturevalue("activemq"))
         else:
             broker = AmqpBroker() if kind == "amqp" else StompBroker()
         proxy = await TcpProxy("127.0.0.1", broker.port).start()

@@ -42,6 +42,7 @@ from jobwire.adapters.stomp.config import StompSource
 from jobwire.config import SourceBase
 
 DEFAULT_DEDUP = "header:amqp-message-id"
+ACTIVEMQ_DEDUP = "property:message_id"
 # How long a dead-lettered copy's RECEIPT may take before the connection is given up.
 DEAD_LETTER_TIMEOUT = 10.0
 
@@ -55,6 +56,9 @@ class StompAdapter(Adapter):
     def __init__(self, cfg: StompSource) -> None:
         super().__init__(cfg.name)
         self.cfg = cfg
+        # ActiveMQ's message-id is the JMS id, kept across redeliveries; RabbitMQ's names
+        # the delivery, so there the publisher's amqp-message-id header is the key.
+        self.default_dedup = ACTIVEMQ_DEDUP if cfg.flavor == "activemq" else DEFAULT_DEDUP
         # Each connection gets a generation (the base's): an ack id is only valid on its own
         # connection.
         self._conn: stomp.Connection12 | None = None
@@ -291,6 +295,13 @@ class StompAdapter(Adapter):
         )
         if conn is None or not current:
             return
+        if action == "nack" and self.cfg.flavor == "activemq":
+            # ActiveMQ takes a STOMP NACK as a poison acknowledgement and moves the message
+            # to ActiveMQ.DLQ at once, out of jobwire's sight. Ending the connection gives
+            # every unacknowledged delivery back to the queue instead, marked redelivered,
+            # with its message-id (the dedup key) unchanged.
+            self._give_back_all("requeue on ActiveMQ: reconnect")
+            return
 
         def send() -> None:
             for ack_id in current:
@@ -304,6 +315,12 @@ class StompAdapter(Adapter):
                 await asyncio.to_thread(send)
         except Exception as exc:  # noqa: BLE001 - the session notices the dead connection
             self._dropped(len(current), f"{type(exc).__name__}: {exc}", action=action)
+
+    def _give_back_all(self, reason: str) -> None:
+        """End the current connection: the broker redelivers what it had not been ACKed."""
+        if self._end_session is not None:
+            self._conn = None  # nothing more is written on it; its acks are dropped
+            self._end_session(reason)
 
     async def ack_many(self, messages: Sequence[Message]) -> None:
         """All ACKs of a batch in one trip to the writer thread."""
