@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,16 @@ from tests.faults.harness import (
     StompBroker,
     behind_proxy,
 )
+from tests.support.autofailover import AutoFailoverCluster, available
 from tests.support.proxy import TcpProxy
+
+BROKERS = [
+    "amqp",
+    "stomp",
+    pytest.param("activemq", marks=pytest.mark.activemq),
+    "kafka",
+    "mqtt",
+]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -25,7 +34,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.drill)
 
 
-@pytest.fixture(params=["amqp", "stomp", "activemq", "kafka", "mqtt"])
+@pytest.fixture(params=BROKERS)
 async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
     """Each broker in turn, consumed directly (no proxy): the session's tansu for Kafka,
     the private Mosquitto (shipped limits) for MQTT."""
@@ -46,10 +55,23 @@ async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
         await subject.cleanup()
 
 
-@pytest.fixture(params=["amqp", "stomp", "activemq", "kafka", "mqtt"])
+@pytest.fixture(params=BROKERS)
 async def broker_and_proxy(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[tuple[Broker, TcpProxy]]:
     """Each broker in turn, consumed through a TCP proxy the drill can cut or hang."""
     async with behind_proxy(request.param, request, tmp_path) as pair:
         yield pair
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[AutoFailoverCluster]:
+    """A pg_auto_failover cluster of the module's own (monitor, primary, secondary)."""
+    missing = available()
+    if missing is not None:
+        pytest.skip(missing)
+    nodes = AutoFailoverCluster().start()
+    try:
+        yield nodes
+    finally:
+        nodes.stop()

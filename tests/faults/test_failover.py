@@ -16,7 +16,6 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Iterator
 
 import aio_pika
 import aiohttp
@@ -27,7 +26,7 @@ from jobwire.config import Config
 from jobwire.store.postgres import migrate
 from tests.faults.harness import body
 from tests.support import hostile as h
-from tests.support.autofailover import AutoFailoverCluster, available
+from tests.support.autofailover import AutoFailoverCluster
 from tests.support.inprocess import running_daemon
 from tests.support.kafka import TansuBroker, create_topic
 from tests.support.rows import fetch, job_count
@@ -36,18 +35,6 @@ from tests.support.waiting import wait_for
 pytestmark = [pytest.mark.failover, pytest.mark.timeout(600)]
 PER_SOURCE = 4000
 BATCH = 100
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[AutoFailoverCluster]:
-    missing = available()
-    if missing is not None:
-        pytest.skip(missing)
-    nodes = AutoFailoverCluster().start()
-    try:
-        yield nodes
-    finally:
-        nodes.stop()
 
 
 async def publish_slowly(send: object, n: int, stop_after: asyncio.Event) -> int:
