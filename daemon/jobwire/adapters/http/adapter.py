@@ -1,0 +1,324 @@
+"""HTTP webhook source: a POST to the source's path becomes a job, answered once committed.
+
+A request goes through the same intake as a broker delivery, and its "ack" is the answer:
+the intake acknowledges a message only after its row committed, so the 202 (with the job
+id) is sent then, never before. A store outage requeues the message, which here means a
+503 with Retry-After: the caller is the redelivery. While the intake holds the source
+(store out, backlog high) new requests get a 503 at once rather than wait in memory.
+
+Unlike a broker, the caller is there to be told what is wrong with its request: a bad
+token or signature is a 401, a body over ``max_body_bytes`` a 413, and anything the route
+refuses (not JSON, no handler, a handler outside the allow-list) a 400, all with nothing
+stored. A broker message in the same state becomes a failed job (see routing).
+
+The job id is read back by the dedup key after the commit (the adapter writes no SQL: the
+wiring hands it a lookup). Every request has a key: the route's; else, from a caller
+holding the source's token, its Idempotency-Key header; else, on a signed source, the
+body's sha256 (only signed material: a replayed delivery cannot pick a new key); else a
+fresh id. A key already taken answers 200 with the job that holds it, told apart from a
+new job by the request id stored in its headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from jobwire.adapters.base import Adapter, Message, OffsetReader, SourceState
+from jobwire.adapters.http.auth import signature_problem, token_problem
+from jobwire.adapters.http.config import NEVER_KEPT, HttpSource
+from jobwire.config import SourceBase
+from jobwire.models import Job, JobStatus
+from jobwire.routing import Poison, Router
+from jobwire.selectors import parse_selector
+
+# Stored with the job: which request made it (a duplicate's answer is told apart by it).
+REQUEST_HEADER = "jobwire-request-id"
+_READ_CHUNK = 65_536
+
+
+class JobLookup(Protocol):
+    """What the adapter reads back after a commit (the store's admin role fills it)."""
+
+    async def ids_by_dedup_key(self, keys: Sequence[str]) -> dict[str, int]:
+        """The job holding each taken key."""
+
+    async def jobs_by_ids(self, job_ids: Sequence[int]) -> list[Job]:
+        """Those jobs."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    """One request waiting for its message to be settled."""
+
+    dedup_key: str
+    request_id: str
+    future: asyncio.Future[_Settled] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+    def settle(self, outcome: _Settled) -> None:
+        if not self.future.done():  # a request that timed out is answered already
+            self.future.set_result(outcome)
+
+
+@dataclass(frozen=True, slots=True)
+class _Settled:
+    """How the intake settled a request's message: stored (with the job read back) or not."""
+
+    stored: bool
+    job_id: int | None = None
+    job: Job | None = None
+    error: str | None = None
+
+
+class HttpAdapter(Adapter):
+    """Serves one webhook path; each request is a delivery, its answer the settlement."""
+
+    kind = "http"
+    default_dedup = None  # the adapter gives every message a key itself (see the module doc)
+    requeue_redelivers = True  # a "requeued" request is answered 503: the caller retries
+
+    def __init__(self, cfg: HttpSource) -> None:
+        super().__init__(cfg.name)
+        self.cfg = cfg
+        self._router: Router | None = None
+        self._lookup: JobLookup | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        signature = cfg.signature.header_name().lower() if cfg.signature else ""
+        self._hidden = NEVER_KEPT | {signature}
+        self._keep = {h.lower() for h in cfg.headers} - self._hidden
+        # Headers a route selector reads are kept under the name it is written with, so
+        # header:X-GitHub-Event finds the value whatever case the sender used.
+        route = cfg.route
+        texts = [route.handler_from, route.dedup_key]
+        texts.append(route.priority if isinstance(route.priority, str) else None)
+        selected = [parse_selector(t) for t in texts if t and t != "none"]
+        self._selected = [
+            s.name for s in selected if s.kind == "header" and s.name.lower() not in self._hidden
+        ]
+        self.answers: dict[str, int] = {}
+        self._in_flight = 0
+
+    @property
+    def path(self) -> str:
+        """Where the webhook is served."""
+        return self.cfg.path
+
+    def attach(self, router: Router, lookup: JobLookup) -> None:
+        """Wiring: the intake's router (to refuse bad input up front) and the id lookup."""
+        self._router = router
+        self._lookup = lookup
+
+    def describe(self) -> dict[str, Any]:
+        """State for stats and readiness, with the answers given by status."""
+        return {
+            **super().describe(),
+            "path": self.cfg.path,
+            "answers": dict(self.answers),
+            "in_flight": self._in_flight,
+        }
+
+    # -- the adapter's side of the intake ------------------------------------------------
+
+    async def _session(self) -> None:
+        """Nothing to connect: the daemon's HTTP server serves the path. Up until stopped."""
+        self.set_state(SourceState.PAUSED if self.paused else SourceState.UP)
+        await asyncio.Event().wait()
+
+    async def _on_pause(self) -> None:
+        """Nothing to stop: requests arriving while paused are answered 503."""
+
+    async def _on_resume(self) -> bool:
+        if self._sink is None:
+            return False
+        self.set_state(SourceState.UP)
+        return True
+
+    async def ack_many(self, messages: Sequence[Message]) -> None:
+        """Committed: read the jobs back (in a task, so the intake goes on) and answer."""
+        pending = [m.raw for m in messages if isinstance(m.raw, _Pending)]
+        if not pending:
+            return
+        task = asyncio.create_task(self._read_back(pending), name=f"jobwire-http-{self.name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def requeue_many(self, messages: Sequence[Message]) -> None:
+        """Not stored (the store is out): those requests are answered 503."""
+        for message in messages:
+            if isinstance(message.raw, _Pending):
+                message.raw.settle(_Settled(stored=False))
+
+    async def _read_back(self, pending: Sequence[_Pending]) -> None:
+        assert self._lookup is not None
+        try:
+            ids = await self._lookup.ids_by_dedup_key([p.dedup_key for p in pending])
+            jobs = {j.id: j for j in await self._lookup.jobs_by_ids(sorted(set(ids.values())))}
+        except Exception as exc:  # noqa: BLE001 - committed all the same: say so, without id
+            error = f"{type(exc).__name__}: {exc}"
+            self._log.warning("http_job_lookup_failed", error=error, requests=len(pending))
+            for p in pending:
+                p.settle(_Settled(stored=True, error=error))
+            return
+        for p in pending:
+            job_id = ids.get(p.dedup_key)
+            p.settle(_Settled(stored=True, job_id=job_id, job=jobs.get(job_id or 0)))
+
+    # -- serving ---------------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """The path's POST handler: the answer, counted by status."""
+        if self._in_flight >= self.cfg.max_in_flight:
+            # Bodies are read before a signature can be checked: a cap keeps a flood of
+            # slow senders from holding unbounded memory and connections.
+            response = self._unavailable(f"source {self.name} has too many requests in flight")
+        else:
+            self._in_flight += 1
+            try:
+                response = await self._answer(request)
+            finally:
+                self._in_flight -= 1
+        key = str(response.status)
+        self.answers[key] = self.answers.get(key, 0) + 1
+        return response
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        sink, router = self._sink, self._router
+        if sink is None or router is None or self.paused or self.state != SourceState.UP:
+            return self._unavailable(f"source {self.name} is not taking requests now")
+        problem = token_problem(self.cfg, request.headers)
+        if problem is not None:
+            return _error(401, problem, {"WWW-Authenticate": 'Bearer realm="jobwire"'})
+        try:
+            async with asyncio.timeout(self.cfg.read_timeout):
+                body = await _read_body(request, self.cfg.max_body_bytes)
+        except TimeoutError:
+            response = _error(408, f"the body was not sent within {self.cfg.read_timeout:g}s")
+            response.force_close()  # the rest of a slow body is not waited for either
+            return response
+        if body is None:
+            return _error(413, f"the body is larger than {self.cfg.max_body_bytes} bytes")
+        problem = signature_problem(self.cfg.signature, request.headers, body)
+        if problem is not None:
+            return _error(401, problem)
+        request_id = uuid.uuid4().hex
+        message = self._message(request, body, request_id)
+        routed = router.route_message(message)
+        if routed.invalid is not None:
+            return _error(413 if routed.kind == Poison.TOO_LARGE else 400, routed.invalid)
+        dedup_key = routed.spec.dedup_key
+        if dedup_key is None:
+            return _error(400, f"no dedup key: {self.cfg.route.dedup_key} is missing")
+        pending = _Pending(dedup_key, request_id)
+        message.raw = pending
+        sink(message)
+        try:
+            settled = await asyncio.wait_for(pending.future, self.cfg.answer_timeout)
+        except TimeoutError:
+            self._log.warning("http_answer_timeout", dedup_key=dedup_key, request_id=request_id)
+            return self._uncertain("the job was not committed in time", request_id)
+        return self._settled_answer(settled, request_id)
+
+    def _settled_answer(self, settled: _Settled, request_id: str) -> web.Response:
+        if not settled.stored:
+            return self._uncertain("the database is unavailable", request_id)
+        if settled.error is not None or settled.job_id is None:
+            # Committed, but its id could not be read back (or retention already took it).
+            return web.json_response({"id": None, "duplicate": False, "stored": True}, status=202)
+        job = settled.job
+        ours = job is not None and job.headers.get(REQUEST_HEADER) == request_id
+        if ours and job is not None and job.status == JobStatus.FAILED and job.attempts == 0:
+            # The store refused a value the route let through: kept as a failed job.
+            return web.json_response(
+                {"error": job.last_error, "id": job.id, "stored": "failed"}, status=400
+            )
+        if not ours:
+            return web.json_response({"id": settled.job_id, "duplicate": True}, status=200)
+        return web.json_response({"id": settled.job_id, "duplicate": False}, status=202)
+
+    def _unavailable(self, reason: str) -> web.Response:
+        return _error(503, reason, {"Retry-After": str(self.cfg.retry_after)})
+
+    def _uncertain(self, reason: str, request_id: str) -> web.Response:
+        """A 503 after the message went to the intake: a connection lost during COMMIT
+        may have stored it all the same, so the caller is told how to retry safely."""
+        retry = "the same Idempotency-Key" if self.cfg.token is not None else "the same body"
+        if self.cfg.signature is not None and self.cfg.token is not None:
+            retry += " (or, without one, the same body)"
+        return web.json_response(
+            {
+                "error": f"{reason}; the job may have been stored: retry with {retry}, "
+                "and a stored job is answered with its id",
+                "request_id": request_id,
+            },
+            status=503,
+            headers={"Retry-After": str(self.cfg.retry_after)},
+        )
+
+    def _message(self, request: web.Request, body: bytes, request_id: str) -> Message:
+        headers: dict[str, str] = {}
+        for name, value in request.headers.items():
+            lower = name.lower()
+            if lower in self._keep:
+                headers.setdefault(lower, value)
+        for name in self._selected:
+            selected = request.headers.get(name)
+            if selected is not None:
+                headers[name] = selected
+        headers[REQUEST_HEADER] = request_id
+        query = {name: request.query[name] for name in request.query}
+        return Message(
+            source=self.name,
+            body=body,
+            headers=headers,
+            properties={
+                "query": query,
+                "method": request.method,
+                "path": request.path,
+                "remote": request.remote or "",
+            },
+            content_type=request.headers.get("Content-Type"),
+            dedup_key=self._default_key(request, body, request_id),
+        )
+
+    def _default_key(self, request: web.Request, body: bytes, request_id: str) -> str:
+        """The key when the route names none: a token holder's Idempotency-Key, else the
+        signed body's hash (a replay of it is the same job), else the request's own id."""
+        if self.cfg.token is not None:
+            given = request.headers.get("Idempotency-Key")
+            if given:
+                return given
+        if self.cfg.signature is not None:
+            return "sha256:" + hashlib.sha256(body).hexdigest()
+        return request_id
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes | None:
+    """The raw body, or None when it is over ``limit`` (read no further than that)."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(_READ_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def build(source: SourceBase, offset_reader: OffsetReader | None = None) -> HttpAdapter:
+    """The registry's factory: an ``HttpAdapter`` for an ``HttpSource``."""
+    assert isinstance(source, HttpSource)
+    return HttpAdapter(source)
