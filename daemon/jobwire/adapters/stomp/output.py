@@ -1,0 +1,140 @@
+"""The STOMP output: SENDs outbox rows, each with a receipt; a row is confirmed by its
+RECEIPT. A small asyncio client of its own (stomp.py's is threaded): CONNECT, pipelined
+SENDs, RECEIPTs read back, an ERROR ends the connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+
+from jobwire.adapters.base import tls_context
+from jobwire.adapters.stomp.config import StompOutput
+from jobwire.adapters.stomp.frames import FrameSplitter
+from jobwire.config import OutputBase
+from jobwire.effects import OutboxRow, Published
+
+_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", ":": "\\c", "\r": "\\r"})
+
+
+def frame(command: str, headers: dict[str, str], body: bytes = b"") -> bytes:
+    """One STOMP 1.2 frame, headers escaped (except in CONNECT, as the spec says)."""
+    lines = [command]
+    for key, value in headers.items():
+        if command == "CONNECT":
+            lines.append(f"{key}:{value}")
+        else:
+            lines.append(f"{key.translate(_ESCAPES)}:{value.translate(_ESCAPES)}")
+    return ("\n".join(lines) + "\n\n").encode() + body + b"\x00"
+
+
+def parse(raw: bytes) -> tuple[str, dict[str, str], bytes]:
+    """A frame from the splitter: command, headers (first of a repeated one), body."""
+    head, _, body = raw.partition(b"\n\n")
+    lines = head.decode("utf-8", errors="replace").lstrip("\r\n").split("\n")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        key, _, value = line.rstrip("\r").partition(":")
+        headers.setdefault(key, value)
+    return lines[0].strip(), headers, body
+
+
+class StompPublisher:
+    """One connection per output; receipts tell which SENDs the broker took."""
+
+    def __init__(self, name: str, cfg: StompOutput) -> None:
+        self.name = name
+        self.cfg = cfg
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._splitter = FrameSplitter()
+        self._frames: list[bytes] = []
+        self._serial = 0
+
+    async def connect(self) -> None:
+        """Open the connection and wait for CONNECTED."""
+        await self.close()
+        cfg = self.cfg
+        context = tls_context(cfg.tls, False)
+        self._reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(cfg.host, cfg.port, ssl=context), 10
+        )
+        self._writer = writer
+        self._splitter = FrameSplitter()
+        self._frames = []
+        headers = {"accept-version": "1.2", "host": cfg.vhost, "heart-beat": "0,0"}
+        if cfg.username is not None:
+            headers["login"] = cfg.username
+        if cfg.password is not None:
+            headers["passcode"] = cfg.password
+        writer.write(frame("CONNECT", headers))
+        command, answer, body = await asyncio.wait_for(self._next_frame(), 10)
+        if command != "CONNECTED":
+            message = answer.get("message") or body.decode("utf-8", errors="replace")
+            await self.close()
+            raise ConnectionError(f"STOMP {command}: {message}")
+
+    async def _next_frame(self) -> tuple[str, dict[str, str], bytes]:
+        assert self._reader is not None
+        while not self._frames:
+            data = await self._reader.read(65536)
+            if not data:
+                raise ConnectionError("the broker closed the connection")
+            self._frames.extend(self._splitter.feed(data))
+        return parse(self._frames.pop(0))
+
+    async def publish(self, rows: Sequence[OutboxRow], timeout: float) -> Published:
+        """SEND every row with a receipt, then read the RECEIPTs back."""
+        writer = self._writer
+        if writer is None:
+            return Published(frozenset(), "not connected")
+        waiting: dict[str, int] = {}
+        for row in rows:
+            self._serial += 1
+            receipt = f"r{self._serial}"
+            waiting[receipt] = row.id
+            headers = {**row.headers, "destination": self.cfg.destination}
+            headers["jobwire-id"] = row.message_id
+            # RabbitMQ sets the AMQP message_id from this: AMQP consumers see the id too.
+            headers["amqp-message-id"] = row.message_id
+            if row.key is not None:
+                headers["jobwire-key"] = row.key
+            if self.cfg.persistent:
+                headers["persistent"] = "true"
+            headers["content-length"] = str(len(row.body))
+            headers["receipt"] = receipt
+            writer.write(frame("SEND", headers, row.body))
+        confirmed: set[int] = set()
+        error: str | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                await writer.drain()
+                while waiting:
+                    command, headers, body = await self._next_frame()
+                    if command == "RECEIPT":
+                        row_id = waiting.pop(headers.get("receipt-id", ""), None)
+                        if row_id is not None:
+                            confirmed.add(row_id)
+                    elif command == "ERROR":
+                        detail = headers.get("message") or body.decode(errors="replace")
+                        error = f"STOMP ERROR: {detail}"
+                        break
+        except TimeoutError:
+            error = f"no RECEIPT in {timeout}s"
+        except (ConnectionError, OSError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        return Published(frozenset(confirmed), error)
+
+    async def close(self) -> None:
+        """Close the connection, if open."""
+        writer, self._writer, self._reader = self._writer, None, None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 5)
+
+
+def build(name: str, output: OutputBase) -> StompPublisher:
+    """The registry's factory: a ``StompPublisher`` for a ``StompOutput``."""
+    assert isinstance(output, StompOutput)
+    return StompPublisher(name, output)

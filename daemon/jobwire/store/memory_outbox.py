@@ -1,0 +1,168 @@
+"""The outbox in memory: the same contract as PostgreSQL's (rows written with a successful
+outcome, leased claims in id order that keep a key's order, mark, release, purge)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from jobwire.effects import Claim, Effects, OutboxRow, position_before
+from jobwire.models import Job, JobSpec
+from jobwire.store.memory_base import MemoryState, now
+
+
+@dataclasses.dataclass
+class MemoryOutboxRow:
+    """One outbox row as the memory store keeps it."""
+
+    id: int
+    output: str
+    job_id: int | None
+    n: int
+    key: str | None
+    headers: dict[str, str]
+    body: bytes
+    created_at: datetime
+    sent_at: datetime | None = None
+    attempts: int = 0
+    last_error: str | None = None
+    lease_until: datetime | None = None
+    failed_at: datetime | None = None
+
+
+def write_effects(state: MemoryState, job: Job, effects: Effects) -> None:
+    """A succeeded attempt's outbox rows and child jobs (the caller checked it held it)."""
+    at = now()
+    for m in effects.messages:
+        next_id = state.outbox[-1].id + 1 if state.outbox else 1
+        state.outbox.append(
+            MemoryOutboxRow(next_id, m.output, job.id, m.n, m.key, dict(m.headers), m.body, at)
+        )
+    specs = [
+        JobSpec(
+            c.handler,
+            queue=c.queue,
+            priority=c.priority,
+            delay=c.delay,
+            max_attempts=c.max_attempts,
+            dedup_key=c.dedup_key,
+            source="job",
+            parent_id=job.id,
+            payload_json=c.payload_json,
+        )
+        for c in effects.children
+    ]
+    if specs:
+        state._insert(specs, None, ())
+
+
+class MemoryOutbox(MemoryState):
+    """What the outbox relays, metrics and retention run on the memory store."""
+
+    async def claim_outbox(
+        self,
+        output: str,
+        limit: int,
+        lease: float,
+        after: OutboxRow | None = None,
+        sent: Sequence[int] = (),
+    ) -> Claim:
+        """Lease up to ``limit`` unsent rows in id order (after ``after``, if given), once
+        ``sent`` are marked; a key (or, unkeyed, a job) with a row in flight waits; rows set
+        aside are never claimed. ``resume``: as PostgreSQL's (see outbox_claim)."""
+        await self.ping()
+        if sent:
+            await self.mark_outbox_sent(sent)
+        at = now()
+        start = after.id if after is not None else 0
+        unsent = [
+            r
+            for r in self.outbox
+            if r.output == output and r.sent_at is None and r.failed_at is None
+        ]
+        busy = [r for r in unsent if r.lease_until is not None and r.lease_until > at]
+        busy_keys = {r.key for r in busy if r.key is not None}
+        busy_jobs = {r.job_id for r in busy if r.key is None}
+        picked: list[MemoryOutboxRow] = []
+        skipped: MemoryOutboxRow | None = None
+        for r in unsent:
+            if r.id <= start:
+                continue
+            if (
+                len(picked) >= limit
+                or (r.lease_until is not None and r.lease_until > at)
+                or (r.key in busy_keys if r.key is not None else r.job_id in busy_jobs)
+            ):
+                skipped = skipped or r
+                if len(picked) >= limit:
+                    break
+                continue
+            r.lease_until = at + timedelta(seconds=lease)
+            r.attempts += 1
+            picked.append(r)
+        claim = Claim(
+            OutboxRow(r.id, r.job_id, r.n, r.key, dict(r.headers), r.body, r.attempts, r.created_at)
+            for r in picked
+        )
+        if skipped is not None and claim:
+            claim.resume = position_before(skipped.id, skipped.created_at)
+        elif claim:
+            claim.resume = claim[-1]
+        return claim
+
+    async def mark_outbox_sent(self, ids: Sequence[int]) -> None:
+        """Mark rows sent."""
+        await self.ping()
+        wanted, at = set(ids), now()
+        for r in self.outbox:
+            if r.id in wanted and r.sent_at is None:
+                r.sent_at, r.lease_until, r.last_error = at, None, None
+
+    async def release_outbox(self, ids: Sequence[int], error: str) -> None:
+        """Free rows that could not be sent through no fault of theirs (the claim's attempt
+        given back)."""
+        await self.ping()
+        wanted = set(ids)
+        for r in self.outbox:
+            if r.id in wanted and r.sent_at is None:
+                r.lease_until, r.last_error = None, error
+                r.attempts = max(r.attempts - 1, 0)
+
+    async def fail_outbox(
+        self, ids: Sequence[int], error: str, max_attempts: int, permanent: Sequence[int] = ()
+    ) -> list[int]:
+        """Free rows whose own publish failed, or set them aside (attempts used up, or
+        ``permanent``); the ids set aside."""
+        await self.ping()
+        wanted, refused, at = set(ids), set(permanent), now()
+        parked: list[int] = []
+        for r in self.outbox:
+            if r.id in wanted and r.sent_at is None:
+                r.lease_until, r.last_error = None, error
+                if r.attempts >= max_attempts or r.id in refused:
+                    r.failed_at = at
+                    parked.append(r.id)
+        return parked
+
+    async def outbox_pending(self) -> dict[str, tuple[int, float]]:
+        """Unsent rows per output and the age of the oldest."""
+        await self.ping()
+        at = now()
+        found: dict[str, tuple[int, float]] = {}
+        for r in self.outbox:
+            if r.sent_at is None:
+                count, age = found.get(r.output, (0, 0.0))
+                if r.failed_at is None:  # a row set aside waits for an operator, not lag
+                    age = max(age, (at - r.created_at).total_seconds())
+                found[r.output] = (count + 1, age)
+        return found
+
+    async def purge_outbox(self, older_than: float, batch: int) -> int:
+        """Delete up to ``batch`` rows sent before ``older_than`` seconds ago."""
+        await self.ping()
+        cutoff = now() - timedelta(seconds=older_than)
+        gone = [r.id for r in self.outbox if r.sent_at is not None and r.sent_at < cutoff]
+        gone_set = set(gone[:batch])
+        self.outbox[:] = [r for r in self.outbox if r.id not in gone_set]
+        return len(gone_set)

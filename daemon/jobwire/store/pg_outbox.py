@@ -1,0 +1,164 @@
+"""The outbox on PostgreSQL: effects written with an attempt's outcome, and the relay's
+claim, mark and release (short transactions: no transaction is held across a publish)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+
+import asyncpg
+
+from jobwire.effects import Claim, OutboxRow, effects_of, position_before
+from jobwire.models import Outcome
+from jobwire.store.pg_base import PgBase, guard
+
+# Before every row: a claim from the start.
+EARLIEST = datetime(1, 1, 1, tzinfo=UTC)
+
+
+def _row(record: asyncpg.Record) -> OutboxRow:
+    headers = record["headers"]
+    if isinstance(headers, str):  # a connection without the jsonb codec
+        headers = json.loads(headers)
+    return OutboxRow(
+        record["id"],
+        record["job_id"],
+        record["n"],
+        record["key"],
+        {str(k): str(v) for k, v in (headers or {}).items()},
+        bytes(record["body"]),
+        record["attempts"],
+        record["created_at"],
+    )
+
+
+async def write_effects(
+    conn: asyncpg.Connection,
+    queries: Mapping[str, str],
+    worker_id: str,
+    outcomes: Sequence[Outcome],
+) -> None:
+    """Write the effects of these succeeded outcomes, inside the caller's transaction and
+    before its complete_jobs: only for attempts this worker still holds (locked here)."""
+    ids: list[int] = []
+    attempts: list[int] = []
+    m_job: list[int] = []
+    m_output: list[str] = []
+    m_n: list[int] = []
+    m_key: list[str | None] = []
+    m_headers: list[str] = []
+    m_body: list[bytes] = []
+    c_cols: list[list[object]] = [[] for _ in range(8)]
+    for outcome in outcomes:
+        effects = effects_of(outcome)
+        if effects is None:
+            continue
+        ids.append(outcome.job_id)
+        attempts.append(outcome.attempt)
+        for m in effects.messages:
+            m_job.append(outcome.job_id)
+            m_output.append(m.output)
+            m_n.append(m.n)
+            m_key.append(m.key)
+            m_headers.append(json.dumps(m.headers))
+            m_body.append(m.body)
+        for c in effects.children:
+            values = (
+                outcome.job_id,
+                c.handler,
+                c.payload_json,
+                c.queue,
+                c.priority,
+                c.delay,
+                c.dedup_key,
+                c.max_attempts,
+            )
+            for column, value in zip(c_cols, values, strict=True):
+                column.append(value)
+    if ids:
+        await conn.fetchrow(
+            queries["outbox_write_effects"],
+            ids,
+            # Job id -> attempt (the connection's jsonb codec serialises it).
+            dict(zip(map(str, ids), attempts, strict=True)),
+            worker_id,
+            m_job,
+            m_output,
+            m_n,
+            m_key,
+            m_headers,
+            m_body,
+            *c_cols,
+        )
+
+
+class PgOutbox(PgBase):
+    """What the outbox relay, metrics and retention run on PostgreSQL."""
+
+    async def claim_outbox(
+        self,
+        output: str,
+        limit: int,
+        lease: float,
+        after: OutboxRow | None = None,
+        sent: Sequence[int] = (),
+    ) -> Claim:
+        """Lease up to ``limit`` unsent rows of ``output`` (oldest first, a key in flight
+        elsewhere skipped) for ``lease`` seconds; ``after``: only rows after that one;
+        ``sent``: rows to mark sent first, in the same transaction (one round trip less)."""
+        since, since_id = EARLIEST, 0
+        if after is not None and after.created_at is not None:
+            since, since_id = after.created_at, after.id
+        async with guard("outbox claim"), self._pool.acquire() as conn, conn.transaction():
+            if sent:
+                await conn.execute(self._q["outbox_mark_sent"], list(sent))
+            await conn.execute(self._q["outbox_claim_lock"], output)
+            records = await conn.fetch(
+                self._q["outbox_claim"], output, limit, lease, since, since_id
+            )
+        claim = Claim(
+            sorted((_row(r) for r in records), key=lambda r: (r.created_at or EARLIEST, r.id))
+        )
+        if records and records[0]["skipped_id"] is not None:
+            claim.resume = position_before(records[0]["skipped_id"], records[0]["skipped_at"])
+        elif claim:
+            claim.resume = claim[-1]
+        return claim
+
+    async def mark_outbox_sent(self, ids: Sequence[int]) -> None:
+        """Mark rows sent (after the broker confirmed them)."""
+        if ids:
+            async with guard("outbox mark"):
+                await self._pool.execute(self._q["outbox_mark_sent"], list(ids))
+
+    async def release_outbox(self, ids: Sequence[int], error: str) -> None:
+        """Free rows a relay could not send, with the reason."""
+        if ids:
+            async with guard("outbox release"):
+                await self._pool.execute(self._q["outbox_release"], list(ids), error[:2000])
+
+    async def fail_outbox(
+        self, ids: Sequence[int], error: str, max_attempts: int, permanent: Sequence[int] = ()
+    ) -> list[int]:
+        """Free rows whose own publish failed, or set them aside for good (``max_attempts``
+        used up, or in ``permanent``); returns the ids set aside."""
+        if not ids:
+            return []
+        async with guard("outbox fail"):
+            records = await self._pool.fetch(
+                self._q["outbox_fail_rows"], list(ids), error[:2000], max_attempts, list(permanent)
+            )
+        return [r["id"] for r in records if r["parked"]]
+
+    async def outbox_pending(self) -> dict[str, tuple[int, float]]:
+        """Unsent rows per output and the age in seconds of the oldest."""
+        async with guard("outbox pending"):
+            records = await self._pool.fetch(self._q["outbox_pending"])
+        return {r["output"]: (int(r["pending"]), float(r["oldest"] or 0.0)) for r in records}
+
+    async def purge_outbox(self, older_than: float, batch: int) -> int:
+        """Delete up to ``batch`` rows sent more than ``older_than`` seconds ago."""
+        async with guard("outbox purge"):
+            status = await self._pool.execute(self._q["outbox_purge_sent"], older_than, batch)
+        return int(status.split()[-1])

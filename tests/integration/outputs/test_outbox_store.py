@@ -1,0 +1,181 @@
+"""The outbox's store contract, on PostgreSQL and in memory: effects are written only with
+a successful outcome of an attempt the worker still holds; claims keep a key's order and
+never hand one key to two relays at once; mark, release, pending, purge."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from jobwire.config import RetentionConfig
+from jobwire.effects import ChildJob, EffectfulOutcome, Effects, OutboxMessage
+from jobwire.maintenance import Maintenance
+from jobwire.models import JobSpec, JobStatus, Outcome
+from jobwire.store.base import ClaimRequest
+from jobwire.store.memory import MemoryStore
+from jobwire.store.postgres import PostgresStore
+
+Store = Any  # either store: both have every role
+
+
+def effects(job_id: int, count: int = 2, key: str | None = None, children: int = 0) -> Effects:
+    """``count`` messages to output "out" and ``children`` echo jobs."""
+    return Effects(
+        [
+            OutboxMessage("out", n, f"{job_id}-{n}".encode(), key, {"h": "v"})
+            for n in range(1, count + 1)
+        ],
+        [ChildJob("echo", f'{{"i": {i}}}') for i in range(children)],
+    )
+
+
+async def running(store: Store, count: int, worker: str = "w") -> list[int]:
+    """``count`` jobs enqueued and claimed by ``worker``."""
+    await store.enqueue_many([JobSpec("pub", {"i": i}) for i in range(count)])
+    jobs = await store.claim(ClaimRequest({"default": count}, count, worker, 30.0))
+    return [j.id for j in jobs]
+
+
+def succeeded(job_id: int, fx: Effects) -> EffectfulOutcome:
+    return EffectfulOutcome(job_id, 1, JobStatus.SUCCEEDED, 0.01, effects=fx)
+
+
+class OutboxContract:
+    """The tests; each subclass gives the ``store`` fixture."""
+
+    async def test_effects_are_written_with_the_successful_outcome(self, store: Store) -> None:
+        a, b, c = await running(store, 3)
+        done = await store.complete_many(
+            "w",
+            [
+                succeeded(a, effects(a, 2, children=2)),
+                Outcome(b, 1, JobStatus.RETRYING, 0.01, error="x", retry_in=5),
+                Outcome(c, 1, JobStatus.SUCCEEDED, 0.01),
+            ],
+        )
+        assert done == 3
+        rows = await store.claim_outbox("out", 10, 30.0)
+        assert [(r.job_id, r.n, r.body, r.headers) for r in rows] == [
+            (a, 1, f"{a}-1".encode(), {"h": "v"}),
+            (a, 2, f"{a}-2".encode(), {"h": "v"}),
+        ]
+        assert rows[0].message_id == f"jobwire-{a}-1"
+        children = [j for j in await store.list_jobs(limit=50) if j.parent_id == a]
+        assert sorted(j.payload["i"] for j in children) == [0, 1]
+        assert {str(j.status) for j in children} == {"pending"}
+
+    async def test_a_lost_lease_publishes_nothing(self, store: Store) -> None:
+        (a,) = await running(store, 1, worker="w1")
+        done = await store.complete_many("someone-else", [succeeded(a, effects(a, children=1))])
+        assert done == 0
+        assert await store.outbox_pending() == {}
+        assert [j for j in await store.list_jobs(limit=50) if j.parent_id == a] == []
+
+    async def test_only_the_attempt_still_held_publishes(self, store: Store) -> None:
+        a, b, c = await running(store, 3)
+        stale = EffectfulOutcome(b, 2, JobStatus.SUCCEEDED, 0.01, effects=effects(b))
+        done = await store.complete_many(
+            "w", [succeeded(c, effects(c, 1)), stale, succeeded(a, effects(a, 1))]
+        )
+        assert done == 2  # b's attempt 2 is not the one running (1)
+        rows = await store.claim_outbox("out", 10, 30.0)
+        assert sorted(r.job_id for r in rows) == sorted([a, c])
+
+    async def test_claims_keep_a_keys_order_and_lease_it_to_one_relay(self, store: Store) -> None:
+        a, b = await running(store, 2)
+        await store.complete_many(
+            "w", [succeeded(a, effects(a, 3, key="k")), succeeded(b, effects(b, 2, key="other"))]
+        )
+        first = await store.claim_outbox("out", 2, 30.0)
+        assert [(r.job_id, r.n) for r in first] == [(a, 1), (a, 2)]
+        # Key k is in flight: a second relay gets only the other key's rows.
+        second = await store.claim_outbox("out", 10, 30.0)
+        assert [(r.job_id, r.n) for r in second] == [(b, 1), (b, 2)]
+        assert await store.claim_outbox("out", 10, 30.0) == []
+        await store.mark_outbox_sent([r.id for r in first])
+        third = await store.claim_outbox("out", 10, 30.0)
+        assert [(r.job_id, r.n) for r in third] == [(a, 3)]
+        await store.release_outbox([r.id for r in third], "broker away")
+        again = await store.claim_outbox("out", 10, 30.0)
+        # A release gives the claim's attempt back: only a row's own failures count.
+        assert [(r.id, r.attempts) for r in again] == [(third[0].id, 1)]
+        pending = await store.outbox_pending()
+        assert pending["out"][0] == 3  # b's two, a's third: not marked
+        await store.mark_outbox_sent([r.id for r in second + again])
+        assert await store.outbox_pending() == {}
+        assert await store.purge_outbox(3600, 100) == 0
+        assert await store.purge_outbox(0, 2) == 2
+        assert await store.purge_outbox(0, 100) == 3
+
+    async def test_a_claim_resumes_before_a_row_it_passed_over(self, store: Store) -> None:
+        (a,) = await running(store, 1)
+        keys = ["k2", "k2", "k3", "k2", "k4"]
+        fx = Effects([OutboxMessage("out", n, b"x", k) for n, k in enumerate(keys, 1)])
+        await store.complete_many("w", [succeeded(a, fx)])
+        first = await store.claim_outbox("out", 1, 30.0)
+        assert [r.n for r in first] == [1]
+        # k2 is in flight: its rows 2 and 4 are passed over, 3 and 5 taken.
+        second = await store.claim_outbox("out", 10, 30.0, after=first.resume)
+        assert [r.n for r in second] == [3, 5]
+        # The first batch is confirmed; the next claim must start before row 2, or row 4
+        # (k2) would go out before row 2 (k2).
+        third = await store.claim_outbox(
+            "out", 10, 30.0, after=second.resume, sent=[r.id for r in first]
+        )
+        assert [r.n for r in third] == [2, 4]
+
+    async def test_a_failing_row_is_set_aside_and_its_key_goes_on(self, store: Store) -> None:
+        (a,) = await running(store, 1)
+        await store.complete_many("w", [succeeded(a, effects(a, 3, key="k"))])
+        for attempt in (1, 2):
+            rows = await store.claim_outbox("out", 1, 30.0)
+            assert [(r.n, r.attempts) for r in rows] == [(1, attempt)]
+            parked = await store.fail_outbox([rows[0].id], "refused", 2)
+            assert parked == ([] if attempt == 1 else [rows[0].id])
+        rest = await store.claim_outbox("out", 10, 30.0)
+        assert [r.n for r in rest] == [2, 3], "the key's later rows go on"
+        # One refused for good is set aside at once; the other is only freed.
+        parked = await store.fail_outbox([r.id for r in rest], "too large", 10, [rest[0].id])
+        assert parked == [rest[0].id]
+        assert [r.n for r in await store.claim_outbox("out", 10, 30.0)] == [3]
+        pending = await store.outbox_pending()
+        assert pending["out"][0] == 3, "rows set aside still count as unsent"
+
+
+class TestMemoryOutbox(OutboxContract):
+    """The contract in memory."""
+
+    @pytest.fixture
+    async def store(self) -> AsyncIterator[Store]:
+        yield MemoryStore()
+
+
+class TestPostgresOutbox(OutboxContract):
+    """The contract on PostgreSQL."""
+
+    @pytest.fixture
+    async def store(self, pg_store: PostgresStore) -> AsyncIterator[Store]:
+        yield pg_store
+
+
+@pytest.mark.parametrize("kind", ["memory", "postgres"])
+async def test_retention_purges_sent_rows_only(kind: str, database_url: str) -> None:
+    store: Store = (
+        MemoryStore()
+        if kind == "memory"
+        else await PostgresStore.connect(database_url, "jobwire", min_size=1, max_size=2)
+    )
+    try:
+        a, b = await running(store, 2)
+        await store.complete_many("w", [succeeded(a, effects(a, 3)), succeeded(b, effects(b, 2))])
+        rows = await store.claim_outbox("out", 3, 30.0)
+        await store.mark_outbox_sent([r.id for r in rows])
+        retention = RetentionConfig.model_validate({"outbox_sent": "0s", "batch": 2})
+        await Maintenance(store, retention).purge()
+        assert await store.outbox_pending() == {"out": (2, pytest.approx(0, abs=60))}
+        left = await store.claim_outbox("out", 10, 30.0)
+        assert [(r.job_id, r.n) for r in left] == [(b, 1), (b, 2)]
+    finally:
+        await store.close()
