@@ -157,6 +157,20 @@ async def walk(browser: Any, base: str, job_id: int) -> None:
     assert "charged" in (await page.text_content("#job-result") or "")
     await page.screenshot(path=SHOTS / "dashboard-job-succeeded.png", full_page=True)
 
+    # The failures page: the two "fail" jobs are one group, with its actions.
+    await page.goto(f"{base}/ui/failures")
+    groups = page.locator("#failures tr.group")
+    assert await groups.count() == 1
+    assert "2" in (await groups.first.locator("td.big-count").text_content() or "")
+    await page.screenshot(path=SHOTS / "dashboard-failures.png", full_page=True)
+    await groups.first.locator("button", has_text="Retry").click()  # a POST: it freezes
+    await page.wait_for_url("**/ui/bulk/*")
+    assert await page.text_content("#bulk-count") == "2"
+    await page.screenshot(path=SHOTS / "dashboard-bulk-confirm.png", full_page=True)
+    await page.click("#bulk-start")
+    await async_api.expect(page.locator("#bulk-state")).to_have_text("done", timeout=15_000)
+    await page.screenshot(path=SHOTS / "dashboard-bulk-done.png", full_page=True)
+
     await page.goto(f"{base}/ui/")
     await page.screenshot(path=SHOTS / "dashboard-overview.png", full_page=True)
     await page.goto(f"{base}/ui/audit")

@@ -231,14 +231,14 @@ async def test_the_job_page_shows_payload_body_provenance_attempts_and_parent(
     assert "ValueError: boom" in page and "250ms" in page  # the attempt, its duration
 
 
-async def test_the_live_fragment_polls_only_while_the_job_is_not_finished(
+async def test_the_live_fragment_refreshes_on_changes_only_while_the_job_is_not_finished(
     client: Client, pg_store: PostgresStore
 ) -> None:
     (job_id,) = await pg_store.enqueue_many([JobSpec("noop")])
     await sign_in(client, READER)
     async with client.get(f"/ui/jobs/{job_id}/live") as r:
         fragment = await r.text()
-    assert 'hx-trigger="every 2s"' in fragment and "<html" not in fragment
+    assert 'hx-trigger="jobwire-change from:body"' in fragment and "<html" not in fragment
     await pg_store.claim(ClaimRequest({"default": 1}, 1, "w", 30))
     await pg_store.set_progress(job_id, 40, "halfway")
     async with client.get(f"/ui/jobs/{job_id}/live") as r:
@@ -296,3 +296,38 @@ def _schedule(name: str, next_run_at: datetime) -> dict[str, Any]:
         "catch_up": "latest",
         "next_run_at": next_run_at,
     }
+
+
+async def test_an_admin_pauses_and_resumes_a_queue_from_the_overview(
+    client: Client, pg_store: PostgresStore
+) -> None:
+    """The overview shows each queue's state; an admin's Pause stops claims on every
+    instance (the store's pause, as the CLI and API use) and is audited; a read-only session
+    sees the state but no button, and its POST is refused. (That a paused queue starts
+    nothing on any instance is tests/integration/test_flow_controls.py's.)"""
+    await pg_store.enqueue([JobSpec("noop", queue="mail")])
+    csrf = await sign_in(client, READER)
+    async with client.get("/ui/") as r:
+        page = await r.text()
+        assert "mail" in page and "/ui/queues/mail/pause" not in page
+    async with client.post("/ui/queues/mail/pause", data={"csrf": csrf}) as r:
+        assert r.status == 403
+    assert not [q for q in await pg_store.queue_states() if q.paused]
+
+    client.session.cookie_jar.clear()
+    csrf = await sign_in(client, ADMIN)
+    async with client.get("/ui/") as r:
+        assert "/ui/queues/mail/pause" in await r.text()
+    async with client.post(
+        "/ui/queues/mail/pause", data={"csrf": csrf}, allow_redirects=False
+    ) as r:
+        assert r.status == 303
+    assert [(q.queue, q.paused) for q in await pg_store.queue_states()] == [("mail", True)]
+    async with client.get("/ui/") as r:
+        page = await r.text()
+        assert "state-paused" in page and "/ui/queues/mail/resume" in page
+    async with client.post("/ui/queues/mail/resume", data={"csrf": csrf}) as r:
+        assert r.status == 200
+    assert [(q.queue, q.paused) for q in await pg_store.queue_states()] == [("mail", False)]
+    actions = [(a.action, a.target) for a in await pg_store.list_audit()]
+    assert ("pause_queue", "mail") in actions and ("resume_queue", "mail") in actions

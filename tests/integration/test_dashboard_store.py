@@ -132,3 +132,74 @@ def _plan_nodes(node: dict[str, Any]) -> Iterator[tuple[str, str | None]]:
     yield node["Node Type"], node.get("Index Name")
     for child in node.get("Plans", []):
         yield from _plan_nodes(child)
+
+
+@pytest.fixture
+async def at_0009() -> AsyncIterator[str]:
+    """A database migrated up to 0009 (what 0010 upgrades), with failed jobs in it."""
+    import uuid
+
+    from jobwire.store.migrate import known_migrations, migration_script
+    from tests.conftest import _admin, db_url
+
+    name = f"jw0009_{uuid.uuid4().hex[:10]}"
+    await _admin(f'CREATE DATABASE "{name}"')
+    url = db_url(name)
+    conn = await asyncpg.connect(url)
+    try:
+        before = [m for m in known_migrations() if m.version < 10]
+        await conn.execute(migration_script("jobwire", before))
+        await conn.execute(
+            "INSERT INTO jobwire.jobs (handler, queue, status, finished_at, last_error)"
+            " SELECT 'noop', 'q', 'failed', now(), 'E: code ' || i FROM generate_series(1, 50) i"
+        )
+    finally:
+        await conn.close()
+    yield url
+    await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+PREBUILD = (
+    "ALTER TABLE jobwire.jobs ADD COLUMN IF NOT EXISTS error_fingerprint text;"
+    "CREATE INDEX CONCURRENTLY jobs_failed_fingerprint ON jobwire.jobs (error_fingerprint, id)"
+    " INCLUDE (queue, handler, finished_at) WHERE status = 'failed'"
+)
+INDEX_STATE = (
+    "SELECT indexrelid::bigint AS oid, indisvalid FROM pg_index"
+    " WHERE indexrelid = to_regclass('jobwire.jobs_failed_fingerprint')"
+)
+
+
+@pytest.mark.parametrize("leftover", ["none", "prebuilt", "invalid"])
+async def test_0010_backfills_nothing_and_keeps_a_prebuilt_index(
+    at_0009: str, leftover: str
+) -> None:
+    """No UPDATE of the history under the migration's lock; an index an operator built
+    beforehand (CONCURRENTLY) is kept, and an invalid leftover of a failed build rebuilt."""
+    from jobwire.store.migrate import migrate
+
+    conn = await asyncpg.connect(at_0009)
+    try:
+        before = None
+        if leftover != "none":
+            for statement in PREBUILD.split(";"):
+                await conn.execute(statement)
+            if leftover == "invalid":  # as a CREATE INDEX CONCURRENTLY that failed leaves it
+                await conn.execute(
+                    "UPDATE pg_index SET indisvalid = false"
+                    " WHERE indexrelid = 'jobwire.jobs_failed_fingerprint'::regclass"
+                )
+            before = await conn.fetchrow(INDEX_STATE)
+        await migrate(at_0009, "jobwire")
+        after = await conn.fetchrow(INDEX_STATE)
+        unfilled = await conn.fetchval(
+            "SELECT count(*) FROM jobwire.jobs WHERE error_fingerprint IS NULL"
+        )
+    finally:
+        await conn.close()
+    assert after is not None and after["indisvalid"]
+    if leftover == "prebuilt":
+        assert before is not None and after["oid"] == before["oid"]
+    if leftover == "invalid":
+        assert before is not None and after["oid"] != before["oid"]
+    assert unfilled == 50  # the rollup's leader fills them in, a batch at a time

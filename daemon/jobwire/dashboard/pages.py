@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 
 from jobwire.api_models import BadInput, parse_id
+from jobwire.dashboard.auth import Role
 from jobwire.dashboard.common import Context, PageError, render, session_of
+from jobwire.dashboard.sparkline import per_queue
 from jobwire.dashboard.views import COUNT_CAP, body_preview, provenance
 from jobwire.models import JobStatus
 from jobwire.storable import problem_of
@@ -18,8 +23,9 @@ STATUSES = [str(s) for s in JobStatus]
 LIVE = frozenset({"pending", "retrying", "running"})
 FAILED_WINDOW = 3600.0  # the overview's "failed in the last hour"
 _FILTERS = ("status", "queue", "handler", "source")
-_PARAMS = (*_FILTERS, "before_id")
+_PARAMS = (*_FILTERS, "fingerprint", "before_id")
 MAX_FILTER_CHARS = 200
+CACHE_MAX_AGE = 5.0  # seconds an overview read is shared at most (instances' heartbeats move)
 
 
 @dataclass(frozen=True)
@@ -31,10 +37,11 @@ class JobsQuery:
     handler: str | None = None
     source: str | None = None
     before_id: int | None = None
+    fingerprint: str | None = None  # a failure group's (failed jobs only)
 
     def filters(self) -> dict[str, str]:
         """The filters given (for links that keep them)."""
-        return {k: v for k in _FILTERS if (v := getattr(self, k)) is not None}
+        return {k: v for k in (*_FILTERS, "fingerprint") if (v := getattr(self, k)) is not None}
 
 
 def parse_jobs_query(pairs: list[tuple[str, str]]) -> JobsQuery:
@@ -53,8 +60,14 @@ def parse_jobs_query(pairs: list[tuple[str, str]]) -> JobsQuery:
     if status is not None and status not in STATUSES:
         raise BadInput("status", f"unknown status {status[:40]!a}")
     before = given.get("before_id")
+    fingerprint = given.get("fingerprint")
+    if fingerprint is not None and (status or "failed") != "failed":
+        raise BadInput("fingerprint", "an error fingerprint selects failed jobs only")
+    if fingerprint is not None and any(given.get(k) for k in ("queue", "handler", "source")):
+        raise BadInput("fingerprint", "a failure group is listed whole: no other filter")
     return JobsQuery(
-        status=status,
+        fingerprint=fingerprint,
+        status="failed" if fingerprint is not None else status,
         queue=given.get("queue"),
         handler=given.get("handler"),
         source=given.get("source"),
@@ -62,17 +75,54 @@ def parse_jobs_query(pairs: list[tuple[str, str]]) -> JobsQuery:
     )
 
 
+def _is_admin(request: web.Request) -> bool:
+    session = session_of(request)
+    return session is not None and session.role == "admin"
+
+
 class Pages:
     """GET handlers; every one needs a session (the middleware sees to it)."""
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        # The live hub's version while it polls (None when no stream is open): open
+        # overviews all reload on the same change, and share one read of the store.
+        self.live_version: Callable[[], int | None] = lambda: None
+        self._cached: tuple[int, float, dict[str, Any]] | None = None
 
     async def overview(self, request: web.Request) -> web.Response:
         """Per queue: ready, running, retrying and failed lately; sources, instances, schedules."""
+        version = self.live_version()
+        now = time.monotonic()
+        cached = self._cached
+        if (
+            version is not None
+            and cached
+            and cached[0] == version
+            and now - cached[1] < CACHE_MAX_AGE
+        ):
+            data = cached[2]
+        else:
+            data = await self._overview_data()
+            if version is not None:
+                self._cached = (version, now, data)
+        session = session_of(request)
+        context = {
+            **data,
+            "sources": sorted(self.ctx.sources().items()),
+            "cap": COUNT_CAP,
+            "admin": session is not None and session.role == Role.ADMIN,
+        }
+        return render(request, "overview.html", context)
+
+    async def _overview_data(self) -> dict[str, Any]:
         store = self.ctx.store
         live = await store.stats(finished=False)
         failed = await store.failed_since(FAILED_WINDOW, COUNT_CAP)
+        at = datetime.now(UTC)
+        rows = await store.throughput(at.replace(second=0, microsecond=0) - timedelta(hours=1))
+        throughput = per_queue(rows, at)
+        paused = {q.queue for q in await store.queue_states() if q.paused}
         queues = [
             {
                 "name": name,
@@ -80,33 +130,37 @@ class Pages:
                 "retrying": live.get(name, {}).get("retrying", 0),
                 "running": live.get(name, {}).get("running", 0),
                 "failed": failed.get(name, 0),
+                "throughput": throughput.get(name),
+                "paused": name in paused,
             }
-            for name in sorted(set(live) | set(failed))
+            for name in sorted(set(live) | set(failed) | set(throughput) | paused)
         ]
-        context = {
+        return {
             "queues": queues,
-            "sources": sorted(self.ctx.sources().items()),
             "workers": await store.list_workers(),
             "schedules": await store.list_schedules(),
-            "cap": COUNT_CAP,
         }
-        return render(request, "overview.html", context)
 
     async def jobs(self, request: web.Request) -> web.Response:
         """Newest first, filtered by the query string, a page at a time (keyset)."""
         query = parse_jobs_query(list(request.query.items()))
-        jobs = await self.ctx.store.list_jobs(
-            query.status,
-            query.queue,
-            PAGE_SIZE + 1,
-            query.before_id,
-            handler=query.handler,
-            source=query.source,
-        )
+        store = self.ctx.store
+        if query.fingerprint is not None:
+            ids = await store.failed_ids(query.fingerprint, PAGE_SIZE + 1, query.before_id)
+            jobs = await store.jobs_by_ids(ids)
+        else:
+            jobs = await store.list_jobs(
+                query.status,
+                query.queue,
+                PAGE_SIZE + 1,
+                query.before_id,
+                handler=query.handler,
+                source=query.source,
+            )
         more = len(jobs) > PAGE_SIZE
         jobs = jobs[:PAGE_SIZE]
         total = None
-        if query.status is not None:
+        if query.status is not None and query.fingerprint is None:
             total = await self.ctx.store.count_jobs(
                 query.status, query.queue, query.handler, query.source, cap=COUNT_CAP
             )
@@ -118,6 +172,7 @@ class Pages:
             "total": total,
             "next_before_id": jobs[-1].id if more and jobs else None,
             "cap": COUNT_CAP,
+            "admin": _is_admin(request),
         }
         return render(request, "jobs.html", context)
 

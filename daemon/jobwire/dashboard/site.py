@@ -4,7 +4,7 @@ passes (session, CSRF, security headers, HTML error pages)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -29,6 +29,8 @@ from jobwire.dashboard.auth import (
     role_for,
     safe_next,
 )
+from jobwire.dashboard.bulk import BulkRuns
+from jobwire.dashboard.bulk_views import BulkViews
 from jobwire.dashboard.common import (
     SESSION_KEY,
     Context,
@@ -38,7 +40,13 @@ from jobwire.dashboard.common import (
     see_other,
     session_of,
 )
+from jobwire.dashboard.failures import Failures
+from jobwire.dashboard.live import LiveHub, stream
 from jobwire.dashboard.pages import Pages
+from jobwire.dashboard.queues import QueuePages
+from jobwire.dashboard.rollup import Rollup
+from jobwire.dashboard.schedules import SchedulePages
+from jobwire.dashboard.sparkline import sparkline
 from jobwire.dashboard.views import FILTERS
 from jobwire.redaction import redact
 from jobwire.store.base import AuditEntry, OperatorStore, StoreUnavailable
@@ -73,11 +81,18 @@ class Dashboard:
         store: OperatorStore,
         sources: SourcesView,
         wake: Callable[[], None],
+        schema: str = "jobwire",
     ) -> None:
         self.config = config
         self.ctx = Context(store, sources, wake, Sessions(config.dashboard.session_ttl))
         self.pages = Pages(self.ctx)
         self.actions = Actions(self.ctx)
+        self.failures = Failures(self.ctx)
+        self.bulk_runs = BulkRuns()
+        self.bulk = BulkViews(self.actions, self.bulk_runs)
+        self.live = LiveHub(store)
+        self.pages.live_version = lambda: self.live.version if self.live.polling else None
+        self.rollup = Rollup(store, schema)
 
     def mount(self, app: web.Application) -> None:
         """Serve the dashboard under /ui/ of ``app``."""
@@ -87,6 +102,28 @@ class Dashboard:
 
         app.router.add_get(PREFIX, to_dashboard)
         app.add_subapp(PREFIX, self.app())
+        app.cleanup_ctx.append(self._background)
+        app.on_shutdown.append(self._end_streams)
+
+    async def _background(self, _app: web.Application) -> AsyncIterator[None]:
+        """The throughput rollup while the server runs; bulk actions stopped at the end."""
+        self.rollup.start()
+        yield
+        await self.rollup.stop()
+        await self.bulk_runs.close()
+
+    async def _end_streams(self, _app: web.Application) -> None:
+        # Open event streams would hold the graceful shutdown until its timeout.
+        await self.live.close()
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        """Server-Sent Events: ``change`` after jobs changed (polled), while signed in."""
+        session_id = request.cookies.get(SESSION_COOKIE)
+
+        def still_signed_in() -> bool:
+            return self.ctx.sessions.get(session_id) is not None
+
+        return await stream(request, self.live, session_id or "", still_signed_in, SECURITY_HEADERS)
 
     def app(self) -> web.Application:
         """The sub-application (routes relative to /ui)."""
@@ -98,6 +135,7 @@ class Dashboard:
             undefined=jinja2.StrictUndefined,
         )
         env.filters.update(FILTERS)
+        env.filters["spark"] = sparkline
         sub.add_routes(
             [
                 web.get("/", self.pages.overview),
@@ -110,6 +148,14 @@ class Dashboard:
                 web.post("/jobs/{id}/retry", self.actions.retry),
                 web.post("/jobs/{id}/cancel", self.actions.cancel),
                 web.get("/audit", self.pages.audit),
+                *SchedulePages(self.ctx).routes(),
+                *QueuePages(self.ctx).routes(),
+                web.get("/failures", self.failures.page),
+                web.post("/bulk", self.bulk.freeze),
+                web.get("/bulk/{run}", self.bulk.page),
+                web.get("/bulk/{run}/progress", self.bulk.progress),
+                web.post("/bulk/{run}/start", self.bulk.start),
+                web.get("/events", self.events),
                 web.static("/static", STATIC),
             ]
         )
@@ -132,6 +178,8 @@ class Dashboard:
         except Exception:  # a page, not a traceback; the bug goes to the log
             log.exception("dashboard_crashed", path=request.path)
             response = self._error(request, 500, "internal error; see the daemon's log")
+        if response.prepared:  # an event stream: its headers went out with it
+            return response
         response.headers.update(SECURITY_HEADERS)
         if not request.path.startswith(f"{PREFIX}/static/"):
             response.headers["Cache-Control"] = "no-store"

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from jobwire.models import Job
+from jobwire.scheduler import schedule_name
 
 COUNT_CAP = 10_000  # counts stop here and read "10,000+": no page counts the history
 SHOWN_CHARS = 65_536  # a payload or body longer than this is cut on the page
@@ -110,7 +111,7 @@ def provenance(job: Job) -> list[tuple[str, str]]:
     if job.dedup_key:
         out.append(("dedup key", job.dedup_key))
     if job.schedule_id is not None:
-        out.append(("schedule id", str(job.schedule_id)))
+        out.append(("schedule", f"{schedule_name(job)} (id {job.schedule_id})"))
     return out
 
 
