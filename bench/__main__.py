@@ -1,29 +1,42 @@
 """python -m bench: jobwire side by side with its ceilings and its peers, in one run.
 
-Every figure is the median of ``--runs`` runs on the same PostgreSQL and RabbitMQ, with
+Every figure is the median of ``--runs`` runs on the same PostgreSQL and brokers, with
 durable commits for everyone (no one turns off fsync or synchronous_commit), and every
 asyncio program (ceilings, PgQueuer, Procrastinate) on uvloop, as ``jobwire run`` is:
 
-- ceilings: a bare aio-pika consumer with batched acks; asyncpg batched inserts; jobwire's
-  store path alone (insert as running + complete, no broker, no handler);
-- jobwire: drain of a pre-filled table, AMQP drain, Kafka drain (tansu);
-- peers: PgQueuer drain (batch enqueue, then one worker, its defaults), Procrastinate drain,
-  Celery (acks_late, no result backend, prefork -c 2) draining RabbitMQ;
+- ceilings: a bare aio-pika consumer with batched acks; a bare stomp.py consumer with
+  client-individual acks (RabbitMQ's STOMP plugin); a bare aiomqtt QoS 1 consumer with
+  manual PUBACKs (a private Mosquitto with the shipped limits); asyncpg batched inserts;
+  jobwire's store path alone (insert as running + complete, no broker, no handler);
+- jobwire: drain of a pre-filled table at its defaults (concurrency 32) and at concurrency
+  256, and by two daemons; AMQP drain at its defaults (prefetch 200, concurrency 32), at
+  prefetch 1000 and concurrency 256, and by two daemons; Kafka drain (tansu); STOMP and
+  MQTT drains (prefetch 1000, concurrency 256, beside the same prefetch in the ceilings);
+  for each drain, what it wrote to PostgreSQL per job (bench/pgstats.py);
+- peers, each swept over the setting its docs name for throughput and reported at its
+  best (with the setting) and its default: PgQueuer (batch size 10/100/500), Procrastinate
+  (worker concurrency 1/10/50), Celery (acks_late, no result backend, prefork -c 2/4 x
+  prefetch multiplier 4/32) draining RabbitMQ. A peer that is not installed is skipped
+  with a line saying so (they come with ``pip install -e '.[bench]'``);
 - jobwire publish -> handler-start latency at a steady 1,000 msg/s (AMQP; and SQL inserts
   with LISTEN/NOTIFY and with polling only), and a bare aio-pika consumer's publish ->
   callback at the same rate, the floor under the AMQP figure;
 - peak RSS of the jobwire process with 10,000 jobs in flight (``--latency-only``: just
   these last two).
 
-Prints one table, writes JSON and a PNG bar chart under bench/results/ (not committed).
+Prints one table with its ratios (best against best, defaults against defaults), writes
+JSON and a PNG bar chart under bench/results/ (not committed).
 
     .venv/bin/python -m bench --jobs 20000 --runs 3
+    .venv/bin/python -m bench --jobs 5000 --runs 1 --only STOMP MQTT stomp aiomqtt
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import importlib.util
 import json
 import os
 import statistics
@@ -41,23 +54,22 @@ import asyncpg
 import psutil
 from tests.support.kafka import TansuBroker
 
-from bench import amqp_drain, kafka_drain
+from bench import amqp_drain, kafka_drain, report, scaleout, stomp_mqtt
 from bench.common import (
     AMQP,
     REPO,
+    Drain,
     JobsWatch,
     daemon,
-    fetchval,
+    drain_source,
     fresh_database,
     run,
     until,
 )
+from bench.report import Measured
 from jobwire.models import JobSpec, JobStatus, Outcome
 from jobwire.store.base import DirectStart
 from jobwire.store.postgres import PostgresStore, migrate
-
-RESULTS = REPO / "bench" / "results"
-
 
 # -- ceilings ------------------------------------------------------------------------
 
@@ -131,39 +143,78 @@ async def ceiling_store(n: int) -> float:
 # -- jobwire -------------------------------------------------------------------------
 
 
-async def jobwire_drain(n: int) -> float:
-    async with fresh_database() as url:
-        await migrate(url, "jobwire")
-        store = await PostgresStore.connect(url, min_size=1, max_size=2)
-        for start in range(0, n, 5000):
-            await store.enqueue_many([JobSpec("noop") for _ in range(min(5000, n - start))])
-        await store.close()
-        with daemon({"database": {"url": url}, "workers": {"concurrency": 256}}) as proc:
-            async with JobsWatch.open(url) as watch:
-                await until(watch.none_left, 600, proc)
-        span = await fetchval(
-            url, "SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM jobwire.jobs"
-        )
-    return n / float(span)
+async def jobwire_drain(n: int) -> Measured:
+    result = await scaleout.table_drain(n, concurrency=256)
+    return Measured(result.rate, result.writes, steady=result.steady_rate)
 
 
-async def jobwire_amqp(n: int) -> float:
-    return (await amqp_drain.drain(AMQP, n, prefetch=1000, concurrency=256)).rate
+async def jobwire_drain_defaults(n: int) -> Measured:
+    result = await scaleout.table_drain(n, concurrency=None)
+    return Measured(result.rate, result.writes, steady=result.steady_rate)
 
 
-async def jobwire_kafka(n: int) -> float:
+async def jobwire_drain_two(n: int) -> Measured:
+    result = await scaleout.table_drain(n, concurrency=256, daemons=2)
+    return Measured(result.rate, result.writes, steady=result.steady_rate)
+
+
+async def jobwire_amqp(n: int) -> Measured:
+    return _drained(await amqp_drain.drain(AMQP, n, prefetch=1000, concurrency=256))
+
+
+async def jobwire_amqp_defaults(n: int) -> Measured:
+    queue = f"jw-bench-{uuid.uuid4().hex[:8]}"
+    await amqp_drain.preload(AMQP, queue, n)
+    try:
+        return _drained(await drain_source({"type": "amqp", "url": AMQP, "queue": queue}, n, None))
+    finally:
+        await amqp_drain.delete_queue(AMQP, queue)
+
+
+async def jobwire_amqp_two(n: int) -> Measured:
+    return _drained(await scaleout.amqp_drain_by(n, daemons=2))
+
+
+async def jobwire_kafka(n: int) -> Measured:
     with tempfile.TemporaryDirectory() as tmp:
         broker = TansuBroker(Path(tmp) / "tansu.log").start()
         try:
-            return (await kafka_drain.drain(broker.bootstrap, n, 256, 1000)).rate
+            return _drained(await kafka_drain.drain(broker.bootstrap, n, 256, 1000))
         finally:
             broker.stop()
 
 
+async def jobwire_stomp(n: int) -> Measured:
+    return _drained(await stomp_mqtt.stomp_drain(n, prefetch=1000, concurrency=256))
+
+
+async def jobwire_mqtt(n: int) -> Measured:
+    return _drained(await stomp_mqtt.mqtt_drain(n, prefetch=1000, concurrency=256))
+
+
+def _drained(drain: Drain) -> Measured:
+    pool = drain.pool
+    path = (
+        f"{pool['direct']} handed over by the intake, {pool['claimed']} claimed"
+        if "direct" in pool and "claimed" in pool
+        else ""
+    )
+    return Measured(drain.rate, drain.writes, steady=drain.steady_rate, path=path)
+
+
 # -- peers ---------------------------------------------------------------------------
+# Each peer at the setting its docs name for throughput, swept; the report shows the best
+# with its setting, and the peer's default beside it.
 
 
-async def _peer(which: str, n: int) -> float:
+def _missing(module: str, peer: str) -> bool:
+    if importlib.util.find_spec(module) is not None:
+        return False
+    print(f"  skipped: {peer} is not installed (pip install -e '.[bench]')", flush=True)
+    return True
+
+
+async def _peer(which: str, n: int, setting: int) -> float:
     async with fresh_database(f"jwpeer_{which}") as url:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -172,6 +223,7 @@ async def _peer(which: str, n: int) -> float:
             which,
             url,
             str(n),
+            str(setting),
             cwd=REPO,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
@@ -182,20 +234,51 @@ async def _peer(which: str, n: int) -> float:
         return n / float(out.decode().strip().splitlines()[-1])
 
 
-async def pgqueuer(n: int) -> float:
-    return await _peer("pgqueuer", n)
+async def _sweep(settings: dict[str, Callable[[], Awaitable[float]]], default: str) -> Measured:
+    variants = {name: await measure() for name, measure in settings.items()}
+    best = max(variants, key=lambda name: variants[name])
+    return Measured(variants[best], settings=best, variants=variants, default=default)
 
 
-async def procrastinate(n: int) -> float:
-    # About 300 jobs/s: a tenth of the jobs is enough for a stable rate.
-    return await _peer("procrastinate", max(500, n // 10))
+async def pgqueuer(n: int) -> Measured | None:
+    if _missing("pgqueuer", "PgQueuer"):
+        return None
+    sizes = (10, 100, 500)  # its default, 10, first
+    return await _sweep(
+        {f"batch {b}": functools.partial(_peer, "pgqueuer", n, b) for b in sizes}, "batch 10"
+    )
 
 
-async def celery(n: int) -> float:
+async def procrastinate(n: int) -> Measured | None:
+    if _missing("procrastinate", "Procrastinate"):
+        return None
+    # A few hundred jobs/s: a tenth of the jobs is enough for a stable rate.
+    count = max(500, n // 10)
+    return await _sweep(
+        {
+            f"concurrency {c}": functools.partial(_peer, "procrastinate", count, c)
+            for c in (1, 10, 50)
+        },
+        "concurrency 1",
+    )
+
+
+async def celery(n: int) -> Measured | None:
+    if _missing("celery", "Celery"):
+        return None
+    grid = [(c, m) for c in (2, 4) for m in (4, 32)]  # default: -c cores (2), multiplier 4
+    return await _sweep(
+        {f"-c {c}, prefetch x{m}": functools.partial(_celery, n, c, m) for c, m in grid},
+        "-c 2, prefetch x4",
+    )
+
+
+async def _celery(n: int, concurrency: int, prefetch_multiplier: int) -> float:
     queue = f"jw-bench-celery-{uuid.uuid4().hex[:8]}"
     env = {
         **os.environ,
         "BENCH_CELERY_QUEUE": queue,
+        "BENCH_CELERY_PREFETCH": str(prefetch_multiplier),
         "BENCH_AMQP": "amqp://guest:guest@127.0.0.1//",
     }
     publish = (
@@ -208,7 +291,7 @@ async def celery(n: int) -> float:
     worker = subprocess.Popen(
         [
             *(sys.executable, "-m", "celery", "-A", "bench.peers:app", "worker"),
-            *("-c", "2", "-P", "prefork", "-Q", queue, "--loglevel", "warning"),
+            *("-c", str(concurrency), "-P", "prefork", "-Q", queue, "--loglevel", "warning"),
             *("--without-heartbeat", "--without-gossip", "--without-mingle"),
         ],
         cwd=REPO,
@@ -219,19 +302,18 @@ async def celery(n: int) -> float:
     connection = await aio_pika.connect(AMQP)
     try:
         channel = await connection.channel()
-        t0 = time.perf_counter()
 
         async def drained() -> bool:
             declared = await channel.declare_queue(queue, passive=True)
-            # Ready messages only: at the end at most prefetch x 2 processes (8) are
+            # Ready messages only: at the end at most prefetch x processes are
             # unacknowledged, a rounding error at these counts.
             return (declared.declaration_result.message_count or 0) == 0
 
         # The first poll would see a full queue: start timing when the worker consumes.
-        await until(lambda: _consumed(channel, queue, n), 120, None)
+        await until(lambda: _consumed(channel, queue, n), 120)
         t0 = time.perf_counter()
         start_count = await _ready(channel, queue)
-        await until(drained, 1800, None)
+        await until(drained, 1800)
         elapsed = time.perf_counter() - t0
         await channel.queue_delete(queue)
     finally:
@@ -403,18 +485,26 @@ async def peak_rss(in_flight: int = 10_000) -> float:
 
 # -- the run -------------------------------------------------------------------------
 
-Scenario = Callable[[int], Awaitable[float]]
+Scenario = Callable[[int], Awaitable["float | Measured | None"]]
 SCENARIOS: dict[str, Scenario] = {
     "ceiling: aio-pika consume, batched acks": ceiling_amqp,
     "jobwire: AMQP adapter alone, no store": amqp_adapter_alone,
+    "ceiling: stomp.py consume, client-individual acks": stomp_mqtt.stomp_ceiling,
+    "ceiling: aiomqtt QoS 1, manual acks": stomp_mqtt.mqtt_ceiling,
     "ceiling: asyncpg batched insert": ceiling_insert,
     "ceiling: jobwire store path, no broker": ceiling_store,
-    "jobwire: drain a filled table": jobwire_drain,
-    "jobwire: AMQP drain": jobwire_amqp,
+    report.TABLE_DEFAULTS: jobwire_drain_defaults,
+    report.TABLE: jobwire_drain,
+    report.TABLE_TWO: jobwire_drain_two,
+    report.AMQP_DEFAULTS: jobwire_amqp_defaults,
+    report.AMQP: jobwire_amqp,
+    report.AMQP_TWO: jobwire_amqp_two,
     "jobwire: Kafka drain (tansu)": jobwire_kafka,
-    "PgQueuer: drain a filled table": pgqueuer,
-    "Procrastinate: drain a filled table": procrastinate,
-    "Celery: AMQP drain (prefork -c 2, acks_late)": celery,
+    "jobwire: STOMP drain": jobwire_stomp,
+    "jobwire: MQTT drain": jobwire_mqtt,
+    report.PGQUEUER: pgqueuer,
+    report.PROCRASTINATE: procrastinate,
+    report.CELERY: celery,
 }
 
 
@@ -429,90 +519,39 @@ async def main() -> None:
     chosen = {k: v for k, v in SCENARIOS.items() if not args.only or any(o in k for o in args.only)}
     if args.latency_only:
         chosen = {}
-    rates: dict[str, list[float]] = {name: [] for name in chosen}
+    runs: dict[str, list[Measured]] = {name: [] for name in chosen}
+    skipped: set[str] = set()
     # Round by round, not scenario by scenario: the machine drifts (the same drain measured
     # 3,600 jobs/s in one minute and 5,500 in the next), and a ratio is only fair when both
     # of its figures saw the same drift.
     for round_number in range(args.runs):
         for name, scenario in chosen.items():
-            rate = await scenario(args.jobs)
-            rates[name].append(rate)
-            print(f"  {name}: run {round_number + 1}: {rate:,.0f}/s", flush=True)
-    medians = {name: statistics.median(values) for name, values in rates.items()}
+            if name in skipped:
+                continue
+            result = await scenario(args.jobs)
+            if result is None:  # a peer that is not installed: said so already
+                skipped.add(name)
+                continue
+            measured = result if isinstance(result, Measured) else Measured(result)
+            runs[name].append(measured)
+            best = f" (best: {measured.settings})" if measured.settings else ""
+            print(f"  {name}: run {round_number + 1}: {measured.rate:,.0f}/s{best}", flush=True)
+    medians = {name: report.median(values) for name, values in runs.items() if values}
     extra: dict[str, Any] = {}
     if not args.skip_latency and not args.only:
         for mode in ("amqp", "sql-notify", "sql-polling"):
-            runs = [await latency(mode=mode) for _ in range(args.runs)]
+            lat = [await latency(mode=mode) for _ in range(args.runs)]
             extra[f"latency {mode}"] = {
-                k: statistics.median(r[k] for r in runs) for k in ("p50_ms", "p99_ms")
+                k: statistics.median(r[k] for r in lat) for k in ("p50_ms", "p99_ms")
             }
-        runs = [await latency_bare() for _ in range(args.runs)]
+        lat = [await latency_bare() for _ in range(args.runs)]
         extra["latency amqp, bare aio-pika consumer (floor)"] = {
-            k: statistics.median(r[k] for r in runs) for k in ("p50_ms", "p99_ms")
+            k: statistics.median(r[k] for r in lat) for k in ("p50_ms", "p99_ms")
         }
         extra["peak RSS MB, 10,000 jobs in flight"] = statistics.median(
             [await peak_rss() for _ in range(args.runs)]
         )
-    _report(medians, rates, extra, args)
-
-
-def _report(
-    medians: dict[str, float],
-    rates: dict[str, list[float]],
-    extra: dict[str, Any],
-    args: argparse.Namespace,
-) -> None:
-    drain = medians.get("jobwire: drain a filled table")
-    amqp = medians.get("jobwire: AMQP drain")
-    print()
-    print(f"{'scenario':48} {'jobs/s':>10}  {'x jobwire':>10}")
-    for name, value in medians.items():
-        base = amqp if ("AMQP" in name or "aio-pika" in name) else drain
-        ratio = f"{value / base:.2f}" if base else ""
-        print(f"{name:48} {value:>10,.0f}  {ratio:>10}")
-    ceiling = medians.get("ceiling: aio-pika consume, batched acks")
-    if amqp and ceiling:
-        print(f"jobwire AMQP drain / aio-pika ceiling: {amqp / ceiling:.0%}")
-    for name, value in extra.items():
-        print(f"{name}: {value}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    data = {
-        "jobs": args.jobs,
-        "runs": args.runs,
-        "cpus": os.cpu_count(),
-        "medians": medians,
-        "all_runs": rates,
-        "extra": extra,
-    }
-    (RESULTS / f"{stamp}.json").write_text(json.dumps(data, indent=2))
-    if _chart(medians, RESULTS / f"{stamp}.png"):
-        print(f"written: bench/results/{stamp}.json, .png")
-    else:
-        print(f"written: bench/results/{stamp}.json (no chart: pip install -e '.[bench]')")
-
-
-def _chart(medians: dict[str, float], path: Path) -> bool:
-    try:
-        import matplotlib
-    except ImportError:  # the chart is a nicety; the figures are printed and saved already
-        return False
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(medians)
-    fig, ax = plt.subplots(figsize=(10, 0.5 * len(names) + 1.5))
-    colors = ["tab:blue" if n.startswith("jobwire") else "tab:gray" for n in names]
-    ax.barh(names, [medians[n] for n in names], color=colors)
-    ax.invert_yaxis()
-    ax.set_xlabel("jobs (or messages) per second, median")
-    ax.set_title("jobwire side by side (same machine, same PostgreSQL and RabbitMQ)")
-    for i, n in enumerate(names):
-        ax.text(medians[n], i, f" {medians[n]:,.0f}", va="center")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return True
+    report.report(medians, runs, extra, args.jobs)
 
 
 if __name__ == "__main__":

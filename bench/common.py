@@ -22,6 +22,7 @@ import psutil
 import uvloop
 import yaml
 
+from bench import pgstats
 from jobwire.store.postgres import migrate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,13 +90,15 @@ def daemon(
 async def until(
     probe: Callable[[], Awaitable[bool]],
     timeout: float,
-    proc: subprocess.Popen[bytes] | None = None,
+    *procs: subprocess.Popen[bytes] | None,
 ) -> None:
-    """Poll ``probe`` every 50 ms until true; fail after ``timeout`` or if ``proc`` exits."""
+    """Poll ``probe`` every 50 ms until true; fail after ``timeout`` or if a process of
+    ``procs`` exits."""
     deadline = time.monotonic() + timeout
     while not await probe():
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited early with {proc.returncode}")
+        for proc in procs:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"process exited early with {proc.returncode}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"not done within {timeout}s")
         await asyncio.sleep(0.05)
@@ -122,6 +125,11 @@ class JobsWatch:
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
+        self.polls = 0  # statements sent, each its own transaction: off the write counts
+
+    async def _value(self, sql: str) -> Any:
+        self.polls += 1
+        return await self.conn.fetchval(sql)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -135,11 +143,11 @@ class JobsWatch:
 
     async def any_rows(self) -> bool:
         """Whether a job row exists."""
-        return bool(await self.conn.fetchval("SELECT EXISTS (SELECT 1 FROM jobwire.jobs)"))
+        return bool(await self._value("SELECT EXISTS (SELECT 1 FROM jobwire.jobs)"))
 
     async def none_left(self) -> bool:
         """Whether no job is pending, retrying or running (each through its partial index)."""
-        return not await self.conn.fetchval(
+        return not await self._value(
             "SELECT EXISTS (SELECT 1 FROM jobwire.jobs WHERE status IN ('pending', 'retrying'))"
             " OR EXISTS (SELECT 1 FROM jobwire.jobs WHERE status = 'running')"
         )
@@ -147,15 +155,13 @@ class JobsWatch:
     async def succeeded_at_least(self, n: int) -> bool:
         """Whether n jobs have succeeded."""
         # Rows never outnumber the ids handed out, so below n there is nothing to count.
-        issued = await self.conn.fetchval(
+        issued = await self._value(
             "SELECT coalesce(pg_sequence_last_value("
             "pg_get_serial_sequence('jobwire.jobs', 'id')::regclass), 0)"
         )
         if issued < n or not await self.none_left():
             return False
-        done = await self.conn.fetchval(
-            "SELECT count(*) FROM jobwire.jobs WHERE status = 'succeeded'"
-        )
+        done = await self._value("SELECT count(*) FROM jobwire.jobs WHERE status = 'succeeded'")
         return int(done) >= n
 
 
@@ -211,6 +217,10 @@ class Drain:
     # backend and its helpers), the broker, this bench process, and the rest (the kernel's
     # interrupts, other programs).
     cpu_us_by_part: dict[str, float] = field(default_factory=dict)
+    # What the drain wrote to PostgreSQL per job (None where not taken).
+    writes: pgstats.WritesPerJob | None = None
+    # Jobs per second from the moment every daemon had started a job (see steady_rate).
+    steady_rate: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -239,6 +249,8 @@ class Drain:
                 + ", ".join(f"{part} {us:.1f} us" for part, us in self.cpu_us_by_part.items())
             )
         print(f"distinct dedup keys: {self.distinct_keys}; jobs run more than once: {self.reruns}")
+        if self.writes is not None:
+            print(f"writes per job: {self.writes.line()}")
         print("per second, stored/finished: " + " ".join(f"{i}/{f}" for i, f in self.timeline))
         if self.pool:
             p = self.pool
@@ -249,48 +261,60 @@ class Drain:
 
 
 async def drain_source(
-    source: dict[str, Any], n: int, concurrency: int = 256, profile: str | None = None
+    source: dict[str, Any],
+    n: int,
+    concurrency: int | None = 256,
+    profile: str | None = None,
+    daemons: int = 1,
 ) -> Drain:
     """Run the daemon on a fresh database with this one source until n jobs succeeded.
 
-    ``profile``: py-spy the daemon for 10 s, raw stacks to this file.
+    ``concurrency``: None leaves the daemon's default. ``daemons``: that many ``jobwire
+    run`` processes on the one database and source (CPU figures are their sum).
+    ``profile``: py-spy the (first) daemon for 10 s, raw stacks to this file.
     """
     async with fresh_database() as url:
         await migrate(url, "jobwire")
+        workers: dict[str, Any] = {} if concurrency is None else {"concurrency": concurrency}
         config = {
             "database": {"url": url},
-            "workers": {"concurrency": concurrency},
+            "workers": workers,
             "sources": [{"name": "bench", "route": {"handler": "noop"}, **source}],
         }
-        with tempfile.TemporaryDirectory() as tmp:
-            log_path = Path(tmp) / "daemon.log"
-            with daemon(config, log_path) as proc:
+        async with pgstats.Counting.open(url) as counting:
+            with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+                logs = [Path(tmp) / f"daemon{i}.log" for i in range(daemons)]
+                procs = [stack.enter_context(daemon(config, log)) for log in logs]
                 spy = None
                 if profile:
                     spy = subprocess.Popen(
                         [
-                            *(_py_spy(), "record", "--pid", str(proc.pid), "--duration", "10"),
+                            *(_py_spy(), "record", "--pid", str(procs[0].pid), "--duration", "10"),
                             *("--rate", "200", "--format", "raw", "-o", profile),
                         ],
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
                     )
-                cpu = psutil.Process(proc.pid)
+                cpus = [psutil.Process(proc.pid) for proc in procs]
                 async with JobsWatch.open(url) as watch:
-                    await until(watch.any_rows, 120, proc)
-                    cpu_start, machine_start = _cpu_seconds(cpu), _machine_busy_seconds()
-                    parts_start = _cpu_seconds_by_part(proc.pid)
-                    await until(lambda: watch.succeeded_at_least(n), 900, proc)
-                    cpu_used = _cpu_seconds(cpu) - cpu_start
+                    await until(watch.any_rows, 120, *procs)
+                    cpu_start, machine_start = _cpu_seconds(*cpus), _machine_busy_seconds()
+                    parts_start = _cpu_seconds_by_part(procs)
+                    await until(lambda: watch.succeeded_at_least(n), 900, *procs)
+                    cpu_used = _cpu_seconds(*cpus) - cpu_start
                     machine_used = _machine_busy_seconds() - machine_start
-                    parts_end = _cpu_seconds_by_part(proc.pid)
+                    parts_end = _cpu_seconds_by_part(procs)
+                    polls = watch.polls
                 if spy is not None:
                     spy.wait(60)
-            stopped = [
-                json.loads(line)
-                for line in log_path.read_text().splitlines()
-                if '"pool_stopped"' in line
-            ]
+                stack.close()  # the daemons stop and write their pool_stopped lines
+                stopped = [
+                    json.loads(line)
+                    for log in logs
+                    for line in log.read_text().splitlines()
+                    if '"pool_stopped"' in line
+                ]
+            writes = await counting.per_job(n, polls)
         conn = await asyncpg.connect(url)
         try:
             row = await conn.fetchrow(
@@ -308,6 +332,7 @@ async def drain_source(
                 " SELECT floor(extract(epoch FROM finished_at - t0))::int, 0, 1 FROM t)"
                 " SELECT sec, sum(i)::int AS i, sum(f)::int AS f FROM s GROUP BY sec ORDER BY sec"
             )
+            steady = await steady_rate(conn)
         finally:
             await conn.close()
     return Drain(
@@ -316,12 +341,41 @@ async def drain_source(
         float(row["intake"]),
         float(row["total"]),
         row["reruns"],
-        stopped[-1] if stopped else {},
+        _summed(stopped),
         [(r["i"], r["f"]) for r in seconds],
         cpu_used * 1e6 / row["n"],
         machine_used * 1e6 / row["n"],
         _parts_per_job(parts_start, parts_end, machine_used, row["n"]),
+        writes,
+        steady,
     )
+
+
+async def steady_rate(conn: asyncpg.Connection) -> float:
+    """Jobs finished per second from the moment every daemon (worker id) had started its
+    first job to the last finish: daemons started together still come up a fraction of a
+    second apart, which in a short drain the first one would otherwise count as its own."""
+    row = await conn.fetchrow(
+        "WITH t AS (SELECT max(first) AS t_all FROM"
+        " (SELECT min(started_at) AS first FROM jobwire.job_runs GROUP BY worker_id) AS f)"
+        " SELECT count(*) FILTER (WHERE r.finished_at >= t.t_all) AS done,"
+        " extract(epoch FROM max(r.finished_at) - t.t_all) AS span"
+        " FROM jobwire.job_runs AS r, t GROUP BY t.t_all"
+    )
+    span = float(row["span"] or 0.0)
+    return int(row["done"]) / span if span > 0 else 0.0
+
+
+def _summed(stopped: list[dict[str, Any]]) -> dict[str, Any]:
+    """The pool counters of every daemon, added up (one daemon: its own line)."""
+    total: dict[str, Any] = {}
+    for line in stopped:
+        for key, value in line.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                total[key] = total.get(key, 0) + value
+            else:
+                total.setdefault(key, value)
+    return total
 
 
 def _py_spy() -> str:
@@ -345,16 +399,21 @@ _PARTS = {
 }
 
 
-def _cpu_seconds_by_part(daemon_pid: int) -> dict[int, tuple[str, float]]:
+def _cpu_seconds_by_part(daemons: list[subprocess.Popen[bytes]]) -> dict[int, tuple[str, float]]:
     """CPU seconds so far of every process that belongs to a part, by pid."""
     own = os.getpid()
+    daemon_pids = {proc.pid for proc in daemons}
     seen: dict[int, tuple[str, float]] = {}
     for process in psutil.process_iter(["name", "cpu_times"]):
         pid, name, times = process.pid, process.info["name"], process.info["cpu_times"]
         if times is None:
             continue
         part = (
-            "daemon" if pid == daemon_pid else "bench" if pid == own else _PARTS.get(name or "", "")
+            "daemon"
+            if pid in daemon_pids
+            else "bench"
+            if pid == own
+            else _PARTS.get(name or "", "")
         )
         if part:
             seen[pid] = (part, float(times.user + times.system))
@@ -377,6 +436,5 @@ def _parts_per_job(
     return {part: seconds * 1e6 / jobs for part, seconds in used.items()}
 
 
-def _cpu_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
+def _cpu_seconds(*processes: psutil.Process) -> float:
+    return sum(float(t.user + t.system) for t in (p.cpu_times() for p in processes))

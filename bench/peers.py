@@ -1,8 +1,11 @@
 """Peer job systems, each draining N no-op jobs in a worker process of its own.
 
-``python -m bench.peers pgqueuer|procrastinate DSN N`` fills a fresh database with N jobs,
-then drains them and prints the seconds the drain took (the fill is not timed). Celery's
-worker is the celery CLI, started by the scenario; its task module is this one.
+``python -m bench.peers pgqueuer|procrastinate DSN N SETTING`` fills a fresh database with N
+jobs, then drains them and prints the seconds the drain took (the fill is not timed).
+SETTING is the knob each peer's docs name for throughput: PgQueuer's batch size,
+Procrastinate's worker concurrency. Celery's worker is the celery CLI, started by the
+scenario with its concurrency; its task module is this one, and its prefetch multiplier
+comes from ``BENCH_CELERY_PREFETCH``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import asyncpg
 from bench.common import run
 
 
-async def pgqueuer_drain(dsn: str, n: int) -> float:
+async def pgqueuer_drain(dsn: str, n: int, batch_size: int = 10) -> float:
     from pgqueuer import QueueManager
     from pgqueuer.db import AsyncpgDriver
     from pgqueuer.queries import Queries
@@ -37,14 +40,14 @@ async def pgqueuer_drain(dsn: str, n: int) -> float:
         return None
 
     t0 = time.perf_counter()
-    # Its own benchmark's defaults: batches of 10, drain mode exits when the queue is empty.
-    await qm.run(batch_size=10, mode=QueueExecutionMode.drain)
+    # Its default batch is 10; drain mode exits when the queue is empty.
+    await qm.run(batch_size=batch_size, mode=QueueExecutionMode.drain)
     elapsed = time.perf_counter() - t0
     await conn.close()
     return elapsed
 
 
-async def procrastinate_drain(dsn: str, n: int) -> float:
+async def procrastinate_drain(dsn: str, n: int, concurrency: int = 10) -> float:
     import procrastinate
 
     app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=dsn))
@@ -58,7 +61,9 @@ async def procrastinate_drain(dsn: str, n: int) -> float:
         for start in range(0, n, 1000):
             await noop.batch_defer_async(*({} for _ in range(min(1000, n - start))))
         t0 = time.perf_counter()
-        await app.run_worker_async(wait=False, concurrency=10, install_signal_handlers=False)
+        await app.run_worker_async(
+            wait=False, concurrency=concurrency, install_signal_handlers=False
+        )
         return time.perf_counter() - t0
 
 
@@ -74,7 +79,7 @@ def celery_app() -> object:
         task_ignore_result=True,
         result_backend=None,
         task_default_queue=os.environ.get("BENCH_CELERY_QUEUE", "celery"),
-        worker_prefetch_multiplier=4,
+        worker_prefetch_multiplier=int(os.environ.get("BENCH_CELERY_PREFETCH", "4")),
         broker_connection_retry_on_startup=True,
     )
 
@@ -89,6 +94,6 @@ app = celery_app() if os.environ.get("BENCH_CELERY_QUEUE") else None
 
 
 if __name__ == "__main__":
-    which, dsn, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    which, dsn, count, setting = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     runner = {"pgqueuer": pgqueuer_drain, "procrastinate": procrastinate_drain}[which]
-    print(f"{run(runner(dsn, count)):.6f}")
+    print(f"{run(runner(dsn, count, setting)):.6f}")
