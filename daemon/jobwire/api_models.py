@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -22,7 +22,9 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
+    field_validator,
 )
 
 from jobwire.durations import parse_duration
@@ -60,6 +62,8 @@ PARAMETER_SCHEMAS: dict[str, dict[str, Any]] = {
         "default": DEFAULT_LIST,
     },
     "before_id": {"anyOf": [_ID_SCHEMA, _EMPTY]},
+    # A schedule's name, as jobwire.schedule_admin checks it.
+    "name": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[A-Za-z0-9_.:-]+$"},
 }
 # ``delay`` as _delay_seconds takes it: a number of seconds, or a duration such as 5m.
 _DELAY_SCHEMA: dict[str, Any] = {
@@ -70,6 +74,20 @@ _DELAY_SCHEMA: dict[str, Any] = {
     "default": 0,
     "description": "Seconds before the job may run: a number, or a duration such as 5m.",
 }
+
+
+# ``timeout`` as _timeout_seconds takes it: more than 0 seconds, a number or a duration.
+_TIMEOUT_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_DELAY_SECONDS},
+        {"type": "string", "description": "a duration: 500ms, 30s, 5m, 1h"},
+        {"type": "null"},
+    ],
+    "default": None,
+    "description": "How long one attempt may run (wins over the queue's timeout); null: the "
+    "queue's.",
+}
+UNIQUE_MODES = ("forever", "active")
 
 
 class BadInput(ValueError):
@@ -262,6 +280,16 @@ def _delay_seconds(value: object) -> float:
     return seconds
 
 
+def _timeout_seconds(value: object) -> float | None:
+    """``timeout``: None (the queue's), or more than 0 seconds as ``delay`` takes them."""
+    if value is None:
+        return None
+    seconds = _delay_seconds(value)
+    if not seconds > 0:
+        raise ValueError("give more than 0 seconds, or null for the queue's timeout")
+    return seconds
+
+
 class EnqueueRequest(BaseModel):
     """The body of ``POST /api/v1/jobs``: JSON types only, nothing coerced, no unknown keys."""
 
@@ -275,6 +303,24 @@ class EnqueueRequest(BaseModel):
     max_attempts: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = None
     dedup_key: Annotated[str, Field(min_length=1, max_length=MAX_DEDUP_KEY_CHARS)] | None = None
     headers: dict[str, str] = Field(default_factory=dict)
+    timeout: Annotated[
+        float | None, BeforeValidator(_timeout_seconds), WithJsonSchema(_TIMEOUT_SCHEMA)
+    ] = None
+    concurrency_key: Annotated[str, Field(min_length=1, max_length=MAX_DEDUP_KEY_CHARS)] | None = (
+        None
+    )
+    unique: Annotated[
+        Literal["forever", "active"],
+        Field(description="How long dedup_key stays taken: forever, or while the job is active"),
+    ] = "forever"
+
+    @field_validator("unique")
+    @classmethod
+    def _unique_needs_key(cls, value: str, info: ValidationInfo) -> str:
+        # Fields are checked in order: dedup_key already is (absent from data if invalid).
+        if value == "active" and info.data.get("dedup_key") is None:
+            raise ValueError("active needs a dedup_key (the key it lets go)")
+        return value
 
     def spec(self, source: str = "http") -> JobSpec:
         """The job to insert, marked as coming from ``source`` (http, cli, api)."""
@@ -288,6 +334,9 @@ class EnqueueRequest(BaseModel):
             dedup_key=self.dedup_key,
             headers=dict(self.headers),
             source=source,
+            timeout=self.timeout,
+            concurrency_key=self.concurrency_key,
+            unique=self.unique,
         )
 
 

@@ -17,13 +17,17 @@ import structlog
 from jobwire import __version__
 from jobwire.adapters import build_adapter
 from jobwire.adapters.base import Adapter
+from jobwire.adapters.http.adapter import HttpAdapter, JobLookup
+from jobwire.adapters.registry import build_publisher
 from jobwire.backoff import Backoff
+from jobwire.builtins.service import BuiltinHandlers
 from jobwire.config import Config, SourceBase
 from jobwire.flow import BacklogGate
 from jobwire.handlers import HandlerRegistry
 from jobwire.intake import Intake
 from jobwire.maintenance import Maintenance
 from jobwire.metrics import Metrics
+from jobwire.outbox import OutboxRelay, build_relays
 from jobwire.redaction import mask_url, redact_data, remember, secret_values
 from jobwire.routing import Router
 from jobwire.scheduler import Scheduler
@@ -292,6 +296,21 @@ def build_sources(
     return sources
 
 
+def mount_webhooks(sources: Sequence[Source], http: HttpApi | None, lookup: JobLookup) -> None:
+    """Serve each webhook source (type: http) on the daemon's HTTP server, with the router
+    its intake uses and a read-back of the stored job's id."""
+    for source in sources:
+        if not isinstance(source.adapter, HttpAdapter):
+            continue
+        if http is None:
+            # check-config says so first (jobwire.adapters.http.config); this is the net.
+            raise ListenError(
+                "http.enabled", "false", f"source {source.cfg.name} (type http) needs it on"
+            )
+        source.adapter.attach(source.intake.router, lookup)
+        http.webhooks[source.adapter.path] = source.adapter.handle
+
+
 def ready_line(config: Config, http_port: int | None = None) -> str:
     """The one line ``jobwire run`` prints on a terminal once ready: where the database is,
     what it consumes, where its HTTP server is (the URL's password masked).
@@ -343,6 +362,7 @@ class Daemon:
         self.pool: WorkerPool | None = None
         self.sources: list[Source] = []
         self.metrics: Metrics | None = None
+        self.relays: list[OutboxRelay] = []
         self.http: HttpApi | None = None
         # Log lines, /readyz and the workers table mask these wherever they appear.
         remember(secret_values(config))
@@ -396,7 +416,11 @@ class Daemon:
             config,
             on_outcome=self.metrics.observe,
             on_start=self.metrics.observe_start,
-            extra_state=lambda: {"sources": self.describe_sources()},
+            extra_state=lambda: {
+                "sources": self.describe_sources(),
+                # A broker client's error may quote its URL, password and all.
+                "outputs": redact_data({r.output: r.describe() for r in self.relays}),
+            },
         )
         services: list[Service] = []
         if config.http.enabled:
@@ -408,9 +432,23 @@ class Daemon:
                 self.pool.wake,
                 frozenset(s.name for s in config.sources if s.required),
                 allowed_handlers=frozenset(self.registry.names()),
+                schema=config.database.db_schema,
             )
             # First: a taken port fails before anything runs.
             services.append(HttpService(self.http, config.http.listen))
+        if self.registry.builtin_kinds:
+            # Before the pool: a built-in must be open before the first job can reach it.
+            builtins = BuiltinHandlers(
+                config.builtins, store, set(self.registry.builtin_kinds.values())
+            )
+            self.registry.bind_builtins(builtins.handler)
+            services.append(builtins)
+        # Before the pool, so stopped after it: outcomes written at the end are still sent.
+        self.relays = build_relays(config, store, build_publisher)
+        services.extend(self.relays)
+        self.registry.outputs = frozenset(config.outputs)
+        self.metrics.outputs = tuple(sorted(config.outputs))
+        self.metrics.outbox_pending = store.outbox_pending if config.outputs else None
         services.append(self.pool)
         gate = None
         high = config.workers.max_backlog
@@ -430,13 +468,13 @@ class Daemon:
             self.pool,
             on_stored=gate.note_stored if gate is not None else None,
         )
-        # An instance without schedules of its own still fires those other instances wrote
-        # to the table, as it did when the scheduler also ran the purge (retention on).
-        if config.schedules or config.retention.enabled:
-            scheduler = Scheduler(store, config, self.pool.wake, schema=config.database.db_schema)
-            # Without schedules: leaves the table as other instances set it.
-            sync = scheduler.sync if config.schedules else None
-            services.append(LoopService("scheduler", scheduler.run, prepare=sync))
+        mount_webhooks(self.sources, self.http, store)
+        # Every instance may lead the scheduler: schedules added at run time (CLI, API) and
+        # other instances' config schedules fire even where this config names none.
+        scheduler = Scheduler(store, config, self.pool.wake, schema=config.database.db_schema)
+        # Without schedules: leaves the table as other instances set it.
+        sync = scheduler.sync if config.schedules else None
+        services.append(LoopService("scheduler", scheduler.run, prepare=sync))
         if config.retention.enabled:
             services.append(Maintenance(store, config.retention, schema=config.database.db_schema))
         services.append(Sources(self.sources))

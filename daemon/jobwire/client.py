@@ -21,7 +21,7 @@ from jobwire.store import AdminStore
 from jobwire.store import connect as connect_store
 from jobwire.store.base import InvalidJobData
 from jobwire.store.queries import queries
-from jobwire.store.rows import ids_in_order, job_columns
+from jobwire.store.rows import ids_in_order, job_columns, option_columns
 
 T = TypeVar("T")
 
@@ -164,11 +164,17 @@ class Client:
         dedup_key: str | None = None,
         max_attempts: int | None = None,
         headers: Mapping[str, str] | None = None,
+        timeout: str | float | None = None,
+        concurrency_key: str | None = None,
+        unique: str = "forever",
         conn: asyncpg.Connection | None = None,
     ) -> int:
         """Insert one job and return its id; with a dedup key already used, the existing id.
 
-        With ``conn``, on that connection and in its transaction (nothing is committed here).
+        ``timeout``: how long one attempt may run (seconds or a duration such as ``30s``;
+        None: the queue's). ``unique="active"``: the dedup key is let go when the job
+        finishes, so it can be enqueued again. With ``conn``, on that connection and in its
+        transaction (nothing is committed here).
         """
         # The same checks as the HTTP API and the CLI: BadInput (a ValueError) names the field.
         spec = check_enqueue(
@@ -181,6 +187,9 @@ class Client:
                 "dedup_key": dedup_key,
                 "max_attempts": max_attempts,
                 "headers": dict(headers or {}),
+                "timeout": timeout,
+                "concurrency_key": concurrency_key,
+                "unique": unique,
             }
         ).spec(source="api")
         spec.headers = with_trace(spec.headers)
@@ -196,16 +205,25 @@ class Client:
                     spec.dedup_key,
                     spec.max_attempts,
                     json.dumps(spec.headers),
+                    spec.timeout,
+                    spec.concurrency_key,
+                    spec.unique,
                     timeout=self._command_timeout,
                 )
             return job_id
         store = await self._ready()
         with unmigrated_as_clear_error(self._schema):
-            (new_id,) = await store.enqueue_many([spec])
-            if new_id is None:
-                assert dedup_key is not None
-                new_id = (await store.ids_by_dedup_key([dedup_key]))[dedup_key]
-        return new_id
+            # Twice at most: an "active" job holding the key may finish (and let it go)
+            # between the insert that met it and the look-up; the key is then free.
+            for _ in range(2):
+                (new_id,) = await store.enqueue_many([spec])
+                if new_id is not None:
+                    return new_id
+                assert spec.dedup_key is not None
+                held = await store.ids_by_dedup_key([spec.dedup_key])
+                if spec.dedup_key in held:
+                    return held[spec.dedup_key]
+        raise RuntimeError(f"dedup key {spec.dedup_key!r} is being taken and released")
 
     async def enqueue_many(
         self, specs: Iterable[JobSpec], *, conn: asyncpg.Connection | None = None
@@ -223,7 +241,10 @@ class Client:
             return []
         with unmigrated_as_clear_error(self._schema):
             rows = await conn.fetch(
-                self._insert_sql, *job_columns(batch, None), timeout=self._command_timeout
+                self._insert_sql,
+                *job_columns(batch, None),
+                *option_columns(batch),
+                timeout=self._command_timeout,
             )
         return ids_in_order(batch, rows)
 

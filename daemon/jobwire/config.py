@@ -29,6 +29,7 @@ from pydantic import (
 
 from jobwire.durations import parse_duration
 from jobwire.interpolation import Loader, interpolate
+from jobwire.limits import check_rate
 from jobwire.redaction import (
     MASK,
     SECRET,
@@ -170,6 +171,10 @@ class WorkersConfig(_Strict):
         return self
 
 
+RateText = Annotated[str, BeforeValidator(check_rate)]
+"""A rate written ``50/s``, ``10/m``, ``1000/h`` or ``2/d``."""
+
+
 class QueueConfig(_Strict):
     """Limits of one named queue."""
 
@@ -178,6 +183,43 @@ class QueueConfig(_Strict):
     )
     timeout: Duration | None = Field(
         None, description="An attempt running longer is cancelled and fails; null: none."
+    )
+    rate: RateText | None = Field(
+        None,
+        description="Jobs of this queue started per unit of time across all instances, "
+        "written 50/s, 10/m or 1000/h; null: no limit.",
+    )
+    burst: int | None = Field(
+        None,
+        ge=1,
+        description="With rate: the most jobs started at once after a quiet spell; null: a "
+        "tenth of a second's worth of the rate, at least 1.",
+    )
+    key_concurrency: int = Field(
+        1,
+        ge=1,
+        description="Jobs of one concurrency key (in this queue) running at once, across all "
+        "instances.",
+    )
+    ordered: bool = Field(
+        False,
+        description="Jobs of one concurrency key start in enqueue order: a job waits while "
+        "an older one of its key waits or retries.",
+    )
+
+
+class HandlerLimitConfig(_Strict):
+    """A rate limit on one handler, whatever queue its jobs are in."""
+
+    rate: RateText = Field(
+        description="Jobs of this handler started per unit of time across all instances, "
+        "written 50/s, 10/m or 1000/h."
+    )
+    burst: int | None = Field(
+        None,
+        ge=1,
+        description="The most jobs started at once after a quiet spell; null: a tenth of a "
+        "second's worth of the rate, at least 1.",
     )
 
 
@@ -189,6 +231,31 @@ class RetryConfig(_Strict):
     factor: float = Field(2.0, ge=1.0, description="Each further delay is this times the last.")
     max: Duration = Field(600.0, description="The longest delay between attempts.")
     jitter: bool = Field(True, description="Draw each delay uniformly from [0, computed delay].")
+
+
+class HandlerRetryConfig(_Strict):
+    """One handler's retry policy; a key left out keeps the global ``retry:`` value."""
+
+    max_attempts: int | None = Field(
+        None, ge=1, description="Attempts of this handler's jobs that set none themselves."
+    )
+    base: Duration | None = Field(None, description="The delay before the second attempt.")
+    factor: float | None = Field(
+        None, ge=1.0, description="Each further delay is this times the last."
+    )
+    max: Duration | None = Field(None, description="The longest delay between attempts.")
+    jitter: bool | None = Field(None, description="Draw each delay from [0, computed delay].")
+
+
+class HandlerDefaultsConfig(_Strict):
+    """Defaults of one handler's jobs: above the queue's and the global ones, below the job's."""
+
+    timeout: Duration | None = Field(
+        None, description="An attempt running longer is cancelled and fails; null: the queue's."
+    )
+    retry: HandlerRetryConfig = Field(
+        HandlerRetryConfig(), description="Retry policy; keys left out: the global retry:."
+    )
 
 
 def _check_selector(value: str | None) -> str | None:
@@ -229,10 +296,21 @@ class RouteConfig(_Strict):
         None, ge=1, description="Attempts per job; null: retry.max_attempts."
     )
     delay: Duration = Field(0.0, description="Run no earlier than this after arrival.")
+    timeout: Duration | None = Field(
+        None,
+        gt=0,
+        description="How long one attempt of these jobs may run (wins over the queue's "
+        "timeout); null: the queue's.",
+    )
     dedup_key: SelectorText | None = Field(
         None,
         description="A selector for the deduplication key; null: the source type's default; "
         "'none': no deduplication.",
+    )
+    concurrency_key: SelectorText | None = Field(
+        None,
+        description="A selector for the job's concurrency key (json:$.tenant, header:NAME, "
+        "property:key for a Kafka message key); null: none.",
     )
 
     @model_validator(mode="after")
@@ -290,16 +368,49 @@ def no_requeue(source: SourceBase, why: str) -> None:
         )
 
 
+class OutputBase(_Strict):
+    """Settings shared by every output type (a named destination handlers publish to)."""
+
+    batch_size: int = Field(
+        500, ge=1, le=10_000, description="Outbox rows the relay claims and publishes at once."
+    )
+    poll_interval: Duration = Field(
+        0.2, description="How often an idle relay looks for new outbox rows."
+    )
+    publish_timeout: Duration = Field(
+        30.0, description="How long a batch waits for the broker's confirmations."
+    )
+    max_attempts: int = Field(
+        10,
+        ge=1,
+        description="Failed publishes of one message before it is set aside (failed_at).",
+    )
+
+
 # The source models live with their adapters (jobwire.adapters.<type>.config) and build on
 # the classes above, so the registry is imported here, after them: importing an adapter's
 # config module first works too (jobwire.adapters imports this module before any of them).
 # The registry and those modules import no broker library (an import-linter contract).
-from jobwire.adapters.registry import SOURCE_TYPES, SOURCES, source_union  # noqa: E402
+from jobwire.adapters.registry import (  # noqa: E402
+    OUTPUT_TYPES,
+    OUTPUTS,
+    SOURCE_TYPES,
+    SOURCES,
+    output_union,
+    source_union,
+)
+
+# The same for the built-in handlers' settings (jobwire.builtins.settings builds on _Strict).
+from jobwire.builtins.settings import KINDS as BUILTIN_KINDS  # noqa: E402
+from jobwire.builtins.settings import BuiltinsConfig, builtin_kind  # noqa: E402
+from jobwire.publish_builtin import PUBLISH_KIND  # noqa: E402
 
 if TYPE_CHECKING:
     SourceConfig = SourceBase
+    OutputConfig = OutputBase
 else:
     SourceConfig = source_union()
+    OutputConfig = output_union()
 
 
 class ScheduleConfig(_Strict):
@@ -368,6 +479,9 @@ class RetentionConfig(_Strict):
     )
     every: Duration = Field(600.0, description="How often the leader purges.")
     batch: int = Field(1000, ge=1, le=100_000, description="Rows per DELETE.")
+    outbox_sent: Duration = Field(
+        7 * 86400.0, description="Outbox messages sent longer ago than this are deleted."
+    )
 
 
 class LoggingConfig(_Strict):
@@ -452,11 +566,29 @@ class Config(_Strict):
         default_factory=dict,
         description="The allow-list: handler name -> 'package.module:function'.",
     )
+    handler_limits: dict[str, HandlerLimitConfig] = Field(
+        default_factory=dict,
+        description="Rate limits per handler name, across all queues and instances.",
+    )
+    handler_defaults: dict[str, HandlerDefaultsConfig] = Field(
+        default_factory=dict,
+        description="Timeout and retry policy per handler name: over the queue's and retry:, "
+        "under a job's own.",
+    )
+    builtins: BuiltinsConfig = Field(
+        BuiltinsConfig(),
+        description="Settings of the built-in handlers (handlers: {name: 'builtin:KIND'}).",
+    )
     sources: list[SourceConfig] = Field(
         default_factory=list, description="Broker sources whose messages become jobs."
     )
     schedules: list[ScheduleConfig] = Field(
         default_factory=list, description="Periodic jobs (cron or interval)."
+    )
+    outputs: dict[str, OutputConfig] = Field(
+        default_factory=dict,
+        description="Named destinations handlers publish to through the outbox "
+        "(ctx.publish, the publish built-in), by name.",
     )
     retention: RetentionConfig = Field(
         RetentionConfig(), description="How long finished jobs are kept."
@@ -480,11 +612,36 @@ class Config(_Strict):
     @classmethod
     def _dotted_paths(cls, value: dict[str, str]) -> dict[str, str]:
         for name, target in value.items():
+            kind = builtin_kind(target)
+            if kind is not None and kind not in (*BUILTIN_KINDS, PUBLISH_KIND):
+                known = ", ".join((*BUILTIN_KINDS, PUBLISH_KIND))
+                raise ValueError(f"{name}: unknown built-in {kind!r}; built-ins: {known}")
             if not re.fullmatch(r"[\w.]+[:.]\w+", target):
                 raise ValueError(
                     f"{name}: {target!r} is not a dotted path like 'myapp.jobs:send_email'"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _publish_outputs(self) -> Config:
+        # builtin:publish sends to the output named like the handler: it must exist.
+        for name, target in self.handlers.items():
+            if builtin_kind(target) == PUBLISH_KIND and name not in self.outputs:
+                known = ", ".join(sorted(self.outputs)) or "none configured"
+                raise ValueError(
+                    f"handlers.{name}: builtin:publish sends to the output named {name!r}, "
+                    f"and there is none (outputs: {known})"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _builtin_settings(self) -> Config:
+        # builtin:http and builtin:email cannot run on defaults (no allow-list, no server).
+        for name, target in self.handlers.items():
+            kind = builtin_kind(target)
+            if kind in ("http", "email") and getattr(self.builtins, kind) is None:
+                raise ValueError(f"handlers.{name} is {target}: it needs a builtins.{kind} section")
+        return self
 
     def queue_names(self) -> list[str]:
         """Queues this instance serves: the configured ones, ``default`` always among them."""
@@ -541,7 +698,9 @@ def _join(path: str, key: str) -> str:
 def _loc_to_key(loc: tuple[int | str, ...]) -> str:
     key = ""
     previous: int | str | None = None
-    for part in loc:
+    for index, part in enumerate(loc):
+        if loc[0] == "outputs" and index == 2 and part in OUTPUT_TYPES:
+            continue  # outputs.<name>.<type tag>: the tag is no key the user wrote
         if previous == 0 or isinstance(previous, int):
             if part in SOURCE_TYPES:  # the discriminated union's tag: not a key the user wrote
                 previous = part
@@ -574,8 +733,10 @@ def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
         if isinstance(current, type) and issubclass(current, BaseModel):
             fields = current.model_fields.items()
             current = next((f.annotation for n, f in fields if part in (n, f.alias)), None)
-        elif isinstance(part, str) and part in SOURCES:  # the discriminated union's tag
+        elif isinstance(part, str) and part in SOURCES and loc[0] == "sources":  # union tag
             current = SOURCES[part].model
+        elif isinstance(part, str) and part in OUTPUTS and loc[0] == "outputs":
+            current = OUTPUTS[part].model
         elif origin is list and isinstance(part, int):
             current = args[0]
         elif origin is dict and isinstance(part, str):
@@ -607,12 +768,15 @@ def _pydantic_problems(err: ValidationError, file: str) -> list[ConfigProblem]:
             reason = "unknown key" + _did_you_mean(loc)
         elif item["type"] == "missing":
             reason = "required key is missing"
-        elif item["type"] == "union_tag_invalid":
+        elif item["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            kind, types_ = (
+                ("output", OUTPUT_TYPES) if loc[0] == "outputs" else ("source", SOURCE_TYPES)
+            )
             tag = (item.get("ctx") or {}).get("tag")
-            reason = f"unknown source type {tag!r}; supported: {', '.join(SOURCE_TYPES)}"
-            key = _join(key, "type")
-        elif item["type"] == "union_tag_not_found":
-            reason = f"every source needs a type: {', '.join(SOURCE_TYPES)}"
+            if item["type"] == "union_tag_invalid":
+                reason = f"unknown {kind} type {tag!r}; supported: {', '.join(types_)}"
+            else:
+                reason = f"every {kind} needs a type: {', '.join(types_)}"
             key = _join(key, "type")
         else:
             reason = str(item["msg"]).removeprefix("Value error, ")

@@ -9,6 +9,7 @@ import functools
 import importlib
 import inspect
 import itertools
+import json
 import queue
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -17,7 +18,10 @@ from typing import Any
 
 import structlog
 
+from jobwire.builtins.settings import builtin_kind
+from jobwire.effects import ChildJob, Effects, OutboxMessage, Recorded, encode_body
 from jobwire.exceptions import Reject
+from jobwire.publish_builtin import PUBLISH_KIND, publish_builtin
 
 Handler = Callable[..., Any]
 ProgressSink = Callable[[int, int, str | None], Awaitable[None]]
@@ -65,6 +69,11 @@ class JobContext:
     # A plain handler's thread (its future): the pool keeps the job's slot taken until it
     # returns, even after the attempt ended (timeout, cancel): a thread cannot be stopped.
     _thread: concurrent.futures.Future[Any] | None = None
+    # What publish() and enqueue() recorded; written only with a successful outcome.
+    _effects: Effects | None = None
+    # The configured outputs and allowed handlers (set by the registry's invoke).
+    _outputs: frozenset[str] = frozenset()
+    _handlers: frozenset[str] = frozenset()
 
     @property
     def log(self) -> Any:
@@ -94,6 +103,86 @@ class JobContext:
         """Record progress (0-100) and an optional note, visible in ``jobs show``."""
         if self._progress_sink is not None:
             await self._progress_sink(self.job_id, max(0, min(100, int(percent))), note)
+
+    async def publish(
+        self,
+        output: str,
+        body: Any,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Send ``body`` (bytes, text or JSON) to a configured output if this attempt
+        succeeds: written to the outbox with the outcome, relayed after; ``key`` keeps order
+        among messages with the same key. Nothing is sent for a failed attempt."""
+        self.publish_nowait(output, body, key, headers)
+
+    def publish_nowait(
+        self,
+        output: str,
+        body: Any,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """``publish`` for plain (threaded) handlers: it only records, so nothing to await."""
+        if output not in self._outputs:
+            known = ", ".join(sorted(self._outputs)) or "none configured"
+            raise Reject(f"unknown output {output!r} (outputs: {known})")
+        data, content_type = encode_body(body)
+        sent = {str(k): str(v) for k, v in (headers or {}).items()}
+        if content_type is not None:
+            sent.setdefault("content-type", content_type)
+        effects = self._recorded()
+        n = len(effects.messages) + 1
+        effects.messages.append(OutboxMessage(output, n, data, key, sent))
+
+    async def enqueue(
+        self,
+        handler: str,
+        payload: Any = None,
+        *,
+        queue: str = "default",
+        priority: int = 0,
+        delay: float = 0.0,
+        dedup_key: str | None = None,
+        max_attempts: int | None = None,
+    ) -> None:
+        """Create a child job (``parent_id``: this job) if this attempt succeeds."""
+        self.enqueue_nowait(
+            handler,
+            payload,
+            queue=queue,
+            priority=priority,
+            delay=delay,
+            dedup_key=dedup_key,
+            max_attempts=max_attempts,
+        )
+
+    def enqueue_nowait(
+        self,
+        handler: str,
+        payload: Any = None,
+        *,
+        queue: str = "default",
+        priority: int = 0,
+        delay: float = 0.0,
+        dedup_key: str | None = None,
+        max_attempts: int | None = None,
+    ) -> None:
+        """``enqueue`` for plain (threaded) handlers: it only records, so nothing to await."""
+        if handler not in self._handlers:
+            raise Reject(f"cannot enqueue {handler!r}: not in the allow-list (handlers:)")
+        if max_attempts is not None and max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        payload_json = None if payload is None else json.dumps(payload, allow_nan=False)
+        child = ChildJob(
+            handler, payload_json, queue, int(priority), max(0.0, delay), dedup_key, max_attempts
+        )
+        self._recorded().children.append(child)
+
+    def _recorded(self) -> Effects:
+        if self._effects is None:
+            self._effects = Effects()
+        return self._effects
 
     def progress_threadsafe(self, percent: int, note: str | None = None) -> None:
         """Record progress from a plain (threaded) handler without waiting for the write."""
@@ -233,6 +322,11 @@ class HandlerRegistry:
         self._handlers: dict[str, Handler] = dict(BUILTINS) if include_builtins else {}
         self._handlers.update(handlers)
         self._arity = {name: _wants_context(fn) for name, fn in self._handlers.items()}
+        self._names = frozenset(self._handlers)
+        # The configured outputs' names (the daemon sets them): ctx.publish checks them.
+        self.outputs: frozenset[str] = frozenset()
+        # Configured names of built-in handlers (handlers: {name: "builtin:KIND"}) -> KIND.
+        self.builtin_kinds: dict[str, str] = {}
 
     @classmethod
     def from_config(cls, mapping: Mapping[str, str]) -> HandlerRegistry:
@@ -240,14 +334,32 @@ class HandlerRegistry:
         raise HandlerLoadError naming every one that fails, not just the first."""
         loaded: dict[str, Handler] = {}
         failures: list[HandlerFailure] = []
+        kinds: dict[str, str] = {}
         for name, target in mapping.items():
+            kind = builtin_kind(target)
+            if kind == PUBLISH_KIND:
+                loaded[name] = publish_builtin(name)  # to the output of the same name
+                continue
+            if kind is not None:
+                # Bound to the running built-in by the daemon (bind_builtins) at start-up.
+                kinds[name] = kind
+                loaded[name] = _unbound_builtin(kind)
+                continue
             try:
                 loaded[name] = import_target(target)
             except Exception as exc:  # noqa: BLE001 - each is reported, all together
                 failures.append(HandlerFailure(name, target, f"{type(exc).__name__}: {exc}"))
         if failures:
             raise HandlerLoadError(failures)
-        return cls(loaded)
+        registry = cls(loaded)
+        registry.builtin_kinds = kinds
+        return registry
+
+    def bind_builtins(self, make: Callable[[str], Handler]) -> None:
+        """Put the running built-in handlers (``make(kind)``) behind their configured names."""
+        for name, kind in self.builtin_kinds.items():
+            self._handlers[name] = make(kind)
+            self._arity[name] = True
 
     def __contains__(self, name: object) -> bool:
         return name in self._handlers
@@ -268,6 +380,21 @@ class HandlerRegistry:
         fn = self._handlers.get(name)
         if fn is None:
             raise Reject(f"handler {name!r} is not in the allow-list (handlers: in the config)")
+        ctx._outputs = self.outputs
+        ctx._handlers = self._names
+        result = await self._call(fn, name, payload, ctx, threads)
+        if ctx._effects:
+            return Recorded(result, ctx._effects)
+        return result
+
+    async def _call(
+        self,
+        fn: Handler,
+        name: str,
+        payload: Any,
+        ctx: JobContext,
+        threads: concurrent.futures.Executor | None,
+    ) -> Any:
         args = (payload, ctx) if self._arity[name] else (payload,)
         if inspect.iscoroutinefunction(fn):
             return await fn(*args)
@@ -284,6 +411,15 @@ class HandlerRegistry:
         if inspect.isawaitable(result):
             return await result
         return result
+
+
+def _unbound_builtin(kind: str) -> Handler:
+    """Stands for a built-in until the daemon binds it: outside a daemon it cannot run."""
+
+    async def unbound(payload: Any, ctx: JobContext) -> None:
+        raise Reject(f"built-in {kind!r} runs only inside the daemon (not bound here)")
+
+    return unbound
 
 
 def _wants_context(fn: Handler) -> bool:

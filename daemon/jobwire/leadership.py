@@ -1,9 +1,19 @@
 """Leading by a PostgreSQL advisory lock: one instance at a time does a duty (schedules,
-maintenance), and another takes over when the leader's lock connection is gone."""
+maintenance), and another takes over when the leader's lock connection is gone.
+
+A follower asks every ``retry_every`` (jittered, so instances started together spread out);
+the store answers "held" from pg_locks through its pool, opening a dedicated connection
+only when the lock looks free. Takeover after a leader dies: PostgreSQL frees the lock when
+the leader's connection ends (at once for a crashed process; a vanished host's connection
+ends when the server notices, by TCP keepalive), then within 1.25 x ``retry_every`` plus
+one connect. While the store is unavailable a follower backs off exponentially up to
+OUTAGE_MAX seconds, and logs once per outage, not once per attempt.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -14,12 +24,19 @@ log = structlog.get_logger("jobwire.leadership")
 
 # How often a leader checks that its lock's connection is still there.
 PING_EVERY = 2.0
+JITTER = 0.25  # each wait is drawn from (1 +- JITTER) x its nominal length
+OUTAGE_MAX = 30.0  # seconds: the longest wait between attempts while the store is away
+
+
+def jittered(seconds: float) -> float:
+    """``seconds`` give or take JITTER of it."""
+    return seconds * random.uniform(1 - JITTER, 1 + JITTER)
 
 
 class Leader:
     """Takes the lock ``key`` when free and runs ``duty`` every ``check_every`` while it
     holds it; logs ``<name>_leading``, ``<name>_lock_lost``, ``<name>_leadership_released``
-    and ``<name>_store_unavailable``."""
+    and ``<name>_store_unavailable`` (once per outage)."""
 
     def __init__(
         self,
@@ -38,17 +55,28 @@ class Leader:
         self.retry_every = retry_every
         self.check_every = check_every
         self.leading = False
+        self.attempts = 0  # calls of try_lock (tests count them)
 
     async def run(self) -> None:
         """Try to lead; lead until the lock's connection is lost; try again (until cancelled)."""
+        outage_wait: float | None = None  # set while the store is unavailable
         while True:
+            self.attempts += 1
             try:
                 lock = await self._try_lock(self.key)
             except StoreUnavailable as exc:
-                log.warning(f"{self.name}_store_unavailable", error=str(exc))
-                lock = None
+                if outage_wait is None:
+                    log.warning(f"{self.name}_store_unavailable", error=str(exc))
+                    outage_wait = self.retry_every
+                else:
+                    outage_wait = min(outage_wait * 2, max(OUTAGE_MAX, self.retry_every))
+                await asyncio.sleep(jittered(outage_wait))
+                continue
+            if outage_wait is not None:
+                log.info(f"{self.name}_store_available")
+                outage_wait = None
             if lock is None:
-                await asyncio.sleep(self.retry_every)
+                await asyncio.sleep(jittered(self.retry_every))
                 continue
             try:
                 await self._lead(lock)
@@ -62,11 +90,18 @@ class Leader:
         log.info(f"{self.name}_leading", lock=self.key)
         loop = asyncio.get_running_loop()
         next_ping = loop.time() + PING_EVERY
+        down = False
         while True:
             try:
                 await self._duty()
             except StoreUnavailable as exc:
-                log.warning(f"{self.name}_store_unavailable", error=str(exc))
+                if not down:  # once per outage: the duty runs every check_every
+                    log.warning(f"{self.name}_store_unavailable", error=str(exc))
+                down = True
+            else:
+                if down:
+                    log.info(f"{self.name}_store_available")
+                down = False
             await asyncio.sleep(self.check_every)
             if loop.time() >= next_ping:
                 next_ping = loop.time() + PING_EVERY

@@ -91,4 +91,18 @@ class Maintenance:
             await asyncio.sleep(0.05)  # small batches, room for the real work in between
         if total:
             log.info("jobs_purged", count=total, older_than_s=retention.finished)
+        await self._purge_outbox()
         return total
+
+    async def _purge_outbox(self) -> None:
+        """Delete sent outbox rows past retention.outbox_sent, in the same small batches."""
+        retention = self.retention
+        sent = 0
+        while True:
+            deleted = await self.store.purge_outbox(retention.outbox_sent, retention.batch)
+            sent += deleted
+            if deleted < retention.batch:
+                break
+            await asyncio.sleep(0.05)
+        if sent:
+            log.info("outbox_purged", count=sent, older_than_s=retention.outbox_sent)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable, Container, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Container, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,6 +62,10 @@ class Metrics(Collector):
         handlers: Container[str] | None = None,
     ) -> None:
         self.store = store
+        # The outbox's figures (the daemon sets both when outputs are configured).
+        self.outputs: tuple[str, ...] = ()
+        self.outbox_pending: Callable[[], Awaitable[dict[str, tuple[int, float]]]] | None = None
+        self._outbox: dict[str, tuple[int, float]] | None = None
         self.handlers = handlers  # None: every handler name is a label (tests)
         self.pool_counters = pool_counters
         self.sources = sources
@@ -141,6 +145,8 @@ class Metrics(Collector):
             self._queues_seen.update(self._jobs)
             self._backlog = await self.store.ready_backlog(self.backlog_cap)
             self._oldest = await self.store.oldest_ready(sorted(self._queues_seen))
+            if self.outbox_pending is not None:
+                self._outbox = await self.outbox_pending()
             self._store_up = 1
         except StoreUnavailable:
             self._store_up = 0
@@ -205,10 +211,32 @@ class Metrics(Collector):
             "jobwire_running_jobs", "Jobs running in this instance.", pool.get("running", 0)
         )
         yield from self._source_metrics(self.sources())
+        yield from self._outbox_metrics()
         if self.db_pool is not None:
             size, idle = self.db_pool()
             yield _gauge("jobwire_db_pool_connections", "Open database connections.", size)
             yield _gauge("jobwire_db_pool_in_use", "Database connections in use.", size - idle)
+
+    def _outbox_metrics(self) -> Iterator[Metric]:
+        """Unsent outbox rows and the oldest one's age, per configured output."""
+        if self._outbox is None or not self.outputs:
+            return
+        pending = GaugeMetricFamily(
+            "jobwire_outbox_pending",
+            "Outbox messages not yet confirmed by the broker, by output.",
+            labels=["output"],
+        )
+        oldest = GaugeMetricFamily(
+            "jobwire_outbox_oldest_seconds",
+            "Age of the oldest unsent outbox message, by output (0 when none).",
+            labels=["output"],
+        )
+        for output in self.outputs:
+            count, age = self._outbox.get(output, (0, 0.0))
+            pending.add_metric([output], count)
+            oldest.add_metric([output], age)
+        yield pending
+        yield oldest
 
     def _source_metrics(self, sources: dict[str, dict[str, Any]]) -> Iterator[Metric]:
         intake = CounterMetricFamily(

@@ -54,6 +54,16 @@ class JobSpec:
     # The payload as JSON text when the producer already has it (a broker body that parsed):
     # stored as is, saving a second serialisation.
     payload_json: str | None = None
+    # Seconds one attempt may run; None: the queue's timeout (if any).
+    timeout: float | None = None
+    # Jobs sharing a key are limited together (the queue's key concurrency, order).
+    concurrency_key: str | None = None
+    # How long dedup_key stays taken: "forever" (None; until retention deletes the row) or
+    # "active" (released when the job finishes, so the key can be enqueued again).
+    unique: str | None = None
+    # The schedule that made the job (its ticks, or a "run now"); written by the scheduler's
+    # own insert (store.enqueue_scheduled), which is the only one that reads it.
+    schedule_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +146,14 @@ class Job:
     parent_id: int | None = None
     cancel_requested: bool = False
     schedule_id: int | None = None
+    # The job's own attempt timeout in seconds (wins over the queue's); None: the queue's.
+    timeout: float | None = None
+    concurrency_key: str | None = None
+    # "forever" or "active"; released_key: the dedup key a finished "active" job let go.
+    unique_mode: str = "forever"
+    released_key: str | None = None
+    # What groups a failed job's error with like ones (migration 0010 writes it).
+    error_fingerprint: str | None = None
 
 
 @dataclass(slots=True)

@@ -31,12 +31,16 @@ def enqueue(
     dedup_key: str | None = None,
     max_attempts: int | None = None,
     headers: Mapping[str, str] | None = None,
+    timeout: str | float | None = None,
+    concurrency_key: str | None = None,
+    unique: str = "forever",
     schema: str = "jobwire",
 ) -> int:
     """Insert a job through ``conn`` (a connection or cursor) without committing; its id.
 
     A dedup key already taken gives the existing job's id. ``max_attempts`` None: the
-    daemon's retry.max_attempts, as the daemon published it in the database.
+    daemon's retry.max_attempts, as the daemon published it in the database. ``timeout``,
+    ``concurrency_key`` and ``unique`` as Client.enqueue takes them.
     """
     # The same checks as the HTTP API, the CLI and the Client, before any SQL: a value the
     # database would refuse must not abort the caller's transaction.
@@ -50,6 +54,9 @@ def enqueue(
             "dedup_key": dedup_key,
             "max_attempts": max_attempts,
             "headers": dict(headers or {}),
+            "timeout": timeout,
+            "concurrency_key": concurrency_key,
+            "unique": unique,
         }
     ).spec(source="api")
     problem = json_problem(spec.payload)
@@ -66,6 +73,9 @@ def enqueue(
         spec.dedup_key,
         spec.max_attempts,
         json.dumps(with_trace(spec.headers)),
+        spec.timeout,
+        spec.concurrency_key,
+        spec.unique,
     )
     try:
         if hasattr(conn, "cursor"):

@@ -72,8 +72,12 @@ class Router:
         dedup = route.dedup_key if route.dedup_key is not None else default_dedup
         self.dedup = parse_selector(dedup) if dedup and dedup != "none" else None
         self.no_dedup = dedup == "none"  # not even the adapter's own key (Kafka's offset)
+        key = route.concurrency_key
+        self.concurrency_key = parse_selector(key) if key and key != "none" else None
         selectors = [
-            s for s in (self.handler_from, self.priority, self.dedup) if isinstance(s, Selector)
+            s
+            for s in (self.handler_from, self.priority, self.dedup, self.concurrency_key)
+            if isinstance(s, Selector)
         ]
         self.needs_json = [str(s) for s in selectors if s.kind == "json"]
 
@@ -85,6 +89,19 @@ class Router:
             value = self.dedup.select(msg.headers, msg.properties, decoded)
             key = None if value in (None, "") else _as_key(value)
         return None if key is None else storable_key(f"{self.source}:{key}")
+
+    def _concurrency_key(self, msg: Message, decoded: Any) -> str | None:
+        """The selected concurrency key; none when absent (the job is then not limited by
+        key), or when it cannot be serialised."""
+        if self.concurrency_key is None:
+            return None
+        value = self.concurrency_key.select(msg.headers, msg.properties, decoded)
+        if value in (None, ""):
+            return None
+        try:
+            return storable_key(_as_key(value))
+        except Exception:  # noqa: BLE001 - e.g. a selected value too deep to serialise
+            return None
 
     def _safe_dedup_key(self, msg: Message, decoded: Any) -> str | None:
         """The dedup key, or (if selecting it fails) the adapter's own, or none."""
@@ -237,11 +254,13 @@ class Router:
                 priority=priority,
                 max_attempts=self.route.max_attempts,
                 delay=self.route.delay,
+                timeout=self.route.timeout,
                 headers=msg.headers,
                 source=self.source,
                 dedup_key=dedup_key,
                 content_type=msg.content_type,
                 queue=self.route.queue,
+                concurrency_key=self._concurrency_key(msg, decoded),
             )
         )
 

@@ -17,7 +17,7 @@ import structlog
 
 from jobwire.config import Config, ScheduleConfig
 from jobwire.leadership import Leader
-from jobwire.models import JobSpec
+from jobwire.models import Job, JobSpec
 from jobwire.store.base import ScheduleRow, ScheduleStore
 from jobwire.ticks import CatchUp, TickRule, choose
 
@@ -70,7 +70,16 @@ def tick_spec(row: ScheduleRow, tick: datetime | None) -> JobSpec:
         max_attempts=row.max_attempts,
         source=f"schedule:{name}",
         dedup_key=None if tick is None else f"schedule:{name}:{tick.isoformat()}",
+        schedule_id=row.id,
     )
+
+
+def schedule_name(job: Job) -> str | None:
+    """The name of the schedule that made the job (tick_spec's source: ``schedule:NAME``)."""
+    if job.schedule_id is None:
+        return None
+    source = job.source or ""
+    return source.removeprefix("schedule:") if source.startswith("schedule:") else "?"
 
 
 class Scheduler:

@@ -1,4 +1,5 @@
-"""Selectors that read a value from a message: ``header:X``, ``json:$.a.b``, ``property:X``."""
+"""Selectors that read a value from a message: ``header:X``, ``json:$.a.b``, ``property:X``,
+``query:X`` (an HTTP source's query parameter)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any, Literal
 
 _JSON_STEP = re.compile(r"\.([A-Za-z_][\w-]*)|\[(\d+)\]|\[\"([^\"]+)\"\]|\['([^']+)'\]")
 
-Kind = Literal["header", "json", "property"]
+Kind = Literal["header", "json", "property", "query"]
 _MISSING = object()
 
 
@@ -29,6 +30,10 @@ class Selector:
             return headers.get(self.name)
         if self.kind == "property":
             return properties.get(self.name)
+        if self.kind == "query":
+            # HTTP sources put the request's query parameters there; others have none.
+            query = properties.get("query")
+            return query.get(self.name) if isinstance(query, dict) else None
         node: Any = payload
         for step in self.steps:
             if isinstance(step, int):
@@ -43,16 +48,19 @@ class Selector:
 
 
 def parse_selector(text: str) -> Selector:
-    """Parse ``header:NAME``, ``property:NAME`` or ``json:$.path[0].x``; ValueError if bad."""
+    """Parse ``header:NAME``, ``property:NAME``, ``query:NAME`` or ``json:$.path[0].x``;
+    ValueError if bad."""
     kind, sep, rest = text.partition(":")
     if not sep or not rest:
         raise ValueError(
-            f"{text!r} is not a selector: use header:NAME, json:$.path or property:NAME"
+            f"{text!r} is not a selector: use header:NAME, json:$.path, property:NAME or query:NAME"
         )
-    if kind in ("header", "property"):
+    if kind in ("header", "property", "query"):
         return Selector(kind, rest)  # type: ignore[arg-type]
     if kind != "json":
-        raise ValueError(f"unknown selector kind {kind!r} in {text!r}: use header, json, property")
+        raise ValueError(
+            f"unknown selector kind {kind!r} in {text!r}: use header, json, property, query"
+        )
     if not rest.startswith("$"):
         raise ValueError(f"JSON path {rest!r} must start with $ (e.g. json:$.type)")
     steps: list[str | int] = []

@@ -133,7 +133,7 @@ def test_json_is_one_document_for_every_printing_command(config: Path, database_
     assert isinstance(listed, list) and {j["id"] for j in listed} == set(ids.values())
     shown = out_json("jobs", "show", str(ids["done"]), *c)
     assert shown["id"] == ids["done"] and [r["status"] for r in shown["runs"]] == ["succeeded"]
-    assert set(out_json("stats", *c)) == {"queues", "instances"}
+    assert set(out_json("stats", *c)) == {"queues", "instances", "paused", "outbox"}
     assert out_json("schedules", "list", *c) == []
     enqueued = out_json("enqueue", "echo", *c)
     assert enqueued == {"id": enqueued["id"], "duplicate": False}
@@ -142,7 +142,8 @@ def test_json_is_one_document_for_every_printing_command(config: Path, database_
     retried = out_json("jobs", "retry", str(ids["failed_a"]), *c)
     assert retried["retried"] == [ids["failed_a"]] and retried["matched"] == 1
     # --json, as scripts passed it before -o, says the same.
-    assert json.loads(jobwire("stats", "--json", *c).stdout).keys() == {"queues", "instances"}
+    stats = json.loads(jobwire("stats", "--json", *c).stdout)
+    assert stats.keys() == {"queues", "instances", "paused", "outbox"}
 
 
 def test_tables_fold_long_names_and_hint_the_next_page(database_url: str) -> None:

@@ -279,3 +279,54 @@ async def test_one_maintenance_leader_purges_and_another_takes_over(database_url
         await conn.close()
         for store in stores:
             await store.close()
+
+
+async def test_a_follower_opens_no_connection_while_another_leads(
+    pg_store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store reads pg_locks through its pool first: no new backend per attempt."""
+    import jobwire.store.pg_schedules as pg_schedules
+
+    key = "jobwire-test-follower:jobwire"
+    held = await pg_store.try_leadership(key)
+    assert held is not None
+    opened = 0
+    real_connect = pg_schedules.asyncpg.connect
+
+    async def counting_connect(*args: Any, **kwargs: Any) -> Any:
+        nonlocal opened
+        opened += 1
+        return await real_connect(*args, **kwargs)
+
+    monkeypatch.setattr(pg_schedules.asyncpg, "connect", counting_connect)
+    try:
+        for _ in range(10):
+            assert await pg_store.try_leadership(key) is None
+        assert opened == 0
+    finally:
+        await held.release()
+    # Free again: the next attempt takes it (on a dedicated connection).
+    lock = await pg_store.try_leadership(key)
+    assert lock is not None and opened == 1
+    await lock.release()
+
+
+async def test_a_follower_logs_a_store_outage_once_not_every_attempt() -> None:
+    from structlog.testing import capture_logs
+
+    from jobwire.leadership import Leader
+    from jobwire.store.base import LeaderLock, StoreUnavailable
+
+    async def unavailable(_key: str) -> LeaderLock | None:
+        raise StoreUnavailable("down")
+
+    async def duty() -> None:
+        return None
+
+    leader = Leader("t", unavailable, "k", duty, retry_every=0.02, check_every=0.02)
+    with capture_logs() as logs:
+        task = asyncio.create_task(leader.run())
+        await wait_for(lambda: leader.attempts >= 4, timeout=10, what="four attempts")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert [e["event"] for e in logs] == ["t_store_unavailable"]

@@ -22,7 +22,7 @@ ROUTE = RouteConfig(handler="h")
 
 
 def test_the_config_validates_sources_against_the_registry_s_models() -> None:
-    assert SOURCE_TYPES == ("amqp", "stomp", "kafka", "mqtt")
+    assert SOURCE_TYPES == ("amqp", "stomp", "kafka", "mqtt", "http")
     annotation = Config.model_fields["sources"].annotation
     (item,) = typing.get_args(annotation)
     union, *_ = typing.get_args(item)
@@ -44,8 +44,8 @@ def test_an_unknown_type_is_named_with_the_registered_ones() -> None:
         "jobwire.config",
         "jobwire.adapters",
         "jobwire.adapters.registry",
-        *(f"jobwire.adapters.{kind}" for kind in ("amqp", "stomp", "kafka", "mqtt")),
-        *(f"jobwire.adapters.{kind}.config" for kind in ("amqp", "stomp", "kafka", "mqtt")),
+        *(f"jobwire.adapters.{kind}" for kind in ("amqp", "stomp", "kafka", "mqtt", "http")),
+        *(f"jobwire.adapters.{kind}.config" for kind in ("amqp", "stomp", "kafka", "mqtt", "http")),
     ],
 )
 def test_config_side_imports_load_no_broker_library(module: str) -> None:

@@ -23,6 +23,7 @@ class FakePool:
         self.started: list[Job] = []
         self.wakes = 0
         self.orphan_warnings = 0
+        self.limited_handlers: frozenset[str] = frozenset()
 
     def reserve(self, queue: str, wanted: int) -> int:
         granted = min(wanted, self.free - self.reserved)

@@ -15,13 +15,15 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import Field
 
-from jobwire.adapters.amqp.config import AmqpSource
-from jobwire.adapters.kafka.config import KafkaSource
-from jobwire.adapters.mqtt.config import MqttSource
-from jobwire.adapters.stomp.config import StompSource
+from jobwire.adapters.amqp.config import AmqpOutput, AmqpSource
+from jobwire.adapters.http.config import HttpSource
+from jobwire.adapters.kafka.config import KafkaOutput, KafkaSource
+from jobwire.adapters.mqtt.config import MqttOutput, MqttSource
+from jobwire.adapters.stomp.config import StompOutput, StompSource
 
 if TYPE_CHECKING:
-    from jobwire.config import SourceBase
+    from jobwire.config import OutputBase, SourceBase
+    from jobwire.effects import OutputPublisher
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ SOURCES: dict[str, SourceType] = {
     "stomp": SourceType(StompSource, "jobwire.adapters.stomp.adapter:build"),
     "kafka": SourceType(KafkaSource, "jobwire.adapters.kafka.adapter:build"),
     "mqtt": SourceType(MqttSource, "jobwire.adapters.mqtt.adapter:build"),
+    "http": SourceType(HttpSource, "jobwire.adapters.http.adapter:build"),
 }
 
 SOURCE_TYPES: tuple[str, ...] = tuple(SOURCES)
@@ -56,7 +59,43 @@ def source_union() -> Any:
     return Annotated[Union[models], Field(discriminator="type")]  # noqa: UP007
 
 
+@dataclass(frozen=True)
+class OutputType:
+    """One output type: its model and the dotted path of what builds its publisher."""
+
+    model: type[OutputBase]
+    # "module:function" taking (name, output config) and returning an OutputPublisher.
+    factory: str
+
+
+OUTPUTS: dict[str, OutputType] = {
+    "amqp": OutputType(AmqpOutput, "jobwire.adapters.amqp.output:build"),
+    "stomp": OutputType(StompOutput, "jobwire.adapters.stomp.output:build"),
+    "kafka": OutputType(KafkaOutput, "jobwire.adapters.kafka.output:build"),
+    "mqtt": OutputType(MqttOutput, "jobwire.adapters.mqtt.output:build"),
+}
+
+OUTPUT_TYPES: tuple[str, ...] = tuple(OUTPUTS)
+"""The ``type:`` values an output may have."""
+
+
+def output_union() -> Any:
+    """The annotation of one ``outputs:`` entry: every model, told apart by ``type``."""
+    models = tuple(entry.model for entry in OUTPUTS.values())
+    return Annotated[Union[models], Field(discriminator="type")]  # noqa: UP007
+
+
 def resolve(path: str) -> Any:
     """The object a ``module:name`` path names, importing its module."""
     module, _, name = path.partition(":")
     return getattr(importlib.import_module(module), name)
+
+
+def build_publisher(name: str, output: OutputBase) -> OutputPublisher:
+    """The publisher of one configured output; its broker library is imported only here."""
+    kind = getattr(output, "type", None)
+    entry = OUTPUTS.get(kind) if isinstance(kind, str) else None
+    if entry is None or not isinstance(output, entry.model):
+        raise ValueError(f"no publisher for output type {kind!r}")
+    publisher: OutputPublisher = resolve(entry.factory)(name, output)
+    return publisher

@@ -3,6 +3,7 @@
 # Importing the command modules registers their commands on the group.
 import jobwire.cli.commands
 import jobwire.cli.jobs
+import jobwire.cli.queues
 import jobwire.cli.schedules  # noqa: F401
 from jobwire.cli.group import main
 

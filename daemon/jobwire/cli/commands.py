@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from jobwire.adapters import build_adapter
+from jobwire.adapters.http.config import http_source_problems
 from jobwire.api_models import BadInput, check_enqueue
 from jobwire.app import Daemon, ListenError, database_dsn, migrate_schema, retry_unavailable
 from jobwire.cli.common import (
@@ -55,6 +56,7 @@ def _registry(config: Config, file: str) -> HandlerRegistry:
             for f in exc.failures
         )
     problems = route_problems(config, registry.names(), file)
+    problems += http_source_problems(config, file)
     if problems:
         report(problems)
     return registry
@@ -219,6 +221,15 @@ def config_schema() -> None:
 @click.option("--delay", default="0s", help="Run no earlier than this from now (e.g. 30s, 5m).")
 @click.option("--dedup-key", default=None, help="A second job with this key is not created.")
 @click.option("--max-attempts", default=None, type=click.IntRange(min=1))
+@click.option("--timeout", default=None, help="How long one attempt may run (e.g. 30s, 5m).")
+@click.option("--concurrency-key", default=None, help="Jobs sharing a key are limited together.")
+@click.option(
+    "--unique",
+    type=click.Choice(["forever", "active"]),
+    default="forever",
+    show_default=True,
+    help="How long --dedup-key stays taken: active lets it go when the job finishes.",
+)
 @global_options
 def enqueue(
     handler: str,
@@ -228,6 +239,9 @@ def enqueue(
     delay: str,
     dedup_key: str | None,
     max_attempts: int | None,
+    timeout: str | None,
+    concurrency_key: str | None,
+    unique: str,
 ) -> None:
     """Add a job and print its id (exit 2 for a handler the config does not allow)."""
     config, _ = load(ENQUEUE_SECTIONS)
@@ -261,6 +275,9 @@ def enqueue(
                 "delay": delay,
                 "dedup_key": dedup_key,
                 "max_attempts": max_attempts,
+                "timeout": timeout,
+                "concurrency_key": concurrency_key,
+                "unique": unique,
             }
         )
     except BadInput as exc:
@@ -268,11 +285,16 @@ def enqueue(
     spec = request.spec(source="cli")
 
     async def action(store: AdminStore) -> tuple[int, bool]:
-        (job_id,) = await store.enqueue_many([spec])
-        if job_id is None:
+        # Twice at most: a unique "active" holder may let its key go between the two steps.
+        for _ in range(2):
+            (job_id,) = await store.enqueue_many([spec])
+            if job_id is not None:
+                return job_id, False
             assert dedup_key is not None
-            return (await store.ids_by_dedup_key([dedup_key]))[dedup_key], True
-        return job_id, False
+            held = await store.ids_by_dedup_key([dedup_key])
+            if dedup_key in held:
+                return held[dedup_key], True
+        fail(f"--dedup-key {dedup_key!r} is being taken and released; try again")
 
     job_id, duplicate = with_store(config, action)
     if as_json():
@@ -306,10 +328,14 @@ def stats() -> None:
     """Job counts by queue and status, and every instance with its sources' state."""
     config, _ = load(DB_SECTIONS)
 
-    async def action(store: AdminStore) -> tuple[Any, list[dict[str, Any]]]:
-        return await store.stats(), await store.list_workers()
+    async def action(
+        store: AdminStore,
+    ) -> tuple[Any, list[dict[str, Any]], list[str], dict[str, tuple[int, float]]]:
+        paused = [s.queue for s in await store.queue_states() if s.paused]
+        outbox = await store.outbox_pending()
+        return await store.stats(), await store.list_workers(), paused, outbox
 
-    counts, workers = with_store(config, action)
+    counts, workers, paused, outbox = with_store(config, action)
     # The published state holds sources' last errors; a daemon masks its own secrets there,
     # this masks URL passwords again for rows of daemons that did not.
     workers = [
@@ -317,13 +343,26 @@ def stats() -> None:
         for w in workers
     ]
     if as_json():
-        print_json({"queues": counts, "instances": workers})
+        pending = {o: {"pending": n, "oldest_seconds": age} for o, (n, age) in outbox.items()}
+        print_json({"queues": counts, "instances": workers, "paused": paused, "outbox": pending})
         return
     statuses = [s.value for s in JobStatus]
     print_table(
         [Column("QUEUE"), *(Column(s.upper(), justify="right") for s in statuses)],
         [(q, *(by.get(s, 0) for s in statuses)) for q, by in sorted(counts.items())],
     )
+    if paused:
+        click.echo(f"paused queues (nothing starts there): {', '.join(paused)}")
+    if outbox:
+        click.echo()
+        print_table(
+            [
+                Column("OUTPUT"),
+                Column("UNSENT", justify="right"),
+                Column("OLDEST", justify="right"),
+            ],
+            [(o, n, f"{age:.0f}s") for o, (n, age) in sorted(outbox.items())],
+        )
     click.echo()
     rows = []
     for w in workers:

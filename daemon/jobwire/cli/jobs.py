@@ -24,6 +24,7 @@ from jobwire.cli.common import (
 from jobwire.cli.filters import filter_options, job_filter
 from jobwire.cli.group import main
 from jobwire.models import Job, job_as_dict
+from jobwire.scheduler import schedule_name
 from jobwire.store.base import AdminStore
 
 
@@ -103,6 +104,8 @@ def jobs_show(job_id: int) -> None:
     if job is None:
         fail(f"no job {job_id}", EXIT_NOTHING)
     data = job_as_dict(job)
+    if job.schedule_id is not None:
+        data["schedule"] = schedule_name(job)  # provenance: the schedule that made it
     data["runs"] = runs
     # JSON by default, as before -o existed: scripts read it.
     if as_json(default="json"):

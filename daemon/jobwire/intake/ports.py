@@ -34,6 +34,10 @@ class Settler(Protocol):
 class Handoff(Protocol):
     """A worker pool that takes freshly inserted jobs directly (see WorkerPool.reserve)."""
 
+    @property
+    def limited_handlers(self) -> frozenset[str]:
+        """Handlers whose jobs never start straight from the intake (they have a rate)."""
+
     def reserve(self, queue: str, wanted: int) -> int:
         """Slots granted for jobs inserted now."""
 

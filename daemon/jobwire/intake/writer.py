@@ -73,8 +73,9 @@ class BatchWriter:
     def _reserve(self, specs: Sequence[JobSpec]) -> tuple[dict[str, int], DirectStart | None]:
         """Ask the pool for idle slots; the first specs of each queue then start at once."""
         wanted: dict[str, int] = {}
+        limited = self._pool.limited_handlers
         for spec in specs:
-            if spec.failed_reason is None and spec.delay <= 0:
+            if _direct(spec, limited):
                 wanted[spec.queue] = wanted.get(spec.queue, 0) + 1
         reserved = {q: self._pool.reserve(q, n) for q, n in wanted.items()}
         if not any(reserved.values()):
@@ -82,7 +83,7 @@ class BatchWriter:
         left = dict(reserved)
         flags = []
         for spec in specs:
-            take = spec.failed_reason is None and spec.delay <= 0 and left.get(spec.queue, 0) > 0
+            take = _direct(spec, limited) and left.get(spec.queue, 0) > 0
             if take:
                 left[spec.queue] -= 1
             flags.append(take)
@@ -154,3 +155,14 @@ class BatchWriter:
         except InvalidJobData as exc:
             # Not this message: the store refuses the simplest row there is.
             raise StoreUnavailable(f"the store refuses even a bare failed job: {exc}") from exc
+
+
+def _direct(spec: JobSpec, limited: frozenset[str]) -> bool:
+    """Whether a spec may start straight from the intake: runnable now, and with no key or
+    handler rate to obey (only the flow claim may start those)."""
+    return (
+        spec.failed_reason is None
+        and spec.delay <= 0
+        and spec.concurrency_key is None
+        and spec.handler not in limited
+    )

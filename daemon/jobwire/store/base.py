@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
+from jobwire.effects import Claim, OutboxRow
+from jobwire.limits import Rate
 from jobwire.models import Job, JobSpec, JobStatus, Outcome, StreamOffset
 
 
@@ -23,13 +25,58 @@ class InvalidJobData(Exception):
 
 
 @dataclass(frozen=True)
+class QueueFlow:
+    """How a queue's jobs are claimed on the flow path (under the cluster-wide flow lock):
+    keyed jobs at most ``key_limit`` running per key, in id order when ``ordered``; a queue
+    rate when ``rate``; ``only_special``: this path takes only the queue's keyed jobs and
+    those of rate-limited handlers (the fast claim takes the rest)."""
+
+    key_limit: int = 1
+    ordered: bool = False
+    rate: Rate | None = None
+    only_special: bool = False
+
+
+@dataclass(frozen=True)
+class ClaimFlow:
+    """The flow controls a claim obeys: flow-path queues, handler rates, and whom to tell
+    when a rate held jobs back (with the seconds until a token is due)."""
+
+    queues: Mapping[str, QueueFlow] = field(default_factory=dict)
+    handler_rates: Mapping[str, Rate] = field(default_factory=dict)
+    on_throttle: Callable[[float], None] | None = None
+
+
+@dataclass(frozen=True)
 class ClaimRequest:
-    """What a pool asks for: up to ``limit`` jobs, at most ``per_queue[q]`` from queue ``q``."""
+    """What a pool asks for: up to ``limit`` jobs, at most ``per_queue[q]`` from queue ``q``;
+    ``flow``: the rate limits and concurrency keys to obey (none: every job is plain)."""
 
     per_queue: dict[str, int]
     limit: int
     worker_id: str
     lease: float
+    flow: ClaimFlow | None = None
+
+
+@dataclass(frozen=True)
+class FlowState:
+    """What the pools re-read every poll: paused queues, and queues with keyed jobs or jobs
+    of rate-limited handlers waiting."""
+
+    paused: frozenset[str] = frozenset()
+    keyed: frozenset[str] = frozenset()
+    limited: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """A queue an operator paused or resumed, and when and by whom."""
+
+    queue: str
+    paused: bool
+    changed_at: datetime
+    changed_by: str | None
 
 
 @dataclass(frozen=True)
@@ -83,6 +130,8 @@ class ScheduleRow:
     last_run_at: datetime | None
     next_run_at: datetime | None
     catch_up: Literal["none", "latest", "all"]
+    # "config": written from the config file at start-up; "api": added at run time (CLI, API).
+    origin: Literal["config", "api"] = "config"
 
 
 @dataclass(frozen=True)
@@ -95,6 +144,23 @@ class AuditEntry:
     target: str | None = None
     count: int = 0
     detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FailureGroup:
+    """Failed jobs sharing an error fingerprint: how many, when, where, and the newest."""
+
+    fingerprint: str
+    count: int
+    first_seen: datetime | None
+    last_seen: datetime | None
+    handlers: list[str]
+    queues: list[str]
+    sample_id: int
+
+
+# One minute of finished jobs: (minute, queue, status, count).
+ThroughputRow = tuple[datetime, str, str, int]
 
 
 @dataclass(frozen=True)
@@ -166,6 +232,9 @@ def started_jobs(
             dedup_key=spec.dedup_key,
             worker_id=direct.worker_id,
             started_at=now,
+            timeout=spec.timeout,
+            concurrency_key=spec.concurrency_key,
+            unique_mode=spec.unique or "forever",
         )
         for spec, job_id, flag in zip(specs, ids, direct.flags, strict=True)
         # Not handed off, a duplicate that made no row, or a row stored failed.
@@ -247,6 +316,13 @@ class JobStore(Protocol):
     async def oldest_ready(self, queues: Sequence[str]) -> dict[str, float]:
         """Seconds the oldest job ready to run now has waited, per queue (0 when none)."""
 
+    async def flow_state(
+        self, queues: Sequence[str], limited_handlers: Collection[str] = (), full: bool = True
+    ) -> FlowState:
+        """Which of these queues are paused, which have keyed jobs ready, and which have
+        jobs of these (rate-limited) handlers waiting; not ``full``: a bounded look that
+        may miss some (the caller keeps what it knew until a full one)."""
+
     async def stats(self, finished: bool = True) -> dict[str, dict[str, int]]:
         """Job counts as ``{queue: {status: count}}`` (metrics read the live ones only)."""
 
@@ -298,6 +374,21 @@ class ScheduleStore(Protocol):
     async def set_schedule_enabled(self, name: str, enabled: bool) -> bool:
         """Pause or resume a schedule; False if there is none by that name."""
 
+    async def enqueue_scheduled(self, specs: Sequence[JobSpec]) -> list[int]:
+        """Insert jobs linked to their schedule (``spec.schedule_id``); the new ids."""
+
+    async def add_schedule(self, values: Mapping[str, Any]) -> ScheduleRow | None:
+        """Add a run-time schedule (origin 'api'); None when the name is taken."""
+
+    async def update_schedule(self, name: str, values: Mapping[str, Any]) -> ScheduleRow | None:
+        """Change a run-time schedule; None when there is no run-time schedule by that name."""
+
+    async def remove_schedule(self, name: str) -> bool:
+        """Delete a run-time schedule (its jobs stay); False when there is none by that name."""
+
+    async def last_schedule_jobs(self) -> dict[int, tuple[int, str]]:
+        """Each schedule's newest job: ``{schedule id: (job id, status)}``."""
+
     async def try_leadership(self, key: str) -> LeaderLock | None:
         """A held lock named ``key``, or None when another instance holds it."""
 
@@ -313,6 +404,49 @@ class MaintenanceStore(Protocol):
 
     async def purge_finished(self, older_than: float, batch: int) -> int:
         """Delete one batch of finished jobs older than ``older_than`` seconds, oldest first."""
+
+    async def purge_outbox(self, older_than: float, batch: int) -> int:
+        """Delete one batch of outbox rows sent more than ``older_than`` seconds ago."""
+
+    async def maintain_tables(
+        self, tables: Sequence[str] | None, *, vacuum: bool, analyze: bool, timeout: float
+    ) -> list[str]:
+        """VACUUM and/or ANALYZE jobwire's own tables (all, or those named); the ones done."""
+
+
+class OutboxStore(Protocol):
+    """What the outbox relays use: claim rows with a lease, mark them sent, give them back."""
+
+    async def claim_outbox(
+        self,
+        output: str,
+        limit: int,
+        lease: float,
+        after: OutboxRow | None = None,
+        sent: Sequence[int] = (),
+    ) -> Claim:
+        """Lease up to ``limit`` unsent rows of ``output``, oldest first (a key in flight
+        elsewhere waits), for ``lease`` seconds; ``after``: only rows after that one (the
+        previous claim's ``resume``); ``sent``: rows to mark sent first, in the same
+        transaction."""
+
+    async def mark_outbox_sent(self, ids: Sequence[int]) -> None:
+        """Mark rows sent, after the broker confirmed them."""
+
+    async def release_outbox(self, ids: Sequence[int], error: str) -> None:
+        """Free rows that could not be sent through no fault of theirs, with the reason."""
+
+    async def fail_outbox(
+        self, ids: Sequence[int], error: str, max_attempts: int, permanent: Sequence[int] = ()
+    ) -> list[int]:
+        """Free rows whose own publish failed, or set them aside for good (``max_attempts``
+        used up, or in ``permanent``); returns the ids set aside."""
+
+    async def outbox_pending(self) -> dict[str, tuple[int, float]]:
+        """Unsent rows per output and the age in seconds of the oldest."""
+
+    async def purge_outbox(self, older_than: float, batch: int) -> int:
+        """Delete one batch of rows sent more than ``older_than`` seconds ago."""
 
 
 class AdminStore(Protocol):
@@ -375,11 +509,20 @@ class AdminStore(Protocol):
         """Job counts as ``{queue: {status: count}}``; only pending, retrying and running
         ones (cheap however long the history) when ``finished`` is false."""
 
+    async def outbox_pending(self) -> dict[str, tuple[int, float]]:
+        """Unsent outbox rows per output and the age in seconds of the oldest."""
+
     async def list_workers(self) -> list[dict[str, Any]]:
         """Every instance's row: id, host, pid, version, heartbeat age, published state."""
 
     async def cancel(self, job_id: int) -> str | None:
         """Cancel a waiting job or flag a running one; returns the status, None if unknown."""
+
+    async def set_queue_paused(self, queue: str, paused: bool, by: str) -> bool:
+        """Pause or resume a queue for every instance; False if it already was so."""
+
+    async def queue_states(self) -> list[QueueState]:
+        """Every queue an operator paused or resumed, by name."""
 
     async def retry(self, job_ids: Sequence[int] = (), status: str | None = None) -> list[int]:
         """Run failed or cancelled jobs again; returns the ids that were requeued."""
@@ -403,6 +546,31 @@ class AdminStore(Protocol):
 
     async def delete_ids(self, job_ids: Sequence[int]) -> list[int]:
         """Delete those of these jobs that are finished, with their runs; returns their ids."""
+
+    # -- the dashboard's (failures, frozen bulk actions, throughput, live changes) --------
+
+    async def failure_groups(self, limit: int) -> list[FailureGroup]:
+        """Failed jobs grouped by error fingerprint, the biggest group first."""
+
+    async def failed_ids(
+        self, fingerprint: str, limit: int, before_id: int | None = None
+    ) -> list[int]:
+        """Ids of failed jobs with this fingerprint, newest first; ``before_id`` pages on."""
+
+    async def finished_before(self, job_ids: Sequence[int], at: datetime) -> list[int]:
+        """Those of these jobs whose last finish is no later than ``at``."""
+
+    async def throughput(self, since: datetime) -> list[ThroughputRow]:
+        """Finished jobs per minute, queue and status since ``since``, oldest first."""
+
+    async def rollup_throughput(self) -> int:
+        """Add the whole minutes finished since the last rollup; returns rows written."""
+
+    async def change_marker(self) -> int:
+        """A number that moves whenever jobs are inserted, changed or deleted (polled)."""
+
+    async def backfill_fingerprints(self, batch: int) -> int:
+        """Fingerprint up to ``batch`` failed jobs that have none yet; returns how many."""
 
     async def close(self) -> None:
         """Release connections."""

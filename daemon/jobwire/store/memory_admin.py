@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from jobwire.models import FINISHED, LIVE, Job, JobSpec, JobStatus
 from jobwire.store.base import UNROUTABLE_HANDLER, AuditEntry, AuditRow, JobFilter, ScheduleRow
 from jobwire.store.memory_base import READY, MemoryState, now
+from jobwire.store.memory_dashboard import MemoryDashboard
 
 # Statuses counted as PostgreSQL counts them (through a partial index); not succeeded.
 _COUNTED = frozenset({"failed", "cancelled", "pending", "retrying", "running"})
@@ -35,7 +36,7 @@ def _selected(job: Job, where: JobFilter) -> bool:
     )
 
 
-class MemoryAdmin(MemoryState):
+class MemoryAdmin(MemoryDashboard):
     """What operators and applications run on the memory store."""
 
     def __init__(self, default_max_attempts: int = 5) -> None:
@@ -44,7 +45,8 @@ class MemoryAdmin(MemoryState):
 
     async def ids_by_dedup_key(self, keys: Sequence[str]) -> dict[str, int]:
         """Existing job ids for the given dedup keys."""
-        return {k: self._by_key[k] for k in keys if k in self._by_key}
+        held = {k: self._key_holder(k) for k in keys}
+        return {k: v for k, v in held.items() if v is not None}
 
     async def cancel(self, job_id: int) -> str | None:
         """Cancel a waiting job, flag a running one."""
@@ -246,6 +248,24 @@ class MemoryLock:
 
 
 _TIMING = ("cron", "interval_s", "timezone", "start_at")
+# What a run-time schedule's values hold (the columns an operator sets, and its next tick).
+_COLUMNS = (
+    "name",
+    "cron",
+    "interval_s",
+    "timezone",
+    "handler",
+    "payload",
+    "queue",
+    "priority",
+    "max_attempts",
+    "enabled",
+    "start_at",
+    "end_at",
+    "max_runs",
+    "catch_up",
+    "next_run_at",
+)
 
 
 class MemorySchedules(MemoryState):
@@ -272,11 +292,11 @@ class MemorySchedules(MemoryState):
                 self._next_schedule_id += 1
             else:
                 self.schedules[r["name"]] = dataclasses.replace(
-                    old, next_run_at=next_run_at, **values
+                    old, next_run_at=next_run_at, origin="config", **values
                 )
         names = {r["name"] for r in rows}
         for name, row in self.schedules.items():
-            if row.enabled and name not in names:
+            if row.enabled and row.origin == "config" and name not in names:
                 self.schedules[name] = dataclasses.replace(row, enabled=False)
 
     async def due_schedules(self) -> list[ScheduleRow]:
@@ -303,7 +323,7 @@ class MemorySchedules(MemoryState):
         row = self.schedules.get(name)
         if row is None or row.next_run_at != expected_next:
             return None
-        made = sum(1 for i in self._insert(specs, None, ()) if i is not None)
+        made = len(await self.enqueue_scheduled(specs))
         self.schedules[name] = dataclasses.replace(
             row,
             last_run_at=last_run_at or row.last_run_at,
@@ -329,6 +349,64 @@ class MemorySchedules(MemoryState):
         self.schedules[name] = dataclasses.replace(row, enabled=enabled)
         return True
 
+    async def enqueue_scheduled(self, specs: Sequence[JobSpec]) -> list[int]:
+        """Insert jobs linked to their schedule (``spec.schedule_id``); the new ids."""
+        await self.ping()
+        ids = self._insert(specs, None, ())
+        for job_id, spec in zip(ids, specs, strict=True):
+            if job_id is not None:
+                self.jobs[job_id].schedule_id = spec.schedule_id
+        return [i for i in ids if i is not None]
+
+    async def add_schedule(self, values: Mapping[str, Any]) -> ScheduleRow | None:
+        """Add a run-time schedule (origin 'api'); None when the name is taken."""
+        await self.ping()
+        if values["name"] in self.schedules:
+            return None
+        row = ScheduleRow(
+            id=self._next_schedule_id,
+            run_count=0,
+            last_run_at=None,
+            origin="api",
+            **{k: values[k] for k in _COLUMNS},
+        )
+        self._next_schedule_id += 1
+        self.schedules[row.name] = row
+        return row
+
+    async def update_schedule(self, name: str, values: Mapping[str, Any]) -> ScheduleRow | None:
+        """Change a run-time schedule; None when there is no run-time schedule by that name."""
+        await self.ping()
+        old = self.schedules.get(name)
+        if old is None or old.origin != "api":
+            return None
+        keep = old.next_run_at is not None
+        keep = keep and all(getattr(old, k) == values[k] for k in (*_TIMING, "end_at"))
+        changed = {k: values[k] for k in _COLUMNS if k not in ("name", "next_run_at")}
+        next_run_at = old.next_run_at if keep else values["next_run_at"]
+        row = dataclasses.replace(old, next_run_at=next_run_at, **changed)
+        self.schedules[name] = row
+        return row
+
+    async def remove_schedule(self, name: str) -> bool:
+        """Delete a run-time schedule (its jobs stay); False when there is none by that name."""
+        await self.ping()
+        row = self.schedules.get(name)
+        if row is None or row.origin != "api":
+            return False
+        del self.schedules[name]
+        return True
+
+    async def last_schedule_jobs(self) -> dict[int, tuple[int, str]]:
+        """Each schedule's newest job: ``{schedule id: (job id, status)}``."""
+        await self.ping()
+        out: dict[int, tuple[int, str]] = {}
+        for job in self.jobs.values():
+            sid = job.schedule_id
+            if sid is not None and (sid not in out or out[sid][0] < job.id):
+                out[sid] = (job.id, str(job.status))
+        return out
+
     async def try_leadership(self, key: str) -> MemoryLock | None:
         """The lock named ``key`` unless it is held."""
         await self.ping()
@@ -336,6 +414,12 @@ class MemorySchedules(MemoryState):
             return None
         self.locks.add(key)
         return MemoryLock(self.locks, key)
+
+    async def maintain_tables(
+        self, tables: Sequence[str] | None, *, vacuum: bool, analyze: bool, timeout: float
+    ) -> list[str]:
+        """Nothing to vacuum in memory: the tables named (or "jobs") as if done."""
+        return list(tables) if tables is not None else ["jobs"]
 
     async def purge_finished(self, older_than: float, batch: int) -> int:
         """Delete one batch of old finished jobs, oldest first; their runs go with them."""

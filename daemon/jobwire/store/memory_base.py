@@ -7,12 +7,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from jobwire.models import Job, JobSpec, JobStatus, StreamOffset
+from jobwire.models import FINISHED, Job, JobSpec, JobStatus, StreamOffset
 from jobwire.storable import MAX_KEY_BYTES, json_problem, problem_of
 from jobwire.store.base import (
     DirectStart,
     InvalidJobData,
     NotifyCallback,
+    QueueState,
     ScheduleRow,
     StoreUnavailable,
 )
@@ -28,12 +29,17 @@ def now() -> datetime:
 def refused(spec: JobSpec) -> str | None:
     """Why PostgreSQL would refuse this spec's row, for the memory store to refuse it too."""
     texts = [spec.handler, spec.queue, spec.source, spec.dedup_key, spec.content_type]
+    texts.append(spec.concurrency_key)
     texts += [spec.failed_reason, *spec.headers, *spec.headers.values()]
     for text in texts:
         if text is not None and problem_of(text):
             return f"DataError: text {problem_of(text)}"
     if not -(2**31) <= spec.priority < 2**31:
         return "DataError: priority out of int32 range"
+    if spec.timeout is not None and not spec.timeout > 0:
+        return "CheckViolationError: jobs_timeout_positive"
+    if spec.unique not in (None, "forever", "active"):
+        return "CheckViolationError: jobs_unique_mode"
     if spec.dedup_key is not None and len(spec.dedup_key.encode()) > 2 * MAX_KEY_BYTES:
         return "ProgramLimitExceededError: index row size exceeds the maximum"
     payload = spec.payload
@@ -59,6 +65,11 @@ class MemoryState:
         self.schedules: dict[str, ScheduleRow] = {}
         self.offsets: dict[tuple[str, str, int], int] = {}
         self.locks: set[str] = set()
+        # The outbox's rows (memory_outbox.py), in id order.
+        self.outbox: list[Any] = []
+        # Flow controls: paused queues (queue_state) and token buckets (name -> tokens, when).
+        self.queue_state: dict[str, QueueState] = {}
+        self.buckets: dict[str, tuple[float, float]] = {}
         self._by_key: dict[str, int] = {}
         self._next_id = 1
         self._next_run_id = 1
@@ -107,6 +118,21 @@ class MemoryState:
         )
         self._next_run_id += 1
 
+    def _release_key(self, job: Job) -> None:
+        """A finished "active" job lets its dedup key go, as PostgreSQL's trigger does."""
+        if job.unique_mode == "active" and job.dedup_key is not None and job.status in FINISHED:
+            if self._by_key.get(job.dedup_key) == job.id:
+                del self._by_key[job.dedup_key]
+            job.released_key, job.dedup_key = job.dedup_key, None
+
+    def _key_holder(self, key: str) -> int | None:
+        """The id of the job holding a dedup key, if one does (after any release it owes)."""
+        job_id = self._by_key.get(key)
+        if job_id is not None and job_id in self.jobs:
+            # Every path that finishes a job would otherwise have to remember to release it.
+            self._release_key(self.jobs[job_id])
+        return self._by_key.get(key)
+
     def _insert(
         self,
         specs: Sequence[JobSpec],
@@ -125,7 +151,7 @@ class MemoryState:
         at = now()
         flags = list(direct.flags) if direct else [False] * len(specs)
         for s, run_now in zip(specs, flags, strict=True):
-            if s.dedup_key is not None and s.dedup_key in self._by_key:
+            if s.dedup_key is not None and self._key_holder(s.dedup_key) is not None:
                 ids.append(None)
                 continue
             job = Job(
@@ -147,6 +173,9 @@ class MemoryState:
                 last_error=s.failed_reason,
                 parent_id=s.parent_id,
                 finished_at=at if s.failed_reason else None,
+                timeout=s.timeout,
+                concurrency_key=s.concurrency_key,
+                unique_mode=s.unique or "forever",
             )
             if run_now and direct and not s.failed_reason:
                 job.status, job.attempts, job.worker_id = JobStatus.RUNNING, 1, direct.worker_id

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
+from jobwire.effects import effects_of
 from jobwire.models import FINISHED, Job, JobSpec, JobStatus, Outcome, StreamOffset
 from jobwire.store.base import (
     ClaimRequest,
@@ -18,10 +19,13 @@ from jobwire.store.base import (
     Renewal,
     started_jobs,
 )
-from jobwire.store.memory_base import READY, MemoryState, now
+from jobwire.store.flow import flow_left, plain_queues
+from jobwire.store.memory_base import READY, now
+from jobwire.store.memory_flow import MemoryFlow
+from jobwire.store.memory_outbox import write_effects
 
 
-class MemoryJobs(MemoryState):
+class MemoryJobs(MemoryFlow):
     """What the intake and the worker pool run on the memory store."""
 
     async def enqueue(
@@ -59,22 +63,32 @@ class MemoryJobs(MemoryState):
         return found
 
     async def claim(self, request: ClaimRequest) -> list[Job]:
-        """Claim ready jobs, priority first then FIFO, within the per-queue limits."""
+        """Claim ready jobs, priority first then FIFO, within the per-queue limits: plain
+        jobs as the fast claim does, then keyed and rate-limited ones as the flow claim."""
         at = now()
+        flow = request.flow
+        limited = flow.handler_rates if flow is not None else {}
         candidates: list[Job] = []
-        for queue, n in request.per_queue.items():
+        for queue, n in plain_queues(request).items():
             if n <= 0:
                 continue
             ready = sorted(
                 (
                     j
                     for j in self.jobs.values()
-                    if j.queue == queue and j.status in READY and j.run_at <= at
+                    if j.queue == queue
+                    and j.status in READY
+                    and j.run_at <= at
+                    and j.concurrency_key is None
+                    and j.handler not in limited
                 ),
                 key=lambda j: (-j.priority, j.id),
             )
             candidates.extend(ready[:n])
         chosen = sorted(candidates, key=lambda j: (-j.priority, j.id))[: max(request.limit, 0)]
+        if flow is not None and flow.queues:
+            per_queue, limit = flow_left(request, flow, chosen)
+            chosen += self._flow_candidates(flow, per_queue, limit, at)
         for job in chosen:
             job.status = JobStatus.RUNNING
             job.attempts += 1
@@ -106,6 +120,10 @@ class MemoryJobs(MemoryState):
             job.finished_at = at if o.status in FINISHED else None
             if o.status == JobStatus.SUCCEEDED:
                 job.progress = 100
+                effects = effects_of(o)
+                if effects is not None:
+                    write_effects(self, job, effects)
+            self._release_key(job)
             self._add_run(job, worker_id, str(o.status), o.error, o.duration, job.result)
             job.lease_until = job.worker_id = None
         return count

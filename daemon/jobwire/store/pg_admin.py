@@ -7,7 +7,8 @@ from typing import Any
 
 from jobwire.models import Job
 from jobwire.store.base import AuditEntry, AuditRow, JobFilter
-from jobwire.store.pg_base import PgBase, guard, job_of
+from jobwire.store.pg_base import guard, job_of
+from jobwire.store.pg_dashboard import PgDashboard
 
 # Statuses whose listing reads a partial index (see list_jobs in queries.sql).
 LIST_QUERY_BY_STATUS = {
@@ -31,7 +32,7 @@ COUNT_QUERY_BY_STATUS = {
 }
 
 
-class PgAdmin(PgBase):
+class PgAdmin(PgDashboard):
     """What operators and applications run on PostgreSQL (enqueueing is PgJobs')."""
 
     async def ids_by_dedup_key(self, keys: Sequence[str]) -> dict[str, int]:

@@ -13,7 +13,7 @@ import asyncpg
 from jobwire.models import Job, JobSpec, JobStatus, StreamOffset
 from jobwire.store.base import DirectStart, InvalidJobData, StoreRefused, StoreUnavailable
 from jobwire.store.queries import queries
-from jobwire.store.rows import job_columns
+from jobwire.store.rows import job_columns, option_columns
 
 # Errors that mean "the database is not there right now", as opposed to a bug in a statement.
 UNAVAILABLE = (
@@ -25,6 +25,11 @@ UNAVAILABLE = (
     asyncpg.AdminShutdownError,
     asyncpg.TooManyConnectionsError,
     asyncpg.QueryCanceledError,
+    # A session terminated mid-operation (an administrator command, a failover's demotion)
+    # can leave asyncpg's protocol state behind: "cannot switch to state 12; another
+    # operation (2) is in progress" (MagicStack/asyncpg#1069). Seen in the failover drill;
+    # the connection is dead, the data is not at fault.
+    asyncpg.InternalClientError,
 )
 
 
@@ -159,8 +164,8 @@ class PgBase:
         direct: DirectStart | None,
         offsets: Sequence[StreamOffset] = (),
     ) -> list[Any]:
-        """The insert_jobs parameters: one array per column, the direct-start ones, then the
-        stream offsets."""
+        """The insert_jobs parameters: one array per column, the direct-start ones, the
+        stream offsets, then the per-job options."""
         return [
             *job_columns(specs, self._default_max_attempts),
             [s.failed_reason for s in specs],
@@ -171,4 +176,5 @@ class PgBase:
             [o.topic for o in offsets],
             [o.partition for o in offsets],
             [o.next_offset for o in offsets],
+            *option_columns(specs),
         ]

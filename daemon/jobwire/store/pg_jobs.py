@@ -11,6 +11,7 @@ import asyncpg
 import structlog
 
 from jobwire.backoff import Backoff
+from jobwire.effects import effects_of
 from jobwire.models import Job, JobSpec, JobStatus, Outcome, StreamOffset
 from jobwire.store.base import (
     ClaimRequest,
@@ -22,7 +23,10 @@ from jobwire.store.base import (
     StoreUnavailable,
     started_jobs,
 )
-from jobwire.store.pg_base import UNAVAILABLE, PgBase, guard, is_outage, server_settings
+from jobwire.store.flow import flow_left, plain_queues
+from jobwire.store.pg_base import UNAVAILABLE, guard, is_outage, server_settings
+from jobwire.store.pg_flow import PgFlow
+from jobwire.store.pg_outbox import write_effects
 from jobwire.store.rows import ids_in_order
 
 log = structlog.get_logger("jobwire.store")
@@ -50,10 +54,12 @@ def _claimed(row: asyncpg.Record) -> Job:
         started_at=row[15],
         parent_id=row[16],
         lease_until=row[17],
+        timeout=row[18],
+        concurrency_key=row[19],
     )
 
 
-class PgJobs(PgBase):
+class PgJobs(PgFlow):
     """What the intake and the worker pool run on PostgreSQL."""
 
     async def enqueue(
@@ -112,43 +118,77 @@ class PgJobs(PgBase):
         return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
 
     async def claim(self, request: ClaimRequest) -> list[Job]:
-        """Claim ready jobs for one worker."""
-        queues = [q for q, n in request.per_queue.items() if n > 0]
-        if not queues or request.limit <= 0:
-            return []
-        async with guard("claim"):
-            rows = await self._pool.fetch(
-                self._q["claim_jobs"],
-                queues,
-                [request.per_queue[q] for q in queues],
-                request.limit,
-                request.worker_id,
-                request.lease,
-            )
+        """Claim ready jobs for one worker: plain jobs by the fast claim, then (when the
+        request has flow controls) keyed and rate-limited ones by the flow claim."""
+        flow = request.flow
+        fast = plain_queues(request)
+        queues = [q for q, n in fast.items() if n > 0]
+        jobs: list[Job] = []
+        if queues and request.limit > 0:
+            async with guard("claim"):
+                rows = await self._pool.fetch(
+                    self._q["claim_jobs"],
+                    queues,
+                    [fast[q] for q in queues],
+                    request.limit,
+                    request.worker_id,
+                    request.lease,
+                    list(flow.handler_rates) if flow is not None else [],
+                )
+            jobs = [_claimed(r) for r in rows]
+        if flow is not None and flow.queues:
+            per_queue, limit = flow_left(request, flow, jobs)
+            jobs += await self._claim_flow(request, flow, per_queue, limit, _claimed)
         # The claim's RETURNING gives rows in no particular order; the pool starts them in
         # claim order.
-        return sorted((_claimed(r) for r in rows), key=lambda j: (-j.priority, j.id))
+        return sorted(jobs, key=lambda j: (-j.priority, j.id))
 
     async def complete_many(self, worker_id: str, outcomes: Sequence[Outcome]) -> int:
         """Write a batch of outcomes in one statement."""
         if not outcomes:
             return 0
+        if any(effects_of(o) is not None for o in outcomes):
+            return await self._complete_with_effects(worker_id, outcomes)
         async with guard("complete"):
             count = await self._pool.fetchval(
-                self._q["complete_jobs"],
-                [o.job_id for o in outcomes],
-                [o.attempt for o in outcomes],
-                [str(o.status) for o in outcomes],
-                [o.duration for o in outcomes],
-                [o.result_json for o in outcomes],
-                [o.error for o in outcomes],
-                [o.retry_in or 0.0 for o in outcomes],
-                worker_id,
-                # Job id -> position in the arrays above (1-based, as SQL arrays are); the
-                # connection's jsonb codec serialises it.
-                {str(o.job_id): i for i, o in enumerate(outcomes, 1)},
+                self._q["complete_jobs"], *self._complete_args(worker_id, outcomes)
             )
         return int(count)
+
+    async def _complete_with_effects(self, worker_id: str, outcomes: Sequence[Outcome]) -> int:
+        """complete_many when some outcomes carry effects (outbox rows, child jobs): one
+        transaction, the effects first (they lock the attempts still held, see
+        outbox_write_effects), then the same complete_jobs statement."""
+        try:
+            async with guard("complete"), self._pool.acquire() as conn, conn.transaction():
+                await write_effects(conn, self._q, worker_id, outcomes)
+                count = await conn.fetchval(
+                    self._q["complete_jobs"], *self._complete_args(worker_id, outcomes)
+                )
+        except asyncpg.PostgresError as exc:
+            if is_outage(exc):
+                raise StoreUnavailable(f"complete: {type(exc).__name__}: {exc}") from exc
+            # A child job or message the server refuses: the completer retries the batch one
+            # outcome at a time, and a refused one is written as a bare failure.
+            raise InvalidJobData(f"{type(exc).__name__}: {exc}") from exc
+        return int(count)
+
+    @staticmethod
+    def _complete_args(worker_id: str, outcomes: Sequence[Outcome]) -> list[Any]:
+        """complete_jobs' parameters for a batch of outcomes."""
+        return [
+            [o.job_id for o in outcomes],
+            [o.attempt for o in outcomes],
+            [str(o.status) for o in outcomes],
+            [o.duration for o in outcomes],
+            [o.result_json for o in outcomes],
+            [o.error for o in outcomes],
+            [o.retry_in or 0.0 for o in outcomes],
+            worker_id,
+            # Job id -> position in the arrays above (1-based, as SQL arrays are); the
+            # connection's jsonb codec serialises it.
+            {str(o.job_id): i for i, o in enumerate(outcomes, 1)},
+        ]
 
     async def renew_leases(self, worker_id: str, lease: float, job_ids: Sequence[int]) -> Renewal:
         """Extend the leases of the jobs this worker still holds; report which it holds and

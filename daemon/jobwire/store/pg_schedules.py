@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -67,7 +68,7 @@ class PgSchedules(PgBase):
         try:
             async with guard("fire schedule"):
                 async with self._pool.acquire() as conn, conn.transaction():
-                    rows = await conn.fetch(self._q["insert_jobs"], *self._insert_args(specs, None))
+                    rows = await conn.fetch(self._q["sched_insert_jobs"], *self._sched_args(specs))
                     moved = await conn.fetchval(
                         self._q["schedule_fired"],
                         name,
@@ -89,6 +90,28 @@ class PgSchedules(PgBase):
             status = await conn.execute(self._q["purge_finished"], older_than, batch)
         return int(status.split()[-1])
 
+    async def maintain_tables(
+        self, tables: Sequence[str] | None, *, vacuum: bool, analyze: bool, timeout: float
+    ) -> list[str]:
+        """VACUUM (never FULL) and/or ANALYZE jobwire's own tables, all or those named; returns
+        the tables done. A name that is not one of them raises ValueError, touching none."""
+        statement = self._q[
+            "builtins_vacuum_analyze"
+            if vacuum and analyze
+            else ("builtins_vacuum" if vacuum else "builtins_analyze")
+        ]
+        async with guard("maintenance"), self._pool.acquire() as conn:
+            own = [r["tablename"] for r in await conn.fetch(self._q["builtins_own_tables"])]
+            unknown = sorted(set(tables or ()) - set(own))
+            if unknown:
+                raise ValueError(f"not jobwire tables: {', '.join(unknown)}")
+            chosen = [t for t in own if tables is None or t in tables]
+            for table in chosen:
+                # Outside any transaction block (VACUUM refuses one): a lone simple query.
+                quoted = '"' + table.replace('"', '""') + '"'
+                await conn.execute(statement.format(table=quoted), timeout=timeout)
+        return chosen
+
     async def list_schedules(self) -> list[ScheduleRow]:
         """Every schedule row, by name."""
         async with guard("list schedules"):
@@ -108,13 +131,63 @@ class PgSchedules(PgBase):
                 is not None
             )
 
+    def _sched_args(self, specs: Sequence[JobSpec]) -> list[list[Any]]:
+        """The sched_insert_jobs parameters: one array per column."""
+        return [
+            [s.handler for s in specs],
+            [s.queue for s in specs],
+            [s.priority for s in specs],
+            [s.max_attempts or self._default_max_attempts for s in specs],
+            [None if s.payload is None else json.dumps(s.payload) for s in specs],
+            [s.source for s in specs],
+            [s.dedup_key for s in specs],
+            [s.schedule_id for s in specs],
+        ]
+
+    async def enqueue_scheduled(self, specs: Sequence[JobSpec]) -> list[int]:
+        """Insert jobs linked to their schedule (``spec.schedule_id``); the new ids."""
+        async with guard("enqueue scheduled"):
+            rows = await self._pool.fetch(self._q["sched_insert_jobs"], *self._sched_args(specs))
+        return [r["id"] for r in rows]
+
+    async def add_schedule(self, values: Mapping[str, Any]) -> ScheduleRow | None:
+        """Add a run-time schedule (origin 'api'); None when the name is taken."""
+        async with guard("add schedule"):
+            row = await self._pool.fetchrow(
+                self._q["sched_add_schedule"], values["name"], *_schedule_args(values)
+            )
+        return None if row is None else ScheduleRow(**row)
+
+    async def update_schedule(self, name: str, values: Mapping[str, Any]) -> ScheduleRow | None:
+        """Change a run-time schedule; None when there is no run-time schedule by that name."""
+        async with guard("update schedule"):
+            row = await self._pool.fetchrow(
+                self._q["sched_update_schedule"], name, *_schedule_args(values)
+            )
+        return None if row is None else ScheduleRow(**row)
+
+    async def remove_schedule(self, name: str) -> bool:
+        """Delete a run-time schedule (its jobs stay); False when there is none by that name."""
+        async with guard("remove schedule"):
+            return await self._pool.fetchval(self._q["sched_delete_schedule"], name) is not None
+
+    async def last_schedule_jobs(self) -> dict[int, tuple[int, str]]:
+        """Each schedule's newest job: ``{schedule id: (job id, status)}``."""
+        async with guard("last schedule jobs"):
+            rows = await self._pool.fetch(self._q["sched_last_jobs"])
+        return {r["schedule_id"]: (r["id"], r["status"]) for r in rows}
+
     async def try_leadership(self, key: str) -> Leadership | None:
         """Take an advisory lock on a dedicated connection; the holder leads until it closes.
 
         The lock lives exactly as long as that connection: a leader that dies, or whose
-        connection drops, loses it at once and another instance takes over.
+        connection drops, loses it at once and another instance takes over. While another
+        session holds it (pg_locks, read through the pool) no connection is opened: a
+        follower asking every second costs one pooled statement, not a new backend.
         """
         async with guard("leadership"):
+            if await self._pool.fetchval(self._q["lead_lock_held"], key):
+                return None
             conn = await asyncpg.connect(self._dsn, server_settings=server_settings(self._schema))
             try:
                 if await conn.fetchval(self._q["try_advisory_lock"], key):
@@ -124,3 +197,23 @@ class PgSchedules(PgBase):
                 raise
             await conn.close()
         return None
+
+
+def _schedule_args(v: Mapping[str, Any]) -> list[Any]:
+    """The columns of sched_add_schedule and sched_update_schedule after the name ($2-$15)."""
+    return [
+        v["cron"],
+        v["interval_s"],
+        v["timezone"],
+        v["handler"],
+        v["payload"],  # the pool's jsonb codec encodes it
+        v["queue"],
+        v["priority"],
+        v["max_attempts"],
+        v["enabled"],
+        v["start_at"],
+        v["end_at"],
+        v["max_runs"],
+        v["catch_up"],
+        v["next_run_at"],
+    ]

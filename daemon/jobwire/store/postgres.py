@@ -18,6 +18,7 @@ from jobwire.store.pg_base import (
     server_settings,
 )
 from jobwire.store.pg_jobs import PgJobs
+from jobwire.store.pg_outbox import PgOutbox
 from jobwire.store.pg_schedules import PgSchedules
 from jobwire.store.queries import queries
 
@@ -31,7 +32,7 @@ __all__ = [
 ]
 
 
-class PostgresStore(PgJobs, PgSchedules, PgAdmin):
+class PostgresStore(PgJobs, PgOutbox, PgSchedules, PgAdmin):
     """The production store: every role (jobs, schedules, admin) on one asyncpg pool."""
 
     @classmethod

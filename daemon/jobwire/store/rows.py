@@ -34,6 +34,20 @@ def job_columns(specs: Sequence[JobSpec], default_attempts: int | None) -> list[
     ]
 
 
+def option_columns(specs: Sequence[JobSpec]) -> list[list[Any] | None]:
+    """The per-job options, one array each: timeout, concurrency key, unique mode (insert_jobs'
+    $21-$23, insert_jobs_on_connection's $13-$15); None for an array of nothing but NULLs."""
+    # Broker batches set none of them: a NULL array (which unnest pads with NULLs like any
+    # shorter array) spares encoding and decoding a NULL per row on the hot path.
+    return [
+        [s.timeout for s in specs] if any(s.timeout is not None for s in specs) else None,
+        [s.concurrency_key for s in specs]
+        if any(s.concurrency_key is not None for s in specs)
+        else None,
+        [s.unique for s in specs] if any(s.unique is not None for s in specs) else None,
+    ]
+
+
 def ids_in_order(specs: Sequence[JobSpec], rows: Sequence[Mapping[str, Any]]) -> list[int | None]:
     """An id per spec from the insert's (id, dedup_key) rows; None for a taken dedup key.
 

@@ -26,17 +26,18 @@ _ERRORS = {
     400: "A bad request; field names the parameter or body key at fault",
     401: "No bearer token, or a wrong one",
     403: "Refused: no token is configured for this access, or the read token tried to act",
-    404: "No such job",
-    409: "The job is not in a state this action applies to",
+    404: "No such job or schedule",
+    409: "The job or schedule is not in a state this action applies to (or the name is taken)",
     413: f"The body is larger than {MAX_BODY_BYTES} bytes",
     503: "The database is unavailable",
 }
 _PARAMETER_TEXT = {
     "id": "A job id",
     "status": "Only jobs with this status",
-    "queue": "Only jobs in this queue",
+    "queue": "A queue's name (listing jobs: only jobs in this queue)",
     "limit": "At most this many jobs",
     "before_id": "Only jobs with a smaller id (the next page)",
+    "name": "A schedule's name",
 }
 
 
@@ -85,6 +86,18 @@ def _schemas() -> dict[str, Any]:
             "Enqueued": _object({"id": {"type": "integer"}, "duplicate": {"type": "boolean"}}),
             "JobState": _object({"id": {"type": "integer"}, "status": {"type": "string"}}),
             "ScheduleList": _object({"schedules": {"type": "array", "items": _ref("Schedule")}}),
+            "QueueList": _object({"queues": {"type": "array", "items": _ref("QueueControl")}}),
+            "QueueControl": _object(
+                {
+                    "queue": {"type": "string"},
+                    "paused": {"type": "boolean"},
+                    "changed": {"type": "boolean"},
+                    "changed_at": {"type": ["string", "null"]},
+                    "changed_by": {"type": ["string", "null"]},
+                    "live": {"type": "object", "additionalProperties": {"type": "integer"}},
+                },
+                required=["queue", "paused"],
+            ),
             "SourceList": _object(
                 {"sources": {"type": "object", "additionalProperties": {"type": "object"}}}
             ),

@@ -16,12 +16,14 @@ from jobwire.config import HttpConfig
 from jobwire.dashboard import Dashboard
 from jobwire.metrics import Metrics
 from jobwire.models import job_as_dict
+from jobwire.queue_admin import QueueRefused, set_paused
 from jobwire.redaction import redact
 from jobwire.store.base import OperatorStore, StoreUnavailable
 from jobwire.web.access import authorize
 from jobwire.web.openapi import openapi_document
 from jobwire.web.responses import ApiError, Handler, errors, json_response
 from jobwire.web.routes import ROUTES, Route
+from jobwire.web.schedules_api import ScheduleEndpoints
 
 log = structlog.get_logger("jobwire.http")
 
@@ -32,7 +34,7 @@ REQUIRED_UP = frozenset({"up", "paused"})  # paused on purpose (backlog) is not 
 _ENQUEUE_TRIES = 3
 
 
-class HttpApi:
+class HttpApi(ScheduleEndpoints):
     """Routes of the HTTP server, over the daemon's store, metrics and sources."""
 
     def __init__(
@@ -45,6 +47,7 @@ class HttpApi:
         required_sources: frozenset[str] = frozenset(),
         *,
         allowed_handlers: frozenset[str],
+        schema: str = "jobwire",
     ) -> None:
         self.config = config
         self.store = store
@@ -58,9 +61,11 @@ class HttpApi:
         self.document = openapi_document(config)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+        # Webhook sources' paths (type: http), served on this one port; set before start().
+        self.webhooks: dict[str, Handler] = {}
         # Built once, so its sessions outlive any number of app() calls.
         self.dashboard = (
-            Dashboard(config, store, sources, wake) if config.dashboard.enabled else None
+            Dashboard(config, store, sources, wake, schema) if config.dashboard.enabled else None
         )
 
     def app(self) -> web.Application:
@@ -76,6 +81,9 @@ class HttpApi:
         )
         for route in ROUTES:
             app.router.add_route(route.method, route.path, self._endpoint(route))
+        for path, hook in self.webhooks.items():
+            # Each source checks its own token and signature: not the API's access rules.
+            app.router.add_post(path, hook)
         if self.dashboard is not None:
             self.dashboard.mount(app)
         return app
@@ -219,6 +227,43 @@ class HttpApi:
             raise ApiError(409, f"job {job_id} is not failed or cancelled")
         self.wake()
         return json_response({"id": job_id, "status": "pending"})
+
+    async def list_queues(self, request: web.Request) -> web.Response:
+        """Queues with live jobs or a pause state: paused or not, live job counts."""
+        states = {s.queue: s for s in await self.store.queue_states()}
+        live = await self.store.stats(finished=False)
+        queues = []
+        for name in sorted({*states, *live}):
+            state = states.get(name)
+            queues.append(
+                {
+                    "queue": name,
+                    "paused": bool(state and state.paused),
+                    "changed_at": state.changed_at if state else None,
+                    "changed_by": state.changed_by if state else None,
+                    "live": live.get(name, {}),
+                }
+            )
+        return json_response({"queues": queues})
+
+    async def pause_queue(self, request: web.Request) -> web.Response:
+        """Start no more jobs of a queue on any instance."""
+        return await self._set_paused(request, True)
+
+    async def resume_queue(self, request: web.Request) -> web.Response:
+        """Start jobs of a paused queue again."""
+        return await self._set_paused(request, False)
+
+    async def _set_paused(self, request: web.Request, paused: bool) -> web.Response:
+        name = request.match_info["queue"]
+        actor = f"api:{request.remote or '?'}"
+        try:
+            changed = await set_paused(self.store, name, paused, actor)
+        except QueueRefused as exc:
+            raise ApiError(400, str(exc), "queue") from None
+        if not paused:
+            self.wake()
+        return json_response({"queue": name, "paused": paused, "changed": changed})
 
     async def cancel_job(self, request: web.Request) -> web.Response:
         """Cancel a waiting job, or ask the worker running it to stop."""

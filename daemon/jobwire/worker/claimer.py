@@ -60,6 +60,9 @@ class Claimer:
             with contextlib.suppress(ValueError):
                 self._cancel(int(message.split(":", 1)[1]), "cancelled")
             return
+        if message == "controls":
+            self.state.flow.reread_soon()
+            return
         self.state.wake.set()
 
     async def run(self) -> None:
@@ -69,6 +72,7 @@ class Claimer:
         while not state.stopping.is_set():
             woken = state.wake.is_set()
             state.wake.clear()
+            await state.flow.refresh(self.store)
             per_queue, free_total = state.free_slots()
             asked = min(free_total, sum(per_queue.values()))
             if asked > 0 and not state.reconciling:
@@ -76,7 +80,13 @@ class Claimer:
                 state.claiming = True
                 try:
                     jobs = await self.store.claim(
-                        ClaimRequest(per_queue, free_total, state.worker_id, workers.lease)
+                        ClaimRequest(
+                            per_queue,
+                            free_total,
+                            state.worker_id,
+                            workers.lease,
+                            state.flow.claim_flow(),
+                        )
                     )
                     state.store_back()
                 except StoreUnavailable as exc:

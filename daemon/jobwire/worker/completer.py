@@ -132,8 +132,10 @@ class Completer:
             del state.outcomes[: len(batch)]
             for o in batch:
                 state.leases.pop((o.job_id, o.attempt), None)
-            if state.backlog:
-                state.wake.set()  # slots held by unwritten outcomes are free again
+            if state.backlog or state.flow.active:
+                # Slots held by unwritten outcomes are free again; a finished keyed job or
+                # a rate's next token may let a held-back job start.
+                state.wake.set()
 
     async def _one_by_one(self, batch: list[Outcome]) -> None:
         """Write a refused batch one outcome at a time; a refused outcome is written as a

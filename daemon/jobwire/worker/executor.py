@@ -1,4 +1,4 @@
-"""The executor: runs each job's handler in its own task, with the queue's timeout, and
+"""The executor: runs each job's handler in its own task, with its timeout, and
 turns how it ended into an outcome.
 
 Plain (blocking) handlers run on the pool's own threads, one per slot; a thread cannot be
@@ -101,6 +101,9 @@ class Executor:
         state.take_slot(job.queue)
         if self._on_start is not None:
             self._on_start(job)
+        if self.outcomes.defaults is not None:
+            # handler_defaults: a job that set no max_attempts gets its handler's.
+            job.max_attempts = self.outcomes.defaults.max_attempts(job.handler, job.max_attempts)
         ctx = JobContext(
             job_id=job.id,
             attempt=job.attempts,
@@ -125,11 +128,7 @@ class Executor:
         mine = self.state.running[job.id]
         build = self.outcomes
         structlog.contextvars.bind_contextvars(job_id=job.id, queue=job.queue)
-        timeout = (
-            self._timeouts[job.queue]
-            if job.queue in self._timeouts
-            else self.state.config.queue(job.queue).timeout
-        )
+        timeout, whose = self._timeout_of(job)
         started = time.monotonic()
         outcome: Outcome | None = None
         try:
@@ -146,7 +145,7 @@ class Executor:
         except TimeoutError as exc:
             if timeout is not None and deadline.expired():
                 ctx.cancel()
-                reason = f"timed out after {timeout}s (queue {job.queue!r} timeout)"
+                reason = f"timed out after {timeout}s ({whose})"
             else:
                 reason = describe(exc)
             outcome = build.retry_or_fail(job, reason, time.monotonic() - started, None)
@@ -166,6 +165,22 @@ class Executor:
             self._record(job, outcome)  # its lease is kept until the outcome is written
         else:
             self.state.leases.pop((job.id, job.attempts), None)
+
+    def _timeout_of(self, job: Job) -> tuple[float | None, str]:
+        """The attempt's timeout and whose it is: the job's own, its handler's
+        (handler_defaults:), then its queue's."""
+        if job.timeout is not None:
+            return job.timeout, "the job's timeout"
+        defaults = self.outcomes.defaults
+        own = None if defaults is None else defaults.timeout(job.handler)
+        if own is not None:
+            return own, f"handler {job.handler!r} timeout"
+        queue = (
+            self._timeouts[job.queue]
+            if job.queue in self._timeouts
+            else self.state.config.queue(job.queue).timeout
+        )
+        return queue, f"queue {job.queue!r} timeout"
 
     async def _invoke(self, job: Job, ctx: JobContext) -> Any:
         with job_span(job):

@@ -7,8 +7,9 @@ import time
 import traceback
 from typing import Any
 
+from jobwire.effects import EffectfulOutcome, Recorded
 from jobwire.models import Job, JobStatus, Outcome
-from jobwire.retry import Backoff
+from jobwire.retry import Backoff, HandlerDefaults
 from jobwire.storable import json_problem, storable_text
 
 _MAX_ERROR_CHARS = 8000
@@ -20,11 +21,17 @@ class OutcomeBuilder:
     """Builds outcomes: success, a retry after the backoff (or failure at the last
     attempt), or a final status."""
 
-    def __init__(self, backoff: Backoff) -> None:
+    def __init__(self, backoff: Backoff, defaults: HandlerDefaults | None = None) -> None:
         self.backoff = backoff
+        # Per-handler timeout and retry policy (handler_defaults:); None: ``backoff`` for all.
+        self.defaults = defaults
 
     def succeeded(self, job: Job, result: Any, duration: float) -> Outcome:
-        """Success, with the result as JSON; a result that is not JSON fails the job."""
+        """Success, with the result as JSON; a result that is not JSON fails the job. A
+        handler's recorded effects (``Recorded``) ride on the outcome, written with it."""
+        effects = None
+        if isinstance(result, Recorded):
+            result, effects = result.value, result.effects
         try:
             # A result jsonb would refuse (NaN, a NUL, a lone surrogate) must not reach the
             # completion statement: it would refuse the whole batch with it.
@@ -40,6 +47,15 @@ class OutcomeBuilder:
                 duration,
                 error=storable_text(f"result cannot be stored: {problem}", _MAX_ERROR_CHARS),
             )
+        if effects:
+            return EffectfulOutcome(
+                job.id,
+                job.attempts,
+                JobStatus.SUCCEEDED,
+                duration,
+                result_json=result_json,
+                effects=effects,
+            )
         return Outcome(job.id, job.attempts, JobStatus.SUCCEEDED, duration, result_json=result_json)
 
     def retry_or_fail(self, job: Job, error: str, duration: float, after: float | None) -> Outcome:
@@ -54,7 +70,8 @@ class OutcomeBuilder:
                 duration,
                 error=f"{error} (attempt {job.attempts} of {job.max_attempts})",
             )
-        delay = after if after is not None else self.backoff.delay(job.attempts)
+        policy = self.backoff if self.defaults is None else self.defaults.policy(job.handler)
+        delay = after if after is not None else policy.delay(job.attempts)
         if not 0.0 <= delay <= _MAX_RETRY_IN:  # NaN fails both tests
             delay = _MAX_RETRY_IN if delay > 0 else 0.0
         return Outcome(

@@ -16,7 +16,7 @@ from jobwire import __version__
 from jobwire.config import Config
 from jobwire.handlers import HandlerRegistry
 from jobwire.models import Job, Outcome
-from jobwire.retry import Backoff
+from jobwire.retry import Backoff, HandlerDefaults
 from jobwire.store.base import JobStore
 from jobwire.worker.claimer import Claimer
 from jobwire.worker.completer import Completer
@@ -52,7 +52,7 @@ class WorkerPool:
             self.state,
             store,
             registry,
-            OutcomeBuilder(Backoff.from_config(config.retry)),
+            OutcomeBuilder(Backoff.from_config(config.retry), HandlerDefaults.from_config(config)),
             self.completer.record,
             on_start,
         )
@@ -78,6 +78,7 @@ class WorkerPool:
             or state.backlog
             or state.reconciling
             or queue not in state.limits
+            or not state.flow.direct_ok(queue)
         ):
             return 0
         granted = max(0, min(wanted, state.free_total(), state.free_in(queue)))
@@ -88,6 +89,11 @@ class WorkerPool:
             state.reserved[queue] = state.reserved.get(queue, 0) + granted
             state.reserved_total += granted
         return granted
+
+    @property
+    def limited_handlers(self) -> frozenset[str]:
+        """Handlers with a rate limit: their jobs never start straight from the intake."""
+        return self.state.flow.limited_handlers
 
     def unreserve(self, queue: str, count: int) -> None:
         """Return reserved slots (used or not) after the insert."""

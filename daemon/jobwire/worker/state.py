@@ -20,6 +20,7 @@ from jobwire.config import Config
 from jobwire.handlers import JobContext
 from jobwire.models import Job, Outcome
 from jobwire.store.base import StoreUnavailable
+from jobwire.worker.controls import FlowControls
 
 log = structlog.get_logger("jobwire.worker")
 T = TypeVar("T")
@@ -114,6 +115,7 @@ class PoolState:
         self.claiming = False
         self.settled = asyncio.Event()  # set when no claim or hand-over is in flight
         self._store_down_since: float | None = None
+        self.flow = FlowControls(config, self.queues, self.wake)
 
     # -- slots ----------------------------------------------------------------------
 
@@ -136,9 +138,13 @@ class PoolState:
         return self.limits[queue] - self.busy[queue] - self.reserved.get(queue, 0)
 
     def free_slots(self) -> tuple[dict[str, int], int]:
-        """Free slots per queue (each capped by the pool's) and in the whole pool."""
+        """Free slots per queue (each capped by the pool's) and in the whole pool; none in a
+        paused queue."""
         free_total = self.free_total()
-        per_queue = {q: max(0, min(self.free_in(q), free_total)) for q in self.queues}
+        paused = self.flow.paused
+        per_queue = {
+            q: 0 if q in paused else max(0, min(self.free_in(q), free_total)) for q in self.queues
+        }
         return per_queue, free_total
 
     def take_slot(self, queue: str) -> None:

@@ -29,7 +29,7 @@ from tests.support.inprocess import running_daemon
 from tests.support.rows import fetch
 from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.activemq]
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from jobwire.config import Duration, SourceBase, TlsConfig
+from jobwire.config import Duration, OutputBase, SourceBase, TlsConfig
 
 
 class AmqpSource(SourceBase):
@@ -72,4 +72,31 @@ class AmqpSource(SourceBase):
                 "queue_arguments); with declare: false name the one the queue was declared "
                 "with (by arguments or policy), which jobwire cannot read"
             )
+        return value
+
+
+class AmqpOutput(OutputBase):
+    """An exchange handlers publish to, with publisher confirms (persistent messages)."""
+
+    type: Literal["amqp"] = Field(description="RabbitMQ (AMQP 0-9-1).")
+    url: str = Field(
+        "amqp://guest:guest@127.0.0.1:5672/", description="The broker: amqp:// or amqps:// URL."
+    )
+    exchange: str = Field("", description="The exchange published to; empty: the default one.")
+    routing_key: str = Field(
+        "", description="The routing key (with the default exchange: the queue's name)."
+    )
+    # Unroutable messages are returned rather than dropped: the rows wait and the pending
+    # count grows until the binding is fixed, instead of messages vanishing.
+    mandatory: bool = Field(
+        True, description="Refuse a message no queue receives (it waits in the outbox)."
+    )
+    heartbeat: Duration = Field(30.0, description="The AMQP heartbeat interval.")
+    tls: TlsConfig | None = Field(None, description="TLS settings (with amqps://).")
+
+    @field_validator("url")
+    @classmethod
+    def _amqp_url(cls, value: str) -> str:
+        if not value.startswith(("amqp://", "amqps://")):
+            raise ValueError("must be an amqp:// or amqps:// URL")
         return value

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from jobwire.config import Duration, SourceBase, TlsConfig, no_requeue
+from jobwire.config import Duration, OutputBase, SourceBase, TlsConfig, no_requeue
 from jobwire.redaction import SECRET
 
 
@@ -63,6 +63,40 @@ class KafkaSource(SourceBase):
     @model_validator(mode="after")
     def _kafka_rules(self) -> KafkaSource:
         no_requeue(self, "a Kafka partition is read in order and has no per-message NACK")
+        if self.sasl_mechanism and not self.security_protocol.startswith("SASL"):
+            raise ValueError("sasl_mechanism needs security_protocol SASL_PLAINTEXT or SASL_SSL")
+        return self
+
+
+class KafkaOutput(OutputBase):
+    """A Kafka topic handlers publish to: acks=all and the idempotent producer."""
+
+    type: Literal["kafka"] = Field(description="Apache Kafka (or a compatible broker).")
+    bootstrap_servers: str | list[str] = Field(
+        "127.0.0.1:9092", description="host:port of the brokers, or a list of them."
+    )
+    topic: str = Field(min_length=1, description="The topic published to.")
+    # Some Kafka-compatible brokers (tansu) lack InitProducerId: false for them.
+    idempotent: bool = Field(
+        True,
+        description="The idempotent producer (no duplicates from its own retries); false "
+        "only for a broker without it.",
+    )
+    client_id: str | None = Field(None, description="The Kafka client id; null: the default.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How the connection is secured and authenticated."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="The SASL mechanism (with SASL_PLAINTEXT or SASL_SSL)."
+    )
+    sasl_username: str | None = Field(None, description="The SASL user name.")
+    sasl_password: str | None = Field(
+        None, json_schema_extra=SECRET, description="The SASL password (secret)."
+    )
+    tls: TlsConfig | None = Field(None, description="TLS settings (SSL or SASL_SSL).")
+
+    @model_validator(mode="after")
+    def _kafka_rules(self) -> KafkaOutput:
         if self.sasl_mechanism and not self.security_protocol.startswith("SASL"):
             raise ValueError("sasl_mechanism needs security_protocol SASL_PLAINTEXT or SASL_SSL")
         return self

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from jobwire.config import Duration, SourceBase, TlsConfig, no_requeue
+from jobwire.config import Duration, OutputBase, SourceBase, TlsConfig, no_requeue
 from jobwire.redaction import SECRET
 
 
@@ -74,3 +74,44 @@ class MqttSource(SourceBase):
     def _mqtt_rules(self) -> MqttSource:
         no_requeue(self, "MQTT redelivers an unacknowledged message only on reconnect")
         return self
+
+
+class MqttOutput(OutputBase):
+    """An MQTT topic handlers publish to at QoS 1 (sent once the broker's PUBACK came)."""
+
+    type: Literal["mqtt"] = Field(description="MQTT 5 or 3.1.1.")
+    url: str = Field(
+        "mqtt://127.0.0.1:1883",
+        description="The broker: mqtt:// or mqtts:// URL, user:password@ allowed.",
+    )
+    topic: str = Field(min_length=1, pattern=r"^[^+#]+$", description="The topic (no wildcards).")
+    retain: bool = Field(False, description="Publish with the retain flag.")
+    protocol: Literal["5", "3.1.1"] = Field(
+        "5",
+        description="The MQTT protocol version (3.1.1 carries no jobwire-id property).",
+        json_schema_extra={"enum": ["5", "3.1.1", 5], "type": ["string", "integer"]},
+    )
+    client_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="The MQTT client id; null: jobwire-out-<host>-<output name>.",
+    )
+    username: str | None = Field(None, description="The user name.")
+    password: str | None = Field(
+        None, json_schema_extra=SECRET, description="The password (secret)."
+    )
+    keepalive: Duration = Field(30.0, description="The MQTT keepalive interval.")
+    tls: TlsConfig | None = Field(None, description="TLS settings (with mqtts://).")
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int | float) else value
+
+    @field_validator("url")
+    @classmethod
+    def _mqtt_url(cls, value: str) -> str:
+        if not value.startswith(("mqtt://", "mqtts://")):
+            raise ValueError("must be an mqtt:// or mqtts:// URL")
+        return value

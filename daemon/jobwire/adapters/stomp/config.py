@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from jobwire.config import Duration, SourceBase, TlsConfig
+from jobwire.config import Duration, OutputBase, SourceBase, TlsConfig
 from jobwire.redaction import SECRET
 
 
@@ -53,3 +53,21 @@ class StompSource(SourceBase):
                 "/queue/background_jobs.dlq"
             )
         return value
+
+
+class StompOutput(OutputBase):
+    """A STOMP destination handlers publish to; each SEND waits for the broker's RECEIPT."""
+
+    type: Literal["stomp"] = Field(description="STOMP 1.2 (RabbitMQ's plugin, ActiveMQ).")
+    host: str = Field("127.0.0.1", description="The broker's host.")
+    port: int = Field(61613, ge=1, le=65535, description="The broker's STOMP port.")
+    vhost: str = Field("/", description="STOMP's host header; RabbitMQ reads it as the vhost.")
+    username: str | None = Field("guest", description="The login.")
+    password: str | None = Field(
+        "guest", json_schema_extra=SECRET, description="The passcode (secret)."
+    )
+    destination: str = Field(
+        pattern=r"^/", description="Where messages are SENT: /queue/x, /exchange/x/key, /topic/x."
+    )
+    persistent: bool = Field(True, description="Ask the broker to keep messages on disk.")
+    tls: TlsConfig | None = Field(None, description="TLS settings.")

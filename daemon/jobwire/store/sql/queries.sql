@@ -10,6 +10,8 @@
 -- same transaction as the rows, without a BEGIN and COMMIT round trip each. Never
 -- backwards: after a rebalance a former owner may still store a batch it had taken; its
 -- rows are deduplicated and its older offset must not undo the new owner's progress.
+-- $21-$23: the per-job options (timeout seconds, concurrency key, unique mode; NULL unique
+-- mode: 'forever').
 WITH positions AS (
     INSERT INTO kafka_offsets (group_id, topic, partition, next_offset)
     SELECT o.group_id, o.topic, o.partition, o.next_offset
@@ -21,7 +23,8 @@ WITH positions AS (
 )
 INSERT INTO jobs (handler, queue, priority, max_attempts, run_at, payload, body, content_type,
                   headers, source, dedup_key, parent_id, status, last_error, finished_at,
-                  attempts, worker_id, lease_until, started_at)
+                  attempts, worker_id, lease_until, started_at, timeout, concurrency_key,
+                  unique_mode)
 SELECT j.handler, j.queue, j.priority, j.max_attempts, now() + make_interval(secs => j.delay),
        j.payload::jsonb, j.body, j.content_type, coalesce(j.headers::jsonb, '{}'::jsonb), j.source,
        j.dedup_key, j.parent_id,
@@ -33,12 +36,14 @@ SELECT j.handler, j.queue, j.priority, j.max_attempts, now() + make_interval(sec
        CASE WHEN j.run_now AND j.failed_reason IS NULL THEN $14::text END,
        CASE WHEN j.run_now AND j.failed_reason IS NULL
             THEN now() + make_interval(secs => $15::float8) END,
-       CASE WHEN j.run_now AND j.failed_reason IS NULL THEN now() END
+       CASE WHEN j.run_now AND j.failed_reason IS NULL THEN now() END,
+       j.timeout, j.concurrency_key, coalesce(j.unique_mode, 'forever')
 FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::float8[], $6::text[], $7::bytea[],
             $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::text[],
-            $16::bool[])
+            $16::bool[], $21::float8[], $22::text[], $23::text[])
      WITH ORDINALITY AS j(handler, queue, priority, max_attempts, delay, payload, body, content_type,
-                          headers, source, dedup_key, parent_id, failed_reason, run_now, ord)
+                          headers, source, dedup_key, parent_id, failed_reason, run_now, timeout,
+                          concurrency_key, unique_mode, ord)
 ORDER BY j.ord
 ON CONFLICT (dedup_key) DO NOTHING
 RETURNING id, dedup_key;
@@ -49,6 +54,8 @@ SELECT id, dedup_key FROM jobs WHERE dedup_key = ANY($1::text[]);
 -- name: claim_jobs
 -- Take up to $3 ready jobs, at most n per queue, highest priority first, then FIFO.
 -- SKIP LOCKED lets any number of pools claim side by side without waiting on each other.
+-- Keyed jobs and jobs of rate-limited handlers ($6) are never taken here: only the flow
+-- claim (claim_flow_jobs, under the flow lock) may start them.
 WITH wanted AS (
     SELECT w.queue, w.n FROM unnest($1::text[], $2::int[]) AS w(queue, n)
 ), candidates AS (
@@ -56,6 +63,7 @@ WITH wanted AS (
     FROM wanted w CROSS JOIN LATERAL (
         SELECT id, priority FROM jobs
         WHERE queue = w.queue AND status IN ('pending', 'retrying') AND run_at <= now()
+          AND concurrency_key IS NULL AND handler <> ALL($6::text[])
         ORDER BY priority DESC, id
         LIMIT w.n
         FOR UPDATE SKIP LOCKED
@@ -73,7 +81,7 @@ FROM chosen WHERE jobs.id = chosen.id
 RETURNING jobs.id, jobs.handler, jobs.queue, jobs.priority, jobs.attempts, jobs.max_attempts,
           jobs.payload, jobs.run_at, jobs.created_at, jobs.body, jobs.content_type,
           jobs.headers, jobs.source, jobs.dedup_key, jobs.worker_id, jobs.started_at,
-          jobs.parent_id, jobs.lease_until;
+          jobs.parent_id, jobs.lease_until, jobs.timeout, jobs.concurrency_key;
 
 -- name: complete_jobs
 -- Record a batch of attempt outcomes, each with its job_runs row. Only the worker holding
@@ -456,7 +464,8 @@ SELECT pg_notify($1, $2);
 
 -- name: upsert_schedule
 -- Config wins. A schedule whose timing did not change keeps its next_run_at, so ticks
--- missed while every instance was down are still found (and handled by catch_up).
+-- missed while every instance was down are still found (and handled by catch_up). A
+-- run-time schedule of the same name becomes the config's (origin 'config').
 INSERT INTO schedules (name, cron, interval_s, timezone, handler, payload, queue, priority,
                        max_attempts, enabled, start_at, end_at, max_runs, catch_up, next_run_at)
 VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11, $12, $13, $14, $15)
@@ -465,7 +474,7 @@ ON CONFLICT (name) DO UPDATE SET
     handler = EXCLUDED.handler, payload = EXCLUDED.payload, queue = EXCLUDED.queue,
     priority = EXCLUDED.priority, max_attempts = EXCLUDED.max_attempts,
     enabled = EXCLUDED.enabled, start_at = EXCLUDED.start_at, end_at = EXCLUDED.end_at,
-    max_runs = EXCLUDED.max_runs, catch_up = EXCLUDED.catch_up,
+    max_runs = EXCLUDED.max_runs, catch_up = EXCLUDED.catch_up, origin = 'config',
     next_run_at = CASE
         WHEN schedules.next_run_at IS NOT NULL
          AND schedules.cron IS NOT DISTINCT FROM EXCLUDED.cron
@@ -475,8 +484,10 @@ ON CONFLICT (name) DO UPDATE SET
         THEN schedules.next_run_at ELSE EXCLUDED.next_run_at END;
 
 -- name: disable_unlisted_schedules
--- Removed from the config: disabled, not deleted (their history stays).
-UPDATE schedules SET enabled = false WHERE enabled AND NOT (name = ANY($1::text[]));
+-- Removed from the config: disabled, not deleted (their history stays). Run-time
+-- schedules (origin 'api') are not the config's to disable.
+UPDATE schedules SET enabled = false
+WHERE enabled AND origin = 'config' AND NOT (name = ANY($1::text[]));
 
 -- name: due_schedules
 SELECT * FROM schedules WHERE enabled AND next_run_at <= now() ORDER BY next_run_at;
@@ -604,21 +615,27 @@ WHERE settings.value IS DISTINCT FROM EXCLUDED.value;
 -- connection, whose search_path is its own, inside the application's transaction.
 SELECT {schema}.enqueue($1, $2::text::jsonb, queue => $3, priority => $4,
                         delay => make_interval(secs => $5::float8), dedup_key => $6,
-                        max_attempts => $7, headers => $8::text::jsonb, source => 'api');
+                        max_attempts => $7, headers => $8::text::jsonb, source => 'api',
+                        timeout => make_interval(secs => $9::float8), concurrency_key => $10,
+                        unique_mode => $11);
 
 -- name: insert_jobs_on_connection
 -- A template, as enqueue_on_connection: the Client's batch on an application's connection.
 -- Jobs that set no max_attempts get the published default, as with enqueue(). ORDER BY ord
 -- keeps identity values ascending in input order, which the caller relies on.
 INSERT INTO {schema}.jobs (handler, queue, priority, max_attempts, run_at, payload, body,
-                           content_type, headers, source, dedup_key, parent_id)
+                           content_type, headers, source, dedup_key, parent_id, timeout,
+                           concurrency_key, unique_mode)
 SELECT j.handler, j.queue, j.priority, coalesce(j.max_attempts, {schema}.default_max_attempts()),
        now() + make_interval(secs => j.delay), j.payload::jsonb, j.body, j.content_type,
-       coalesce(j.headers::jsonb, jsonb_build_object()), j.source, j.dedup_key, j.parent_id
+       coalesce(j.headers::jsonb, jsonb_build_object()), j.source, j.dedup_key, j.parent_id,
+       j.timeout, j.concurrency_key, coalesce(j.unique_mode, 'forever')
 FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::float8[], $6::text[], $7::bytea[],
-            $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[])
+            $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::float8[],
+            $14::text[], $15::text[])
      WITH ORDINALITY AS j(handler, queue, priority, max_attempts, delay, payload, body,
-                          content_type, headers, source, dedup_key, parent_id, ord)
+                          content_type, headers, source, dedup_key, parent_id, timeout,
+                          concurrency_key, unique_mode, ord)
 ORDER BY j.ord
 ON CONFLICT (dedup_key) DO NOTHING
 RETURNING id, dedup_key;
@@ -629,4 +646,475 @@ RETURNING id, dedup_key;
 SELECT {schema}.enqueue(%s, %s::text::jsonb, queue => %s, priority => %s,
                         run_at => %s::timestamptz, delay => make_interval(secs => %s::float8),
                         dedup_key => %s::text, max_attempts => %s::integer,
-                        headers => %s::text::jsonb, source => 'api');
+                        headers => %s::text::jsonb, source => 'api',
+                        timeout => make_interval(secs => %s::float8),
+                        concurrency_key => %s::text, unique_mode => %s::text);
+
+-- name: sched_insert_jobs
+-- A schedule's jobs (its ticks, or one "run now"), linked to it by schedule_id. Scheduled
+-- jobs take the column defaults for everything a schedule does not set.
+INSERT INTO jobs (handler, queue, priority, max_attempts, payload, source, dedup_key,
+                  schedule_id)
+SELECT j.handler, j.queue, j.priority, coalesce(j.max_attempts, default_max_attempts()),
+       j.payload::jsonb, j.source, j.dedup_key, j.schedule_id
+FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[], $7::text[],
+            $8::bigint[])
+     WITH ORDINALITY AS j(handler, queue, priority, max_attempts, payload, source, dedup_key,
+                          schedule_id, ord)
+ORDER BY j.ord
+ON CONFLICT (dedup_key) DO NOTHING
+RETURNING id;
+
+-- name: sched_add_schedule
+-- A run-time schedule; a name already taken (by the config or at run time) adds nothing.
+INSERT INTO schedules (name, cron, interval_s, timezone, handler, payload, queue, priority,
+                       max_attempts, enabled, start_at, end_at, max_runs, catch_up, next_run_at,
+                       origin)
+VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11, $12, $13, $14, $15, 'api')
+ON CONFLICT (name) DO NOTHING
+RETURNING *;
+
+-- name: sched_update_schedule
+-- Only run-time schedules change here (the config file owns its own). As at sync, a
+-- schedule whose timing did not change keeps its next tick; runs so far are kept.
+UPDATE schedules SET
+    cron = $2, interval_s = $3, timezone = $4, handler = $5, payload = $6::jsonb, queue = $7,
+    priority = $8, max_attempts = $9, enabled = $10, start_at = $11, end_at = $12,
+    max_runs = $13, catch_up = $14,
+    next_run_at = CASE
+        WHEN next_run_at IS NOT NULL
+         AND cron IS NOT DISTINCT FROM $2 AND interval_s IS NOT DISTINCT FROM $3
+         AND timezone = $4 AND start_at IS NOT DISTINCT FROM $11
+         AND end_at IS NOT DISTINCT FROM $12
+        THEN next_run_at ELSE $15 END
+WHERE name = $1 AND origin = 'api'
+RETURNING *;
+
+-- name: sched_delete_schedule
+-- Its jobs stay, with their schedule_id (no foreign key: history outlives schedules).
+DELETE FROM schedules WHERE name = $1 AND origin = 'api' RETURNING id;
+
+-- name: sched_last_jobs
+-- Each schedule's newest job, through jobs_schedule_id_idx (one index probe a schedule).
+SELECT s.id AS schedule_id, j.id, j.status
+FROM schedules s
+CROSS JOIN LATERAL (SELECT id, status FROM jobs WHERE schedule_id = s.id
+                    ORDER BY id DESC LIMIT 1) j;
+
+-- name: dash_failure_groups
+-- The failures page: failed jobs grouped by fingerprint (migration 0010), the biggest group
+-- first. Reads jobs_failed_fingerprint alone, in its order (no sort before the grouping).
+SELECT error_fingerprint AS fingerprint, count(*) AS n,
+       min(finished_at) AS first_seen, max(finished_at) AS last_seen,
+       array_agg(DISTINCT handler) AS handlers, array_agg(DISTINCT queue) AS queues,
+       max(id) AS sample_id
+FROM jobs
+WHERE status = 'failed'
+GROUP BY error_fingerprint
+ORDER BY count(*) DESC, max(id) DESC
+LIMIT $1;
+
+-- name: dash_failed_ids_by_fingerprint
+-- One failure group's ids, newest first, a page at a time (keyset on id).
+SELECT id FROM jobs
+WHERE status = 'failed' AND error_fingerprint = $1 AND ($3::bigint IS NULL OR id < $3)
+ORDER BY id DESC
+LIMIT $2;
+
+-- name: dash_finished_before
+-- Of a frozen set, the ids whose last finish is no later than the freeze: a job that ran
+-- and failed again since is left alone by the bulk action.
+SELECT id FROM jobs WHERE id = ANY($1::bigint[]) AND finished_at <= $2;
+
+-- name: dash_throughput
+SELECT minute, queue, status, n FROM throughput_minutes WHERE minute >= $1 ORDER BY minute;
+
+-- name: dash_rollup_bounds
+-- The minutes the next rollup adds: from the one after the last written (at most an hour
+-- back) to the last whole minute, a few seconds after it ended (no completion in flight).
+SELECT greatest(max(minute) + interval '1 minute',
+                date_trunc('minute', now()) - interval '1 hour') AS lo,
+       date_trunc('minute', now() - interval '5 seconds') AS hi
+FROM throughput_minutes;
+
+-- name: dash_rollup_throughput
+-- Finished jobs per minute, queue and status, for the minutes in [$1, $2) (whole minutes),
+-- through jobs_finished: each run reads only the jobs finished since the last one.
+INSERT INTO throughput_minutes (minute, queue, status, n)
+SELECT date_trunc('minute', finished_at), queue, status, count(*)::int
+FROM jobs
+WHERE finished_at >= $1 AND finished_at < $2
+GROUP BY 1, 2, 3
+ON CONFLICT (minute, queue, status) DO UPDATE SET n = EXCLUDED.n;
+
+-- name: dash_rollup_forget
+DELETE FROM throughput_minutes WHERE minute < $1;
+
+-- name: flow_lock
+-- Every flow claim (keyed jobs, rate limits) of every instance takes this lock for its
+-- transaction, so each reads the running counts and token buckets its predecessor left:
+-- under READ COMMITTED the claim that follows takes its snapshot after the lock is granted.
+-- One lock per schema: two jobwire schemas in one database do not wait on each other.
+-- Tried, never waited for: an instance stalled while holding it (a long GC pause, a cut
+-- network) must not stop every other one's claims; a claim that finds it taken skips its
+-- flow part and tries again shortly (PgFlow._claim_flow).
+SELECT pg_try_advisory_xact_lock(hashtext('jobwire.flow_claim:' || current_schema()));
+
+-- name: flow_read_buckets
+-- The token buckets $1 as the last flow claim left them, with the seconds since.
+SELECT name, tokens,
+       greatest(0, extract(epoch FROM clock_timestamp() - updated_at))::float8 AS elapsed
+FROM rate_buckets WHERE name = ANY($1::text[]);
+
+-- name: flow_write_buckets
+-- The buckets after this claim spent from them. Stamped now: the moments since they were
+-- read are not refilled, which errs on the slow side.
+INSERT INTO rate_buckets (name, tokens, updated_at)
+SELECT b.name, b.tokens, clock_timestamp()
+FROM unnest($1::text[], $2::float8[]) AS b(name, tokens)
+ON CONFLICT (name) DO UPDATE SET tokens = EXCLUDED.tokens, updated_at = EXCLUDED.updated_at;
+
+-- name: claim_flow_jobs
+-- The flow claim, run under flow_lock: up to $3 ready jobs, at most n per queue, within
+-- each queue's key limit ($6; id order per key when $7), and at most $10 of each handler
+-- $9 (what its token bucket allows; the handlers $12 with none left are kept out). $8: the queue's
+-- plain jobs are the fast claim's, take only keyed ones and those of the handlers $11
+-- (every rate-limited one). started_at is the clock, not the transaction start, as the
+-- buckets count.
+--
+-- Its cost must not grow with a blocked backlog (a key at its limit with 100,000 jobs
+-- waiting, a handler without tokens): running jobs are counted once per key (through
+-- jobs_keyed_running), and the backlog is read from three bounded sources:
+--   head:   the first n * 4 + 64 ready rows of each queue, in claim order (priority, then
+--           FIFO); the usual case finds everything here, in the right order.
+--   spread: only when the head was cut short and found too little: the keys with room,
+--           stepped through jobs_keyed one index descent per key (however long a key's
+--           backlog), each key's oldest ready jobs up to its room; key order, not FIFO.
+--   plain:  as spread, for the unkeyed jobs past the head (these have no index of their
+--           own: it walks the queue, but only when the head and spread left slots empty).
+-- The rows are not locked while chosen (locking every row looked at writes each one); the
+-- UPDATE takes them only while they still wait, so a job a fast claim of another instance
+-- or an operator took meanwhile is left out, never run twice.
+WITH RECURSIVE wanted AS (
+    SELECT w.*, w.n * 4 + 64 AS head_size
+    FROM unnest($1::text[], $2::int[], $6::int[], $7::bool[], $8::bool[])
+        AS w(queue, n, key_limit, ordered, only_special)
+), allowed AS (
+    SELECT * FROM unnest($9::text[], $10::int[]) AS a(handler, n)
+), running AS (
+    SELECT r.queue, r.concurrency_key, count(*)::int AS n FROM jobs r
+    WHERE r.queue = ANY($1::text[]) AND r.concurrency_key IS NOT NULL AND r.status = 'running'
+    GROUP BY r.queue, r.concurrency_key
+), head AS (
+    SELECT h.*, w.key_limit, w.ordered, w.only_special
+    FROM wanted w CROSS JOIN LATERAL (
+        SELECT j.id, j.priority, j.handler, j.queue, j.concurrency_key FROM jobs j
+        WHERE j.queue = w.queue AND j.status IN ('pending', 'retrying') AND j.run_at <= now()
+        ORDER BY j.priority DESC, j.id
+        LIMIT w.head_size
+    ) h
+), head_ok AS (
+    SELECT h.id, h.priority, h.handler, h.queue, h.concurrency_key, h.key_limit, h.ordered
+    FROM head h LEFT JOIN running r
+        ON r.queue = h.queue AND r.concurrency_key = h.concurrency_key
+    WHERE (NOT h.only_special OR h.concurrency_key IS NOT NULL OR h.handler = ANY($11::text[]))
+      AND h.handler <> ALL($12::text[])
+      AND (h.concurrency_key IS NULL OR (
+            coalesce(r.n, 0) < h.key_limit
+            AND (NOT h.ordered OR NOT EXISTS (
+                SELECT 1 FROM jobs e
+                WHERE e.queue = h.queue AND e.concurrency_key = h.concurrency_key
+                  AND e.id < h.id AND e.status IN ('pending', 'retrying')))))
+), short AS (
+    -- Queues whose head was cut and holds fewer than n startable jobs (one per key counted:
+    -- a key's room may be one).
+    SELECT w.queue, w.n, w.key_limit, w.ordered, w.only_special FROM wanted w
+    WHERE (SELECT count(*) FROM head h WHERE h.queue = w.queue) >= w.head_size
+      AND (SELECT count(DISTINCT coalesce(o.concurrency_key, o.id::text)) FROM head_ok o
+           WHERE o.queue = w.queue) < w.n
+), keys AS (
+    SELECT s.queue, s.key_limit, s.ordered,
+           (SELECT min(k.concurrency_key) FROM jobs k
+            WHERE k.queue = s.queue AND k.concurrency_key IS NOT NULL
+              AND k.status IN ('pending', 'retrying')) AS key
+    FROM short s
+    UNION ALL
+    SELECT k0.queue, k0.key_limit, k0.ordered,
+           (SELECT min(k.concurrency_key) FROM jobs k
+            WHERE k.queue = k0.queue AND k.concurrency_key > k0.key
+              AND k.status IN ('pending', 'retrying'))
+    FROM keys k0 WHERE k0.key IS NOT NULL
+), spread AS (
+    -- Lazily: the LIMIT stops the step through the keys once enough jobs are found.
+    SELECT t.id, t.priority, t.handler, t.queue, t.concurrency_key, k.key_limit, k.ordered
+    FROM keys k LEFT JOIN running r ON r.queue = k.queue AND r.concurrency_key = k.key
+    CROSS JOIN LATERAL (
+        SELECT f.* FROM (
+            SELECT u.*, bool_and(u.ready) OVER (ORDER BY u.id) AS startable FROM (
+                SELECT j.id, j.priority, j.handler, j.queue, j.concurrency_key,
+                       j.run_at <= now() AND j.handler <> ALL($12::text[])
+                           AS ready
+                FROM jobs j
+                WHERE j.queue = k.queue AND j.concurrency_key = k.key
+                  AND j.status IN ('pending', 'retrying')
+                  -- Ordered: the oldest waiting ones, startable only as an unbroken prefix.
+                  AND (k.ordered OR (j.run_at <= now()
+                                     AND j.handler <> ALL($12::text[])))
+                ORDER BY j.id
+                LIMIT k.key_limit - coalesce(r.n, 0)
+            ) u
+        ) f WHERE f.startable
+    ) t
+    WHERE k.key IS NOT NULL AND coalesce(r.n, 0) < k.key_limit
+    LIMIT $3
+), plain AS (
+    SELECT p.id, p.priority, p.handler, p.queue, p.concurrency_key, s.key_limit, s.ordered
+    FROM short s CROSS JOIN LATERAL (
+        SELECT j.id, j.priority, j.handler, j.queue, j.concurrency_key FROM jobs j
+        WHERE j.queue = s.queue AND j.status IN ('pending', 'retrying') AND j.run_at <= now()
+          AND j.concurrency_key IS NULL AND j.handler <> ALL($12::text[])
+          AND (NOT s.only_special OR j.handler = ANY($11::text[]))
+        ORDER BY j.priority DESC, j.id
+        LIMIT s.n
+    ) p
+    WHERE (NOT s.only_special OR cardinality($11::text[]) > 0)
+      AND (SELECT count(*) FROM spread x WHERE x.queue = s.queue) < s.n
+), candidates AS (
+    SELECT * FROM head_ok UNION SELECT * FROM spread UNION SELECT * FROM plain
+), ranked AS (
+    SELECT c.*, coalesce(r.n, 0) AS running,
+           -- An ordered key starts in id order whatever the priorities.
+           row_number() OVER (PARTITION BY c.queue, c.concurrency_key
+                              ORDER BY CASE WHEN c.ordered THEN 0 ELSE -c.priority END, c.id)
+               AS key_rank,
+           row_number() OVER (PARTITION BY c.handler ORDER BY c.priority DESC, c.id) AS handler_rank
+    FROM candidates c LEFT JOIN running r
+        ON r.queue = c.queue AND r.concurrency_key = c.concurrency_key
+), fitting AS (
+    SELECT r.id, r.priority, r.queue,
+           row_number() OVER (PARTITION BY r.queue ORDER BY r.priority DESC, r.id) AS queue_rank
+    FROM ranked r LEFT JOIN allowed a ON a.handler = r.handler
+    WHERE (r.concurrency_key IS NULL OR r.key_rank <= r.key_limit - r.running)
+      AND (a.handler IS NULL OR r.handler_rank <= a.n)
+), chosen AS (
+    SELECT f.id FROM fitting f JOIN wanted w ON w.queue = f.queue
+    WHERE f.queue_rank <= w.n
+    ORDER BY f.priority DESC, f.id
+    LIMIT $3
+)
+UPDATE jobs SET status = 'running', attempts = jobs.attempts + 1, worker_id = $4,
+                lease_until = now() + make_interval(secs => $5), started_at = clock_timestamp(),
+                progress = NULL, progress_note = NULL
+FROM chosen WHERE jobs.id = chosen.id AND jobs.status IN ('pending', 'retrying')
+RETURNING jobs.id, jobs.handler, jobs.queue, jobs.priority, jobs.attempts, jobs.max_attempts,
+          jobs.payload, jobs.run_at, jobs.created_at, jobs.body, jobs.content_type,
+          jobs.headers, jobs.source, jobs.dedup_key, jobs.worker_id, jobs.started_at,
+          jobs.parent_id, jobs.lease_until, jobs.timeout, jobs.concurrency_key;
+
+-- name: flow_state
+-- Every poll: the paused queues; which of the queues $1 have keyed jobs ready (run_at
+-- reached: a keyed job due tomorrow sends nothing down the flow path today); and which have
+-- jobs of the rate-limited handlers $2 waiting. Not $3 (full): each look reads at most 256
+-- rows (keyed ones through jobs_keyed, the others in claim order through jobs_ready), so a
+-- queue without such jobs is not read to its end every poll; the pool keeps what it knew
+-- until the next full look (every few polls) and may learn of one late.
+SELECT queue, 'paused' AS kind FROM queue_state WHERE paused
+UNION ALL
+SELECT w.queue, 'keyed' FROM unnest($1::text[]) AS w(queue)
+WHERE EXISTS (SELECT 1 FROM (
+    SELECT run_at FROM jobs
+    WHERE queue = w.queue AND concurrency_key IS NOT NULL AND status IN ('pending', 'retrying')
+    LIMIT CASE WHEN $3::bool THEN NULL ELSE 256 END) k
+    WHERE k.run_at <= now())
+UNION ALL
+SELECT w.queue, 'limited' FROM unnest($1::text[]) AS w(queue)
+WHERE cardinality($2::text[]) > 0
+  AND EXISTS (SELECT 1 FROM (
+    SELECT handler FROM jobs WHERE queue = w.queue AND status IN ('pending', 'retrying')
+    ORDER BY priority DESC, id
+    LIMIT CASE WHEN $3::bool THEN NULL ELSE 256 END) r
+    WHERE r.handler = ANY($2::text[]));
+
+-- name: flow_set_paused
+-- Pause or resume a queue; returns a row only when that changed something. The NOTIFY
+-- (delivered at commit) makes every pool re-read flow_state at once instead of at its poll.
+WITH changed AS (
+    INSERT INTO queue_state (queue, paused, changed_at, changed_by)
+    VALUES ($1, $2, now(), $3)
+    ON CONFLICT (queue) DO UPDATE
+    SET paused = EXCLUDED.paused, changed_at = now(), changed_by = EXCLUDED.changed_by
+    WHERE queue_state.paused IS DISTINCT FROM EXCLUDED.paused
+    RETURNING queue
+)
+SELECT queue, pg_notify($4, 'controls') FROM changed;
+
+-- name: flow_queue_states
+SELECT queue, paused, changed_at, changed_by FROM queue_state ORDER BY queue;
+
+-- name: outbox_write_effects
+-- A successful attempt's effects, in its completion transaction, BEFORE complete_jobs: it
+-- locks the rows of the attempts this worker still holds ($1 ids, $2 attempts, $3 worker),
+-- so complete_jobs then finishes exactly these, and writes outbox rows and child jobs only
+-- for them: an attempt whose lease was lost publishes nothing. Rows are inserted in call
+-- order (ordinality), so a job's messages get ids in n order. $2 is a JSON object of job
+-- id -> attempt, one lookup per row, as complete_jobs' $9 (array_position() scanned the id
+-- array for every row: a cost growing with the square of the batch).
+WITH held AS (
+    SELECT j.id FROM jobs j
+    WHERE j.id = ANY($1::bigint[]) AND j.worker_id = $3
+      AND j.attempts = ($2::jsonb ->> j.id::text)::int
+    FOR UPDATE OF j
+), messages AS (
+    INSERT INTO outbox (output, job_id, n, key, headers, body)
+    SELECT m.output, m.job_id, m.n, m.key, m.headers::jsonb, m.body
+    FROM unnest($4::bigint[], $5::text[], $6::int[], $7::text[], $8::text[], $9::bytea[])
+         WITH ORDINALITY AS m(job_id, output, n, key, headers, body, ord)
+    WHERE m.job_id IN (SELECT id FROM held)
+    ORDER BY m.ord
+    RETURNING 1
+), children AS (
+    INSERT INTO jobs (handler, payload, queue, priority, run_at, dedup_key, max_attempts,
+                      source, parent_id)
+    SELECT c.handler, c.payload::jsonb, c.queue, c.priority,
+           now() + make_interval(secs => c.delay), c.dedup_key,
+           coalesce(c.max_attempts, default_max_attempts()), 'job', c.parent
+    FROM unnest($10::bigint[], $11::text[], $12::text[], $13::text[], $14::int[],
+                $15::float8[], $16::text[], $17::int[])
+         WITH ORDINALITY AS c(parent, handler, payload, queue, priority, delay, dedup_key,
+                              max_attempts, ord)
+    WHERE c.parent IN (SELECT id FROM held)
+    ORDER BY c.ord
+    ON CONFLICT (dedup_key) DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM held) AS held, (SELECT count(*) FROM messages) AS messages,
+       (SELECT count(*) FROM children) AS children;
+
+-- name: outbox_claim_lock
+-- Claims of one output take turns (a transaction-scoped lock, a statement of its own so the
+-- claim after it sees every lease committed before): a key in flight with one relay is then
+-- never claimed by another, which keeps the order per key.
+SELECT pg_advisory_xact_lock(hashtextextended('jobwire.outbox:' || $1::text, 0));
+
+-- name: outbox_claim
+-- Lease up to $2 unsent rows of output $1 for $3 seconds, in id order, skipping every row
+-- whose key (or, without a key, whose job) still has a row in flight with a live lease:
+-- those wait for it, one after another. Rows set aside (failed_at) are never claimed. The
+-- in-flight set is small (batches x relays), has a partial index of its own, and is read
+-- once (the two arrays), not once per row.
+-- Planner steering, as for complete_jobs (a queue table's statistics are always stale):
+-- the primary key also gives id order, and walking it the planner stepped over every sent
+-- row still kept for retention; "ORDER BY created_at, id" is the order only the partial
+-- outbox_unsent index has (created_at first: a transaction's rows share it, and its
+-- rows' ids, in call order, break the tie). The update finds its rows by
+-- "id = ANY(ARRAY(...))": primary-key lookups, not a hash of the whole table.
+-- ($4, $5): where the relay's previous claim ended, so a relay draining a backlog starts the
+-- index scan there instead of stepping over the entries of every row it sent since the last
+-- vacuum; ('-infinity', 0) reads from the start, which the relay does whenever it has
+-- caught up or something went wrong (rows released, a lease expired, a late commit).
+-- (skipped_at, skipped_id): the first row from ($4, $5) on that this claim did not take (a
+-- busy key's, or one past the limit). The next claim must start there, not after the last
+-- row taken: starting after a skipped row would hand out a newer row of its key before it.
+WITH busy AS MATERIALIZED (
+    SELECT key, job_id FROM outbox
+    WHERE output = $1 AND sent_at IS NULL AND failed_at IS NULL AND lease_until IS NOT NULL
+      AND lease_until > now()
+), picked AS (
+    SELECT o.id FROM outbox o
+    WHERE o.output = $1 AND o.sent_at IS NULL AND o.failed_at IS NULL
+      AND (o.created_at, o.id) > ($4::timestamptz, $5::bigint)
+      AND (o.lease_until IS NULL OR o.lease_until <= now())
+      AND NOT coalesce(o.key = ANY(ARRAY(SELECT key FROM busy WHERE key IS NOT NULL)), false)
+      AND NOT (o.key IS NULL AND coalesce(
+          o.job_id = ANY(ARRAY(SELECT job_id FROM busy WHERE key IS NULL)), false))
+    ORDER BY o.created_at, o.id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), skipped AS MATERIALIZED (
+    SELECT s.created_at, s.id FROM outbox s
+    WHERE s.output = $1 AND s.sent_at IS NULL AND s.failed_at IS NULL
+      AND (s.created_at, s.id) > ($4::timestamptz, $5::bigint)
+      AND s.id <> ALL(ARRAY(SELECT id FROM picked))
+    ORDER BY s.created_at, s.id
+    LIMIT 1
+)
+UPDATE outbox SET lease_until = now() + make_interval(secs => $3), attempts = attempts + 1
+WHERE id = ANY(ARRAY(SELECT id FROM picked))
+RETURNING id, job_id, n, key, headers, body, attempts, created_at,
+          (SELECT created_at FROM skipped) AS skipped_at, (SELECT id FROM skipped) AS skipped_id;
+
+-- name: outbox_mark_sent
+UPDATE outbox SET sent_at = now(), lease_until = NULL, last_error = NULL
+WHERE id = ANY($1::bigint[]) AND sent_at IS NULL;
+
+-- name: outbox_release
+-- Rows a relay could not send through no fault of theirs (the batch ahead failed, the relay
+-- stopped, the store was away): free for the next claim, with the reason, and the claim's
+-- attempt given back, so only a row's own failures count towards setting it aside.
+UPDATE outbox SET lease_until = NULL, last_error = $2, attempts = greatest(attempts - 1, 0)
+WHERE id = ANY($1::bigint[]) AND sent_at IS NULL;
+
+-- name: outbox_pending
+-- Unsent rows per output (those set aside included: they wait for an operator) and the age
+-- of the oldest the relay still tries (metrics, stats).
+SELECT output, count(*) AS pending,
+       extract(epoch FROM now() - min(created_at) FILTER (WHERE failed_at IS NULL))::float8
+           AS oldest
+FROM outbox WHERE sent_at IS NULL GROUP BY output;
+
+-- name: outbox_purge_sent
+DELETE FROM outbox WHERE id IN (
+    SELECT id FROM outbox WHERE sent_at < now() - make_interval(secs => $1) LIMIT $2);
+
+-- name: builtins_own_tables
+-- jobwire's own tables (the schema of this connection's search_path), for db_maintenance.
+SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY tablename;
+
+-- name: builtins_vacuum_analyze
+-- {table}: a quoted identifier from builtins_own_tables. VACUUM cannot run in a transaction
+-- block: it is sent alone, outside one. Never FULL: that would lock the table.
+VACUUM (ANALYZE) {table};
+
+-- name: builtins_vacuum
+VACUUM {table};
+
+-- name: builtins_analyze
+ANALYZE {table};
+
+-- name: dash_change_marker
+-- Live dashboards: a number that moves whenever jobs are inserted, updated or deleted (the
+-- table's activity counters; backends report them within about a second of a commit). One
+-- read of the statistics, polled once a second while a dashboard is open; the jobs' own
+-- statements pay nothing for it.
+SELECT coalesce(n_tup_ins + n_tup_upd + n_tup_del, 0) AS marker
+FROM pg_stat_user_tables WHERE relid = 'jobs'::regclass;
+
+-- name: dash_backfill_fingerprints
+-- Failed rows kept from before migration 0010 get their fingerprint, a batch at a time
+-- (the rollup's leader runs it): NULLs sort last in jobs_failed_fingerprint, so each batch
+-- reads its own rows, and once none is left the statement reads one index entry.
+UPDATE jobs SET error_fingerprint = error_fingerprint(last_error)
+WHERE id IN (SELECT id FROM jobs
+             WHERE status = 'failed' AND error_fingerprint IS NULL
+             LIMIT $1 FOR UPDATE SKIP LOCKED)
+  AND status = 'failed';
+
+-- name: lead_lock_held
+-- Whether some session holds the advisory lock try_advisory_lock would take ($1): read
+-- through the pool, so a follower asks without opening a connection of its own. A
+-- one-bigint advisory lock shows in pg_locks as classid (high half) and objid (low half).
+SELECT EXISTS (
+    SELECT 1 FROM pg_locks
+    WHERE locktype = 'advisory' AND granted AND objsubid = 1
+      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND (classid::bigint << 32) | objid::bigint = hashtext($1)::bigint
+);
+
+-- name: outbox_fail_rows
+-- Rows whose own publish failed ($1): free again with the reason, or set aside for good
+-- (failed_at) once they used up the output's attempts ($3) or when the broker refused them
+-- in a way that can never succeed ($4). Returns the rows set aside.
+UPDATE outbox SET lease_until = NULL, last_error = $2,
+                  failed_at = CASE WHEN attempts >= $3 OR id = ANY($4::bigint[]) THEN now() END
+WHERE id = ANY($1::bigint[]) AND sent_at IS NULL
+RETURNING id, failed_at IS NOT NULL AS parked;
