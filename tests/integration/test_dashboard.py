@@ -331,3 +331,30 @@ async def test_an_admin_pauses_and_resumes_a_queue_from_the_overview(
     assert [(q.queue, q.paused) for q in await pg_store.queue_states()] == [("mail", False)]
     actions = [(a.action, a.target) for a in await pg_store.list_audit()]
     assert ("pause_queue", "mail") in actions and ("resume_queue", "mail") in actions
+
+
+async def test_an_admin_deletes_a_finished_job_but_not_a_waiting_one(
+    client: Client, pg_store: PostgresStore
+) -> None:
+    failed = await failed_job(pg_store)
+    (waiting,) = (await pg_store.enqueue([JobSpec("noop")])).ids
+    csrf = await sign_in(client, READER)
+    async with client.post(f"/ui/jobs/{failed}/delete", data={"csrf": csrf}) as r:
+        assert r.status == 403
+    assert await pg_store.get(failed) is not None
+
+    client.session.cookie_jar.clear()
+    csrf = await sign_in(client, ADMIN)
+    async with client.get(f"/ui/jobs/{failed}") as r:
+        assert 'id="delete"' in await r.text()
+    async with client.get(f"/ui/jobs/{waiting}") as r:
+        assert 'id="delete"' not in await r.text()
+    async with client.post(f"/ui/jobs/{waiting}/delete", data={"csrf": csrf}) as r:
+        assert r.status == 409
+    async with client.post(
+        f"/ui/jobs/{failed}/delete", data={"csrf": csrf}, allow_redirects=False
+    ) as r:
+        assert (r.status, r.headers["Location"]) == (303, "/ui/jobs")
+    assert await pg_store.get(failed) is None and await pg_store.get(waiting) is not None
+    audit = [(a.action, a.target, a.count) for a in await pg_store.list_audit()]
+    assert ("delete", f"job {failed}", 1) in audit and ("delete", f"job {waiting}", 0) in audit

@@ -1,4 +1,5 @@
-"""The dashboard's actions: retry and cancel a job (admin only), each written to the audit."""
+"""The dashboard's actions: retry, cancel and delete a job (admin only), each written to the
+audit."""
 
 from __future__ import annotations
 
@@ -65,3 +66,18 @@ class Actions:
             session, "cancel", f"job {job_id}", changed, status_before=str(job.status)
         )
         return see_other(f"/ui/jobs/{job_id}")
+
+    async def delete(self, request: web.Request) -> web.Response:
+        """Delete a finished job and its attempts (a waiting or running one: cancel first)."""
+        session = self._admin(request)
+        job_id = parse_id(request.match_info["id"])
+        job = await self.ctx.store.get(job_id)
+        if job is None:
+            raise PageError(404, f"no job {job_id}")
+        deleted = await self.ctx.store.delete_ids([job_id])
+        await self._audit(
+            session, "delete", f"job {job_id}", len(deleted), status_before=str(job.status)
+        )
+        if not deleted:
+            raise PageError(409, f"job {job_id} is {job.status}: only finished jobs are deleted")
+        return see_other("/ui/jobs")

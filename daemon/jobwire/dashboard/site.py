@@ -147,6 +147,7 @@ class Dashboard:
                 web.get("/jobs/{id}/live", self.pages.job_live),
                 web.post("/jobs/{id}/retry", self.actions.retry),
                 web.post("/jobs/{id}/cancel", self.actions.cancel),
+                web.post("/jobs/{id}/delete", self.actions.delete),
                 web.get("/audit", self.pages.audit),
                 *SchedulePages(self.ctx).routes(),
                 *QueuePages(self.ctx).routes(),
