@@ -262,8 +262,12 @@ async def test_the_overview_shows_queues_sources_instances_and_schedules(
     async with client.get("/ui/") as r:
         page = await r.text()
     queues = page[page.index('id="queues"') : page.index('id="sources"')]
-    assert re.search(r"mail</a></td>\s*<td class=\"num ?\"><a [^>]+>3<", queues), queues
+    # The name, how long its oldest ready job has waited, then 3 ready.
+    late = r"<td class=\"num nowrap[a-z ]*\">[^<]+</td>"
+    assert re.search(r"mail</a></td>\s*" + late + r"\s*<td class=\"num ?\"><a [^>]+>3<", queues)
     assert 'class="num bad"' in queues  # long's failure of the last hour stands out
+    sources = page[page.index('id="sources"') : page.index('id="instances"')]
+    assert "redeliveries" in sources and "lag" in sources
     for text in ("telemetry", "connection refused", "w-overview", "host-a", "nightly"):
         assert text in page, text
     assert re.search(r">in [45]m<", page)  # the schedule's next run

@@ -455,6 +455,9 @@ class AdminStore(Protocol):
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the store answers."""
 
+    async def oldest_ready(self, queues: Sequence[str]) -> dict[str, float]:
+        """Seconds the oldest job ready to run now has waited, per queue (0 when none)."""
+
     async def enqueue_many(
         self,
         specs: Sequence[JobSpec],
