@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 
 from jobwire import __version__
 from jobwire.models import LIVE, Job, JobStatus, Outcome
-from jobwire.store.base import JobStore, StoreUnavailable
+from jobwire.store.base import JobStore, OutboxBacklog, StoreUnavailable
 
 # A `_created` series per counter and histogram child doubles the series to store and tells
 # an operator nothing that rate() does not; process-wide, as prometheus_client decides it.
@@ -64,8 +64,8 @@ class Metrics(Collector):
         self.store = store
         # The outbox's figures (the daemon sets both when outputs are configured).
         self.outputs: tuple[str, ...] = ()
-        self.outbox_pending: Callable[[], Awaitable[dict[str, tuple[int, float]]]] | None = None
-        self._outbox: dict[str, tuple[int, float]] | None = None
+        self.outbox_pending: Callable[[], Awaitable[dict[str, OutboxBacklog]]] | None = None
+        self._outbox: dict[str, OutboxBacklog] | None = None
         self.handlers = handlers  # None: every handler name is a label (tests)
         self.pool_counters = pool_counters
         self.sources = sources
@@ -231,12 +231,20 @@ class Metrics(Collector):
             "Age of the oldest unsent outbox message, by output (0 when none).",
             labels=["output"],
         )
+        aside = GaugeMetricFamily(
+            "jobwire_outbox_set_aside",
+            "Outbox messages the relay gave up on (max_attempts, or refused for good): they "
+            "wait for an operator, by output.",
+            labels=["output"],
+        )
         for output in self.outputs:
-            count, age = self._outbox.get(output, (0, 0.0))
+            count, age, parked = self._outbox.get(output, OutboxBacklog(0, 0.0, 0))
             pending.add_metric([output], count)
             oldest.add_metric([output], age)
+            aside.add_metric([output], parked)
         yield pending
         yield oldest
+        yield aside
 
     def _source_metrics(self, sources: dict[str, dict[str, Any]]) -> Iterator[Metric]:
         intake = CounterMetricFamily(

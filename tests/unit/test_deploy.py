@@ -538,7 +538,11 @@ def _exported_names() -> set[str]:
             "lag": {"events/0": 3},
         }
     }
-    metrics = Metrics(MemoryStore(), lambda: {}, lambda: sources, db_pool=lambda: (2, 1))
+    store = MemoryStore()
+    metrics = Metrics(store, lambda: {}, lambda: sources, db_pool=lambda: (2, 1))
+    # With an output configured, as the daemon wires it.
+    metrics.outputs = ("billing",)
+    metrics.outbox_pending = store.outbox_pending
     asyncio.run(metrics.refresh(max_age=0))
     suffixes = {
         "counter": ("_total",),

@@ -42,7 +42,7 @@ from jobwire.models import JobStatus
 from jobwire.redaction import redact_data
 from jobwire.routing import route_problems
 from jobwire.storable import json_problem
-from jobwire.store.base import AdminStore
+from jobwire.store.base import AdminStore, OutboxBacklog
 from jobwire.store.migrate import SchemaState, latest_version, migration_script, read_schema_state
 
 
@@ -330,7 +330,7 @@ def stats() -> None:
 
     async def action(
         store: AdminStore,
-    ) -> tuple[Any, list[dict[str, Any]], list[str], dict[str, tuple[int, float]]]:
+    ) -> tuple[Any, list[dict[str, Any]], list[str], dict[str, OutboxBacklog]]:
         paused = [s.queue for s in await store.queue_states() if s.paused]
         outbox = await store.outbox_pending()
         return await store.stats(), await store.list_workers(), paused, outbox
@@ -343,7 +343,10 @@ def stats() -> None:
         for w in workers
     ]
     if as_json():
-        pending = {o: {"pending": n, "oldest_seconds": age} for o, (n, age) in outbox.items()}
+        pending = {
+            o: {"pending": b.pending, "oldest_seconds": b.oldest, "set_aside": b.set_aside}
+            for o, b in outbox.items()
+        }
         print_json({"queues": counts, "instances": workers, "paused": paused, "outbox": pending})
         return
     statuses = [s.value for s in JobStatus]
@@ -360,8 +363,9 @@ def stats() -> None:
                 Column("OUTPUT"),
                 Column("UNSENT", justify="right"),
                 Column("OLDEST", justify="right"),
+                Column("SET ASIDE", justify="right"),
             ],
-            [(o, n, f"{age:.0f}s") for o, (n, age) in sorted(outbox.items())],
+            [(o, b.pending, f"{b.oldest:.0f}s", b.set_aside) for o, b in sorted(outbox.items())],
         )
     click.echo()
     rows = []

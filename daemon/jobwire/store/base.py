@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from jobwire.effects import Claim, OutboxRow
 from jobwire.limits import Rate
@@ -144,6 +144,15 @@ class AuditEntry:
     target: str | None = None
     count: int = 0
     detail: dict[str, Any] = field(default_factory=dict)
+
+
+class OutboxBacklog(NamedTuple):
+    """One output's unsent messages: how many, the age of the oldest the relay still tries,
+    and how many were set aside (they wait for an operator)."""
+
+    pending: int
+    oldest: float
+    set_aside: int = 0
 
 
 @dataclass(frozen=True)
@@ -442,7 +451,7 @@ class OutboxStore(Protocol):
         """Free rows whose own publish failed, or set them aside for good (``max_attempts``
         used up, or in ``permanent``); returns the ids set aside."""
 
-    async def outbox_pending(self) -> dict[str, tuple[int, float]]:
+    async def outbox_pending(self) -> dict[str, OutboxBacklog]:
         """Unsent rows per output and the age in seconds of the oldest."""
 
     async def purge_outbox(self, older_than: float, batch: int) -> int:
@@ -512,7 +521,7 @@ class AdminStore(Protocol):
         """Job counts as ``{queue: {status: count}}``; only pending, retrying and running
         ones (cheap however long the history) when ``finished`` is false."""
 
-    async def outbox_pending(self) -> dict[str, tuple[int, float]]:
+    async def outbox_pending(self) -> dict[str, OutboxBacklog]:
         """Unsent outbox rows per output and the age in seconds of the oldest."""
 
     async def list_workers(self) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 
 from jobwire.effects import Claim, Effects, OutboxRow, position_before
 from jobwire.models import Job, JobSpec
+from jobwire.store.base import OutboxBacklog
 from jobwire.store.memory_base import MemoryState, now
 
 
@@ -145,17 +146,19 @@ class MemoryOutbox(MemoryState):
                     parked.append(r.id)
         return parked
 
-    async def outbox_pending(self) -> dict[str, tuple[int, float]]:
-        """Unsent rows per output and the age of the oldest."""
+    async def outbox_pending(self) -> dict[str, OutboxBacklog]:
+        """Unsent rows per output, the age of the oldest, and those set aside."""
         await self.ping()
         at = now()
-        found: dict[str, tuple[int, float]] = {}
+        found: dict[str, OutboxBacklog] = {}
         for r in self.outbox:
             if r.sent_at is None:
-                count, age = found.get(r.output, (0, 0.0))
+                count, age, aside = found.get(r.output, OutboxBacklog(0, 0.0, 0))
                 if r.failed_at is None:  # a row set aside waits for an operator, not lag
                     age = max(age, (at - r.created_at).total_seconds())
-                found[r.output] = (count + 1, age)
+                else:
+                    aside += 1
+                found[r.output] = OutboxBacklog(count + 1, age, aside)
         return found
 
     async def purge_outbox(self, older_than: float, batch: int) -> int:

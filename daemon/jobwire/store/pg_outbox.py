@@ -11,6 +11,7 @@ import asyncpg
 
 from jobwire.effects import Claim, OutboxRow, effects_of, position_before
 from jobwire.models import Outcome
+from jobwire.store.base import OutboxBacklog
 from jobwire.store.pg_base import PgBase, guard
 
 # Before every row: a claim from the start.
@@ -151,11 +152,16 @@ class PgOutbox(PgBase):
             )
         return [r["id"] for r in records if r["parked"]]
 
-    async def outbox_pending(self) -> dict[str, tuple[int, float]]:
-        """Unsent rows per output and the age in seconds of the oldest."""
+    async def outbox_pending(self) -> dict[str, OutboxBacklog]:
+        """Unsent rows per output, the age in seconds of the oldest, and those set aside."""
         async with guard("outbox pending"):
             records = await self._pool.fetch(self._q["outbox_pending"])
-        return {r["output"]: (int(r["pending"]), float(r["oldest"] or 0.0)) for r in records}
+        return {
+            r["output"]: OutboxBacklog(
+                int(r["pending"]), float(r["oldest"] or 0.0), int(r["set_aside"])
+            )
+            for r in records
+        }
 
     async def purge_outbox(self, older_than: float, batch: int) -> int:
         """Delete up to ``batch`` rows sent more than ``older_than`` seconds ago."""

@@ -142,6 +142,7 @@ class OutboxContract:
         assert [r.n for r in await store.claim_outbox("out", 10, 30.0)] == [3]
         pending = await store.outbox_pending()
         assert pending["out"][0] == 3, "rows set aside still count as unsent"
+        assert pending["out"].set_aside == 2  # the first row, and the one refused for good
 
 
 class TestMemoryOutbox(OutboxContract):
@@ -174,7 +175,7 @@ async def test_retention_purges_sent_rows_only(kind: str, database_url: str) -> 
         await store.mark_outbox_sent([r.id for r in rows])
         retention = RetentionConfig.model_validate({"outbox_sent": "0s", "batch": 2})
         await Maintenance(store, retention).purge()
-        assert await store.outbox_pending() == {"out": (2, pytest.approx(0, abs=60))}
+        assert await store.outbox_pending() == {"out": (2, pytest.approx(0, abs=60), 0)}
         left = await store.claim_outbox("out", 10, 30.0)
         assert [(r.job_id, r.n) for r in left] == [(b, 1), (b, 2)]
     finally:

@@ -196,7 +196,7 @@ async def test_a_row_the_broker_always_refuses_is_set_aside_and_the_rest_go_on()
     # The rows behind it were held back, not charged: none of them was set aside.
     assert all(r.attempts <= 1 for r in store.outbox if r.n != 2)
     assert relay.describe()["parked"] == 1
-    assert await store.outbox_pending() == {"out": (1, 0.0)}
+    assert await store.outbox_pending() == {"out": (1, 0.0, 1)}  # the one set aside
 
 
 async def _sent_count(store: MemoryStore, n: int) -> bool:

@@ -1059,7 +1059,8 @@ WHERE id = ANY($1::bigint[]) AND sent_at IS NULL;
 -- of the oldest the relay still tries (metrics, stats).
 SELECT output, count(*) AS pending,
        extract(epoch FROM now() - min(created_at) FILTER (WHERE failed_at IS NULL))::float8
-           AS oldest
+           AS oldest,
+       count(*) FILTER (WHERE failed_at IS NOT NULL) AS set_aside
 FROM outbox WHERE sent_at IS NULL GROUP BY output;
 
 -- name: outbox_purge_sent
