@@ -313,6 +313,13 @@ class EnqueueRequest(BaseModel):
         Literal["forever", "active"],
         Field(description="How long dedup_key stays taken: forever, or while the job is active"),
     ] = "forever"
+    after: (
+        Annotated[
+            list[Annotated[int, Field(ge=1, le=BIGINT_MAX)]],
+            Field(max_length=1000, description="Ids of jobs that must succeed before this one"),
+        ]
+        | None
+    ) = None
 
     @field_validator("unique")
     @classmethod
@@ -337,6 +344,7 @@ class EnqueueRequest(BaseModel):
             timeout=self.timeout,
             concurrency_key=self.concurrency_key,
             unique=self.unique,
+            after=list(self.after) if self.after else None,
         )
 
 

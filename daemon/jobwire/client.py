@@ -167,14 +167,16 @@ class Client:
         timeout: str | float | None = None,
         concurrency_key: str | None = None,
         unique: str = "forever",
+        after: Iterable[int] | None = None,
         conn: asyncpg.Connection | None = None,
     ) -> int:
         """Insert one job and return its id; with a dedup key already used, the existing id.
 
         ``timeout``: how long one attempt may run (seconds or a duration such as ``30s``;
         None: the queue's). ``unique="active"``: the dedup key is let go when the job
-        finishes, so it can be enqueued again. With ``conn``, on that connection and in its
-        transaction (nothing is committed here).
+        finishes, so it can be enqueued again. ``after``: ids of jobs that must all succeed
+        first (if one fails or is cancelled, this job fails without running). With ``conn``,
+        on that connection and in its transaction (nothing is committed here).
         """
         # The same checks as the HTTP API and the CLI: BadInput (a ValueError) names the field.
         spec = check_enqueue(
@@ -190,6 +192,7 @@ class Client:
                 "timeout": timeout,
                 "concurrency_key": concurrency_key,
                 "unique": unique,
+                "after": None if after is None else list(after),
             }
         ).spec(source="api")
         spec.headers = with_trace(spec.headers)
@@ -208,6 +211,7 @@ class Client:
                     spec.timeout,
                     spec.concurrency_key,
                     spec.unique,
+                    spec.after,
                     timeout=self._command_timeout,
                 )
             return job_id

@@ -34,6 +34,8 @@ class ChildJob:
     delay: float = 0.0
     dedup_key: str | None = None
     max_attempts: int | None = None
+    # Ids of jobs the child waits for (it runs once all succeeded); None: none.
+    after: tuple[int, ...] | None = None
 
 
 @dataclass(slots=True)

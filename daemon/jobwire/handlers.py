@@ -12,7 +12,7 @@ import itertools
 import json
 import queue
 import threading
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ from jobwire.publish_builtin import PUBLISH_KIND, publish_builtin
 
 Handler = Callable[..., Any]
 ProgressSink = Callable[[int, int, str | None], Awaitable[None]]
+MAX_AFTER = 1000  # ids one child job may wait for, as the enqueue API allows
 
 
 @dataclass(frozen=True)
@@ -145,8 +146,10 @@ class JobContext:
         delay: float = 0.0,
         dedup_key: str | None = None,
         max_attempts: int | None = None,
+        after: Iterable[int] | None = None,
     ) -> None:
-        """Create a child job (``parent_id``: this job) if this attempt succeeds."""
+        """Create a child job (``parent_id``: this job) if this attempt succeeds; ``after``:
+        ids of jobs it waits for (this job's own id included: it then runs after this one)."""
         self.enqueue_nowait(
             handler,
             payload,
@@ -155,6 +158,7 @@ class JobContext:
             delay=delay,
             dedup_key=dedup_key,
             max_attempts=max_attempts,
+            after=after,
         )
 
     def enqueue_nowait(
@@ -167,15 +171,31 @@ class JobContext:
         delay: float = 0.0,
         dedup_key: str | None = None,
         max_attempts: int | None = None,
+        after: Iterable[int] | None = None,
     ) -> None:
         """``enqueue`` for plain (threaded) handlers: it only records, so nothing to await."""
         if handler not in self._handlers:
             raise Reject(f"cannot enqueue {handler!r}: not in the allow-list (handlers:)")
         if max_attempts is not None and max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        waits = None if after is None else tuple(after)
+        # Checked here, as the enqueue API checks them: a bad id would otherwise fail the
+        # whole completion statement, long after the handler that made the mistake.
+        if waits is not None and (
+            len(waits) > MAX_AFTER
+            or not all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in waits)
+        ):
+            raise ValueError(f"after must be at most {MAX_AFTER} positive job ids")
         payload_json = None if payload is None else json.dumps(payload, allow_nan=False)
         child = ChildJob(
-            handler, payload_json, queue, int(priority), max(0.0, delay), dedup_key, max_attempts
+            handler,
+            payload_json,
+            queue,
+            int(priority),
+            max(0.0, delay),
+            dedup_key,
+            max_attempts,
+            waits or None,
         )
         self._recorded().children.append(child)
 

@@ -64,6 +64,8 @@ class JobSpec:
     # The schedule that made the job (its ticks, or a "run now"); written by the scheduler's
     # own insert (store.enqueue_scheduled), which is the only one that reads it.
     schedule_id: int | None = None
+    # Ids of jobs this one waits for: it runs once all succeeded, fails if one failed.
+    after: list[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +156,9 @@ class Job:
     released_key: str | None = None
     # What groups a failed job's error with like ones (migration 0010 writes it).
     error_fingerprint: str | None = None
+    # The jobs this one waits for (migration 0012); has_dependents: others wait for it.
+    after_ids: list[int] | None = None
+    has_dependents: bool = False
 
 
 @dataclass(slots=True)

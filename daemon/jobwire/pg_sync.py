@@ -9,7 +9,7 @@ Any DB-API connection or cursor that speaks PostgreSQL with ``%s`` placeholders 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -34,13 +34,14 @@ def enqueue(
     timeout: str | float | None = None,
     concurrency_key: str | None = None,
     unique: str = "forever",
+    after: Iterable[int] | None = None,
     schema: str = "jobwire",
 ) -> int:
     """Insert a job through ``conn`` (a connection or cursor) without committing; its id.
 
     A dedup key already taken gives the existing job's id. ``max_attempts`` None: the
     daemon's retry.max_attempts, as the daemon published it in the database. ``timeout``,
-    ``concurrency_key`` and ``unique`` as Client.enqueue takes them.
+    ``concurrency_key``, ``unique`` and ``after`` as Client.enqueue takes them.
     """
     # The same checks as the HTTP API, the CLI and the Client, before any SQL: a value the
     # database would refuse must not abort the caller's transaction.
@@ -57,6 +58,7 @@ def enqueue(
             "timeout": timeout,
             "concurrency_key": concurrency_key,
             "unique": unique,
+            "after": None if after is None else list(after),
         }
     ).spec(source="api")
     problem = json_problem(spec.payload)
@@ -76,6 +78,7 @@ def enqueue(
         spec.timeout,
         spec.concurrency_key,
         spec.unique,
+        spec.after,
     )
     try:
         if hasattr(conn, "cursor"):

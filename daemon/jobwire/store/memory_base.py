@@ -144,6 +144,9 @@ class MemoryState:
             problem = refused(spec)
             if problem is not None:
                 raise InvalidJobData(problem)
+            if spec.after:
+                # Dependencies are kept by PostgreSQL triggers; the memory store has none.
+                raise InvalidJobData("after: job dependencies need the PostgreSQL store")
         for o in offsets:
             key = (o.group_id, o.topic, o.partition)
             self.offsets[key] = max(self.offsets.get(key, o.next_offset), o.next_offset)

@@ -51,6 +51,7 @@ def write_effects(state: MemoryState, job: Job, effects: Effects) -> None:
             source="job",
             parent_id=job.id,
             payload_json=c.payload_json,
+            after=None if c.after is None else list(c.after),
         )
         for c in effects.children
     ]

@@ -50,7 +50,7 @@ async def write_effects(
     m_key: list[str | None] = []
     m_headers: list[str] = []
     m_body: list[bytes] = []
-    c_cols: list[list[object]] = [[] for _ in range(8)]
+    c_cols: list[list[object]] = [[] for _ in range(9)]
     for outcome in outcomes:
         effects = effects_of(outcome)
         if effects is None:
@@ -74,6 +74,8 @@ async def write_effects(
                 c.delay,
                 c.dedup_key,
                 c.max_attempts,
+                # Comma-separated: a text[] cannot hold arrays of unequal length.
+                None if c.after is None else ",".join(map(str, c.after)),
             )
             for column, value in zip(c_cols, values, strict=True):
                 column.append(value)

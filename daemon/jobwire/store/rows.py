@@ -35,8 +35,9 @@ def job_columns(specs: Sequence[JobSpec], default_attempts: int | None) -> list[
 
 
 def option_columns(specs: Sequence[JobSpec]) -> list[list[Any] | None]:
-    """The per-job options, one array each: timeout, concurrency key, unique mode (insert_jobs'
-    $21-$23, insert_jobs_on_connection's $13-$15); None for an array of nothing but NULLs."""
+    """The per-job options, one array each: timeout, concurrency key, unique mode, after ids
+    (insert_jobs' $21-$24, insert_jobs_on_connection's $13-$16); None for an array of
+    nothing but NULLs."""
     # Broker batches set none of them: a NULL array (which unnest pads with NULLs like any
     # shorter array) spares encoding and decoding a NULL per row on the hot path.
     return [
@@ -45,6 +46,10 @@ def option_columns(specs: Sequence[JobSpec]) -> list[list[Any] | None]:
         if any(s.concurrency_key is not None for s in specs)
         else None,
         [s.unique for s in specs] if any(s.unique is not None for s in specs) else None,
+        # Dependencies as comma-separated ids: a text[] cannot hold arrays of unequal length.
+        [",".join(map(str, s.after)) if s.after else None for s in specs]
+        if any(s.after for s in specs)
+        else None,
     ]
 
 

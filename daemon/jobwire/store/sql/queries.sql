@@ -11,7 +11,8 @@
 -- backwards: after a rebalance a former owner may still store a batch it had taken; its
 -- rows are deduplicated and its older offset must not undo the new owner's progress.
 -- $21-$23: the per-job options (timeout seconds, concurrency key, unique mode; NULL unique
--- mode: 'forever').
+-- mode: 'forever'). $24: the ids each job waits for, comma-separated (NULL: none; a NULL
+-- array when no job of the batch has any, so broker batches pay nothing).
 WITH positions AS (
     INSERT INTO kafka_offsets (group_id, topic, partition, next_offset)
     SELECT o.group_id, o.topic, o.partition, o.next_offset
@@ -24,7 +25,7 @@ WITH positions AS (
 INSERT INTO jobs (handler, queue, priority, max_attempts, run_at, payload, body, content_type,
                   headers, source, dedup_key, parent_id, status, last_error, finished_at,
                   attempts, worker_id, lease_until, started_at, timeout, concurrency_key,
-                  unique_mode)
+                  unique_mode, after_ids)
 SELECT j.handler, j.queue, j.priority, j.max_attempts, now() + make_interval(secs => j.delay),
        j.payload::jsonb, j.body, j.content_type, coalesce(j.headers::jsonb, '{}'::jsonb), j.source,
        j.dedup_key, j.parent_id,
@@ -37,13 +38,14 @@ SELECT j.handler, j.queue, j.priority, j.max_attempts, now() + make_interval(sec
        CASE WHEN j.run_now AND j.failed_reason IS NULL
             THEN now() + make_interval(secs => $15::float8) END,
        CASE WHEN j.run_now AND j.failed_reason IS NULL THEN now() END,
-       j.timeout, j.concurrency_key, coalesce(j.unique_mode, 'forever')
+       j.timeout, j.concurrency_key, coalesce(j.unique_mode, 'forever'),
+       string_to_array(j.after_ids, ',')::bigint[]
 FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::float8[], $6::text[], $7::bytea[],
             $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::text[],
-            $16::bool[], $21::float8[], $22::text[], $23::text[])
+            $16::bool[], $21::float8[], $22::text[], $23::text[], $24::text[])
      WITH ORDINALITY AS j(handler, queue, priority, max_attempts, delay, payload, body, content_type,
                           headers, source, dedup_key, parent_id, failed_reason, run_now, timeout,
-                          concurrency_key, unique_mode, ord)
+                          concurrency_key, unique_mode, after_ids, ord)
 ORDER BY j.ord
 ON CONFLICT (dedup_key) DO NOTHING
 RETURNING id, dedup_key;
@@ -617,7 +619,7 @@ SELECT {schema}.enqueue($1, $2::text::jsonb, queue => $3, priority => $4,
                         delay => make_interval(secs => $5::float8), dedup_key => $6,
                         max_attempts => $7, headers => $8::text::jsonb, source => 'api',
                         timeout => make_interval(secs => $9::float8), concurrency_key => $10,
-                        unique_mode => $11);
+                        unique_mode => $11, after => $12::bigint[]);
 
 -- name: insert_jobs_on_connection
 -- A template, as enqueue_on_connection: the Client's batch on an application's connection.
@@ -625,17 +627,18 @@ SELECT {schema}.enqueue($1, $2::text::jsonb, queue => $3, priority => $4,
 -- keeps identity values ascending in input order, which the caller relies on.
 INSERT INTO {schema}.jobs (handler, queue, priority, max_attempts, run_at, payload, body,
                            content_type, headers, source, dedup_key, parent_id, timeout,
-                           concurrency_key, unique_mode)
+                           concurrency_key, unique_mode, after_ids)
 SELECT j.handler, j.queue, j.priority, coalesce(j.max_attempts, {schema}.default_max_attempts()),
        now() + make_interval(secs => j.delay), j.payload::jsonb, j.body, j.content_type,
        coalesce(j.headers::jsonb, jsonb_build_object()), j.source, j.dedup_key, j.parent_id,
-       j.timeout, j.concurrency_key, coalesce(j.unique_mode, 'forever')
+       j.timeout, j.concurrency_key, coalesce(j.unique_mode, 'forever'),
+       string_to_array(j.after_ids, ',')::bigint[]
 FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::float8[], $6::text[], $7::bytea[],
             $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::float8[],
-            $14::text[], $15::text[])
+            $14::text[], $15::text[], $16::text[])
      WITH ORDINALITY AS j(handler, queue, priority, max_attempts, delay, payload, body,
                           content_type, headers, source, dedup_key, parent_id, timeout,
-                          concurrency_key, unique_mode, ord)
+                          concurrency_key, unique_mode, after_ids, ord)
 ORDER BY j.ord
 ON CONFLICT (dedup_key) DO NOTHING
 RETURNING id, dedup_key;
@@ -648,7 +651,8 @@ SELECT {schema}.enqueue(%s, %s::text::jsonb, queue => %s, priority => %s,
                         dedup_key => %s::text, max_attempts => %s::integer,
                         headers => %s::text::jsonb, source => 'api',
                         timeout => make_interval(secs => %s::float8),
-                        concurrency_key => %s::text, unique_mode => %s::text);
+                        concurrency_key => %s::text, unique_mode => %s::text,
+                        after => %s::bigint[]);
 
 -- name: sched_insert_jobs
 -- A schedule's jobs (its ticks, or one "run now"), linked to it by schedule_id. Scheduled
@@ -958,7 +962,9 @@ SELECT queue, paused, changed_at, changed_by FROM queue_state ORDER BY queue;
 -- for them: an attempt whose lease was lost publishes nothing. Rows are inserted in call
 -- order (ordinality), so a job's messages get ids in n order. $2 is a JSON object of job
 -- id -> attempt, one lookup per row, as complete_jobs' $9 (array_position() scanned the id
--- array for every row: a cost growing with the square of the batch).
+-- array for every row: a cost growing with the square of the batch). $18: each child's
+-- after ids, comma-separated (the child may wait for the parent itself: the completion
+-- that follows, in the same transaction, wakes it).
 WITH held AS (
     SELECT j.id FROM jobs j
     WHERE j.id = ANY($1::bigint[]) AND j.worker_id = $3
@@ -974,14 +980,15 @@ WITH held AS (
     RETURNING 1
 ), children AS (
     INSERT INTO jobs (handler, payload, queue, priority, run_at, dedup_key, max_attempts,
-                      source, parent_id)
+                      source, parent_id, after_ids)
     SELECT c.handler, c.payload::jsonb, c.queue, c.priority,
            now() + make_interval(secs => c.delay), c.dedup_key,
-           coalesce(c.max_attempts, default_max_attempts()), 'job', c.parent
+           coalesce(c.max_attempts, default_max_attempts()), 'job', c.parent,
+           string_to_array(c.after_ids, ',')::bigint[]
     FROM unnest($10::bigint[], $11::text[], $12::text[], $13::text[], $14::int[],
-                $15::float8[], $16::text[], $17::int[])
+                $15::float8[], $16::text[], $17::int[], $18::text[])
          WITH ORDINALITY AS c(parent, handler, payload, queue, priority, delay, dedup_key,
-                              max_attempts, ord)
+                              max_attempts, after_ids, ord)
     WHERE c.parent IN (SELECT id FROM held)
     ORDER BY c.ord
     ON CONFLICT (dedup_key) DO NOTHING
