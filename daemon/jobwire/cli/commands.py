@@ -30,6 +30,7 @@ from jobwire.cli.common import (
     load,
     print_json,
     print_table,
+    read_payload,
     report,
     run,
     with_store,
@@ -41,7 +42,6 @@ from jobwire.handlers import BUILTINS, HandlerLoadError, HandlerRegistry
 from jobwire.models import JobStatus
 from jobwire.redaction import redact_data
 from jobwire.routing import route_problems
-from jobwire.storable import json_problem
 from jobwire.store.base import AdminStore, OutboxBacklog
 from jobwire.store.migrate import SchemaState, latest_version, migration_script, read_schema_state
 
@@ -250,20 +250,7 @@ def enqueue(
         allowed = sorted({*BUILTINS, *config.handlers})
         if handler not in allowed:
             fail(f"handler {handler!r} is not in the config's allow-list ({', '.join(allowed)})")
-    if payload.startswith("@"):
-        try:
-            payload = Path(payload[1:]).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            fail(f"--payload {payload}: {exc}")
-    try:
-        data = json.loads(payload)
-    except json.JSONDecodeError as exc:
-        fail(f"--payload is not valid JSON: {exc}")
-    except RecursionError:
-        fail("--payload is nested too deep")
-    problem = json_problem(data)
-    if problem is not None:
-        fail(f"--payload cannot be stored: {problem}")
+    data = read_payload(payload)
     try:
         # The same checks as the HTTP API and the Client (one model, api_models).
         request = check_enqueue(

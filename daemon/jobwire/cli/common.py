@@ -9,6 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import asyncpg
@@ -23,6 +24,7 @@ from jobwire.app import open_store, with_database_url
 from jobwire.config import Config, ConfigError, DatabaseConfig, find_config_file, load_config
 from jobwire.logs import configure_logging
 from jobwire.redaction import redact, remember, secret_values
+from jobwire.storable import json_problem
 from jobwire.store.base import InvalidJobData, OperatorStore, StoreUnavailable
 from jobwire.store.migrate import SchemaMismatch
 
@@ -285,3 +287,23 @@ def print_table(
     for row in rows:
         table.add_row(*(Text("" if v is None else str(v)) for v in row))
     console().print(table)
+
+
+def read_payload(text: str) -> Any:
+    """A --payload option: JSON, or @FILE of JSON; refused (exit 2) when it cannot be a job's
+    payload (not JSON, nested too deep, or something PostgreSQL's jsonb refuses)."""
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"--payload {text}: {exc}")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        fail(f"--payload is not valid JSON: {exc}")
+    except RecursionError:
+        fail("--payload is nested too deep")
+    problem = json_problem(data)
+    if problem is not None:
+        fail(f"--payload cannot be stored: {problem}")
+    return data

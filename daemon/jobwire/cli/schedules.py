@@ -8,7 +8,6 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -27,6 +26,7 @@ from jobwire.cli.common import (
     load_db,
     print_json,
     print_table,
+    read_payload,
     with_store,
 )
 from jobwire.cli.group import main
@@ -42,7 +42,6 @@ from jobwire.schedule_admin import (
     set_enabled,
     update_schedule,
 )
-from jobwire.storable import json_problem
 from jobwire.store.base import OperatorStore, ScheduleRow
 
 T = TypeVar("T")
@@ -149,24 +148,6 @@ def schedules_show(name: str) -> None:
     _print_row(row)
 
 
-def _payload(text: str) -> Any:
-    if text.startswith("@"):
-        try:
-            text = Path(text[1:]).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            fail(f"--payload {text}: {exc}")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        fail(f"--payload is not valid JSON: {exc}")
-    except RecursionError:
-        fail("--payload is nested too deep")
-    problem = json_problem(data)
-    if problem is not None:
-        fail(f"--payload cannot be stored: {problem}")
-    return data
-
-
 def _fields(options: dict[str, Any]) -> dict[str, Any]:
     """The options given, as schedule fields ("none" clears a clearable one)."""
     fields: dict[str, Any] = {}
@@ -181,7 +162,7 @@ def _fields(options: dict[str, Any]) -> dict[str, Any]:
             except ValueError:
                 fail(f"--{key.replace('_', '-')} must be a whole number (or none)")
         elif key == "payload":
-            fields[key] = _payload(value)
+            fields[key] = read_payload(value)
         else:
             fields[key] = value
     return fields
