@@ -348,7 +348,9 @@ async def test_the_rollup_feeds_the_overview_sparklines(
         await conn.execute(
             "INSERT INTO jobs (handler, queue, status, finished_at)"
             " SELECT 'noop', 'mail', CASE WHEN i % 4 = 0 THEN 'failed' ELSE 'succeeded' END,"
-            " date_trunc('minute', now()) - make_interval(mins => i % 30) - interval '10 s'"
+            # Whole minutes 1..30 back: the rollup takes only minutes that ended more than a
+            # few seconds ago, and the minute just ended may not be one of them yet.
+            " date_trunc('minute', now()) - make_interval(mins => i % 30 + 1) - interval '10 s'"
             " FROM generate_series(1, 300) i"
         )
     finally:
