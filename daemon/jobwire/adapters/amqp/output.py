@@ -64,6 +64,11 @@ class AmqpPublisher:
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
 
+    def _routing_key(self, row: OutboxRow) -> str:
+        """Where a row goes on the exchange (the output's routing key; a subclass may say
+        per row)."""
+        return self.cfg.routing_key
+
     async def publish(self, rows: Sequence[OutboxRow], timeout: float) -> Published:
         """Send every row at once on the channel (its frames go out in order) and wait for
         the confirms; a row is confirmed only by the broker's ack."""
@@ -74,7 +79,7 @@ class AmqpPublisher:
             asyncio.ensure_future(
                 exchange.publish(
                     self._message(row),
-                    routing_key=self.cfg.routing_key,
+                    routing_key=self._routing_key(row),
                     mandatory=self.cfg.mandatory,
                 )
             )

@@ -87,7 +87,7 @@ class MqttPublisher:
     async def _publish_one(self, client: aiomqtt.Client, row: OutboxRow) -> None:
         """Send one row at QoS 1; return once the broker's PUBACK accepts it."""
         info = client._client.publish(
-            self.cfg.topic, row.body, 1, self.cfg.retain, self._properties(row)
+            self._topic(row), row.body, 1, self.cfg.retain, self._properties(row)
         )
         if info.rc != paho.MQTT_ERR_SUCCESS:
             raise ConnectionError(f"publish not sent: {paho.error_string(info.rc)}")
@@ -101,6 +101,10 @@ class MqttPublisher:
                 self._acks.pop(info.mid, None)
         if code.value >= 0x80:
             raise PublishRefused(f"PUBACK reason code 0x{code.value:02x} ({code})")
+
+    def _topic(self, row: OutboxRow) -> str:
+        """Where a row goes (the output's topic; a subclass may say per row)."""
+        return self.cfg.topic
 
     def _properties(self, row: OutboxRow) -> Properties | None:
         if self.cfg.protocol != "5":
