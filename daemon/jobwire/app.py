@@ -18,7 +18,7 @@ from jobwire import __version__
 from jobwire.adapters import build_adapter
 from jobwire.adapters.base import Adapter
 from jobwire.adapters.http.adapter import HttpAdapter, JobLookup
-from jobwire.adapters.registry import build_publisher
+from jobwire.adapters.registry import build_publisher, reply_outputs
 from jobwire.backoff import Backoff
 from jobwire.builtins.service import BuiltinHandlers
 from jobwire.config import Config, SourceBase
@@ -29,8 +29,10 @@ from jobwire.maintenance import Maintenance
 from jobwire.metrics import Metrics
 from jobwire.outbox import OutboxRelay, build_relays
 from jobwire.redaction import mask_url, redact_data, remember, secret_values
+from jobwire.reply import reply_output_name
 from jobwire.routing import Router
 from jobwire.scheduler import Scheduler
+from jobwire.sdnotify import sd_notify as _sd_notify
 from jobwire.services import LoopService, Service, ServiceGroup
 from jobwire.store.base import JobStore, StoreRefused, StoreUnavailable
 from jobwire.store.embedded import EmbeddedPostgres
@@ -173,15 +175,14 @@ async def open_store(
             await store.close()
 
 
-def _sd_notify(message: str) -> None:
-    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.sendto(message.encode(), address)
+def _describe_relay(relay: OutboxRelay) -> dict[str, Any]:
+    """A relay's state and counters, with its publisher's ``dropped`` where it counts them
+    (a reply publisher: replies no one could take)."""
+    described = relay.describe()
+    dropped = getattr(relay.publisher, "dropped", None)
+    if isinstance(dropped, int):
+        described["dropped"] = dropped
+    return described
 
 
 def _start_watchdog() -> asyncio.Task[None] | None:
@@ -391,6 +392,13 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
 
+    def _wake_reply_relay(self, source: str) -> None:
+        """Jobs of ``source`` finished: if it replies, its relay sends their replies now."""
+        output = reply_output_name(source)
+        for relay in self.relays:
+            if relay.output == output:
+                relay.wake()
+
     def _pool_figures(self) -> dict[str, int]:
         return self.pool.figures() if self.pool is not None else {}
 
@@ -416,10 +424,12 @@ class Daemon:
             config,
             on_outcome=self.metrics.observe,
             on_start=self.metrics.observe_start,
+            # Only with replies to send: every other job is then spared the bookkeeping.
+            on_finished=self._wake_reply_relay if reply_outputs(config) else None,
             extra_state=lambda: {
                 "sources": self.describe_sources(),
                 # A broker client's error may quote its URL, password and all.
-                "outputs": redact_data({r.output: r.describe() for r in self.relays}),
+                "outputs": redact_data({r.output: _describe_relay(r) for r in self.relays}),
             },
         )
         services: list[Service] = []
@@ -444,11 +454,16 @@ class Daemon:
             self.registry.bind_builtins(builtins.handler)
             services.append(builtins)
         # Before the pool, so stopped after it: outcomes written at the end are still sent.
-        self.relays = build_relays(config, store, build_publisher)
+        # With the implicit reply:<source> outputs, relayed like any other (metrics, stats,
+        # the dashboard), though no handler may publish to them.
+        outputs = {**config.outputs, **reply_outputs(config)}
+        self.relays = build_relays(
+            config.model_copy(update={"outputs": outputs}), store, build_publisher
+        )
         services.extend(self.relays)
         self.registry.outputs = frozenset(config.outputs)
-        self.metrics.outputs = tuple(sorted(config.outputs))
-        self.metrics.outbox_pending = store.outbox_pending if config.outputs else None
+        self.metrics.outputs = tuple(sorted(outputs))
+        self.metrics.outbox_pending = store.outbox_pending if outputs else None
         services.append(self.pool)
         gate = None
         high = config.workers.max_backlog

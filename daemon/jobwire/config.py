@@ -122,11 +122,43 @@ class DatabaseConfig(_Strict):
         return value
 
 
+def _process_count(value: Any) -> Any:
+    """``workers.processes``: 1 to 1024 or ``auto``, with one message for anything else."""
+    if value == "auto":
+        return value
+    text = str(value).strip()
+    if isinstance(value, bool | float) or not text.isdigit() or not 1 <= int(text) <= 1024:
+        raise ValueError("must be a number of processes from 1 to 1024, or auto")
+    return int(text)
+
+
+ProcessCount = Annotated[
+    int | Literal["auto"],
+    BeforeValidator(_process_count),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 1, "maximum": 1024},
+                {"type": "string", "const": "auto"},
+            ]
+        }
+    ),
+]
+
+
 class WorkersConfig(_Strict):
     """The worker pool as a whole."""
 
     concurrency: int = Field(
         32, ge=1, le=10_000, description="Jobs running at once in this instance, all queues."
+    )
+    # More than 1: a supervisor runs that many daemon processes (jobwire.processes), each
+    # an instance with this concurrency. Not "auto" by default until child 0's /metrics and
+    # single HTTP port are settled for everyone.
+    processes: ProcessCount = Field(
+        1,
+        description="Daemon processes under one supervisor, each with this concurrency; "
+        "'auto': one per available core (cgroup CPU quota included).",
     )
     poll_interval: Duration = Field(
         1.0, description="Fallback polling for ready jobs (inserts also wake the workers)."
@@ -365,6 +397,21 @@ def no_requeue(source: SourceBase, why: str) -> None:
     if source.on_invalid == "dead-letter":
         raise ValueError(
             f"on_invalid dead-letter needs a broker dead-letter queue; {why}; use fail"
+        )
+
+
+# Failed publishes of one reply before it is set aside: a reply is worth little late (its
+# requester has likely given up), and a topic the broker answers with a disconnect would
+# otherwise hold up every reply of its source, with backoff, for ten tries.
+REPLY_MAX_ATTEMPTS = 3
+
+
+def reply_needs_jobs(source: SourceBase) -> None:
+    """Refuse ``reply: true`` on a source whose messages make no jobs (route.mode notify)."""
+    if getattr(source, "reply", False) and source.route.mode == "notify":
+        raise ValueError(
+            "reply needs route.mode job: a notify message wakes a job another producer "
+            "wrote, and has no result to reply with"
         )
 
 
@@ -620,6 +667,15 @@ class Config(_Strict):
                 raise ValueError(
                     f"{name}: {target!r} is not a dotted path like 'myapp.jobs:send_email'"
                 )
+        return value
+
+    @field_validator("outputs")
+    @classmethod
+    def _reply_names_reserved(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # reply:<source> names the implicit output of a source with reply: true.
+        taken = sorted(name for name in value if name.startswith("reply:"))
+        if taken:
+            raise ValueError(f"output names starting with reply: are reserved: {', '.join(taken)}")
         return value
 
     @model_validator(mode="after")

@@ -66,6 +66,8 @@ class JobSpec:
     schedule_id: int | None = None
     # Ids of jobs this one waits for: it runs once all succeeded, fails if one failed.
     after: list[int] | None = None
+    # Where its result goes once it finished (a source with reply: true): see jobwire.reply.
+    reply: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +161,8 @@ class Job:
     # The jobs this one waits for (migration 0012); has_dependents: others wait for it.
     after_ids: list[int] | None = None
     has_dependents: bool = False
+    # The reply address (migration 0013); "replied" is set once the reply row was written.
+    reply: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

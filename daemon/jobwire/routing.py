@@ -9,6 +9,7 @@ from typing import Any
 
 from jobwire.config import Config, ConfigProblem, RouteConfig, SourceBase
 from jobwire.models import JobSpec, Message
+from jobwire.reply import ReplyRefused, reply_address, reply_output_name
 from jobwire.selectors import Selector, parse_selector
 from jobwire.storable import storable_headers, storable_key, storable_text
 
@@ -28,6 +29,7 @@ class Poison:
     HANDLER_NOT_ALLOWED = "handler_not_allowed"
     BAD_PRIORITY = "bad_priority"
     BAD_NOTIFICATION = "bad_notification"
+    BAD_REPLY = "bad_reply"
     STORE_REFUSED = "store_refused"
     INTERNAL = "internal_error"
 
@@ -80,6 +82,20 @@ class Router:
             if isinstance(s, Selector)
         ]
         self.needs_json = [str(s) for s in selectors if s.kind == "json"]
+        # reply: true: the output a job's reply goes through (its address is the message's).
+        self.reply_output = (
+            reply_output_name(source.name) if getattr(source, "reply", False) else None
+        )
+
+    def _reply(self, msg: Message) -> tuple[dict[str, str] | None, str | None]:
+        """Where the job's result goes once it finished (None: nowhere), and why the
+        request's reply address cannot be used (None: it can, or there is none)."""
+        if self.reply_output is None:
+            return None, None
+        try:
+            return reply_address(self.reply_output, msg.properties), None
+        except ReplyRefused as exc:
+            return None, str(exc)
 
     def _dedup_key(self, msg: Message, decoded: Any) -> str | None:
         if self.no_dedup:
@@ -136,6 +152,8 @@ class Router:
             dedup_key=dedup_key,
             content_type=storable_text(msg.content_type),
             queue=self.route.queue,
+            # A requester waits for an answer even when its request could not become a job.
+            reply=self._reply(msg)[0],
         )
         return Routed(spec, reason, kind, notes or None)
 
@@ -242,6 +260,12 @@ class Router:
                 else:
                     priority = priority_or_problem
 
+        # Last: a request that is poison anyway is failed for that (and replied to, when
+        # its address can be used).
+        reply, reply_problem = self._reply(msg)
+        if problem is None and reply_problem is not None:
+            problem, kind = reply_problem, Poison.BAD_REPLY
+
         if problem is not None:
             return self.failed(msg, problem, handler, dedup_key, kind)
         assert handler is not None
@@ -261,6 +285,7 @@ class Router:
                 content_type=msg.content_type,
                 queue=self.route.queue,
                 concurrency_key=self._concurrency_key(msg, decoded),
+                reply=reply,
             )
         )
 

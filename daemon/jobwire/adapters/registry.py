@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Union
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, Union, runtime_checkable
 
 from pydantic import Field
 
@@ -20,9 +20,10 @@ from jobwire.adapters.http.config import HttpSource
 from jobwire.adapters.kafka.config import KafkaOutput, KafkaSource
 from jobwire.adapters.mqtt.config import MqttOutput, MqttSource
 from jobwire.adapters.stomp.config import StompOutput, StompSource
+from jobwire.reply import is_reply_output, reply_output_name
 
 if TYPE_CHECKING:
-    from jobwire.config import OutputBase, SourceBase
+    from jobwire.config import Config, OutputBase, SourceBase
     from jobwire.effects import OutputPublisher
 
 
@@ -78,6 +79,13 @@ OUTPUTS: dict[str, OutputType] = {
 OUTPUT_TYPES: tuple[str, ...] = tuple(OUTPUTS)
 """The ``type:`` values an output may have."""
 
+# The publishers of the implicit ``reply:<source>`` outputs (jobwire.reply), by source type:
+# each sends a row to the address its key names.
+REPLY_PUBLISHERS: dict[str, str] = {
+    "amqp": "jobwire.adapters.amqp.reply:build",
+    "mqtt": "jobwire.adapters.mqtt.reply:build",
+}
+
 
 def output_union() -> Any:
     """The annotation of one ``outputs:`` entry: every model, told apart by ``type``."""
@@ -91,11 +99,37 @@ def resolve(path: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+@runtime_checkable
+class ReplyingSource(Protocol):
+    """A source type that can reply (AMQP, MQTT): ``reply`` and its implicit output."""
+
+    name: str
+    reply: bool
+
+    def reply_output(self) -> OutputBase:
+        """The output its replies go through, on its own connection settings."""
+        ...
+
+
+def reply_outputs(config: Config) -> dict[str, OutputBase]:
+    """The implicit output of every source with ``reply: true``, by name (``reply:<source>``;
+    no configured output may have such a name)."""
+    return {
+        reply_output_name(s.name): s.reply_output()
+        for s in config.sources
+        if isinstance(s, ReplyingSource) and s.reply
+    }
+
+
 def build_publisher(name: str, output: OutputBase) -> OutputPublisher:
-    """The publisher of one configured output; its broker library is imported only here."""
+    """The publisher of one output (a source's ``reply:`` output gets its type's reply
+    publisher); its broker library is imported only here."""
     kind = getattr(output, "type", None)
     entry = OUTPUTS.get(kind) if isinstance(kind, str) else None
     if entry is None or not isinstance(output, entry.model):
         raise ValueError(f"no publisher for output type {kind!r}")
-    publisher: OutputPublisher = resolve(entry.factory)(name, output)
+    factory = REPLY_PUBLISHERS.get(str(kind)) if is_reply_output(name) else entry.factory
+    if factory is None:
+        raise ValueError(f"output type {kind!r} cannot reply")
+    publisher: OutputPublisher = resolve(factory)(name, output)
     return publisher

@@ -56,6 +56,7 @@ class MemoryAdmin(MemoryDashboard):
         if job.status in READY:
             job.status = JobStatus.CANCELLED
             job.finished_at = now()
+            self._finished(job)
         elif job.status == JobStatus.RUNNING:
             job.cancel_requested = True
             self._fire(f"cancel:{job_id}")

@@ -118,6 +118,17 @@ class MemoryState:
         )
         self._next_run_id += 1
 
+    def _finished(self, job: Job) -> None:
+        """A job's status just changed: if it is final, what PostgreSQL's triggers then do
+        (migration 0013: a job with a reply address gets its one reply row)."""
+        if job.reply is not None and job.status in FINISHED and not job.reply.get("replied"):
+            self._write_reply(job)
+            job.reply = {**job.reply, "replied": True}
+
+    def _write_reply(self, job: Job) -> None:
+        """The outbox row of a finished job's reply (the outbox role writes it)."""
+        raise NotImplementedError
+
     def _release_key(self, job: Job) -> None:
         """A finished "active" job lets its dedup key go, as PostgreSQL's trigger does."""
         if job.unique_mode == "active" and job.dedup_key is not None and job.status in FINISHED:
@@ -179,6 +190,7 @@ class MemoryState:
                 timeout=s.timeout,
                 concurrency_key=s.concurrency_key,
                 unique_mode=s.unique or "forever",
+                reply=None if s.reply is None else dict(s.reply),
             )
             if run_now and direct and not s.failed_reason:
                 job.status, job.attempts, job.worker_id = JobStatus.RUNNING, 1, direct.worker_id
@@ -186,6 +198,7 @@ class MemoryState:
                 job.started_at = at
             self._next_id += 1
             self.jobs[job.id] = job
+            self._finished(job)  # stored failed: its reply all the same
             if s.dedup_key is not None:
                 self._by_key[s.dedup_key] = job.id
             ids.append(job.id)

@@ -124,6 +124,7 @@ class MemoryJobs(MemoryFlow):
                 if effects is not None:
                     write_effects(self, job, effects)
             self._release_key(job)
+            self._finished(job)
             self._add_run(job, worker_id, str(o.status), o.error, o.duration, job.result)
             job.lease_until = job.worker_id = None
         return count
@@ -160,6 +161,7 @@ class MemoryJobs(MemoryFlow):
                 )
                 job.finished_at = at if job.status in FINISHED else None
                 job.run_at = at
+                self._finished(job)
                 self._add_run(job, job.worker_id, "lost", "lease expired")
                 job.lease_until = job.worker_id = None
                 lost.append(job.id)
@@ -173,6 +175,7 @@ class MemoryJobs(MemoryFlow):
         job.attempts -= 1
         job.lease_until = job.worker_id = job.started_at = None
         job.run_at = at
+        self._finished(job)
 
     async def release_unknown(self, worker_id: str, known_ids: Sequence[int]) -> list[int]:
         """Give back running jobs of this worker other than ``known_ids`` (no run counted)."""

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 
 from jobwire.effects import Claim, Effects, OutboxRow, position_before
 from jobwire.models import Job, JobSpec
+from jobwire.reply import reply_message
 from jobwire.store.base import OutboxBacklog
 from jobwire.store.memory_base import MemoryState, now
 
@@ -61,6 +62,17 @@ def write_effects(state: MemoryState, job: Job, effects: Effects) -> None:
 
 class MemoryOutbox(MemoryState):
     """What the outbox relays, metrics and retention run on the memory store."""
+
+    def _write_reply(self, job: Job) -> None:
+        """A finished job's reply: one row, n = 0, keyed by its address (as 0013's trigger)."""
+        assert job.reply is not None
+        headers, body = reply_message(job)
+        next_id = self.outbox[-1].id + 1 if self.outbox else 1
+        self.outbox.append(
+            MemoryOutboxRow(
+                next_id, job.reply["output"], job.id, 0, job.reply["to"], headers, body, now()
+            )
+        )
 
     async def claim_outbox(
         self,

@@ -177,4 +177,8 @@ class PgBase:
             [o.partition for o in offsets],
             [o.next_offset for o in offsets],
             *option_columns(specs),
+            # $25: reply addresses (a NULL array when none has one: nothing to encode).
+            [json.dumps(s.reply) if s.reply else None for s in specs]
+            if any(s.reply for s in specs)
+            else None,
         ]

@@ -21,11 +21,18 @@ class Completer:
         state: PoolState,
         store: JobStore,
         on_outcome: Callable[[Job, Outcome], None] | None = None,
+        on_finished: Callable[[str], None] | None = None,
     ) -> None:
         self.state = state
         self.store = store
         # Told of every attempt's end (metrics: the handler duration histogram).
         self.on_outcome = on_outcome
+        # Told, once a batch is written, of the source of each job it finished: a reply
+        # (jobwire.reply) may be waiting, which its relay then sends now, not at its next
+        # poll. By source: a claimed job does not carry its reply address.
+        self.on_finished = on_finished
+        # (job id, attempt) -> source, of the final outcomes not yet written.
+        self._finished: dict[tuple[int, int], str] = {}
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -78,6 +85,12 @@ class Completer:
             log.info("job_cancelled", job_id=job.id, handler=job.handler)
         if self.on_outcome is not None:
             self.on_outcome(job, outcome)
+        if (
+            self.on_finished is not None
+            and job.source is not None
+            and outcome.status != JobStatus.RETRYING
+        ):
+            self._finished[(outcome.job_id, outcome.attempt)] = job.source
         state.outcomes.append(outcome)
         self._ready.set()
 
@@ -132,10 +145,20 @@ class Completer:
             del state.outcomes[: len(batch)]
             for o in batch:
                 state.leases.pop((o.job_id, o.attempt), None)
+            self._tell_finished(batch)
             if state.backlog or state.flow.active:
                 # Slots held by unwritten outcomes are free again; a finished keyed job or
                 # a rate's next token may let a held-back job start.
                 state.wake.set()
+
+    def _tell_finished(self, batch: list[Outcome]) -> None:
+        """Tell of the sources whose jobs this written batch finished."""
+        if not self._finished or self.on_finished is None:
+            return
+        pending = self._finished
+        keys = [(o.job_id, o.attempt) for o in batch]
+        for source in {pending.pop(k) for k in keys if k in pending}:
+            self.on_finished(source)
 
     async def _one_by_one(self, batch: list[Outcome]) -> None:
         """Write a refused batch one outcome at a time; a refused outcome is written as a
@@ -160,6 +183,7 @@ class Completer:
         if len(kept) < len(waiting):
             for o in waiting:
                 if (o.job_id, o.attempt) in pairs:
+                    self._finished.pop((o.job_id, o.attempt), None)
                     log.warning(
                         "job_lease_lost",
                         job_id=o.job_id,

@@ -40,6 +40,7 @@ class WorkerPool:
         *,
         on_outcome: Callable[[Job, Outcome], None] | None = None,
         on_start: Callable[[Job], None] | None = None,
+        on_finished: Callable[[str], None] | None = None,
         extra_state: Callable[[], dict[str, Any]] = dict,
     ) -> None:
         self.store = store
@@ -47,7 +48,7 @@ class WorkerPool:
         self.config = config
         self.worker_id = worker_id or make_worker_id()
         self.state = PoolState(config, self.worker_id)
-        self.completer = Completer(self.state, store, on_outcome)
+        self.completer = Completer(self.state, store, on_outcome, on_finished)
         self.executor = Executor(
             self.state,
             store,

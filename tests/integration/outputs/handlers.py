@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 from jobwire import JobContext
+from tests.support.waiting import wait_for
 
 
 async def publish_n(payload: dict[str, Any], ctx: JobContext) -> dict[str, int]:
@@ -30,3 +33,16 @@ def publish_threaded(payload: dict[str, Any], ctx: JobContext) -> str:
     """A plain (threaded) handler: records a message with publish_nowait."""
     ctx.publish_nowait(payload.get("output", "out"), "from a thread", key="t")
     return "ok"
+
+
+async def rpc(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """The reply-to tests' handler: doubles ``n``; waits first until the file ``wait_for``
+    exists (a drill kills the daemon meanwhile); fails when ``fail`` is set."""
+    release = payload.get("wait_for")
+    if release:
+        await wait_for(
+            lambda: asyncio.to_thread(Path(release).exists), timeout=120, what="the release file"
+        )
+    if payload.get("fail"):
+        raise RuntimeError(f"request {payload.get('n')} refused, on purpose")
+    return {"answer": int(payload["n"]) * 2, "attempt": ctx.attempt}

@@ -176,6 +176,7 @@ class AmqpAdapter(Adapter):
         properties = {
             "message_id": props.message_id,
             "correlation_id": props.correlation_id,
+            "reply_to": props.reply_to,
             "type": props.message_type,
             "app_id": props.app_id,
             "routing_key": delivery.routing_key,

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from jobwire.config import Duration, OutputBase, SourceBase, TlsConfig
+from jobwire.config import (
+    REPLY_MAX_ATTEMPTS,
+    Duration,
+    OutputBase,
+    SourceBase,
+    TlsConfig,
+    reply_needs_jobs,
+)
 
 
 class AmqpSource(SourceBase):
@@ -47,6 +54,11 @@ class AmqpSource(SourceBase):
     prefetch: int = Field(200, ge=1, le=65535, description="Unacknowledged deliveries at once.")
     heartbeat: Duration = Field(30.0, description="The AMQP heartbeat interval.")
     tls: TlsConfig | None = Field(None, description="TLS settings (with amqps://).")
+    reply: bool = Field(
+        False,
+        description="Publish each finished job's result (or error) to the request's reply_to "
+        "queue with its correlation_id, through the outbox.",
+    )
 
     @field_validator("url")
     @classmethod
@@ -54,6 +66,23 @@ class AmqpSource(SourceBase):
         if not value.startswith(("amqp://", "amqps://")):
             raise ValueError("must be an amqp:// or amqps:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _reply_needs_jobs(self) -> AmqpSource:
+        reply_needs_jobs(self)
+        return self
+
+    def reply_output(self) -> AmqpOutput:
+        """The implicit output of its replies: the default exchange on its own connection
+        settings (the routing key is each reply's address)."""
+        return AmqpOutput(
+            type="amqp",
+            url=self.url,
+            heartbeat=self.heartbeat,
+            tls=self.tls,
+            mandatory=True,
+            max_attempts=REPLY_MAX_ATTEMPTS,
+        )
 
     # A field validator, not a model one, so that the problem names this key.
     @field_validator("dead_letter_exchange")

@@ -20,6 +20,10 @@ from jobwire.effects import OutboxRow, Published
 class AmqpPublisher:
     """One connection and one confirming channel per output."""
 
+    # A returned message (mandatory, no queue took it) fails its row; a subclass that drops
+    # such messages instead (replies: the requester's queue is gone) says False.
+    returned_fails = True
+
     def __init__(self, name: str, cfg: AmqpOutput) -> None:
         self.name = name
         self.cfg = cfg
@@ -44,7 +48,7 @@ class AmqpPublisher:
         # followed by an ack; without it aiormq reports that ack as success and the row
         # would be marked sent though no queue holds the message.
         self._channel = await self._connection.channel(
-            publisher_confirms=True, on_return_raises=True
+            publisher_confirms=True, on_return_raises=self.returned_fails
         )
         if self.cfg.exchange:
             self._exchange = await self._channel.get_exchange(self.cfg.exchange, ensure=False)

@@ -19,7 +19,6 @@ client's queue, which fills that window so the broker stops sending.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -36,13 +35,8 @@ from jobwire.adapters.base import (
     SourceState,
     tls_context,
 )
-from jobwire.adapters.mqtt.config import MqttSource
+from jobwire.adapters.mqtt.config import MqttSource, default_client_id
 from jobwire.config import SourceBase
-
-
-def default_client_id(source_name: str) -> str:
-    """jobwire-<host>-<source>: stable across restarts, distinct between hosts."""
-    return f"jobwire-{socket.gethostname()}-{source_name}"[:128]
 
 
 class MqttAdapter(Adapter):
@@ -110,12 +104,23 @@ class MqttAdapter(Adapter):
     def _message(self, delivery: aiomqtt.Message, connection: int) -> Message:
         headers: dict[str, str] = {}
         content_type = None
+        topic = str(delivery.topic)
+        properties: dict[str, Any] = {
+            "topic": topic,
+            "qos": delivery.qos,
+            "retain": delivery.retain,
+        }
         props = delivery.properties
         if props is not None:
             for key, value in getattr(props, "UserProperty", None) or []:
                 headers[str(key)] = str(value)
             content_type = getattr(props, "ContentType", None)
-        topic = str(delivery.topic)
+            # MQTT 5 request/response: where a reply: true source answers (jobwire.reply;
+            # an empty one too, which it refuses).
+            response_topic = getattr(props, "ResponseTopic", None)
+            if response_topic is not None:
+                properties["response_topic"] = str(response_topic)
+                properties["correlation_data"] = getattr(props, "CorrelationData", None)
         headers.setdefault("mqtt-topic", topic)  # the topic travels with the job
         payload = delivery.payload
         body = payload if isinstance(payload, bytes) else str(payload).encode()
@@ -123,7 +128,7 @@ class MqttAdapter(Adapter):
             source=self.name,
             body=body,
             headers=headers,
-            properties={"topic": topic, "qos": delivery.qos, "retain": delivery.retain},
+            properties=properties,
             content_type=content_type,
             raw=(connection, delivery.mid, delivery.qos),
         )

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from jobwire.config import Duration, OutputBase, SourceBase, TlsConfig, no_requeue
+from jobwire.config import (
+    REPLY_MAX_ATTEMPTS,
+    Duration,
+    OutputBase,
+    SourceBase,
+    TlsConfig,
+    no_requeue,
+    reply_needs_jobs,
+)
 from jobwire.redaction import SECRET
+
+
+def default_client_id(source_name: str) -> str:
+    """jobwire-<host>-<source>: stable across restarts, distinct between hosts."""
+    return f"jobwire-{socket.gethostname()}-{source_name}"[:128]
 
 
 class MqttSource(SourceBase):
@@ -57,6 +71,11 @@ class MqttSource(SourceBase):
         description="MQTT 5 Receive Maximum: unacknowledged messages the broker may send at once.",
     )
     tls: TlsConfig | None = Field(None, description="TLS settings (with mqtts://).")
+    reply: bool = Field(
+        False,
+        description="MQTT 5: publish each finished job's result (or error) to the request's "
+        "response topic with its correlation data, through the outbox.",
+    )
 
     @field_validator("protocol", mode="before")
     @classmethod
@@ -73,7 +92,28 @@ class MqttSource(SourceBase):
     @model_validator(mode="after")
     def _mqtt_rules(self) -> MqttSource:
         no_requeue(self, "MQTT redelivers an unacknowledged message only on reconnect")
+        if self.reply and self.protocol != "5":
+            raise ValueError(
+                "reply needs protocol 5: MQTT 3.1.1 carries no response topic or correlation data"
+            )
+        reply_needs_jobs(self)
         return self
+
+    def reply_output(self) -> MqttOutput:
+        """The implicit output of its replies, on its own connection settings (the topic is
+        each reply's response topic; the client id its own with ``-reply``)."""
+        return MqttOutput(
+            type="mqtt",
+            url=self.url,
+            topic="reply",  # unused: every reply names its own topic
+            protocol="5",
+            client_id=None if self.client_id is None else f"{self.client_id[:122]}-reply",
+            username=self.username,
+            password=self.password,
+            keepalive=self.keepalive,
+            tls=self.tls,
+            max_attempts=REPLY_MAX_ATTEMPTS,
+        )
 
 
 class MqttOutput(OutputBase):

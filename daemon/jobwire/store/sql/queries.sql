@@ -12,7 +12,8 @@
 -- rows are deduplicated and its older offset must not undo the new owner's progress.
 -- $21-$23: the per-job options (timeout seconds, concurrency key, unique mode; NULL unique
 -- mode: 'forever'). $24: the ids each job waits for, comma-separated (NULL: none; a NULL
--- array when no job of the batch has any, so broker batches pay nothing).
+-- array when no job of the batch has any, so broker batches pay nothing). $25: each job's
+-- reply address as JSON text (a source with reply: true; a NULL array likewise).
 WITH positions AS (
     INSERT INTO kafka_offsets (group_id, topic, partition, next_offset)
     SELECT o.group_id, o.topic, o.partition, o.next_offset
@@ -25,7 +26,7 @@ WITH positions AS (
 INSERT INTO jobs (handler, queue, priority, max_attempts, run_at, payload, body, content_type,
                   headers, source, dedup_key, parent_id, status, last_error, finished_at,
                   attempts, worker_id, lease_until, started_at, timeout, concurrency_key,
-                  unique_mode, after_ids)
+                  unique_mode, after_ids, reply)
 SELECT j.handler, j.queue, j.priority, j.max_attempts, now() + make_interval(secs => j.delay),
        j.payload::jsonb, j.body, j.content_type, coalesce(j.headers::jsonb, '{}'::jsonb), j.source,
        j.dedup_key, j.parent_id,
@@ -39,13 +40,13 @@ SELECT j.handler, j.queue, j.priority, j.max_attempts, now() + make_interval(sec
             THEN now() + make_interval(secs => $15::float8) END,
        CASE WHEN j.run_now AND j.failed_reason IS NULL THEN now() END,
        j.timeout, j.concurrency_key, coalesce(j.unique_mode, 'forever'),
-       string_to_array(j.after_ids, ',')::bigint[]
+       string_to_array(j.after_ids, ',')::bigint[], j.reply::jsonb
 FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::float8[], $6::text[], $7::bytea[],
             $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::text[],
-            $16::bool[], $21::float8[], $22::text[], $23::text[], $24::text[])
+            $16::bool[], $21::float8[], $22::text[], $23::text[], $24::text[], $25::text[])
      WITH ORDINALITY AS j(handler, queue, priority, max_attempts, delay, payload, body, content_type,
                           headers, source, dedup_key, parent_id, failed_reason, run_now, timeout,
-                          concurrency_key, unique_mode, after_ids, ord)
+                          concurrency_key, unique_mode, after_ids, reply, ord)
 ORDER BY j.ord
 ON CONFLICT (dedup_key) DO NOTHING
 RETURNING id, dedup_key;
