@@ -8,10 +8,11 @@ asyncio program (ceilings, PgQueuer, Procrastinate) on uvloop, as ``jobwire run`
   client-individual acks (RabbitMQ's STOMP plugin); a bare aiomqtt QoS 1 consumer with
   manual PUBACKs (a private Mosquitto with the shipped limits); asyncpg batched inserts;
   jobwire's store path alone (insert as running + complete, no broker, no handler);
-- jobwire: drain of a pre-filled table at its defaults (concurrency 32) and at concurrency
-  256, and by two daemons; AMQP drain at its defaults (prefetch 200, concurrency 32), at
-  prefetch 1000 and concurrency 256, and by two daemons; Kafka drain (tansu); STOMP and
-  MQTT drains (prefetch 1000, concurrency 256, beside the same prefetch in the ceilings);
+- jobwire: drain of a pre-filled table at its defaults (concurrency 256) and at concurrency
+  512, and by two daemons; AMQP drain at its defaults (prefetch 200, concurrency 256), at
+  prefetch 1000 and concurrency 512, and by two daemons (bench/defaults.py sweeps both);
+  Kafka drain (tansu); STOMP and MQTT drains (prefetch 1000, concurrency 256, beside the
+  same prefetch in the ceilings);
   for each drain, what it wrote to PostgreSQL per job (bench/pgstats.py);
 - peers, each swept over the setting its docs name for throughput and reported at its
   best (with the setting) and its default: PgQueuer (batch size 10/100/500), Procrastinate
@@ -144,7 +145,7 @@ async def ceiling_store(n: int) -> float:
 
 
 async def jobwire_drain(n: int) -> Measured:
-    result = await scaleout.table_drain(n, concurrency=256)
+    result = await scaleout.table_drain(n, concurrency=512)
     return Measured(result.rate, result.writes, steady=result.steady_rate)
 
 
@@ -154,12 +155,12 @@ async def jobwire_drain_defaults(n: int) -> Measured:
 
 
 async def jobwire_drain_two(n: int) -> Measured:
-    result = await scaleout.table_drain(n, concurrency=256, daemons=2)
+    result = await scaleout.table_drain(n, concurrency=512, daemons=2)
     return Measured(result.rate, result.writes, steady=result.steady_rate)
 
 
 async def jobwire_amqp(n: int) -> Measured:
-    return _drained(await amqp_drain.drain(AMQP, n, prefetch=1000, concurrency=256))
+    return _drained(await amqp_drain.drain(AMQP, n, prefetch=1000, concurrency=512))
 
 
 async def jobwire_amqp_defaults(n: int) -> Measured:
@@ -172,7 +173,7 @@ async def jobwire_amqp_defaults(n: int) -> Measured:
 
 
 async def jobwire_amqp_two(n: int) -> Measured:
-    return _drained(await scaleout.amqp_drain_by(n, daemons=2))
+    return _drained(await scaleout.amqp_drain_by(n, daemons=2, concurrency=512))
 
 
 async def jobwire_kafka(n: int) -> Measured:

@@ -60,9 +60,9 @@ def _median_writes(writes: list[WritesPerJob]) -> WritesPerJob | None:
 # The ratios printed under the table: (label, numerator, denominator); a name ending in
 # " (default)" means that sweep's figure at the peer's default setting.
 TABLE = "jobwire: drain a filled table"
-TABLE_DEFAULTS = "jobwire: drain a filled table, defaults (concurrency 32)"
+TABLE_DEFAULTS = "jobwire: drain a filled table, defaults (concurrency 256)"
 AMQP = "jobwire: AMQP drain"
-AMQP_DEFAULTS = "jobwire: AMQP drain, defaults (prefetch 200, concurrency 32)"
+AMQP_DEFAULTS = "jobwire: AMQP drain, defaults (prefetch 200, concurrency 256)"
 TABLE_TWO = "jobwire: drain a filled table, 2 daemons"
 AMQP_TWO = "jobwire: AMQP drain, 2 daemons"
 PGQUEUER = "PgQueuer: drain a filled table, batch 10/100/500"
@@ -90,8 +90,8 @@ RATIOS = [
         "jobwire: Kafka drain (tansu)",
         "ceiling: jobwire store path, no broker",
     ),
-    ("jobwire filled table at defaults / at concurrency 256", TABLE_DEFAULTS, TABLE),
-    ("jobwire AMQP drain at defaults / at prefetch 1000, concurrency 256", AMQP_DEFAULTS, AMQP),
+    ("jobwire filled table at defaults / at concurrency 512", TABLE_DEFAULTS, TABLE),
+    ("jobwire AMQP drain at defaults / at prefetch 1000, concurrency 512", AMQP_DEFAULTS, AMQP),
     ("2 daemons / 1, filled table (first start -> last finish)", TABLE_TWO, TABLE),
     ("2 daemons / 1, AMQP (first row -> last finish)", AMQP_TWO, AMQP),
 ]

@@ -149,8 +149,13 @@ ProcessCount = Annotated[
 class WorkersConfig(_Strict):
     """The worker pool as a whole."""
 
+    # 256, not a few dozen: a slot costs nothing until a job takes it (a coroutine; a
+    # blocking handler's thread is made on first use), and with few slots each claim and
+    # each intake batch hands over only a few jobs, so a busy pool spends its time waiting
+    # on round trips (bench/defaults.py). Handlers that must not run that wide say so with
+    # queues.NAME.concurrency or rate.
     concurrency: int = Field(
-        32, ge=1, le=10_000, description="Jobs running at once in this instance, all queues."
+        256, ge=1, le=10_000, description="Jobs running at once in this instance, all queues."
     )
     # More than 1: a supervisor runs that many daemon processes (jobwire.processes), each
     # an instance with this concurrency. Not "auto" by default until child 0's /metrics and
