@@ -191,8 +191,15 @@ class OutboxRelay:
             self.counters.failed += len(failed)
             # Charged with the failure: the first row not confirmed (the one the broker
             # stopped at, or refused) and those refused for good; the rest only waited.
+            failed_ids = {r.id for r in failed}
+            if failed_ids <= result.permanent:
+                # Only rows refused for good (too large, an unusable address): set aside,
+                # and the connection is fine, so the next batch goes on at once.
+                await self._fail(sorted(failed_ids), reason, result.permanent)
+                self._backoff.reset()
+                return following
             first = set() if result.blameless else {failed[0].id}
-            charged = first | (result.permanent & {r.id for r in failed})
+            charged = first | (result.permanent & failed_ids)
             waited = [r.id for r in failed + following if r.id not in charged]
             await self._fail(sorted(charged), reason, result.permanent)
             await self._release(waited, reason)
@@ -240,7 +247,8 @@ def _settle(rows: list[OutboxRow], result: Published) -> tuple[list[int], list[O
     """The rows to mark sent and those that failed. A row confirmed after an earlier row of
     its key (or, unkeyed, of its job) failed counts as failed too (publishers with several
     in flight, AMQP and MQTT, can confirm it): kept, it would reach consumers before the
-    earlier one, which is sent again later."""
+    earlier one, which is sent again later. A row refused for good blocks nothing: it is
+    never sent, so nothing can overtake it."""
     confirmed: list[int] = []
     failed: list[OutboxRow] = []
     blocked: set[tuple[bool, object]] = set()
@@ -250,7 +258,8 @@ def _settle(rows: list[OutboxRow], result: Published) -> tuple[list[int], list[O
             confirmed.append(r.id)
         else:
             failed.append(r)
-            blocked.add(group)
+            if r.id not in result.permanent:
+                blocked.add(group)
     return confirmed, failed
 
 

@@ -208,3 +208,38 @@ def test_the_lease_outlasts_a_batch_waiting_then_publishing() -> None:
     # (up to publish_timeout): the lease must outlast both, with room to mark.
     relay = OutboxRelay("out", ScriptedPublisher(), MemoryStore(), publish_timeout=30.0)
     assert relay.lease >= 3 * 30.0
+
+
+class RefusingForGood(ScriptedPublisher):
+    """Confirms every row but one, which it reports as refused for good (``permanent``)."""
+
+    def __init__(self, bad: str) -> None:
+        super().__init__()
+        self.bad = bad
+
+    async def publish(self, rows: Sequence[OutboxRow], timeout: float) -> Published:
+        self.calls += 1
+        took = [r for r in rows if r.message_id != self.bad]
+        self.sent += [r.message_id for r in took]
+        never = frozenset(r.id for r in rows if r.message_id == self.bad)
+        return Published(frozenset(r.id for r in took), "too large" if never else None, never)
+
+
+async def test_a_row_refused_for_good_is_set_aside_without_dropping_the_connection() -> None:
+    store = MemoryStore()
+    job = await keyed_outbox(store, ["k"] * 5 + ["j"] * 5)
+    publisher = RefusingForGood(f"jobwire-{job}-7")
+    relay = OutboxRelay("out", publisher, store, batch_size=3, poll_interval=0.01)
+    # A backoff long enough that a disconnect would outlast the wait below.
+    relay._backoff.initial = relay._backoff.maximum = 30.0
+    await relay.start()
+    try:
+        await wait_for(
+            lambda: _sent_count(store, 9), timeout=10, what="every row but the bad one sent"
+        )
+    finally:
+        await relay.stop()
+    (bad,) = [r for r in store.outbox if r.sent_at is None]
+    assert bad.n == 7 and bad.failed_at is not None and bad.attempts == 1
+    assert publisher.connects == 1
+    assert relay.describe()["parked"] == 1
