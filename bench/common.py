@@ -266,16 +266,24 @@ async def drain_source(
     concurrency: int | None = 256,
     profile: str | None = None,
     daemons: int = 1,
+    processes: int = 1,
 ) -> Drain:
     """Run the daemon on a fresh database with this one source until n jobs succeeded.
 
     ``concurrency``: None leaves the daemon's default. ``daemons``: that many ``jobwire
     run`` processes on the one database and source (CPU figures are their sum).
-    ``profile``: py-spy the (first) daemon for 10 s, raw stacks to this file.
+    ``processes``: each daemon's ``workers.processes`` (its children's CPU is not in the
+    daemon figures: use the rates).
+    ``profile``: py-spy the (first) daemon for 10 s, raw stacks to this file; only with
+    one process (with several, the daemon is a supervisor that runs no jobs).
     """
+    if profile and processes > 1:
+        raise ValueError("profile needs processes=1: a supervisor's stacks show no jobs")
     async with fresh_database() as url:
         await migrate(url, "jobwire")
         workers: dict[str, Any] = {} if concurrency is None else {"concurrency": concurrency}
+        if processes > 1:
+            workers["processes"] = processes
         config = {
             "database": {"url": url},
             "workers": workers,

@@ -33,6 +33,7 @@ from jobwire.reply import reply_output_name
 from jobwire.routing import Router
 from jobwire.scheduler import Scheduler
 from jobwire.sdnotify import sd_notify as _sd_notify
+from jobwire.sdnotify import watchdog_interval as _watchdog_interval
 from jobwire.services import LoopService, Service, ServiceGroup
 from jobwire.store.base import JobStore, StoreRefused, StoreUnavailable
 from jobwire.store.embedded import EmbeddedPostgres
@@ -187,14 +188,10 @@ def _describe_relay(relay: OutboxRelay) -> dict[str, Any]:
 
 def _start_watchdog() -> asyncio.Task[None] | None:
     """Ping systemd's watchdog (WATCHDOG=1) at half its interval, while the loop is alive."""
-    usec = os.environ.get("WATCHDOG_USEC")
-    if (
-        not usec
-        or not usec.isdigit()
-        or os.environ.get("WATCHDOG_PID", str(os.getpid())) != str(os.getpid())
-    ):
+    watchdog = _watchdog_interval()
+    if watchdog is None:
         return None
-    interval = int(usec) / 1_000_000 / 2
+    interval = watchdog / 2
 
     async def ping() -> None:
         while True:

@@ -282,6 +282,13 @@ def test_containerfile_runs_as_non_root_with_a_healthcheck() -> None:
     assert "podman build --format docker" in text
 
 
+def test_containerfile_runs_jobwire_under_an_init() -> None:
+    """PID 1 must reap orphaned handler subprocesses: tini, installed in the image."""
+    text = (DEPLOY / "container" / "Containerfile").read_text()
+    assert 'ENTRYPOINT ["tini", "--", "jobwire"]' in text
+    assert "apt-get install -y --no-install-recommends tini" in text
+
+
 def test_containerfile_passes_hadolint() -> None:
     hadolint = BIN / "hadolint"
     if not hadolint.exists():

@@ -40,6 +40,13 @@ from jobwire.cli.publishing import publish_topic
 from jobwire.config import Config, ConfigProblem, find_config_file, json_schema
 from jobwire.handlers import BUILTINS, HandlerLoadError, HandlerRegistry
 from jobwire.models import JobStatus
+from jobwire.processes import (
+    ChildRole,
+    Supervisor,
+    SupervisorGone,
+    process_problems,
+    resolve_processes,
+)
 from jobwire.redaction import redact_data
 from jobwire.routing import route_problems
 from jobwire.store.base import AdminStore, OutboxBacklog
@@ -57,6 +64,7 @@ def _registry(config: Config, file: str) -> HandlerRegistry:
         )
     problems = route_problems(config, registry.names(), file)
     problems += http_source_problems(config, file)
+    problems += process_problems(config, file)
     if problems:
         report(problems)
     return registry
@@ -78,6 +86,18 @@ def run_daemon(migrate_first: bool | None) -> None:
         database = config.database.model_copy(update={"migrate": migrate_first})
         config = config.model_copy(update={"database": database})
     registry = _registry(config, file)
+    role = ChildRole.from_env()
+    if role is None:
+        processes = resolve_processes(config.workers.processes, config.database.url == "embedded")
+        if processes > 1:
+            supervisor = Supervisor(sys.argv[1:], processes, config.workers.shutdown_timeout)
+            sys.exit(run(supervisor.run()))
+    else:
+        try:
+            role.attach()
+        except SupervisorGone as exc:
+            fail(str(exc), EXIT_UNAVAILABLE)
+        config = role.config(config)
 
     async def go() -> None:
         daemon = Daemon(config, registry)

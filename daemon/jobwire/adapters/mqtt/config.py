@@ -24,6 +24,11 @@ def default_client_id(source_name: str) -> str:
     return f"jobwire-{socket.gethostname()}-{source_name}"[:128]
 
 
+def default_output_client_id(output_name: str) -> str:
+    """jobwire-out-<host>-<output>: an MQTT output's client id when none is configured."""
+    return f"jobwire-out-{socket.gethostname()}-{output_name}"[:128]
+
+
 class MqttSource(SourceBase):
     """MQTT topics (Mosquitto, EMQX, HiveMQ) at QoS 1, acknowledged only after the commit."""
 

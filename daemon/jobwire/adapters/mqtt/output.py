@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 from collections.abc import Sequence
 from importlib.metadata import version
 from typing import Any, cast
@@ -18,7 +17,7 @@ from paho.mqtt.properties import Properties, VariableByteIntegers
 from paho.mqtt.reasoncodes import ReasonCode
 
 from jobwire.adapters.base import tls_context
-from jobwire.adapters.mqtt.config import MqttOutput
+from jobwire.adapters.mqtt.config import MqttOutput, default_output_client_id
 from jobwire.config import OutputBase
 from jobwire.effects import OutboxRow, Published
 
@@ -30,7 +29,7 @@ def _options(name: str, cfg: MqttOutput) -> dict[str, Any]:
         "port": url.port or (8883 if url.scheme == "mqtts" else 1883),
         "username": cfg.username or (unquote(url.username) if url.username else None),
         "password": cfg.password or (unquote(url.password) if url.password else None),
-        "identifier": cfg.client_id or f"jobwire-out-{socket.gethostname()}-{name}"[:128],
+        "identifier": cfg.client_id or default_output_client_id(name),
         "keepalive": int(cfg.keepalive),
         "tls_context": tls_context(cfg.tls, cfg.url.startswith("mqtts://")),
         "timeout": 10,

@@ -1,0 +1,16 @@
+"""``workers.processes``: several daemon processes as one service (a supervisor and its
+children), each child an instance like a separate ``jobwire run``."""
+
+from jobwire.processes.child import ChildRole, SupervisorGone
+from jobwire.processes.cores import available_cores, resolve_processes
+from jobwire.processes.rules import process_problems
+from jobwire.processes.supervisor import Supervisor
+
+__all__ = [
+    "ChildRole",
+    "Supervisor",
+    "SupervisorGone",
+    "available_cores",
+    "process_problems",
+    "resolve_processes",
+]
