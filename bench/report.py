@@ -53,7 +53,10 @@ def _median_writes(writes: list[WritesPerJob]) -> WritesPerJob | None:
     values: dict[str, Any] = {}
     for f in fields(WritesPerJob):
         present = [getattr(w, f.name) for w in writes if getattr(w, f.name) is not None]
-        values[f.name] = statistics.median(present) if present else None
+        if present and isinstance(present[0], str):
+            values[f.name] = statistics.median_low(present)  # a label: never averaged
+        else:
+            values[f.name] = statistics.median(present) if present else None
     return WritesPerJob(**values)
 
 
