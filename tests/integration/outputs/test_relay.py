@@ -183,13 +183,7 @@ async def test_a_row_the_broker_always_refuses_is_set_aside_and_the_rest_go_on()
     publisher = Refusing(f"jobwire-{job}-2")
     relay = OutboxRelay("out", publisher, store, batch_size=10, poll_interval=0.01, max_attempts=3)
     relay._backoff.initial = relay._backoff.maximum = 0.01
-    await relay.start()
-    try:
-        await wait_for(
-            lambda: _sent_count(store, 9), timeout=10, what="every row but the bad one sent"
-        )
-    finally:
-        await relay.stop()
+    await _run_until_all_but_one_sent(relay, store, 9)
     assert publisher.tries == 3
     (bad,) = [r for r in store.outbox if r.sent_at is None]
     assert bad.n == 2 and bad.failed_at is not None and bad.last_error
@@ -197,6 +191,17 @@ async def test_a_row_the_broker_always_refuses_is_set_aside_and_the_rest_go_on()
     assert all(r.attempts <= 1 for r in store.outbox if r.n != 2)
     assert relay.describe()["parked"] == 1
     assert await store.outbox_pending() == {"out": (1, 0.0, 1)}  # the one set aside
+
+
+async def _run_until_all_but_one_sent(relay: OutboxRelay, store: MemoryStore, n: int) -> None:
+    """Run the relay until ``n`` rows are sent (every row but the bad one), then stop it."""
+    await relay.start()
+    try:
+        await wait_for(
+            lambda: _sent_count(store, n), timeout=10, what="every row but the bad one sent"
+        )
+    finally:
+        await relay.stop()
 
 
 async def _sent_count(store: MemoryStore, n: int) -> bool:
@@ -232,13 +237,7 @@ async def test_a_row_refused_for_good_is_set_aside_without_dropping_the_connecti
     relay = OutboxRelay("out", publisher, store, batch_size=3, poll_interval=0.01)
     # A backoff long enough that a disconnect would outlast the wait below.
     relay._backoff.initial = relay._backoff.maximum = 30.0
-    await relay.start()
-    try:
-        await wait_for(
-            lambda: _sent_count(store, 9), timeout=10, what="every row but the bad one sent"
-        )
-    finally:
-        await relay.stop()
+    await _run_until_all_but_one_sent(relay, store, 9)
     (bad,) = [r for r in store.outbox if r.sent_at is None]
     assert bad.n == 7 and bad.failed_at is not None and bad.attempts == 1
     assert publisher.connects == 1
