@@ -254,9 +254,6 @@ class TestAmqp(BrokerSuite):
             batch_size=20,
         )
         async with running_daemon(config) as daemon:
-            await send(
-                target, [h.Outgoing(b'{"seconds": 0.01}', uuid.uuid4().hex) for _ in range(n)]
-            )
             peak_ready = peak_in_broker = 0
 
             async def all_done() -> bool:
@@ -266,12 +263,26 @@ class TestAmqp(BrokerSuite):
                 peak_in_broker = max(peak_in_broker, (await queue_counts(target))[0])
                 return await job_count(database_url, "status = 'succeeded'") == n
 
-            await wait_for(all_done, timeout=90, interval=0.05, what=f"{n} jobs done")
+            # Watched from before the first publish: a publisher slower than the pool would
+            # otherwise let the flood drain before the first look. The handler is slow enough
+            # (at most 80 jobs/s at concurrency 4) that any publisher outruns it.
+            watch = asyncio.create_task(
+                wait_for(all_done, timeout=90, interval=0.05, what=f"{n} jobs done")
+            )
+            try:
+                await send(
+                    target,
+                    [h.Outgoing(b'{"seconds": 0.05}', uuid.uuid4().hex) for _ in range(n)],
+                )
+            except BaseException:
+                watch.cancel()
+                raise
+            await watch
             holds = daemon.sources[0].intake.counters
         # The backlog never ran far past the mark: what was already prefetched and in the
         # batch being committed when it was crossed (seen: 88-92 for a mark of 60).
         assert peak_ready <= high + 60, peak_ready
-        assert peak_in_broker > 100  # the rest of the flood waited in the broker
+        assert peak_in_broker > 100, peak_in_broker  # the rest waited in the broker
         assert holds.stored == n
 
     async def test_jobwire_channel_hands_deliveries_over_in_order_without_a_task_each(
