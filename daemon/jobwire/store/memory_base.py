@@ -67,6 +67,9 @@ class MemoryState:
         self.locks: set[str] = set()
         # The outbox's rows (memory_outbox.py), in id order.
         self.outbox: list[Any] = []
+        # The relays' leases (as outbox_leases): lease id -> (output, ids, until).
+        self.outbox_leases: dict[int, tuple[str, set[int], datetime]] = {}
+        self._next_lease = 1
         # Flow controls: paused queues (queue_state) and token buckets (name -> tokens, when).
         self.queue_state: dict[str, QueueState] = {}
         self.buckets: dict[str, tuple[float, float]] = {}

@@ -29,7 +29,6 @@ class MemoryOutboxRow:
     sent_at: datetime | None = None
     attempts: int = 0
     last_error: str | None = None
-    lease_until: datetime | None = None
     failed_at: datetime | None = None
 
 
@@ -84,20 +83,28 @@ class MemoryOutbox(MemoryState):
     ) -> Claim:
         """Lease up to ``limit`` unsent rows in id order (after ``after``, if given), once
         ``sent`` are marked; a key (or, unkeyed, a job) with a row in flight waits; rows set
-        aside are never claimed. ``resume``: as PostgreSQL's (see outbox_claim)."""
+        aside are never claimed. ``resume``: as PostgreSQL's (see outbox_claim); the lease
+        and the attempts as 0014's."""
         await self.ping()
         if sent:
             await self.mark_outbox_sent(sent)
         at = now()
+        self._expire_leases(output, at)
         start = after.id if after is not None else 0
         unsent = [
             r
             for r in self.outbox
             if r.output == output and r.sent_at is None and r.failed_at is None
         ]
-        busy = [r for r in unsent if r.lease_until is not None and r.lease_until > at]
+        leased = {
+            i
+            for o, ids, until in self.outbox_leases.values()
+            if o == output and until > at
+            for i in ids
+        }
+        busy = [r for r in unsent if r.id in leased]
         busy_keys = {r.key for r in busy if r.key is not None}
-        busy_jobs = {r.job_id for r in busy if r.key is None}
+        busy_jobs = {r.job_id for r in busy if r.key is None and r.job_id is not None}
         picked: list[MemoryOutboxRow] = []
         skipped: MemoryOutboxRow | None = None
         for r in unsent:
@@ -105,18 +112,22 @@ class MemoryOutbox(MemoryState):
                 continue
             if (
                 len(picked) >= limit
-                or (r.lease_until is not None and r.lease_until > at)
+                or r.id in leased
                 or (r.key in busy_keys if r.key is not None else r.job_id in busy_jobs)
             ):
                 skipped = skipped or r
                 if len(picked) >= limit:
                     break
                 continue
-            r.lease_until = at + timedelta(seconds=lease)
-            r.attempts += 1
             picked.append(r)
+        if picked:
+            until = at + timedelta(seconds=lease)
+            self.outbox_leases[self._next_lease] = (output, {r.id for r in picked}, until)
+            self._next_lease += 1
         claim = Claim(
-            OutboxRow(r.id, r.job_id, r.n, r.key, dict(r.headers), r.body, r.attempts, r.created_at)
+            OutboxRow(
+                r.id, r.job_id, r.n, r.key, dict(r.headers), r.body, r.attempts + 1, r.created_at
+            )
             for r in picked
         )
         if skipped is not None and claim:
@@ -125,38 +136,63 @@ class MemoryOutbox(MemoryState):
             claim.resume = claim[-1]
         return claim
 
+    def _expire_leases(self, output: str, at: datetime) -> None:
+        """Drop the expired leases of ``output``, an attempt counted on their unsent rows."""
+        expired = [
+            k for k, (o, _, until) in self.outbox_leases.items() if o == output and until <= at
+        ]
+        ids = {i for k in expired for i in self.outbox_leases.pop(k)[1]}
+        for r in self.outbox:
+            if r.id in ids and r.sent_at is None and r.failed_at is None:
+                r.attempts += 1
+                r.last_error = "lease expired: the relay that claimed it did not settle it"
+
+    def _unlease(self, ids: set[int]) -> None:
+        """Take rows out of the leases naming them; a lease left empty is dropped."""
+        for k, (output, held, until) in list(self.outbox_leases.items()):
+            if held & ids:
+                left = held - ids
+                if left:
+                    self.outbox_leases[k] = (output, left, until)
+                else:
+                    del self.outbox_leases[k]
+
     async def mark_outbox_sent(self, ids: Sequence[int]) -> None:
-        """Mark rows sent."""
+        """Mark rows sent (a try settled)."""
         await self.ping()
         wanted, at = set(ids), now()
         for r in self.outbox:
             if r.id in wanted and r.sent_at is None:
-                r.sent_at, r.lease_until, r.last_error = at, None, None
+                r.sent_at, r.last_error = at, None
+                r.attempts += 1
+        self._unlease(wanted)
 
     async def release_outbox(self, ids: Sequence[int], error: str) -> None:
-        """Free rows that could not be sent through no fault of theirs (the claim's attempt
-        given back)."""
+        """Free rows that could not be sent through no fault of theirs (no attempt
+        counted)."""
         await self.ping()
         wanted = set(ids)
         for r in self.outbox:
             if r.id in wanted and r.sent_at is None:
-                r.lease_until, r.last_error = None, error
-                r.attempts = max(r.attempts - 1, 0)
+                r.last_error = error
+        self._unlease(wanted)
 
     async def fail_outbox(
         self, ids: Sequence[int], error: str, max_attempts: int, permanent: Sequence[int] = ()
     ) -> list[int]:
-        """Free rows whose own publish failed, or set them aside (attempts used up, or
-        ``permanent``); the ids set aside."""
+        """Free rows whose own publish failed (an attempt counted), or set them aside
+        (attempts used up, or ``permanent``); the ids set aside."""
         await self.ping()
         wanted, refused, at = set(ids), set(permanent), now()
         parked: list[int] = []
         for r in self.outbox:
             if r.id in wanted and r.sent_at is None:
-                r.lease_until, r.last_error = None, error
+                r.attempts += 1
+                r.last_error = error
                 if r.attempts >= max_attempts or r.id in refused:
                     r.failed_at = at
                     parked.append(r.id)
+        self._unlease(wanted)
         return parked
 
     async def outbox_pending(self) -> dict[str, OutboxBacklog]:

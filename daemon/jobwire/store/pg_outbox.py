@@ -1,5 +1,6 @@
 """The outbox on PostgreSQL: effects written with an attempt's outcome, and the relay's
-claim, mark and release (short transactions: no transaction is held across a publish)."""
+claim, mark and release (short transactions: no transaction is held across a publish; a
+claim's lease is one row of outbox_leases, see migration 0014)."""
 
 from __future__ import annotations
 
@@ -115,8 +116,9 @@ class PgOutbox(PgBase):
             since, since_id = after.created_at, after.id
         async with guard("outbox claim"), self._pool.acquire() as conn, conn.transaction():
             if sent:
-                await conn.execute(self._q["outbox_mark_sent"], list(sent))
+                await self._settled(conn, "outbox_mark_sent", sent)
             await conn.execute(self._q["outbox_claim_lock"], output)
+            await conn.execute(self._q["outbox_expire_leases"], output)
             records = await conn.fetch(
                 self._q["outbox_claim"], output, limit, lease, since, since_id
             )
@@ -129,17 +131,26 @@ class PgOutbox(PgBase):
             claim.resume = claim[-1]
         return claim
 
+    async def _settled(
+        self, conn: asyncpg.Connection, query: str, ids: Sequence[int], *args: object
+    ) -> list[asyncpg.Record]:
+        """Run a settling statement on rows ``ids`` and take them out of their leases, in
+        the caller's transaction."""
+        records = await conn.fetch(self._q[query], list(ids), *args)
+        await conn.execute(self._q["outbox_unlease"], list(ids))
+        return list(records)
+
     async def mark_outbox_sent(self, ids: Sequence[int]) -> None:
         """Mark rows sent (after the broker confirmed them)."""
         if ids:
-            async with guard("outbox mark"):
-                await self._pool.execute(self._q["outbox_mark_sent"], list(ids))
+            async with guard("outbox mark"), self._pool.acquire() as conn, conn.transaction():
+                await self._settled(conn, "outbox_mark_sent", ids)
 
     async def release_outbox(self, ids: Sequence[int], error: str) -> None:
         """Free rows a relay could not send, with the reason."""
         if ids:
-            async with guard("outbox release"):
-                await self._pool.execute(self._q["outbox_release"], list(ids), error[:2000])
+            async with guard("outbox release"), self._pool.acquire() as conn, conn.transaction():
+                await self._settled(conn, "outbox_release", ids, error[:2000])
 
     async def fail_outbox(
         self, ids: Sequence[int], error: str, max_attempts: int, permanent: Sequence[int] = ()
@@ -148,9 +159,9 @@ class PgOutbox(PgBase):
         used up, or in ``permanent``); returns the ids set aside."""
         if not ids:
             return []
-        async with guard("outbox fail"):
-            records = await self._pool.fetch(
-                self._q["outbox_fail_rows"], list(ids), error[:2000], max_attempts, list(permanent)
+        async with guard("outbox fail"), self._pool.acquire() as conn, conn.transaction():
+            records = await self._settled(
+                conn, "outbox_fail_rows", ids, error[:2000], max_attempts, list(permanent)
             )
         return [r["id"] for r in records if r["parked"]]
 

@@ -144,6 +144,35 @@ class OutboxContract:
         assert pending["out"][0] == 3, "rows set aside still count as unsent"
         assert pending["out"].set_aside == 2  # the first row, and the one refused for good
 
+    async def test_a_lease_frees_exactly_the_rows_settled(self, store: Store) -> None:
+        (a,) = await running(store, 1)
+        fx = Effects([OutboxMessage("out", n, b"x", f"k{n}") for n in (1, 2, 3)])
+        await store.complete_many("w", [succeeded(a, fx)])
+        batch = await store.claim_outbox("out", 10, 30.0)
+        assert [r.n for r in batch] == [1, 2, 3]
+        await store.release_outbox([batch[1].id], "broker away")
+        # Only the released row is free; the other two stay leased to their relay.
+        again = await store.claim_outbox("out", 10, 30.0)
+        assert [(r.n, r.attempts) for r in again] == [(2, 1)]
+        await store.mark_outbox_sent([batch[0].id, batch[2].id, again[0].id])
+        assert await store.outbox_pending() == {}
+        assert await store.claim_outbox("out", 10, 30.0) == []
+
+    async def test_an_expired_lease_frees_its_rows_with_an_attempt_counted(
+        self, store: Store
+    ) -> None:
+        """A relay that died: its lease (already past here) is dropped by the next claim,
+        which takes the rows again as their second try, and its key's order holds."""
+        (a,) = await running(store, 1)
+        await store.complete_many("w", [succeeded(a, effects(a, 3, key="k"))])
+        lost = await store.claim_outbox("out", 2, -1.0)
+        assert [(r.n, r.attempts) for r in lost] == [(1, 1), (2, 1)]
+        again = await store.claim_outbox("out", 10, 30.0)
+        assert [(r.n, r.attempts) for r in again] == [(1, 2), (2, 2), (3, 1)]
+        assert await store.claim_outbox("out", 10, 30.0) == []
+        await store.mark_outbox_sent([r.id for r in again])
+        assert await store.outbox_pending() == {}
+
 
 class TestMemoryOutbox(OutboxContract):
     """The contract in memory."""

@@ -272,9 +272,19 @@ async def _running(database_url: str) -> bool:
 
 
 async def _reply_tried(database_url: str, output: str) -> bool:
-    """The one reply row is written, claimed by the relay (an attempt), and unsent."""
-    rows = await reply_rows(database_url, output)
-    return len(rows) == 1 and rows[0]["sent_at"] is None and rows[0]["attempts"] >= 1
+    """The one reply row is written, unsent, and claimed by the relay: in a lease, or with
+    a try counted (a failed publish settles it)."""
+    rows = await fetch(
+        database_url,
+        "SELECT o.sent_at, o.attempts, EXISTS (SELECT 1 FROM jobwire.outbox_leases l"
+        " WHERE o.id = ANY(l.ids)) AS leased FROM jobwire.outbox o WHERE o.output = $1",
+        output,
+    )
+    return (
+        len(rows) == 1
+        and rows[0]["sent_at"] is None
+        and (rows[0]["leased"] or rows[0]["attempts"] >= 1)
+    )
 
 
 async def test_a_wildcard_response_topic_fails_its_job_and_holds_up_nothing(
