@@ -1039,7 +1039,7 @@ WHERE id = ANY(ARRAY(SELECT unnest(ids) FROM expired))
 -- busy key's, or one past the limit). The next claim must start there, not after the last
 -- row taken: starting after a skipped row would hand out a newer row of its key before it.
 -- attempts: the try this claim is (the stored count is of tries settled: sent, failed, or
--- lost with an expired lease).
+-- lost with an expired lease). headers: NULL for none, so most rows skip the JSON decode.
 WITH live AS MATERIALIZED (
     SELECT o.id, o.key, o.job_id FROM outbox o
     WHERE o.id = ANY(ARRAY(SELECT unnest(l.ids) FROM outbox_leases l
@@ -1068,7 +1068,8 @@ WITH live AS MATERIALIZED (
     SELECT $1, array_agg(id), now() + make_interval(secs => $3) FROM picked
     HAVING count(*) > 0
 )
-SELECT o.id, o.job_id, o.n, o.key, o.headers, o.body, o.attempts + 1 AS attempts,
+SELECT o.id, o.job_id, o.n, o.key, NULLIF(o.headers, '{}') AS headers, o.body,
+       o.attempts + 1 AS attempts,
        o.created_at,
        (SELECT created_at FROM skipped) AS skipped_at, (SELECT id FROM skipped) AS skipped_id
 FROM outbox o WHERE o.id = ANY(ARRAY(SELECT id FROM picked));
