@@ -26,6 +26,7 @@ from jobwire.store.migrate import (
     migrate,
     migration_script,
 )
+from jobwire.store.postgres import PostgresStore
 from tests.conftest import ADMIN_URL, db_url
 from tests.support.daemon import REPO, Daemon, jobwire, write_config
 
@@ -321,3 +322,28 @@ def test_run_migrates_and_tells_systemd_what_it_applies(empty_url: str, tmp_path
     ]
     assert all("EXTEND_TIMEOUT_USEC=" in m for m in statuses)
     assert versions(empty_url) == [m.version for m in known_migrations()]
+
+
+def test_0014_frees_the_rows_a_relay_of_the_previous_release_held(empty_url: str) -> None:
+    """Upgrading to batch leases: a row leased the old way (on the row) is claimed at once,
+    its earlier try kept; a sent row stays sent."""
+    execute(
+        empty_url, migration_script("jobwire", [m for m in known_migrations() if m.version < 14])
+    )
+    execute(
+        empty_url,
+        "INSERT INTO jobwire.outbox (output, job_id, body, lease_until, attempts)"
+        " VALUES ('out', 1, 'x', now() + interval '1 hour', 1);"
+        "INSERT INTO jobwire.outbox (output, job_id, body, sent_at, attempts)"
+        " VALUES ('out', 2, 'y', now(), 1)",
+    )
+
+    async def upgrade_and_claim() -> list[tuple[int | None, int]]:
+        await migrate(empty_url, "jobwire")
+        store = await PostgresStore.connect(empty_url, "jobwire", min_size=1, max_size=2)
+        try:
+            return [(r.job_id, r.attempts) for r in await store.claim_outbox("out", 10, 30.0)]
+        finally:
+            await store.close()
+
+    assert asyncio.run(upgrade_and_claim()) == [(1, 2)]

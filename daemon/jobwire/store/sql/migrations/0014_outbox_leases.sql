@@ -18,5 +18,8 @@ CREATE TABLE outbox_leases (
 -- this ran are free again (its rows may go out twice, with the same message id; see
 -- docs/operations/upgrading.md). The column stays: a daemon of the previous release still
 -- running reads it.
-UPDATE outbox SET lease_until = NULL WHERE lease_until IS NOT NULL;
+-- (Only unsent rows kept theirs: the mark and the set-aside cleared it. Said so, the update
+-- reads outbox_in_flight instead of every sent row kept for retention.)
+UPDATE outbox SET lease_until = NULL
+WHERE lease_until IS NOT NULL AND sent_at IS NULL AND failed_at IS NULL;
 DROP INDEX IF EXISTS outbox_in_flight;
