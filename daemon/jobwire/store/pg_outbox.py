@@ -134,11 +134,10 @@ class PgOutbox(PgBase):
     async def _settled(
         self, conn: asyncpg.Connection, query: str, ids: Sequence[int], *args: object
     ) -> list[asyncpg.Record]:
-        """Run a settling statement on rows ``ids`` and take them out of their leases, in
-        the caller's transaction."""
-        records = await conn.fetch(self._q[query], list(ids), *args)
+        """Take rows ``ids`` out of their leases and run a settling statement on them, in
+        the caller's transaction (leases first: the lock order outbox_expire_leases keeps)."""
         await conn.execute(self._q["outbox_unlease"], list(ids))
-        return list(records)
+        return list(await conn.fetch(self._q[query], list(ids), *args))
 
     async def mark_outbox_sent(self, ids: Sequence[int]) -> None:
         """Mark rows sent (after the broker confirmed them)."""

@@ -4,6 +4,7 @@ never hand one key to two relays at once; mark, release, pending, purge."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -188,6 +189,29 @@ class TestPostgresOutbox(OutboxContract):
     @pytest.fixture
     async def store(self, pg_store: PostgresStore) -> AsyncIterator[Store]:
         yield pg_store
+
+    async def test_a_claim_does_not_wait_on_a_relay_settling_an_expired_lease(
+        self, store: PostgresStore
+    ) -> None:
+        """A relay marks the rows of its lease while another's claim expires that lease:
+        both lock the lease, then the rows (in that order), and the claim passes over a
+        lease being settled, so neither waits on the other (a deadlock before)."""
+        (a,) = await running(store, 1)
+        await store.complete_many("w", [succeeded(a, effects(a, 2))])
+        late = await store.claim_outbox("out", 10, -1.0)  # its lease is already past
+        async with store._pool.acquire() as conn:
+            settling = conn.transaction()
+            await settling.start()
+            try:
+                await store._settled(conn, "outbox_mark_sent", [r.id for r in late])
+                # The relay's mark is not committed yet: its rows look unsent, their
+                # lease expired, so the claim may take them (a lost lease's rows go again).
+                again = await asyncio.wait_for(store.claim_outbox("out", 10, 30.0), 10)
+            finally:
+                await settling.commit()
+        assert [r.id for r in again] == [r.id for r in late]
+        await store.mark_outbox_sent([r.id for r in again])
+        assert await store.outbox_pending() == {}
 
 
 @pytest.mark.parametrize("kind", ["memory", "postgres"])

@@ -1010,8 +1010,13 @@ SELECT pg_advisory_xact_lock(hashtextextended('jobwire.outbox:' || $1::text, 0))
 -- settle them): deleted, and an attempt counted on each of their rows still unsent, as the
 -- relay would have counted it (a row that kills its relay each time shows it). Few leases
 -- and no index but the key: a scan of a table that holds only the batches in flight.
+-- A lease its relay is settling right now (locked) is passed over, not waited for: the
+-- relay locks its lease, then the rows, and so does this, so no two wait on each other.
 WITH expired AS (
-    DELETE FROM outbox_leases WHERE output = $1 AND lease_until <= now() RETURNING ids
+    DELETE FROM outbox_leases WHERE id IN (
+        SELECT id FROM outbox_leases WHERE output = $1 AND lease_until <= now()
+        FOR UPDATE SKIP LOCKED)
+    RETURNING ids
 )
 UPDATE outbox SET attempts = attempts + 1,
                   last_error = 'lease expired: the relay that claimed it did not settle it'
@@ -1075,8 +1080,10 @@ SELECT o.id, o.job_id, o.n, o.key, NULLIF(o.headers, '{}') AS headers, o.body,
 FROM outbox o WHERE o.id = ANY(ARRAY(SELECT id FROM picked));
 
 -- name: outbox_unlease
--- Take rows $1 out of the leases that name them (they were marked, released or set aside in
--- this transaction): a lease left with none is deleted, one with others left keeps those.
+-- Take rows $1 out of the leases that name them (they are marked, released or set aside in
+-- this transaction, after this statement: a lease is locked before its rows, as
+-- outbox_expire_leases locks them): a lease left with none is deleted, one with others left
+-- keeps those.
 -- The usual case is a whole batch marked at once: its lease is deleted. The ids are matched
 -- through a hash (a lease names up to a batch of rows, $1 as many).
 WITH hit AS MATERIALIZED (
