@@ -127,7 +127,10 @@ def _process_count(value: Any) -> Any:
     if value == "auto":
         return value
     text = str(value).strip()
-    if isinstance(value, bool | float) or not text.isdigit() or not 1 <= int(text) <= 1024:
+    # ASCII digits only: str.isdigit() also takes an Arabic-Indic or a fullwidth 4 (which
+    # int() reads as 4) and a superscript 3 (which int() refuses with a message of its own).
+    digits = text.isascii() and text.isdigit()
+    if isinstance(value, bool | float) or not digits or not 1 <= int(text) <= 1024:
         raise ValueError("must be a number of processes from 1 to 1024, or auto")
     return int(text)
 

@@ -28,8 +28,14 @@ def sd_notify(message: str, address: str | None = None) -> None:
 
 
 def watchdog_interval(environ: Mapping[str, str] = os.environ) -> float | None:
-    """systemd's WatchdogSec in seconds (``WATCHDOG_USEC``) if it watches this process."""
+    """systemd's WatchdogSec in seconds (``WATCHDOG_USEC``) if it watches this process.
+
+    None for anything but a positive count of microseconds in ASCII digits: ``isdigit()``
+    alone takes "³", which ``int()`` refuses, and 0 would make a ping loop spin.
+    """
     usec = environ.get("WATCHDOG_USEC", "")
-    if not usec.isdigit() or environ.get("WATCHDOG_PID", str(os.getpid())) != str(os.getpid()):
+    if not (usec.isascii() and usec.isdigit()) or int(usec) <= 0:
+        return None
+    if environ.get("WATCHDOG_PID", str(os.getpid())) != str(os.getpid()):
         return None
     return int(usec) / 1_000_000

@@ -219,7 +219,9 @@ def test_no_child_outlives_a_killed_supervisor(
         ({"database": {"url": "embedded"}}, "workers.processes", "need a PostgreSQL server"),
         (
             {
-                "workers": {"processes": "auto"},
+                # Not auto: with the embedded database (the default) that is 1 process,
+                # and elsewhere as many as this host's cores.
+                "database": {"url": "postgresql://localhost/jobwire"},
                 "sources": [
                     {"name": "m", "type": "mqtt", "topics": ["t/#"], "route": {"handler": "noop"}}
                 ],

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from pathlib import Path
 from types import TracebackType
+
+from tests.support.waiting import wait_sync
 
 
 class NotifyListener:
@@ -34,14 +35,15 @@ class NotifyListener:
 
     def until(self, wanted: str, timeout: float = 60) -> str:
         """The first message containing ``wanted``; fail at the deadline."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = next((m for m in list(self.received) if wanted in m), None)
-            if found is not None:
-                return found
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {wanted!r} within {timeout}s; got {self.received}")
-            time.sleep(0.02)
+        try:
+            return wait_sync(
+                lambda: next((m for m in list(self.received) if wanted in m), ""),
+                timeout=timeout,
+                interval=0.02,
+                what=f"a message containing {wanted!r}",
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; received {self.received}") from None
 
     def __enter__(self) -> NotifyListener:
         return self

@@ -128,8 +128,26 @@ def test_one_process_needs_nothing_more() -> None:
     problems = process_problems(_config(workers={"processes": 2}, sources=[plain]), "f")
     assert [p.key for p in problems] == ["sources[0].shared_group"]
     topic = {"name": "s", "type": "stomp", "destination": "/topic/x", "route": {"handler": "noop"}}
-    problems = process_problems(_config(workers={"processes": "auto"}, sources=[topic]), "f")
+    auto = _config(workers={"processes": "auto"}, sources=[topic])
+    problems = process_problems(auto, "f", processes=4)
     assert [p.key for p in problems] == ["sources[0].durable_name"]
+    assert "workers.processes auto each process" in problems[0].reason
+    assert process_problems(auto, "f", processes=1) == []  # auto, started on one core
+    # Checked without a start (check-config): auto may run several on another host.
+    assert [p.key for p in process_problems(auto, "f")] == ["sources[0].durable_name"]
+
+
+def test_auto_with_the_embedded_database_is_one_process() -> None:
+    """auto runs 1 process with the embedded database: nothing to share, nothing refused;
+    an explicit number above 1 is refused for the database and for the MQTT source."""
+    plain = {**MQTT}
+    plain.pop("shared_group")
+    embedded = {"database": {"url": "embedded"}, "sources": [plain]}
+    auto = Config.model_validate({**embedded, "workers": {"processes": "auto"}})
+    assert process_problems(auto, "f") == []
+    two = Config.model_validate({**embedded, "workers": {"processes": 2}})
+    problems = process_problems(two, "f")
+    assert [p.key for p in problems] == ["workers.processes", "sources[0].shared_group"]
 
 
 def test_a_stomp_topic_is_shared_through_one_subscription() -> None:
@@ -146,7 +164,9 @@ def test_a_stomp_topic_is_shared_through_one_subscription() -> None:
     assert process_problems(_config(workers={"processes": 2}, sources=[queue]), "f") == []
 
 
-@pytest.mark.parametrize("value", [0, 1025, "many", 2.5, True, -1])
+# An Arabic-Indic and a fullwidth 4 pass str.isdigit() and int() reads them as 4; a
+# superscript 3 passes str.isdigit() and int() refuses it with a message of its own.
+@pytest.mark.parametrize("value", [0, 1025, "many", 2.5, True, -1, "\u0664", "\uff14", "\u00b3"])
 def test_a_process_count_is_a_whole_number_or_auto(value: Any) -> None:
     """One message naming the key, not pydantic's one per union member."""
     with pytest.raises(ConfigError) as caught:

@@ -18,7 +18,7 @@ import structlog
 from jobwire.processes import Supervisor
 from jobwire.processes.inbox import NotifyInbox
 from jobwire.processes.slot import RestartPolicy
-from jobwire.sdnotify import sd_notify
+from jobwire.sdnotify import sd_notify, watchdog_interval
 from tests.support.notify import NotifyListener
 from tests.support.waiting import wait_for
 
@@ -72,6 +72,52 @@ def test_a_crash_loop_stops_the_service(tmp_path: Path) -> None:
     assert [e for e in logs if e["event"] == "worker_process_crash_loop"] == [
         {"event": "worker_process_crash_loop", "process": 0, "failures": 5, "log_level": "error"}
     ]
+
+
+def test_a_stop_while_a_restart_waits_is_clean(tmp_path: Path) -> None:
+    """A child that died after the service was ready, waiting to be started again: the stop
+    ends no process, so the service exits 0 and that death is reported once, not again as
+    what the stop ended."""
+    with NotifyListener(tmp_path / "notify.sock") as systemd:
+        supervisor = _supervisor(
+            systemd, ["crash", "0.2", "3"], 1, policy=lambda: RestartPolicy(first_wait=30)
+        )
+
+        async def go() -> int:
+            task = asyncio.create_task(supervisor.run())
+            waiting = "STATUS=process 0 restarting (1)"
+            await wait_for(
+                lambda: any(waiting in m for m in systemd.received) or task.done(),
+                timeout=20,
+                what="the wait before the first restart",
+            )
+            supervisor.request_stop("test")
+            return await task
+
+        with structlog.testing.capture_logs() as logs:
+            code = asyncio.run(asyncio.wait_for(go(), 30))
+    assert code == 0
+    exited = [e for e in logs if e["event"] == "worker_process_exited"]
+    assert [(e["exit_code"], e["log_level"]) for e in exited] == [(3, "error")]
+    assert [e["event"] for e in logs].count("worker_process_restarted") == 0
+
+
+@pytest.mark.parametrize(
+    "usec",
+    # A superscript 3 passes str.isdigit() but not int(); an Arabic-Indic and a fullwidth 4
+    # pass both (as 4); 0 would make the ping loop spin on sleep(0).
+    ["", "0", "000", "-1", "1.5", "x", " 1", "\u00b3", "\u0664", "\uff14"],
+)
+def test_a_watchdog_interval_is_a_positive_number(usec: str) -> None:
+    """Anything but a positive count of microseconds in ASCII digits: no watchdog."""
+    assert watchdog_interval({"WATCHDOG_USEC": usec}) is None
+
+
+def test_the_watchdog_is_for_the_process_it_names() -> None:
+    """WATCHDOG_USEC in seconds, unless WATCHDOG_PID names another process."""
+    assert watchdog_interval({"WATCHDOG_USEC": "2000000"}) == 2.0
+    assert watchdog_interval({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid())}) == 2.0
+    assert watchdog_interval({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "1"}) is None
 
 
 def test_the_restart_policy_forgives_a_long_run() -> None:

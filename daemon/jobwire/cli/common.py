@@ -22,17 +22,16 @@ from rich.text import Text
 from jobwire.api_models import BadInput
 from jobwire.app import open_store, with_database_url
 from jobwire.config import Config, ConfigError, DatabaseConfig, find_config_file, load_config
+from jobwire.exit_codes import EXIT_NOTHING as EXIT_NOTHING  # re-exported: for the commands
+from jobwire.exit_codes import EXIT_OK as EXIT_OK
+from jobwire.exit_codes import EXIT_UNAVAILABLE as EXIT_UNAVAILABLE
+from jobwire.exit_codes import EXIT_USAGE as EXIT_USAGE
 from jobwire.logs import configure_logging
 from jobwire.redaction import redact, remember, secret_values
 from jobwire.storable import json_problem
 from jobwire.store.base import InvalidJobData, OperatorStore, StoreUnavailable
 from jobwire.store.migrate import SchemaMismatch
 
-# Exit codes, the same for every command (docs/operations/cli.md lists them).
-EXIT_OK = 0
-EXIT_NOTHING = 1  # not found, or nothing done; also: the database is unavailable
-EXIT_UNAVAILABLE = 1
-EXIT_USAGE = 2  # bad input: options, config, a schema this jobwire does not match
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 

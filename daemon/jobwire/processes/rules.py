@@ -5,20 +5,37 @@ from __future__ import annotations
 from jobwire.adapters.mqtt.config import MqttSource
 from jobwire.adapters.stomp.config import StompSource
 from jobwire.config import Config, ConfigProblem
+from jobwire.processes.cores import resolve_processes
 
 
-def process_problems(config: Config, file: str) -> list[ConfigProblem]:
-    """Why these processes could not share the work the way separate instances do (none: ok)."""
+def process_problems(
+    config: Config, file: str, processes: int | None = None
+) -> list[ConfigProblem]:
+    """Why these processes could not share the work the way separate instances do (none: ok).
+
+    Judged on ``processes`` when given (the count resolved at start), else on the setting:
+    ``auto`` is 1 with the embedded database and otherwise judged as several, whatever this
+    host's cores, so that a config checks the same everywhere it may run. One process has
+    nothing to share.
+    """
     setting = config.workers.processes
-    if setting == 1:
+    embedded = config.database.url == "embedded"
+    if processes is not None:
+        count = processes
+    elif setting == "auto":
+        count = 1 if embedded else max(2, resolve_processes(setting, embedded))
+    else:
+        count = int(setting)
+    if count == 1:
         return []
+    shown = str(setting)
     problems = []
-    if config.database.url == "embedded" and setting != "auto":
+    if embedded:
         problems.append(
             ConfigProblem(
                 file,
                 "workers.processes",
-                f"{setting} processes need a PostgreSQL server (database.url): the embedded "
+                f"{count} processes need a PostgreSQL server (database.url): the embedded "
                 "database is one server started by one process (auto runs 1 with it)",
             )
         )
@@ -28,22 +45,20 @@ def process_problems(config: Config, file: str) -> list[ConfigProblem]:
                 ConfigProblem(
                     file,
                     f"sources[{index}].shared_group",
-                    f"source {source.name!r}: with workers.processes {setting} each process "
+                    f"source {source.name!r}: with workers.processes {shown} each process "
                     "would get every message; set shared_group so that they split them",
                 )
             )
         if isinstance(source, StompSource):
-            problems += _stomp_problems(source, f"sources[{index}]", setting, file)
+            problems += _stomp_problems(source, f"sources[{index}]", shown, file)
     return problems
 
 
-def _stomp_problems(
-    source: StompSource, key: str, setting: int | str, file: str
-) -> list[ConfigProblem]:
+def _stomp_problems(source: StompSource, key: str, shown: str, file: str) -> list[ConfigProblem]:
     """A STOMP topic splits between the processes only through one shared subscription."""
     if not source.destination.startswith("/topic/"):
         return []
-    every = f"source {source.name!r}: with workers.processes {setting} each process would get"
+    every = f"source {source.name!r}: with workers.processes {shown} each process would get"
     if source.flavor == "activemq":
         # ActiveMQ keys a durable subscription by client-id and name: each connection gets
         # a subscription (and a copy of every message) of its own.

@@ -17,16 +17,13 @@ from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 
+from jobwire.exit_codes import EXIT_USAGE
 from jobwire.processes.inbox import NotifyInbox
 from jobwire.processes.slot import RestartPolicy, Slot, child_command
 from jobwire.sdnotify import sd_notify, watchdog_interval
 
 log = structlog.get_logger("jobwire.processes")
 
-# A child that exits 2 met a bad config, a taken port or a schema it does not match:
-# starting it again cannot help, so the service stops with that code (systemd's
-# RestartPreventExitStatus=2 then holds).
-_EXIT_USAGE = 2
 # Drained children give their running jobs workers.shutdown_timeout; stopping the sources,
 # relays and pool takes a little longer than that.
 _STOP_MARGIN = 30.0
@@ -48,8 +45,8 @@ class Supervisor:
         command: Sequence[str] | None = None,
         policy: Callable[[], RestartPolicy] = RestartPolicy,
     ) -> None:
-        self.argv = list(argv)
-        self.shutdown_timeout = shutdown_timeout
+        # How long a draining child may take: its jobs' shutdown_timeout and its teardown.
+        self.stop_grace = shutdown_timeout + _STOP_MARGIN
         self.stopping = asyncio.Event()
         self.exit_code = 0
         self.announced = False  # READY=1 sent: every child was ready once
@@ -58,7 +55,7 @@ class Supervisor:
         env = _child_env(environ)
         if self._watchdog is None:
             env.pop("WATCHDOG_USEC", None)
-        argv = [*(command if command is not None else child_command()), *self.argv]
+        argv = [*(command if command is not None else child_command()), *argv]
         self.slots = [Slot(i, argv, env, policy()) for i in range(processes)]
 
     def request_stop(self, reason: str, exit_code: int = 0) -> None:
@@ -90,8 +87,10 @@ class Supervisor:
         log.info("worker_processes_stopped", exit_code=self.exit_code)
         return self.exit_code
 
-    async def _keep(self, slot: Slot, inbox: NotifyInbox) -> None:
-        """Keep a process running in ``slot`` until the service stops."""
+    async def _keep(self, slot: Slot, inbox: NotifyInbox) -> int | None:
+        """Keep a process running in ``slot`` until the service stops; the exit code of the
+        process the stop ended (None: the stop found none, as in a wait before a restart,
+        or this slot's own failure stopped the service and was reported already)."""
         while not self.stopping.is_set():
             previous = slot.pid
             try:
@@ -99,7 +98,7 @@ class Supervisor:
             except OSError as exc:  # no interpreter to run, no processes left to fork
                 log.error("worker_process_start_failed", process=slot.index, error=str(exc))
                 self.request_stop(f"process {slot.index} could not start", 1)
-                return
+                return None
             if previous is not None:
                 slot.restarts += 1
                 log.warning(
@@ -114,7 +113,7 @@ class Supervisor:
             code = await slot.wait()
             inbox.drain(slot.index)  # what it sent before dying is its own, not its successor's
             if self.stopping.is_set():
-                return
+                return code
             log.error(
                 "worker_process_exited",
                 process=slot.index,
@@ -122,29 +121,32 @@ class Supervisor:
                 exit_code=code,
                 was_ready=slot.ready,
             )
-            if code == _EXIT_USAGE or not self.announced:
-                # As a single daemon would: a start that fails is the service's failure.
+            # As a single daemon would: a start that fails is the service's failure. A child
+            # that exits 2 met a bad config, a taken port or a schema it does not match:
+            # starting it again cannot help, so the service stops with that code (systemd's
+            # RestartPreventExitStatus=2 then holds).
+            if code == EXIT_USAGE or not self.announced:
                 self.request_stop(f"process {slot.index} exited {code}", code if code > 0 else 1)
-                return
+                return None
             delay = slot.policy.died()
             if delay is None:
                 log.error(
                     "worker_process_crash_loop", process=slot.index, failures=slot.policy.failures
                 )
                 self.request_stop(f"process {slot.index} keeps failing", 1)
-                return
+                return None
             status = f"STATUS=process {slot.index} restarting ({slot.restarts + 1})"
             sd_notify(status, self._systemd)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), delay)
+        return None
 
-    async def _stop(self, keepers: list[asyncio.Task[None]]) -> None:
+    async def _stop(self, keepers: list[asyncio.Task[int | None]]) -> None:
         """SIGTERM every child and wait for them to drain; SIGKILL what outlives the grace."""
         sd_notify("STOPPING=1", self._systemd)
         for slot in self.slots:
             slot.signal(signal.SIGTERM)
-        grace = self.shutdown_timeout + _STOP_MARGIN
-        _, late = await asyncio.wait(keepers, timeout=grace)
+        _, late = await asyncio.wait(keepers, timeout=self.stop_grace)
         if late:
             for slot in self.slots:
                 if slot.alive:
@@ -152,8 +154,8 @@ class Supervisor:
                     slot.kill()
             await asyncio.wait(late)
             self.exit_code = self.exit_code or 1
-        for slot in self.slots:
-            code = slot.proc.returncode if slot.proc is not None else 0
+        for slot, keeper in zip(self.slots, keepers, strict=True):
+            code = keeper.result()
             # -SIGTERM: a child still starting (no handler yet, nothing running) that our
             # SIGTERM ended; it stopped as asked.
             if code and code != -signal.SIGTERM:
@@ -213,7 +215,7 @@ class Supervisor:
         """Silent for a watchdog interval while running, or draining past a stop's time."""
         assert self._watchdog is not None
         if slot.stopping_since is not None:
-            return now - slot.stopping_since > self.shutdown_timeout + _STOP_MARGIN
+            return now - slot.stopping_since > self.stop_grace
         return slot.ready and now - slot.last_ping > self._watchdog
 
 
