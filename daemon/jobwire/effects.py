@@ -116,11 +116,13 @@ class OutboxRow:
 
 
 class Claim(list[OutboxRow]):
-    """A claim's rows, oldest first, and ``resume``: the ``after`` for the same drain's next
+    """A claim's rows, oldest first; ``resume``: the ``after`` for the same drain's next
     claim (just before the first row this one passed over, so that row is not overtaken by a
-    newer row of its key; None: from the start)."""
+    newer row of its key; None: from the start); ``lease``: the lease holding the rows (None
+    for no rows), which the relay names when it settles them."""
 
     resume: OutboxRow | None = None
+    lease: int | None = None
 
 
 def position_before(row_id: int, created_at: datetime | None) -> OutboxRow:

@@ -74,8 +74,10 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._backoff = Backoff(initial=0.2, maximum=10.0)
         # Rows the broker confirmed but the store could not mark yet: marked before the
-        # next claim (their lease keeps them from being sent again meanwhile).
+        # next claim (their lease keeps them from being sent again meanwhile), and the
+        # leases of the batches they came from (settled with them).
         self._unmarked: list[int] = []
+        self._unmarked_leases: list[int] = []
         self._connected = False
         self._task: asyncio.Task[None] | None = None
 
@@ -162,11 +164,17 @@ class OutboxRelay:
             # this batch stopped (its resume: before the first row it passed over), the
             # next goes on (see outbox_claim); a drain's first claim, and every one after a
             # failure, starts from the oldest row.
-            marking = self._unmarked
+            marking, leases = self._unmarked, self._unmarked_leases
             following = await self.store.claim_outbox(
-                self.output, self.batch_size, self.lease, after=rows.resume, sent=marking
+                self.output,
+                self.batch_size,
+                self.lease,
+                after=rows.resume,
+                sent=marking,
+                leases=leases,
             )
             self._unmarked = self._unmarked[len(marking) :]
+            self._unmarked_leases = self._unmarked_leases[len(leases) :]
         except BaseException as exc:  # noqa: BLE001 - raised again once the batch is settled
             problem = exc
         try:
@@ -174,17 +182,19 @@ class OutboxRelay:
         except BaseException:
             # Cancelled (a stop) or a bug: the rows go back now, not after their lease.
             ids = [r.id for r in rows + following]
-            await asyncio.shield(self._release(ids, "relay stopped"))
+            await asyncio.shield(self._release(ids, "relay stopped", rows, following))
             raise
         self.counters.batches += 1
         failpoints.hit("outbox_confirmed")  # drills: a crash between confirm and mark
         confirmed, failed = _settle(rows, result)
         # Marked with the next batch's claim (or at the end of the drain).
         self._unmarked += confirmed
+        if rows.lease is not None:
+            self._unmarked_leases.append(rows.lease)
         self.counters.sent += len(confirmed)
         if problem is not None:
             ids = [r.id for r in failed + following]
-            await asyncio.shield(self._release(ids, "relay"))
+            await asyncio.shield(self._release(ids, "relay", rows, following))
             raise problem
         if failed:
             reason = result.error or "not confirmed by the broker"
@@ -195,14 +205,17 @@ class OutboxRelay:
             if failed_ids <= result.permanent:
                 # Only rows refused for good (too large, an unusable address): set aside,
                 # and the connection is fine, so the next batch goes on at once.
-                await self._fail(sorted(failed_ids), reason, result.permanent)
+                await self._fail(sorted(failed_ids), reason, result.permanent, rows)
                 self._backoff.reset()
                 return following
-            first = set() if result.blameless else {failed[0].id}
+            # The first row not confirmed that was not refused for good: the one the broker
+            # stopped at (a row refused for good blocks nothing, so one can come first).
+            stopped = next((r.id for r in failed if r.id not in result.permanent), None)
+            first = set() if result.blameless or stopped is None else {stopped}
             charged = first | (result.permanent & failed_ids)
             waited = [r.id for r in failed + following if r.id not in charged]
-            await self._fail(sorted(charged), reason, result.permanent)
-            await self._release(waited, reason)
+            await self._fail(sorted(charged), reason, result.permanent, rows)
+            await self._release(waited, reason, rows, following)
             await self._mark_unmarked()
             await self._disconnect(reason)
             await self._backoff.sleep()
@@ -210,9 +223,13 @@ class OutboxRelay:
         self._backoff.reset()
         return following
 
-    async def _fail(self, ids: list[int], reason: str, permanent: frozenset[int]) -> None:
+    async def _fail(
+        self, ids: list[int], reason: str, permanent: frozenset[int], batch: Claim
+    ) -> None:
         with contextlib.suppress(StoreUnavailable):
-            parked = await self.store.fail_outbox(ids, reason, self.max_attempts, sorted(permanent))
+            parked = await self.store.fail_outbox(
+                ids, reason, self.max_attempts, sorted(permanent), _leases(batch)
+            )
             if parked:
                 self.counters.parked += len(parked)
                 log.error("outbox_message_set_aside", output=self.output, ids=parked, error=reason)
@@ -220,14 +237,14 @@ class OutboxRelay:
     async def _mark_unmarked(self) -> None:
         """Mark the rows confirmed so far (kept for the next try if the store is away:
         their lease keeps them from being sent again meanwhile)."""
-        if self._unmarked:
-            await self.store.mark_outbox_sent(self._unmarked)
-            self._unmarked = []
+        if self._unmarked or self._unmarked_leases:
+            await self.store.mark_outbox_sent(self._unmarked, self._unmarked_leases)
+            self._unmarked, self._unmarked_leases = [], []
 
-    async def _release(self, ids: list[int], reason: str) -> None:
+    async def _release(self, ids: list[int], reason: str, *batches: Claim) -> None:
         with contextlib.suppress(StoreUnavailable):
             # Unreleased rows are taken again once their lease passes.
-            await self.store.release_outbox(ids, reason)
+            await self.store.release_outbox(ids, reason, _leases(*batches))
 
     async def _disconnect(self, reason: str) -> None:
         self._failed("outbox_publish_failed", reason, state="down")
@@ -241,6 +258,11 @@ class OutboxRelay:
         self.counters.state = state
         if changed:  # one line per change, not one per retry while a broker is away
             log.warning(event, output=self.output, error=reason)
+
+
+def _leases(*batches: Claim) -> list[int]:
+    """The leases holding these batches' rows (the relay names its own when it settles)."""
+    return [b.lease for b in batches if b.lease is not None]
 
 
 def _settle(rows: list[OutboxRow], result: Published) -> tuple[list[int], list[OutboxRow]]:

@@ -433,23 +433,36 @@ class OutboxStore(Protocol):
         lease: float,
         after: OutboxRow | None = None,
         sent: Sequence[int] = (),
+        leases: Sequence[int] | None = None,
     ) -> Claim:
         """Lease up to ``limit`` unsent rows of ``output``, oldest first (a key in flight
         elsewhere waits), for ``lease`` seconds; ``after``: only rows after that one (the
         previous claim's ``resume``); ``sent``: rows to mark sent first, in the same
-        transaction."""
+        transaction, taken out of ``leases`` (as ``mark_outbox_sent``)."""
 
-    async def mark_outbox_sent(self, ids: Sequence[int]) -> None:
-        """Mark rows sent, after the broker confirmed them."""
+    async def mark_outbox_sent(
+        self, ids: Sequence[int], leases: Sequence[int] | None = None
+    ) -> None:
+        """Mark rows sent, after the broker confirmed them, and take them out of ``leases``
+        (the caller's; None: whichever names them)."""
 
-    async def release_outbox(self, ids: Sequence[int], error: str) -> None:
-        """Free rows that could not be sent through no fault of theirs, with the reason."""
+    async def release_outbox(
+        self, ids: Sequence[int], error: str, leases: Sequence[int] | None = None
+    ) -> None:
+        """Free rows that could not be sent through no fault of theirs, with the reason:
+        only those ``leases`` still hold (None: whichever lease names them)."""
 
     async def fail_outbox(
-        self, ids: Sequence[int], error: str, max_attempts: int, permanent: Sequence[int] = ()
+        self,
+        ids: Sequence[int],
+        error: str,
+        max_attempts: int,
+        permanent: Sequence[int] = (),
+        leases: Sequence[int] | None = None,
     ) -> list[int]:
         """Free rows whose own publish failed, or set them aside for good (``max_attempts``
-        used up, or in ``permanent``); returns the ids set aside."""
+        used up, or in ``permanent``): only those ``leases`` still hold (None: whichever
+        lease names them); returns the ids set aside."""
 
     async def outbox_pending(self) -> dict[str, OutboxBacklog]:
         """Unsent rows per output and the age in seconds of the oldest."""

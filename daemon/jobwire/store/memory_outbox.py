@@ -80,6 +80,7 @@ class MemoryOutbox(MemoryState):
         lease: float,
         after: OutboxRow | None = None,
         sent: Sequence[int] = (),
+        leases: Sequence[int] | None = None,
     ) -> Claim:
         """Lease up to ``limit`` unsent rows in id order (after ``after``, if given), once
         ``sent`` are marked; a key (or, unkeyed, a job) with a row in flight waits; rows set
@@ -87,7 +88,7 @@ class MemoryOutbox(MemoryState):
         and the attempts as 0014's."""
         await self.ping()
         if sent:
-            await self.mark_outbox_sent(sent)
+            await self.mark_outbox_sent(sent, leases)
         at = now()
         self._expire_leases(output, at)
         start = after.id if after is not None else 0
@@ -120,16 +121,18 @@ class MemoryOutbox(MemoryState):
                     break
                 continue
             picked.append(r)
+        lease_id = None
         if picked:
             until = at + timedelta(seconds=lease)
-            self.outbox_leases[self._next_lease] = (output, {r.id for r in picked}, until)
-            self._next_lease += 1
+            lease_id, self._next_lease = self._next_lease, self._next_lease + 1
+            self.outbox_leases[lease_id] = (output, {r.id for r in picked}, until)
         claim = Claim(
             OutboxRow(
                 r.id, r.job_id, r.n, r.key, dict(r.headers), r.body, r.attempts + 1, r.created_at
             )
             for r in picked
         )
+        claim.lease = lease_id
         if skipped is not None and claim:
             claim.resume = position_before(skipped.id, skipped.created_at)
         elif claim:
@@ -147,43 +150,62 @@ class MemoryOutbox(MemoryState):
                 r.attempts += 1
                 r.last_error = "lease expired: the relay that claimed it did not settle it"
 
-    def _unlease(self, ids: set[int]) -> None:
-        """Take rows out of the leases naming them; a lease left empty is dropped."""
+    def _unlease(self, ids: set[int], leases: Sequence[int] | None) -> set[int]:
+        """Take rows out of ``leases`` (None: any lease naming them), a lease left empty
+        dropped; the rows taken out (as outbox_unlease)."""
+        taken: set[int] = set()
         for k, (output, held, until) in list(self.outbox_leases.items()):
-            if held & ids:
+            if (leases is None or k in leases) and held & ids:
+                taken |= held & ids
                 left = held - ids
                 if left:
                     self.outbox_leases[k] = (output, left, until)
                 else:
                     del self.outbox_leases[k]
+        return taken
 
-    async def mark_outbox_sent(self, ids: Sequence[int]) -> None:
-        """Mark rows sent (a try settled)."""
+    def _held(self, ids: Sequence[int], leases: Sequence[int] | None) -> set[int]:
+        """Rows to settle: those ``leases`` held (taken out of them now), or every one of
+        ``ids`` when no leases are named."""
+        taken = self._unlease(set(ids), leases)
+        return set(ids) if leases is None else taken
+
+    async def mark_outbox_sent(
+        self, ids: Sequence[int], leases: Sequence[int] | None = None
+    ) -> None:
+        """Mark rows sent (a try settled), out of ``leases``."""
         await self.ping()
         wanted, at = set(ids), now()
+        self._unlease(wanted, leases)
         for r in self.outbox:
             if r.id in wanted and r.sent_at is None:
                 r.sent_at, r.last_error = at, None
                 r.attempts += 1
-        self._unlease(wanted)
 
-    async def release_outbox(self, ids: Sequence[int], error: str) -> None:
-        """Free rows that could not be sent through no fault of theirs (no attempt
-        counted)."""
+    async def release_outbox(
+        self, ids: Sequence[int], error: str, leases: Sequence[int] | None = None
+    ) -> None:
+        """Free rows that could not be sent through no fault of theirs (those ``leases``
+        still hold; no attempt counted)."""
         await self.ping()
-        wanted = set(ids)
+        wanted = self._held(ids, leases)
         for r in self.outbox:
             if r.id in wanted and r.sent_at is None:
                 r.last_error = error
-        self._unlease(wanted)
 
     async def fail_outbox(
-        self, ids: Sequence[int], error: str, max_attempts: int, permanent: Sequence[int] = ()
+        self,
+        ids: Sequence[int],
+        error: str,
+        max_attempts: int,
+        permanent: Sequence[int] = (),
+        leases: Sequence[int] | None = None,
     ) -> list[int]:
-        """Free rows whose own publish failed (an attempt counted), or set them aside
-        (attempts used up, or ``permanent``); the ids set aside."""
+        """Free rows whose own publish failed (those ``leases`` still hold; an attempt
+        counted), or set them aside (attempts used up, or ``permanent``); the ids set
+        aside."""
         await self.ping()
-        wanted, refused, at = set(ids), set(permanent), now()
+        wanted, refused, at = self._held(ids, leases), set(permanent), now()
         parked: list[int] = []
         for r in self.outbox:
             if r.id in wanted and r.sent_at is None:
@@ -192,7 +214,6 @@ class MemoryOutbox(MemoryState):
                 if r.attempts >= max_attempts or r.id in refused:
                     r.failed_at = at
                     parked.append(r.id)
-        self._unlease(wanted)
         return parked
 
     async def outbox_pending(self) -> dict[str, OutboxBacklog]:

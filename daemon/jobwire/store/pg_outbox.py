@@ -107,16 +107,18 @@ class PgOutbox(PgBase):
         lease: float,
         after: OutboxRow | None = None,
         sent: Sequence[int] = (),
+        leases: Sequence[int] | None = None,
     ) -> Claim:
         """Lease up to ``limit`` unsent rows of ``output`` (oldest first, a key in flight
         elsewhere skipped) for ``lease`` seconds; ``after``: only rows after that one;
-        ``sent``: rows to mark sent first, in the same transaction (one round trip less)."""
+        ``sent``: rows to mark sent first (out of ``leases``), in the same transaction (one
+        round trip less)."""
         since, since_id = EARLIEST, 0
         if after is not None and after.created_at is not None:
             since, since_id = after.created_at, after.id
         async with guard("outbox claim"), self._pool.acquire() as conn, conn.transaction():
             if sent:
-                await self._settled(conn, "outbox_mark_sent", sent)
+                await self._settled(conn, "outbox_mark_sent", sent, leases, held_only=False)
             await conn.execute(self._q["outbox_claim_lock"], output)
             await conn.execute(self._q["outbox_expire_leases"], output)
             records = await conn.fetch(
@@ -125,6 +127,8 @@ class PgOutbox(PgBase):
         claim = Claim(
             sorted((_row(r) for r in records), key=lambda r: (r.created_at or EARLIEST, r.id))
         )
+        if records:
+            claim.lease = records[0]["lease_id"]
         if records and records[0]["skipped_id"] is not None:
             claim.resume = position_before(records[0]["skipped_id"], records[0]["skipped_at"])
         elif claim:
@@ -132,35 +136,68 @@ class PgOutbox(PgBase):
         return claim
 
     async def _settled(
-        self, conn: asyncpg.Connection, query: str, ids: Sequence[int], *args: object
+        self,
+        conn: asyncpg.Connection,
+        query: str,
+        ids: Sequence[int],
+        leases: Sequence[int] | None,
+        *args: object,
+        held_only: bool,
     ) -> list[asyncpg.Record]:
-        """Take rows ``ids`` out of their leases and run a settling statement on them, in
-        the caller's transaction (leases first: the lock order outbox_expire_leases keeps)."""
-        await conn.execute(self._q["outbox_unlease"], list(ids))
+        """Take rows ``ids`` out of ``leases`` (None: any) and run a settling statement, in
+        the caller's transaction (leases first: the lock order outbox_expire_leases keeps):
+        on every row of ``ids``, or with ``held_only`` (and ``leases`` given) only on those
+        the leases still held."""
+        taken = await conn.fetch(
+            self._q["outbox_unlease"], list(ids), None if leases is None else list(leases)
+        )
+        if held_only and leases is not None:
+            ids = [r["id"] for r in taken]
+            if not ids:
+                return []
         return list(await conn.fetch(self._q[query], list(ids), *args))
 
-    async def mark_outbox_sent(self, ids: Sequence[int]) -> None:
-        """Mark rows sent (after the broker confirmed them)."""
+    async def mark_outbox_sent(
+        self, ids: Sequence[int], leases: Sequence[int] | None = None
+    ) -> None:
+        """Mark rows sent (after the broker confirmed them), out of ``leases``."""
         if ids:
             async with guard("outbox mark"), self._pool.acquire() as conn, conn.transaction():
-                await self._settled(conn, "outbox_mark_sent", ids)
+                await self._settled(conn, "outbox_mark_sent", ids, leases, held_only=False)
 
-    async def release_outbox(self, ids: Sequence[int], error: str) -> None:
-        """Free rows a relay could not send, with the reason."""
+    async def release_outbox(
+        self, ids: Sequence[int], error: str, leases: Sequence[int] | None = None
+    ) -> None:
+        """Free rows a relay could not send (those ``leases`` still hold), with the reason."""
         if ids:
             async with guard("outbox release"), self._pool.acquire() as conn, conn.transaction():
-                await self._settled(conn, "outbox_release", ids, error[:2000])
+                await self._settled(
+                    conn, "outbox_release", ids, leases, error[:2000], held_only=True
+                )
 
     async def fail_outbox(
-        self, ids: Sequence[int], error: str, max_attempts: int, permanent: Sequence[int] = ()
+        self,
+        ids: Sequence[int],
+        error: str,
+        max_attempts: int,
+        permanent: Sequence[int] = (),
+        leases: Sequence[int] | None = None,
     ) -> list[int]:
-        """Free rows whose own publish failed, or set them aside for good (``max_attempts``
-        used up, or in ``permanent``); returns the ids set aside."""
+        """Free rows whose own publish failed (those ``leases`` still hold), or set them
+        aside for good (``max_attempts`` used up, or in ``permanent``); returns the ids set
+        aside."""
         if not ids:
             return []
         async with guard("outbox fail"), self._pool.acquire() as conn, conn.transaction():
             records = await self._settled(
-                conn, "outbox_fail_rows", ids, error[:2000], max_attempts, list(permanent)
+                conn,
+                "outbox_fail_rows",
+                ids,
+                leases,
+                error[:2000],
+                max_attempts,
+                list(permanent),
+                held_only=True,
             )
         return [r["id"] for r in records if r["parked"]]
 

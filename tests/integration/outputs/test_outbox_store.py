@@ -39,6 +39,14 @@ async def running(store: Store, count: int, worker: str = "w") -> list[int]:
     return [j.id for j in jobs]
 
 
+async def leases_left(store: Store) -> int:
+    """Leases the store still keeps (outbox_leases)."""
+    if isinstance(store, MemoryStore):
+        return len(store.outbox_leases)
+    async with store._pool.acquire() as conn:
+        return int(await conn.fetchval("SELECT count(*) FROM outbox_leases"))
+
+
 def succeeded(job_id: int, fx: Effects) -> EffectfulOutcome:
     return EffectfulOutcome(job_id, 1, JobStatus.SUCCEEDED, 0.01, effects=fx)
 
@@ -158,6 +166,23 @@ class OutboxContract:
         await store.mark_outbox_sent([batch[0].id, batch[2].id, again[0].id])
         assert await store.outbox_pending() == {}
         assert await store.claim_outbox("out", 10, 30.0) == []
+        assert await leases_left(store) == 0, "a lease emptied is deleted"
+
+    async def test_a_relay_settles_only_what_its_own_lease_still_holds(self, store: Store) -> None:
+        """Relay A's lease expired and B took its rows over: A's late release or failure
+        must neither free them for a third claim while B sends them nor charge them."""
+        (a,) = await running(store, 1)
+        await store.complete_many("w", [succeeded(a, effects(a, 2))])
+        late = await store.claim_outbox("out", 10, -1.0)
+        taken = await store.claim_outbox("out", 10, 30.0)
+        assert [r.id for r in taken] == [r.id for r in late]
+        ids = [r.id for r in late]
+        await store.release_outbox(ids, "relay A stopped", [late.lease])
+        assert await store.fail_outbox(ids, "refused", 1, ids, [late.lease]) == []
+        assert await store.claim_outbox("out", 10, 30.0) == [], "still B's"
+        await store.mark_outbox_sent(ids, [taken.lease])
+        assert await store.outbox_pending() == {}
+        assert await leases_left(store) == 0
 
     async def test_an_expired_lease_frees_its_rows_with_an_attempt_counted(
         self, store: Store
@@ -203,7 +228,9 @@ class TestPostgresOutbox(OutboxContract):
             settling = conn.transaction()
             await settling.start()
             try:
-                await store._settled(conn, "outbox_mark_sent", [r.id for r in late])
+                await store._settled(
+                    conn, "outbox_mark_sent", [r.id for r in late], [late.lease], held_only=False
+                )
                 # The relay's mark is not committed yet: its rows look unsent, their
                 # lease expired, so the claim may take them (a lost lease's rows go again).
                 again = await asyncio.wait_for(store.claim_outbox("out", 10, 30.0), 10)

@@ -242,3 +242,27 @@ async def test_a_row_refused_for_good_is_set_aside_without_dropping_the_connecti
     assert bad.n == 7 and bad.failed_at is not None and bad.attempts == 1
     assert publisher.connects == 1
     assert relay.describe()["parked"] == 1
+
+
+class LostAfterARefusal(ScriptedPublisher):
+    """First publish: the first row refused for good, then the connection lost (nothing
+    confirmed); every publish after it confirms all."""
+
+    async def publish(self, rows: Sequence[OutboxRow], timeout: float) -> Published:
+        self.calls += 1
+        if self.calls == 1:
+            return Published(frozenset(), "connection lost", frozenset({rows[0].id}))
+        self.sent += [r.message_id for r in rows]
+        return Published(frozenset(r.id for r in rows))
+
+
+async def test_the_row_the_broker_stopped_at_is_charged_not_one_refused_before_it() -> None:
+    store = MemoryStore()
+    await keyed_outbox(store, ["a", "b", "c"])
+    relay = OutboxRelay("out", LostAfterARefusal(), store, batch_size=10, poll_interval=0.01)
+    relay._backoff.initial = relay._backoff.maximum = 0.01
+    await _run_until_all_but_one_sent(relay, store, 2)
+    refused, stopped_at, waited = store.outbox
+    assert refused.failed_at is not None and refused.sent_at is None
+    # Charged with the lost connection, then sent: two tries. The row behind it waited.
+    assert (stopped_at.attempts, waited.attempts) == (2, 1)

@@ -1072,31 +1072,38 @@ WITH live AS MATERIALIZED (
     INSERT INTO outbox_leases (output, ids, lease_until)
     SELECT $1, array_agg(id), now() + make_interval(secs => $3) FROM picked
     HAVING count(*) > 0
+    RETURNING id
 )
 SELECT o.id, o.job_id, o.n, o.key, NULLIF(o.headers, '{}') AS headers, o.body,
        o.attempts + 1 AS attempts,
        o.created_at,
-       (SELECT created_at FROM skipped) AS skipped_at, (SELECT id FROM skipped) AS skipped_id
+       (SELECT created_at FROM skipped) AS skipped_at, (SELECT id FROM skipped) AS skipped_id,
+       (SELECT id FROM leased) AS lease_id
 FROM outbox o WHERE o.id = ANY(ARRAY(SELECT id FROM picked));
 
 -- name: outbox_unlease
--- Take rows $1 out of the leases that name them (they are marked, released or set aside in
--- this transaction, after this statement: a lease is locked before its rows, as
--- outbox_expire_leases locks them): a lease left with none is deleted, one with others left
--- keeps those.
--- The usual case is a whole batch marked at once: its lease is deleted. The ids are matched
--- through a hash (a lease names up to a batch of rows, $1 as many).
+-- Take rows $1 out of the leases that name them, and return those rows: only leases $2 (the
+-- caller's own), or any lease when $2 is NULL (an operator's tools). A relay whose lease
+-- expired and was taken over gets none of its rows back, so it cannot free or charge rows
+-- another relay now holds. The caller then settles them (marks, releases or sets them
+-- aside) in this transaction, after this statement: a lease is locked before its rows, as
+-- outbox_expire_leases locks them. A lease left with none is deleted, one with others left
+-- keeps those. The usual case is a whole batch marked at once: its lease is deleted. The
+-- ids are matched through a hash (a lease names up to a batch of rows, $1 as many).
 WITH hit AS MATERIALIZED (
-    SELECT l.id, count(*) AS taken
+    SELECT l.id, array_agg(x.id) AS taken
     FROM outbox_leases l CROSS JOIN LATERAL unnest(l.ids) AS x(id)
-    WHERE x.id IN (SELECT unnest($1::bigint[]))
+    WHERE ($2::bigint[] IS NULL OR l.id = ANY($2::bigint[]))
+      AND x.id IN (SELECT unnest($1::bigint[]))
     GROUP BY l.id
 ), emptied AS (
     DELETE FROM outbox_leases l USING hit
-    WHERE l.id = hit.id AND hit.taken >= cardinality(l.ids)
+    WHERE l.id = hit.id AND cardinality(hit.taken) >= cardinality(l.ids)
+), shrunk AS (
+    UPDATE outbox_leases l SET ids = ARRAY(SELECT x FROM unnest(l.ids) x WHERE x <> ALL($1))
+    FROM hit WHERE l.id = hit.id AND cardinality(hit.taken) < cardinality(l.ids)
 )
-UPDATE outbox_leases l SET ids = ARRAY(SELECT x FROM unnest(l.ids) x WHERE x <> ALL($1))
-FROM hit WHERE l.id = hit.id AND hit.taken < cardinality(l.ids);
+SELECT unnest(taken) AS id FROM hit;
 
 -- name: outbox_mark_sent
 -- attempts: a try settled (sent).

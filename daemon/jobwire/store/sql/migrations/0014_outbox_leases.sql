@@ -14,12 +14,7 @@ CREATE TABLE outbox_leases (
     lease_until timestamptz NOT NULL
 );
 
--- outbox.lease_until is no longer written. Rows a relay of the previous release held when
--- this ran are free again (its rows may go out twice, with the same message id; see
--- docs/operations/upgrading.md). The column stays: a daemon of the previous release still
--- running reads it.
--- (Only unsent rows kept theirs: the mark and the set-aside cleared it. Said so, the update
--- reads outbox_in_flight instead of every sent row kept for retention.)
-UPDATE outbox SET lease_until = NULL
-WHERE lease_until IS NOT NULL AND sent_at IS NULL AND failed_at IS NULL;
+-- outbox.lease_until is no longer read or written: a row an earlier relay held when this
+-- ran is free at once (it may go out twice, with the same message id; see
+-- docs/operations/upgrading.md). The column stays, unused; dropping it gains nothing now.
 DROP INDEX IF EXISTS outbox_in_flight;
