@@ -4,9 +4,14 @@ MQTT 5 response topic with its correlation data), through the outbox.
 
 The intake stores the address in the job row (``jobs.reply``); when the job reaches a final
 state, one outbox row is written in the same transaction as that status change (PostgreSQL:
-the triggers of migration 0013; the memory store: ``reply_message`` here). The row goes to
-the implicit output ``reply:<source>``, relayed like any other, built from the source's own
-connection settings (jobwire.adapters.registry.reply_outputs).
+the triggers of migrations 0013 and 0015; the memory store: ``reply_message`` here). The row
+goes to the implicit output ``reply:<source>``, relayed like any other, built from the
+source's own connection settings (jobwire.adapters.registry.reply_outputs).
+
+The row has no key: its address travels in the header ``jobwire-reply-to``. Replies have no
+order among themselves (each carries its correlation), so replies to one address, the usual
+case (one reply queue per requester), go out side by side rather than one batch at a time,
+and a failed one makes no later one be sent again.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from jobwire.effects import Published
+from jobwire.effects import OutboxRow, Published
 from jobwire.storable import escape, problem_of
 
 if TYPE_CHECKING:
@@ -30,6 +35,9 @@ REPLY_PREFIX = "reply:"
 # The outbox header that carries the correlation to the publisher (which moves it into the
 # protocol's own property and sends no such header).
 CORRELATION_HEADER = "jobwire-correlation"
+# The outbox header that carries the reply address to the publisher (which sends to it and
+# sends no such header). Rows written before migration 0015 have it in their key instead.
+REPLY_TO_HEADER = "jobwire-reply-to"
 STATUS_HEADER = "jobwire-status"
 # How deep an MQTT response topic may be: MQTT sets no bound, but Mosquitto disconnects a
 # client that publishes to a topic of more than 201 levels (and forwards a request naming
@@ -145,12 +153,31 @@ def set_aside(result: Published, refused: Mapping[int, str], output: str) -> Pub
     )
 
 
+def reply_to(row: OutboxRow) -> str | None:
+    """The address a reply row goes to: its ``jobwire-reply-to`` header, else its key (a row
+    written before migration 0015); None when it names none."""
+    return row.headers.get(REPLY_TO_HEADER, row.key)
+
+
+def protocol_headers(row: OutboxRow) -> tuple[dict[str, str], str | None]:
+    """A reply row's headers without those the publisher turns into the protocol's own
+    (the address and the correlation), and its correlation."""
+    headers = dict(row.headers)
+    headers.pop(REPLY_TO_HEADER, None)
+    return headers, headers.pop(CORRELATION_HEADER, None)
+
+
 def reply_message(job: Job) -> tuple[dict[str, str], bytes]:
     """The headers and body of a finished job's reply: its result as JSON when it succeeded,
-    else ``{"error": ..., "status": ...}`` (what migration 0013's trigger writes)."""
+    else ``{"error": ..., "status": ...}`` (what migration 0015's trigger writes). The row
+    carrying them has no key (the address is the header)."""
     assert job.reply is not None
     status = str(job.status)
-    headers = {STATUS_HEADER: status, "content-type": "application/json"}
+    headers = {
+        STATUS_HEADER: status,
+        "content-type": "application/json",
+        REPLY_TO_HEADER: str(job.reply["to"]),
+    }
     correlation = job.reply.get("correlation")
     if correlation is not None:
         headers[CORRELATION_HEADER] = str(correlation)

@@ -4,6 +4,7 @@ match, and needs only the database from the config."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -325,8 +326,8 @@ def test_run_migrates_and_tells_systemd_what_it_applies(empty_url: str, tmp_path
 
 
 def test_0014_frees_the_rows_a_relay_of_the_previous_release_held(empty_url: str) -> None:
-    """Upgrading to batch leases: a row leased the old way (on the row) is claimed at once,
-    its earlier try kept; a sent row stays sent."""
+    """Upgrading to batch leases: a row leased the old way (on the row) is claimed at once
+    (the claim no longer reads lease_until), its earlier try kept; a sent row stays sent."""
     execute(
         empty_url, migration_script("jobwire", [m for m in known_migrations() if m.version < 14])
     )
@@ -347,3 +348,44 @@ def test_0014_frees_the_rows_a_relay_of_the_previous_release_held(empty_url: str
             await store.close()
 
     assert asyncio.run(upgrade_and_claim()) == [(1, 2)]
+
+
+def test_0015_moves_the_address_of_unsent_replies_out_of_their_key(empty_url: str) -> None:
+    """Reply rows written keyed by 0013's trigger: an unsent one gets its address as the
+    jobwire-reply-to header and no key (its other headers kept); a sent one, an ordinary
+    output's keyed row and a reply row that already has the header keep theirs. A reply
+    written after the upgrade has no key."""
+    execute(
+        empty_url, migration_script("jobwire", [m for m in known_migrations() if m.version < 15])
+    )
+    execute(
+        empty_url,
+        "INSERT INTO jobwire.outbox (output, job_id, n, key, headers, body, sent_at) VALUES"
+        " ('reply:rpc', 1, 0, 'amq.gen-1', '{\"jobwire-correlation\": \"c-1\"}', 'x', NULL),"
+        " ('reply:rpc', 2, 0, 'amq.gen-2', '{}', 'x', now()),"
+        " ('out', 3, 0, 'k', '{}', 'x', NULL),"
+        " ('reply:rpc', 4, 0, 'old', '{\"jobwire-reply-to\": \"new\"}', 'x', NULL)",
+    )
+
+    async def upgrade_and_read() -> list[tuple[int, str | None, str]]:
+        await migrate(empty_url, "jobwire")
+        conn = await asyncpg.connect(empty_url)
+        try:
+            await conn.execute(
+                "INSERT INTO jobwire.jobs (handler, status, finished_at, reply)"
+                " VALUES ('rpc', 'failed', now(), $1::jsonb)",
+                json.dumps({"output": "reply:rpc", "to": "amq.gen-5"}),
+            )
+            rows = await conn.fetch(
+                "SELECT job_id, key, headers::text FROM jobwire.outbox ORDER BY id"
+            )
+        finally:
+            await conn.close()
+        return [(r["job_id"], r["key"], r["headers"]) for r in rows]
+
+    (one, two, three, four, five) = asyncio.run(upgrade_and_read())
+    assert one == (1, None, '{"jobwire-reply-to": "amq.gen-1", "jobwire-correlation": "c-1"}')
+    assert two == (2, "amq.gen-2", "{}")
+    assert three == (3, "k", "{}")
+    assert four == (4, None, '{"jobwire-reply-to": "new"}')
+    assert five[1] is None and '"jobwire-reply-to": "amq.gen-5"' in five[2]

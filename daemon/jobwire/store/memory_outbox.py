@@ -32,14 +32,24 @@ class MemoryOutboxRow:
     failed_at: datetime | None = None
 
 
+def append_row(
+    state: MemoryState,
+    output: str,
+    job_id: int,
+    n: int,
+    key: str | None,
+    headers: dict[str, str],
+    body: bytes,
+) -> None:
+    """One outbox row, with the next id."""
+    next_id = state.outbox[-1].id + 1 if state.outbox else 1
+    state.outbox.append(MemoryOutboxRow(next_id, output, job_id, n, key, headers, body, now()))
+
+
 def write_effects(state: MemoryState, job: Job, effects: Effects) -> None:
     """A succeeded attempt's outbox rows and child jobs (the caller checked it held it)."""
-    at = now()
     for m in effects.messages:
-        next_id = state.outbox[-1].id + 1 if state.outbox else 1
-        state.outbox.append(
-            MemoryOutboxRow(next_id, m.output, job.id, m.n, m.key, dict(m.headers), m.body, at)
-        )
+        append_row(state, m.output, job.id, m.n, m.key, dict(m.headers), m.body)
     specs = [
         JobSpec(
             c.handler,
@@ -63,15 +73,12 @@ class MemoryOutbox(MemoryState):
     """What the outbox relays, metrics and retention run on the memory store."""
 
     def _write_reply(self, job: Job) -> None:
-        """A finished job's reply: one row, n = 0, keyed by its address (as 0013's trigger)."""
+        """A finished job's reply: one row, n = 0, no key (replies have no order among
+        them; its address is the header jobwire-reply-to, from reply_message), as 0015's
+        trigger."""
         assert job.reply is not None
         headers, body = reply_message(job)
-        next_id = self.outbox[-1].id + 1 if self.outbox else 1
-        self.outbox.append(
-            MemoryOutboxRow(
-                next_id, job.reply["output"], job.id, 0, job.reply["to"], headers, body, now()
-            )
-        )
+        append_row(self, job.reply["output"], job.id, 0, None, headers, body)
 
     async def claim_outbox(
         self,

@@ -20,6 +20,7 @@ from paho.mqtt.properties import Properties
 
 from tests.integration.outputs.base import Received, collecting
 from tests.support import hostile as h
+from tests.support.waiting import wait_for
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class Requester:
 
     replies: list[Reply] = field(default_factory=list)
     address: str = ""
+    # Barrier markers sent to the own address and not back yet (never kept as replies).
+    markers: set[str] = field(default_factory=set)
 
     async def request(
         self, payload: Any, correlation: str, raw: bytes | None = None, reply: bool = True
@@ -52,12 +55,25 @@ class Requester:
         """Publish one request body (per protocol)."""
         raise NotImplementedError
 
-    def by_correlation(self) -> dict[Any, list[Reply]]:
-        """The replies grouped by correlation."""
-        found: dict[Any, list[Reply]] = {}
-        for r in self.replies:
-            found.setdefault(r.correlation, []).append(r)
-        return found
+    async def barrier(self, timeout: float = 10.0) -> None:
+        """Send a marker to this requester's own address and wait until it arrives: a
+        message the broker took for that address before the marker has been delivered by
+        then (a queue, and a topic of one broker, deliver in the order they took them)."""
+        marker = f"barrier-{uuid.uuid4().hex}"
+        self.markers.add(marker)
+        await self.send_marker(marker)
+        await wait_for(lambda: marker not in self.markers, timeout=timeout, what="the barrier")
+
+    async def send_marker(self, marker: str) -> None:
+        """Publish a marker to the own address, with ``marker`` as its correlation."""
+        raise NotImplementedError
+
+    def received(self, reply: Reply) -> None:
+        """Keep a reply, or note a barrier's marker back."""
+        if reply.correlation in self.markers:
+            self.markers.discard(str(reply.correlation))
+        else:
+            self.replies.append(reply)
 
 
 @dataclass
@@ -80,6 +96,12 @@ class AmqpRequester(Requester):
             routing_key=self.queue,
         )
 
+    async def send_marker(self, marker: str) -> None:
+        """Through the default exchange to the own reply queue (confirmed)."""
+        await self.channel.default_exchange.publish(
+            aio_pika.Message(b"null", correlation_id=marker), routing_key=self.address
+        )
+
 
 @contextlib.asynccontextmanager
 async def amqp_requester(queue: str) -> AsyncIterator[AmqpRequester]:
@@ -92,7 +114,7 @@ async def amqp_requester(queue: str) -> AsyncIterator[AmqpRequester]:
         requester = AmqpRequester(address=replies.name, queue=queue, channel=channel)
 
         async def on_reply(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            requester.replies.append(
+            requester.received(
                 Reply(
                     message.message_id,
                     message.correlation_id,
@@ -122,6 +144,12 @@ class MqttRequester(Requester):
             properties.CorrelationData = b"\x00" + correlation.encode()
         await self.client.publish(self.topic, body, qos=1, properties=properties)
 
+    async def send_marker(self, marker: str) -> None:
+        """At QoS 1 to the own response topic, the correlation data as a reply's."""
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        properties.CorrelationData = b"\x00" + marker.encode()
+        await self.client.publish(self.address, b"null", qos=1, properties=properties)
+
 
 @contextlib.asynccontextmanager
 async def mqtt_requester(port: int, topic: str) -> AsyncIterator[MqttRequester]:
@@ -138,7 +166,7 @@ async def mqtt_requester(port: int, topic: str) -> AsyncIterator[MqttRequester]:
                 data = getattr(props, "CorrelationData", None)
                 payload = message.payload
                 body = payload if isinstance(payload, bytes) else str(payload).encode()
-                requester.replies.append(
+                requester.received(
                     Reply(
                         pairs.get("jobwire-id"),
                         data[1:].decode() if data else None,

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from jobwire.config import Config
+from jobwire.outbox import OutboxRelay
 from tests.integration.outputs.reply_requesters import (
     Requester,
     amqp_requester,
@@ -111,6 +112,22 @@ async def _all_sent(database_url: str, output: str, count: int) -> bool:
     return len(rows) == count and all(r["sent_at"] is not None for r in rows)
 
 
+async def _all_final(database_url: str, count: int) -> bool:
+    """``count`` jobs, every one finished (a finished job's reply row is written with it)."""
+    rows = await jobs(database_url)
+    return len(rows) == count and all(
+        r["status"] in ("succeeded", "failed", "cancelled") for r in rows
+    )
+
+
+def assert_published_once(relay: OutboxRelay, sent: int, parked: int = 0) -> None:
+    """Once its rows are marked: the relay confirmed ``sent`` rows and set ``parked`` aside,
+    and no publish failed or was lost (the only ways a row goes out twice). So every reply
+    went out once, and once they have all arrived no other copy can still come."""
+    c = relay.counters
+    assert (c.sent, c.parked, c.failed, c.last_error) == (sent, parked, parked, None)
+
+
 @pytest.fixture(params=["amqp", "mqtt"])
 def kind(request: pytest.FixtureRequest) -> str:
     """The protocol under test."""
@@ -137,23 +154,27 @@ async def test_round_trip_replies_results_and_errors(
     cfg = Config.model_validate(
         config(database_url, source(kind, name, broker_url(kind, port_of(broker)), max_attempts=1))
     )
-    async with requester(kind, name, broker) as req, running_daemon(cfg):
+    async with requester(kind, name, broker) as req, running_daemon(cfg) as daemon:
+        (relay,) = daemon.relays
         await req.request({"n": 1}, "c-1")
         await req.request({"n": 2}, "c-2")
         await req.request({"n": 3, "fail": True}, "c-3")
         await req.request(None, "c-4", raw=b"{not json")  # poison: a failed job, answered
         await req.request({"n": 5}, "c-5", reply=False)  # no address: a job, no reply
-        await wait_for(lambda: len(req.replies) >= 4, timeout=30, what="four replies")
+        # Every job finished (so no reply row is still to come) and its row sent, once.
+        await wait_for(lambda: _all_final(database_url, 5), timeout=30, what="five jobs done")
         await wait_for(
-            lambda: _all_sent(database_url, f"reply:{name}", 4), timeout=10, what="rows sent"
+            lambda: _all_sent(database_url, relay.output, 4), timeout=10, what="rows sent"
         )
+        assert_published_once(relay, 4)
+        await wait_for(lambda: len(req.replies) >= 4, timeout=10, what="four replies")
         rows = await jobs(database_url)
-        await asyncio.sleep(0.3)  # a fifth reply (none is due) would have come by now
     assert len(rows) == 5 and {r["status"] for r in rows} == {"succeeded", "failed"}
     job_of = {r["reply"]["correlation"]: r["id"] for r in rows if r["reply"] is not None}
     assert len(job_of) == 4, "the request without an address has no reply address"
     got = {r.correlation: r for r in req.replies}
     assert len(req.replies) == 4 and set(got) == {"c-1", "c-2", "c-3", "c-4"}
+    assert len({r.message_id for r in req.replies}) == 4
     for correlation, reply in got.items():
         stored = job_of[correlation if kind == "amqp" else _b64(correlation)]
         assert reply.message_id == f"jobwire-{stored}-0"
@@ -251,7 +272,9 @@ async def test_a_daemon_killed_between_request_and_reply_replies_once(
             second = Daemon(path, tmp_path / "second.log")
             await wait_for(lambda: req.replies, timeout=60, what="the reply")
             await wait_for(lambda: _all_sent(database_url, output, 1), timeout=10, what="sent")
-            await asyncio.sleep(0.5)  # a duplicate would have come by now
+            # Any copy went to the broker before the row was marked sent: it is delivered
+            # before a marker sent now.
+            await req.barrier()
             assert await asyncio.to_thread(second.terminate) == 0
         (row,) = await jobs(database_url)
         assert row["status"] == "succeeded"
@@ -296,18 +319,20 @@ async def test_a_wildcard_response_topic_fails_its_job_and_holds_up_nothing(
     cfg = Config.model_validate(
         config(database_url, source("mqtt", name, broker_url("mqtt", mosquitto.port)))
     )
-    async with mqtt_requester(mosquitto.port, name) as req, running_daemon(cfg):
+    async with mqtt_requester(mosquitto.port, name) as req, running_daemon(cfg) as daemon:
+        (relay,) = daemon.relays
         good = req.address
         req.address = f"{good}/+/x"
         await req.request({"n": 1}, "wild")
         await wait_for(lambda: jobs_at_least(database_url, 1), timeout=30, what="the job")
         req.address = good
         await req.request({"n": 2}, "fine")
-        await wait_for(lambda: req.replies, timeout=30, what="the reply")
+        await wait_for(lambda: _all_final(database_url, 2), timeout=30, what="both jobs done")
         await wait_for(
-            lambda: _all_sent(database_url, f"reply:{name}", 1), timeout=10, what="row sent"
+            lambda: _all_sent(database_url, relay.output, 1), timeout=10, what="row sent"
         )
-        await asyncio.sleep(0.3)  # a second reply (none is due) would have come by now
+        assert_published_once(relay, 1)
+        await wait_for(lambda: req.replies, timeout=10, what="the reply")
     failed, answered = await fetch(
         database_url, "SELECT status, last_error, reply FROM jobwire.jobs ORDER BY id"
     )
@@ -318,7 +343,8 @@ async def test_a_wildcard_response_topic_fails_its_job_and_holds_up_nothing(
     assert [(r.correlation, r.body) for r in req.replies] == [("fine", {"answer": 4, "attempt": 1})]
 
 
-# Reply rows no message can be published to (written by hand: the intake refuses them).
+# Reply addresses no message can be published to (in rows written by hand: the intake
+# refuses them).
 UNSENDABLE = {
     "mqtt": ["a/+/b", "#", "", None, "/".join(["x"] * 300), "ctl/\x01"],
     "amqp": ["q" * 256],
@@ -331,29 +357,36 @@ async def test_an_unsendable_reply_row_is_set_aside_and_holds_up_nothing(
     cfg = Config.model_validate(
         config(database_url, source(kind, name, broker_url(kind, port_of(broker))))
     )
-    output, keys = f"reply:{name}", UNSENDABLE[kind]
+    output, addresses = f"reply:{name}", UNSENDABLE[kind]
     async with requester(kind, name, broker) as req, running_daemon(cfg) as daemon:
         (relay,) = daemon.relays
+        # Each address as a row of migration 0015 writes it (a header) and as one written
+        # before it (the key); a row without either has no address at all.
         await fetch(
             database_url,
             "INSERT INTO jobwire.outbox (output, n, key, headers, body) "
-            "SELECT $1, 0, k, '{}', 'x' FROM unnest($2::text[]) AS k",
+            "SELECT $1, 0, CASE WHEN h THEN NULL ELSE a END,"
+            " CASE WHEN h THEN jsonb_strip_nulls(jsonb_build_object('jobwire-reply-to', a))"
+            " ELSE '{}' END, 'x' FROM unnest($2::text[]) AS a, unnest('{t,f}'::bool[]) AS h",
             output,
-            keys,
+            addresses,
         )
+        count = 2 * len(addresses)
         await req.request({"n": 3}, "after")
-        await wait_for(lambda: req.replies, timeout=30, what="the reply")
         await wait_for(
-            lambda: _settled(database_url, output, len(keys) + 1), timeout=10, what="rows settled"
+            lambda: _settled(database_url, output, count + 1), timeout=30, what="rows settled"
         )
-        await asyncio.sleep(0.3)  # a second reply would have come by now
-        dropped = relay.publisher.dropped  # type: ignore[attr-defined]
+        assert_published_once(relay, 1, parked=count)
+        await wait_for(lambda: req.replies, timeout=10, what="the reply")
+        dropped = getattr(relay.publisher, "dropped", None)
     assert [(r.correlation, r.body) for r in req.replies] == [
         ("after", {"answer": 6, "attempt": 1})
     ]
+    # Set aside, counted by the relay (parked) and not as dropped (AMQP's returns only).
+    assert dropped == (0 if kind == "amqp" else None)
     rows = await reply_rows(database_url, output)
     bad, good = rows[:-1], rows[-1]
-    assert len(bad) == len(keys) and dropped == len(keys)
+    assert len(bad) == count
     assert all(r["failed_at"] is not None and r["sent_at"] is None for r in bad)
     assert all(r["attempts"] == 1 for r in bad), "set aside at the first try"
     assert good["sent_at"] is not None and good["attempts"] == 1

@@ -1,21 +1,24 @@
 """Reply-to's store contract, on PostgreSQL and in memory: a job with a reply address gets
-one outbox row (n = 0, keyed by the address) when it reaches a final state, in the same
-write as that status; never for a retry, never for a job without an address, never twice."""
+one outbox row (n = 0, no key: the address in the header jobwire-reply-to) when it reaches a
+final state, in the same write as that status; never for a retry, never for a job without
+an address, never twice. Replies to one address are not held up by each other."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
 import pytest
 
+from jobwire.effects import OutboxRow, Published
 from jobwire.models import JobSpec, JobStatus, Outcome
+from jobwire.outbox import OutboxRelay
 from jobwire.store.base import ClaimRequest
 from jobwire.store.memory import MemoryStore
 from jobwire.store.postgres import PostgresStore
+from tests.support.waiting import wait_for
 
 Store = Any  # either store: both have every role
 OUTPUT = "reply:rpc"
@@ -37,17 +40,35 @@ async def started(store: Store, specs: list[JobSpec], lease: float = 30.0) -> li
 
 
 async def replies(store: Store) -> list[tuple[int | None, int, str | None, dict[str, str], Any]]:
-    """(job id, n, key, headers, body as JSON) of every unsent reply row, claimed."""
+    """(job id, n, address, headers, body as JSON) of every unsent reply row, claimed; none
+    has a key (the address is its jobwire-reply-to header)."""
     rows = await store.claim_outbox(OUTPUT, 100, 30.0)
-    return [(r.job_id, r.n, r.key, r.headers, json.loads(r.body)) for r in rows]
+    assert [r.key for r in rows] == [None] * len(rows)
+    return [
+        (r.job_id, r.n, r.headers.get("jobwire-reply-to"), r.headers, json.loads(r.body))
+        for r in rows
+    ]
 
 
-def headers(status: str, correlation: str | None = "c-1") -> dict[str, str]:
+def headers(status: str, correlation: str | None = "c-1", to: str = "amq.gen-1") -> dict[str, str]:
     """The headers a reply row carries."""
-    found = {"jobwire-status": status, "content-type": "application/json"}
+    found = {"jobwire-status": status, "content-type": "application/json", "jobwire-reply-to": to}
     if correlation is not None:
         found["jobwire-correlation"] = correlation
     return found
+
+
+class FirstFails:
+    """A publisher that confirms every row of a batch but its first."""
+
+    async def connect(self) -> None:
+        return None
+
+    async def publish(self, rows: Sequence[OutboxRow], timeout: float) -> Published:
+        return Published(frozenset(r.id for r in rows[1:]), "the first was refused")
+
+    async def close(self) -> None:
+        return None
 
 
 class ReplyContract:
@@ -99,7 +120,7 @@ class ReplyContract:
                 first[0],
                 0,
                 "amq.gen-2",
-                headers("failed", "c-2"),
+                headers("failed", "c-2", "amq.gen-2"),
                 {"error": "body is not valid JSON", "status": "failed"},
             )
         ]
@@ -115,8 +136,8 @@ class ReplyContract:
 
     async def test_a_lost_last_attempt_replies_its_failure(self, store: Store) -> None:
         (a,) = await started(store, [JobSpec("rpc", max_attempts=1, reply=reply())], lease=0.05)
-        await asyncio.sleep(0.2)
-        assert await store.recover_expired_leases() == [a]
+        recovered = await wait_for(store.recover_expired_leases, timeout=5, what="lease expired")
+        assert recovered == [a]
         (row,) = await replies(store)
         assert row[0] == a and row[4]["status"] == "failed"
         assert "lease expired" in row[4]["error"]
@@ -148,6 +169,40 @@ class ReplyContract:
             + [(running, "amq.gen-r", "cancelled")]
         )
         assert all(r[4]["status"] == "cancelled" for r in rows)
+
+    async def test_a_reply_is_claimed_while_one_to_its_address_is_in_flight(
+        self, store: Store
+    ) -> None:
+        """Replies have no order among themselves: a reply to the address of one in flight
+        goes out at once, not after it (the usual case: one reply queue per requester)."""
+        a, b = await started(
+            store, [JobSpec("rpc", reply=reply(correlation=c)) for c in ("c-a", "c-b")]
+        )
+        await store.complete_many("w", [Outcome(a, 1, JobStatus.SUCCEEDED, 0.01)])
+        first = await store.claim_outbox(OUTPUT, 10, 30.0)  # in flight, not settled
+        await store.complete_many("w", [Outcome(b, 1, JobStatus.SUCCEEDED, 0.01)])
+        second = await store.claim_outbox(OUTPUT, 10, 30.0)
+        assert [r.job_id for r in first] == [a]
+        assert [r.job_id for r in second] == [b], "held up by the reply in flight"
+
+    async def test_a_failed_reply_does_not_send_a_later_one_to_its_address_again(
+        self, store: Store
+    ) -> None:
+        """One reply of a batch fails: the other replies to its address that the broker
+        confirmed are marked sent, not sent again after it."""
+        ids = await started(
+            store, [JobSpec("rpc", reply=reply(correlation=f"c-{i}")) for i in range(3)]
+        )
+        await store.complete_many(
+            "w", [Outcome(i, 1, JobStatus.SUCCEEDED, 0.01, result_json="1") for i in ids]
+        )
+        relay = OutboxRelay(OUTPUT, FirstFails(), store, poll_interval=0.01)
+        relay._backoff.initial = relay._backoff.maximum = 0.01
+        assert await relay.drain()
+        assert (relay.counters.sent, relay.counters.failed) == (2, 1)
+        left = await store.claim_outbox(OUTPUT, 10, 30.0)
+        assert len(left) == 1 and left[0].job_id in ids, "only the failed reply is left"
+        assert left[0].attempts == 2
 
     async def test_jobs_without_an_address_never_reply(self, store: Store) -> None:
         a, b = await started(store, [JobSpec("p"), JobSpec("p")])

@@ -14,20 +14,22 @@ from jobwire.adapters.amqp.config import AmqpOutput
 from jobwire.adapters.amqp.output import AmqpPublisher
 from jobwire.config import OutputBase
 from jobwire.effects import OutboxRow, Published
-from jobwire.reply import CORRELATION_HEADER, queue_problem, set_aside
+from jobwire.reply import protocol_headers, queue_problem, reply_to, set_aside
 
 log = structlog.get_logger("jobwire.reply")
 
 
 class AmqpReplyPublisher(AmqpPublisher):
-    """Each row to the queue its key names, with the request's correlation id.
+    """Each row to the queue its ``jobwire-reply-to`` header names (a row written before
+    migration 0015: its key), with the request's correlation id.
 
     Published mandatory, but a returned reply is not retried: the reply queue is gone (an
     exclusive queue ends with its requester's connection) and never comes back, so waiting
     for it would only hold up the replies behind it. The broker's ack after the return
     marks the row sent; the drop is counted (``dropped``) and logged (``reply_dropped``).
-    So is a row whose key no queue can have (longer than 255 bytes: written by hand, the
-    intake refuses such a request), set aside at once rather than tried again.
+    A row whose address no queue can have (longer than 255 bytes: written by hand, the
+    intake refuses such a request) is set aside at once rather than tried again, logged
+    as ``reply_dropped`` and counted by the relay (``parked``), not in ``dropped``.
     """
 
     returned_fails = False
@@ -44,10 +46,11 @@ class AmqpReplyPublisher(AmqpPublisher):
 
     async def publish(self, rows: Sequence[OutboxRow], timeout: float) -> Published:
         """Send the rows that can be sent; those that never can are set aside at once."""
-        refused = {r.id: f"reply_to {why}" for r in rows if (why := queue_problem(r.key or ""))}
+        refused = {
+            r.id: f"reply_to {why}" for r in rows if (why := queue_problem(reply_to(r) or ""))
+        }
         sendable = [r for r in rows if r.id not in refused]
         result = await super().publish(sendable, timeout) if sendable else Published(frozenset())
-        self.dropped += len(refused)
         return set_aside(result, refused, self.name)
 
     def _returned(self, _channel: object, message: AbstractIncomingMessage) -> None:
@@ -61,16 +64,16 @@ class AmqpReplyPublisher(AmqpPublisher):
         )
 
     def _message(self, row: OutboxRow) -> aio_pika.Message:
-        headers = dict(row.headers)
-        correlation = headers.pop(CORRELATION_HEADER, None)
-        # No key: the address is the routing key already, not worth a jobwire-key header.
+        headers, correlation = protocol_headers(row)
+        # No key: a row written before migration 0015 has its address there, which is the
+        # routing key already, not worth a jobwire-key header.
         message = super()._message(dataclasses.replace(row, key=None, headers=headers))
         message.correlation_id = correlation
         return message
 
     def _routing_key(self, row: OutboxRow) -> str:
         """The reply queue the request named (through the default exchange)."""
-        return row.key or ""
+        return reply_to(row) or ""
 
 
 def build(name: str, output: OutputBase) -> AmqpReplyPublisher:
