@@ -389,11 +389,10 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
 
-    def _wake_reply_relay(self, source: str) -> None:
-        """Jobs of ``source`` finished: if it replies, its relay sends their replies now."""
-        output = reply_output_name(source)
+    def _wake_relays(self, outputs: set[str]) -> None:
+        """Outbox rows of these outputs were written: their relays send them now."""
         for relay in self.relays:
-            if relay.output == output:
+            if relay.output in outputs:
                 relay.wake()
 
     def _pool_figures(self) -> dict[str, int]:
@@ -406,6 +405,8 @@ class Daemon:
         then the leader's loops and the gate, then the pool, then the HTTP server.
         """
         config = self.config
+        # The implicit reply:<source> outputs of the sources with reply: true.
+        replies = reply_outputs(config)
         self.metrics = Metrics(
             store,
             self._pool_figures,
@@ -421,8 +422,13 @@ class Daemon:
             config,
             on_outcome=self.metrics.observe,
             on_start=self.metrics.observe_start,
-            # Only with replies to send: every other job is then spared the bookkeeping.
-            on_finished=self._wake_reply_relay if reply_outputs(config) else None,
+            # Only with outputs to relay: every other job is then spared the bookkeeping.
+            on_written=self._wake_relays if config.outputs or replies else None,
+            replies={
+                s.name: reply_output_name(s.name)
+                for s in config.sources
+                if reply_output_name(s.name) in replies
+            },
             extra_state=lambda: {
                 "sources": self.describe_sources(),
                 # A broker client's error may quote its URL, password and all.
@@ -453,7 +459,7 @@ class Daemon:
         # Before the pool, so stopped after it: outcomes written at the end are still sent.
         # With the implicit reply:<source> outputs, relayed like any other (metrics, stats,
         # the dashboard), though no handler may publish to them.
-        outputs = {**config.outputs, **reply_outputs(config)}
+        outputs = {**config.outputs, **replies}
         self.relays = build_relays(
             config.model_copy(update={"outputs": outputs}), store, build_publisher
         )

@@ -273,9 +273,16 @@ def _settle(rows: list[OutboxRow], result: Published) -> tuple[list[int], list[O
     never sent, so nothing can overtake it."""
     confirmed: list[int] = []
     failed: list[OutboxRow] = []
-    blocked: set[tuple[bool, object]] = set()
+    blocked: set[tuple[str, object]] = set()
     for r in rows:
-        group = (True, r.key) if r.key is not None else (False, r.job_id)
+        # As the claim groups them: by key, else by job; a row of neither stands alone.
+        group: tuple[str, object] = (
+            ("key", r.key)
+            if r.key is not None
+            else ("job", r.job_id)
+            if r.job_id is not None
+            else ("row", r.id)
+        )
         if r.id in result.confirmed and group not in blocked:
             confirmed.append(r.id)
         else:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from jobwire.config import Config
-from jobwire.handlers import HandlerRegistry
+from jobwire.handlers import HandlerRegistry, JobContext
 from jobwire.models import JobSpec, JobStatus
 from jobwire.reply import MAX_TOPIC_LEVELS, ReplyRefused, reply_address
 from jobwire.routing import Poison, Router
@@ -115,28 +115,44 @@ def test_a_good_request_carries_its_reply_address() -> None:
     assert routed.spec.reply == {"output": OUT, "to": "replies/1", "correlation": "Yw=="}
 
 
-async def test_a_written_final_outcome_tells_its_source() -> None:
-    """Once per finished job's source, after the outcome (and so the reply row) is in the
-    store; not for a retry. (The daemon wakes the source's reply relay with it.)"""
+async def test_a_written_batch_tells_the_outputs_it_wrote_rows_for() -> None:
+    """Once the outcomes (and so the outbox rows) are in the store: a replying source's
+    reply output for each finished job, not for a retry; a succeeded job's published
+    messages' outputs; nothing for a job of a source that does not reply. (The daemon
+    wakes those outputs' relays with it.)"""
     store = MemoryStore()
-    told: list[tuple[str, set[int | None]]] = []
+    told: list[tuple[frozenset[str], set[int | None]]] = []
 
-    def on_finished(source: str) -> None:
-        told.append((source, {r.job_id for r in store.outbox}))  # the rows written by then
+    def on_written(outputs: set[str]) -> None:
+        told.append((frozenset(outputs), {r.job_id for r in store.outbox}))  # rows by then
 
-    pool = WorkerPool(store, HandlerRegistry({}), fast_config(), on_finished=on_finished)
-    address = {"output": OUT, "to": "q"}
+    async def publish(payload: dict[str, Any], ctx: JobContext) -> None:
+        await ctx.publish("billing", payload)
+
+    replies = {"a": "reply:a", "b": "reply:b"}
+    registry = HandlerRegistry({"publish": publish})
+    registry.outputs = frozenset({"billing"})
+    pool = WorkerPool(store, registry, fast_config(), on_written=on_written, replies=replies)
     ids = await store.enqueue_many(
         [
-            JobSpec("echo", {"n": 1}, source="a", reply=address),
-            JobSpec("fail", {"message": "no"}, max_attempts=2, source="b", reply=address),
+            JobSpec("echo", {"n": 1}, source="a", reply={"output": "reply:a", "to": "q"}),
+            JobSpec(
+                "fail",
+                {"message": "no"},
+                max_attempts=2,
+                source="b",
+                reply={"output": "reply:b", "to": "q"},
+            ),
             JobSpec("echo", {"n": 3}, source="c"),
-            JobSpec("echo", {"n": 4}),
+            JobSpec("publish", {"n": 4}, source="c"),
         ]
     )
     await pool.start()
     try:
-        await wait_for(lambda: len(told) >= 3, what="three sources told")
+        every = {"billing", "reply:a", "reply:b"}
+        await wait_for(
+            lambda: every <= {o for outputs, _ in told for o in outputs}, what="three outputs told"
+        )
     finally:
         await pool.stop()
     assert [j.status for j in store.jobs.values()] == [
@@ -145,6 +161,11 @@ async def test_a_written_final_outcome_tells_its_source() -> None:
         JobStatus.SUCCEEDED,
         JobStatus.SUCCEEDED,
     ]
-    assert sorted(source for source, _ in told) == ["a", "b", "c"]  # b's retry: nothing
-    seen = dict(told)
-    assert ids[0] in seen["a"] and ids[1] in seen["b"]
+    seen: dict[str, set[int | None]] = {}
+    for outputs, rows in told:
+        for output in outputs:
+            assert output not in seen, f"{output} told twice (b's retry wrote no reply)"
+            seen[output] = rows
+    assert sorted(seen) == ["billing", "reply:a", "reply:b"]
+    assert ids[0] in seen["reply:a"] and ids[1] in seen["reply:b"]
+    assert ids[3] in seen["billing"]

@@ -4,8 +4,9 @@ batches, one statement for many jobs."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
+from jobwire.effects import effects_of
 from jobwire.models import Job, JobStatus, Outcome
 from jobwire.store.base import InvalidJobData, JobStore, StoreUnavailable
 from jobwire.worker.state import PoolState, bounded, keep_running, log
@@ -21,18 +22,22 @@ class Completer:
         state: PoolState,
         store: JobStore,
         on_outcome: Callable[[Job, Outcome], None] | None = None,
-        on_finished: Callable[[str], None] | None = None,
+        on_written: Callable[[set[str]], None] | None = None,
+        replies: Mapping[str, str] | None = None,
     ) -> None:
         self.state = state
         self.store = store
         # Told of every attempt's end (metrics: the handler duration histogram).
         self.on_outcome = on_outcome
-        # Told, once a batch is written, of the source of each job it finished: a reply
-        # (jobwire.reply) may be waiting, which its relay then sends now, not at its next
-        # poll. By source: a claimed job does not carry its reply address.
-        self.on_finished = on_finished
-        # (job id, attempt) -> source, of the final outcomes not yet written.
-        self._finished: dict[tuple[int, int], str] = {}
+        # Told, once a batch is written, of the outputs it wrote outbox rows for: the
+        # messages of succeeded attempts, and the replies of finished jobs of a replying
+        # source (``replies``: source -> its reply output; a claimed job does not carry its
+        # reply address, so by source). Their relays then send them now, not at their next
+        # poll.
+        self.on_written = on_written
+        self.replies = replies or {}
+        # (job id, attempt) -> the outputs its outcome writes to, of those not yet written.
+        self._touched: dict[tuple[int, int], set[str]] = {}
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -85,12 +90,10 @@ class Completer:
             log.info("job_cancelled", job_id=job.id, handler=job.handler)
         if self.on_outcome is not None:
             self.on_outcome(job, outcome)
-        if (
-            self.on_finished is not None
-            and job.source is not None
-            and outcome.status != JobStatus.RETRYING
-        ):
-            self._finished[(outcome.job_id, outcome.attempt)] = job.source
+        if self.on_written is not None:
+            touched = self._outputs_of(job, outcome)
+            if touched:
+                self._touched[(outcome.job_id, outcome.attempt)] = touched
         state.outcomes.append(outcome)
         self._ready.set()
 
@@ -145,20 +148,30 @@ class Completer:
             del state.outcomes[: len(batch)]
             for o in batch:
                 state.leases.pop((o.job_id, o.attempt), None)
-            self._tell_finished(batch)
+            self._tell_written(batch)
             if state.backlog or state.flow.active:
                 # Slots held by unwritten outcomes are free again; a finished keyed job or
                 # a rate's next token may let a held-back job start.
                 state.wake.set()
 
-    def _tell_finished(self, batch: list[Outcome]) -> None:
-        """Tell of the sources whose jobs this written batch finished."""
-        if not self._finished or self.on_finished is None:
+    def _outputs_of(self, job: Job, outcome: Outcome) -> set[str]:
+        """The outputs this outcome writes outbox rows for."""
+        effects = effects_of(outcome)
+        touched = {m.output for m in effects.messages} if effects is not None else set()
+        reply = self.replies.get(job.source) if job.source is not None else None
+        if reply is not None and outcome.status != JobStatus.RETRYING:
+            touched.add(reply)
+        return touched
+
+    def _tell_written(self, batch: list[Outcome]) -> None:
+        """Tell of the outputs this written batch wrote outbox rows for."""
+        if not self._touched or self.on_written is None:
             return
-        pending = self._finished
-        keys = [(o.job_id, o.attempt) for o in batch]
-        for source in {pending.pop(k) for k in keys if k in pending}:
-            self.on_finished(source)
+        written: set[str] = set()
+        for o in batch:
+            written |= self._touched.pop((o.job_id, o.attempt), set())
+        if written:
+            self.on_written(written)
 
     async def _one_by_one(self, batch: list[Outcome]) -> None:
         """Write a refused batch one outcome at a time; a refused outcome is written as a
@@ -183,7 +196,7 @@ class Completer:
         if len(kept) < len(waiting):
             for o in waiting:
                 if (o.job_id, o.attempt) in pairs:
-                    self._finished.pop((o.job_id, o.attempt), None)
+                    self._touched.pop((o.job_id, o.attempt), None)
                     log.warning(
                         "job_lease_lost",
                         job_id=o.job_id,

@@ -7,7 +7,7 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
@@ -40,7 +40,8 @@ class WorkerPool:
         *,
         on_outcome: Callable[[Job, Outcome], None] | None = None,
         on_start: Callable[[Job], None] | None = None,
-        on_finished: Callable[[str], None] | None = None,
+        on_written: Callable[[set[str]], None] | None = None,
+        replies: Mapping[str, str] | None = None,
         extra_state: Callable[[], dict[str, Any]] = dict,
     ) -> None:
         self.store = store
@@ -48,7 +49,7 @@ class WorkerPool:
         self.config = config
         self.worker_id = worker_id or make_worker_id()
         self.state = PoolState(config, self.worker_id)
-        self.completer = Completer(self.state, store, on_outcome, on_finished)
+        self.completer = Completer(self.state, store, on_outcome, on_written, replies)
         self.executor = Executor(
             self.state,
             store,

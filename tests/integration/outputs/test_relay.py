@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from jobwire.effects import EffectfulOutcome, Effects, OutboxMessage, OutboxRow, Published
 from jobwire.models import JobSpec, JobStatus
-from jobwire.outbox import OutboxRelay
+from jobwire.outbox import OutboxRelay, _settle
 from jobwire.store.base import ClaimRequest
 from jobwire.store.memory import MemoryStore
 from tests.support.waiting import wait_for
@@ -266,3 +266,11 @@ async def test_the_row_the_broker_stopped_at_is_charged_not_one_refused_before_i
     assert refused.failed_at is not None and refused.sent_at is None
     # Charged with the lost connection, then sent: two tries. The row behind it waited.
     assert (stopped_at.attempts, waited.attempts) == (2, 1)
+
+
+def test_rows_of_no_key_and_no_job_stand_alone_when_one_fails() -> None:
+    """As the claim sees them: a row with neither key nor job (written by hand) waits for no
+    other, so a confirmed one is not failed for another's failure."""
+    rows = [OutboxRow(i, None, 1, None, {}, b"x") for i in (1, 2)]
+    confirmed, failed = _settle(rows, Published(frozenset({2}), "lost"))
+    assert (confirmed, [r.id for r in failed]) == ([2], [1])
