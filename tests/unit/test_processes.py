@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from jobwire.adapters.registry import reply_outputs
 from jobwire.config import Config, ConfigError, parse_config
 from jobwire.processes import ChildRole, available_cores, process_problems, resolve_processes
 from jobwire.processes.cores import cgroup_cpu_limit
@@ -111,6 +112,13 @@ def test_process_0_keeps_the_config_and_the_others_give_up_http() -> None:
     assert output_id is not None and output_id.endswith("-out-2")
     long = _config(sources=[{**MQTT, "client_id": "x" * 128}])
     assert getattr(ChildRole(11, 1).config(long).sources[0], "client_id", "")[-3:] == "-11"
+    # A replying source's reply client keeps the process's suffix too.
+    replying = _config(sources=[{**MQTT, "client_id": "x" * 128, "reply": True}])
+    ids = {
+        getattr(reply_outputs(ChildRole(i, 1).config(replying))["reply:m"], "client_id", None)
+        for i in (1, 2)
+    }
+    assert ids == {"x" * 120 + "-1-reply", "x" * 120 + "-2-reply"}
 
 
 def test_the_role_comes_from_the_environment() -> None:

@@ -112,7 +112,9 @@ class MqttSource(SourceBase):
             url=self.url,
             topic="reply",  # unused: every reply names its own topic
             protocol="5",
-            client_id=None if self.client_id is None else f"{self.client_id[:122]}-reply",
+            # The tail kept when cut: it holds a worker process's -<i> (workers.processes),
+            # without which the processes' reply clients would share one id.
+            client_id=None if self.client_id is None else f"{self.client_id[-122:]}-reply",
             username=self.username,
             password=self.password,
             keepalive=self.keepalive,
