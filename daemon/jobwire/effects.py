@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from jobwire.models import JobStatus, Outcome
 
@@ -96,9 +96,9 @@ def message_id(job_id: int | None, n: int, row_id: int) -> str:
     return f"jobwire-{job_id}-{n}" if job_id is not None else f"jobwire-row-{row_id}"
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    """One unsent outbox row, as a relay claims it."""
+class OutboxRow(NamedTuple):
+    """One unsent outbox row, as a relay claims it (a tuple: a claim builds one per row, and
+    a frozen dataclass took five times as long to build)."""
 
     id: int
     job_id: int | None
@@ -125,9 +125,14 @@ class Claim(list[OutboxRow]):
     lease: int | None = None
 
 
+def position(row_id: int, created_at: datetime | None) -> OutboxRow:
+    """A claim position: as an ``after``, rows past (``created_at``, ``row_id``)."""
+    return OutboxRow(row_id, None, 0, None, {}, b"", 0, created_at)
+
+
 def position_before(row_id: int, created_at: datetime | None) -> OutboxRow:
     """A claim position just before the row ``row_id``: an ``after`` that includes it."""
-    return OutboxRow(row_id - 1, None, 0, None, {}, b"", 0, created_at)
+    return position(row_id - 1, created_at)
 
 
 @dataclass(frozen=True, slots=True)

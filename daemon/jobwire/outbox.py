@@ -271,6 +271,9 @@ def _settle(rows: list[OutboxRow], result: Published) -> tuple[list[int], list[O
     in flight, AMQP and MQTT, can confirm it): kept, it would reach consumers before the
     earlier one, which is sent again later. A row refused for good blocks nothing: it is
     never sent, so nothing can overtake it."""
+    if not result.permanent and len(result.confirmed) == len(rows):
+        if all(r.id in result.confirmed for r in rows):  # the usual batch: all went out
+            return [r.id for r in rows], []
     confirmed: list[int] = []
     failed: list[OutboxRow] = []
     blocked: set[tuple[str, object]] = set()

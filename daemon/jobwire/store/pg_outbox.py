@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from jobwire.effects import Claim, OutboxRow, effects_of, position_before
+from jobwire.effects import Claim, OutboxRow, effects_of, position
 from jobwire.models import Outcome
 from jobwire.store.base import OutboxBacklog
 from jobwire.store.pg_base import PgBase, guard
@@ -20,7 +20,7 @@ EARLIEST = datetime(1, 1, 1, tzinfo=UTC)
 
 
 def _row(record: asyncpg.Record) -> OutboxRow:
-    headers = record["headers"]
+    headers = record["headers"]  # NULL for none (most rows)
     if isinstance(headers, str):  # a connection without the jsonb codec
         headers = json.loads(headers)
     return OutboxRow(
@@ -28,10 +28,9 @@ def _row(record: asyncpg.Record) -> OutboxRow:
         record["job_id"],
         record["n"],
         record["key"],
-        {str(k): str(v) for k, v in (headers or {}).items()},
-        bytes(record["body"]),
+        {} if headers is None else {str(k): str(v) for k, v in headers.items()},
+        record["body"],
         record["attempts"],
-        record["created_at"],
     )
 
 
@@ -116,23 +115,23 @@ class PgOutbox(PgBase):
         since, since_id = EARLIEST, 0
         if after is not None and after.created_at is not None:
             since, since_id = after.created_at, after.id
-        async with guard("outbox claim"), self._pool.acquire() as conn, conn.transaction():
-            if sent:
-                await self._settled(conn, "outbox_mark_sent", sent, leases, held_only=False)
-            await conn.execute(self._q["outbox_claim_lock"], output)
-            await conn.execute(self._q["outbox_expire_leases"], output)
+        # One statement, its own transaction (see outbox_claim in migration 0016).
+        async with guard("outbox claim"), self._pool.acquire() as conn:
             records = await conn.fetch(
-                self._q["outbox_claim"], output, limit, lease, since, since_id
+                self._q["outbox_claim"],
+                output,
+                limit,
+                lease,
+                since,
+                since_id,
+                list(sent),
+                None if leases is None else list(leases),
             )
-        claim = Claim(
-            sorted((_row(r) for r in records), key=lambda r: (r.created_at or EARLIEST, r.id))
-        )
-        if records:
-            claim.lease = records[0]["lease_id"]
-        if records and records[0]["skipped_id"] is not None:
-            claim.resume = position_before(records[0]["skipped_id"], records[0]["skipped_at"])
-        elif claim:
-            claim.resume = claim[-1]
+        claim = Claim(map(_row, records))  # in claim order
+        if records:  # the claim's own columns are on its first row only
+            first = records[0]
+            claim.lease = first["lease_id"]
+            claim.resume = position(first["resume_id"], first["resume_at"])
         return claim
 
     async def _settled(
@@ -145,7 +144,7 @@ class PgOutbox(PgBase):
         held_only: bool,
     ) -> list[asyncpg.Record]:
         """Take rows ``ids`` out of ``leases`` (None: any) and run a settling statement, in
-        the caller's transaction (leases first: the lock order outbox_expire_leases keeps):
+        the caller's transaction (leases first: the lock order the claim's expiry keeps):
         on every row of ``ids``, or with ``held_only`` (and ``leases`` given) only on those
         the leases still held."""
         taken = await conn.fetch(
@@ -162,8 +161,12 @@ class PgOutbox(PgBase):
     ) -> None:
         """Mark rows sent (after the broker confirmed them), out of ``leases``."""
         if ids:
-            async with guard("outbox mark"), self._pool.acquire() as conn, conn.transaction():
-                await self._settled(conn, "outbox_mark_sent", ids, leases, held_only=False)
+            async with guard("outbox mark"), self._pool.acquire() as conn:
+                await conn.execute(
+                    self._q["outbox_mark_sent"],
+                    list(ids),
+                    None if leases is None else list(leases),
+                )
 
     async def release_outbox(
         self, ids: Sequence[int], error: str, leases: Sequence[int] | None = None

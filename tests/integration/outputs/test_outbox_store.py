@@ -228,9 +228,7 @@ class TestPostgresOutbox(OutboxContract):
             settling = conn.transaction()
             await settling.start()
             try:
-                await store._settled(
-                    conn, "outbox_mark_sent", [r.id for r in late], [late.lease], held_only=False
-                )
+                await conn.execute(store._q["outbox_mark_sent"], [r.id for r in late], [late.lease])
                 # The relay's mark is not committed yet: its rows look unsent, their
                 # lease expired, so the claim may take them (a lost lease's rows go again).
                 again = await asyncio.wait_for(store.claim_outbox("out", 10, 30.0), 10)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import aio_pika
@@ -67,7 +66,7 @@ class AmqpReplyPublisher(AmqpPublisher):
         headers, correlation = protocol_headers(row)
         # No key: a row written before migration 0015 has its address there, which is the
         # routing key already, not worth a jobwire-key header.
-        message = super()._message(dataclasses.replace(row, key=None, headers=headers))
+        message = super()._message(row._replace(key=None, headers=headers))
         message.correlation_id = correlation
         return message
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 from collections.abc import Sequence
 
 from paho.mqtt.properties import Properties
@@ -74,7 +73,7 @@ class MqttReplyPublisher(MqttPublisher):
 
     def _properties(self, row: OutboxRow) -> Properties | None:
         headers, correlation = protocol_headers(row)
-        properties = super()._properties(dataclasses.replace(row, headers=headers))
+        properties = super()._properties(row._replace(headers=headers))
         if properties is not None and correlation is not None:
             try:
                 properties.CorrelationData = base64.b64decode(correlation, validate=True)

@@ -998,117 +998,21 @@ WITH held AS (
 SELECT (SELECT count(*) FROM held) AS held, (SELECT count(*) FROM messages) AS messages,
        (SELECT count(*) FROM children) AS children;
 
--- name: outbox_claim_lock
--- Claims of one output take turns (a transaction-scoped lock, a statement of its own so the
--- claim after it sees every lease committed before): a key in flight with one relay is then
--- never claimed by another, which keeps the order per key. With claims taking turns, and a
--- row in flight named by a lease, a claim needs no row locks (locking a row writes it).
-SELECT pg_advisory_xact_lock(hashtextextended('jobwire.outbox:' || $1::text, 0));
-
--- name: outbox_expire_leases
--- Leases of output $1 that expired (their relay died, or could not reach the store to
--- settle them): deleted, and an attempt counted on each of their rows still unsent, as the
--- relay would have counted it (a row that kills its relay each time shows it). Few leases
--- and no index but the key: a scan of a table that holds only the batches in flight.
--- A lease its relay is settling right now (locked) is passed over, not waited for: the
--- relay locks its lease, then the rows, and so does this, so no two wait on each other.
-WITH expired AS (
-    DELETE FROM outbox_leases WHERE id IN (
-        SELECT id FROM outbox_leases WHERE output = $1 AND lease_until <= now()
-        FOR UPDATE SKIP LOCKED)
-    RETURNING ids
-)
-UPDATE outbox SET attempts = attempts + 1,
-                  last_error = 'lease expired: the relay that claimed it did not settle it'
-WHERE id = ANY(ARRAY(SELECT unnest(ids) FROM expired))
-  AND sent_at IS NULL AND failed_at IS NULL;
-
 -- name: outbox_claim
--- Lease up to $2 unsent rows of output $1 for $3 seconds, in id order, skipping every row
--- whose key (or, without a key, whose job) still has a row in flight (named by a live
--- lease, neither sent nor set aside): those wait for it, one after another. Rows set aside
--- (failed_at) are never claimed. The lease is one row of outbox_leases naming the ids taken
--- (see 0014); the rows themselves are not written. The in-flight set is small (batches x
--- relays), read once by primary key, and checked through hashed subplans.
--- Planner steering, as for complete_jobs (a queue table's statistics are always stale):
--- the primary key also gives id order, and walking it the planner stepped over every sent
--- row still kept for retention; "ORDER BY created_at, id" is the order only the partial
--- outbox_unsent index has (created_at first: a transaction's rows share it, and its
--- rows' ids, in call order, break the tie). The rows are read by "id = ANY(ARRAY(...))":
--- primary-key lookups, not a hash of the whole table.
--- ($4, $5): where the relay's previous claim ended, so a relay draining a backlog starts the
--- index scan there instead of stepping over the entries of every row it sent since the last
--- vacuum; ('-infinity', 0) reads from the start, which the relay does whenever it has
--- caught up or something went wrong (rows released, a lease expired, a late commit).
--- (skipped_at, skipped_id): the first row from ($4, $5) on that this claim did not take (a
--- busy key's, or one past the limit). The next claim must start there, not after the last
--- row taken: starting after a skipped row would hand out a newer row of its key before it.
--- attempts: the try this claim is (the stored count is of tries settled: sent, failed, or
--- lost with an expired lease). headers: NULL for none, so most rows skip the JSON decode.
-WITH live AS MATERIALIZED (
-    SELECT o.id, o.key, o.job_id FROM outbox o
-    WHERE o.id = ANY(ARRAY(SELECT unnest(l.ids) FROM outbox_leases l
-                           WHERE l.output = $1 AND l.lease_until > now()))
-      AND o.sent_at IS NULL AND o.failed_at IS NULL
-), picked AS MATERIALIZED (
-    SELECT o.id FROM outbox o
-    WHERE o.output = $1 AND o.sent_at IS NULL AND o.failed_at IS NULL
-      AND (o.created_at, o.id) > ($4::timestamptz, $5::bigint)
-      AND o.id NOT IN (SELECT id FROM live)
-      AND (o.key IS NULL OR o.key NOT IN (SELECT key FROM live WHERE key IS NOT NULL))
-      AND (o.key IS NOT NULL OR o.job_id IS NULL OR o.job_id NOT IN (
-          SELECT job_id FROM live WHERE key IS NULL AND job_id IS NOT NULL))
-    ORDER BY o.created_at, o.id
-    LIMIT $2
-), skipped AS MATERIALIZED (
-    SELECT s.created_at, s.id FROM outbox s
-    WHERE s.output = $1 AND s.sent_at IS NULL AND s.failed_at IS NULL
-      AND (s.created_at, s.id) > ($4::timestamptz, $5::bigint)
-      AND s.id NOT IN (SELECT id FROM picked)
-    ORDER BY s.created_at, s.id
-    LIMIT 1
-), leased AS (
-    -- Runs whether or not the query below reads it (a data-modifying WITH always does).
-    INSERT INTO outbox_leases (output, ids, lease_until)
-    SELECT $1, array_agg(id), now() + make_interval(secs => $3) FROM picked
-    HAVING count(*) > 0
-    RETURNING id
-)
-SELECT o.id, o.job_id, o.n, o.key, NULLIF(o.headers, '{}') AS headers, o.body,
-       o.attempts + 1 AS attempts,
-       o.created_at,
-       (SELECT created_at FROM skipped) AS skipped_at, (SELECT id FROM skipped) AS skipped_id,
-       (SELECT id FROM leased) AS lease_id
-FROM outbox o WHERE o.id = ANY(ARRAY(SELECT id FROM picked));
+-- A relay's claim in one round trip (migration 0016, where the statements are and why): the
+-- batch before marked sent ($6, out of the relay's leases $7), dead relays' leases expired,
+-- then up to $2 unsent rows of output $1 leased for $3 seconds from ($4, $5) on, in claim
+-- order; the first row also carries where the next claim resumes and the new lease's id.
+SELECT * FROM outbox_claim($1, $2, $3, $4, $5, $6::bigint[], $7::bigint[]);
 
 -- name: outbox_unlease
--- Take rows $1 out of the leases that name them, and return those rows: only leases $2 (the
--- caller's own), or any lease when $2 is NULL (an operator's tools). A relay whose lease
--- expired and was taken over gets none of its rows back, so it cannot free or charge rows
--- another relay now holds. The caller then settles them (marks, releases or sets them
--- aside) in this transaction, after this statement: a lease is locked before its rows, as
--- outbox_expire_leases locks them. A lease left with none is deleted, one with others left
--- keeps those. The usual case is a whole batch marked at once: its lease is deleted. The
--- ids are matched through a hash (a lease names up to a batch of rows, $1 as many).
-WITH hit AS MATERIALIZED (
-    SELECT l.id, array_agg(x.id) AS taken
-    FROM outbox_leases l CROSS JOIN LATERAL unnest(l.ids) AS x(id)
-    WHERE ($2::bigint[] IS NULL OR l.id = ANY($2::bigint[]))
-      AND x.id IN (SELECT unnest($1::bigint[]))
-    GROUP BY l.id
-), emptied AS (
-    DELETE FROM outbox_leases l USING hit
-    WHERE l.id = hit.id AND cardinality(hit.taken) >= cardinality(l.ids)
-), shrunk AS (
-    UPDATE outbox_leases l SET ids = ARRAY(SELECT x FROM unnest(l.ids) x WHERE x <> ALL($1))
-    FROM hit WHERE l.id = hit.id AND cardinality(hit.taken) < cardinality(l.ids)
-)
-SELECT unnest(taken) AS id FROM hit;
+-- Take rows $1 out of the leases that name them ($2, or any when NULL) and return those
+-- rows (migration 0016); the caller settles them next, in its transaction.
+SELECT id FROM outbox_unlease($1::bigint[], $2::bigint[]) AS id;
 
 -- name: outbox_mark_sent
--- attempts: a try settled (sent).
-UPDATE outbox SET sent_at = now(), last_error = NULL, attempts = attempts + 1
-WHERE id = ANY($1::bigint[]) AND sent_at IS NULL;
+-- Rows $1 confirmed by the broker: out of leases $2 (NULL: any), then marked sent.
+SELECT outbox_mark_sent($1::bigint[], $2::bigint[]);
 
 -- name: outbox_release
 -- Rows a relay could not send through no fault of theirs (the batch ahead failed, the relay
