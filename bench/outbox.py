@@ -10,9 +10,10 @@ For each output type (AMQP, Kafka on tansu, MQTT, STOMP):
    them (claim with a lease, publish, confirm, mark) with the same batch size; the time is
    first claim -> every row marked sent.
 
-Prints messages per second of both and the ratio (target: relay >= 70% of bare).
+Bare and relay alternate for ``--rounds`` rounds; prints the medians of both, the median of
+the rounds' ratios (target: relay >= 70% of bare) and each round's ratio.
 
-    .venv/bin/python bench/outbox.py --messages 20000 --batch 500
+    .venv/bin/python bench/outbox.py --messages 20000 --batch 500 --rounds 3
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -196,12 +198,34 @@ async def amqp_queue() -> AsyncIterator[str]:
             await queue.delete(if_unused=False, if_empty=False)
 
 
-async def main(n: int, batch: int, only: list[str]) -> None:
-    results: list[tuple[str, float, float]] = []
+async def rounds(
+    count: int, bare: Callable[[], Awaitable[float]], relay: Callable[[], Awaitable[float]]
+) -> tuple[list[float], list[float]]:
+    """``count`` rounds of bare then relay, alternating: this machine's speed wanders from
+    one second to the next, and a ratio of two measures taken side by side wanders less."""
+    bares: list[float] = []
+    relays: list[float] = []
+    for _ in range(count):
+        bares.append(await bare())
+        relays.append(await relay())
+    return bares, relays
+
+
+async def main(n: int, batch: int, only: list[str], count: int) -> None:
+    results: list[tuple[str, list[float], list[float]]] = []
     if "amqp" in only:
         async with amqp_queue() as queue:
             config = output_config({"type": "amqp", "routing_key": queue}, batch)
-            results.append(("amqp", await bare_amqp(queue, n, batch), await relay_rate(config, n)))
+            results.append(
+                (
+                    "amqp",
+                    *await rounds(
+                        count,
+                        lambda: bare_amqp(queue, n, batch),
+                        lambda: relay_rate(config, n),
+                    ),
+                )
+            )
     if "kafka" in only:
         with tempfile.TemporaryDirectory() as tmp:
             broker = TansuBroker(Path(tmp) / "tansu.log").start()
@@ -217,27 +241,54 @@ async def main(n: int, batch: int, only: list[str]) -> None:
                     },
                     batch,
                 )
-                bare = await bare_kafka(broker.bootstrap, topic, n, batch)
-                results.append(("kafka", bare, await relay_rate(config, n)))
+                results.append(
+                    (
+                        "kafka",
+                        *await rounds(
+                            count,
+                            lambda: bare_kafka(broker.bootstrap, topic, n, batch),
+                            lambda: relay_rate(config, n),
+                        ),
+                    )
+                )
             finally:
                 broker.stop()
     if "mqtt" in only:
         topic = f"jw-bench/{socket.gethostname()}/{uuid.uuid4().hex[:6]}"
         config = output_config({"type": "mqtt", "topic": topic}, batch)
-        results.append(("mqtt", await bare_mqtt(topic, n, batch), await relay_rate(config, n)))
+        results.append(
+            (
+                "mqtt",
+                *await rounds(
+                    count, lambda: bare_mqtt(topic, n, batch), lambda: relay_rate(config, n)
+                ),
+            )
+        )
     if "stomp" in only:
-        async with amqp_queue() as queue:
-            config = output_config({"type": "stomp", "destination": f"/amq/queue/{queue}"}, batch)
-            bare = await bare_stomp(config, n, batch)
-            async with amqp_queue() as second:
-                config = output_config(
-                    {"type": "stomp", "destination": f"/amq/queue/{second}"}, batch
+        async with amqp_queue() as queue, amqp_queue() as second:
+            bare_config = output_config(
+                {"type": "stomp", "destination": f"/amq/queue/{queue}"}, batch
+            )
+            config = output_config({"type": "stomp", "destination": f"/amq/queue/{second}"}, batch)
+            results.append(
+                (
+                    "stomp",
+                    *await rounds(
+                        count,
+                        lambda: bare_stomp(bare_config, n, batch),
+                        lambda: relay_rate(config, n),
+                    ),
                 )
-                results.append(("stomp", bare, await relay_rate(config, n)))
-    print(f"outbox relay, {n} messages, batches of {batch}")
-    print(f"{'protocol':<8} {'bare msg/s':>12} {'relay msg/s':>12} {'ratio':>7}")
-    for name, bare, relay in results:
-        print(f"{name:<8} {bare:>12,.0f} {relay:>12,.0f} {relay / bare:>7.0%}")
+            )
+    print(f"outbox relay, {n} messages, batches of {batch}, {count} alternating rounds (medians)")
+    print(f"{'protocol':<8} {'bare msg/s':>12} {'relay msg/s':>12} {'ratio':>7}  rounds")
+    for name, bares, relays in results:
+        ratios = [r / b for b, r in zip(bares, relays, strict=True)]
+        each = ", ".join(f"{r:.0%}" for r in ratios)
+        print(
+            f"{name:<8} {statistics.median(bares):>12,.0f} {statistics.median(relays):>12,.0f}"
+            f" {statistics.median(ratios):>7.0%}  {each}"
+        )
 
 
 if __name__ == "__main__":
@@ -247,5 +298,6 @@ if __name__ == "__main__":
     parser.add_argument(
         "--only", nargs="*", default=["amqp", "kafka", "mqtt", "stomp"], help="protocols"
     )
+    parser.add_argument("--rounds", type=int, default=3, help="alternating bare/relay rounds")
     args = parser.parse_args()
-    run(main(args.messages, args.batch, args.only))
+    run(main(args.messages, args.batch, args.only, args.rounds))

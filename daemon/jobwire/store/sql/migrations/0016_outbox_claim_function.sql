@@ -39,12 +39,20 @@ ALTER FUNCTION outbox_unlease(bigint[], bigint[]) SET search_path FROM CURRENT;
 
 -- Mark rows `ids` sent (the broker confirmed them), out of `leases` (NULL: any). A mark
 -- applies even to rows whose lease was taken over: the broker has them. attempts: a try
--- settled (sent).
+-- settled (sent). The usual mark is of one whole batch, `ids` in the order its lease names
+-- them: the lease is deleted by its key, without matching the ids one by one.
 CREATE FUNCTION outbox_mark_sent(ids bigint[], leases bigint[]) RETURNS void
     LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 AS $$
 BEGIN
-    PERFORM count(*) FROM outbox_unlease(ids, leases);
+    IF cardinality(leases) = 1 THEN
+        DELETE FROM outbox_leases l WHERE l.id = leases[1] AND l.ids = outbox_mark_sent.ids;
+        IF NOT FOUND THEN
+            PERFORM count(*) FROM outbox_unlease(ids, leases);
+        END IF;
+    ELSE
+        PERFORM count(*) FROM outbox_unlease(ids, leases);
+    END IF;
     UPDATE outbox o SET sent_at = now(), last_error = NULL, attempts = o.attempts + 1
     WHERE o.id = ANY(ids) AND o.sent_at IS NULL;
 END
@@ -142,7 +150,8 @@ BEGIN
     ), leased AS (
         -- Runs whether or not the query below reads it (a data-modifying WITH always does).
         INSERT INTO outbox_leases (output, ids, lease_until)
-        SELECT output_name, array_agg(p.id), now() + make_interval(secs => lease_seconds)
+        SELECT output_name, array_agg(p.id ORDER BY p.created_at, p.id),
+               now() + make_interval(secs => lease_seconds)
         FROM picked p
         HAVING count(*) > 0
         RETURNING outbox_leases.id
