@@ -127,7 +127,9 @@ class PgOutbox(PgBase):
                 list(sent),
                 None if leases is None else list(leases),
             )
-        claim = Claim(map(_row, records))  # in claim order
+        # In claim order (the function's ORDER BY, kept by SELECT * over it): the relay's
+        # whole-batch mark names the ids in this order, as the lease does.
+        claim = Claim(map(_row, records))
         if records:  # the claim's own columns are on its first row only
             first = records[0]
             claim.lease = first["lease_id"]

@@ -16,7 +16,9 @@ from jobwire.maintenance import Maintenance
 from jobwire.models import JobSpec, JobStatus, Outcome
 from jobwire.store.base import ClaimRequest
 from jobwire.store.memory import MemoryStore
+from jobwire.store.pg_outbox import EARLIEST
 from jobwire.store.postgres import PostgresStore
+from tests.support.waiting import wait_for
 
 Store = Any  # either store: both have every role
 
@@ -45,6 +47,15 @@ async def leases_left(store: Store) -> int:
         return len(store.outbox_leases)
     async with store._pool.acquire() as conn:
         return int(await conn.fetchval("SELECT count(*) FROM outbox_leases"))
+
+
+async def _waits_on_an_advisory_lock(store: PostgresStore) -> bool:
+    async with store._pool.acquire() as conn:
+        return bool(
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            )
+        )
 
 
 def succeeded(job_id: int, fx: Effects) -> EffectfulOutcome:
@@ -135,6 +146,65 @@ class OutboxContract:
         )
         assert [r.n for r in third] == [2, 4]
 
+    async def test_a_claim_resumes_before_a_passed_over_row_of_a_later_commit(
+        self, store: Store
+    ) -> None:
+        """As above, each row written by its own job's commit (its own created_at): the
+        position the next claim starts from is the passed-over row's, not another's."""
+        jobs = await running(store, 5)
+        for job, key in zip(jobs, ["k2", "k2", "k3", "k2", "k4"], strict=True):
+            fx = Effects([OutboxMessage("out", 1, b"x", key)])
+            assert await store.complete_many("w", [succeeded(job, fx)]) == 1
+        first = await store.claim_outbox("out", 1, 30.0)
+        assert [r.job_id for r in first] == jobs[:1]
+        second = await store.claim_outbox("out", 10, 30.0, after=first.resume)
+        assert [r.job_id for r in second] == [jobs[2], jobs[4]]
+        third = await store.claim_outbox(
+            "out",
+            10,
+            30.0,
+            after=second.resume,
+            sent=[r.id for r in first],
+            leases=[first.lease],
+        )
+        assert [r.job_id for r in third] == [jobs[1], jobs[3]]
+        assert await leases_left(store) == 2  # second's and third's; first's went with its mark
+
+    async def test_a_mark_of_part_of_a_batch_keeps_the_rest_leased(self, store: Store) -> None:
+        """A relay marks what the broker confirmed, out of its own lease: the rows not
+        confirmed stay in flight (their key waits) until settled; a whole batch marked in
+        any order, or through the next claim, leaves no lease behind."""
+        (a,) = await running(store, 1)
+        keys = ["k1", "k2", "k3"]
+        fx = Effects([OutboxMessage("out", n, b"x", k) for n, k in enumerate(keys, 1)])
+        await store.complete_many("w", [succeeded(a, fx)])
+        batch = await store.claim_outbox("out", 10, 30.0)
+        ids = [r.id for r in batch]
+        await store.mark_outbox_sent(ids[:2], [batch.lease])
+        assert await leases_left(store) == 1
+        assert await store.claim_outbox("out", 10, 30.0) == []  # k3's row is still out
+        await store.mark_outbox_sent(ids[2:], [batch.lease])
+        assert await leases_left(store) == 0
+        assert await store.outbox_pending() == {}
+
+        (b,) = await running(store, 1)
+        await store.complete_many("w", [succeeded(b, fx)])
+        batch = await store.claim_outbox("out", 10, 30.0)
+        await store.mark_outbox_sent([r.id for r in reversed(batch)], [batch.lease])
+        assert await leases_left(store) == 0
+        assert await store.outbox_pending() == {}
+
+        (c,) = await running(store, 1)
+        await store.complete_many("w", [succeeded(c, fx)])
+        batch = await store.claim_outbox("out", 10, 30.0)
+        ids = [r.id for r in batch]
+        # The relay's usual call: the previous batch marked by the next claim.
+        assert await store.claim_outbox("out", 10, 30.0, sent=ids[:2], leases=[batch.lease]) == []
+        assert await leases_left(store) == 1
+        assert await store.claim_outbox("out", 10, 30.0, sent=ids[2:], leases=[batch.lease]) == []
+        assert await leases_left(store) == 0
+        assert await store.outbox_pending() == {}
+
     async def test_a_failing_row_is_set_aside_and_its_key_goes_on(self, store: Store) -> None:
         (a,) = await running(store, 1)
         await store.complete_many("w", [succeeded(a, effects(a, 3, key="k"))])
@@ -214,6 +284,30 @@ class TestPostgresOutbox(OutboxContract):
     @pytest.fixture
     async def store(self, pg_store: PostgresStore) -> AsyncIterator[Store]:
         yield pg_store
+
+    async def test_a_claim_waiting_its_turn_sees_the_lease_taken_before_it(
+        self, store: PostgresStore
+    ) -> None:
+        """Claims of one output take turns; the one that waited sees the lease the one
+        before it committed, so a key in flight there is not handed out again."""
+        (a,) = await running(store, 1)
+        await store.complete_many("w", [succeeded(a, effects(a, 2, key="k"))])
+        async with store._pool.acquire() as conn:
+            holding = conn.transaction()
+            await holding.start()
+            try:
+                held = await conn.fetch(
+                    store._q["outbox_claim"], "out", 1, 30.0, EARLIEST, 0, [], None
+                )
+                assert [r["id"] for r in held] != []
+                waiting = asyncio.ensure_future(store.claim_outbox("out", 10, 30.0))
+                await wait_for(
+                    lambda: _waits_on_an_advisory_lock(store), timeout=10, what="a claim waiting"
+                )
+                assert not waiting.done()
+            finally:
+                await holding.commit()
+        assert await asyncio.wait_for(waiting, 10) == []  # k's second row waits for its first
 
     async def test_a_claim_does_not_wait_on_a_relay_settling_an_expired_lease(
         self, store: PostgresStore

@@ -2,10 +2,11 @@
 -- taking the batch before out of its lease and marking it sent, the claim lock, the expiry of
 -- dead relays' leases, the claim itself, COMMIT. Each waited for the server and then for the
 -- relay's event loop, which is busy publishing the batch in flight: the round trips, not the
--- work, set the relay's pace. These functions run the same statements in the same order
--- (a lease locked before its rows, everywhere) in one call. A VOLATILE PL/pgSQL function takes
--- a new snapshot for each statement, so the claim after the lock still sees every lease
--- committed before it, as it did as a statement of its own.
+-- work, set the relay's pace. These functions run the same statements in one call (a lease
+-- locked before its rows, everywhere; the claim lock now taken before the mark). A VOLATILE
+-- PL/pgSQL function takes a new snapshot for each statement (under READ COMMITTED,
+-- PostgreSQL's default), so the claim after the lock still sees every lease committed
+-- before it, as it did as a statement of its own.
 -- The migration runs with search_path set to jobwire's schema: each function pins it.
 
 -- Take rows `ids` out of the leases that name them, and return those rows: only leases
@@ -59,8 +60,8 @@ END
 $$;
 ALTER FUNCTION outbox_mark_sent(bigint[], bigint[]) SET search_path FROM CURRENT;
 
--- A relay's claim: first the batch before it marked sent (`sent`, out of `leases`), then up
--- to `max_rows` unsent rows of `output_name` leased for `lease_seconds`.
+-- A relay's claim: its turn, then the batch before it marked sent (`sent`, out of `leases`),
+-- then up to `max_rows` unsent rows of `output_name` leased for `lease_seconds`.
 --
 -- Claims of one output take turns (a transaction-scoped lock): a key in flight with one relay
 -- is then never claimed by another, which keeps the order per key. With claims taking turns,
@@ -109,10 +110,13 @@ CREATE FUNCTION outbox_claim(
 AS $$
 #variable_conflict use_column
 BEGIN
+    -- The turn first, then the mark: a claim never holds row locks while it waits for its
+    -- turn (a mark of rows whose lease was taken over, waiting here, could otherwise hold
+    -- the rows the claim ahead of it expires).
+    PERFORM pg_advisory_xact_lock(hashtextextended('jobwire.outbox:' || output_name, 0));
     IF cardinality(sent) > 0 THEN
         PERFORM outbox_mark_sent(sent, leases);
     END IF;
-    PERFORM pg_advisory_xact_lock(hashtextextended('jobwire.outbox:' || output_name, 0));
     WITH expired AS (
         DELETE FROM outbox_leases WHERE outbox_leases.id IN (
             SELECT l.id FROM outbox_leases l
@@ -156,9 +160,13 @@ BEGIN
         HAVING count(*) > 0
         RETURNING outbox_leases.id
     ), resume AS (
-        SELECT k.created_at AS at, k.id - 1 AS id FROM skipped k
-        UNION ALL
-        (SELECT p.created_at, p.id FROM picked p ORDER BY p.created_at DESC, p.id DESC LIMIT 1)
+        SELECT r.at, r.id FROM (
+            SELECT 0 AS pick, k.created_at AS at, k.id - 1 AS id FROM skipped k
+            UNION ALL
+            (SELECT 1, p.created_at, p.id FROM picked p
+             ORDER BY p.created_at DESC, p.id DESC LIMIT 1)
+        ) r
+        ORDER BY r.pick
         LIMIT 1
     )
     SELECT o.id, o.job_id, o.n, o.key, NULLIF(o.headers, '{}'), o.body, o.attempts + 1,
