@@ -127,8 +127,8 @@ class PgOutbox(PgBase):
                 list(sent),
                 None if leases is None else list(leases),
             )
-        # In claim order (the function's ORDER BY, kept by SELECT * over it): the relay's
-        # whole-batch mark names the ids in this order, as the lease does.
+        # In claim order (the function's ORDER BY, which the statement over it keeps): the
+        # relay's whole-batch mark names the ids in this order, as the lease does.
         claim = Claim(map(_row, records))
         if records:  # the claim's own columns are on its first row only
             first = records[0]
