@@ -36,6 +36,7 @@ from jobwire.adapters.stomp.bridge import (
     FRAME_HEADERS,
     NOT_FORWARDED,
     Bridge,
+    ack_frames,
     quiet_disconnect,
 )
 from jobwire.adapters.stomp.config import StompSource
@@ -304,11 +305,12 @@ class StompAdapter(Adapter):
             return
 
         def send() -> None:
+            if action == "ack":
+                # One write for the batch: stomp.py writes (and locks the socket) per frame.
+                conn.transport.send(ack_frames(current))
+                return
             for ack_id in current:
-                if action == "ack":
-                    conn.ack(ack_id)
-                else:
-                    conn.nack(ack_id)  # RabbitMQ and ActiveMQ redeliver a NACKed message
+                conn.nack(ack_id)  # RabbitMQ and ActiveMQ redeliver a NACKed message
 
         try:
             async with self._write_lock:
