@@ -305,12 +305,17 @@ class StompAdapter(Adapter):
             return
 
         def send() -> None:
-            if action == "ack":
+            if action == "ack" and conn.transport.blocking:
                 # One write for the batch: stomp.py writes (and locks the socket) per frame.
+                # Not over TLS: there stomp.py's socket does not block, and its receiver
+                # thread writes every frame from a queue.
                 conn.transport.send(ack_frames(current))
                 return
             for ack_id in current:
-                conn.nack(ack_id)  # RabbitMQ and ActiveMQ redeliver a NACKed message
+                if action == "ack":
+                    conn.ack(ack_id)
+                else:
+                    conn.nack(ack_id)  # RabbitMQ and ActiveMQ redeliver a NACKed message
 
         try:
             async with self._write_lock:
