@@ -34,7 +34,7 @@ from jobwire.routing import Router
 from jobwire.scheduler import Scheduler
 from jobwire.sdnotify import sd_notify as _sd_notify
 from jobwire.sdnotify import watchdog_interval as _watchdog_interval
-from jobwire.services import LoopService, Service, ServiceGroup
+from jobwire.services import LoopService, Service, ServiceGroup, cancel_until_done
 from jobwire.store.base import JobStore, StoreRefused, StoreUnavailable
 from jobwire.store.embedded import EmbeddedPostgres
 from jobwire.store.migrate import check_schema_at
@@ -223,9 +223,7 @@ class Source:
         """Stop consuming, store and settle what was taken, then disconnect."""
         await self.adapter.pause()
         await self.intake.drain(timeout)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_until_done(self._tasks)
 
     def describe(self) -> dict[str, Any]:
         """State and counters, for stats."""

@@ -90,3 +90,19 @@ class LoopService:
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait({self._task}, timeout=self._stop_wait)
+
+
+async def cancel_until_done(tasks: Sequence[asyncio.Task[Any]], again_after: float = 1.0) -> None:
+    """Cancel ``tasks`` and wait until every one has ended, cancelling again each
+    ``again_after`` seconds: a cancellation can be swallowed (in Python 3.11,
+    ``asyncio.wait_for`` returns the result of an inner task that finished as it was
+    cancelled, and broker clients connect through it), and a stop must not wait forever on a
+    task that carried on. Exceptions are retrieved, not raised (the task is being stopped)."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=again_after)
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()
