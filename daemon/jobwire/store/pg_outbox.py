@@ -143,16 +143,15 @@ class PgOutbox(PgBase):
         ids: Sequence[int],
         leases: Sequence[int] | None,
         *args: object,
-        held_only: bool,
     ) -> list[asyncpg.Record]:
-        """Take rows ``ids`` out of ``leases`` (None: any) and run a settling statement, in
-        the caller's transaction (leases first: the lock order the claim's expiry keeps):
-        on every row of ``ids``, or with ``held_only`` (and ``leases`` given) only on those
-        the leases still held."""
+        """Take rows ``ids`` out of ``leases`` and run a settling statement on those the
+        leases still held (``leases`` None: on every row of ``ids``, whichever lease names
+        it), in the caller's transaction (leases first: the lock order the claim's expiry
+        keeps)."""
         taken = await conn.fetch(
             self._q["outbox_unlease"], list(ids), None if leases is None else list(leases)
         )
-        if held_only and leases is not None:
+        if leases is not None:
             ids = [r["id"] for r in taken]
             if not ids:
                 return []
@@ -176,9 +175,7 @@ class PgOutbox(PgBase):
         """Free rows a relay could not send (those ``leases`` still hold), with the reason."""
         if ids:
             async with guard("outbox release"), self._pool.acquire() as conn, conn.transaction():
-                await self._settled(
-                    conn, "outbox_release", ids, leases, error[:2000], held_only=True
-                )
+                await self._settled(conn, "outbox_release", ids, leases, error[:2000])
 
     async def fail_outbox(
         self,
@@ -202,7 +199,6 @@ class PgOutbox(PgBase):
                 error[:2000],
                 max_attempts,
                 list(permanent),
-                held_only=True,
             )
         return [r["id"] for r in records if r["parked"]]
 
