@@ -19,7 +19,7 @@ import stomp
 
 from jobwire import Client, JobSpec
 from jobwire.adapters.stomp import StompAdapter, StompSource
-from jobwire.adapters.stomp import adapter as stomp_adapter
+from jobwire.adapters.stomp import settle as stomp_settle
 from tests.integration.brokers.base import BrokerSuite, Outage, rabbitmqctl
 from tests.support import hostile as h
 from tests.support.daemon import jobwire, write_config
@@ -224,8 +224,8 @@ class TestStomp(BrokerSuite):
         connection is given up, so the original is not acked then; it comes back and is
         kept as a failed job. Copies may repeat; the original is never lost."""
         destination = target
-        monkeypatch.setattr(StompAdapter, "_on_receipt", lambda self, frame: None)
-        monkeypatch.setattr(stomp_adapter, "DEAD_LETTER_TIMEOUT", 0.5)
+        monkeypatch.setattr(stomp_settle.Settlement, "on_receipt", lambda self, frame: None)
+        monkeypatch.setattr(stomp_settle, "DEAD_LETTER_TIMEOUT", 0.5)
         async with dead_letter_queue(destination) as (dead_letters, dlq):
             config = self.config(
                 database_url,

@@ -7,11 +7,8 @@ thread, never on the loop, because stomp.py's socket writes block. Reconnecting 
 shared supervisor's job, never the listener's: a lost connection (including missed
 heart-beats) ends the session, and the supervisor builds a fresh connection.
 
-Dead-lettering is done here, not by the broker: a STOMP NACK without requeue makes RabbitMQ
-drop the message. A poison message is SENT to ``dead_letter_destination`` with a receipt,
-and the original is ACKed only once the RECEIPT is in. Without it (timeout, connection
-lost) the connection is ended, so the original comes back: a copy may be sent twice, but a
-message is never lost.
+Deliveries are settled (ACK, NACK, dead-letter copies confirmed by RECEIPT) by
+``settle.Settlement``, which the adapter owns and tells of each connection.
 """
 
 from __future__ import annotations
@@ -32,20 +29,13 @@ from jobwire.adapters.base import (
     SourceState,
 )
 from jobwire.adapters.stomp import frames as stomp_frames
-from jobwire.adapters.stomp.bridge import (
-    FRAME_HEADERS,
-    NOT_FORWARDED,
-    Bridge,
-    ack_frames,
-    quiet_disconnect,
-)
+from jobwire.adapters.stomp.bridge import FRAME_HEADERS, Bridge, quiet_disconnect
 from jobwire.adapters.stomp.config import StompSource
+from jobwire.adapters.stomp.settle import Settlement
 from jobwire.config import SourceBase
 
 DEFAULT_DEDUP = "header:amqp-message-id"
 ACTIVEMQ_DEDUP = "property:message_id"
-# How long a dead-lettered copy's RECEIPT may take before the connection is given up.
-DEAD_LETTER_TIMEOUT = 10.0
 
 
 class StompAdapter(Adapter):
@@ -60,20 +50,23 @@ class StompAdapter(Adapter):
         # ActiveMQ's message-id is the JMS id, kept across redeliveries; RabbitMQ's names
         # the delivery, so there the publisher's amqp-message-id header is the key.
         self.default_dedup = ACTIVEMQ_DEDUP if cfg.flavor == "activemq" else DEFAULT_DEDUP
-        # Each connection gets a generation (the base's): an ack id is only valid on its own
-        # connection.
-        self._conn: stomp.Connection12 | None = None
         self._resumed = asyncio.Event()
         self._resumed.set()
         self._end_session: Callable[[str], None] | None = None
         self._subscribed = False
         self._write_lock = asyncio.Lock()
-        # Dead-lettered copies waiting for their RECEIPT, by receipt id (current connection).
-        self._receipts: dict[str, asyncio.Future[None]] = {}
-        self.dead_letter_failures = 0  # copies not confirmed (their originals came back)
+        # ACKs, NACKs and dead-letter copies, written under the same lock as SUBSCRIBE. Each
+        # connection gets a generation (the base's): an ack id is only valid on its own
+        # connection.
+        self._settle = Settlement(cfg, self._write_lock, self.is_current, self._dropped)
         # The reader this source's connections use: chosen now, so stats show it before the
         # first connection (each connection asks again; the choice is per process).
         self._frame_reader = stomp_frames.reader_name(stomp_frames.connection_class())
+
+    @property
+    def dead_letter_failures(self) -> int:
+        """Dead-letter copies not confirmed (their originals came back)."""
+        return self._settle.dead_letter_failures
 
     def describe(self) -> dict[str, Any]:
         """State for stats, with the frame reader in use ("nul-safe" or "stomp.py")."""
@@ -120,23 +113,23 @@ class StompAdapter(Adapter):
 
         conn = self._new_connection()
         conn.set_listener(
-            "jobwire", Bridge(loop, self._on_frame, on_lost, self._on_error, self._on_receipt)
+            "jobwire",
+            Bridge(loop, self._on_frame, on_lost, self._on_error, self._settle.on_receipt),
         )
         self._end_session = on_lost
         try:
             await asyncio.to_thread(conn.connect, self.cfg.username, self.cfg.password, wait=True)
             self._new_generation()
-            self._conn = conn
+            self._settle.attach(conn, on_lost)
             self._subscribed = False
-            await self._subscribe()
+            await self._subscribe(conn)
             reason = await lost
             if reason == "paused":
                 return  # not an outage: supervise() sees PAUSED; the next session waits
             raise ConnectionError(f"STOMP connection lost: {reason}")
         finally:
             self._end_session = None
-            self._fail_receipts(f"connection ended ({lost.result() if lost.done() else 'closed'})")
-            self._conn = None
+            self._settle.detach(f"connection ended ({lost.result() if lost.done() else 'closed'})")
             self._subscribed = False
             await asyncio.to_thread(quiet_disconnect, conn)
 
@@ -154,9 +147,8 @@ class StompAdapter(Adapter):
             )
         return headers
 
-    async def _subscribe(self) -> None:
-        conn = self._conn
-        if conn is None or self._subscribed:
+    async def _subscribe(self, conn: stomp.Connection12) -> None:
+        if self._subscribed:
             return
         async with self._write_lock:
             await asyncio.to_thread(
@@ -175,29 +167,13 @@ class StompAdapter(Adapter):
             message=frame.headers.get("message"),
             detail=(frame.body or b"")[:200],
         )
-        # An ERROR about a SEND names its receipt: that dead-letter copy was refused.
-        waiter = self._receipts.pop(frame.headers.get("receipt-id", ""), None)
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(
-                ConnectionError(f"broker refused the copy: {frame.headers.get('message')}")
-            )
-
-    def _on_receipt(self, frame: Frame) -> None:
-        waiter = self._receipts.pop(frame.headers.get("receipt-id", ""), None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _fail_receipts(self, reason: str) -> None:
-        """The connection is gone: no RECEIPT will come for what it sent."""
-        receipts, self._receipts = self._receipts, {}
-        for waiter in receipts.values():
-            if not waiter.done():
-                waiter.set_exception(ConnectionError(reason))
+        self._settle.on_error(frame)
 
     def _on_frame(self, frame: Frame) -> None:
         headers: dict[str, str] = dict(frame.headers)
         ack_id = headers.get("ack") or headers.get("message-id", "")
         generation = self._generation
+        settle = self._settle
         body = frame.body if isinstance(frame.body, bytes) else str(frame.body or "").encode()
         content_type = headers.get("content-type")
         message = Message(
@@ -210,132 +186,28 @@ class StompAdapter(Adapter):
                 "redelivered": headers.get("redelivered") == "true",
             },
             content_type=content_type.split(";")[0].strip() if content_type else None,
-            ack=lambda: self._write([(generation, ack_id)], "ack"),
+            ack=lambda: settle.write([(generation, ack_id)], "ack"),
             # Without requeue, a NACK would make RabbitMQ drop it: dead-letter it instead.
             nack=lambda requeue: (
-                self._write([(generation, ack_id)], "nack")
+                settle.write([(generation, ack_id)], "nack")
                 if requeue
-                else self._dead_letter(generation, ack_id, headers, body)
+                else settle.dead_letter(generation, ack_id, headers, body)
             ),
-            reject=lambda reason=None: self._dead_letter(generation, ack_id, headers, body, reason),
+            reject=lambda reason=None: settle.dead_letter(
+                generation, ack_id, headers, body, reason
+            ),
             raw=(generation, ack_id),
         )
         assert self._sink is not None
         self._sink(message)
 
-    async def _dead_letter(
-        self,
-        generation: int,
-        ack_id: str,
-        headers: dict[str, str],
-        body: bytes,
-        reason: str | None = None,
-    ) -> None:
-        """SEND a copy to the dead-letter destination, await its RECEIPT, then ACK the
-        original. Raises if the copy is not confirmed; the original then comes back."""
-        destination = self.cfg.dead_letter_destination
-        if destination is None:
-            # The config refuses on_invalid dead-letter without one; a NACK would drop it.
-            raise RuntimeError(f"source {self.name} has no dead_letter_destination")
-        conn, end_session = self._conn, self._end_session
-        if conn is None or end_session is None or not self.is_current(generation):
-            raise ConnectionError("the connection it came on is closed; the broker redelivers it")
-        receipt = f"jobwire-dead-letter-{uuid.uuid4().hex}"
-        extra = {k: v for k, v in headers.items() if k not in NOT_FORWARDED}
-        extra.update(
-            {
-                "persistent": "true",
-                "x-jobwire-reason": (reason or "invalid message (on_invalid: dead-letter)")[:500],
-                "x-jobwire-source": self.name,
-                "x-jobwire-original-destination": headers.get("destination", ""),
-                "x-jobwire-original-message-id": headers.get("message-id", ""),
-                "receipt": receipt,
-            }
-        )
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._receipts[receipt] = waiter
-        try:
-            async with self._write_lock:
-                await asyncio.to_thread(
-                    conn.send,
-                    destination,
-                    body,
-                    content_type=headers.get("content-type"),
-                    headers=extra,
-                )
-            async with asyncio.timeout(DEAD_LETTER_TIMEOUT):
-                await waiter
-        except Exception as exc:
-            self.dead_letter_failures += 1
-            # Unconfirmed: end that connection (if it is not over already), so that the
-            # original and every other unacknowledged delivery go back to the broker. No
-            # frame is written on it any more, so the outcome is the same whatever the
-            # intake does next: an ACK racing the disconnect is dropped, not half-applied.
-            if self.is_current(generation):
-                self._conn = None
-            end_session(f"dead-letter copy not confirmed: {type(exc).__name__}")
-            raise ConnectionError(
-                f"dead-letter copy to {destination} not confirmed: {type(exc).__name__}: {exc}"
-            ) from exc
-        finally:
-            self._receipts.pop(receipt, None)
-        # The copy is safe: now the original may go. If this ACK is lost, the original comes
-        # back and is copied again (a duplicate in the dead-letter queue, never a loss).
-        await self._write([(generation, ack_id)], "ack")
-
-    async def _write(self, items: Sequence[tuple[int, str]], action: str) -> None:
-        """Send ACK or NACK (requeue) frames for the current connection's deliveries, off
-        the loop."""
-        conn = self._conn
-        current = [ack_id for generation, ack_id in items if self.is_current(generation)]
-        # Delivered on a connection that has since died: the broker redelivers them.
-        self._dropped(
-            len(items) if conn is None else len(items) - len(current),
-            "connection closed",
-            action=action,
-        )
-        if conn is None or not current:
-            return
-        if action == "nack" and self.cfg.flavor == "activemq":
-            # ActiveMQ takes a STOMP NACK as a poison acknowledgement and moves the message
-            # to ActiveMQ.DLQ at once, out of jobwire's sight. Ending the connection gives
-            # every unacknowledged delivery back to the queue instead, marked redelivered,
-            # with its message-id (the dedup key) unchanged.
-            self._give_back_all("requeue on ActiveMQ: reconnect")
-            return
-
-        def send() -> None:
-            if action == "ack" and conn.transport.blocking:
-                # One write for the batch: stomp.py writes (and locks the socket) per frame.
-                # Not over TLS: there stomp.py's socket does not block, and its receiver
-                # thread writes every frame from a queue.
-                conn.transport.send(ack_frames(current))
-                return
-            for ack_id in current:
-                if action == "ack":
-                    conn.ack(ack_id)
-                else:
-                    conn.nack(ack_id)  # RabbitMQ and ActiveMQ redeliver a NACKed message
-
-        try:
-            async with self._write_lock:
-                await asyncio.to_thread(send)
-        except Exception as exc:  # noqa: BLE001 - the session notices the dead connection
-            self._dropped(len(current), f"{type(exc).__name__}: {exc}", action=action)
-
-    def _give_back_all(self, reason: str) -> None:
-        """End the current connection: the broker redelivers what it had not been ACKed."""
-        if self._end_session is not None:
-            self._conn = None  # nothing more is written on it; its acks are dropped
-            self._end_session(reason)
-
     async def ack_many(self, messages: Sequence[Message]) -> None:
         """All ACKs of a batch in one trip to the writer thread."""
-        await self._write([m.raw for m in messages], "ack")
+        await self._settle.write([m.raw for m in messages], "ack")
 
     async def requeue_many(self, messages: Sequence[Message]) -> None:
         """All NACKs of a batch in one trip to the writer thread."""
-        await self._write([m.raw for m in messages], "nack")
+        await self._settle.write([m.raw for m in messages], "nack")
 
     async def _on_pause(self) -> None:
         """Disconnect until resume(): every unacknowledged delivery goes back to the broker.
