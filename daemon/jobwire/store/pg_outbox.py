@@ -115,7 +115,7 @@ class PgOutbox(PgBase):
         since, since_id = EARLIEST, 0
         if after is not None and after.created_at is not None:
             since, since_id = after.created_at, after.id
-        # One statement, its own transaction (see outbox_claim in migration 0016).
+        # One statement, its own transaction (see outbox_claim in migrations 0016 and 0017).
         async with guard("outbox claim"), self._pool.acquire() as conn:
             records = await conn.fetch(
                 self._q["outbox_claim"],
