@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import pytest
 
 from jobwire.config import RetentionConfig
@@ -308,6 +309,25 @@ class TestPostgresOutbox(OutboxContract):
             finally:
                 await holding.commit()
         assert await asyncio.wait_for(waiting, 10) == []  # k's second row waits for its first
+
+    @pytest.mark.parametrize("isolation", ["repeatable_read", "serializable"])
+    async def test_a_claim_refuses_an_isolation_that_would_hide_the_lease_ahead(
+        self, store: PostgresStore, isolation: str
+    ) -> None:
+        """Under a stricter isolation the claim would read from the snapshot taken before
+        its turn, without the lease of the claim ahead: it refuses, with the setting to
+        change, and takes nothing."""
+        (a,) = await running(store, 1)
+        await store.complete_many("w", [succeeded(a, effects(a, 1))])
+        async with store._pool.acquire() as conn:
+            with pytest.raises(asyncpg.RaiseError, match="needs READ COMMITTED") as raised:
+                async with conn.transaction(isolation=isolation):
+                    await conn.fetch(
+                        store._q["outbox_claim"], "out", 10, 30.0, EARLIEST, 0, [], None
+                    )
+        assert "default_transaction_isolation" in (raised.value.hint or "")
+        assert await leases_left(store) == 0
+        assert [r.id for r in await store.claim_outbox("out", 10, 30.0)] != []
 
     async def test_a_claim_does_not_wait_on_a_relay_settling_an_expired_lease(
         self, store: PostgresStore

@@ -5,6 +5,13 @@
 -- columns, and what the claim returns comes from them. Everything else is 0016's: the turn,
 -- the mark, the expiry, which rows are picked, the lease, the resume and the columns
 -- returned (see 0016 for why each is as it is).
+--
+-- And the claim refuses to run under an isolation level other than READ COMMITTED. It reads
+-- the leases after its turn comes, and only READ COMMITTED takes a snapshot per statement:
+-- under REPEATABLE READ or SERIALIZABLE (a database or role whose
+-- default_transaction_isolation is set so) the snapshot is the one from before the wait,
+-- without the lease the claim ahead of it took, and two relays would send one key's rows
+-- side by side, out of order. The error names the setting; the relay logs it and retries.
 CREATE OR REPLACE FUNCTION outbox_claim(
     output_name text, max_rows integer, lease_seconds double precision,
     since_at timestamptz, since_id bigint, sent bigint[], leases bigint[]
@@ -16,6 +23,14 @@ CREATE OR REPLACE FUNCTION outbox_claim(
 AS $$
 #variable_conflict use_column
 BEGIN
+    -- (READ UNCOMMITTED is READ COMMITTED in PostgreSQL.)
+    IF current_setting('transaction_isolation') NOT IN ('read committed', 'read uncommitted') THEN
+        RAISE EXCEPTION 'jobwire''s outbox claim needs READ COMMITTED, not %',
+            current_setting('transaction_isolation')
+            USING HINT = 'set default_transaction_isolation to ''read committed'' for '
+                         'jobwire''s database role: ALTER ROLE <role> SET '
+                         'default_transaction_isolation = ''read committed''';
+    END IF;
     PERFORM pg_advisory_xact_lock(hashtextextended('jobwire.outbox:' || output_name, 0));
     IF cardinality(sent) > 0 THEN
         PERFORM outbox_mark_sent(sent, leases);
