@@ -23,6 +23,7 @@ import uvloop
 import yaml
 
 from bench import pgstats
+from jobwire import gc_tuning
 from jobwire.store.postgres import migrate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +37,9 @@ T = TypeVar("T")
 def run(main: Coroutine[Any, Any, T]) -> T:
     """Run a benchmark on uvloop, the loop ``jobwire run`` uses: every asyncio contender here
     (the bare aio-pika and asyncpg ceilings, PgQueuer, Procrastinate) gets the same loop as
-    jobwire, so no ratio comes from the loop alone (uvloop lifts the bare consumer ~7%)."""
+    jobwire, so no ratio comes from the loop alone (uvloop lifts the bare consumer ~7%). They
+    get its garbage collector's settings too (jobwire.gc_tuning), for the same reason."""
+    gc_tuning.settle_after_start()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)
 

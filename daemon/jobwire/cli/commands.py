@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from jobwire import gc_tuning
 from jobwire.adapters import build_adapter
 from jobwire.adapters.http.config import http_source_problems
 from jobwire.api_models import BadInput, check_enqueue
@@ -100,7 +101,8 @@ def run_daemon(migrate_first: bool | None) -> None:
         config = role.config(config)
 
     async def go() -> None:
-        daemon = Daemon(config, registry)
+        # The process is the daemon's: its collector is set for a long run once started.
+        daemon = Daemon(config, registry, after_start=gc_tuning.settle_after_start)
         daemon.install_signal_handlers()
         await daemon.run()
 
