@@ -1,7 +1,8 @@
 """AMQP drain: jobwire (store, ack, run) against a bare aio-pika consumer on the same broker.
 
 1. Pre-loads N persistent messages into a fresh queue and drains it with a raw aio-pika
-   consumer that acks in batches (multiple=True every 500): the broker's ceiling here.
+   consumer that acks in batches (multiple=True every 500, or half a smaller prefetch): the
+   broker's ceiling here.
    Then the same with jobwire's AMQP adapter alone, in this process, no store: what
    consuming alone costs jobwire.
 2. Pre-loads N persistent messages into another fresh queue, starts ``jobwire run`` (real
@@ -56,6 +57,12 @@ async def preload(url: str, queue: str, n: int) -> None:
     await connection.close()
 
 
+def ack_every(prefetch: int) -> int:
+    """How many deliveries one multiple ack covers: 500, or half the prefetch when that is
+    smaller (the broker stops at the prefetch, so waiting for more would wait forever)."""
+    return max(1, min(500, prefetch // 2))
+
+
 async def raw_drain(url: str, queue: str, n: int, prefetch: int) -> float:
     connection = await aio_pika.connect(url)
     channel = await connection.channel()
@@ -63,12 +70,13 @@ async def raw_drain(url: str, queue: str, n: int, prefetch: int) -> float:
     q = await channel.declare_queue(queue, durable=True)
     done = asyncio.Event()
     seen = 0
+    every = ack_every(prefetch)
     t0 = time.perf_counter()
 
     async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
         nonlocal seen
         seen += 1
-        if seen % 500 == 0 or seen == n:
+        if seen % every == 0 or seen == n:
             await message.ack(multiple=True)
         if seen == n:
             done.set()
@@ -84,8 +92,8 @@ async def raw_drain(url: str, queue: str, n: int, prefetch: int) -> float:
 
 async def adapter_drain(url: str, queue: str, n: int, prefetch: int) -> float:
     """Seconds for jobwire's AMQP adapter alone (in this process, no store, no pool) to take
-    n deliveries, acked as the bare consumer acks them (multiple=True every 500): what
-    consuming costs jobwire, beside what it costs aio-pika."""
+    n deliveries, acked as the bare consumer acks them (``ack_every``): what consuming costs
+    jobwire, beside what it costs aio-pika."""
     cfg = AmqpSource.model_validate(
         {"name": "bench", "type": "amqp", "url": url, "queue": queue, "prefetch": prefetch}
         | {"route": {"handler": "noop"}}
@@ -96,12 +104,13 @@ async def adapter_drain(url: str, queue: str, n: int, prefetch: int) -> float:
     taken: list[Message] = []
     acks: set[asyncio.Task[None]] = set()
     seen = 0
+    every = ack_every(prefetch)
 
     def sink(message: Message) -> None:
         nonlocal seen
         seen += 1
         taken.append(message)
-        if len(taken) >= 500 or seen == n:
+        if len(taken) >= every or seen == n:
             task = asyncio.get_running_loop().create_task(adapter.ack_many(list(taken)))
             acks.add(task)
             task.add_done_callback(acks.discard)
