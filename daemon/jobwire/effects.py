@@ -114,6 +114,13 @@ class OutboxRow(NamedTuple):
         """The stable id every output carries (AMQP message_id, a header elsewhere)."""
         return message_id(self.job_id, self.n, self.id)
 
+    @property
+    def message_id_bytes(self) -> bytes:
+        """``message_id`` encoded, for outputs whose headers are bytes (Kafka)."""
+        if self.job_id is not None:
+            return b"jobwire-%d-%d" % (self.job_id, self.n)
+        return b"jobwire-row-%d" % self.id
+
 
 class Claim(list[OutboxRow]):
     """A claim's rows, oldest first; ``resume``: the ``after`` for the same drain's next

@@ -69,13 +69,14 @@ class KafkaPublisher:
         futures: list[asyncio.Future[Any]] = []
         error: str | None = None
         permanent: set[int] = set()
+        topic, send = self.cfg.topic, producer.send
         try:
             for row in rows:
-                headers = [(k, v.encode()) for k, v in row.headers.items()]
-                headers.append(("jobwire-id", row.message_id.encode()))
+                headers = [(k, v.encode()) for k, v in row.headers.items()] if row.headers else []
+                headers.append(("jobwire-id", row.message_id_bytes))
                 futures.append(
-                    await producer.send(
-                        self.cfg.topic,
+                    await send(
+                        topic,
                         row.body,
                         key=None if row.key is None else row.key.encode(),
                         headers=headers,
@@ -91,7 +92,8 @@ class KafkaPublisher:
             for future in pending:
                 future.cancel()
             for row, future in zip(rows, futures, strict=False):
-                if future in done and future.exception() is None:
+                # The usual case, every future done: no lookup in ``done`` for each row.
+                if (not pending or future in done) and future.exception() is None:
                     confirmed.add(row.id)
                     continue
                 failure = future.exception() if future in done else None
