@@ -59,8 +59,9 @@ async def preload(url: str, queue: str, n: int) -> None:
 
 def ack_every(prefetch: int) -> int:
     """How many deliveries one multiple ack covers: 500, or half the prefetch when that is
-    smaller (the broker stops at the prefetch, so waiting for more would wait forever)."""
-    return max(1, min(500, prefetch // 2))
+    smaller (the broker stops at the prefetch, so waiting for more would wait forever); a
+    prefetch of 0 is no limit."""
+    return 500 if prefetch == 0 else max(1, min(500, prefetch // 2))
 
 
 async def raw_drain(url: str, queue: str, n: int, prefetch: int) -> float:

@@ -39,7 +39,7 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     (the bare aio-pika and asyncpg ceilings, PgQueuer, Procrastinate) gets the same loop as
     jobwire, so no ratio comes from the loop alone (uvloop lifts the bare consumer ~7%). They
     get its garbage collector's settings too (jobwire.gc_tuning), for the same reason."""
-    gc_tuning.settle_after_start()
+    gc_tuning.settle_before_start()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)
 

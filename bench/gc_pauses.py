@@ -41,18 +41,20 @@ async def _probed(defaults: bool, scenario: Callable[[], Awaitable[Any]]) -> dic
     """Run one scenario with the probe in its daemons; what the probe and the scenario saw."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "gc.jsonl"
-        saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "JOBWIRE_GC_PROBE")}
+        names = ("PYTHONPATH", "JOBWIRE_GC_PROBE", "JOBWIRE_GC_PROBE_DEFAULTS")
+        saved = {k: os.environ.get(k) for k in names}
         os.environ["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(PROBE_DIR), saved["PYTHONPATH"]) if p
         )
         os.environ["JOBWIRE_GC_PROBE"] = str(out)
         if defaults:
             os.environ["JOBWIRE_GC_PROBE_DEFAULTS"] = "1"
+        else:
+            os.environ.pop("JOBWIRE_GC_PROBE_DEFAULTS", None)
         try:
             result = await scenario()
         finally:
-            os.environ.pop("JOBWIRE_GC_PROBE_DEFAULTS", None)
-            for key in ("PYTHONPATH", "JOBWIRE_GC_PROBE"):
+            for key in names:
                 if saved[key] is None:
                     os.environ.pop(key, None)
                 else:
@@ -77,6 +79,7 @@ def _figure(result: Any) -> str:
 
 
 async def main(jobs: int, rounds: int, only: list[str] | None) -> None:
+    """Each scenario with each setting, round after round; then one table."""
     scenarios = {k: v for k, v in _scenarios(jobs).items() if not only or any(o in k for o in only)}
     seen: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for _ in range(rounds):

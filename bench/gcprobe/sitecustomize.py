@@ -1,8 +1,11 @@
 """Loaded by every Python process started with this directory on PYTHONPATH (bench/gc_pauses.py
 sets it for the daemons it starts): in a ``jobwire run`` process, times every garbage
-collection from the moment start-up is over and appends a JSON summary to the file named by
-JOBWIRE_GC_PROBE at exit. With JOBWIRE_GC_PROBE_DEFAULTS set, it keeps CPython's own
-collector settings: jobwire's start-up calls to gc.freeze and gc.set_threshold do nothing."""
+collection from jobwire's call to gc.freeze (its config loaded, its handlers imported, just
+before its services start) and appends a JSON summary to the file named by JOBWIRE_GC_PROBE
+at exit. With JOBWIRE_GC_PROBE_DEFAULTS set, it keeps CPython's own collector settings:
+jobwire's calls to gc.freeze and gc.set_threshold do nothing. A ``workers.processes``
+supervisor matches too and never freezes, so its line would cover its whole life: the
+scenarios here run one process."""
 
 from __future__ import annotations
 
@@ -33,7 +36,8 @@ if _OUT and sys.argv[1:2] == ["run"]:  # python -m jobwire run (argv[0] is "-m" 
     defaults = bool(os.environ.get("JOBWIRE_GC_PROBE_DEFAULTS"))
 
     def _start_over() -> None:
-        # jobwire calls gc.freeze once started: count from there, not start-up's collections.
+        # jobwire calls gc.freeze once, before its services start: count from there, not
+        # the imports' collections.
         _state.update(seconds=0.0, longest=0.0, counts=[0, 0, 0], cpu0=time.process_time())
         if not defaults:
             _freeze()

@@ -350,18 +350,9 @@ def _announce_ready(config: Config, http_port: int | None) -> None:
 class Daemon:
     """``jobwire run``: the store, the worker pool, and a clean stop on request."""
 
-    def __init__(
-        self,
-        config: Config,
-        registry: HandlerRegistry,
-        after_start: Callable[[], None] | None = None,
-    ) -> None:
+    def __init__(self, config: Config, registry: HandlerRegistry) -> None:
         self.config = config
         self.registry = registry
-        # Run once everything has started, before READY=1: ``jobwire run`` sets the
-        # process's garbage collector there (jobwire.gc_tuning); a daemon embedded in
-        # another process (the tests) leaves that process's collector alone.
-        self._after_start = after_start
         self.stop_requested = asyncio.Event()
         self.ready = asyncio.Event()  # set once everything is started (READY=1)
         self.pool: WorkerPool | None = None
@@ -514,8 +505,6 @@ class Daemon:
             watchdog = None
             try:
                 await services.start()
-                if self._after_start is not None:
-                    self._after_start()
                 _sd_notify("READY=1\nSTATUS=running")
                 self.ready.set()
                 watchdog = _start_watchdog()

@@ -20,13 +20,13 @@ def restored_gc() -> Iterator[None]:
     gc.set_threshold(*threshold)
 
 
-def test_settle_after_start_freezes_what_exists_and_raises_the_young_threshold(
+def test_settle_before_start_freezes_what_exists_and_raises_the_young_threshold(
     restored_gc: None,
 ) -> None:
     gc.unfreeze()
     _, middle, old = gc.get_threshold()
     built_at_start = [{"config": i} for i in range(100)]  # containers the collector tracks
-    gc_tuning.settle_after_start()
+    gc_tuning.settle_before_start()
     assert gc.get_threshold() == (gc_tuning.YOUNG_THRESHOLD, middle, old)
     assert gc.get_freeze_count() >= len(built_at_start)
     # Frozen objects are out of the collector's generations: a full collection skips them.
@@ -34,7 +34,7 @@ def test_settle_after_start_freezes_what_exists_and_raises_the_young_threshold(
 
 
 def test_cyclic_garbage_made_after_start_is_still_collected(restored_gc: None) -> None:
-    gc_tuning.settle_after_start()
+    gc_tuning.settle_before_start()
 
     class Node:
         def __init__(self) -> None:

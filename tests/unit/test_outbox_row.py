@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from jobwire.effects import OutboxRow
+from jobwire.store.pg_outbox import _row
 
 
 @pytest.mark.parametrize(
@@ -21,3 +22,16 @@ def test_message_id_bytes_are_the_message_id_encoded(
     row = OutboxRow(row_id, job_id, n, None, {}, b"")
     assert row.message_id == expected
     assert row.message_id_bytes == expected.encode()
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [(None, {}), ({}, {}), ({"a": 1}, {"a": "1"}), ('{"a": "b"}', {"a": "b"}), ("null", {})],
+)
+def test_a_claimed_row_is_read_by_position_in_the_claims_column_order(
+    headers: object, expected: dict[str, str]
+) -> None:
+    """outbox_claim returns id, job_id, n, key, headers, body, attempts, then the claim's own
+    columns; headers come as NULL, a decoded object, or JSON text without the jsonb codec."""
+    record = (7, 42, 3, "k", headers, b"body", 2, None, None, None)
+    assert _row(record) == OutboxRow(7, 42, 3, "k", expected, b"body", 2)  # type: ignore[arg-type]

@@ -101,8 +101,10 @@ def run_daemon(migrate_first: bool | None) -> None:
         config = role.config(config)
 
     async def go() -> None:
-        # The process is the daemon's: its collector is set for a long run once started.
-        daemon = Daemon(config, registry, after_start=gc_tuning.settle_after_start)
+        # The process is the daemon's (an embedded Daemon, as in the tests, leaves its
+        # process's collector alone): set for a long run before anything connects.
+        gc_tuning.settle_before_start()
+        daemon = Daemon(config, registry)
         daemon.install_signal_handlers()
         await daemon.run()
 

@@ -27,9 +27,9 @@ def _row(record: asyncpg.Record) -> OutboxRow:
     # attempts), and built as the tuple it is: a claim builds one per row, and NamedTuple's
     # own constructor and lookups by name took most of the time it spent on each.
     headers = record[4]  # NULL for none (most rows)
-    if headers is not None:
-        if isinstance(headers, str):  # a connection without the jsonb codec
-            headers = json.loads(headers)
+    if isinstance(headers, str):  # a connection without the jsonb codec
+        headers = json.loads(headers)
+    if headers:
         headers = {str(k): str(v) for k, v in headers.items()}
     return _new_row(
         OutboxRow,

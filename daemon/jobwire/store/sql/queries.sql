@@ -999,7 +999,7 @@ SELECT (SELECT count(*) FROM held) AS held, (SELECT count(*) FROM messages) AS m
        (SELECT count(*) FROM children) AS children;
 
 -- name: outbox_claim
--- A relay's claim in one round trip (migration 0016, where the statements are and why): the
+-- A relay's claim in one round trip (migrations 0016 and 0017: the statements and why): the
 -- batch before marked sent ($6, out of the relay's leases $7), dead relays' leases expired,
 -- then up to $2 unsent rows of output $1 leased for $3 seconds from ($4, $5) on, in claim
 -- order; the first row also carries where the next claim resumes and the new lease's id.
