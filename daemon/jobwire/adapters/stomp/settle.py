@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import stomp
 from stomp.utils import Frame
@@ -28,6 +29,13 @@ from jobwire.adapters.stomp.config import StompSource
 DEAD_LETTER_TIMEOUT = 10.0
 
 
+class Dropped(Protocol):
+    """The adapter's count of settlements that could not be sent (``Adapter._dropped``)."""
+
+    def __call__(self, count: int, reason: str, **fields: Any) -> None:
+        """Count ``count`` settlements not sent, and log why once for them all."""
+
+
 class Settlement:
     """Settles the current connection's deliveries for a ``StompAdapter``, which owns it."""
 
@@ -36,7 +44,7 @@ class Settlement:
         cfg: StompSource,
         write_lock: asyncio.Lock,
         is_current: Callable[[int], bool],
-        dropped: Callable[..., None],
+        dropped: Dropped,
     ) -> None:
         self.cfg = cfg
         # Shared with the adapter's SUBSCRIBE: one frame write at a time on a connection.
