@@ -271,7 +271,8 @@ class Metrics(Collector):
             "Messages whose headers held values the store cannot (replaced by markers).",
             labels=["source"],
         )
-        # AMQP: "jobwire" (the fast path) or "aiormq"; STOMP: "nul-safe" or "stomp.py".
+        # AMQP: "jobwire" (the fast path) or "aiormq"; STOMP: "asyncio", "nul-safe" or
+        # "stomp.py".
         reader = GaugeMetricFamily(
             "jobwire_source_frame_reader",
             "1 for the frame reader each source's connections use.",

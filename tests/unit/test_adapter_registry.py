@@ -92,6 +92,8 @@ def test_the_environment_keeps_aiormq_s_reader_and_stats_say_so(
 def test_a_stomp_source_reports_its_frame_reader(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("JOBWIRE_STOMP_FRAME_READER", raising=False)
     source = StompSource(name="s", type="stomp", destination="/queue/q", route=ROUTE)
+    assert build_adapter(source).describe()["frame_reader"] == "asyncio"
+    monkeypatch.setenv("JOBWIRE_STOMP_FRAME_READER", "nul-safe")
     assert build_adapter(source).describe()["frame_reader"] == "nul-safe"
     monkeypatch.setenv("JOBWIRE_STOMP_FRAME_READER", "stomp.py")
     assert build_adapter(source).describe()["frame_reader"] == "stomp.py"

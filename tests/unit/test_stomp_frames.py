@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import stomp
@@ -20,6 +21,7 @@ from jobwire.adapters.stomp.frames import (
     FrameSplitter,
     NulSafeConnection12,
     NulSafeTransport,
+    choose,
     connection_class,
 )
 
@@ -233,29 +235,55 @@ def test_connection_is_stomp_py_s_own_on_its_transport() -> None:
     assert ours.transport.listeners.keys() == theirs.transport.listeners.keys()
 
 
-def test_checked_stomp_py_gets_this_reader(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("JOBWIRE_STOMP_FRAME_READER", raising=False)
+def _choice(monkeypatch: pytest.MonkeyPatch, wanted: str | None) -> tuple[str, list[Any]]:
+    """What ``choose`` picks with JOBWIRE_STOMP_FRAME_READER set to ``wanted`` (None:
+    unset), and what it logged."""
+    if wanted is None:
+        monkeypatch.delenv("JOBWIRE_STOMP_FRAME_READER", raising=False)
+    else:
+        monkeypatch.setenv("JOBWIRE_STOMP_FRAME_READER", wanted)
     monkeypatch.setattr(stomp_frames, "_chosen", None)
     with structlog.testing.capture_logs() as logs:
-        assert connection_class() is NulSafeConnection12
+        chosen = choose()
+    return chosen, logs
+
+
+def test_by_default_jobwire_s_own_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    chosen, logs = _choice(monkeypatch, None)
+    assert chosen == "asyncio"
+    assert [(e["log_level"], e["reader"], e["reason"]) for e in logs] == [("info", "asyncio", None)]
+
+
+def test_the_environment_asks_for_stomp_py_with_this_reader(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    chosen, logs = _choice(monkeypatch, "nul-safe")
+    assert chosen == "nul-safe"
+    assert connection_class(chosen) is NulSafeConnection12
     assert [(e["log_level"], e["reader"]) for e in logs] == [("info", "nul-safe")]
 
 
 def test_another_stomp_py_keeps_its_own_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("JOBWIRE_STOMP_FRAME_READER", raising=False)
-    monkeypatch.setattr(stomp_frames, "_chosen", None)
     monkeypatch.setattr(stomp_frames, "SUPPORTED_STOMP", ("0.0.1",))
-    with structlog.testing.capture_logs() as logs:
-        assert connection_class() is stomp.Connection12
+    chosen, logs = _choice(monkeypatch, "nul-safe")
+    assert chosen == "stomp.py"
+    assert connection_class(chosen) is stomp.Connection12
     assert [(e["log_level"], e["reader"]) for e in logs] == [("warning", "stomp.py")]
     assert "not one this reader was checked against" in logs[0]["reason"]
 
 
 def test_the_environment_asks_for_stomp_py_s_own(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("JOBWIRE_STOMP_FRAME_READER", "stomp.py")
-    monkeypatch.setattr(stomp_frames, "_chosen", None)
-    with structlog.testing.capture_logs() as logs:
-        assert connection_class() is stomp.Connection12
+    chosen, logs = _choice(monkeypatch, "stomp.py")
+    assert connection_class(chosen) is stomp.Connection12
     assert [(e["log_level"], e["reason"]) for e in logs] == [
         ("info", "JOBWIRE_STOMP_FRAME_READER=stomp.py")
     ]
+
+
+def test_an_unknown_wish_keeps_the_default_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    chosen, logs = _choice(monkeypatch, "fast")
+    assert chosen == "asyncio"
+    assert [(e["log_level"], e["reader"]) for e in logs] == [("warning", "asyncio")]
+    assert "none of asyncio, nul-safe, stomp.py" in logs[0]["reason"]

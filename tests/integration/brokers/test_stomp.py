@@ -91,6 +91,7 @@ class TestStomp(BrokerSuite):
     ``amqp-message-id`` header (the STOMP source's default)."""
 
     source_name = "koha"
+    client = "asyncio"  # the connection the suite runs on (frame_reader in stats)
 
     @pytest.fixture
     def target(self) -> Any:
@@ -304,6 +305,37 @@ class TestStomp(BrokerSuite):
         twice = await job_count(database_url, "attempts <> 1")
         assert (runs, twice) == (120, 0)  # each job ran exactly once
 
+    async def test_the_source_runs_on_its_client(self, database_url: str, target: str) -> None:
+        config = self.config(database_url, target, {"handler": "echo"})
+        async with running_daemon(config) as daemon:
+            assert daemon.sources[0].adapter.describe()["frame_reader"] == self.client
+            await publisher(target).publish(b'{"n": 1}', {"amqp-message-id": "one"})
+
+            async def done() -> bool:
+                return await job_count(database_url, "status = 'succeeded'") == 1
+
+            await wait_for(done, what="the job run")
+
+    async def test_an_idle_connection_lives_on_its_heart_beats(
+        self, database_url: str, target: str
+    ) -> None:
+        """Heart-beats at 1 s both ways and nothing to read for four intervals: the broker
+        would close a client that sent none, and the client would give up on a broker it
+        did not hear from. The connection stays the first one, and still delivers."""
+        config = self.config(database_url, target, {"handler": "echo"}, heartbeat="1s")
+        async with running_daemon(config) as daemon:
+            adapter = daemon.sources[0].adapter
+            await wait_for(lambda: adapter.state == "up", what="subscribed")
+            first = adapter._generation
+            await asyncio.sleep(4.0)  # the span under test: nothing may happen in it
+            await publisher(target).publish(b'{"n": 1}', {"amqp-message-id": "late"})
+
+            async def done() -> bool:
+                return await job_count(database_url, "status = 'succeeded'") == 1
+
+            await wait_for(done, what="the job run")
+            assert (adapter._generation, adapter.state) == (first, "up")
+
     async def test_a_nul_in_a_header_value_keeps_the_message_whole(
         self, database_url: str, target: str
     ) -> None:
@@ -343,3 +375,14 @@ class TestStomp(BrokerSuite):
         headers = json.loads(next(r["headers"] for r in rows if r["dedup_key"] == "koha:nul-1"))
         assert headers["x-hostile"].startswith("[jobwire: header"), headers
         assert headers["amqp-message-id"] == "nul-1"
+
+
+class TestStompOnStompPy(TestStomp):
+    """The same suite on stomp.py's client with jobwire's frame reader, the operator's way
+    back (``JOBWIRE_STOMP_FRAME_READER=nul-safe``): it must keep every promise too."""
+
+    client = "nul-safe"
+
+    @pytest.fixture(autouse=True)
+    def stomp_py_client(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("JOBWIRE_STOMP_FRAME_READER", "nul-safe")

@@ -1,11 +1,10 @@
-"""STOMP 1.2 adapter on stomp.py (RabbitMQ's STOMP plugin, ActiveMQ), behind asyncio.
+"""STOMP 1.2 adapter (RabbitMQ's STOMP plugin, ActiveMQ).
 
-stomp.py runs a receiver thread and calls its listener there. The listener here only
-hands each event to the event loop (``call_soon_threadsafe``) and returns at once; every
-decision is taken on the loop. Frames are written (ACK, NACK, SUBSCRIBE) from a worker
-thread, never on the loop, because stomp.py's socket writes block. Reconnecting is the
-shared supervisor's job, never the listener's: a lost connection (including missed
-heart-beats) ends the session, and the supervisor builds a fresh connection.
+Each session opens a connection (``link``): jobwire's own on the event loop (``aio``) by
+default, or stomp.py's (``threaded``), whose receiver thread only hands each event to the
+loop. Every decision is taken on the loop. Reconnecting is the shared supervisor's job: a
+lost connection (including missed heart-beats) ends the session, and the supervisor opens
+a fresh one.
 
 Deliveries are settled (ACK, NACK, dead-letter copies confirmed by RECEIPT) by
 ``settle.Settlement``, which the adapter owns and tells of each connection.
@@ -29,9 +28,11 @@ from jobwire.adapters.base import (
     SourceState,
 )
 from jobwire.adapters.stomp import frames as stomp_frames
-from jobwire.adapters.stomp.bridge import FRAME_HEADERS, Bridge, quiet_disconnect
+from jobwire.adapters.stomp.bridge import FRAME_HEADERS, quiet_disconnect
 from jobwire.adapters.stomp.config import StompSource
+from jobwire.adapters.stomp.link import StompConnection, new_connection
 from jobwire.adapters.stomp.settle import Settlement
+from jobwire.adapters.stomp.threaded import stomp_py_connection
 from jobwire.config import SourceBase
 
 DEFAULT_DEDUP = "header:amqp-message-id"
@@ -59,9 +60,9 @@ class StompAdapter(Adapter):
         # connection gets a generation (the base's): an ack id is only valid on its own
         # connection.
         self._settle = Settlement(cfg, self._write_lock, self.is_current, self._dropped)
-        # The reader this source's connections use: chosen now, so stats show it before the
+        # The client this source's connections use: chosen now, so stats show it before the
         # first connection (each connection asks again; the choice is per process).
-        self._frame_reader = stomp_frames.reader_name(stomp_frames.connection_class())
+        self._frame_reader = stomp_frames.choose()
 
     @property
     def dead_letter_failures(self) -> int:
@@ -69,7 +70,7 @@ class StompAdapter(Adapter):
         return self._settle.dead_letter_failures
 
     def describe(self) -> dict[str, Any]:
-        """State for stats, with the frame reader in use ("nul-safe" or "stomp.py")."""
+        """State for stats, with the client in use ("asyncio", "nul-safe" or "stomp.py")."""
         return {**super().describe(), "frame_reader": self._frame_reader}
 
     @property
@@ -77,28 +78,17 @@ class StompAdapter(Adapter):
         """The SUBSCRIBE id: stable, so a durable subscription is found again."""
         return self.cfg.durable_name or f"jobwire-{self.name}"
 
-    def _new_connection(self) -> stomp.Connection12:
-        heartbeat_ms = int(self.cfg.heartbeat * 1000)
-        # A frame reader that keeps a frame whole when a header holds a NUL (stomp_frames).
-        connection_class = stomp_frames.connection_class()
-        self._frame_reader = stomp_frames.reader_name(connection_class)
-        conn = connection_class(
-            [(self.cfg.host, self.cfg.port)],
-            heartbeats=(heartbeat_ms, heartbeat_ms),
-            vhost=self.cfg.vhost,
-            auto_decode=False,
-            reconnect_attempts_max=1,
-            timeout=10,
+    def _new_connection(self, on_lost: Callable[[str], None]) -> StompConnection:
+        # Heart-beats both ways; a frame with a NUL in a header is read whole.
+        self._frame_reader = stomp_frames.choose()
+        return new_connection(
+            self.cfg,
+            self._frame_reader,
+            self._on_frame,
+            on_lost,
+            self._on_error,
+            self._settle.on_receipt,
         )
-        tls = self.cfg.tls
-        if tls is not None:
-            conn.set_ssl(
-                [(self.cfg.host, self.cfg.port)],
-                ca_certs=str(tls.ca_file) if tls.ca_file else None,
-                cert_file=str(tls.cert_file) if tls.cert_file else None,
-                key_file=str(tls.key_file) if tls.key_file else None,
-            )
-        return conn
 
     async def _session(self) -> None:
         """Connect and subscribe, once resumed, and consume until the connection ends."""
@@ -111,14 +101,10 @@ class StompAdapter(Adapter):
             if not lost.done():
                 lost.set_result(reason)
 
-        conn = self._new_connection()
-        conn.set_listener(
-            "jobwire",
-            Bridge(loop, self._on_frame, on_lost, self._on_error, self._settle.on_receipt),
-        )
+        conn = self._new_connection(on_lost)
         self._end_session = on_lost
         try:
-            await asyncio.to_thread(conn.connect, self.cfg.username, self.cfg.password, wait=True)
+            await conn.connect(self.cfg.username, self.cfg.password, timeout=10)
             self._new_generation()
             self._settle.attach(conn, on_lost)
             self._subscribed = False
@@ -131,7 +117,7 @@ class StompAdapter(Adapter):
             self._end_session = None
             self._settle.detach(f"connection ended ({lost.result() if lost.done() else 'closed'})")
             self._subscribed = False
-            await asyncio.to_thread(quiet_disconnect, conn)
+            await conn.close()
 
     def _subscribe_headers(self) -> dict[str, str]:
         cfg = self.cfg
@@ -147,16 +133,12 @@ class StompAdapter(Adapter):
             )
         return headers
 
-    async def _subscribe(self, conn: stomp.Connection12) -> None:
+    async def _subscribe(self, conn: StompConnection) -> None:
         if self._subscribed:
             return
         async with self._write_lock:
-            await asyncio.to_thread(
-                conn.subscribe,
-                self.cfg.destination,
-                self.subscription_id,
-                ack="client-individual",
-                headers=self._subscribe_headers(),
+            await conn.subscribe(
+                self.cfg.destination, self.subscription_id, self._subscribe_headers()
             )
         self._subscribed = True
         self.set_state(SourceState.UP)
@@ -253,7 +235,11 @@ class StompAdapter(Adapter):
                 if frame.headers.get("receipt-id") == receipt_id:
                     received.set()
 
-        conn = self._new_connection()
+        # stomp.py's client, blocking, on the caller's thread (``jobwire publish``, tests).
+        cfg = self.cfg
+        conn = stomp_py_connection(
+            "stomp.py", cfg.host, cfg.port, cfg.vhost, int(cfg.heartbeat * 1000), cfg.tls
+        )
         conn.set_listener("receipts", _Receipts())
         conn.connect(self.cfg.username, self.cfg.password, wait=True)
         try:

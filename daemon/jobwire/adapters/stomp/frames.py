@@ -11,12 +11,14 @@ with a ``content-length`` header the body is exactly that many octets (NULs incl
 then the NUL terminator; without one the body runs to the first NUL after the blank line.
 EOLs between frames are heart-beats (or the optional EOLs after a frame's NUL).
 
-``NulSafeTransport`` is stomp.py's ``Transport`` with its private ``__read`` replaced by one
-that uses the splitter; ``connection_class()`` gives ``NulSafeConnection12``, which builds
-its transport so, only for the stomp.py releases this was checked against (the method is
-private, and its caller and buffer handling could change in any release). Any other
-release, or a daemon started with ``JOBWIRE_STOMP_FRAME_READER=stomp.py`` (the operator's
-way back, should this reader ever be in doubt), gets stomp.py's own connection and reader.
+The splitter reads for jobwire's own client (``aio``), the default. For stomp.py's client
+(``JOBWIRE_STOMP_FRAME_READER=nul-safe``), ``NulSafeTransport`` is stomp.py's ``Transport``
+with its private ``__read`` replaced by one that uses the splitter, and
+``NulSafeConnection12`` builds its transport so, only for the stomp.py releases this was
+checked against (the method is private, and its caller and buffer handling could change in
+any release); any other release gets stomp.py's own reader, as
+``JOBWIRE_STOMP_FRAME_READER=stomp.py`` asks for (the operator's way back, should either of
+jobwire's ever be in doubt).
 """
 
 from __future__ import annotations
@@ -239,31 +241,44 @@ class NulSafeConnection12(stomp.Connection12):  # type: ignore[misc]
         )
 
 
-def reader_name(connection_class: type[Any]) -> str:
-    """What ``connection_class()`` chose, by name: "nul-safe" or "stomp.py"."""
-    return "nul-safe" if connection_class is NulSafeConnection12 else "stomp.py"
+ENV = "JOBWIRE_STOMP_FRAME_READER"
 
 
-def connection_class() -> type[Any]:
-    """``NulSafeConnection12``, or ``stomp.Connection12`` if this stomp.py is not one it was
-    checked against or the environment asks for stomp.py's own reader. Says which it chose
-    in the log, once per process (a warning for an unchecked release)."""
+def choose() -> str:
+    """The client a STOMP source connects with: ``asyncio`` (``aio``, the default), or
+    stomp.py's with this module's reader (``nul-safe``) or with its own (``stomp.py``), as
+    ``JOBWIRE_STOMP_FRAME_READER`` asks. Says which in the log once per process (a warning
+    when the wish could not be met: an unknown value, or a stomp.py release this reader was
+    not checked against)."""
     global _chosen
+    wanted = os.environ.get(ENV, "asyncio")
     stomp_version = version("stomp.py")
     emit = log.info
-    if os.environ.get("JOBWIRE_STOMP_FRAME_READER") == "stomp.py":
-        reason = "JOBWIRE_STOMP_FRAME_READER=stomp.py"
-    elif stomp_version not in SUPPORTED_STOMP or not (
-        hasattr(stomp.transport.BaseTransport, "_BaseTransport__read")
-        and hasattr(stomp.transport.BaseTransport, "_BaseTransport__read_frames")
-    ):
-        # Not the operator's choice: a header with a NUL loses its message's body again.
-        reason = f"stomp.py {stomp_version} is not one this reader was checked against"
-        emit = log.warning
+    reason: str | None = f"{ENV}={wanted}"
+    if wanted == "stomp.py":
+        chosen = "stomp.py"
+    elif wanted == "nul-safe":
+        chosen = "nul-safe"
+        if stomp_version not in SUPPORTED_STOMP or not (
+            hasattr(stomp.transport.BaseTransport, "_BaseTransport__read")
+            and hasattr(stomp.transport.BaseTransport, "_BaseTransport__read_frames")
+        ):
+            # A header with a NUL loses its message's body again.
+            chosen, emit = "stomp.py", log.warning
+            reason = f"stomp.py {stomp_version} is not one this reader was checked against"
     else:
-        reason = None
-    chosen = "stomp.py" if reason else "nul-safe"
+        chosen = "asyncio"
+        if wanted == "asyncio":
+            reason = None
+        else:
+            emit, reason = log.warning, f"{ENV}={wanted!r} is none of asyncio, nul-safe, stomp.py"
     if chosen != _chosen:
         _chosen = chosen
         emit("stomp_frame_reader", reader=chosen, stomp=stomp_version, reason=reason)
-    return stomp.Connection12 if reason else NulSafeConnection12
+    return chosen
+
+
+def connection_class(reader: str) -> type[Any]:
+    """stomp.py's connection class for a reader ``choose`` gave: ``NulSafeConnection12``
+    for nul-safe, ``stomp.Connection12`` for stomp.py."""
+    return NulSafeConnection12 if reader == "nul-safe" else stomp.Connection12

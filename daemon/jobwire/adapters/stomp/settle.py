@@ -1,9 +1,9 @@
 """How the STOMP source settles deliveries: ACK and NACK frames, and dead-letter copies.
 
-Frames are written from a worker thread, never on the loop, because stomp.py's socket
-writes block. A delivery is settled only on the connection it came on (the adapter's
-generation); once that connection is gone its settlements are dropped and counted, and the
-broker redelivers it.
+Frames go out through the source's connection (``link.StompConnection``: on the loop, or
+through a worker thread for stomp.py's client). A delivery is settled only on the
+connection it came on (the adapter's generation); once that connection is gone its
+settlements are dropped and counted, and the broker redelivers it.
 
 Dead-lettering is done here, not by the broker: a STOMP NACK without requeue makes RabbitMQ
 drop the message. A poison message is SENT to ``dead_letter_destination`` with a receipt,
@@ -19,11 +19,11 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-import stomp
 from stomp.utils import Frame
 
-from jobwire.adapters.stomp.bridge import NOT_FORWARDED, ack_frames
+from jobwire.adapters.stomp.bridge import NOT_FORWARDED
 from jobwire.adapters.stomp.config import StompSource
+from jobwire.adapters.stomp.link import StompConnection
 
 # How long a dead-lettered copy's RECEIPT may take before the connection is given up.
 DEAD_LETTER_TIMEOUT = 10.0
@@ -53,13 +53,13 @@ class Settlement:
         self._dropped = dropped
         # The connection deliveries are settled on, and how to end its session; None while
         # there is none (or it was given up): nothing more is written then.
-        self._conn: stomp.Connection12 | None = None
+        self._conn: StompConnection | None = None
         self._end_session: Callable[[str], None] | None = None
         # Dead-lettered copies waiting for their RECEIPT, by receipt id (current connection).
         self._receipts: dict[str, asyncio.Future[None]] = {}
         self.dead_letter_failures = 0  # copies not confirmed (their originals came back)
 
-    def attach(self, conn: stomp.Connection12, end_session: Callable[[str], None]) -> None:
+    def attach(self, conn: StompConnection, end_session: Callable[[str], None]) -> None:
         """Settle on ``conn`` from now on (a new generation's); ``end_session`` ends it."""
         self._conn = conn
         self._end_session = end_session
@@ -122,13 +122,7 @@ class Settlement:
         self._receipts[receipt] = waiter
         try:
             async with self._write_lock:
-                await asyncio.to_thread(
-                    conn.send,
-                    destination,
-                    body,
-                    content_type=headers.get("content-type"),
-                    headers=extra,
-                )
+                await conn.send(destination, body, headers.get("content-type"), extra)
             async with asyncio.timeout(DEAD_LETTER_TIMEOUT):
                 await waiter
         except Exception as exc:
@@ -150,8 +144,7 @@ class Settlement:
         await self.write([(generation, ack_id)], "ack")
 
     async def write(self, items: Sequence[tuple[int, str]], action: str) -> None:
-        """Send ACK or NACK (requeue) frames for the current connection's deliveries, off
-        the loop."""
+        """Send ACK or NACK (requeue) frames for the current connection's deliveries."""
         conn = self._conn
         current = [ack_id for generation, ack_id in items if self._is_current(generation)]
         # Delivered on a connection that has since died: the broker redelivers them.
@@ -169,23 +162,12 @@ class Settlement:
             # with its message-id (the dedup key) unchanged.
             self._give_back_all("requeue on ActiveMQ: reconnect")
             return
-
-        def send() -> None:
-            if action == "ack" and conn.transport.blocking:
-                # One write for the batch: stomp.py writes (and locks the socket) per frame.
-                # Not over TLS: there stomp.py's socket does not block, and its receiver
-                # thread writes every frame from a queue.
-                conn.transport.send(ack_frames(current))
-                return
-            for ack_id in current:
-                if action == "ack":
-                    conn.ack(ack_id)
-                else:
-                    conn.nack(ack_id)  # RabbitMQ and ActiveMQ redeliver a NACKed message
-
         try:
             async with self._write_lock:
-                await asyncio.to_thread(send)
+                if action == "ack":
+                    await conn.ack(current)
+                else:
+                    await conn.nack(current)  # RabbitMQ and ActiveMQ redeliver a NACKed one
         except Exception as exc:  # noqa: BLE001 - the session notices the dead connection
             self._dropped(len(current), f"{type(exc).__name__}: {exc}", action=action)
 

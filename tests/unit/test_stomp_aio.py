@@ -1,0 +1,274 @@
+"""jobwire's STOMP connection on the loop, against a scripted server on a local socket: the
+frames it reads arrive whole however the bytes are cut, a refusal and a closed socket end
+it with the reason, heart-beats go out and a silent broker is noticed, and TLS checks the
+server's certificate unless told not to."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from stomp.utils import Frame
+
+from jobwire.adapters.base import tls_context
+from jobwire.adapters.stomp.aio import AsyncStompConnection
+from jobwire.config import TlsConfig
+from tests.support.waiting import wait_for
+
+CONNECTED = b"CONNECTED\nversion:1.2\nheart-beat:0,0\n\n\x00"
+BEATING = b"CONNECTED\nversion:1.2\nheart-beat:100,100\n\n\x00"  # both ways, 100 ms
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def answering(data: bytes) -> Script:
+    """A server that writes ``data`` once, then says nothing."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(data)
+        await writer.drain()
+        await asyncio.sleep(30)
+
+    return script
+
+
+class Seen:
+    """What the connection told its owner."""
+
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+        self.errors: list[Frame] = []
+        self.receipts: list[Frame] = []
+        self.lost: list[str] = []
+
+    def connection(
+        self, port: int, heartbeat_ms: int = 0, tls: ssl.SSLContext | None = None
+    ) -> AsyncStompConnection:
+        return AsyncStompConnection(
+            "localhost",
+            port,
+            "/",
+            heartbeat_ms,
+            tls,
+            self.frames.append,
+            self.lost.append,
+            self.errors.append,
+            self.receipts.append,
+        )
+
+
+@contextlib.asynccontextmanager
+async def server(
+    script: Script, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[tuple[int, list[bytes]]]:
+    """A one-connection server running ``script``; yields its port and what it read."""
+    received: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def keep_reading() -> None:
+            while data := await reader.read(65536):
+                received.append(data)
+
+        reading = asyncio.create_task(keep_reading())
+        try:
+            await script(reader, writer)
+        finally:
+            reading.cancel()
+            writer.close()
+
+    srv = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=tls)
+    try:
+        yield srv.sockets[0].getsockname()[1], received
+    finally:
+        srv.close()
+
+
+async def test_messages_arrive_whole_however_the_bytes_are_cut() -> None:
+    message = (
+        b"MESSAGE\nsubscription:s\nmessage-id:m1\nack:a\\c1\nx-nul:a\x00b\n"
+        b'content-length:8\n\n{"n": 1}\x00\n'
+    )
+    stream = CONNECTED + message + b"RECEIPT\nreceipt-id:r1\n\n\x00"
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for i in range(0, len(stream), 7):  # seven bytes at a time
+            writer.write(stream[i : i + 7])
+            await writer.drain()
+            await asyncio.sleep(0)
+        await asyncio.sleep(30)
+
+    seen = Seen()
+    async with server(script) as (port, received):
+        conn = seen.connection(port)
+        await conn.connect("guest", "secret", timeout=5)
+        await wait_for(lambda: seen.receipts, what="the receipt")
+        await conn.ack(["a:1"])
+        await wait_for(lambda: b"ACK\nid:a\\c1\n\n\x00" in b"".join(received), what="the ACK")
+        await conn.close()
+    assert [(f.cmd, f.headers, f.body) for f in seen.frames] == [
+        (
+            "MESSAGE",
+            {
+                "subscription": "s",
+                "message-id": "m1",
+                "ack": "a:1",
+                "x-nul": "a\x00b",
+                "content-length": "8",
+            },
+            b'{"n": 1}',
+        )
+    ]
+    connect = b"".join(received).split(b"\x00")[0]
+    assert connect.startswith(b"STOMP\n")
+    assert b"login:guest\n" in connect and b"passcode:secret\n" in connect
+    assert seen.lost == []  # a close of its own is not a loss
+
+
+async def test_an_error_frame_at_connect_refuses_with_its_message() -> None:
+    seen = Seen()
+    refusal = b"ERROR\nmessage:Access refused for user 'guest'\n\n\x00"
+    async with server(answering(refusal)) as (port, _):
+        conn = seen.connection(port)
+        with pytest.raises(ConnectionError, match="Access refused"):
+            await conn.connect("guest", "wrong", timeout=5)
+        await conn.close()
+    assert [e.headers["message"] for e in seen.errors] == ["Access refused for user 'guest'"]
+
+
+async def test_a_closed_socket_ends_the_connection_once() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(CONNECTED)
+        await writer.drain()
+        await asyncio.sleep(0.2)
+
+    seen = Seen()
+    async with server(script) as (port, _):
+        conn = seen.connection(port)
+        await conn.connect(None, None, timeout=5)
+        await wait_for(lambda: seen.lost, what="the loss")
+        await conn.close()
+        with pytest.raises(ConnectionError):
+            await conn.ack(["late"])
+    assert seen.lost == ["disconnected"]
+
+
+async def test_a_bad_heart_beat_header_refuses_the_connection() -> None:
+    seen = Seen()
+    async with server(answering(b"CONNECTED\nversion:1.2\nheart-beat:soon\n\n\x00")) as (port, _):
+        conn = seen.connection(port, heartbeat_ms=100)
+        with pytest.raises(ConnectionError, match="heart-beat"):
+            await conn.connect(None, None, timeout=5)
+        await conn.close()
+
+
+async def test_heart_beats_go_out_and_a_silent_broker_is_noticed() -> None:
+    """Both ways at 100 ms: the client writes EOLs while idle; the broker says nothing after
+    CONNECTED, so after 1.5 intervals the connection ends as a heart-beat timeout."""
+
+    seen = Seen()
+    async with server(answering(BEATING)) as (port, received):
+        conn = seen.connection(port, heartbeat_ms=100)
+        await conn.connect(None, None, timeout=5)
+        await wait_for(lambda: seen.lost, what="the heart-beat timeout", timeout=5)
+        after_connect = b"".join(received).split(b"\x00", 1)[1]
+        await conn.close()
+    assert seen.lost == ["heart-beat timeout"]
+    assert after_connect.count(b"\n") >= 1 and after_connect.strip(b"\n") == b""
+
+
+async def test_a_talking_broker_keeps_the_connection() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(BEATING)
+        while True:
+            writer.write(b"\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+
+    seen = Seen()
+    async with server(script) as (port, _):
+        conn = seen.connection(port, heartbeat_ms=100)
+        await conn.connect(None, None, timeout=5)
+        await asyncio.sleep(0.6)  # four silence limits: a false timeout would show
+        assert seen.lost == []
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost, and its key."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.mark.parametrize(
+    ("settings", "connects"),
+    [({"ca": True}, True), ({}, False), ({"verify": False}, True)],
+    ids=["its CA given", "system CAs only", "verify false"],
+)
+async def test_tls_checks_the_certificate_unless_told_not_to(
+    certificate: tuple[Path, Path], settings: dict[str, bool], connects: bool
+) -> None:
+    cert, key = certificate
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+
+    tls = TlsConfig(
+        ca_file=cert if settings.get("ca") else None, verify=settings.get("verify", True)
+    )
+    seen = Seen()
+    async with server(answering(CONNECTED), server_side) as (port, _):
+        conn = seen.connection(port, tls=tls_context(tls))
+        if connects:
+            await conn.connect(None, None, timeout=5)
+        else:
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await conn.connect(None, None, timeout=5)
+        await conn.close()
+
+
+async def test_a_frame_that_breaks_its_handler_leaves_the_connection_reading() -> None:
+    def message(n: int) -> bytes:
+        return f"MESSAGE\nmessage-id:m{n}\nack:a{n}\n\n{{}}\x00".encode()
+
+    seen = Seen()
+
+    def on_frame(frame: Frame) -> None:
+        if frame.headers["message-id"] == "m1":
+            raise RuntimeError("a bug on one message")
+        seen.frames.append(frame)
+
+    async with server(answering(CONNECTED + message(1) + message(2))) as (port, _):
+        conn = seen.connection(port)
+        conn.on_frame = on_frame
+        await conn.connect(None, None, timeout=5)
+        await wait_for(lambda: seen.frames, what="the message after it")
+        await conn.close()
+    assert [f.headers["message-id"] for f in seen.frames] == ["m2"]
+    assert seen.lost == []
