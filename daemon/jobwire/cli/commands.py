@@ -37,6 +37,7 @@ from jobwire.cli.common import (
     with_store,
 )
 from jobwire.cli.group import main
+from jobwire.cli.outbox import backlog_json, print_backlog
 from jobwire.cli.publishing import publish_topic
 from jobwire.config import Config, ConfigProblem, find_config_file, json_schema
 from jobwire.handlers import BUILTINS, HandlerLoadError, HandlerRegistry
@@ -354,10 +355,7 @@ def stats() -> None:
         for w in workers
     ]
     if as_json():
-        pending = {
-            o: {"pending": b.pending, "oldest_seconds": b.oldest, "set_aside": b.set_aside}
-            for o, b in outbox.items()
-        }
+        pending = backlog_json(outbox)
         print_json({"queues": counts, "instances": workers, "paused": paused, "outbox": pending})
         return
     statuses = [s.value for s in JobStatus]
@@ -369,15 +367,7 @@ def stats() -> None:
         click.echo(f"paused queues (nothing starts there): {', '.join(paused)}")
     if outbox:
         click.echo()
-        print_table(
-            [
-                Column("OUTPUT"),
-                Column("UNSENT", justify="right"),
-                Column("OLDEST", justify="right"),
-                Column("SET ASIDE", justify="right"),
-            ],
-            [(o, b.pending, f"{b.oldest:.0f}s", b.set_aside) for o, b in sorted(outbox.items())],
-        )
+        print_backlog(outbox)
     click.echo()
     rows = []
     for w in workers:

@@ -156,6 +156,23 @@ class OutboxBacklog(NamedTuple):
 
 
 @dataclass(frozen=True)
+class SetAsideMessage:
+    """An outbox message its relay gave up on (``max_attempts`` used, or refused for good):
+    it waits for an operator to send it again or discard it."""
+
+    id: int
+    output: str
+    job_id: int | None
+    n: int
+    key: str | None
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+    failed_at: datetime
+    size: int  # the body's bytes
+
+
+@dataclass(frozen=True)
 class FailureGroup:
     """Failed jobs sharing an error fingerprint: how many, when, where, and the newest."""
 
@@ -536,6 +553,20 @@ class AdminStore(Protocol):
 
     async def outbox_pending(self) -> dict[str, OutboxBacklog]:
         """Unsent outbox rows per output and the age in seconds of the oldest."""
+
+    async def set_aside_messages(
+        self, output: str | None, limit: int, before_id: int | None = None
+    ) -> list[SetAsideMessage]:
+        """Outbox messages set aside, of ``output`` (None: every output), newest first;
+        ``before_id`` pages on."""
+
+    async def resend_set_aside(self, output: str, ids: Sequence[int] | None = None) -> list[int]:
+        """Give set-aside messages of ``output`` (those of ``ids``; None: all) back to its
+        relay, their attempts counted from zero; returns their ids."""
+
+    async def discard_set_aside(self, output: str, ids: Sequence[int] | None = None) -> list[int]:
+        """Delete set-aside messages of ``output`` (those of ``ids``; None: all); returns
+        their ids."""
 
     async def list_workers(self) -> list[dict[str, Any]]:
         """Every instance's row: id, host, pid, version, heartbeat age, published state."""

@@ -6,9 +6,10 @@ from __future__ import annotations
 from jobwire.store.memory_admin import MemoryAdmin, MemoryLock, MemorySchedules
 from jobwire.store.memory_jobs import MemoryJobs
 from jobwire.store.memory_outbox import MemoryOutbox
+from jobwire.store.memory_outbox_admin import MemoryOutboxAdmin
 
 __all__ = ["MemoryLock", "MemoryStore"]
 
 
-class MemoryStore(MemoryJobs, MemoryOutbox, MemorySchedules, MemoryAdmin):
+class MemoryStore(MemoryJobs, MemoryOutbox, MemoryOutboxAdmin, MemorySchedules, MemoryAdmin):
     """Every store role held in dicts; one process, no durability."""

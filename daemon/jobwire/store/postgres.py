@@ -19,6 +19,7 @@ from jobwire.store.pg_base import (
 )
 from jobwire.store.pg_jobs import PgJobs
 from jobwire.store.pg_outbox import PgOutbox
+from jobwire.store.pg_outbox_admin import PgOutboxAdmin
 from jobwire.store.pg_schedules import PgSchedules
 from jobwire.store.queries import queries
 
@@ -32,7 +33,7 @@ __all__ = [
 ]
 
 
-class PostgresStore(PgJobs, PgOutbox, PgSchedules, PgAdmin):
+class PostgresStore(PgJobs, PgOutbox, PgOutboxAdmin, PgSchedules, PgAdmin):
     """The production store: every role (jobs, schedules, admin) on one asyncpg pool."""
 
     @classmethod

@@ -224,6 +224,50 @@ class OutboxContract:
         assert pending["out"][0] == 3, "rows set aside still count as unsent"
         assert pending["out"].set_aside == 2  # the first row, and the one refused for good
 
+    async def _set_aside(self, store: Store, output: str, count: int) -> list[int]:
+        """``count`` messages of ``output`` written and refused for good: set aside."""
+        (a,) = await running(store, 1)
+        fx = Effects([OutboxMessage(output, n, b"x" * n, None) for n in range(1, count + 1)])
+        await store.complete_many("w", [succeeded(a, fx)])
+        rows = await store.claim_outbox(output, 10, 30.0)
+        ids = [r.id for r in rows]
+        assert await store.fail_outbox(ids, f"refused by {output}", 10, ids, [rows.lease]) == ids
+        return ids
+
+    async def test_set_aside_messages_are_listed_newest_first(self, store: Store) -> None:
+        out = await self._set_aside(store, "out", 3)
+        other = await self._set_aside(store, "other", 1)
+        listed = await store.set_aside_messages("out", 10)
+        assert [m.id for m in listed] == out[::-1]
+        first = listed[-1]
+        assert (first.output, first.n, first.attempts, first.size) == ("out", 1, 1, 1)
+        assert first.last_error == "refused by out" and first.failed_at is not None
+        assert [m.id for m in await store.set_aside_messages(None, 10)] == [*other, *out[::-1]]
+        page = await store.set_aside_messages("out", 2)
+        assert [m.id for m in page] == out[:0:-1]
+        assert [m.id for m in await store.set_aside_messages("out", 2, page[-1].id)] == out[:1]
+        assert await store.set_aside_messages("nothing", 10) == []
+
+    async def test_resent_messages_go_to_the_relay_again(self, store: Store) -> None:
+        ids = await self._set_aside(store, "out", 3)
+        assert await store.claim_outbox("out", 10, 30.0) == []
+        assert await store.resend_set_aside("out", [ids[1], 999_999]) == [ids[1]]
+        assert await store.resend_set_aside("other", None) == []  # another output's: none
+        again = await store.claim_outbox("out", 10, 30.0)
+        assert [(r.id, r.attempts) for r in again] == [(ids[1], 1)]  # counted from zero
+        assert await store.resend_set_aside("out") == [ids[0], ids[2]]
+        assert (await store.outbox_pending())["out"].set_aside == 0
+
+    async def test_discarded_messages_are_gone_and_nothing_else(self, store: Store) -> None:
+        ids = await self._set_aside(store, "out", 2)
+        (a,) = await running(store, 1)
+        await store.complete_many("w", [succeeded(a, effects(a, 1))])  # one unsent, not aside
+        assert await store.discard_set_aside("out", [ids[0]]) == [ids[0]]
+        assert [m.id for m in await store.set_aside_messages("out", 10)] == [ids[1]]
+        assert await store.discard_set_aside("out") == [ids[1]]
+        assert (await store.outbox_pending())["out"] == (1, pytest.approx(0, abs=60), 0)
+        assert [r.n for r in await store.claim_outbox("out", 10, 30.0)] == [1]
+
     async def test_a_lease_frees_exactly_the_rows_settled(self, store: Store) -> None:
         (a,) = await running(store, 1)
         fx = Effects([OutboxMessage("out", n, b"x", f"k{n}") for n in (1, 2, 3)])

@@ -1031,6 +1031,34 @@ SELECT output, count(*) AS pending,
        count(*) FILTER (WHERE failed_at IS NOT NULL) AS set_aside
 FROM outbox WHERE sent_at IS NULL GROUP BY output;
 
+-- name: outbox_set_aside
+-- Messages a relay set aside ($1: of one output, or NULL for all), newest first, a page of
+-- $2 before id $3. Set-aside rows are few and read only by an operator: no index of their
+-- own (outbox_unsent leaves them out), a scan of the unsent rows.
+SELECT id, output, job_id, n, key, attempts, last_error, created_at, failed_at,
+       octet_length(body) AS size
+FROM outbox
+WHERE failed_at IS NOT NULL AND sent_at IS NULL
+  AND ($1::text IS NULL OR output = $1) AND ($3::bigint IS NULL OR id < $3)
+ORDER BY id DESC
+LIMIT $2;
+
+-- name: outbox_resend_set_aside
+-- Set-aside messages of output $1 (ids $2, or NULL for all) back to the relay: unset aside,
+-- attempts from zero, the last error kept until the next try replaces it. The relay's
+-- next claim starts from the oldest unsent row, so it finds them.
+UPDATE outbox SET failed_at = NULL, attempts = 0
+WHERE output = $1 AND failed_at IS NOT NULL AND sent_at IS NULL
+  AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[]))
+RETURNING id;
+
+-- name: outbox_discard_set_aside
+-- Set-aside messages of output $1 (ids $2, or NULL for all) deleted: never sent.
+DELETE FROM outbox
+WHERE output = $1 AND failed_at IS NOT NULL AND sent_at IS NULL
+  AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[]))
+RETURNING id;
+
 -- name: outbox_purge_sent
 DELETE FROM outbox WHERE id IN (
     SELECT id FROM outbox WHERE sent_at < now() - make_interval(secs => $1) LIMIT $2);
