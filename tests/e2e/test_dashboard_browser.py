@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,10 @@ from jobwire.config import Config
 from jobwire.handlers import JobContext
 from jobwire.models import JobSpec
 from jobwire.store.postgres import PostgresStore
+from tests.support import hostile as h
 from tests.support.dashboard import ADMIN, READER
 from tests.support.inprocess import running_daemon
+from tests.support.outbox import set_aside
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
@@ -177,3 +180,69 @@ async def walk(browser: Any, base: str, job_id: int) -> None:
     assert "retry" in (await page.text_content("#audit") or "")
     await page.screenshot(path=SHOTS / "dashboard-audit.png", full_page=True)
     assert violations == []
+
+
+@pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"no chromium at {CHROMIUM}")
+async def test_set_aside_messages_sent_again_and_discarded_from_the_page(
+    database_url: str,
+) -> None:
+    """An AMQP output whose two messages were set aside: the overview shows them, the
+    output's page lists them; one is sent again and arrives, the other is discarded once the
+    box is ticked; both actions are in the audit."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    queue = f"jw-e2e-out-{uuid.uuid4().hex[:8]}"
+    h.declare_amqp_queue(queue)
+    store = await PostgresStore.connect(database_url, "jobwire", min_size=1, max_size=2)
+    try:
+        ids = await set_aside(store, "billing", 2, "NOT_FOUND - no exchange 'billing' in vhost '/'")
+        settings = config(database_url).model_dump(by_alias=True, exclude_unset=True)
+        settings["outputs"] = {"billing": {"type": "amqp", "url": h.AMQP_URL, "routing_key": queue}}
+        async with running_daemon(Config.model_validate(settings)) as daemon:
+            assert daemon.http is not None
+            base = f"http://127.0.0.1:{daemon.http.port}"
+            async with async_api.async_playwright() as pw:
+                browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+                try:
+                    await walk_outputs(browser, base, queue, ids)
+                finally:
+                    await browser.close()
+        audit = [a.action for a in await store.list_audit() if a.action.startswith("outbox")]
+        assert audit == ["outbox_discard", "outbox_resend"]
+    finally:
+        await store.close()
+        h.delete_amqp_queue(queue)
+
+
+async def walk_outputs(browser: Any, base: str, queue: str, ids: list[int]) -> None:
+    page = await browser.new_page(viewport={"width": 1280, "height": 860})
+    await page.goto(f"{base}/ui/login")
+    await page.fill("#token", ADMIN)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(f"{base}/ui/")
+    row = page.locator("#outputs tbody tr", has_text="billing")
+    assert "2" in (await row.locator("td").nth(4).text_content() or "")
+    await page.screenshot(path=SHOTS / "dashboard-outputs.png", full_page=True)
+
+    await row.locator("a").first.click()
+    await page.wait_for_url(f"{base}/ui/outputs/billing")
+    assert await page.locator("#set-aside tbody tr").count() == 2
+    assert "NOT_FOUND" in (await page.text_content("#set-aside") or "")
+    await page.screenshot(path=SHOTS / "dashboard-output-set-aside.png", full_page=True)
+
+    await page.locator(f"#m-{ids[0]} button", has_text="Send again").click()
+    await page.wait_for_url(f"{base}/ui/outputs/billing")
+    assert await page.locator("#set-aside tbody tr").count() == 1
+
+    async def arrived() -> bool:
+        return await asyncio.to_thread(h.amqp_queue_depth, queue) == 1
+
+    await wait_for(arrived, timeout=20, what="the message sent again arrives")
+
+    # Discarding asks for the box first: without it the browser does not submit.
+    await page.click("#discard-all")
+    assert await page.locator("#set-aside tbody tr").count() == 1
+    await page.check("#discard-confirm")
+    await page.click("#discard-all")
+    await page.wait_for_url(f"{base}/ui/outputs/billing")
+    assert "No message of this output is set aside" in (await page.content())
+    await page.screenshot(path=SHOTS / "dashboard-output-cleared.png", full_page=True)

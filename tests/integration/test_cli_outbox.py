@@ -9,30 +9,18 @@ import json
 
 import asyncpg
 
-from jobwire.effects import EffectfulOutcome, Effects, OutboxMessage
-from jobwire.models import JobSpec, JobStatus
-from jobwire.store.base import ClaimRequest
 from jobwire.store.postgres import PostgresStore
 from tests.support.daemon import jobwire
+from tests.support.outbox import set_aside as seed
 
 
 def set_aside(url: str, output: str, count: int) -> list[int]:
-    """``count`` messages of ``output`` refused for good by its broker: set aside."""
+    """``count`` messages of ``output`` its broker refused for good: set aside."""
 
     async def go() -> list[int]:
         store = await PostgresStore.connect(url, min_size=1, max_size=2)
         try:
-            await store.enqueue_many([JobSpec("pub", {})])
-            (job,) = await store.claim(ClaimRequest({"default": 1}, 1, "w", 30.0))
-            messages = [OutboxMessage(output, n, b"{}", f"k{n}") for n in range(1, count + 1)]
-            await store.complete_many(
-                "w",
-                [EffectfulOutcome(job.id, 1, JobStatus.SUCCEEDED, 0.1, effects=Effects(messages))],
-            )
-            rows = await store.claim_outbox(output, 100, 30.0)
-            ids = [r.id for r in rows]
-            await store.fail_outbox(ids, "NOT_FOUND - no exchange 'billing'", 10, ids)
-            return ids
+            return await seed(store, output, count, "NOT_FOUND - no exchange 'billing'")
         finally:
             await store.close()
 

@@ -170,6 +170,15 @@ def publish_amqp(queue: str, messages: Sequence[Outgoing]) -> list[str | None]:
     return [m.ident for m in messages]
 
 
+def declare_amqp_queue(queue: str) -> None:
+    """A durable RabbitMQ queue (delete it with ``delete_amqp_queue``)."""
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        connection.channel().queue_declare(queue, durable=True)
+    finally:
+        connection.close()
+
+
 def amqp_queue_depth(queue: str) -> int:
     """Ready messages left in a RabbitMQ queue (0 once every delivery was acked)."""
     connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))

@@ -13,6 +13,7 @@ from aiohttp import web
 from jobwire.api_models import BadInput, parse_id
 from jobwire.dashboard.auth import Role
 from jobwire.dashboard.common import Context, PageError, render, session_of
+from jobwire.dashboard.outputs import output_rows
 from jobwire.dashboard.sparkline import per_queue
 from jobwire.dashboard.views import COUNT_CAP, body_preview, provenance
 from jobwire.models import JobStatus
@@ -91,7 +92,8 @@ class Pages:
         self._cached: tuple[int, float, dict[str, Any]] | None = None
 
     async def overview(self, request: web.Request) -> web.Response:
-        """Per queue: ready, running, retrying and failed lately; sources, instances, schedules."""
+        """Per queue: ready, running, retrying and failed lately; sources, outputs, instances,
+        schedules."""
         version = self.live_version()
         now = time.monotonic()
         cached = self._cached
@@ -139,9 +141,11 @@ class Pages:
             }
             for name in names
         ]
+        workers = await store.list_workers()
         return {
             "queues": queues,
-            "workers": await store.list_workers(),
+            "outputs": output_rows(await store.outbox_pending(), workers),
+            "workers": workers,
             "schedules": await store.list_schedules(),
         }
 

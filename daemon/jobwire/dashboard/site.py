@@ -42,6 +42,7 @@ from jobwire.dashboard.common import (
 )
 from jobwire.dashboard.failures import Failures
 from jobwire.dashboard.live import LiveHub, stream
+from jobwire.dashboard.outputs import OutputPages
 from jobwire.dashboard.pages import Pages
 from jobwire.dashboard.queues import QueuePages
 from jobwire.dashboard.rollup import Rollup
@@ -151,6 +152,7 @@ class Dashboard:
                 web.get("/audit", self.pages.audit),
                 *SchedulePages(self.ctx).routes(),
                 *QueuePages(self.ctx).routes(),
+                *OutputPages(self.ctx).routes(),
                 web.get("/failures", self.failures.page),
                 web.post("/bulk", self.bulk.freeze),
                 web.get("/bulk/{run}", self.bulk.page),
