@@ -62,6 +62,8 @@ PARAMETER_SCHEMAS: dict[str, dict[str, Any]] = {
         "default": DEFAULT_LIST,
     },
     "before_id": {"anyOf": [_ID_SCHEMA, _EMPTY]},
+    # An output's name, as jobwire.outbox_admin checks it (also one no config lists now).
+    "output": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[^\\x00]*\\S"},
     # A schedule's name, as jobwire.schedule_admin checks it.
     "name": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[A-Za-z0-9_.:-]+$"},
 }

@@ -16,11 +16,12 @@ import jobwire
 from jobwire.api_models import MAX_BODY_BYTES, PARAMETER_SCHEMAS
 from jobwire.config import HttpConfig
 from jobwire.models import Job
-from jobwire.store.base import ScheduleRow
+from jobwire.store.base import ScheduleRow, SetAsideMessage
 from jobwire.web.access import Access, needs_token
 from jobwire.web.routes import ROUTES, Route
 
 _REF = "#/components/schemas/{model}"
+_INT = {"type": "integer"}
 _SECURITY = "bearerAuth"
 _ERRORS = {
     400: "A bad request; field names the parameter or body key at fault",
@@ -38,6 +39,7 @@ _PARAMETER_TEXT = {
     "limit": "At most this many jobs",
     "before_id": "Only jobs with a smaller id (the next page)",
     "name": "A schedule's name",
+    "output": "An output's name (also one the config no longer lists: its messages stay)",
 }
 
 
@@ -64,6 +66,8 @@ def _schemas() -> dict[str, Any]:
         "description": "Every attempt, oldest first.",
     }
     schemas["JobDetail"] = _always_present(detail)
+    message = TypeAdapter(SetAsideMessage).json_schema(mode="serialization", ref_template=_REF)
+    schemas["SetAsideMessage"] = _always_present(message)
     schedule = TypeAdapter(ScheduleRow).json_schema(mode="serialization", ref_template=_REF)
     schemas.update(schedule.pop("$defs", {}))
     schemas["Schedule"] = _always_present(schedule)
@@ -97,6 +101,33 @@ def _schemas() -> dict[str, Any]:
                     "live": {"type": "object", "additionalProperties": {"type": "integer"}},
                 },
                 required=["queue", "paused"],
+            ),
+            "OutputList": _object(
+                {
+                    "outputs": {
+                        "type": "array",
+                        "items": _object(
+                            {
+                                "output": {"type": "string"},
+                                "pending": {"type": "integer"},
+                                "oldest_seconds": {"type": "number"},
+                                "set_aside": {"type": "integer"},
+                            }
+                        ),
+                    }
+                }
+            ),
+            "SetAsideList": _object(
+                {
+                    "messages": {"type": "array", "items": _ref("SetAsideMessage")},
+                    "next_before_id": {"type": ["integer", "null"]},
+                }
+            ),
+            "OutboxResent": _object(
+                {"output": {"type": "string"}, "resent": {"type": "array", "items": _INT}}
+            ),
+            "OutboxDiscarded": _object(
+                {"output": {"type": "string"}, "discarded": {"type": "array", "items": _INT}}
             ),
             "SourceList": _object(
                 {"sources": {"type": "object", "additionalProperties": {"type": "object"}}}

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from jobwire.api_models import EnqueueRequest
 from jobwire.schedule_admin import ScheduleChanges, ScheduleRequest
 from jobwire.web.access import Access
+from jobwire.web.outbox_api import OutboxActionRequest
 
 OPENAPI_PATH = "/api/v1/openapi.json"
 
@@ -201,6 +202,48 @@ ROUTES: tuple[Route, ...] = (
         {200: "QueueControl"},
         path_params=("queue",),
         description="changed is false when the queue was not paused. Written to the audit.",
+    ),
+    Route(
+        "GET",
+        "/api/v1/outputs",
+        "list_outputs",
+        "Each output with unsent messages: how many, the oldest's age, how many set aside",
+        Access.READ,
+        {200: "OutputList"},
+    ),
+    Route(
+        "GET",
+        "/api/v1/outputs/{output}/set-aside",
+        "list_set_aside",
+        "An output's messages set aside (its broker refused them for good), newest first",
+        Access.READ,
+        {200: "SetAsideList"},
+        path_params=("output",),
+        query_params=("limit", "before_id"),
+    ),
+    Route(
+        "POST",
+        "/api/v1/outputs/{output}/resend",
+        "resend_outbox",
+        "Send an output's set-aside messages again, attempts counted from zero",
+        Access.ADMIN,
+        {200: "OutboxResent"},
+        path_params=("output",),
+        body=OutboxActionRequest,
+        description='By id ("ids": [...]) or all of them ("all": true). Ids not set aside are '
+        "left alone; resent lists the ids handed back to the relay. Written to the audit.",
+    ),
+    Route(
+        "POST",
+        "/api/v1/outputs/{output}/discard",
+        "discard_outbox",
+        "Delete an output's set-aside messages: they are never sent",
+        Access.ADMIN,
+        {200: "OutboxDiscarded"},
+        path_params=("output",),
+        body=OutboxActionRequest,
+        description='By id ("ids": [...]) or all of them ("all": true). Ids not set aside are '
+        "left alone; discarded lists the ids deleted. Written to the audit.",
     ),
     Route(
         "GET",

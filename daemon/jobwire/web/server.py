@@ -21,6 +21,7 @@ from jobwire.redaction import redact
 from jobwire.store.base import OperatorStore, StoreUnavailable
 from jobwire.web.access import authorize
 from jobwire.web.openapi import openapi_document
+from jobwire.web.outbox_api import OutboxEndpoints
 from jobwire.web.responses import ApiError, Handler, errors, json_response
 from jobwire.web.routes import ROUTES, Route
 from jobwire.web.schedules_api import ScheduleEndpoints
@@ -34,7 +35,7 @@ REQUIRED_UP = frozenset({"up", "paused"})  # paused on purpose (backlog) is not 
 _ENQUEUE_TRIES = 3
 
 
-class HttpApi(ScheduleEndpoints):
+class HttpApi(ScheduleEndpoints, OutboxEndpoints):
     """Routes of the HTTP server, over the daemon's store, metrics and sources."""
 
     def __init__(
