@@ -3,6 +3,7 @@ again or discarding them (audited, as the dashboard's and the API's are)."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Sequence
 
@@ -85,7 +86,7 @@ def outbox_set_aside(output_name: str | None, limit: int, before_id: int | None)
 
     rows = with_store(config, act)
     if as_json():
-        print_json({"set_aside": [_as_dict(m) for m in rows]})
+        print_json({"set_aside": [dataclasses.asdict(m) for m in rows]})
         return
     if not rows:
         click.echo("no message is set aside" + (f" for {output}" if output else ""))
@@ -115,21 +116,6 @@ def outbox_set_aside(output_name: str | None, limit: int, before_id: int | None)
     )
     if len(rows) == limit:
         click.echo(f"more: --before-id {rows[-1].id}")
-
-
-def _as_dict(m: SetAsideMessage) -> dict[str, object]:
-    return {
-        "id": m.id,
-        "output": m.output,
-        "job_id": m.job_id,
-        "n": m.n,
-        "key": m.key,
-        "attempts": m.attempts,
-        "last_error": m.last_error,
-        "created_at": m.created_at.isoformat(),
-        "failed_at": m.failed_at.isoformat(),
-        "size": m.size,
-    }
 
 
 def _act(verb: str, output: str, ids: Sequence[int], yes: bool) -> None:

@@ -7,7 +7,8 @@ so the API refuses and audits exactly as the CLI and the dashboard do.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import dataclasses
+from typing import Annotated
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -22,7 +23,7 @@ from jobwire.api_models import (
     parse_json_object,
 )
 from jobwire.outbox_admin import MAX_IDS, OutboxRefused, check, discard, resend
-from jobwire.store.base import OperatorStore, SetAsideMessage
+from jobwire.store.base import OperatorStore
 from jobwire.web.responses import ApiError, json_response
 
 _PAGE_PARAMS = ("limit", "before_id")
@@ -78,21 +79,6 @@ def _page(request: web.Request) -> tuple[int, int | None]:
     return limit, parse_id(before, "before_id") if before else None
 
 
-def _message(m: SetAsideMessage) -> dict[str, Any]:
-    return {
-        "id": m.id,
-        "output": m.output,
-        "job_id": m.job_id,
-        "n": m.n,
-        "key": m.key,
-        "attempts": m.attempts,
-        "last_error": m.last_error,
-        "created_at": m.created_at,
-        "failed_at": m.failed_at,
-        "size": m.size,
-    }
-
-
 class OutboxEndpoints:
     """The output routes of HttpApi (which provides the store)."""
 
@@ -117,7 +103,7 @@ class OutboxEndpoints:
         more = len(rows) > limit
         return json_response(
             {
-                "messages": [_message(m) for m in page],
+                "messages": [dataclasses.asdict(m) for m in page],
                 "next_before_id": page[-1].id if more and page else None,
             }
         )
