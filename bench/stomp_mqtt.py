@@ -18,6 +18,7 @@ Both ceilings are timed from their first message, as jobwire's drains are timed 
 first row stored (connecting and subscribing are left out of both).
 
     .venv/bin/python -m bench.stomp_mqtt --messages 20000
+    .venv/bin/python -m bench.stomp_mqtt --stomp-clients asyncio nul-safe --rounds 3
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
+import statistics
 import tempfile
 import threading
 import time
@@ -202,13 +205,57 @@ async def mqtt_drain(n: int, prefetch: int = 1000, concurrency: int | None = 256
         return await drain_source(source, n, concurrency)
 
 
+async def compare_stomp_clients(
+    n: int, clients: list[str], rounds: int, prefetch: int, concurrency: int
+) -> None:
+    """The STOMP drain on each client ``JOBWIRE_STOMP_FRAME_READER`` names (asyncio,
+    nul-safe, stomp.py), alternating within each round after a bare stomp.py ceiling."""
+    figures: dict[str, list[tuple[float, float, float, float]]] = {c: [] for c in clients}
+    for number in range(1, rounds + 1):
+        ceiling = await stomp_ceiling(n, prefetch)
+        print(f"round {number}: bare stomp.py consumer {ceiling:,.0f} msg/s", flush=True)
+        for client in clients:
+            os.environ["JOBWIRE_STOMP_FRAME_READER"] = client  # the daemon inherits it
+            try:
+                drain = await stomp_drain(n, prefetch, concurrency)
+            finally:
+                del os.environ["JOBWIRE_STOMP_FRAME_READER"]
+            intake = drain.jobs / drain.intake_seconds
+            row = (drain.rate, drain.rate / ceiling, intake, drain.cpu_us_per_job)
+            figures[client].append(row)
+            print(
+                f"  {client:>9}: drain {row[0]:,.0f} jobs/s ({row[1]:.0%} of the ceiling), "
+                f"intake {intake:,.0f} msg/s, daemon {row[3]:.0f} us/job",
+                flush=True,
+            )
+    print(f"medians of {rounds} rounds:")
+    for client, rows in figures.items():
+        drain, ratio, intake, cpu = (statistics.median(col) for col in zip(*rows, strict=True))
+        print(
+            f"  {client:>9}: drain {drain:,.0f} jobs/s ({ratio:.0%}), intake {intake:,.0f} "
+            f"msg/s, daemon {cpu:.0f} us/job"
+        )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--prefetch", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument(
+        "--stomp-clients",
+        nargs="+",
+        choices=["asyncio", "nul-safe", "stomp.py"],
+        help="only STOMP: the drain on each of these clients, alternating (see --rounds)",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="with --stomp-clients")
     args = parser.parse_args()
     n = args.messages
+    if args.stomp_clients:
+        await compare_stomp_clients(
+            n, args.stomp_clients, args.rounds, args.prefetch, args.concurrency
+        )
+        return
     rate = await stomp_ceiling(n, args.prefetch)
     print(f"bare stomp.py consumer, client-individual acks: {rate:,.0f} msg/s")
     result = await stomp_drain(n, args.prefetch, args.concurrency)

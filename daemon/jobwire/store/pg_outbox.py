@@ -12,7 +12,7 @@ import asyncpg
 
 from jobwire.effects import Claim, OutboxRow, effects_of, position
 from jobwire.models import Outcome
-from jobwire.store.base import OutboxBacklog
+from jobwire.store.base import OutboxBacklog, StoreRefused
 from jobwire.store.pg_base import PgBase, guard
 
 # Before every row: a claim from the start.
@@ -119,17 +119,26 @@ class PgOutbox(PgBase):
         if after is not None and after.created_at is not None:
             since, since_id = after.created_at, after.id
         # One statement, its own transaction (see outbox_claim in migrations 0016 and 0017).
-        async with guard("outbox claim"), self._pool.acquire() as conn:
-            records = await conn.fetch(
-                self._q["outbox_claim"],
-                output,
-                limit,
-                lease,
-                since,
-                since_id,
-                list(sent),
-                None if leases is None else list(leases),
-            )
+        try:
+            async with guard("outbox claim"), self._pool.acquire() as conn:
+                records = await conn.fetch(
+                    self._q["outbox_claim"],
+                    output,
+                    limit,
+                    lease,
+                    since,
+                    since_id,
+                    list(sent),
+                    None if leases is None else list(leases),
+                )
+        except asyncpg.RaiseError as exc:
+            if "needs READ COMMITTED" not in str(exc):
+                raise
+            # The database's or role's default isolation (migration 0017): a setting to fix,
+            # not a broker's failure. The relay waits and tries again, keeping its broker
+            # connection, and says so once.
+            # (asyncpg's text of it carries the HINT: one line here.)
+            raise StoreRefused(f"outbox claim: {' '.join(str(exc).split())}") from exc
         # In claim order (the function's ORDER BY, which the statement over it keeps): the
         # relay's whole-batch mark names the ids in this order, as the lease does.
         claim = Claim(map(_row, records))

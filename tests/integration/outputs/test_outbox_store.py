@@ -15,7 +15,7 @@ from jobwire.config import RetentionConfig
 from jobwire.effects import ChildJob, EffectfulOutcome, Effects, OutboxMessage
 from jobwire.maintenance import Maintenance
 from jobwire.models import JobSpec, JobStatus, Outcome
-from jobwire.store.base import ClaimRequest
+from jobwire.store.base import ClaimRequest, StoreRefused
 from jobwire.store.memory import MemoryStore
 from jobwire.store.pg_outbox import EARLIEST
 from jobwire.store.postgres import PostgresStore
@@ -372,6 +372,23 @@ class TestPostgresOutbox(OutboxContract):
         assert "default_transaction_isolation" in (raised.value.hint or "")
         # Under READ COMMITTED the same row is there to claim.
         assert [r.id for r in await store.claim_outbox("out", 10, 30.0)] != []
+
+    async def test_a_database_set_to_a_stricter_isolation_refuses_claims_as_a_setting(
+        self, store: PostgresStore, database_url: str
+    ) -> None:
+        """Set for the whole database, the store's claim says so as StoreRefused (the relay
+        then waits and retries with its broker connection kept), naming the setting."""
+        name = database_url.rsplit("/", 1)[1]
+        async with store._pool.acquire() as conn:
+            await conn.execute(
+                f'ALTER DATABASE "{name}" SET default_transaction_isolation = \'repeatable read\''
+            )
+        strict = await PostgresStore.connect(database_url, "jobwire", min_size=1, max_size=1)
+        try:
+            with pytest.raises(StoreRefused, match=r"needs READ COMMITTED.* HINT: .*ALTER ROLE"):
+                await strict.claim_outbox("out", 10, 30.0)
+        finally:
+            await strict.close()
 
     async def test_a_claim_does_not_wait_on_a_relay_settling_an_expired_lease(
         self, store: PostgresStore
