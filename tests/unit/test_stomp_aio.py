@@ -17,6 +17,7 @@ from stomp.utils import Frame
 
 from jobwire.adapters.base import tls_context
 from jobwire.adapters.stomp.aio import AsyncStompConnection
+from jobwire.adapters.stomp.threaded import ThreadedStompConnection
 from jobwire.config import TlsConfig
 from tests.support.waiting import wait_for
 
@@ -108,7 +109,7 @@ async def test_messages_arrive_whole_however_the_bytes_are_cut() -> None:
         await wait_for(lambda: seen.receipts, what="the receipt")
         await conn.ack(["a:1"])
         await wait_for(lambda: b"ACK\nid:a\\c1\n\n\x00" in b"".join(received), what="the ACK")
-        await conn.close()
+        await conn.close(wait=0.1)  # the scripted server sends no receipt
     assert [(f.cmd, f.headers, f.body) for f in seen.frames] == [
         (
             "MESSAGE",
@@ -135,7 +136,7 @@ async def test_an_error_frame_at_connect_refuses_with_its_message() -> None:
         conn = seen.connection(port)
         with pytest.raises(ConnectionError, match="Access refused"):
             await conn.connect("guest", "wrong", timeout=5)
-        await conn.close()
+        await conn.close(wait=0.1)  # the scripted server sends no receipt
     assert [e.headers["message"] for e in seen.errors] == ["Access refused for user 'guest'"]
 
 
@@ -150,7 +151,7 @@ async def test_a_closed_socket_ends_the_connection_once() -> None:
         conn = seen.connection(port)
         await conn.connect(None, None, timeout=5)
         await wait_for(lambda: seen.lost, what="the loss")
-        await conn.close()
+        await conn.close(wait=0.1)  # the scripted server sends no receipt
         with pytest.raises(ConnectionError):
             await conn.ack(["late"])
     assert seen.lost == ["disconnected"]
@@ -162,7 +163,7 @@ async def test_a_bad_heart_beat_header_refuses_the_connection() -> None:
         conn = seen.connection(port, heartbeat_ms=100)
         with pytest.raises(ConnectionError, match="heart-beat"):
             await conn.connect(None, None, timeout=5)
-        await conn.close()
+        await conn.close(wait=0.1)  # the scripted server sends no receipt
 
 
 async def test_heart_beats_go_out_and_a_silent_broker_is_noticed() -> None:
@@ -175,7 +176,7 @@ async def test_heart_beats_go_out_and_a_silent_broker_is_noticed() -> None:
         await conn.connect(None, None, timeout=5)
         await wait_for(lambda: seen.lost, what="the heart-beat timeout", timeout=5)
         after_connect = b"".join(received).split(b"\x00", 1)[1]
-        await conn.close()
+        await conn.close(wait=0.1)  # the scripted server sends no receipt
     assert seen.lost == ["heart-beat timeout"]
     assert after_connect.count(b"\n") >= 1 and after_connect.strip(b"\n") == b""
 
@@ -194,7 +195,7 @@ async def test_a_talking_broker_keeps_the_connection() -> None:
         await conn.connect(None, None, timeout=5)
         await asyncio.sleep(0.6)  # four silence limits: a false timeout would show
         assert seen.lost == []
-        await conn.close()
+        await conn.close(wait=0.1)  # the scripted server sends no receipt
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +251,7 @@ async def test_tls_checks_the_certificate_unless_told_not_to(
         else:
             with pytest.raises(ssl.SSLCertVerificationError):
                 await conn.connect(None, None, timeout=5)
-        await conn.close()
+        await conn.close(wait=0.1)  # the scripted server sends no receipt
 
 
 async def test_a_frame_that_breaks_its_handler_leaves_the_connection_reading() -> None:
@@ -269,6 +270,72 @@ async def test_a_frame_that_breaks_its_handler_leaves_the_connection_reading() -
         conn.on_frame = on_frame
         await conn.connect(None, None, timeout=5)
         await wait_for(lambda: seen.frames, what="the message after it")
-        await conn.close()
+        await conn.close(wait=0.1)  # the scripted server sends no receipt
     assert [f.headers["message-id"] for f in seen.frames] == ["m2"]
     assert seen.lost == []
+
+
+async def test_a_close_lets_the_last_acks_reach_a_busy_broker() -> None:
+    """The broker sends deliveries and reads nothing for a moment while the client ACKs and
+    closes. A close at once would leave deliveries unread on the client's socket, so its
+    kernel resets the connection and the broker's unread bytes (the ACK) are lost; the
+    close waits for the DISCONNECT's receipt instead."""
+    read: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(CONNECTED)
+        # Busy: deliveries go on and the client's frames wait unread meanwhile.
+        for n in range(1, 300):
+            writer.write(f"MESSAGE\nmessage-id:m{n}\nack:a{n}\n\n{{}}\x00".encode())
+            await writer.drain()
+            await asyncio.sleep(0.002)
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                read.append(data)
+                if b"receipt:jobwire-disconnect" in b"".join(read):
+                    writer.write(b"RECEIPT\nreceipt-id:jobwire-disconnect\n\n\x00")
+                    await writer.drain()
+        writer.close()
+
+    srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        seen = Seen()
+        conn = seen.connection(srv.sockets[0].getsockname()[1])
+        await conn.connect(None, None, timeout=5)
+        await conn.ack(["a1", "a2"])
+        await asyncio.wait_for(conn.close(), 5)
+        await wait_for(lambda: b"DISCONNECT" in b"".join(read), what="the DISCONNECT read")
+    finally:
+        srv.close()
+    assert b"ACK\nid:a2\n\n\x00" in b"".join(read)
+    assert seen.lost == []
+
+
+async def test_a_broker_that_never_answers_is_given_up_with_a_reason() -> None:
+    seen = Seen()
+    async with server(answering(b"")) as (port, _):
+        conn = seen.connection(port)
+        with pytest.raises(ConnectionError, match=r"no CONNECTED from the broker within 0\.3s"):
+            await conn.connect(None, None, timeout=0.3)
+        await conn.close(wait=0.1)
+
+
+async def test_stomp_py_s_client_gives_up_on_a_silent_broker_too() -> None:
+    """stomp.py's own wait for CONNECTED has no deadline: the threaded client sets one."""
+    seen = Seen()
+    async with server(answering(b"")) as (port, _):
+        conn = ThreadedStompConnection(
+            "nul-safe",
+            "127.0.0.1",
+            port,
+            "/",
+            0,
+            None,
+            seen.frames.append,
+            seen.lost.append,
+            seen.errors.append,
+            seen.receipts.append,
+        )
+        with pytest.raises(ConnectionError, match="within 1s"):
+            await asyncio.wait_for(conn.connect(None, None, timeout=1), 10)
+        await asyncio.wait_for(conn.close(), 10)

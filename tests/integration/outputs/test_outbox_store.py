@@ -381,7 +381,7 @@ class TestPostgresOutbox(OutboxContract):
         name = database_url.rsplit("/", 1)[1]
         async with store._pool.acquire() as conn:
             await conn.execute(
-                f'ALTER DATABASE "{name}" SET default_transaction_isolation = \'repeatable read\''
+                f"ALTER DATABASE \"{name}\" SET default_transaction_isolation = 'repeatable read'"
             )
         strict = await PostgresStore.connect(database_url, "jobwire", min_size=1, max_size=1)
         try:

@@ -24,6 +24,19 @@ from jobwire.adapters.stomp.bridge import ack_frames
 from jobwire.adapters.stomp.frames import FrameSplitter
 
 log = structlog.get_logger("jobwire.adapters")
+DISCONNECT_RECEIPT = "jobwire-disconnect"
+CLOSE_WAIT = 2.0  # seconds a close waits for the DISCONNECT's receipt
+
+
+def _retrieved(future: asyncio.Future[Frame]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
 
 # As stomp.py's default heart_beat_receive_scale: silence for 1.5 receive intervals is a
 # dead connection.
@@ -98,6 +111,10 @@ class AsyncStompConnection:
         self.last_read = self.last_write = self.loop.time()
         self._transport: asyncio.Transport | None = None
         self._connected: asyncio.Future[Frame] = self.loop.create_future()
+        # An ERROR or a lost socket before anyone awaits it must not warn at exit.
+        self._connected.add_done_callback(_retrieved)
+        # Set by the DISCONNECT's receipt or the socket's end (``close`` waits for it).
+        self._closed: asyncio.Future[None] = self.loop.create_future()
         self._beat: asyncio.Task[None] | None = None
         self._ended = False
 
@@ -106,24 +123,11 @@ class AsyncStompConnection:
     async def connect(self, username: str | None, password: str | None, timeout: float) -> None:
         """Open the socket, send the connect frame and wait for CONNECTED; raises
         ConnectionError on an ERROR frame, a closed socket or no answer in ``timeout``."""
-        async with asyncio.timeout(timeout):
-            transport, _ = await self.loop.create_connection(
-                lambda: _Reader(self),
-                self.host,
-                self.port,
-                ssl=self.tls,
-                server_hostname=self.host if self.tls is not None else None,
-            )
-            self._transport = transport
-            headers = {"accept-version": "1.2", "host": self.vhost or self.host}
-            if username is not None:
-                headers["login"] = username
-            if password is not None:
-                headers["passcode"] = password
-            if self.heartbeats != (0, 0):
-                headers["heart-beat"] = f"{self.heartbeats[0]},{self.heartbeats[1]}"
-            self.write(encode("STOMP", headers))
-            connected = await self._connected
+        try:
+            async with asyncio.timeout(timeout):
+                connected = await self._open(username, password)
+        except TimeoutError:
+            raise ConnectionError(f"no CONNECTED from the broker within {timeout:g}s") from None
         offered = connected.headers.get("heart-beat", "0,0").replace(" ", "").split(",")
         try:
             send_ms, receive_ms = calculate_heartbeats(offered, self.heartbeats)
@@ -135,14 +139,42 @@ class AsyncStompConnection:
                 name="jobwire-stomp-heartbeat",
             )
 
-    async def close(self) -> None:
-        """DISCONNECT (best effort) and close; what was written before goes out first."""
+    async def _open(self, username: str | None, password: str | None) -> Frame:
+        """The socket and the connect frame; CONNECTED's frame (raises as ``connect``)."""
+        transport, _ = await self.loop.create_connection(
+            lambda: _Reader(self),
+            self.host,
+            self.port,
+            ssl=self.tls,
+            server_hostname=self.host if self.tls is not None else None,
+        )
+        self._transport = transport
+        headers = {"accept-version": "1.2", "host": self.vhost or self.host}
+        if username is not None:
+            headers["login"] = username
+        if password is not None:
+            headers["passcode"] = password
+        if self.heartbeats != (0, 0):
+            headers["heart-beat"] = f"{self.heartbeats[0]},{self.heartbeats[1]}"
+        self.write(encode("STOMP", headers))
+        return await self._connected
+
+    async def close(self, wait: float = CLOSE_WAIT) -> None:
+        """DISCONNECT with a receipt, then close once the broker confirms it or closes (at
+        most ``wait`` seconds). Closing at once would lose what was written last: with
+        deliveries still unread on the socket, the kernel resets the connection and the
+        broker may drop the ACKs and NACKs it had not read yet (a redelivery each)."""
         self._end()
         transport = self._transport
-        if transport is not None and not transport.is_closing():
-            with contextlib.suppress(Exception):
-                transport.write(encode("DISCONNECT", {}))
-            transport.close()
+        if transport is None or transport.is_closing():
+            return
+        try:
+            transport.write(encode("DISCONNECT", {"receipt": DISCONNECT_RECEIPT}))
+            async with asyncio.timeout(wait):
+                await self._closed
+        except Exception:  # noqa: BLE001 - closing anyway (TimeoutError included)
+            pass
+        transport.close()
 
     # -- writing ----------------------------------------------------------------------
 
@@ -182,9 +214,13 @@ class AsyncStompConnection:
         """One frame read: to the handler for its command."""
         command = frame.cmd
         if command == "MESSAGE":
-            self.on_frame(frame)
+            if not self._ended:  # a delivery read while closing goes back to the broker
+                self.on_frame(frame)
         elif command == "RECEIPT":
-            self.on_receipt(frame)
+            if frame.headers.get("receipt-id") == DISCONNECT_RECEIPT:
+                _settle(self._closed)
+            else:
+                self.on_receipt(frame)
         elif command == "CONNECTED":
             if not self._connected.done():
                 self._connected.set_result(frame)
@@ -196,6 +232,7 @@ class AsyncStompConnection:
 
     def lost(self, reason: str) -> None:
         """The socket closed (or the heart-beats stopped): tell the owner, once."""
+        _settle(self._closed)
         if not self._connected.done():
             self._connected.set_exception(ConnectionError(f"STOMP connection {reason}"))
         if self._ended:

@@ -245,7 +245,7 @@ ENV = "JOBWIRE_STOMP_FRAME_READER"
 
 
 def choose() -> str:
-    """The client a STOMP source connects with: ``asyncio`` (``aio``, the default), or
+    """The client a STOMP source connects with: ``asyncio`` (module ``aio``, the default), or
     stomp.py's with this module's reader (``nul-safe``) or with its own (``stomp.py``), as
     ``JOBWIRE_STOMP_FRAME_READER`` asks. Says which in the log once per process (a warning
     when the wish could not be met: an unknown value, or a stomp.py release this reader was

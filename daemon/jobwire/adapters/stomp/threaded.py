@@ -8,6 +8,8 @@ loop. Chosen with ``JOBWIRE_STOMP_FRAME_READER=nul-safe`` or ``stomp.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -41,8 +43,30 @@ class ThreadedStompConnection:
         self._conn: Any = conn
 
     async def connect(self, username: str | None, password: str | None, timeout: float) -> None:
-        """Connect and wait for CONNECTED (stomp.py's own timeout applies)."""
-        await asyncio.to_thread(self._conn.connect, username, password, wait=True)
+        """Connect and wait for CONNECTED, at most ``timeout`` seconds: ConnectionError else.
+
+        Not ``connect(wait=True)``: stomp.py then waits for CONNECTED with no deadline, and a
+        broker that accepts the socket but never answers would hold the source (and the
+        thread, and so the daemon's exit) for good."""
+        conn = self._conn
+
+        def connect() -> None:
+            conn.connect(username, password, wait=False)
+            transport = conn.transport
+            # (stomp.py's wait_for_connection takes a timeout, but only as its poll step.)
+            deadline = time.monotonic() + timeout
+            while transport.running and not transport.is_connected():
+                if transport.connection_error:
+                    raise ConnectionError("the broker refused the connection (ERROR frame)")
+                if time.monotonic() > deadline:
+                    with contextlib.suppress(Exception):
+                        transport.disconnect_socket()  # its receiver thread ends with it
+                    raise ConnectionError(f"no CONNECTED from the broker within {timeout:g}s")
+                time.sleep(0.02)
+            if not transport.is_connected():
+                raise ConnectionError("the STOMP connection closed before CONNECTED")
+
+        await asyncio.to_thread(connect)
 
     async def close(self) -> None:
         """Disconnect and stop the receiver thread, whatever is already broken."""
