@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from jobwire.storable import problem_of
 from jobwire.store.base import AdminStore, AuditEntry
 
 MAX_OUTPUT_NAME = 200
+BIGINT_MAX = 2**63 - 1  # a message id is a PostgreSQL bigint
 MAX_IDS = 10_000  # ids named in one call (all of an output's: name none)
 AUDITED_IDS = 100  # ids kept in the audit row's detail; the count is always whole
 
@@ -24,8 +26,13 @@ def check(output: str, ids: Sequence[int] | None) -> None:
     the outbox with no relay, and an operator may want them discarded."""
     if not output.strip():
         raise OutboxRefused("an output name cannot be empty")
-    if len(output) > MAX_OUTPUT_NAME or "\x00" in output:
-        raise OutboxRefused(f"an output name is printable text of at most {MAX_OUTPUT_NAME}")
+    if len(output) > MAX_OUTPUT_NAME:
+        raise OutboxRefused(f"an output name is at most {MAX_OUTPUT_NAME} characters")
+    problem = problem_of(output)
+    if problem is not None:  # no output can have it, and the store could not compare it
+        raise OutboxRefused(f"the output name {problem}")
+    if ids is not None and any(not 1 <= i <= BIGINT_MAX for i in ids):
+        raise OutboxRefused(f"a message id is from 1 to {BIGINT_MAX}")
     if ids is not None and not ids:
         raise OutboxRefused("no message id given (name none to act on all set aside)")
     if ids is not None and len(ids) > MAX_IDS:

@@ -116,3 +116,20 @@ async def test_a_reader_cannot_act(client: Client, pg_store: PostgresStore) -> N
     async with client.post("/ui/outputs/billing/resend", data={"csrf": csrf}) as r:
         assert r.status == 403 and "read-only" in await r.text()
     assert (await pg_store.outbox_pending())["billing"].set_aside == 1
+
+
+async def test_hostile_names_and_ids_are_refused_not_crashed_on(
+    client: Client, pg_store: PostgresStore
+) -> None:
+    csrf = await sign_in(client, ADMIN)
+    async with client.get("/ui/outputs/a%00b") as r:
+        assert r.status == 400 and "NUL" in await r.text()
+    for path in ("/ui/outputs/%ED%A0%80", "/ui/outputs/" + "x" * 300):
+        async with client.get(path) as r:
+            # Refused (a NUL, too long), or an empty page for a name the URL decoding turned
+            # into valid text: never a crash.
+            assert r.status in (200, 400), (path, r.status)
+    for given in ("99999999999999999999", "-1", "1e3", "x"):
+        async with client.post("/ui/outputs/billing/resend", data={"csrf": csrf, "id": given}) as r:
+            assert r.status == 400, given
+    assert [a for a in await pg_store.list_audit() if a.action.startswith("outbox")] == []

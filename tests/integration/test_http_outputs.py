@@ -92,3 +92,17 @@ async def test_admin_resends_by_id_and_discards_all_said_so(
     assert (await pg_store.outbox_pending())["billing"].set_aside == 0
     audit = [(a.action, a.count, a.actor[:4]) for a in await pg_store.list_audit()]
     assert audit == [("outbox_discard", 2, "api:"), ("outbox_resend", 1, "api:")]
+
+
+async def test_hostile_names_and_ids_are_refused(api: str) -> None:
+    for name in ("a%00b", "x" * 300):
+        status, body = await call(api, "GET", f"/api/v1/outputs/{name}/set-aside")
+        assert status == 400, (name, body)
+        status, body = await call(api, "POST", f"/api/v1/outputs/{name}/resend", {"all": True})
+        assert status == 400, (name, body)
+    deep: Any = []
+    for _ in range(200):
+        deep = [deep]
+    for body in ({"ids": [2**63]}, {"ids": [0]}, {"ids": deep}, {"all": "yes"}, {"ids": None}):
+        status, answer = await call(api, "POST", "/api/v1/outputs/billing/discard", body)
+        assert status == 400, (body, answer)

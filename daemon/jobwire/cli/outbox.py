@@ -73,12 +73,19 @@ def outbox_list() -> None:
 @outbox.command("set-aside")
 @click.argument("output_name", metavar="OUTPUT", required=False)
 @click.option("--limit", type=click.IntRange(1, 10_000), default=PAGE, show_default=True)
-@click.option("--before-id", type=int, default=None, help="The next page: ids below this.")
+@click.option(
+    "--before-id", type=click.IntRange(1, 2**63 - 1), help="The next page: ids below this."
+)
 @global_options
 def outbox_set_aside(output_name: str | None, limit: int, before_id: int | None) -> None:
     """Messages set aside (of OUTPUT, or every output), newest first, with why."""
     # Not "output": the global -o/--output option has that name.
     output = output_name
+    if output is not None:
+        try:
+            check(output, None)
+        except OutboxRefused as exc:
+            fail(str(exc))
     config, _ = load(DB_SECTIONS)
 
     async def act(store: OperatorStore) -> list[SetAsideMessage]:
@@ -151,7 +158,11 @@ def _act(verb: str, output: str, ids: Sequence[int], yes: bool) -> None:
 
 
 _IDS = click.option(
-    "--id", "ids", type=int, multiple=True, help="A set-aside message's id (repeat); none: all."
+    "--id",
+    "ids",
+    type=click.IntRange(1, 2**63 - 1),
+    multiple=True,
+    help="A set-aside message's id (repeat); none: all.",
 )
 _YES = click.option("--yes", "-y", is_flag=True, help="Do not ask before acting on all.")
 

@@ -9,9 +9,10 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from jobwire.api_models import parse_id
 from jobwire.dashboard.auth import Role
 from jobwire.dashboard.common import Context, PageError, render, see_other, session_of, signed_in
-from jobwire.outbox_admin import OutboxRefused, discard, resend
+from jobwire.outbox_admin import OutboxRefused, check, discard, resend
 from jobwire.store.base import OutboxBacklog
 
 PAGE_SIZE = 100  # set-aside messages shown; the actions act on all of them, shown or not
@@ -68,6 +69,10 @@ class OutputPages:
     async def page(self, request: web.Request) -> web.Response:
         """One output: its backlog, and its set-aside messages with why."""
         name = request.match_info["name"]
+        try:
+            check(name, None)
+        except OutboxRefused as exc:
+            raise PageError(400, str(exc)) from None
         store = self.ctx.store
         backlog = (await store.outbox_pending()).get(name, OutboxBacklog(0, 0.0, 0))
         messages = await store.set_aside_messages(name, PAGE_SIZE)
@@ -98,11 +103,7 @@ class OutputPages:
         if verb == "discard" and form.get("confirm") != "yes":
             raise PageError(400, "tick the box to confirm: discarded messages are never sent")
         given = form.get("id")
-        ids = None
-        if isinstance(given, str) and given:
-            if not given.isdigit():
-                raise PageError(400, "a message id is a number")
-            ids = [int(given)]
+        ids = [parse_id(given)] if isinstance(given, str) and given else None
         act = resend if verb == "resend" else discard
         try:
             await act(self.ctx.store, name, ids, session.actor, "admin")
