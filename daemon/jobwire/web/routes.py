@@ -230,6 +230,7 @@ ROUTES: tuple[Route, ...] = (
         {200: "OutboxResent"},
         path_params=("output",),
         body=OutboxActionRequest,
+        errors=(413,),
         description='By id ("ids": [...]) or all of them ("all": true). Ids not set aside are '
         "left alone; resent lists the ids handed back to the relay. Written to the audit.",
     ),
@@ -242,6 +243,7 @@ ROUTES: tuple[Route, ...] = (
         {200: "OutboxDiscarded"},
         path_params=("output",),
         body=OutboxActionRequest,
+        errors=(413,),
         description='By id ("ids": [...]) or all of them ("all": true). Ids not set aside are '
         "left alone; discarded lists the ids deleted. Written to the audit.",
     ),
