@@ -180,6 +180,16 @@ class WorkersConfig(_Strict):
         30.0, description="On SIGTERM, how long running jobs may finish before being given back."
     )
     completion_batch: int = Field(200, ge=1, description="Outcomes written per statement at most.")
+    # Waiting costs the broker nothing (the deliveries stay unacknowledged) and saves each
+    # job a claim; with other instances on the database the batch is stored at once instead,
+    # so that idle workers elsewhere can claim it.
+    hand_off_wait: Duration = Field(
+        0.5,
+        le=5.0,
+        description="While this is the only instance on the database and its pool is full, "
+        "how long a source's batch may wait for a free slot (then it starts with no claim) "
+        "before it is stored as ready jobs; 0: never wait.",
+    )
     completion_delay: Duration = Field(
         0.005, description="How long an outcome may wait for others to share its write."
     )

@@ -43,6 +43,9 @@ async def test_a_flood_waits_in_the_broker_not_in_the_database(
             "database": {"url": database_url},
             "workers": {
                 "concurrency": 4,
+                # Stored at once, as with other instances on the database: the flood must
+                # meet the backlog mark, not wait for a slot (tests/integration/test_pacing.py).
+                "hand_off_wait": 0,
                 "poll_interval": "200ms",
                 "max_backlog": HIGH,
                 "backlog_resume": 20,

@@ -25,6 +25,14 @@ class FakePool:
         self.orphan_warnings = 0
         self.limited_handlers: frozenset[str] = frozenset()
 
+    def room(self, queue: str) -> int | None:
+        return None  # no pacing here: tests/unit/test_pacing.py
+
+    hand_off_wait = 0.5
+
+    async def wait_room(self, queue: str, timeout: float) -> int | None:
+        return None
+
     def reserve(self, queue: str, wanted: int) -> int:
         granted = min(wanted, self.free - self.reserved)
         self.reserved += granted
@@ -49,7 +57,7 @@ class FakePool:
 
 
 def make(
-    on_invalid: str = "fail", free: int = 0
+    on_invalid: str = "fail", free: int = 0, pool: FakePool | None = None
 ) -> tuple[Intake, FakeAdapter, MemoryStore, FakePool]:
     config = Config.model_validate(
         {
@@ -67,7 +75,7 @@ def make(
     )
     adapter = FakeAdapter()
     store = MemoryStore()
-    pool = FakePool(free)
+    pool = pool or FakePool(free)
     router = Router(config.sources[0], {"noop", "echo"}, adapter.default_dedup)
     intake = Intake(config.sources[0], adapter, router, store, pool)
     return intake, adapter, store, pool
@@ -136,6 +144,35 @@ async def test_store_down_requeues_the_batch_pauses_and_resumes() -> None:
     # The broker redelivers; now the batch is stored and acked.
     await intake.process([adapter.message(b'{"type": "noop", "id": %d}' % i) for i in range(3)])
     assert len(store.jobs) == 3
+
+
+class OneSlotAtATimePool(FakePool):
+    """A full pool that frees one slot every 20 ms."""
+
+    hand_off_wait = 0.05
+
+    def room(self, queue: str) -> int | None:
+        return 0
+
+    async def wait_room(self, queue: str, timeout: float) -> int | None:
+        await asyncio.sleep(min(timeout, 0.02))
+        return 1 if timeout > 0.02 else 0
+
+
+async def test_paced_deliveries_keep_their_order_and_wait_no_longer_than_the_hand_off_wait() -> (
+    None
+):
+    intake, adapter, store, _ = make(pool=OneSlotAtATimePool())
+    task = asyncio.create_task(intake.run())
+    for i in range(10):
+        intake.submit(adapter.message(b'{"type": "noop", "id": %d}' % i))
+    await wait_for(lambda: len(store.jobs) == 10, what="10 stored")
+    task.cancel()
+    # One at a time while the slots came, then, their time up, the rest at once.
+    assert 2 <= intake.counters.batches < 10
+    ids = [int(j.payload["id"]) for j in sorted(store.jobs.values(), key=lambda j: j.id)]
+    assert ids == list(range(10))
+    assert intake.counters.acked == 10
 
 
 async def test_run_loop_batches_by_count_and_time() -> None:

@@ -73,6 +73,9 @@ class Adapter(abc.ABC):
     # source is a log read in order (Kafka); the intake keeps a batch the store could not
     # take and stores it again itself, since skipping it would let later offsets pass it.
     requeue_redelivers: bool = True
+    # True: a delivery may wait unacknowledged for a free slot (the broker keeps it; see
+    # intake/pacing.py). False: someone waits on its answer (an HTTP caller).
+    may_wait: bool = True
 
     def __init__(self, name: str) -> None:
         self.name = name

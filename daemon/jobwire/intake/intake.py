@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 from collections.abc import Awaitable, Callable, Sequence
@@ -15,6 +16,7 @@ from jobwire.config import SourceBase
 from jobwire.intake.counters import SourceCounters
 from jobwire.intake.holds import Holds
 from jobwire.intake.notify import Notifications
+from jobwire.intake.pacing import Pacer
 from jobwire.intake.ports import Handoff, Settler
 from jobwire.intake.writer import BatchWriter
 from jobwire.models import Message, StreamOffset
@@ -51,6 +53,10 @@ class Intake:
         self._queue: asyncio.Queue[Message] = asyncio.Queue()
         self._idle = asyncio.Event()
         self._idle.set()
+        # Deliveries a batch left for later, waiting for room in the pool (see Pacer).
+        # Each with when it was first held back (loop time).
+        self._carry: collections.deque[tuple[Message, float]] = collections.deque()
+        self._pacer = Pacer(pool, source.route, adapter.may_wait)
         self._holds = Holds(adapter, store, self._log)
         self._writer = BatchWriter(store, pool, self._log)
         self._notifications = Notifications(
@@ -78,37 +84,61 @@ class Intake:
         self._queue.put_nowait(message)
 
     async def run(self) -> None:
-        """Collect batches (up to batch_size, or batch_delay after the first) and store them."""
+        """Collect batches (up to batch_size, or batch_delay after the first), pace them to
+        the pool's free slots, and store them."""
         loop = asyncio.get_running_loop()
-        size, delay = self.source.batch_size, self.source.batch_delay
+        carry = self._carry
         while True:
-            batch = [await self._queue.get()]
-            deadline = loop.time() + delay
-            while len(batch) < size:
-                if not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
-                    continue
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    async with asyncio.timeout(remaining):
-                        batch.append(await self._queue.get())
-                except TimeoutError:
-                    break
+            # When the oldest delivery of the batch was first held back (None: none was).
+            held_since = carry[0][1] if carry else None
+            batch = await self._collect()
+            asked_at = loop.time()
+            take = await self._pacer.take(len(batch), held_since)
+            if take < len(batch):
+                # Oldest first: what waits now goes before anything that arrives later.
+                since = asked_at if held_since is None else held_since
+                carry.extendleft((m, since) for m in reversed(batch[take:]))
+                del batch[take:]
             await self._process_guarded(batch)
-            if self._queue.empty():
+            if not carry and self._queue.empty():
                 self._idle.set()
+
+    async def _collect(self) -> list[Message]:
+        """The next batch: what pacing held back first, then new deliveries."""
+        size, delay = self.source.batch_size, self.source.batch_delay
+        carry = self._carry
+        if carry:
+            batch = [carry.popleft()[0] for _ in range(min(size, len(carry)))]
+            while len(batch) < size and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            return batch
+        loop = asyncio.get_running_loop()
+        batch = [await self._queue.get()]
+        deadline = loop.time() + delay
+        while len(batch) < size:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                async with asyncio.timeout(remaining):
+                    batch.append(await self._queue.get())
+            except TimeoutError:
+                break
+        return batch
 
     async def drain(self, timeout: float) -> None:
         """Wait until every delivery taken so far is stored and settled (at shutdown)."""
+        self._pacer.off = True
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._idle.wait()
         if not self._idle.is_set():
             self._log.warning(
                 "intake_drain_incomplete",
-                waiting=self._queue.qsize(),
+                waiting=self._queue.qsize() + len(self._carry),
                 note="unacknowledged deliveries return to the broker",
             )
 

@@ -17,6 +17,8 @@ class Settler(Protocol):
     # True: a requeued delivery comes back from the broker (AMQP, STOMP, MQTT). False: the
     # source is a log read in order (Kafka), and the intake keeps what it could not store.
     requeue_redelivers: bool
+    # True: a delivery may wait unacknowledged for a free slot in the pool (see Pacer).
+    may_wait: bool
 
     async def ack_many(self, messages: Sequence[Message]) -> None:
         """Acknowledge deliveries whose rows are committed."""
@@ -37,6 +39,17 @@ class Handoff(Protocol):
     @property
     def limited_handlers(self) -> frozenset[str]:
         """Handlers whose jobs never start straight from the intake (they have a rate)."""
+
+    def room(self, queue: str) -> int | None:
+        """Jobs of ``queue`` it would start from the intake now; 0: not until a slot frees;
+        None: none (only its claim starts them)."""
+
+    @property
+    def hand_off_wait(self) -> float:
+        """How long a delivery may wait for a free slot at most (0: never)."""
+
+    async def wait_room(self, queue: str, timeout: float) -> int | None:
+        """``room(queue)`` once it is not 0, or 0 after ``timeout`` seconds."""
 
     def reserve(self, queue: str, wanted: int) -> int:
         """Slots granted for jobs inserted now."""

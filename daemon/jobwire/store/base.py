@@ -361,6 +361,9 @@ class JobStore(Protocol):
     async def unregister_worker(self, worker_id: str) -> None:
         """Remove this instance's row on a clean stop."""
 
+    async def other_workers(self, worker_id: str, within: float) -> int:
+        """Other instances whose heartbeat is at most ``within`` seconds old."""
+
     async def listen(self, on_notify: NotifyCallback, on_reconnect: Callable[[], None]) -> None:
         """Deliver notifications until cancelled, reconnecting when the connection drops."""
 

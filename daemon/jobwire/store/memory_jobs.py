@@ -237,6 +237,10 @@ class MemoryJobs(MemoryFlow):
         if worker_id in self.workers:
             self.workers[worker_id]["state"] = state
 
+    async def other_workers(self, worker_id: str, within: float) -> int:
+        """Other instances on this store (all in this process, so all alive)."""
+        return sum(1 for w in self.workers if w != worker_id)
+
     async def unregister_worker(self, worker_id: str) -> None:
         """Forget this instance."""
         self.workers.pop(worker_id, None)

@@ -261,6 +261,12 @@ class PgJobs(PgFlow):
             # The connection's jsonb codec serialises the dict itself.
             await self._pool.execute(self._q["heartbeat_worker"], worker_id, state)
 
+    async def other_workers(self, worker_id: str, within: float) -> int:
+        """Other instances with a heartbeat in the last ``within`` seconds."""
+        async with guard("count workers"):
+            count = await self._pool.fetchval(self._q["other_workers"], worker_id, within)
+        return int(count)
+
     async def unregister_worker(self, worker_id: str) -> None:
         """Delete this instance's row."""
         async with guard("unregister worker"):

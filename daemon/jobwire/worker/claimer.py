@@ -70,13 +70,13 @@ class Claimer:
         state = self.state
         workers = state.workers
         while not state.stopping.is_set():
-            woken = state.wake.is_set()
             state.wake.clear()
             await state.flow.refresh(self.store)
             per_queue, free_total = state.free_slots()
             asked = min(free_total, sum(per_queue.values()))
             if asked > 0 and not state.reconciling:
                 sent = time.monotonic()
+                state.marked_in_claim.clear()
                 state.claiming = True
                 try:
                     jobs = await self.store.claim(
@@ -106,16 +106,20 @@ class Claimer:
                 # as a backlog: the loop claims again at once anyway. Counting it would send
                 # a busy intake's every batch the long way, insert then claim, instead of
                 # straight to the pool.
-                state.backlog = len(jobs) >= asked or any(
-                    state.busy[q] >= state.limits[q] for q in state.queues
-                )
+                if len(jobs) >= asked:
+                    state.backlog = set(state.queues)
+                else:
+                    at_limit = {q for q in state.queues if state.busy[q] >= state.limits[q]}
+                    state.backlog = at_limit | state.marked_in_claim
+                    state.room_changed.set()
                 if state.stopping.is_set():
                     break
-            elif woken:
-                # Told of ready work (another producer's insert, a retry due) with no slot
-                # free: the intake must not hand its jobs every slot that frees past that
-                # work. Hold the hand-off until a claim has looked; a finishing job wakes us.
-                state.backlog = True
+            elif not state.reconciling:
+                # Told of ready work (another producer's insert), or a poll (the only way to
+                # find a retry or a delayed job come due), with no slot free: the intake,
+                # which takes each slot as it frees, must not take them all past that work.
+                # Hold the hand-off until a claim has looked; a finishing job wakes us.
+                state.backlog = set(state.queues)
             if not state.wake.is_set():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(workers.poll_interval):

@@ -149,6 +149,7 @@ class Completer:
             for o in batch:
                 state.leases.pop((o.job_id, o.attempt), None)
             self._tell_written(batch)
+            state.room_changed.set()
             if state.backlog or state.flow.active:
                 # Slots held by unwritten outcomes are free again; a finished keyed job or
                 # a rate's next token may let a held-back job start.

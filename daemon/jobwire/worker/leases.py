@@ -104,6 +104,7 @@ class LeaseKeeper:
             await self.store.heartbeat_worker(
                 state.worker_id, {**state.figures(), **self.extra_state()}
             )
+            await self.count_instances()
         except StoreUnavailable as exc:
             log.warning("lease_upkeep_failed", error=str(exc))
             recovered = []
@@ -133,8 +134,19 @@ class LeaseKeeper:
         finally:
             state.reconciling = False
             state.wake.set()
+            state.room_changed.set()
         if released:
             log.warning("unknown_jobs_released", count=len(released), job_ids=released[:20])
+
+    async def count_instances(self) -> None:
+        """Note whether another instance has a live heartbeat (it may claim our work)."""
+        state = self.state
+        others = await self.store.other_workers(state.worker_id, state.workers.lease)
+        alone = others == 0
+        if alone != state.alone:
+            log.info("hand_off_wait_" + ("on" if alone else "off"), other_instances=others)
+        state.alone = alone
+        state.room_changed.set()
 
     def _held(self) -> list[tuple[int, int]]:
         """(job id, attempt) of every lease to renew: running here, or finished with the

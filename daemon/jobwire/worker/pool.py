@@ -77,20 +77,58 @@ class WorkerPool:
         state = self.state
         if (
             state.stopping.is_set()
-            or state.backlog
+            or queue in state.backlog
             or state.reconciling
             or queue not in state.limits
             or not state.flow.direct_ok(queue)
         ):
             return 0
-        granted = max(0, min(wanted, state.free_total(), state.free_in(queue)))
+        free_total, free_in = state.free_total(), state.free_in(queue)
+        granted = max(0, min(wanted, free_total, free_in))
         if granted < wanted:
-            # The rest are stored as ready: they are older than whatever comes next.
-            state.backlog = True
+            # The rest are stored as ready: they are older than whatever comes next, in
+            # this queue, and in every queue when the whole pool was the limit.
+            state.mark_backlog({queue} if free_in < free_total else set(state.queues))
         if granted:
             state.reserved[queue] = state.reserved.get(queue, 0) + granted
             state.reserved_total += granted
         return granted
+
+    def room(self, queue: str) -> int | None:
+        """How many jobs of ``queue`` the pool would start straight from the intake now; 0:
+        none until a slot frees or older ready jobs are claimed; None: none at all (the
+        pool is stopping, the queue is paused or has a rate, only the claim starts those)."""
+        state = self.state
+        if (
+            not state.alone
+            or state.workers.hand_off_wait <= 0
+            or state.stopping.is_set()
+            or queue not in state.limits
+            or not state.flow.direct_ok(queue)
+        ):
+            return None
+        if queue in state.backlog or state.reconciling or state.orphans_possible:
+            return 0
+        return max(0, min(state.free_total(), state.free_in(queue)))
+
+    @property
+    def hand_off_wait(self) -> float:
+        """How long a delivery may wait for a free slot at most (0: never)."""
+        return self.state.workers.hand_off_wait
+
+    async def wait_room(self, queue: str, timeout: float) -> int | None:
+        """``room(queue)`` once it is not 0, or 0 after ``timeout`` seconds."""
+        state = self.state
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    state.room_changed.clear()
+                    room = self.room(queue)
+                    if room != 0:
+                        return room
+                    await state.room_changed.wait()
+        except TimeoutError:
+            return 0
 
     @property
     def limited_handlers(self) -> frozenset[str]:
@@ -102,6 +140,10 @@ class WorkerPool:
         state = self.state
         state.reserved[queue] = state.reserved.get(queue, 0) - count
         state.reserved_total -= count
+        if state.backlog and state.free_total() > 0:
+            # Fewer started than reserved (duplicates, a split batch): the claim may use
+            # those slots now, not at the next poll.
+            state.wake.set()
         state.note_settled()
 
     def orphans_possible(self) -> None:
@@ -128,6 +170,7 @@ class WorkerPool:
         await self.store.register_worker(
             self.worker_id, socket.gethostname(), os.getpid(), __version__
         )
+        await self.leases.count_instances()
         structlog.contextvars.bind_contextvars(worker=self.worker_id)
         await self.executor.start()
         await self.claimer.start()
@@ -147,6 +190,7 @@ class WorkerPool:
             return
         state.stopping.set()
         state.wake.set()
+        state.room_changed.set()
         # Leases are still renewed while the jobs finish; every store step below is
         # bounded: a stop must end even when the store does not answer (leases then
         # expire and other instances take the jobs back).

@@ -103,15 +103,24 @@ class PoolState:
         self.leases: dict[tuple[int, int], float] = {}
         self.wake = asyncio.Event()
         self.stopping = asyncio.Event()
-        # Ready jobs wait in the database that this pool could not take (a claim came back
-        # full, or the intake inserted more than the pool had room for): until a claim
-        # comes back short, the intake hands nothing over directly, so older jobs go first.
-        self.backlog = False
+        # Queues whose ready jobs wait in the database and this pool could not take (a claim
+        # came back full, the queue is at its limit, or the intake inserted more than the
+        # pool had room for): until a claim comes back short, the intake hands none of that
+        # queue's jobs over directly, so older jobs go first.
+        self.backlog: set[str] = set()
+        # Queues marked while a claim was in flight: its answer must not erase them.
+        self.marked_in_claim: set[str] = set()
+        # Set whenever room for the intake may have opened (a slot freed, a reservation
+        # returned, a backlog cleared, the pool stopping): a pacing intake waits on it.
+        self.room_changed = asyncio.Event()
         # An insert of directly started jobs, or a claim, failed with its answer lost: rows
         # may be running under this worker with no task. Set until they are given back;
         # while that runs, nothing new is claimed or handed over (see LeaseKeeper).
         self.orphans_possible = False
         self.reconciling = False
+        # No other instance has a live heartbeat on this database (read at start and at each
+        # upkeep): only then may the intake hold a batch for this pool (see WorkerPool.room).
+        self.alone = False
         self.claiming = False
         self.settled = asyncio.Event()  # set when no claim or hand-over is in flight
         self._store_down_since: float | None = None
@@ -154,11 +163,19 @@ class PoolState:
     def free_slot(self, queue: str) -> None:
         """A job of ``queue`` (or its thread) is done with its slot."""
         self.busy[queue] = max(0, self.busy.get(queue, 1) - 1)
+        self.room_changed.set()
         if self.backlog:
             self.wake.set()
 
+    def mark_backlog(self, queues: set[str]) -> None:
+        """Older ready jobs of ``queues`` wait in the database: no hand-over past them."""
+        self.backlog |= queues
+        if self.claiming:
+            self.marked_in_claim |= queues
+
     def note_settled(self) -> None:
         """Set ``settled`` once no claim and no hand-over is in flight."""
+        self.room_changed.set()
         if not self.claiming and self.reserved_total <= 0:
             self.settled.set()
 

@@ -84,6 +84,7 @@ class HttpAdapter(Adapter):
     kind = "http"
     default_dedup = None  # the adapter gives every message a key itself (see the module doc)
     requeue_redelivers = True  # a "requeued" request is answered 503: the caller retries
+    may_wait = False  # the caller waits for the answer: never held for a free slot
 
     def __init__(self, cfg: HttpSource) -> None:
         super().__init__(cfg.name)

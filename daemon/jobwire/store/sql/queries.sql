@@ -462,6 +462,9 @@ FROM workers ORDER BY started_at;
 -- name: unregister_worker
 DELETE FROM workers WHERE id = $1;
 
+-- name: other_workers
+SELECT count(*) FROM workers WHERE id <> $1 AND heartbeat_at > now() - make_interval(secs => $2);
+
 -- name: notify
 SELECT pg_notify($1, $2);
 
