@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import functools
 from collections.abc import Awaitable, Callable, Sequence
@@ -15,6 +14,7 @@ from jobwire.backoff import Backoff
 from jobwire.config import SourceBase
 from jobwire.intake.counters import SourceCounters
 from jobwire.intake.holds import Holds
+from jobwire.intake.line import DeliveryLine
 from jobwire.intake.notify import Notifications
 from jobwire.intake.pacing import Pacer
 from jobwire.intake.ports import Handoff, Settler
@@ -48,14 +48,9 @@ class Intake:
         self.pool = pool
         self.counters = SourceCounters()
         self._log = log.bind(source=source.name)
-        # Unbounded on purpose: the broker's prefetch bounds it, and a put that never waits
-        # keeps deliveries in arrival order.
-        self._queue: asyncio.Queue[Message] = asyncio.Queue()
+        self._line = DeliveryLine()
         self._idle = asyncio.Event()
         self._idle.set()
-        # Deliveries a batch left for later, waiting for room in the pool (see Pacer).
-        # Each with when it was first held back (loop time).
-        self._carry: collections.deque[tuple[Message, float]] = collections.deque()
         self._pacer = Pacer(pool, source.route, adapter.may_wait)
         self._holds = Holds(adapter, store, self._log)
         self._writer = BatchWriter(store, pool, self._log)
@@ -81,53 +76,22 @@ class Intake:
         """The adapter's sink: take a delivery (never blocks)."""
         self.counters.received += 1
         self._idle.clear()
-        self._queue.put_nowait(message)
+        self._line.put(message)
 
     async def run(self) -> None:
         """Collect batches (up to batch_size, or batch_delay after the first), pace them to
         the pool's free slots, and store them."""
         loop = asyncio.get_running_loop()
-        carry = self._carry
-        while True:
-            # When the oldest delivery of the batch was first held back (None: none was).
-            held_since = carry[0][1] if carry else None
-            batch = await self._collect()
-            asked_at = loop.time()
-            take = await self._pacer.take(len(batch), held_since)
-            if take < len(batch):
-                # Oldest first: what waits now goes before anything that arrives later.
-                since = asked_at if held_since is None else held_since
-                carry.extendleft((m, since) for m in reversed(batch[take:]))
-                del batch[take:]
-            await self._process_guarded(batch)
-            if not carry and self._queue.empty():
-                self._idle.set()
-
-    async def _collect(self) -> list[Message]:
-        """The next batch: what pacing held back first, then new deliveries."""
+        line = self._line
         size, delay = self.source.batch_size, self.source.batch_delay
-        carry = self._carry
-        if carry:
-            batch = [carry.popleft()[0] for _ in range(min(size, len(carry)))]
-            while len(batch) < size and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            return batch
-        loop = asyncio.get_running_loop()
-        batch = [await self._queue.get()]
-        deadline = loop.time() + delay
-        while len(batch) < size:
-            if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-                continue
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                async with asyncio.timeout(remaining):
-                    batch.append(await self._queue.get())
-            except TimeoutError:
-                break
-        return batch
+        while True:
+            offered = await line.ready(size, delay)
+            asked_at = loop.time()
+            take = await self._pacer.take(offered, line.held_since())
+            batch = line.take(take, offered, asked_at)
+            await self._process_guarded(batch)
+            if not line:
+                self._idle.set()
 
     async def drain(self, timeout: float) -> None:
         """Wait until every delivery taken so far is stored and settled (at shutdown)."""
@@ -138,7 +102,7 @@ class Intake:
         if not self._idle.is_set():
             self._log.warning(
                 "intake_drain_incomplete",
-                waiting=self._queue.qsize() + len(self._carry),
+                waiting=len(self._line),
                 note="unacknowledged deliveries return to the broker",
             )
 
