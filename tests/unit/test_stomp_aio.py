@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from stomp.utils import Frame
+from stomp.utils import Frame, parse_frame
 
 from jobwire.adapters.base import tls_context
-from jobwire.adapters.stomp.aio import AsyncStompConnection
+from jobwire.adapters.stomp.aio import AsyncStompConnection, encode
 from jobwire.adapters.stomp.threaded import ThreadedStompConnection
 from jobwire.config import TlsConfig
 from tests.support.waiting import wait_for
@@ -339,3 +339,14 @@ async def test_stomp_py_s_client_gives_up_on_a_silent_broker_too() -> None:
         with pytest.raises(ConnectionError, match="within 1s"):
             await asyncio.wait_for(conn.connect(None, None, timeout=1), 10)
         await asyncio.wait_for(conn.close(), 10)
+
+
+def test_encoded_header_names_and_values_come_back_whole() -> None:
+    raw = encode("SEND", {"x:colon\\name": "a:b\nc\\d", "destination": "/queue/q"}, b"hi")
+    assert raw.endswith(b"\x00")
+    frame = parse_frame(raw[:-1])
+    assert frame is not None and frame.cmd == "SEND"
+    assert frame.headers["x:colon\\name"] == "a:b\nc\\d"
+    assert frame.headers["content-length"] == "2" and frame.body == b"hi"
+    # CONNECT is written as it is (STOMP 1.2 escapes nothing in it).
+    assert b"host:/\n" in encode("CONNECT", {"host": "/"})

@@ -44,11 +44,12 @@ RECEIVE_SCALE = 1.5
 
 
 def encode(command: str, headers: dict[str, str], body: bytes = b"") -> bytes:
-    """A frame's bytes as stomp.py's Protocol12 writes them (values escaped except in the
-    connect frame, content-length for a body)."""
+    """A frame's bytes as stomp.py's Protocol12 writes them (content-length for a body),
+    with names and values escaped except in the connect frame, as STOMP 1.2 says (stomp.py
+    escapes values only: a header name with a colon would end the name early)."""
     headers = dict(headers)
     if command not in ("CONNECT", "STOMP"):
-        headers = {k: _escaped(v) for k, v in headers.items()}
+        headers = {_escaped(k): _escaped(v) for k, v in headers.items()}
     if body and "content-length" not in headers:
         headers["content-length"] = str(len(body))
     packed: bytes = pack(convert_frame(Frame(command, headers, body)))

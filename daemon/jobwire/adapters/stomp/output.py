@@ -1,6 +1,7 @@
 """The STOMP output: SENDs outbox rows, each with a receipt; a row is confirmed by its
 RECEIPT. A small asyncio client of its own (stomp.py's is threaded): CONNECT, pipelined
-SENDs, RECEIPTs read back, an ERROR ends the connection."""
+SENDs, RECEIPTs read back, an ERROR ends the connection. Frames are encoded and parsed as
+the source's connection does (``aio.encode``, stomp.py's ``parse_frame``)."""
 
 from __future__ import annotations
 
@@ -8,35 +9,14 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 
+from stomp.utils import parse_frame
+
 from jobwire.adapters.base import tls_context
+from jobwire.adapters.stomp.aio import encode
 from jobwire.adapters.stomp.config import StompOutput
 from jobwire.adapters.stomp.frames import FrameSplitter
 from jobwire.config import OutputBase
 from jobwire.effects import OutboxRow, Published
-
-_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", ":": "\\c", "\r": "\\r"})
-
-
-def frame(command: str, headers: dict[str, str], body: bytes = b"") -> bytes:
-    """One STOMP 1.2 frame, headers escaped (except in CONNECT, as the spec says)."""
-    lines = [command]
-    for key, value in headers.items():
-        if command == "CONNECT":
-            lines.append(f"{key}:{value}")
-        else:
-            lines.append(f"{key.translate(_ESCAPES)}:{value.translate(_ESCAPES)}")
-    return ("\n".join(lines) + "\n\n").encode() + body + b"\x00"
-
-
-def parse(raw: bytes) -> tuple[str, dict[str, str], bytes]:
-    """A frame from the splitter: command, headers (first of a repeated one), body."""
-    head, _, body = raw.partition(b"\n\n")
-    lines = head.decode("utf-8", errors="replace").lstrip("\r\n").split("\n")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        key, _, value = line.rstrip("\r").partition(":")
-        headers.setdefault(key, value)
-    return lines[0].strip(), headers, body
 
 
 class StompPublisher:
@@ -67,7 +47,7 @@ class StompPublisher:
             headers["login"] = cfg.username
         if cfg.password is not None:
             headers["passcode"] = cfg.password
-        writer.write(frame("CONNECT", headers))
+        writer.write(encode("CONNECT", headers))
         command, answer, body = await asyncio.wait_for(self._next_frame(), 10)
         if command != "CONNECTED":
             message = answer.get("message") or body.decode("utf-8", errors="replace")
@@ -76,12 +56,15 @@ class StompPublisher:
 
     async def _next_frame(self) -> tuple[str, dict[str, str], bytes]:
         assert self._reader is not None
-        while not self._frames:
-            data = await self._reader.read(65536)
-            if not data:
-                raise ConnectionError("the broker closed the connection")
-            self._frames.extend(self._splitter.feed(data))
-        return parse(self._frames.pop(0))
+        while True:
+            while not self._frames:
+                data = await self._reader.read(65536)
+                if not data:
+                    raise ConnectionError("the broker closed the connection")
+                self._frames.extend(self._splitter.feed(data))
+            frame = parse_frame(self._frames.pop(0))
+            if frame is not None:  # None: end-of-lines only (a heart-beat)
+                return frame.cmd, frame.headers, frame.body
 
     async def publish(self, rows: Sequence[OutboxRow], timeout: float) -> Published:
         """SEND every row with a receipt, then read the RECEIPTs back."""
@@ -103,7 +86,7 @@ class StompPublisher:
                 headers["persistent"] = "true"
             headers["content-length"] = str(len(row.body))
             headers["receipt"] = receipt
-            writer.write(frame("SEND", headers, row.body))
+            writer.write(encode("SEND", headers, row.body))
         confirmed: set[int] = set()
         error: str | None = None
         try:
