@@ -9,7 +9,7 @@ asyncio program (ceilings, PgQueuer, Procrastinate) on uvloop, as ``jobwire run`
   manual PUBACKs (a private Mosquitto with the shipped limits); asyncpg batched inserts;
   jobwire's store path alone (insert as running + complete, no broker, no handler);
 - jobwire: drain of a pre-filled table at its defaults (concurrency 256) and at concurrency
-  512, and by two daemons; AMQP drain at its defaults (prefetch 200, concurrency 256), at
+  512, and by two daemons; AMQP drain at its defaults (prefetch 500, concurrency 256), at
   prefetch 1000 and concurrency 512, and by two daemons (bench/defaults.py sweeps both);
   Kafka drain (tansu); STOMP and MQTT drains (prefetch 1000, concurrency 256, beside the
   same prefetch in the ceilings);

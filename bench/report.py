@@ -65,7 +65,7 @@ def _median_writes(writes: list[WritesPerJob]) -> WritesPerJob | None:
 TABLE = "jobwire: drain a filled table"
 TABLE_DEFAULTS = "jobwire: drain a filled table, defaults (concurrency 256)"
 AMQP = "jobwire: AMQP drain"
-AMQP_DEFAULTS = "jobwire: AMQP drain, defaults (prefetch 200, concurrency 256)"
+AMQP_DEFAULTS = "jobwire: AMQP drain, defaults (prefetch 500, concurrency 256)"
 TABLE_TWO = "jobwire: drain a filled table, 2 daemons"
 AMQP_TWO = "jobwire: AMQP drain, 2 daemons"
 PGQUEUER = "PgQueuer: drain a filled table, batch 10/100/500"
