@@ -144,7 +144,8 @@ class LeaseKeeper:
         others = await self.store.other_workers(state.worker_id, state.workers.lease)
         alone = others == 0
         if alone != state.alone:
-            log.info("hand_off_wait_" + ("on" if alone else "off"), other_instances=others)
+            # Pacing (intake/pacing.py) runs only while no other instance could claim.
+            log.info("intake_pacing", on=alone, other_instances=others)
         state.alone = alone
         state.room_changed.set()
 
