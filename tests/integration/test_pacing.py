@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
@@ -19,7 +19,7 @@ from jobwire.store.postgres import PostgresStore
 from jobwire.worker import WorkerPool
 from tests.support.fake_adapter import FakeAdapter
 from tests.support.pools import fast_config, make_pool
-from tests.support.rows import fetch, job_count, scalar
+from tests.support.rows import fetch, job_count, jobs_at_least, scalar
 from tests.support.waiting import wait_for
 
 SOURCE = {
@@ -61,23 +61,18 @@ class Stream:
             self.intake.submit(self.adapter.message(json.dumps({"id": i}).encode()))
 
 
-@pytest.fixture
-async def store(pg_store: PostgresStore) -> AsyncIterator[PostgresStore]:
-    yield pg_store
-
-
-async def succeeded(url: str, n: int) -> bool:
-    return await job_count(url, "status = 'succeeded'") >= n
+def succeeded(url: str, n: int) -> Awaitable[bool]:
+    return jobs_at_least(url, n, "status = 'succeeded'")
 
 
 async def test_a_stream_faster_than_the_pool_goes_to_it_directly(
-    database_url: str, store: PostgresStore
+    database_url: str, pg_store: PostgresStore
 ) -> None:
     async def work(payload: Any, ctx: JobContext) -> None:
         await asyncio.sleep(0.002)
 
     n = 1500
-    async with Stream(store, work, concurrency=8) as stream:
+    async with Stream(pg_store, work, concurrency=8) as stream:
         stream.send(range(n))
         await wait_for(lambda: succeeded(database_url, n), timeout=60, what="all ran")
         figures = stream.pool.figures()
@@ -88,14 +83,14 @@ async def test_a_stream_faster_than_the_pool_goes_to_it_directly(
 
 
 async def test_a_pool_held_by_long_jobs_does_not_hold_the_intake(
-    database_url: str, store: PostgresStore
+    database_url: str, pg_store: PostgresStore
 ) -> None:
     gate = asyncio.Event()
 
     async def work(payload: Any, ctx: JobContext) -> None:
         await gate.wait()
 
-    async with Stream(store, work, concurrency=4) as stream:
+    async with Stream(pg_store, work, concurrency=4) as stream:
         stream.send(range(60))
         # Pacing waits once, then stores the rest as ready jobs and acks them: the broker
         # is not held until a slot frees.
@@ -108,7 +103,7 @@ async def test_a_pool_held_by_long_jobs_does_not_hold_the_intake(
 
 
 async def test_a_retry_comes_due_and_runs_while_a_stream_fills_every_slot(
-    database_url: str, store: PostgresStore
+    database_url: str, pg_store: PostgresStore
 ) -> None:
     failed_once: set[int] = set()
 
@@ -119,7 +114,7 @@ async def test_a_retry_comes_due_and_runs_while_a_stream_fills_every_slot(
         await asyncio.sleep(0.01)
 
     n = 1200
-    async with Stream(store, work, concurrency=4) as stream:
+    async with Stream(pg_store, work, concurrency=4) as stream:
         stream.send(range(n))
         await wait_for(lambda: succeeded(database_url, n), timeout=90, what="all ran")
     rows = await fetch(
@@ -135,17 +130,17 @@ async def test_a_retry_comes_due_and_runs_while_a_stream_fills_every_slot(
 
 @pytest.mark.parametrize("other", ["instance", "setting"])
 async def test_with_another_instance_or_no_wait_set_the_stream_is_stored_for_any_to_claim(
-    database_url: str, store: PostgresStore, other: str
+    database_url: str, pg_store: PostgresStore, other: str
 ) -> None:
     async def work(payload: Any, ctx: JobContext) -> None:
         await asyncio.sleep(0.002)
 
     if other == "instance":
         # Another daemon (perhaps one with workers only) could run what this one stores.
-        await store.register_worker("elsewhere", "host", 1, "test")
+        await pg_store.register_worker("elsewhere", "host", 1, "test")
     n = 600
     workers = {"hand_off_wait": 0} if other == "setting" else {}
-    async with Stream(store, work, concurrency=8, **workers) as stream:
+    async with Stream(pg_store, work, concurrency=8, **workers) as stream:
         stream.send(range(n))
         await wait_for(lambda: succeeded(database_url, n), timeout=60, what="all ran")
         figures = stream.pool.figures()
@@ -153,13 +148,13 @@ async def test_with_another_instance_or_no_wait_set_the_stream_is_stored_for_any
 
 
 async def test_an_instance_whose_heartbeat_stopped_does_not_count(
-    database_url: str, store: PostgresStore
+    database_url: str, pg_store: PostgresStore
 ) -> None:
-    await store.register_worker("gone", "host", 1, "test")
-    await store.register_worker("me", "host", 2, "test")
-    assert await store.other_workers("me", 60) == 1
+    await pg_store.register_worker("gone", "host", 1, "test")
+    await pg_store.register_worker("me", "host", 2, "test")
+    assert await pg_store.other_workers("me", 60) == 1
     await scalar(
         database_url,
         "UPDATE jobwire.workers SET heartbeat_at = now() - interval '2 minutes' WHERE id = 'gone'",
     )
-    assert await store.other_workers("me", 60) == 0
+    assert await pg_store.other_workers("me", 60) == 0

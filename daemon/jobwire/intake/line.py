@@ -5,8 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from dataclasses import dataclass
 
 from jobwire.models import Message
+
+
+@dataclass(slots=True)
+class _Held:
+    """A run of deliveries at the head of the line, held back since the same moment."""
+
+    count: int
+    since: float
 
 
 class DeliveryLine:
@@ -18,8 +27,8 @@ class DeliveryLine:
         # keeps deliveries in arrival order.
         self._items: collections.deque[Message] = collections.deque()
         self._arrived = asyncio.Event()
-        self._held: collections.deque[list[float]] = collections.deque()  # [count, since]
-        self._held_total = 0
+        self._held: collections.deque[_Held] = collections.deque()
+        self._held_total = 0  # the runs' counts summed
 
     def __len__(self) -> int:
         return len(self._items)
@@ -53,7 +62,7 @@ class DeliveryLine:
 
     def held_since(self) -> float | None:
         """When the delivery at the head was first held back; None: it was not."""
-        return self._held[0][1] if self._held else None
+        return self._held[0].since if self._held else None
 
     def take(self, count: int, offered: int, now: float) -> list[Message]:
         """Take the first ``count`` of the ``offered`` deliveries; the rest of those are
@@ -63,14 +72,14 @@ class DeliveryLine:
         left = count
         while left and self._held:
             run = self._held[0]
-            used = min(left, int(run[0]))
-            run[0] -= used
+            used = min(left, run.count)
+            run.count -= used
             left -= used
             self._held_total -= used
-            if run[0] == 0:
+            if run.count == 0:
                 self._held.popleft()
         newly = offered - count - self._held_total
         if newly > 0:
-            self._held.append([float(newly), now])
+            self._held.append(_Held(newly, now))
             self._held_total += newly
         return batch
