@@ -13,6 +13,7 @@ from jobwire import failpoints
 from jobwire.backoff import Backoff
 from jobwire.config import SourceBase
 from jobwire.intake.counters import SourceCounters
+from jobwire.intake.dead_letter import DeadLetters
 from jobwire.intake.holds import Holds
 from jobwire.intake.line import DeliveryLine
 from jobwire.intake.notify import Notifications
@@ -24,9 +25,6 @@ from jobwire.routing import Poison, Routed, Router
 from jobwire.store.base import JobStore, StoreUnavailable
 
 log = structlog.get_logger("jobwire.intake")
-
-# Dedup keys remembered for a dead-letter target that did not confirm (oldest go first).
-_DEAD_LETTER_MEMORY = 10_000
 
 
 class Intake:
@@ -66,7 +64,14 @@ class Intake:
             self._requeue,
             self._settle,
         )
-        self._dead_letter_failed: dict[str, None] = {}
+        self._dead_letters = DeadLetters(
+            source.on_invalid == "dead-letter",
+            self._writer,
+            adapter,
+            self.counters,
+            self._log,
+            self._requeue,
+        )
         # Told how many jobs each batch stored (flow control's early warning).
         self.on_stored: Callable[[int], None] = on_stored or (lambda _count: None)
 
@@ -166,9 +171,10 @@ class Intake:
         """
         keep: list[tuple[Message, Routed]] = []
         rejects: list[tuple[Message, Routed]] = []
+        dead_letters = self._dead_letters
         for message in batch:
             result = self.router.route_message(message)
-            (rejects if self._to_dead_letter(message, result) else keep).append((message, result))
+            (rejects if dead_letters.wants(message, result) else keep).append((message, result))
         offsets = _last_offsets(batch)
         failpoints.hit("intake.before_store")  # received, not yet committed (drills)
         ids = await self._writer.write([r for _, r in keep], [m.body for m, _ in keep], offsets)
@@ -183,62 +189,7 @@ class Intake:
         await self.adapter.ack_many([m for m, _ in keep])
         self.counters.acked += len(keep)
         if rejects:
-            await self._dead_letter(rejects)
-
-    def _to_dead_letter(self, message: Message, result: Routed) -> bool:
-        """Invalid, the operator chose a dead-letter target, and it has not failed on this
-        message before (a redelivery after a failed copy is kept as a failed job)."""
-        return (
-            result.invalid is not None
-            and self.source.on_invalid == "dead-letter"
-            and message.reject is not None
-            and result.spec.dedup_key not in self._dead_letter_failed
-        )
-
-    async def _dead_letter(self, rejects: Sequence[tuple[Message, Routed]]) -> None:
-        """Hand invalid messages to the broker's dead-letter target; one it could not take
-        is kept as a failed job instead (never dropped, never looped)."""
-        fallback: list[tuple[Message, Routed]] = []
-        for message, result in rejects:
-            assert message.reject is not None
-            try:
-                await message.reject(result.invalid)
-            except Exception as exc:  # noqa: BLE001 - not confirmed: keep it ourselves
-                self._remember_dead_letter_failed(result)
-                self._log.warning(
-                    "dead_letter_failed",
-                    reason=result.invalid,
-                    error=f"{type(exc).__name__}: {exc}",
-                    note="kept as a failed job",
-                )
-                fallback.append((message, result))
-                continue
-            self.counters.dead_lettered += 1
-            self.counters.add_poison(result.kind)
-            self._log.warning("message_dead_lettered", reason=result.invalid)
-        if not fallback:
-            return
-        messages = [m for m, _ in fallback]
-        try:
-            await self._writer.write([r for _, r in fallback], [m.body for m in messages])
-        except StoreUnavailable as exc:
-            await self._requeue(messages, exc)
-            return
-        for message, result in fallback:
-            self.counters.note_stored(self._log, message, result)
-        await self.adapter.ack_many(messages)
-        self.counters.acked += len(messages)
-
-    def _remember_dead_letter_failed(self, result: Routed) -> None:
-        # The broker still has the message (the adapter ended its channel or connection, so
-        # the fallback's ack may not reach it) and redelivers it: remembered, the copy is
-        # then kept as a failed job at once, its dedup key absorbing this one's row,
-        # instead of trying a target that fails again and again.
-        if result.spec.dedup_key is None:
-            return
-        self._dead_letter_failed[result.spec.dedup_key] = None
-        while len(self._dead_letter_failed) > _DEAD_LETTER_MEMORY:
-            del self._dead_letter_failed[next(iter(self._dead_letter_failed))]
+            await self._dead_letters.send(rejects)
 
     async def _keep_as_failed(self, message: Message, reason: str) -> None:
         """Last resort for one message: a failed job holding it, then ack; or, while the
