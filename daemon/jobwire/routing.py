@@ -196,6 +196,7 @@ class Router:
 
     def _route(self, msg: Message) -> Routed:
         payload: Any = None
+        text: str | None = None
         body: bytes | None = None
         problem: str | None = None
         kind = Poison.INTERNAL
@@ -204,7 +205,7 @@ class Router:
             kind = Poison.TOO_LARGE
         elif _is_json_type(msg.content_type):
             try:
-                payload = json.loads(msg.body) if msg.body.strip() else None
+                payload, text = _parse_json(msg.body) if msg.body.strip() else (None, None)
             except (ValueError, RecursionError) as exc:
                 if msg.content_type or self.needs_json:
                     problem = f"body is not valid JSON: {_short(exc)}"
@@ -219,14 +220,8 @@ class Router:
                 )
                 kind = Poison.NOT_JSON
         decoded = payload if body is None else None
-        payload_json = None
-        if body is None and payload is not None:
-            # Store the JSON text as it came (it parsed): no second serialisation.
-            try:
-                # utf-8-sig: json.loads accepts a byte-order mark, jsonb does not.
-                payload_json = msg.body.decode("utf-8-sig")
-            except UnicodeDecodeError:
-                payload_json = None
+        # Store the JSON text as it came (it parsed): no second serialisation.
+        payload_json = text if body is None and payload is not None else None
 
         # The dedup key comes first: a redelivered poison message must not fail twice.
         dedup_key = self._safe_dedup_key(msg, decoded)
@@ -288,6 +283,21 @@ class Router:
                 reply=reply,
             )
         )
+
+
+def _parse_json(body: bytes) -> tuple[Any, str | None]:
+    """A JSON body's value, and its text to store as it came (None unless UTF-8).
+
+    Decoded once: json.loads of bytes detects the encoding and decodes them itself, and the
+    text was then decoded again to be stored. utf-8-sig drops a byte-order mark, as
+    json.loads does (jsonb refuses one). A body in UTF-16 or UTF-32, which json.loads also
+    reads, is parsed from its bytes as before.
+    """
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return json.loads(body), None
+    return json.loads(text), text
 
 
 def _priority(value: Any, selector: Selector) -> int | str:

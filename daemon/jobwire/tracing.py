@@ -10,6 +10,8 @@ SDK configured (``opentelemetry-sdk`` plus an exporter, set up by the operator, 
 from __future__ import annotations
 
 import contextlib
+import math
+import time
 from collections.abc import Iterator
 
 from opentelemetry import propagate, trace
@@ -24,12 +26,53 @@ def job_span(job: Job) -> contextlib.AbstractContextManager[Span | None]:
     """The span one attempt of ``job`` runs in; a handler's exception marks it failed.
 
     Without an SDK (the global provider is still the API's placeholder) there is nothing to
-    record: no span is made at all. That check is one isinstance per job; making no-op spans
-    cost about 5% of the daemon's CPU in a profile of the AMQP drain.
+    record: no span is made at all (no-op spans cost about 5% of the daemon's CPU in a
+    profile of the AMQP drain).
     """
-    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
-        return contextlib.nullcontext()
-    return _span(job)
+    if _provider.real():
+        return _span(job)
+    return _NO_SPAN
+
+
+class _Provider:
+    """Whether a real tracer provider is set, looked up at most once a second while not.
+
+    The API's lookup reads ``os.environ`` on every call until a provider is set; per job
+    that showed in a profile. A provider, once set, cannot be replaced (the API's rule), so
+    a yes is kept for good; a no is asked again a second later, so that one set after the
+    daemon started (by a handler module, say) is used from then on.
+    """
+
+    def __init__(self) -> None:
+        self._real = False
+        self._asked_at = -math.inf
+
+    def forget(self) -> None:
+        """Look again at the next job (a daemon starting)."""
+        self._asked_at = -math.inf
+
+    def real(self) -> bool:
+        """True once the global provider is not the API's placeholder."""
+        if self._real:
+            return True
+        now = time.monotonic()
+        if now - self._asked_at < 1.0:
+            return False
+        self._asked_at = now
+        self._real = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+        return self._real
+
+
+_provider = _Provider()
+
+
+def look_for_provider() -> None:
+    """Have the next job look for a tracer provider at once (called as a pool starts)."""
+    _provider.forget()
+
+
+# Reusable: a nullcontext holds nothing between uses.
+_NO_SPAN: contextlib.AbstractContextManager[Span | None] = contextlib.nullcontext()
 
 
 @contextlib.contextmanager

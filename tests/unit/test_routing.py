@@ -147,3 +147,24 @@ def test_selector_parsing() -> None:
     for bad in ("json:a.b", "cookie:x", "header:", "json:$.a..b"):
         with pytest.raises(ValueError):
             parse_selector(bad)
+
+
+@pytest.mark.parametrize(
+    ("body", "stored_text"),
+    [
+        (b'{"n": 1, "s": "\xc3\xa9"}', '{"n": 1, "s": "\u00e9"}'),  # UTF-8: stored as it came
+        (b'\xef\xbb\xbf{"n": 1, "s": "\xc3\xa9"}', '{"n": 1, "s": "\u00e9"}'),  # mark dropped
+        ('{"n": 1, "s": "\u00e9"}'.encode("utf-16"), None),  # parsed, stored re-serialised
+    ],
+)
+def test_json_bodies_in_each_encoding_json_reads(body: bytes, stored_text: str | None) -> None:
+    result = router({"handler": "email"}).route_message(msg(body))
+    assert result.invalid is None
+    assert result.spec.payload == {"n": 1, "s": "\u00e9"}
+    assert result.spec.payload_json == stored_text
+
+
+@pytest.mark.parametrize("body", [b"\xef\xbb\xbf\xef\xbb\xbf{}", b"{\xff}", b"{"])
+def test_broken_json_bodies_are_invalid(body: bytes) -> None:
+    result = router({"handler": "email"}).route_message(msg(body))
+    assert result.invalid is not None and "not valid JSON" in result.invalid

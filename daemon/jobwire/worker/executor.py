@@ -19,7 +19,7 @@ from jobwire.exceptions import Reject, Retry
 from jobwire.handlers import HandlerRegistry, HandlerThreads, JobContext
 from jobwire.models import Job, JobStatus, Outcome
 from jobwire.store.base import JobStore
-from jobwire.tracing import job_span
+from jobwire.tracing import job_span, look_for_provider
 from jobwire.worker.outcomes import OutcomeBuilder, describe
 from jobwire.worker.state import PoolState, Running, call_soon_threadsafe, log
 
@@ -55,6 +55,7 @@ class Executor:
     async def start(self) -> None:
         """Make the handler threads (started as plain handlers need them)."""
         self._threads = HandlerThreads(self.state.workers.concurrency)
+        look_for_provider()
 
     async def stop(self) -> list[Running]:
         """Let running jobs finish up to the shutdown timeout, stop the rest; returns the
