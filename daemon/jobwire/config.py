@@ -11,7 +11,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -385,6 +385,12 @@ class TlsConfig(_Strict):
 
 class SourceBase(_Strict):
     """Settings shared by every source type."""
+
+    # The broker hands each message to whichever consumer has room in its window (AMQP's
+    # and STOMP's prefetch): a consumer that holds deliveries back leaves the rest to the
+    # others. Kafka's partitions and MQTT's shared subscriptions are handed out whatever
+    # each consumer's pace (see worker/fleet.py).
+    competing: ClassVar[bool] = False
 
     name: str = Field(
         pattern=r"^[A-Za-z0-9_.-]+$", description="Unique; used in logs, stats and dedup keys."

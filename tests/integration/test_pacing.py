@@ -16,7 +16,7 @@ from jobwire.handlers import JobContext
 from jobwire.intake import Intake
 from jobwire.routing import Router
 from jobwire.store.postgres import PostgresStore
-from jobwire.worker import WorkerPool
+from jobwire.worker import WorkerPool, fleet
 from tests.support.fake_adapter import FakeAdapter
 from tests.support.pools import fast_config, make_pool
 from tests.support.rows import fetch, job_count, jobs_at_least, scalar
@@ -147,14 +147,42 @@ async def test_with_another_instance_or_no_wait_set_the_stream_is_stored_for_any
     assert figures["claimed"] > n // 2, figures
 
 
+@pytest.mark.parametrize(
+    ("twin", "path"),
+    [
+        ("consumes the same queue", "direct"),  # what this intake holds back, the broker
+        ("serves other queues only", "direct"),  # gives the twin; or it could not run it
+        ("has no sources", "claimed"),
+    ],
+)
+async def test_beside_a_twin_fed_from_the_same_queue_the_stream_still_goes_direct(
+    database_url: str, pg_store: PostgresStore, twin: str, path: str
+) -> None:
+    async def work(payload: Any, ctx: JobContext) -> None:
+        await asyncio.sleep(0.002)
+
+    mine = fast_config(sources=[SOURCE])
+    if twin == "consumes the same queue":
+        state = fleet.describe(mine, ["default"])
+    else:
+        state = fleet.describe(fast_config(), ["other" if twin.startswith("serves") else "default"])
+    await pg_store.register_worker("twin", "host", 1, "test", state)
+    n = 600
+    async with Stream(pg_store, work, concurrency=8) as stream:
+        stream.send(range(n))
+        await wait_for(lambda: succeeded(database_url, n), timeout=60, what="all ran")
+        figures = stream.pool.figures()
+    assert figures[path] > n // 2, figures
+
+
 async def test_an_instance_whose_heartbeat_stopped_does_not_count(
     database_url: str, pg_store: PostgresStore
 ) -> None:
     await pg_store.register_worker("gone", "host", 1, "test")
     await pg_store.register_worker("me", "host", 2, "test")
-    assert await pg_store.other_workers("me", 60) == 1
+    assert len(await pg_store.other_workers("me", 60)) == 1
     await scalar(
         database_url,
         "UPDATE jobwire.workers SET heartbeat_at = now() - interval '2 minutes' WHERE id = 'gone'",
     )
-    assert await pg_store.other_workers("me", 60) == 0
+    assert await pg_store.other_workers("me", 60) == []

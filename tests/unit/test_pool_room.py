@@ -46,6 +46,9 @@ def test_room_is_none_with_another_instance_or_no_wait_and_while_stopping() -> N
     assert p.room("default") == 4
     p.state.alone = False
     assert p.room("default") is None
+    p.state.paced_beside = frozenset({"default"})  # the others get what it holds back
+    assert p.room("default") == 4
+    p.state.paced_beside = frozenset()
     p.state.alone = True
     p.state.stopping.set()
     assert p.room("default") is None

@@ -352,8 +352,15 @@ class JobStore(Protocol):
     async def stats(self, finished: bool = True) -> dict[str, dict[str, int]]:
         """Job counts as ``{queue: {status: count}}`` (metrics read the live ones only)."""
 
-    async def register_worker(self, worker_id: str, host: str, pid: int, version: str) -> None:
-        """Announce this instance in the workers table."""
+    async def register_worker(
+        self,
+        worker_id: str,
+        host: str,
+        pid: int,
+        version: str,
+        state: dict[str, Any] | None = None,
+    ) -> None:
+        """Announce this instance in the workers table (``state``: its first heartbeat's)."""
 
     async def heartbeat_worker(self, worker_id: str, state: dict[str, Any]) -> None:
         """Refresh this instance's heartbeat and published state."""
@@ -361,8 +368,9 @@ class JobStore(Protocol):
     async def unregister_worker(self, worker_id: str) -> None:
         """Remove this instance's row on a clean stop."""
 
-    async def other_workers(self, worker_id: str, within: float) -> int:
-        """Other instances whose heartbeat is at most ``within`` seconds old."""
+    async def other_workers(self, worker_id: str, within: float) -> list[dict[str, Any]]:
+        """The state of each other instance whose heartbeat is at most ``within`` seconds
+        old."""
 
     async def listen(self, on_notify: NotifyCallback, on_reconnect: Callable[[], None]) -> None:
         """Deliver notifications until cancelled, reconnecting when the connection drops."""

@@ -228,18 +228,30 @@ class MemoryJobs(MemoryFlow):
         if job is not None and job.status == JobStatus.RUNNING:
             job.progress, job.progress_note = percent, note
 
-    async def register_worker(self, worker_id: str, host: str, pid: int, version: str) -> None:
+    async def register_worker(
+        self,
+        worker_id: str,
+        host: str,
+        pid: int,
+        version: str,
+        state: dict[str, Any] | None = None,
+    ) -> None:
         """Remember this instance."""
-        self.workers[worker_id] = {"host": host, "pid": pid, "version": version, "state": {}}
+        self.workers[worker_id] = {
+            "host": host,
+            "pid": pid,
+            "version": version,
+            "state": dict(state or {}),
+        }
 
     async def heartbeat_worker(self, worker_id: str, state: dict[str, Any]) -> None:
         """Refresh this instance's state."""
         if worker_id in self.workers:
             self.workers[worker_id]["state"] = state
 
-    async def other_workers(self, worker_id: str, within: float) -> int:
-        """Other instances on this store (all in this process, so all alive)."""
-        return sum(1 for w in self.workers if w != worker_id)
+    async def other_workers(self, worker_id: str, within: float) -> list[dict[str, Any]]:
+        """The state of each other instance on this store (all in this process: alive)."""
+        return [dict(w["state"]) for i, w in self.workers.items() if i != worker_id]
 
     async def unregister_worker(self, worker_id: str) -> None:
         """Forget this instance."""

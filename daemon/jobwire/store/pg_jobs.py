@@ -250,10 +250,19 @@ class PgJobs(PgFlow):
         async with guard("progress"):
             await self._pool.execute(self._q["set_progress"], job_id, percent, note)
 
-    async def register_worker(self, worker_id: str, host: str, pid: int, version: str) -> None:
+    async def register_worker(
+        self,
+        worker_id: str,
+        host: str,
+        pid: int,
+        version: str,
+        state: dict[str, Any] | None = None,
+    ) -> None:
         """Insert this instance's row."""
         async with guard("register worker"):
-            await self._pool.execute(self._q["register_worker"], worker_id, host, pid, version)
+            await self._pool.execute(
+                self._q["register_worker"], worker_id, host, pid, version, state or {}
+            )
 
     async def heartbeat_worker(self, worker_id: str, state: dict[str, Any]) -> None:
         """Refresh this instance's heartbeat."""
@@ -261,11 +270,11 @@ class PgJobs(PgFlow):
             # The connection's jsonb codec serialises the dict itself.
             await self._pool.execute(self._q["heartbeat_worker"], worker_id, state)
 
-    async def other_workers(self, worker_id: str, within: float) -> int:
-        """Other instances with a heartbeat in the last ``within`` seconds."""
+    async def other_workers(self, worker_id: str, within: float) -> list[dict[str, Any]]:
+        """The state of each other instance with a heartbeat in the last ``within`` seconds."""
         async with guard("count workers"):
-            count = await self._pool.fetchval(self._q["other_workers"], worker_id, within)
-        return int(count)
+            rows = await self._pool.fetch(self._q["other_workers"], worker_id, within)
+        return [dict(r["state"]) for r in rows]
 
     async def unregister_worker(self, worker_id: str) -> None:
         """Delete this instance's row."""

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from jobwire.store.base import JobStore, StoreUnavailable
+from jobwire.worker import fleet
 from jobwire.worker.completer import Completer
 from jobwire.worker.executor import Executor
 from jobwire.worker.state import PoolState, keep_running, log
@@ -41,9 +42,14 @@ class LeaseKeeper:
         self.completer = completer
         # More to publish in this instance's workers row (the daemon adds its sources).
         self.extra_state = extra_state
+        self._fleet = fleet.describe(state.config, state.queues)
         self.interval = min(state.workers.lease / 3, 10.0)
         self.task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+
+    def state_now(self) -> dict[str, Any]:
+        """What this instance's row says of it at registration (the heartbeat adds more)."""
+        return {**self.state.figures(), **self._fleet}
 
     async def start(self) -> None:
         """Start renewing."""
@@ -102,7 +108,7 @@ class LeaseKeeper:
                 await self._give_back_unknown()
             recovered = await self.store.recover_expired_leases()
             await self.store.heartbeat_worker(
-                state.worker_id, {**state.figures(), **self.extra_state()}
+                state.worker_id, {**self.state_now(), **self.extra_state()}
             )
             await self.count_instances()
         except StoreUnavailable as exc:
@@ -139,14 +145,20 @@ class LeaseKeeper:
             log.warning("unknown_jobs_released", count=len(released), job_ids=released[:20])
 
     async def count_instances(self) -> None:
-        """Note whether another instance has a live heartbeat (it may claim our work)."""
+        """Note whether another instance has a live heartbeat (it may claim our work), and
+        for which queues the intake may wait for this pool all the same (fleet.py)."""
         state = self.state
         others = await self.store.other_workers(state.worker_id, state.workers.lease)
-        alone = others == 0
-        if alone != state.alone:
-            # Pacing (intake/pacing.py) runs only while no other instance could claim.
-            log.info("intake_pacing", on=alone, other_instances=others)
-        state.alone = alone
+        alone = not others
+        beside = fleet.paced_beside(state.config, state.queues, others) if others else frozenset()
+        if (alone, beside) != (state.alone, state.paced_beside):
+            log.info(
+                "intake_pacing",
+                on=alone or bool(beside),
+                other_instances=len(others),
+                queues="all" if alone else sorted(beside),
+            )
+        state.alone, state.paced_beside = alone, beside
         state.room_changed.set()
 
     def _held(self) -> list[tuple[int, int]]:

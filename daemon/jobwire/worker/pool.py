@@ -100,7 +100,7 @@ class WorkerPool:
         pool is stopping, the queue is paused or has a rate, only the claim starts those)."""
         state = self.state
         if (
-            not state.alone
+            not (state.alone or queue in state.paced_beside)
             or state.workers.hand_off_wait <= 0
             or state.stopping.is_set()
             or queue not in state.limits
@@ -168,7 +168,7 @@ class WorkerPool:
     async def start(self) -> None:
         """Register this instance and start the pool's parts."""
         await self.store.register_worker(
-            self.worker_id, socket.gethostname(), os.getpid(), __version__
+            self.worker_id, socket.gethostname(), os.getpid(), __version__, self.leases.state_now()
         )
         await self.leases.count_instances()
         structlog.contextvars.bind_contextvars(worker=self.worker_id)

@@ -119,8 +119,10 @@ class PoolState:
         self.orphans_possible = False
         self.reconciling = False
         # No other instance has a live heartbeat on this database (read at start and at each
-        # upkeep): only then may the intake hold a batch for this pool (see WorkerPool.room).
+        # upkeep): only then may the intake hold a batch for this pool (see WorkerPool.room),
+        # or for the queues in paced_beside, which the others get as this one does (fleet.py).
         self.alone = False
+        self.paced_beside: frozenset[str] = frozenset()
         self.claiming = False
         self.settled = asyncio.Event()  # set when no claim or hand-over is in flight
         self._store_down_since: float | None = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -19,6 +19,7 @@ from jobwire.config import (
 class AmqpSource(SourceBase):
     """A RabbitMQ (AMQP 0-9-1) queue consumed with manual acks."""
 
+    competing: ClassVar[bool] = True
     type: Literal["amqp"] = Field(description="RabbitMQ (AMQP 0-9-1).")
     url: str = Field(
         "amqp://guest:guest@127.0.0.1:5672/", description="The broker: amqp:// or amqps:// URL."

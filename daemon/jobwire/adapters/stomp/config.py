@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
@@ -13,6 +13,7 @@ from jobwire.redaction import SECRET
 class StompSource(SourceBase):
     """A STOMP 1.2 destination (RabbitMQ's STOMP plugin, ActiveMQ), consumed with client acks."""
 
+    competing: ClassVar[bool] = True
     type: Literal["stomp"] = Field(description="STOMP 1.2 (RabbitMQ's plugin, ActiveMQ).")
     host: str = Field("127.0.0.1", description="The broker's host.")
     port: int = Field(61613, ge=1, le=65535, description="The broker's STOMP port.")

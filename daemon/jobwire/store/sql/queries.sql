@@ -448,8 +448,8 @@ UNION ALL
 SELECT queue, 'running', count(*) FROM jobs WHERE status = 'running' GROUP BY queue;
 
 -- name: register_worker
-INSERT INTO workers (id, host, pid, version) VALUES ($1, $2, $3, $4)
-ON CONFLICT (id) DO UPDATE SET heartbeat_at = now();
+INSERT INTO workers (id, host, pid, version, state) VALUES ($1, $2, $3, $4, $5::jsonb)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), state = EXCLUDED.state;
 
 -- name: heartbeat_worker
 UPDATE workers SET heartbeat_at = now(), state = $2::jsonb WHERE id = $1;
@@ -463,7 +463,7 @@ FROM workers ORDER BY started_at;
 DELETE FROM workers WHERE id = $1;
 
 -- name: other_workers
-SELECT count(*) FROM workers WHERE id <> $1 AND heartbeat_at > now() - make_interval(secs => $2);
+SELECT state FROM workers WHERE id <> $1 AND heartbeat_at > now() - make_interval(secs => $2);
 
 -- name: notify
 SELECT pg_notify($1, $2);
