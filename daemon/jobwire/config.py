@@ -186,9 +186,9 @@ class WorkersConfig(_Strict):
     hand_off_wait: Duration = Field(
         0.5,
         le=5.0,
-        description="While this is the only instance on the database and its pool is full, "
-        "how long a source's batch may wait for a free slot (then it starts with no claim) "
-        "before it is stored as ready jobs; 0: never wait.",
+        description="While the pool is full (and no other instance could claim those jobs "
+        "instead), how long a source's batch may wait for a free slot (then it starts with "
+        "no claim) before it is stored as ready jobs; 0: never wait.",
     )
     completion_delay: Duration = Field(
         0.005, description="How long an outcome may wait for others to share its write."
