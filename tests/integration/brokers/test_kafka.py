@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from jobwire.app import Daemon as InProcessDaemon
 from tests.integration.brokers.base import BrokerSuite, Outage, cut_proxy, proxied
@@ -218,3 +218,62 @@ class TestKafka(BrokerSuite):
             assert all(stored), f"one instance stored nothing: {stored}"
             assert sum(stored) == n
         await assert_exactly(database_url, n)
+
+    async def test_a_rebalance_while_the_intake_holds_deliveries_loses_and_doubles_nothing(
+        self, database_url: str, target: Target
+    ) -> None:
+        """The first instance, alone, paces its intake to a small pool of slow jobs under a
+        stream faster than the pool, so it holds deliveries it has not stored (their
+        offsets not committed) when a second instance joins and takes partitions from it."""
+        n, chunk = 4000, 40
+        bootstrap, topic = target
+        config = self.config(
+            database_url,
+            target,
+            {"handler": "sleep"},
+            workers={"concurrency": 4},
+            **self.kill_source_extra,  # a short heartbeat: the rebalance comes sooner
+        )
+
+        async def stream() -> None:
+            # About 400 messages a second; the pool runs about 200 (4 slots, 20 ms each).
+            producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+            await producer.start()
+            try:
+                for start in range(0, n, chunk):
+                    sent = [
+                        await producer.send(topic, b'{"i": %d, "seconds": 0.02}' % i)
+                        for i in range(start, start + chunk)
+                    ]
+                    await asyncio.gather(*sent)
+                    await asyncio.sleep(0.1)
+            finally:
+                await producer.stop()
+
+        async with running_daemon(config) as one:
+            producing = asyncio.create_task(stream())
+            intake = one.sources[0].intake
+            await wait_for(lambda: len(intake._line) > 0, timeout=30, what="deliveries held")
+            async with running_daemon(config) as two:
+                adapters = [d.sources[0].adapter for d in (one, two)]
+
+                def shared() -> bool:
+                    owned = [a._consumer.assignment() if a._consumer else set() for a in adapters]
+                    return all(owned) and not owned[0] & owned[1]
+
+                await wait_for(shared, timeout=60, what="the partitions shared")
+                assert not producing.done(), "the rebalance came after the stream"
+                await producing
+                await wait_for(
+                    lambda: jobs_at_least(database_url, n, "status = 'succeeded'"),
+                    timeout=120,
+                    what=f"{n} jobs succeeded",
+                )
+            assert one.pool.figures()["direct"] > 0  # it was pacing: jobs went straight to it
+            assert two.sources[0].intake.counters.stored > 0
+        await assert_exactly(database_url, n)
+        runs = await fetch(
+            database_url,
+            "SELECT count(*) AS runs, count(DISTINCT job_id) AS jobs FROM jobwire.job_runs",
+        )
+        assert (runs[0]["runs"], runs[0]["jobs"]) == (n, n)  # none ran twice
