@@ -1,4 +1,5 @@
-"""The JobStore role on PostgreSQL: inserts, claims, outcomes, leases, workers, LISTEN."""
+"""The JobStore role on PostgreSQL: inserts, claims, outcomes, leases, LISTEN (the instances'
+rows in pg_workers)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from jobwire.store.flow import flow_left, plain_queues
 from jobwire.store.pg_base import UNAVAILABLE, guard, is_outage, server_settings
 from jobwire.store.pg_flow import PgFlow
 from jobwire.store.pg_outbox import write_effects
+from jobwire.store.pg_workers import PgWorkers
 from jobwire.store.rows import ids_in_order
 
 log = structlog.get_logger("jobwire.store")
@@ -59,7 +61,7 @@ def _claimed(row: asyncpg.Record) -> Job:
     )
 
 
-class PgJobs(PgFlow):
+class PgJobs(PgWorkers, PgFlow):
     """What the intake and the worker pool run on PostgreSQL."""
 
     async def enqueue(
@@ -249,37 +251,6 @@ class PgJobs(PgFlow):
         """Store progress of a running job."""
         async with guard("progress"):
             await self._pool.execute(self._q["set_progress"], job_id, percent, note)
-
-    async def register_worker(
-        self,
-        worker_id: str,
-        host: str,
-        pid: int,
-        version: str,
-        state: dict[str, Any] | None = None,
-    ) -> None:
-        """Insert this instance's row."""
-        async with guard("register worker"):
-            await self._pool.execute(
-                self._q["register_worker"], worker_id, host, pid, version, state or {}
-            )
-
-    async def heartbeat_worker(self, worker_id: str, state: dict[str, Any]) -> None:
-        """Refresh this instance's heartbeat."""
-        async with guard("worker heartbeat"):
-            # The connection's jsonb codec serialises the dict itself.
-            await self._pool.execute(self._q["heartbeat_worker"], worker_id, state)
-
-    async def other_workers(self, worker_id: str, within: float) -> list[dict[str, Any]]:
-        """The state of each other instance with a heartbeat in the last ``within`` seconds."""
-        async with guard("count workers"):
-            rows = await self._pool.fetch(self._q["other_workers"], worker_id, within)
-        return [dict(r["state"]) for r in rows]
-
-    async def unregister_worker(self, worker_id: str) -> None:
-        """Delete this instance's row."""
-        async with guard("unregister worker"):
-            await self._pool.execute(self._q["unregister_worker"], worker_id)
 
     def _relay(self, on_notify: NotifyCallback) -> Callable[[Any, int, str, str], None]:
         def relay(_conn: Any, pid: int, _channel: str, message: str) -> None:

@@ -17,12 +17,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from jobwire.adapters.base import (
@@ -33,6 +31,8 @@ from jobwire.adapters.base import (
     tls_context,
 )
 from jobwire.adapters.kafka.config import KafkaSource
+from jobwire.adapters.kafka.positions import Positions
+from jobwire.adapters.kafka.rebalance import Rebalance
 from jobwire.config import SourceBase
 from jobwire.models import StreamOffset
 
@@ -67,21 +67,6 @@ def _client_options(cfg: KafkaSource) -> dict[str, Any]:
     return options
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Hands aiokafka's rebalance callbacks to the adapter."""
-
-    def __init__(self, adapter: KafkaAdapter) -> None:
-        self.adapter = adapter
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        """Before giving partitions up: let their in-flight batch be stored and committed."""
-        await self.adapter.partitions_revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        """Before fetching: go to the offsets stored with the jobs."""
-        await self.adapter.partitions_assigned(assigned)
-
-
 class KafkaAdapter(Adapter):
     """Consumes Kafka topics in a consumer group, offsets kept with the job rows."""
 
@@ -94,16 +79,16 @@ class KafkaAdapter(Adapter):
         self.cfg = cfg
         self.offset_reader = offset_reader
         self._consumer: AIOKafkaConsumer | None = None
-        # Delivered to the intake and not yet stored, per partition: bounds memory, and a
-        # revoked partition waits for its count to reach zero.
-        self._in_flight: Counter[TopicPartition] = Counter()
-        self._settled = asyncio.Event()
-        # Offsets stored in the database, and those not yet committed to Kafka.
-        self._stored: dict[TopicPartition, int] = {}
-        self._to_commit: dict[TopicPartition, int] = {}
-        self._commit_wanted = asyncio.Event()
+        self._positions = Positions()
+        self._rebalance = Rebalance(
+            cfg, self._positions, offset_reader, lambda: self._consumer, self._commit, self._log
+        )
         self.lag: dict[str, int] = {}
-        self.assignments = 0  # rebalances that gave us partitions (a stable group: 1)
+
+    @property
+    def assignments(self) -> int:
+        """Rebalances that gave this source partitions (a stable group: 1)."""
+        return self._rebalance.assignments
 
     # -- consuming ------------------------------------------------------------------
 
@@ -124,15 +109,13 @@ class KafkaAdapter(Adapter):
     async def _session(self) -> None:
         """Join the group and consume until a fetch, commit or probe loop ends."""
         consumer = self._new_consumer()
-        consumer.subscribe(topics=list(self.cfg.topics), listener=_Rebalance(self))
+        consumer.subscribe(topics=list(self.cfg.topics), listener=self._rebalance)
         await consumer.start()
         self._consumer = consumer
         # Offsets, not per-connection acks, settle Kafka deliveries: the generation is kept
         # only so that every adapter counts its connections the same way.
         self._new_generation()
-        self._in_flight.clear()
-        self._stored.clear()
-        self._to_commit.clear()
+        self._positions.clear()
         self.set_state(SourceState.PAUSED if self.paused else SourceState.UP)
         tasks = [
             asyncio.create_task(loop(consumer), name=f"jobwire-kafka-{self.name}")
@@ -153,6 +136,7 @@ class KafkaAdapter(Adapter):
 
     async def _fetch_loop(self, consumer: AIOKafkaConsumer) -> None:
         assert self._sink is not None
+        positions = self._positions
         while True:
             self._apply_pause(consumer)
             if consumer.assignment() and consumer.paused() == consumer.assignment():
@@ -160,12 +144,12 @@ class KafkaAdapter(Adapter):
                 # instead of a fetch that can only time out (found by the flood drill: a
                 # 200 ms getmany per refill held intake to max_in_flight per 200 ms). Poll
                 # anyway now and then: a consumer silent for max_poll_interval leaves its group.
-                self._settled.clear()
+                positions.settled.clear()
                 self._apply_pause(consumer)  # an ack just before the clear made room?
                 if consumer.paused() == consumer.assignment():
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(1.0):
-                            await self._settled.wait()
+                            await positions.settled.wait()
                 self._apply_pause(consumer)  # a rebalance may have assigned new partitions
                 # Whatever this returns is delivered below: a record handed out by getmany
                 # has moved the position past it and must not be dropped.
@@ -174,14 +158,14 @@ class KafkaAdapter(Adapter):
                 batches = await consumer.getmany(timeout_ms=200, max_records=self.cfg.max_records)
             for tp, records in batches.items():
                 for record in records:
-                    self._in_flight[tp] += 1
+                    positions.delivered(tp)
                     self._sink(self._message(tp, record))
 
     def _apply_pause(self, consumer: AIOKafkaConsumer) -> None:
         assigned = consumer.assignment()
         if not assigned:
             return
-        full = sum(self._in_flight.values()) >= self.cfg.max_in_flight
+        full = self._positions.total_in_flight() >= self.cfg.max_in_flight
         paused = consumer.paused()
         if self.paused or full:
             if paused != assigned:
@@ -222,24 +206,15 @@ class KafkaAdapter(Adapter):
 
     async def ack_many(self, messages: Sequence[Message]) -> None:
         """The batch is stored with its offsets: count it settled, commit to Kafka later."""
-        for message in messages:
-            tp: TopicPartition = message.raw
-            if self._in_flight[tp] > 0:
-                self._in_flight[tp] -= 1
-            if message.offset is not None:
-                next_offset = message.offset.next_offset
-                if next_offset > self._stored.get(tp, -1):
-                    self._stored[tp] = next_offset
-                    self._to_commit[tp] = next_offset
-        self._settled.set()
-        self._commit_wanted.set()
+        self._positions.note_stored(messages)
 
     async def _commit_loop(self, consumer: AIOKafkaConsumer) -> None:
         """Commit stored offsets to Kafka, coalesced: one request however many batches."""
+        positions = self._positions
         while True:
-            await self._commit_wanted.wait()
-            self._commit_wanted.clear()
-            await self._commit(consumer, self._to_commit)
+            await positions.commit_wanted.wait()
+            positions.commit_wanted.clear()
+            await self._commit(consumer, positions.to_commit)
 
     async def _commit(self, consumer: AIOKafkaConsumer, wanted: dict[TopicPartition, int]) -> None:
         assigned = consumer.assignment()
@@ -281,73 +256,7 @@ class KafkaAdapter(Adapter):
                 continue
             failures = 0
             self.set_state(SourceState.PAUSED if self.paused else SourceState.UP)
-            self._update_lag(consumer)
-
-    def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
-        """Messages per partition between what is stored and the log's end at the last fetch."""
-        lag: dict[str, int] = {}
-        for tp in consumer.assignment():
-            high = consumer.highwater(tp)
-            stored = self._stored.get(tp)
-            if high is not None and stored is not None:
-                lag[f"{tp.topic}/{tp.partition}"] = max(0, high - stored)
-        self.lag = lag
-
-    # -- rebalances -----------------------------------------------------------------
-
-    async def partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        """Wait (bounded) until what was taken from these partitions is stored."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.cfg.revoke_timeout
-        while any(self._in_flight[tp] for tp in revoked):
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                # Their next owner reads them again from the stored offset; if we still
-                # store them later, their dedup keys make that a no-op.
-                self._log.warning(
-                    "kafka_revoke_timeout",
-                    in_flight={f"{tp.topic}/{tp.partition}": self._in_flight[tp] for tp in revoked},
-                )
-                break
-            self._settled.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(remaining):
-                    await self._settled.wait()
-        consumer = self._consumer
-        if consumer is not None:
-            wanted = {tp: o for tp, o in self._to_commit.items() if tp in set(revoked)}
-            if wanted:
-                await self._commit(consumer, wanted)
-        for tp in revoked:
-            self._to_commit.pop(tp, None)
-            self._stored.pop(tp, None)
-            self._in_flight.pop(tp, None)
-        self._log.info("kafka_partitions_revoked", partitions=_names(revoked))
-
-    async def partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        """Seek each partition to the offset stored with the jobs, where there is one."""
-        stored: dict[tuple[str, int], int] = {}
-        if self.offset_reader is not None and assigned:
-            try:
-                stored = await self.offset_reader(
-                    self.cfg.group_id, [(tp.topic, tp.partition) for tp in assigned]
-                )
-            except Exception as exc:  # noqa: BLE001 - fall back to Kafka's committed offsets
-                # Safe: Kafka's committed offset is never ahead of the stored one (it is
-                # committed after the store), so at worst messages are read again and their
-                # dedup keys absorb them.
-                self._log.warning("kafka_offsets_unreadable", error=f"{type(exc).__name__}: {exc}")
-        self.assignments += 1
-        consumer = self._consumer
-        for tp in assigned:
-            offset = stored.get((tp.topic, tp.partition))
-            if offset is not None and consumer is not None:
-                consumer.seek(tp, offset)
-        self._log.info(
-            "kafka_partitions_assigned",
-            partitions=_names(assigned),
-            from_store={f"{t}/{p}": o for (t, p), o in stored.items()},
-        )
+            self.lag = self._positions.lag(consumer)
 
     # -- flow control and state -----------------------------------------------------
 
@@ -358,7 +267,7 @@ class KafkaAdapter(Adapter):
 
     async def _on_resume(self) -> bool:
         """Fetch again."""
-        self._settled.set()  # wake a fetch loop waiting for room
+        self._positions.settled.set()  # wake a fetch loop waiting for room
         if self._consumer is None:
             return False
         self._apply_pause(self._consumer)
@@ -398,10 +307,6 @@ class KafkaAdapter(Adapter):
             return confirmed
         finally:
             await producer.stop()
-
-
-def _names(partitions: Sequence[TopicPartition]) -> list[str]:
-    return sorted(f"{tp.topic}/{tp.partition}" for tp in partitions)
 
 
 def build(source: SourceBase, offset_reader: OffsetReader | None = None) -> KafkaAdapter:
