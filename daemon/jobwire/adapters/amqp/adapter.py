@@ -12,18 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import aio_pika
 import aiormq.abc
 import aiormq.exceptions
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
+from aio_pika.abc import AbstractConnection
 
 from jobwire.adapters.amqp.channel import InlineConsumer
 from jobwire.adapters.amqp.config import AmqpSource
 from jobwire.adapters.amqp.frames import fast_path_reader
+from jobwire.adapters.amqp.queue import declare, publish_confirmed
 from jobwire.adapters.base import (
     Adapter,
     Message,
@@ -80,24 +80,6 @@ class AmqpAdapter(Adapter):
         connection: AbstractConnection = await aio_pika.connect(self.cfg.url, **kwargs)
         return connection
 
-    async def _declare(self, channel: AbstractChannel) -> AbstractQueue:
-        cfg = self.cfg
-        if not cfg.declare:
-            return await channel.declare_queue(cfg.queue, passive=True)
-        arguments: dict[str, Any] = dict(cfg.queue_arguments)
-        if cfg.queue_type == "quorum":
-            arguments["x-queue-type"] = "quorum"
-        if cfg.dead_letter_exchange is not None:
-            arguments["x-dead-letter-exchange"] = cfg.dead_letter_exchange
-        if cfg.dead_letter_routing_key is not None:
-            arguments["x-dead-letter-routing-key"] = cfg.dead_letter_routing_key
-        queue = await channel.declare_queue(cfg.queue, durable=True, arguments=arguments or None)
-        if cfg.exchange:
-            exchange = await channel.declare_exchange(cfg.exchange, cfg.exchange_type, durable=True)
-            for key in cfg.routing_keys or [cfg.queue]:
-                await queue.bind(exchange, routing_key=key)
-        return queue
-
     async def _session(self) -> None:
         """Connect, declare, consume until the connection or channel closes."""
         connection = await self._connect()
@@ -107,7 +89,7 @@ class AmqpAdapter(Adapter):
             channel = await connection.channel()
             channel.close_callbacks.add(lambda *_: ended.set())
             await channel.set_qos(prefetch_count=self.cfg.prefetch)
-            await self._declare(channel)
+            await declare(self.cfg, channel)
             # Consume on aio-pika's underlying aiormq channel: its deliveries skip aio-pika's
             # per-message IncomingMessage and second task (together about 15% of the daemon's
             # CPU in a py-spy profile of bench/amqp_drain.py).
@@ -281,33 +263,9 @@ class AmqpAdapter(Adapter):
         """Publish persistent messages with publisher confirms; returns how many were confirmed."""
         connection = await self._connect()
         try:
-            channel = await connection.channel(publisher_confirms=True)
-            if self.cfg.exchange:
-                exchange = await channel.get_exchange(self.cfg.exchange)
-                routing_key = topic or (self.cfg.routing_keys or [self.cfg.queue])[0]
-            else:
-                if self.cfg.declare:
-                    await self._declare(channel)
-                exchange = channel.default_exchange
-                routing_key = self.cfg.queue
-            confirmed = 0
-            for start in range(0, count, 500):
-                sends = [
-                    exchange.publish(
-                        aio_pika.Message(
-                            body,
-                            headers=dict(headers),
-                            message_id=uuid.uuid4().hex,
-                            content_type=content_type,
-                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                        ),
-                        routing_key=routing_key,
-                    )
-                    for _ in range(min(500, count - start))
-                ]
-                results = await asyncio.gather(*sends)
-                confirmed += len(results)
-            return confirmed
+            return await publish_confirmed(
+                connection, self.cfg, body, headers, count, content_type, topic
+            )
         finally:
             await connection.close()
 
