@@ -258,6 +258,10 @@ def test_a_child_that_stops_answering_is_replaced(
         try:
             systemd.until("READY=1")
             systemd.until("WATCHDOG=1")
+            # Both children's ready lines, waited for: the supervisor writes them before
+            # READY=1, yet one full run read child 1's as missing right after it (cause not
+            # found; a line missing for good still fails here, at the deadline).
+            wait_sync(lambda: len(_ready_pids(daemon)) == 2, timeout=10, what="both ready")
             old = _ready_pids(daemon)
             os.kill(old[1], signal.SIGSTOP)
             daemon.wait_event("worker_process_hung", process=1, pid=old[1])
