@@ -72,7 +72,10 @@ async def test_a_stream_faster_than_the_pool_goes_to_it_directly(
         await asyncio.sleep(0.002)
 
     n = 1500
-    async with Stream(pg_store, work, concurrency=8) as stream:
+    # The whole stream arrives at once, and no delivery waits past hand_off_wait: at the
+    # longest wait the pool need not run it all within the default half second, which a
+    # slow machine did not.
+    async with Stream(pg_store, work, concurrency=8, hand_off_wait="5s") as stream:
         stream.send(range(n))
         await wait_for(lambda: succeeded(database_url, n), timeout=60, what="all ran")
         figures = stream.pool.figures()
@@ -168,7 +171,7 @@ async def test_beside_a_twin_fed_from_the_same_queue_the_stream_still_goes_direc
         state = fleet.describe(fast_config(), ["other" if twin.startswith("serves") else "default"])
     await pg_store.register_worker("twin", "host", 1, "test", state)
     n = 600
-    async with Stream(pg_store, work, concurrency=8) as stream:
+    async with Stream(pg_store, work, concurrency=8, hand_off_wait="5s") as stream:
         stream.send(range(n))
         await wait_for(lambda: succeeded(database_url, n), timeout=60, what="all ran")
         figures = stream.pool.figures()
