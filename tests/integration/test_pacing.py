@@ -189,3 +189,11 @@ async def test_an_instance_whose_heartbeat_stopped_does_not_count(
         "UPDATE jobwire.workers SET heartbeat_at = now() - interval '2 minutes' WHERE id = 'gone'",
     )
     assert await pg_store.other_workers("me", 60) == []
+
+
+async def test_a_row_whose_state_is_not_an_object_reads_as_saying_nothing(
+    database_url: str, pg_store: PostgresStore
+) -> None:
+    await pg_store.register_worker("odd", "host", 1, "test")
+    await scalar(database_url, "UPDATE jobwire.workers SET state = '[1, \"x\"]' WHERE id = 'odd'")
+    assert await pg_store.other_workers("me", 60) == [{}]

@@ -59,3 +59,13 @@ def test_what_an_instance_writes() -> None:
         "serves": ["b", "default"],
         "competing_sources": ["events", "orders"],
     }
+
+
+def test_a_row_with_entries_of_other_types_neither_matches_nor_breaks() -> None:
+    mine = config(AMQP)
+    odd = [
+        {"serves": ["default"], "competing_sources": [{"orders": 1}, ["orders"], None, 7]},
+        {"serves": [None, {"q": 1}], "competing_sources": []},  # does not serve "default"
+    ]
+    assert fleet.paced_beside(mine, ["default"], odd[:1]) == frozenset()
+    assert fleet.paced_beside(mine, ["default"], odd[1:]) == {"default"}

@@ -33,9 +33,10 @@ class PgWorkers(PgBase):
 
     async def other_workers(self, worker_id: str, within: float) -> list[dict[str, Any]]:
         """The state of each other instance with a heartbeat in the last ``within`` seconds."""
-        async with guard("count workers"):
+        async with guard("read workers"):
             rows = await self._pool.fetch(self._q["other_workers"], worker_id, within)
-        return [dict(r["state"]) for r in rows]
+        # The column holds any JSON: a row whose state is not an object says nothing.
+        return [dict(r["state"]) if isinstance(r["state"], dict) else {} for r in rows]
 
     async def unregister_worker(self, worker_id: str) -> None:
         """Delete this instance's row."""

@@ -6,9 +6,10 @@ when the other instances consume the same sources from a broker that hands each 
 whichever consumer has room (AMQP, STOMP): what one holds back, the broker gives the others.
 It would starve an instance that only claims (workers only, or fed by other sources), and
 one whose share a broker fixes whatever its pace (Kafka partitions, MQTT shared
-subscriptions). So each instance writes, with its heartbeat, the queues it serves and the
-competing sources it consumes; a queue paces beside others only when every other instance
-that serves it consumes every source this one feeds it from, and all of those compete.
+subscriptions). So each instance writes in its row, at registration and with each
+heartbeat, the queues it serves and the competing sources it consumes; a queue paces beside
+others only when every other instance that serves it consumes every source this one feeds
+it from, and all of those compete.
 """
 
 from __future__ import annotations
@@ -53,4 +54,6 @@ def _fed_alike(other: Mapping[str, Any], queue: str, sources: set[str]) -> bool:
     serves, competing = other.get(SERVES), other.get(COMPETING)
     if not isinstance(serves, list) or not isinstance(competing, list):
         return False  # says nothing (an older version, or no heartbeat yet): may only claim
-    return queue not in serves or sources <= set(competing)
+    # Only strings count: a row is another program's writing, and an entry of another type
+    # must neither match nor break the lease keeper's upkeep.
+    return queue not in serves or sources <= {c for c in competing if isinstance(c, str)}

@@ -77,7 +77,6 @@ class KafkaAdapter(Adapter):
     def __init__(self, cfg: KafkaSource, offset_reader: OffsetReader | None = None) -> None:
         super().__init__(cfg.name)
         self.cfg = cfg
-        self.offset_reader = offset_reader
         self._consumer: AIOKafkaConsumer | None = None
         self._positions = Positions()
         self._rebalance = Rebalance(
