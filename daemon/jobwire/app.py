@@ -231,6 +231,8 @@ class Source:
             **self.adapter.describe(),
             **self.intake.counters.as_dict(),
             "held": self.intake.held,
+            "waiting": self.intake.waiting,
+            "held_back_s": round(self.intake.held_back_for(), 3),
         }
 
 

@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from jobwire import __version__
+from jobwire.metrics_sources import source_metrics
 from jobwire.models import LIVE, Job, JobStatus, Outcome
 from jobwire.store.base import JobStore, OutboxBacklog, StoreUnavailable
 
@@ -34,8 +35,6 @@ from jobwire.store.base import JobStore, OutboxBacklog, StoreUnavailable
 # an operator nothing that rate() does not; process-wide, as prometheus_client decides it.
 disable_created_metrics()  # type: ignore[no-untyped-call]  # the library leaves it unannotated
 
-SOURCE_STATES = ("connecting", "up", "down", "paused", "stopped")
-INTAKE_OUTCOMES = ("received", "stored", "duplicate", "invalid", "dead_lettered", "acked", "nacked")
 # The attempt outcomes as the counter has always named them (a retry is "retried").
 ATTEMPT_OUTCOMES = {
     JobStatus.SUCCEEDED: "succeeded",
@@ -210,7 +209,7 @@ class Metrics(Collector):
         yield _gauge(
             "jobwire_running_jobs", "Jobs running in this instance.", pool.get("running", 0)
         )
-        yield from self._source_metrics(self.sources())
+        yield from source_metrics(self.sources())
         yield from self._outbox_metrics()
         if self.db_pool is not None:
             size, idle = self.db_pool()
@@ -245,52 +244,6 @@ class Metrics(Collector):
         yield pending
         yield oldest
         yield aside
-
-    def _source_metrics(self, sources: dict[str, dict[str, Any]]) -> Iterator[Metric]:
-        intake = CounterMetricFamily(
-            "jobwire_intake_messages",
-            "Broker messages by source and what became of them.",
-            labels=["source", "outcome"],
-        )
-        state = GaugeMetricFamily(
-            "jobwire_source_state", "1 for the state each source is in.", labels=["source", "state"]
-        )
-        lag = GaugeMetricFamily(
-            "jobwire_kafka_lag",
-            "Messages between the stored offset and the partition's end.",
-            labels=["source", "partition"],
-        )
-        poison = CounterMetricFamily(
-            "jobwire_poison",
-            "Messages that could not become runnable jobs (stored as failed, or dead-lettered),"
-            " by source and reason.",
-            labels=["source", "reason"],
-        )
-        replaced = CounterMetricFamily(
-            "jobwire_headers_replaced",
-            "Messages whose headers held values the store cannot (replaced by markers).",
-            labels=["source"],
-        )
-        # AMQP: "jobwire" (the fast path) or "aiormq"; STOMP: "asyncio", "nul-safe" or
-        # "stomp.py".
-        reader = GaugeMetricFamily(
-            "jobwire_source_frame_reader",
-            "1 for the frame reader each source's connections use.",
-            labels=["source", "reader"],
-        )
-        for name, info in sorted(sources.items()):
-            if info.get("frame_reader"):
-                reader.add_metric([name, str(info["frame_reader"])], 1)
-            for reason, count in sorted((info.get("poison") or {}).items()):
-                poison.add_metric([name, reason], count)
-            replaced.add_metric([name], info.get("headers_replaced", 0))
-            for outcome in INTAKE_OUTCOMES:
-                intake.add_metric([name, outcome], info.get(outcome, 0))
-            for each in SOURCE_STATES:
-                state.add_metric([name, each], 1 if info.get("state") == each else 0)
-            for partition, behind in sorted((info.get("lag") or {}).items()):
-                lag.add_metric([name, partition], behind)
-        yield from (intake, state, lag, poison, replaced, reader)
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

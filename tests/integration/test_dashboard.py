@@ -25,7 +25,7 @@ from tests.support.dashboard import (
 pytestmark = pytest.mark.timeout(60)
 Client = TestClient[Any, Any]
 SOURCES = {
-    "orders": {"state": "up", "last_error": None, "held": []},
+    "orders": {"state": "up", "last_error": None, "held": [], "waiting": 120, "held_back_s": 0.31},
     "telemetry": {"state": "down", "last_error": "connection refused", "held": []},
 }
 PAGES = ["/ui/", "/ui/jobs", "/ui/jobs?status=failed", "/ui/jobs/1", "/ui/audit"]
@@ -268,6 +268,7 @@ async def test_the_overview_shows_queues_sources_instances_and_schedules(
     assert 'class="num bad"' in queues  # long's failure of the last hour stands out
     sources = page[page.index('id="sources"') : page.index('id="instances"')]
     assert "redeliveries" in sources and "lag" in sources
+    assert re.search(r">120 \(0\.3s\)</td>", sources)  # held back for a free slot
     for text in ("telemetry", "connection refused", "w-overview", "host-a", "nightly"):
         assert text in page, text
     assert re.search(r">in [45]m<", page)  # the schedule's next run

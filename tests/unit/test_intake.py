@@ -175,6 +175,24 @@ async def test_paced_deliveries_keep_their_order_and_wait_no_longer_than_the_han
     assert intake.counters.acked == 10
 
 
+async def test_deliveries_held_back_for_a_slot_are_counted_with_how_long_they_waited() -> None:
+    intake, adapter, store, _ = make(pool=OneSlotAtATimePool())
+    assert (intake.waiting, intake.held_back_for()) == (0, 0.0)
+    task = asyncio.create_task(intake.run())
+    for i in range(10):
+        intake.submit(adapter.message(b'{"type": "noop", "id": %d}' % i))
+    seen: list[tuple[int, float]] = []
+
+    def held_and_stored() -> bool:
+        seen.append((intake.waiting, intake.held_back_for()))
+        return len(store.jobs) == 10
+
+    await wait_for(held_and_stored, interval=0.005, what="10 stored")
+    task.cancel()
+    assert any(n > 0 and 0 < held <= 1.0 for n, held in seen), seen
+    assert (intake.waiting, intake.held_back_for()) == (0, 0.0)
+
+
 async def test_run_loop_batches_by_count_and_time() -> None:
     intake, adapter, store, _ = make()
     task = asyncio.create_task(intake.run())

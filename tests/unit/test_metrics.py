@@ -158,3 +158,17 @@ def test_build_info_process_metrics_and_no_created_series() -> None:
         assert "process_cpu_seconds_total " in text
         assert "process_resident_memory_bytes " in text
     assert "_created" not in text
+
+
+def test_each_source_has_its_waiting_deliveries_and_how_long_they_were_held_back() -> None:
+    sources = {
+        "orders": {"state": "up", "received": 7, "waiting": 120, "held_back_s": 0.31},
+        "telemetry": {"state": "down"},  # a source that says nothing reads as none waiting
+    }
+    metrics = Metrics(MemoryStore(), lambda: {}, lambda: sources)
+    text = exposition(metrics)
+    assert 'jobwire_intake_waiting{source="orders"} 120.0' in text
+    assert 'jobwire_intake_held_back_seconds{source="orders"} 0.31' in text
+    assert 'jobwire_intake_waiting{source="telemetry"} 0.0' in text
+    assert 'jobwire_intake_messages_total{outcome="received",source="orders"} 7.0' in text
+    assert 'jobwire_source_state{source="telemetry",state="down"} 1.0' in text

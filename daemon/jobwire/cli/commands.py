@@ -318,19 +318,28 @@ def enqueue(
 
 
 def _sources_shown(state: Any) -> str:
-    sources = state.get("sources", {}) if isinstance(state, dict) else {}
-    return (
-        ", ".join(
-            f"{name}={src.get('state')}"
-            + (
-                f" ({src['last_error']})"
-                if src.get("state") != "up" and src.get("last_error")
-                else ""
-            )
-            for name, src in sorted(sources.items())
-        )
-        or "-"
-    )
+    sources = state.get("sources") if isinstance(state, dict) else None
+    if not isinstance(sources, dict):
+        return "-"
+    return ", ".join(_source_shown(name, src) for name, src in sorted(sources.items())) or "-"
+
+
+def _source_shown(name: str, src: Any) -> str:
+    """``name=state``, then the last error of a source not up, and the deliveries waiting
+    to be stored (with how long the oldest was held back for a free slot)."""
+    if not isinstance(src, dict):
+        return f"{name}=?"
+    shown = f"{name}={src.get('state')}"
+    if src.get("state") != "up" and src.get("last_error"):
+        shown += f" ({src['last_error']})"
+    waiting = src.get("waiting")
+    if isinstance(waiting, int) and waiting > 0:
+        shown += f" [{waiting} waiting"
+        held = src.get("held_back_s")
+        if isinstance(held, int | float) and held > 0:
+            shown += f", held back {held:.1f}s"
+        shown += "]"
+    return shown
 
 
 @main.command()

@@ -111,6 +111,19 @@ class Intake:
                 note="unacknowledged deliveries return to the broker",
             )
 
+    @property
+    def waiting(self) -> int:
+        """Deliveries taken from the broker and not yet in a batch being stored."""
+        return len(self._line)
+
+    def held_back_for(self) -> float:
+        """Seconds the oldest waiting delivery has been held back for a free slot; 0: none
+        is (it is stored once ``workers.hand_off_wait`` runs out)."""
+        since = self._line.held_since()
+        if since is None:
+            return 0.0
+        return max(0.0, asyncio.get_running_loop().time() - since)
+
     # -- holding the source --------------------------------------------------------------
 
     @property

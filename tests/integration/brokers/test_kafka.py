@@ -253,12 +253,12 @@ class TestKafka(BrokerSuite):
         async with running_daemon(config) as one:
             producing = asyncio.create_task(stream())
             intake = one.sources[0].intake
-            await wait_for(lambda: len(intake._line) > 0, timeout=30, what="deliveries held")
+            await wait_for(lambda: intake.waiting > 0, timeout=30, what="deliveries held")
             async with running_daemon(config) as two:
                 adapters = [d.sources[0].adapter for d in (one, two)]
 
                 def shared() -> bool:
-                    owned = [a._consumer.assignment() if a._consumer else set() for a in adapters]
+                    owned = [a.partitions for a in adapters]
                     return all(owned) and not owned[0] & owned[1]
 
                 await wait_for(shared, timeout=60, what="the partitions shared")

@@ -31,7 +31,7 @@ from jobwire.adapters.base import (
     tls_context,
 )
 from jobwire.adapters.kafka.config import KafkaSource
-from jobwire.adapters.kafka.positions import Positions
+from jobwire.adapters.kafka.positions import Positions, names
 from jobwire.adapters.kafka.rebalance import Rebalance
 from jobwire.config import SourceBase
 from jobwire.models import StreamOffset
@@ -88,6 +88,12 @@ class KafkaAdapter(Adapter):
     def assignments(self) -> int:
         """Rebalances that gave this source partitions (a stable group: 1)."""
         return self._rebalance.assignments
+
+    @property
+    def partitions(self) -> frozenset[str]:
+        """``topic/partition`` of each partition assigned to this session now."""
+        consumer = self._consumer
+        return frozenset(names(consumer.assignment())) if consumer is not None else frozenset()
 
     # -- consuming ------------------------------------------------------------------
 
