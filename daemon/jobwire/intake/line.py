@@ -8,6 +8,7 @@ import collections
 from dataclasses import dataclass
 
 from jobwire.models import Message
+from jobwire.waiting import wait_until
 
 
 @dataclass(slots=True)
@@ -45,19 +46,8 @@ class DeliveryLine:
         while not items:
             self._arrived.clear()
             await self._arrived.wait()
-        if delay > 0 and not self._held and len(items) < size:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + delay
-            while len(items) < size:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                self._arrived.clear()
-                try:
-                    async with asyncio.timeout(remaining):
-                        await self._arrived.wait()
-                except TimeoutError:
-                    break
+        if delay > 0 and not self._held:
+            await wait_until(self._arrived, lambda: len(items) >= size, delay)
         return min(size, len(items))
 
     def held_since(self) -> float | None:

@@ -18,6 +18,7 @@ from jobwire.handlers import HandlerRegistry
 from jobwire.models import Job, Outcome
 from jobwire.retry import Backoff, HandlerDefaults
 from jobwire.store.base import JobStore
+from jobwire.waiting import wait_until
 from jobwire.worker.claimer import Claimer
 from jobwire.worker.completer import Completer
 from jobwire.worker.executor import Executor
@@ -118,17 +119,9 @@ class WorkerPool:
 
     async def wait_room(self, queue: str, timeout: float) -> int | None:
         """``room(queue)`` once it is not 0, or 0 after ``timeout`` seconds."""
-        state = self.state
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    state.room_changed.clear()
-                    room = self.room(queue)
-                    if room != 0:
-                        return room
-                    await state.room_changed.wait()
-        except TimeoutError:
-            return 0
+        if await wait_until(self.state.room_changed, lambda: self.room(queue) != 0, timeout):
+            return self.room(queue)
+        return 0
 
     @property
     def limited_handlers(self) -> frozenset[str]:

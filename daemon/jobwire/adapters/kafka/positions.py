@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from jobwire.models import Message
+from jobwire.waiting import wait_until
 
 
 class Positions:
@@ -57,19 +58,10 @@ class Positions:
     async def wait_stored(self, partitions: Sequence[TopicPartition], timeout: float) -> bool:
         """Wait until nothing taken from ``partitions`` is in flight; False after ``timeout``
         seconds with some still in flight."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while any(self.in_flight[tp] for tp in partitions):
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return False
-            self.settled.clear()
-            try:
-                async with asyncio.timeout(remaining):
-                    await self.settled.wait()
-            except TimeoutError:
-                pass
-        return True
+        in_flight = self.in_flight
+        return await wait_until(
+            self.settled, lambda: not any(in_flight[tp] for tp in partitions), timeout
+        )
 
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
         """These partitions are no longer ours."""
