@@ -96,6 +96,58 @@ class StoreContract:
         assert await store.ids_by_dedup_key(["a", "c", "zz"]) == {"a": first[0], "c": again[1]}
         assert (await store.stats())["default"] == {"pending": 5}
 
+    async def test_each_row_keeps_its_own_values_whether_its_batch_shares_them_or_not(
+        self, store: Store
+    ) -> None:
+        (parent,) = await ids(store, [JobSpec("noop")])
+
+        def spec(i: int, shared: bool) -> JobSpec:
+            n = 0 if shared else i
+            return JobSpec(
+                f"h{n}",
+                {"i": i},
+                queue=f"q{n}",
+                priority=n,
+                max_attempts=n + 1,
+                delay=3600.0 if n % 2 else 0.0,
+                body=b"raw%d" % n if n else None,
+                content_type=f"text/x{n}" if n else None,
+                source=f"s{n}",
+                parent_id=parent if n % 2 else None,
+                failed_reason=f"bad {n}" if n == 2 else None,
+                dedup_key=f"{shared}-{i}",
+            )
+
+        for shared in (False, True):
+            specs = [spec(i, shared) for i in range(4)]
+            flags = [i == 0 for i in range(4)] if shared else [i == 3 for i in range(4)]
+            enqueued = await store.enqueue(specs, DirectStart("w1", 30.0, flags))
+            for job_id, want, started in zip(enqueued.ids, specs, flags, strict=True):
+                assert job_id is not None
+                row = await store.get(job_id)
+                assert row is not None
+                got = (row.handler, row.queue, row.priority, row.max_attempts, row.body)
+                wanted = (want.handler, want.queue, want.priority, want.max_attempts, want.body)
+                assert got == wanted
+                assert (row.content_type, row.source, row.parent_id, row.payload) == (
+                    want.content_type,
+                    want.source,
+                    want.parent_id,
+                    want.payload,
+                )
+                assert (row.last_error, row.run_at > row.created_at + timedelta(minutes=30)) == (
+                    want.failed_reason,
+                    want.delay > 0,
+                )
+                status = (
+                    JobStatus.FAILED
+                    if want.failed_reason
+                    else JobStatus.RUNNING
+                    if started
+                    else JobStatus.PENDING
+                )
+                assert row.status == status, (shared, want)
+
     async def test_direct_start_returns_the_jobs_it_made_running(self, store: Store) -> None:
         await store.enqueue_many([JobSpec("noop", dedup_key="old")])
         specs = [

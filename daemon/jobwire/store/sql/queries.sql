@@ -14,6 +14,10 @@
 -- mode: 'forever'). $24: the ids each job waits for, comma-separated (NULL: none; a NULL
 -- array when no job of the batch has any, so broker batches pay nothing). $25: each job's
 -- reply address as JSON text (a source with reply: true; a NULL array likewise).
+-- $26-$36: a value for every row of a column that holds the same one throughout, sent once
+-- with a NULL array in that column's place (a broker batch shares its handler, queue,
+-- source, priority and most else): encoding each element costs the client more than the
+-- row's PostgreSQL work saves, so only what differs per row travels as an array.
 WITH positions AS (
     INSERT INTO kafka_offsets (group_id, topic, partition, next_offset)
     SELECT o.group_id, o.topic, o.partition, o.next_offset
@@ -41,12 +45,25 @@ SELECT j.handler, j.queue, j.priority, j.max_attempts, now() + make_interval(sec
        CASE WHEN j.run_now AND j.failed_reason IS NULL THEN now() END,
        j.timeout, j.concurrency_key, coalesce(j.unique_mode, 'forever'),
        string_to_array(j.after_ids, ',')::bigint[], j.reply::jsonb
-FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::float8[], $6::text[], $7::bytea[],
-            $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::text[],
-            $16::bool[], $21::float8[], $22::text[], $23::text[], $24::text[], $25::text[])
-     WITH ORDINALITY AS j(handler, queue, priority, max_attempts, delay, payload, body, content_type,
-                          headers, source, dedup_key, parent_id, failed_reason, run_now, timeout,
-                          concurrency_key, unique_mode, after_ids, reply, ord)
+FROM (
+    SELECT coalesce(u.handler, $26::text) AS handler, coalesce(u.queue, $27::text) AS queue,
+           coalesce(u.priority, $28::int) AS priority,
+           coalesce(u.max_attempts, $29::int) AS max_attempts,
+           coalesce(u.delay, $30::float8) AS delay, u.payload, coalesce(u.body, $31::bytea) AS body,
+           coalesce(u.content_type, $32::text) AS content_type, u.headers,
+           coalesce(u.source, $33::text) AS source, u.dedup_key,
+           coalesce(u.parent_id, $34::bigint) AS parent_id,
+           coalesce(u.failed_reason, $35::text) AS failed_reason,
+           coalesce(u.run_now, $36::bool) AS run_now, u.timeout, u.concurrency_key, u.unique_mode,
+           u.after_ids, u.reply, u.ord
+    FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::float8[], $6::text[],
+                $7::bytea[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[],
+                $13::text[], $16::bool[], $21::float8[], $22::text[], $23::text[], $24::text[],
+                $25::text[])
+         WITH ORDINALITY AS u(handler, queue, priority, max_attempts, delay, payload, body,
+                              content_type, headers, source, dedup_key, parent_id, failed_reason,
+                              run_now, timeout, concurrency_key, unique_mode, after_ids, reply, ord)
+) AS j
 ORDER BY j.ord
 ON CONFLICT (dedup_key) DO NOTHING
 RETURNING id, dedup_key;
