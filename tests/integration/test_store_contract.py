@@ -235,6 +235,37 @@ class StoreContract:
         assert await status_of(store, future) == "pending"
         assert await store.ready_backlog(10) == 0
 
+    async def test_a_batch_of_outcomes_that_share_their_values_writes_each_job(
+        self, store: Store
+    ) -> None:
+        await ids(store, [JobSpec("noop", max_attempts=3) for _ in range(6)])
+        jobs = await store.claim(claim({"default": 6}, 6, "w1"))
+        retried, done = jobs[:3], jobs[3:]
+        shared_retry = [
+            Outcome(j.id, 1, JobStatus.RETRYING, 0.1 * n, error="busy", retry_in=3600)
+            for n, j in enumerate(retried)
+        ]
+        shared_done = [
+            Outcome(j.id, 1, JobStatus.SUCCEEDED, 0.2, result_json='{"n": 7}') for j in done
+        ]
+        assert await store.complete_many("w1", shared_retry) == 3
+        assert await store.complete_many("w1", shared_done) == 3
+        for job in retried:
+            row = await store.get(job.id)
+            assert row is not None and (row.status, row.last_error) == ("retrying", "busy")
+            assert row.run_at > datetime.now(UTC) + timedelta(minutes=50)
+        for job in done:
+            row = await store.get(job.id)
+            assert row is not None and (row.status, row.result, row.progress) == (
+                "succeeded",
+                {"n": 7},
+                100,
+            )
+        runs = [r for j in jobs for r in await store.runs(j.id)]
+        assert [(r["attempt"], r["status"], r["error"]) for r in runs] == [
+            (1, "retrying", "busy")
+        ] * 3 + [(1, "succeeded", None)] * 3
+
     async def test_complete_only_by_the_holder_of_that_attempt(self, store: Store) -> None:
         await ids(store, [JobSpec("noop"), JobSpec("noop", max_attempts=3)])
         done, retried = await store.claim(claim({"default": 2}, 2, "w1"))

@@ -13,22 +13,12 @@ import asyncpg
 from jobwire.models import Job, JobSpec, JobStatus, StreamOffset
 from jobwire.store.base import DirectStart, InvalidJobData, StoreRefused, StoreUnavailable
 from jobwire.store.queries import queries
-from jobwire.store.rows import job_columns, option_columns
+from jobwire.store.rows import job_columns, option_columns, shared_value
 
 # insert_jobs' column arrays ($1-$5, $7, $8, $10, $12, $13, $16: handler, queue, priority,
 # max attempts, delay, body, content type, source, parent, failed reason, run now) that may
 # travel as one value ($26-$36, in this order) when every row holds the same.
 _SHAREABLE = (0, 1, 2, 3, 4, 6, 7, 9, 11, 12, 15)
-
-
-def _shared_value(args: list[Any], index: int) -> Any:
-    """The value every row of ``args[index]`` holds, with that array replaced by None (a
-    NULL array); None, the array left as it is, when the rows differ."""
-    column = args[index]
-    if not column or column.count(column[0]) != len(column):
-        return None
-    args[index] = None
-    return column[0]
 
 
 # Errors that mean "the database is not there right now", as opposed to a bug in a statement.
@@ -199,4 +189,4 @@ class PgBase:
             if any(s.reply for s in specs)
             else None,
         ]
-        return args + [_shared_value(args, i) for i in _SHAREABLE]
+        return args + [shared_value(args, i) for i in _SHAREABLE]

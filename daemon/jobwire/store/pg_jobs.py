@@ -29,7 +29,7 @@ from jobwire.store.pg_base import UNAVAILABLE, guard, is_outage, server_settings
 from jobwire.store.pg_flow import PgFlow
 from jobwire.store.pg_outbox import write_effects
 from jobwire.store.pg_workers import PgWorkers
-from jobwire.store.rows import ids_in_order
+from jobwire.store.rows import ids_in_order, shared_value
 
 log = structlog.get_logger("jobwire.store")
 
@@ -177,8 +177,9 @@ class PgJobs(PgWorkers, PgFlow):
 
     @staticmethod
     def _complete_args(worker_id: str, outcomes: Sequence[Outcome]) -> list[Any]:
-        """complete_jobs' parameters for a batch of outcomes."""
-        return [
+        """complete_jobs' parameters for a batch of outcomes; a column every outcome
+        shares (the attempt, status, result, error, retry delay) goes as one value."""
+        args = [
             [o.job_id for o in outcomes],
             [o.attempt for o in outcomes],
             [str(o.status) for o in outcomes],
@@ -191,6 +192,7 @@ class PgJobs(PgWorkers, PgFlow):
             # connection's jsonb codec serialises it.
             {str(o.job_id): i for i, o in enumerate(outcomes, 1)},
         ]
+        return args + [shared_value(args, i) for i in (1, 2, 4, 5, 6)]
 
     async def renew_leases(self, worker_id: str, lease: float, job_ids: Sequence[int]) -> Renewal:
         """Extend the leases of the jobs this worker still holds; report which it holds and

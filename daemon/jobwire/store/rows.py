@@ -53,6 +53,16 @@ def option_columns(specs: Sequence[JobSpec]) -> list[list[Any] | None]:
     ]
 
 
+def shared_value(args: list[Any], index: int) -> Any:
+    """The value every row of ``args[index]`` holds, with that array replaced by None (a
+    NULL array); None, the array left as it is, when the rows differ."""
+    column = args[index]
+    if not column or column.count(column[0]) != len(column):
+        return None
+    args[index] = None
+    return column[0]
+
+
 def ids_in_order(specs: Sequence[JobSpec], rows: Sequence[Mapping[str, Any]]) -> list[int | None]:
     """An id per spec from the insert's (id, dedup_key) rows; None for a taken dedup key.
 

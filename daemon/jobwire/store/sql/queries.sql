@@ -115,32 +115,34 @@ RETURNING jobs.id, jobs.handler, jobs.queue, jobs.priority, jobs.attempts, jobs.
 -- also on purpose: "id = ANY" asks for primary-key lookups, and there is no "status =
 -- 'running'" test, which would let the planner pick the partial jobs_running index, whose
 -- dead entries (every job run since the last vacuum) it then scans. worker_id is set
--- exactly while a job runs, so "worker_id = $8" says running.
+-- exactly while a job runs, so "worker_id = $8" says running. $10-$14: the value every
+-- row of attempt, status, result, error and retry delay holds when the batch shares one
+-- (that array then NULL), as insert_jobs' $26-$36.
 WITH held AS (
-    SELECT id, ($9::jsonb ->> id::text)::int AS i
-    FROM jobs WHERE id = ANY($1::bigint[]) AND worker_id = $8
+    SELECT p.id, p.i, coalesce(($2::int[])[p.i], $10::int) AS attempt,
+           coalesce(($3::text[])[p.i], $11::text) AS status, ($4::float8[])[p.i] AS duration,
+           coalesce(($5::text[])[p.i], $12::text)::jsonb AS result,
+           coalesce(($6::text[])[p.i], $13::text) AS error,
+           coalesce(($7::float8[])[p.i], $14::float8) AS retry_in
+    FROM (SELECT id, ($9::jsonb ->> id::text)::int AS i
+          FROM jobs WHERE id = ANY($1::bigint[]) AND worker_id = $8) AS p
 ), done AS (
-    UPDATE jobs j SET status = ($3::text[])[h.i],
-                      result = ($5::text[])[h.i]::jsonb,
-                      last_error = ($6::text[])[h.i],
-                      run_at = CASE WHEN ($3::text[])[h.i] = 'retrying'
-                                    THEN now() + make_interval(secs => ($7::float8[])[h.i])
+    UPDATE jobs j SET status = h.status, result = h.result, last_error = h.error,
+                      run_at = CASE WHEN h.status = 'retrying'
+                                    THEN now() + make_interval(secs => h.retry_in)
                                     ELSE j.run_at END,
-                      finished_at = CASE WHEN ($3::text[])[h.i] IN ('succeeded', 'failed',
-                                                                     'cancelled')
+                      finished_at = CASE WHEN h.status IN ('succeeded', 'failed', 'cancelled')
                                          THEN now() END,
-                      progress = CASE WHEN ($3::text[])[h.i] = 'succeeded' THEN 100
-                                      ELSE j.progress END,
+                      progress = CASE WHEN h.status = 'succeeded' THEN 100 ELSE j.progress END,
                       lease_until = NULL, worker_id = NULL
     FROM held h
-    WHERE j.id = h.id AND j.attempts = ($2::int[])[h.i]
-    RETURNING j.id, j.started_at, h.i
+    WHERE j.id = h.id AND j.attempts = h.attempt
+    RETURNING j.id, j.started_at, h.attempt, h.status, h.duration, h.error, h.result
 ), runs AS (
     INSERT INTO job_runs (job_id, attempt, worker_id, status, started_at, finished_at, duration,
                           error, result)
-    SELECT done.id, ($2::int[])[done.i], $8, ($3::text[])[done.i],
-           coalesce(done.started_at, now()), now(), ($4::float8[])[done.i],
-           ($6::text[])[done.i], ($5::text[])[done.i]::jsonb
+    SELECT done.id, done.attempt, $8, done.status, coalesce(done.started_at, now()), now(),
+           done.duration, done.error, done.result
     FROM done
 )
 SELECT count(*) FROM done;
