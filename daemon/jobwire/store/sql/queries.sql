@@ -14,10 +14,10 @@
 -- mode: 'forever'). $24: the ids each job waits for, comma-separated (NULL: none; a NULL
 -- array when no job of the batch has any, so broker batches pay nothing). $25: each job's
 -- reply address as JSON text (a source with reply: true; a NULL array likewise).
--- $26-$36: a value for every row of a column that holds the same one throughout, sent once
--- with a NULL array in that column's place (a broker batch shares its handler, queue,
--- source, priority and most else): encoding each element costs the client more than the
--- row's PostgreSQL work saves, so only what differs per row travels as an array.
+-- $26-$36: the value of a column whose rows all hold the same one, sent once with a NULL
+-- array in that column's place (a broker batch shares its handler, queue, source, priority
+-- and most else). asyncpg checks and encodes every array element one by one, so a value
+-- repeated per row costs the client far more than sending it once.
 WITH positions AS (
     INSERT INTO kafka_offsets (group_id, topic, partition, next_offset)
     SELECT o.group_id, o.topic, o.partition, o.next_offset
