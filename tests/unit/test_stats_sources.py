@@ -32,3 +32,7 @@ def test_rows_of_older_or_broken_instances_are_shown_without_failing() -> None:
     assert _sources_shown({"sources": {"x": "up", "y": {"state": "up", "waiting": "many"}}}) == (
         "x=?, y=up"
     )
+    odd = {"state": "up", "waiting": True, "held_back_s": "1e999"}
+    assert _sources_shown({"sources": {"z": odd}}) == "z=up"
+    odd = {"state": "up", "waiting": 3, "held_back_s": True}
+    assert _sources_shown({"sources": {"z": odd}}) == "z=up [3 waiting]"

@@ -333,10 +333,10 @@ def _source_shown(name: str, src: Any) -> str:
     if src.get("state") != "up" and src.get("last_error"):
         shown += f" ({src['last_error']})"
     waiting = src.get("waiting")
-    if isinstance(waiting, int) and waiting > 0:
+    if isinstance(waiting, int) and not isinstance(waiting, bool) and waiting > 0:
         shown += f" [{waiting} waiting"
         held = src.get("held_back_s")
-        if isinstance(held, int | float) and held > 0:
+        if isinstance(held, int | float) and not isinstance(held, bool) and held > 0:
             shown += f", held back {held:.1f}s"
         shown += "]"
     return shown
