@@ -18,10 +18,11 @@ import ssl
 from collections.abc import Callable, Sequence
 
 import structlog
-from stomp.utils import Frame, calculate_heartbeats, convert_frame, pack, parse_frame
+from stomp.utils import Frame, calculate_heartbeats, convert_frame, pack
 
 from jobwire.adapters.stomp.bridge import ack_frames
 from jobwire.adapters.stomp.frames import FrameSplitter
+from jobwire.adapters.stomp.parse import parse
 
 log = structlog.get_logger("jobwire.adapters")
 DISCONNECT_RECEIPT = "jobwire-disconnect"
@@ -72,7 +73,7 @@ class _Reader(asyncio.Protocol):
         owner.last_read = owner.loop.time()  # any byte, heart-beats included, is a sign of life
         for raw in self._splitter.feed(data):
             try:
-                frame = parse_frame(raw)
+                frame = parse(raw)
                 if frame is not None:
                     owner.dispatch(frame)
             except Exception:  # one frame must not end the connection

@@ -1,7 +1,7 @@
 """The STOMP output: SENDs outbox rows, each with a receipt; a row is confirmed by its
 RECEIPT. A small asyncio client of its own (stomp.py's is threaded): CONNECT, pipelined
 SENDs, RECEIPTs read back, an ERROR ends the connection. Frames are encoded and parsed as
-the source's connection does (``aio.encode``, stomp.py's ``parse_frame``)."""
+the source's connection does (``aio.encode``, ``parse.parse``)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 
-from stomp.utils import parse_frame
-
 from jobwire.adapters.base import tls_context
 from jobwire.adapters.stomp.aio import encode
 from jobwire.adapters.stomp.config import StompOutput
 from jobwire.adapters.stomp.frames import FrameSplitter
+from jobwire.adapters.stomp.parse import parse
 from jobwire.config import OutputBase
 from jobwire.effects import OutboxRow, Published
 
@@ -62,7 +61,7 @@ class StompPublisher:
                 if not data:
                     raise ConnectionError("the broker closed the connection")
                 self._frames.extend(self._splitter.feed(data))
-            frame = parse_frame(self._frames.pop(0))
+            frame = parse(self._frames.pop(0))
             if frame is not None:  # None: end-of-lines only (a heart-beat)
                 return frame.cmd, frame.headers, frame.body
 

@@ -1,0 +1,89 @@
+"""jobwire's STOMP frame parser gives what stomp.py's ``parse_frame`` gives, for any frame."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from stomp.utils import Frame, parse_frame
+
+from jobwire.adapters.stomp.aio import encode
+from jobwire.adapters.stomp.parse import parse
+
+
+def _same(raw: bytes) -> Frame | None:
+    ours, theirs = parse(raw), parse_frame(raw)
+    if theirs is None:
+        assert ours is None
+        return None
+    assert ours is not None
+    assert (ours.cmd, ours.headers, ours.body) == (theirs.cmd, theirs.headers, theirs.body)
+    assert ours.original_headers == ours.headers
+    return ours
+
+
+def test_a_message_as_rabbitmq_sends_it() -> None:
+    raw = (
+        b"MESSAGE\nsubscription:1\ndestination:/amq/queue/q\nmessage-id:T_1@@session@@1\n"
+        b"redelivered:false\nack:T_1@@session@@1\namqp-message-id:m-7\ncontent-length:7\n"
+        b'\n{"i":7}'
+    )
+    frame = _same(raw)
+    assert frame is not None and frame.cmd == "MESSAGE"
+    assert frame.headers["amqp-message-id"] == "m-7" and frame.body == b'{"i":7}'
+
+
+# Escapes, CRLF lines and a CRLF blank line before an LF one (stomp.py reads these), then
+# heart-beats only, no blank line, repeated and malformed header lines, NUL and bad UTF-8.
+SHAPES = [
+    b"MESSAGE\nx-key:a\\cb\\nc\\\\d\n\nbody",
+    b"MESSAGE\r\nx-key:v\r\n\r\nbody\n\nmore",
+    b"MESSAGE\nx-key:v\r\n\r\nbody\n\nmore",
+    b"ERROR\nmessage:bad\\rthing\n\n",
+    b"",
+    b"\n",
+    b"\n\n",
+    b"\n\nMESSAGE\na:1\n\nbody",
+    b"\nMESSAGE\na:1\n\nbody",
+    b"MESSAGE",
+    b"MESSAGE\na:1",
+    b"MESSAGE\na:1\na:2\n\n",
+    b"MESSAGE\n:nokey\nnocolon\nk:v:w\nk2:\n\n",
+    b"MESSAGE\nk:\x00nul\xff\xfe\n\n\x00body\n\n",
+    b"RECEIPT\nreceipt-id:7\n\n",
+]
+
+
+@pytest.mark.parametrize("raw", SHAPES)
+def test_each_shape(raw: bytes) -> None:
+    _same(raw)
+
+
+_text = st.text(
+    alphabet=st.sampled_from(["a", "b", ":", "\\", "\n", "\r", "c", "n", "\x00", "é", " "]),
+    max_size=12,
+)
+
+
+@settings(max_examples=400)
+@given(
+    command=st.sampled_from(["MESSAGE", "RECEIPT", "ERROR", "CONNECTED"]),
+    headers=st.dictionaries(_text, _text, max_size=5),
+    body=st.binary(max_size=20),
+    lead=st.sampled_from([b"", b"\n", b"\r\n", b"\n\n"]),
+)
+def test_any_encoded_frame(command: str, headers: dict[str, str], body: bytes, lead: bytes) -> None:
+    raw = lead + encode(command, headers, body)[:-1]
+    _same(raw)
+
+
+@settings(max_examples=400)
+@given(st.binary(max_size=60))
+def test_any_bytes(raw: bytes) -> None:
+    _same(raw)
+
+
+@settings(max_examples=400)
+@given(st.lists(st.sampled_from([b"MESSAGE", b"\n", b"\r", b"\\", b":", b"k", b"v", b"\xff"])))
+def test_any_arrangement_of_the_bytes_that_matter(parts: list[bytes]) -> None:
+    _same(b"".join(parts))
