@@ -86,7 +86,9 @@ def storable_key(key: str | None) -> str | None:
     if key is None:
         return None
     clean = escape(key)
-    if len(clean.encode("utf-8")) <= MAX_KEY_BYTES:
+    # An escaped key is hashed too: its escapes are characters another key may hold as
+    # they are ("id\x00" from a NUL, or typed), and two messages must not share a key.
+    if clean == key and len(clean.encode("utf-8")) <= MAX_KEY_BYTES:
         return clean
     digest = hashlib.sha256(clean.encode("utf-8")).hexdigest()
     return f"{clean[:200]}...sha256:{digest}"

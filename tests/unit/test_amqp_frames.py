@@ -139,3 +139,15 @@ def test_an_aiormq_it_was_not_checked_against_keeps_its_own_reader(
     monkeypatch.setattr(amqp_frames, "version", lambda _name: "8.0.0")
     assert install_fast_path() is False
     assert aiormq.connection.FrameReceiver is AiormqFrameReceiver
+
+
+async def test_a_content_header_pamqp_refuses_is_read_and_the_frames_after_it_too() -> None:
+    """A message id that is not UTF-8 (AMQP allows any octets) once broke the connection."""
+    props = commands.Basic.Properties(message_id="AAAA")
+    odd = pamqp.frame.marshal(header.ContentHeader(0, 0, props), 1).replace(b"AAAA", b"\xff-1\xfe")
+    data = _deliveries(1) + odd + _deliveries(2)
+    receiver = BufferedFrameReceiver(_reader(data))
+    got = await _frames(receiver, 10)
+    assert got[3][2].properties.message_id == "base64:/y0x/g=="
+    tags = [frame.delivery_tag for _, _, frame in got if isinstance(frame, commands.Basic.Deliver)]
+    assert tags == [1, 1, 2]

@@ -98,11 +98,14 @@ async def test_unstorable_headers_and_keys_are_replaced_by_markers_and_the_job_r
     assert job.headers["ok"] == "fine"
     for name in ("nul", "sur", "big"):
         assert job.headers[name].startswith(f"[jobwire: header '{name}' replaced:")
-    assert job.dedup_key == "fake:k\\x00ey"
+    assert job.dedup_key is not None and job.dedup_key.startswith("fake:k\\x00ey...sha256:")
     assert intake.counters.headers_replaced == 1
     # A redelivery finds the same (escaped) key: no second job.
     await intake.process([adapter.message(b'{"n": 1}', headers={"id": "k\x00ey"})])
     assert len(store.jobs) == 1 and intake.counters.duplicate == 1
+    # An id that holds the escape's characters as they are is another message.
+    await intake.process([adapter.message(b'{"n": 2}', headers={"id": "k\\x00ey"})])
+    assert len(store.jobs) == 2 and intake.counters.duplicate == 1
 
 
 async def test_a_dedup_key_too_long_for_the_index_is_hashed_the_same_way_each_time() -> None:

@@ -1,8 +1,13 @@
-"""jobwire's STOMP frame parser gives what stomp.py's ``parse_frame`` gives, for any frame."""
+"""jobwire's STOMP frame parser gives what stomp.py's ``parse_frame`` gives, for any frame;
+only bytes that are not UTF-8 in the headers are kept whole (``base64:``), not replaced."""
 
 from __future__ import annotations
 
+import base64
+from unittest import mock
+
 import pytest
+import stomp.utils
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from stomp.utils import Frame, parse_frame
@@ -11,8 +16,30 @@ from jobwire.adapters.stomp.aio import encode
 from jobwire.adapters.stomp.parse import parse
 
 
+def _whole(text: str) -> str:
+    raw = text.encode("utf-8", "surrogateescape")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "base64:" + base64.b64encode(raw).decode()
+
+
+def _reference(raw: bytes) -> Frame | None:
+    """stomp.py's ``parse_frame``, its headers decoded without losing a byte."""
+
+    def lossless(data: bytes | None, encoding: str = "utf-8") -> str | None:
+        return None if data is None else data.decode(encoding, "surrogateescape")
+
+    with mock.patch.object(stomp.utils, "decode", lossless):
+        frame = parse_frame(raw)
+    if frame is None:
+        return None
+    headers = {_whole(k): _whole(v) for k, v in frame.headers.items()}
+    return Frame(_whole(frame.cmd), headers, frame.body)
+
+
 def _same(raw: bytes) -> Frame | None:
-    ours, theirs = parse(raw), parse_frame(raw)
+    ours, theirs = parse(raw), _reference(raw)
     if theirs is None:
         assert ours is None
         return None
@@ -90,3 +117,20 @@ def test_any_bytes(raw: bytes) -> None:
 @given(st.lists(st.sampled_from([b"MESSAGE", b"\n", b"\r", b"\\", b":", b"k", b"v", b"\xff"])))
 def test_any_arrangement_of_the_bytes_that_matter(parts: list[bytes]) -> None:
     _same(b"".join(parts))
+
+
+def test_ids_that_differ_only_in_bytes_that_are_not_utf8_stay_different() -> None:
+    """stomp.py reads both as the same replacement character: one dedup key for two
+    messages, and the second acknowledged as a duplicate of the first."""
+    frames = [
+        b"MESSAGE\namqp-message-id:bin-\xff\nk\\c\xfe:v\n\nbody",
+        b"MESSAGE\namqp-message-id:bin-\xfe\nk\\c\xfe:v\n\nbody",
+    ]
+    ids = []
+    for raw in frames:
+        frame = _same(raw)
+        assert frame is not None and frame.body == b"body"
+        ids.append(frame.headers["amqp-message-id"])
+        assert frame.headers["base64:azr+"] == "v"  # k, an escaped colon, 0xfe
+    assert ids == ["base64:YmluLf8=", "base64:YmluLf4="]
+    assert parse_frame(frames[0]).headers == parse_frame(frames[1]).headers  # stomp.py: one

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -21,7 +22,7 @@ from jobwire import Client
 from jobwire.adapters.amqp import install_fast_path
 from jobwire.adapters.amqp.channel import InlineConsumer, InlineDeliveryChannel
 from jobwire.app import Daemon as InProcessDaemon
-from tests.integration.brokers.base import BrokerSuite, Outage, messages, rabbitmqctl
+from tests.integration.brokers.base import ROUTE, BrokerSuite, Outage, messages, rabbitmqctl
 from tests.support import hostile as h
 from tests.support.daemon import Daemon as DaemonProcess
 from tests.support.daemon import jobwire, one_source_config, publish_confirmed, write_config
@@ -284,6 +285,64 @@ class TestAmqp(BrokerSuite):
         assert peak_ready <= high + 60, peak_ready
         assert peak_in_broker > 100, peak_in_broker  # the rest waited in the broker
         assert holds.stored == n
+
+    async def test_properties_pamqp_cannot_decode_neither_stop_the_source_nor_collide(
+        self, database_url: str, target: str
+    ) -> None:
+        """Short strings that are not UTF-8 (AMQP allows any octets; pamqp raises) and a
+        timestamp past year 9999 once ended the connection, and every next one at the same
+        message: the source never got past it. Each is a job now, the messages after it
+        too, and two ids that differ only in bytes that are not UTF-8 stay two jobs."""
+        run = uuid.uuid4().hex[:6]
+
+        def body(name: str) -> bytes:
+            return json.dumps({"type": "echo", "case": name}).encode()
+
+        odd: list[tuple[str, dict[str, Any]]] = [
+            ("id-ff", {"message_id": b"\xff\xfe-" + run.encode()}),
+            ("id-fd", {"message_id": b"\xff\xfd-" + run.encode()}),
+            ("correlation", {"message_id": f"c-{run}", "correlation_id": b"\xff"}),
+            ("type-app", {"message_id": f"t-{run}", "type": b"\xfe", "app_id": b"\xfd"}),
+            ("timestamp", {"message_id": f"ts-{run}", "timestamp": 2**63 - 1}),
+            ("header-key", {"message_id": f"hk-{run}", "headers": {b"k\xff": "v"}}),
+            (
+                "nested",
+                {
+                    "message_id": f"n-{run}",
+                    "headers": {"t": {b"\xff": [datetime.datetime.max]}, "v": b"\xff"},
+                },
+            ),
+        ]
+
+        def publish() -> None:
+            connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+            try:
+                channel = connection.channel()
+                channel.confirm_delivery()
+                props = pika.BasicProperties
+                channel.basic_publish("", target, body("first"), props(message_id=f"a-{run}"))
+                for name, fields in odd:
+                    channel.basic_publish("", target, body(name), props(**fields))
+                channel.basic_publish("", target, body("last"), props(message_id=f"z-{run}"))
+            finally:
+                connection.close()
+
+        async with running_daemon(self.config(database_url, target, ROUTE)):
+            await asyncio.to_thread(publish)
+            total = len(odd) + 2
+
+            async def all_ran() -> bool:
+                return await job_count(database_url, "status = 'succeeded'") == total
+
+            await wait_for(all_ran, what=f"{total} jobs, the odd ones among them")
+        rows = await fetch(database_url, "SELECT payload, dedup_key, headers FROM jobwire.jobs")
+        by_case = {json.loads(r["payload"])["case"]: r for r in rows}
+        assert len(rows) == total and len(by_case) == total
+        id_keys = {by_case[name]["dedup_key"] for name in ("id-ff", "id-fd")}
+        assert len(id_keys) == 2 and all("base64:" in key for key in id_keys)
+        assert json.loads(by_case["header-key"]["headers"]) == {"base64:a/8=": "v"}
+        assert json.loads(by_case["nested"]["headers"])["v"] == "base64:/w=="
+        assert (await queue_counts(target))[0] == 0
 
     async def test_jobwire_channel_hands_deliveries_over_in_order_without_a_task_each(
         self, target: str, caplog: pytest.LogCaptureFixture

@@ -23,6 +23,7 @@ from aio_pika.abc import AbstractConnection
 from jobwire.adapters.amqp.channel import InlineConsumer
 from jobwire.adapters.amqp.config import AmqpSource
 from jobwire.adapters.amqp.frames import fast_path_reader
+from jobwire.adapters.amqp.lenient import text
 from jobwire.adapters.amqp.queue import declare, publish_confirmed
 from jobwire.adapters.base import (
     Adapter,
@@ -37,8 +38,10 @@ DEFAULT_DEDUP = "property:message_id"
 
 
 def _header_value(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
+    if isinstance(value, bytes | bytearray):
+        # Whole, not with replacement characters: two values must not become one dedup key.
+        # (pika sends bytes as a byte array, 'x'; a long string that is not UTF-8 too.)
+        return text(bytes(value))
     if isinstance(value, str):
         return value
     if isinstance(value, dict | list):

@@ -43,7 +43,7 @@ PROPERTY_FIELDS: tuple[tuple[str, int, str, Any], ...] = tuple(
 )
 
 
-class _Unusual(Exception):
+class _Unusual(ValueError):
     """Not a frame this decoder takes: pamqp decodes it (or raises its own error)."""
 
 
@@ -88,13 +88,20 @@ def _deliver(data: bytes, position: int, end: int) -> Any:
     return frame
 
 
-def _content_header(data: bytes, position: int, end: int) -> ContentHeader:
+def header_start(data: bytes, position: int, end: int) -> tuple[int, int, int, int, int]:
+    """A content header's class id, weight, body size and flag word, and where its
+    properties begin; ValueError when too short, or when a second flag word follows (rare:
+    pamqp reads it)."""
     if end - position < CONTENT_HEADER.size:
         raise _Unusual
     class_id, weight, body_size, flags = CONTENT_HEADER.unpack_from(data, position)
     if flags & 1:
-        raise _Unusual  # a second flag word follows: rare, pamqp reads it
-    position += CONTENT_HEADER.size
+        raise _Unusual
+    return class_id, weight, body_size, flags, position + CONTENT_HEADER.size
+
+
+def _content_header(data: bytes, position: int, end: int) -> ContentHeader:
+    class_id, weight, body_size, flags, position = header_start(data, position, end)
     properties = Properties.__new__(Properties)
     value: Any
     for name, flag, kind, absent in PROPERTY_FIELDS:
@@ -113,8 +120,14 @@ def _content_header(data: bytes, position: int, end: int) -> ContentHeader:
         setattr(properties, name, value)
     if position != end:
         raise _Unusual
+    return header_of(class_id, weight, body_size, properties)
+
+
+def header_of(class_id: int, weight: int, body_size: int, properties: Any) -> ContentHeader:
+    """The ContentHeader pamqp's unmarshal would give for these fields."""
     header = ContentHeader(weight, body_size, properties)
-    header.class_id = class_id  # as pamqp's unmarshal sets it (its __init__ sets None)
+    # As pamqp's unmarshal sets it: its __init__ sets (and its stubs type) None.
+    header.class_id = class_id  # type: ignore[assignment]
     return header
 
 

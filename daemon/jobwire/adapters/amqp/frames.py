@@ -34,6 +34,7 @@ from aiormq.exceptions import AMQPConnectionError, InvalidFrameError, ProtocolSy
 from pamqp.exceptions import PAMQPException
 
 from jobwire.adapters.amqp import decode as amqp_decode
+from jobwire.adapters.amqp import lenient as amqp_lenient
 from jobwire.adapters.amqp.channel import InlineDeliveryChannel
 
 # The reader takes what one read returns, up to this; a frame cut by the end of a read
@@ -129,9 +130,15 @@ class BufferedFrameReceiver:
                     or pamqp.frame.unmarshal(data[position:stop])
                 )
             except PAMQPException as exc:
-                self._broken = InvalidFrameError(str(exc))
-                self._broken.__cause__ = exc
-                break
+                # A content header pamqp refuses (a name that is not UTF-8, a timestamp out
+                # of range) would end the connection, and every next one at the same message.
+                lenient = amqp_lenient.content_header(data, position, stop)
+                if lenient is None:
+                    self._broken = InvalidFrameError(str(exc))
+                    self._broken.__cause__ = exc
+                    break
+                log.warning("amqp_header_decoded_leniently", error=str(exc))
+                self._ready.append(lenient)
             position = stop
         self._buffer = data[position:]
 
