@@ -342,6 +342,8 @@ class HandlerRegistry:
         self._handlers: dict[str, Handler] = dict(BUILTINS) if include_builtins else {}
         self._handlers.update(handlers)
         self._arity = {name: _wants_context(fn) for name, fn in self._handlers.items()}
+        # Looked up once: inspect's check walks the function's wrappers on every call.
+        self._async = {n: inspect.iscoroutinefunction(fn) for n, fn in self._handlers.items()}
         self._names = frozenset(self._handlers)
         # The configured outputs' names (the daemon sets them): ctx.publish checks them.
         self.outputs: frozenset[str] = frozenset()
@@ -378,8 +380,9 @@ class HandlerRegistry:
     def bind_builtins(self, make: Callable[[str], Handler]) -> None:
         """Put the running built-in handlers (``make(kind)``) behind their configured names."""
         for name, kind in self.builtin_kinds.items():
-            self._handlers[name] = make(kind)
+            self._handlers[name] = fn = make(kind)
             self._arity[name] = True
+            self._async[name] = inspect.iscoroutinefunction(fn)
 
     def __contains__(self, name: object) -> bool:
         return name in self._handlers
@@ -416,7 +419,7 @@ class HandlerRegistry:
         threads: concurrent.futures.Executor | None,
     ) -> Any:
         args = (payload, ctx) if self._arity[name] else (payload,)
-        if inspect.iscoroutinefunction(fn):
+        if self._async[name]:
             return await fn(*args)
         if threads is None:
             result = await asyncio.to_thread(fn, *args)

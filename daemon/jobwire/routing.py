@@ -289,14 +289,17 @@ def _parse_json(body: bytes) -> tuple[Any, str | None]:
     """A JSON body's value, and its text to store as it came (None unless UTF-8).
 
     Decoded once: json.loads of bytes detects the encoding and decodes them itself, and the
-    text was then decoded again to be stored. utf-8-sig drops a byte-order mark, as
+    text was then decoded again to be stored. A leading byte-order mark is dropped, as
     json.loads does (jsonb refuses one). A body in UTF-16 or UTF-32, which json.loads also
     reads, is parsed from its bytes as before.
     """
     try:
-        text = body.decode("utf-8-sig")
+        # Not the utf-8-sig codec: its decoder is Python code, a few calls per body.
+        text = body.decode()
     except UnicodeDecodeError:
         return json.loads(body), None
+    if text.startswith("\ufeff"):
+        text = text[1:]
     return json.loads(text), text
 
 

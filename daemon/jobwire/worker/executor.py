@@ -51,9 +51,12 @@ class Executor:
         # Read once: Config.queue() builds a default QueueConfig (pydantic) per call.
         self._timeouts = {q: state.config.queue(q).timeout for q in state.queues}
         self._threads: HandlerThreads | None = None
+        # The loop, once: asyncio.get_running_loop() costs a getpid() system call per use.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
         """Make the handler threads (started as plain handlers need them)."""
+        self._loop = asyncio.get_running_loop()
         self._threads = HandlerThreads(self.state.workers.concurrency)
         look_for_provider()
 
@@ -105,6 +108,7 @@ class Executor:
         if self.outcomes.defaults is not None:
             # handler_defaults: a job that set no max_attempts gets its handler's.
             job.max_attempts = self.outcomes.defaults.max_attempts(job.handler, job.max_attempts)
+        loop = self._loop or asyncio.get_running_loop()
         ctx = JobContext(
             job_id=job.id,
             attempt=job.attempts,
@@ -116,11 +120,11 @@ class Executor:
             body=job.body,
             content_type=job.content_type,
             _progress_sink=self.store.set_progress,
-            _loop=asyncio.get_running_loop(),
+            _loop=loop,
         )
         # Unnamed: naming a task costs a Python call per job, noticeable in a profile of a
         # busy daemon, and the job id is in every log line the task writes.
-        task = asyncio.create_task(self._run(job, ctx))
+        task = loop.create_task(self._run(job, ctx))
         state.running[job.id] = Running(job, task, ctx)
         state.leases[(job.id, job.attempts)] = since + state.workers.lease
 

@@ -162,8 +162,10 @@ class KafkaAdapter(Adapter):
             else:
                 batches = await consumer.getmany(timeout_ms=200, max_records=self.cfg.max_records)
             for tp, records in batches.items():
+                # Counted before the first is handed over: the sink never waits, so none is
+                # stored before all of them are counted.
+                positions.delivered(tp, len(records))
                 for record in records:
-                    positions.delivered(tp)
                     self._sink(self._message(tp, record))
 
     def _apply_pause(self, consumer: AIOKafkaConsumer) -> None:

@@ -33,9 +33,9 @@ class Positions:
         self.stored.clear()
         self.to_commit.clear()
 
-    def delivered(self, tp: TopicPartition) -> None:
-        """One record of ``tp`` handed to the intake."""
-        self.in_flight[tp] += 1
+    def delivered(self, tp: TopicPartition, count: int = 1) -> None:
+        """``count`` records of ``tp`` handed to the intake."""
+        self.in_flight[tp] += count
 
     def total_in_flight(self) -> int:
         """Records handed to the intake and not yet stored, all partitions."""
