@@ -378,10 +378,14 @@ class TestStomp(BrokerSuite):
 
 
 class TestStompOnStompPy(TestStomp):
-    """The same suite on stomp.py's client with jobwire's frame reader, the operator's way
-    back (``JOBWIRE_STOMP_FRAME_READER=nul-safe``): it must keep every promise too."""
+    """The same suite on the operator's ways back: stomp.py's client with jobwire's frame
+    reader (``JOBWIRE_STOMP_FRAME_READER=nul-safe``) and an ACK per message
+    (``ack_mode: client-individual``): they must keep every promise too."""
 
     client = "nul-safe"
+
+    def source(self, target: str) -> dict[str, Any]:
+        return {**super().source(target), "ack_mode": "client-individual"}
 
     @pytest.fixture(autouse=True)
     def stomp_py_client(self, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -40,7 +40,7 @@ ACTIVEMQ_DEDUP = "property:message_id"
 
 
 class StompAdapter(Adapter):
-    """Consumes one STOMP destination with ``client-individual`` acks."""
+    """Consumes one STOMP destination with client acks (cumulative, or one per message)."""
 
     kind = "stomp"
     default_dedup = DEFAULT_DEDUP
@@ -138,7 +138,10 @@ class StompAdapter(Adapter):
             return
         async with self._write_lock:
             await conn.subscribe(
-                self.cfg.destination, self.subscription_id, self._subscribe_headers()
+                self.cfg.destination,
+                self.subscription_id,
+                self.cfg.effective_ack_mode,
+                self._subscribe_headers(),
             )
         self._subscribed = True
         self.set_state(SourceState.UP)
@@ -156,6 +159,7 @@ class StompAdapter(Adapter):
         ack_id = headers.get("ack") or headers.get("message-id", "")
         generation = self._generation
         settle = self._settle
+        settle.delivered(ack_id)
         body = frame.body if isinstance(frame.body, bytes) else str(frame.body or "").encode()
         content_type = headers.get("content-type")
         message = Message(

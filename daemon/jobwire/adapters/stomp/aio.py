@@ -188,9 +188,11 @@ class AsyncStompConnection:
         transport.write(data)
         self.last_write = self.loop.time()
 
-    async def subscribe(self, destination: str, sub_id: str, headers: dict[str, str]) -> None:
-        """SUBSCRIBE with client-individual acknowledgements."""
-        frame = {**headers, "destination": destination, "id": sub_id, "ack": "client-individual"}
+    async def subscribe(
+        self, destination: str, sub_id: str, ack: str, headers: dict[str, str]
+    ) -> None:
+        """SUBSCRIBE with this ack mode (client or client-individual)."""
+        frame = {**headers, "destination": destination, "id": sub_id, "ack": ack}
         self.write(encode("SUBSCRIBE", frame))
 
     async def ack(self, ack_ids: Sequence[str]) -> None:

@@ -29,6 +29,13 @@ class StompSource(SourceBase):
         "rabbitmq", description="Which broker's prefetch header to send."
     )
     prefetch: int = Field(200, ge=1, le=65535, description="Unacknowledged messages at once.")
+    ack_mode: Literal["client", "client-individual"] | None = Field(
+        None,
+        description="client: one ACK settles a run of messages (fewer frames, less work for "
+        "the broker); client-individual: one ACK per message. Default: client, or "
+        "client-individual for a notify-mode route (a notification waiting for its job's row "
+        "would hold back the ACKs of the messages after it).",
+    )
     heartbeat: Duration = Field(10.0, description="Heart-beats, both ways.")
     durable_name: str | None = Field(
         None, description="For /topic/ destinations: a durable subscription under this name."
@@ -42,6 +49,13 @@ class StompSource(SourceBase):
         "original is ACKed.",
     )
     tls: TlsConfig | None = Field(None, description="TLS settings.")
+
+    @property
+    def effective_ack_mode(self) -> str:
+        """The SUBSCRIBE's ack mode: the one set, else the route's default."""
+        if self.ack_mode is not None:
+            return self.ack_mode
+        return "client-individual" if self.route.mode == "notify" else "client"
 
     # A field validator, not a model one, so that the problem names this key.
     @field_validator("dead_letter_destination")

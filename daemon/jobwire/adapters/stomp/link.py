@@ -24,8 +24,10 @@ class StompConnection(Protocol):
     async def close(self) -> None:
         """End the connection, quietly."""
 
-    async def subscribe(self, destination: str, sub_id: str, headers: dict[str, str]) -> None:
-        """SUBSCRIBE with client-individual acknowledgements."""
+    async def subscribe(
+        self, destination: str, sub_id: str, ack: str, headers: dict[str, str]
+    ) -> None:
+        """SUBSCRIBE with this ack mode (client or client-individual)."""
 
     async def ack(self, ack_ids: Sequence[str]) -> None:
         """ACK these deliveries."""

@@ -3,7 +3,9 @@
 Frames go out through the source's connection (``link.StompConnection``: on the loop, or
 through a worker thread for stomp.py's client). A delivery is settled only on the
 connection it came on (the adapter's generation); once that connection is gone its
-settlements are dropped and counted, and the broker redelivers it.
+settlements are dropped and counted, and the broker redelivers it. In ``ack_mode: client``
+(the default) one frame settles a run of deliveries (``order.DeliveryOrder``): a batch of
+hundreds is acknowledged by one ACK, which spares the broker most of its work per message.
 
 Dead-lettering is done here, not by the broker: a STOMP NACK without requeue makes RabbitMQ
 drop the message. A poison message is SENT to ``dead_letter_destination`` with a receipt,
@@ -24,6 +26,7 @@ from stomp.utils import Frame
 from jobwire.adapters.stomp.bridge import NOT_FORWARDED
 from jobwire.adapters.stomp.config import StompSource
 from jobwire.adapters.stomp.link import StompConnection
+from jobwire.adapters.stomp.order import Action, DeliveryOrder
 
 # How long a dead-lettered copy's RECEIPT may take before the connection is given up.
 DEAD_LETTER_TIMEOUT = 10.0
@@ -58,16 +61,25 @@ class Settlement:
         # Dead-lettered copies waiting for their RECEIPT, by receipt id (current connection).
         self._receipts: dict[str, asyncio.Future[None]] = {}
         self.dead_letter_failures = 0  # copies not confirmed (their originals came back)
+        # The current connection's deliveries in order, with cumulative acks; else None.
+        self._order: DeliveryOrder | None = None
 
     def attach(self, conn: StompConnection, end_session: Callable[[str], None]) -> None:
         """Settle on ``conn`` from now on (a new generation's); ``end_session`` ends it."""
         self._conn = conn
         self._end_session = end_session
+        self._order = DeliveryOrder() if self.cfg.effective_ack_mode == "client" else None
+
+    def delivered(self, ack_id: str) -> None:
+        """A MESSAGE came on the current connection (called in arrival order)."""
+        if self._order is not None:
+            self._order.delivered(ack_id)
 
     def detach(self, reason: str) -> None:
         """The connection is gone: nothing more is written, and no RECEIPT will come for
         what it sent."""
         self._end_session = None
+        self._order = None
         receipts, self._receipts = self._receipts, {}
         for waiter in receipts.values():
             if not waiter.done():
@@ -143,33 +155,47 @@ class Settlement:
         # back and is copied again (a duplicate in the dead-letter queue, never a loss).
         await self.write([(generation, ack_id)], "ack")
 
-    async def write(self, items: Sequence[tuple[int, str]], action: str) -> None:
+    async def write(self, items: Sequence[tuple[int, str]], action: Action) -> None:
         """Send ACK or NACK (requeue) frames for the current connection's deliveries."""
-        conn = self._conn
-        current = [ack_id for generation, ack_id in items if self._is_current(generation)]
-        # Delivered on a connection that has since died: the broker redelivers them.
-        self._dropped(
-            len(items) if conn is None else len(items) - len(current),
-            "connection closed",
-            action=action,
-        )
-        if conn is None or not current:
+        # Decided under the lock: with cumulative acks the frames must leave in the order
+        # their runs were taken from the head of the line.
+        async with self._write_lock:
+            conn = self._conn
+            current = [ack_id for generation, ack_id in items if self._is_current(generation)]
+            # Delivered on a connection that has since died: the broker redelivers them.
+            self._dropped(
+                len(items) if conn is None else len(items) - len(current),
+                "connection closed",
+                action=action,
+            )
+            if conn is None or not current:
+                return
+            if action == "nack" and self.cfg.flavor == "activemq":
+                # ActiveMQ takes a STOMP NACK as a poison acknowledgement and moves the
+                # message to ActiveMQ.DLQ at once, out of jobwire's sight. Ending the
+                # connection gives every unacknowledged delivery back to the queue instead,
+                # marked redelivered, with its message-id (the dedup key) unchanged.
+                self._give_back_all("requeue on ActiveMQ: reconnect")
+                return
+            try:
+                await self._send(conn, current, action)
+            except Exception as exc:  # noqa: BLE001 - the session notices the dead connection
+                self._dropped(len(current), f"{type(exc).__name__}: {exc}", action=action)
+
+    async def _send(self, conn: StompConnection, ack_ids: list[str], action: Action) -> None:
+        order = self._order
+        if order is None:  # client-individual: a frame per delivery, in one write
+            if action == "ack":
+                await conn.ack(ack_ids)
+            else:
+                await conn.nack(ack_ids)  # RabbitMQ and ActiveMQ redeliver a NACKed one
             return
-        if action == "nack" and self.cfg.flavor == "activemq":
-            # ActiveMQ takes a STOMP NACK as a poison acknowledgement and moves the message
-            # to ActiveMQ.DLQ at once, out of jobwire's sight. Ending the connection gives
-            # every unacknowledged delivery back to the queue instead, marked redelivered,
-            # with its message-id (the dedup key) unchanged.
-            self._give_back_all("requeue on ActiveMQ: reconnect")
-            return
-        try:
-            async with self._write_lock:
-                if action == "ack":
-                    await conn.ack(current)
-                else:
-                    await conn.nack(current)  # RabbitMQ and ActiveMQ redeliver a NACKed one
-        except Exception as exc:  # noqa: BLE001 - the session notices the dead connection
-            self._dropped(len(current), f"{type(exc).__name__}: {exc}", action=action)
+        # Runs alternate between ACK and NACK, so this is one frame in the usual case.
+        for verdict, ack_id in order.settle(ack_ids, action):
+            if verdict == "ack":
+                await conn.ack([ack_id])
+            else:
+                await conn.nack([ack_id])  # RabbitMQ and ActiveMQ redeliver a NACKed one
 
     def _give_back_all(self, reason: str) -> None:
         """End the current connection: the broker redelivers what it had not been ACKed."""

@@ -72,11 +72,11 @@ class ThreadedStompConnection:
         """Disconnect and stop the receiver thread, whatever is already broken."""
         await asyncio.to_thread(quiet_disconnect, self._conn)
 
-    async def subscribe(self, destination: str, sub_id: str, headers: dict[str, str]) -> None:
-        """SUBSCRIBE with client-individual acknowledgements."""
-        await asyncio.to_thread(
-            self._conn.subscribe, destination, sub_id, ack="client-individual", headers=headers
-        )
+    async def subscribe(
+        self, destination: str, sub_id: str, ack: str, headers: dict[str, str]
+    ) -> None:
+        """SUBSCRIBE with this ack mode (client or client-individual)."""
+        await asyncio.to_thread(self._conn.subscribe, destination, sub_id, ack=ack, headers=headers)
 
     async def ack(self, ack_ids: Sequence[str]) -> None:
         """ACK these deliveries in one trip to a worker thread."""
