@@ -8,6 +8,7 @@ odd header or message id never makes the store refuse a whole batch.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Mapping
 from typing import Any
@@ -80,18 +81,48 @@ def storable_text(text: str | None, limit: int = MAX_SHORT_TEXT) -> str | None:
     return clean if len(clean) <= limit else clean[:limit]
 
 
+_HASHED = "...sha256:"
+_OCTETS = "base64:"
+
+
 def storable_key(key: str | None) -> str | None:
     """A dedup key the unique index can hold, the same for the same input (so a redelivery
-    still finds its row): escaped, and hashed when too long."""
+    still finds its row), and different for different inputs: escaped, and hashed when too
+    long."""
     if key is None:
         return None
     clean = escape(key)
-    # An escaped key is hashed too: its escapes are characters another key may hold as
-    # they are ("id\x00" from a NUL, or typed), and two messages must not share a key.
-    if clean == key and len(clean.encode("utf-8")) <= MAX_KEY_BYTES:
+    # Hashed as well: an escaped key (its escapes are characters another key may hold as
+    # they are, "id\x00" from a NUL or typed), and one that looks hashed already.
+    if clean == key and len(key.encode("utf-8")) <= MAX_KEY_BYTES and _HASHED not in key:
         return clean
-    digest = hashlib.sha256(clean.encode("utf-8")).hexdigest()
-    return f"{clean[:200]}...sha256:{digest}"
+    # Of the key itself, not its escaped spelling: two keys never share a digest.
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{clean[:200]}{_HASHED}{digest}"
+
+
+def octets_text(raw: bytes) -> str:
+    """Broker bytes (a header, an id) as text, one text per byte string: UTF-8 as it is,
+    anything else as ``base64:`` and its bytes; so is UTF-8 that begins with ``base64:``,
+    which would otherwise read as the bytes it names."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return _OCTETS + base64.b64encode(raw).decode("ascii")
+    if text.startswith(_OCTETS):
+        return _OCTETS + base64.b64encode(raw).decode("ascii")
+    return text
+
+
+def whole_text(text: str) -> str:
+    """``octets_text`` of text decoded with ``surrogateescape`` (its bytes, as they came)."""
+    if text.isascii() and not text.startswith(_OCTETS):
+        return text  # the usual case, decided without encoding
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text  # a surrogate no decoder made: escaped where it is stored
+    return octets_text(raw)
 
 
 def _marker(what: str, value: str, why: str) -> str:

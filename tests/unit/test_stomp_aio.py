@@ -254,25 +254,53 @@ async def test_tls_checks_the_certificate_unless_told_not_to(
         await conn.close(wait=0.1)  # the scripted server sends no receipt
 
 
-async def test_a_frame_that_breaks_its_handler_leaves_the_connection_reading() -> None:
-    def message(n: int) -> bytes:
-        return f"MESSAGE\nmessage-id:m{n}\nack:a{n}\n\n{{}}\x00".encode()
+def _message(n: int) -> bytes:
+    return f"MESSAGE\nmessage-id:m{n}\nack:a{n}\n\n{{}}\x00".encode()
 
-    seen = Seen()
+
+def _breaking_on_m1(seen: Seen) -> Callable[[Frame], None]:
+    """A frame handler with a bug on message m1; the others are seen."""
 
     def on_frame(frame: Frame) -> None:
         if frame.headers["message-id"] == "m1":
             raise RuntimeError("a bug on one message")
         seen.frames.append(frame)
 
-    async with server(answering(CONNECTED + message(1) + message(2))) as (port, _):
+    return on_frame
+
+
+async def test_a_frame_that_breaks_its_handler_leaves_the_connection_reading() -> None:
+    seen = Seen()
+    async with server(answering(CONNECTED + _message(1) + _message(2))) as (port, _):
         conn = seen.connection(port)
-        conn.on_frame = on_frame
+        conn.on_frame = _breaking_on_m1(seen)
         await conn.connect(None, None, timeout=5)
         await wait_for(lambda: seen.frames, what="the message after it")
         await conn.close(wait=0.1)  # the scripted server sends no receipt
     assert [f.headers["message-id"] for f in seen.frames] == ["m2"]
     assert seen.lost == []
+
+
+async def test_with_cumulative_acks_a_frame_that_breaks_its_handler_ends_the_connection() -> None:
+    """The next ACK would settle that message unseen: the connection ends instead, and the
+    broker gives back every unacknowledged delivery (that one too)."""
+
+    seen = Seen()
+
+    async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(CONNECTED)
+        await reader.readuntil(b"SUBSCRIBE")  # deliveries come once subscribed, as a broker's
+        writer.write(_message(1) + _message(2))
+        await writer.drain()
+        await asyncio.sleep(30)
+
+    async with server(broker) as (port, _):
+        conn = seen.connection(port)
+        conn.on_frame = _breaking_on_m1(seen)
+        await conn.connect(None, None, timeout=5)
+        await conn.subscribe("/queue/q", "s", "client", {})
+        await wait_for(lambda: seen.lost, what="the connection ended")
+    assert seen.frames == []  # nothing after it was taken on that connection either
 
 
 async def test_a_close_lets_the_last_acks_reach_a_busy_broker() -> None:

@@ -1,9 +1,9 @@
 """jobwire's STOMP frame parser gives what stomp.py's ``parse_frame`` gives, for any frame;
-only bytes that are not UTF-8 in the headers are kept whole (``base64:``), not replaced."""
+only header bytes that are not UTF-8 (and text that reads as such, ``base64:``) are kept
+whole (``storable.whole_text``), not replaced."""
 
 from __future__ import annotations
 
-import base64
 from unittest import mock
 
 import pytest
@@ -14,14 +14,7 @@ from stomp.utils import Frame, parse_frame
 
 from jobwire.adapters.stomp.aio import encode
 from jobwire.adapters.stomp.parse import parse
-
-
-def _whole(text: str) -> str:
-    raw = text.encode("utf-8", "surrogateescape")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return "base64:" + base64.b64encode(raw).decode()
+from jobwire.storable import whole_text
 
 
 def _reference(raw: bytes) -> Frame | None:
@@ -34,8 +27,8 @@ def _reference(raw: bytes) -> Frame | None:
         frame = parse_frame(raw)
     if frame is None:
         return None
-    headers = {_whole(k): _whole(v) for k, v in frame.headers.items()}
-    return Frame(_whole(frame.cmd), headers, frame.body)
+    headers = {whole_text(k): whole_text(v) for k, v in frame.headers.items()}
+    return Frame(whole_text(frame.cmd), headers, frame.body)
 
 
 def _same(raw: bytes) -> Frame | None:
@@ -114,7 +107,11 @@ def test_any_bytes(raw: bytes) -> None:
 
 
 @settings(max_examples=400)
-@given(st.lists(st.sampled_from([b"MESSAGE", b"\n", b"\r", b"\\", b":", b"k", b"v", b"\xff"])))
+@given(
+    st.lists(
+        st.sampled_from([b"MESSAGE", b"\n", b"\r", b"\\", b":", b"k", b"v", b"\xff", b"base64:"])
+    )
+)
 def test_any_arrangement_of_the_bytes_that_matter(parts: list[bytes]) -> None:
     _same(b"".join(parts))
 
@@ -133,4 +130,7 @@ def test_ids_that_differ_only_in_bytes_that_are_not_utf8_stay_different() -> Non
         ids.append(frame.headers["amqp-message-id"])
         assert frame.headers["base64:azr+"] == "v"  # k, an escaped colon, 0xfe
     assert ids == ["base64:YmluLf8=", "base64:YmluLf4="]
+    # Text that spells one of those as it is: a third id, not the first again.
+    typed = _same(b"MESSAGE\namqp-message-id:base64:YmluLf8=\n\nbody")
+    assert typed is not None and typed.headers["amqp-message-id"] not in ids
     assert parse_frame(frames[0]).headers == parse_frame(frames[1]).headers  # stomp.py: one

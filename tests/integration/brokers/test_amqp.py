@@ -22,6 +22,7 @@ from jobwire import Client
 from jobwire.adapters.amqp import install_fast_path
 from jobwire.adapters.amqp.channel import InlineConsumer, InlineDeliveryChannel
 from jobwire.app import Daemon as InProcessDaemon
+from jobwire.storable import octets_text
 from tests.integration.brokers.base import ROUTE, BrokerSuite, Outage, messages, rabbitmqctl
 from tests.support import hostile as h
 from tests.support.daemon import Daemon as DaemonProcess
@@ -289,10 +290,11 @@ class TestAmqp(BrokerSuite):
     async def test_properties_pamqp_cannot_decode_neither_stop_the_source_nor_collide(
         self, database_url: str, target: str
     ) -> None:
-        """Short strings that are not UTF-8 (AMQP allows any octets; pamqp raises) and a
-        timestamp past year 9999 once ended the connection, and every next one at the same
-        message: the source never got past it. Each is a job now, the messages after it
-        too, and two ids that differ only in bytes that are not UTF-8 stay two jobs."""
+        """Short strings that are not UTF-8 (AMQP allows any octets; pamqp raises: ids,
+        header names, a routing key) and a timestamp past year 9999 once ended the
+        connection, and every next one at the same message: the source never got past it.
+        Each is a job now, the messages after it too, and two ids that differ only in bytes
+        that are not UTF-8 stay two jobs, as does the text one of them is spelled as."""
         run = uuid.uuid4().hex[:6]
 
         def body(name: str) -> bytes:
@@ -301,6 +303,8 @@ class TestAmqp(BrokerSuite):
         odd: list[tuple[str, dict[str, Any]]] = [
             ("id-ff", {"message_id": b"\xff\xfe-" + run.encode()}),
             ("id-fd", {"message_id": b"\xff\xfd-" + run.encode()}),
+            # The text the first id is spelled as: a third id, not the first again.
+            ("id-typed", {"message_id": octets_text(b"\xff\xfe-" + run.encode())}),
             ("correlation", {"message_id": f"c-{run}", "correlation_id": b"\xff"}),
             ("type-app", {"message_id": f"t-{run}", "type": b"\xfe", "app_id": b"\xfd"}),
             ("timestamp", {"message_id": f"ts-{run}", "timestamp": 2**63 - 1}),
@@ -323,13 +327,20 @@ class TestAmqp(BrokerSuite):
                 channel.basic_publish("", target, body("first"), props(message_id=f"a-{run}"))
                 for name, fields in odd:
                     channel.basic_publish("", target, body(name), props(**fields))
+                # A routing key that is not UTF-8 (RabbitMQ routes it; a fanout ignores it).
+                fanout = f"{target}.dlx"  # the fixture deletes this name
+                channel.exchange_declare(fanout, "fanout", auto_delete=True)
+                channel.queue_bind(target, fanout)
+                channel.basic_publish(
+                    fanout, b"\xff\xfe", body("routing-key"), props(message_id=f"rk-{run}")
+                )
                 channel.basic_publish("", target, body("last"), props(message_id=f"z-{run}"))
             finally:
                 connection.close()
 
         async with running_daemon(self.config(database_url, target, ROUTE)):
             await asyncio.to_thread(publish)
-            total = len(odd) + 2
+            total = len(odd) + 3
 
             async def all_ran() -> bool:
                 return await job_count(database_url, "status = 'succeeded'") == total
@@ -338,8 +349,8 @@ class TestAmqp(BrokerSuite):
         rows = await fetch(database_url, "SELECT payload, dedup_key, headers FROM jobwire.jobs")
         by_case = {json.loads(r["payload"])["case"]: r for r in rows}
         assert len(rows) == total and len(by_case) == total
-        id_keys = {by_case[name]["dedup_key"] for name in ("id-ff", "id-fd")}
-        assert len(id_keys) == 2 and all("base64:" in key for key in id_keys)
+        id_keys = {by_case[name]["dedup_key"] for name in ("id-ff", "id-fd", "id-typed")}
+        assert len(id_keys) == 3 and all("base64:" in key for key in id_keys)
         assert json.loads(by_case["header-key"]["headers"]) == {"base64:a/8=": "v"}
         assert json.loads(by_case["nested"]["headers"])["v"] == "base64:/w=="
         assert (await queue_counts(target))[0] == 0

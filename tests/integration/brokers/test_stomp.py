@@ -20,7 +20,7 @@ import stomp
 from jobwire import Client, JobSpec
 from jobwire.adapters.stomp import StompAdapter, StompSource
 from jobwire.adapters.stomp import settle as stomp_settle
-from tests.integration.brokers.base import BrokerSuite, Outage, rabbitmqctl
+from tests.integration.brokers.base import ROUTE, BrokerSuite, Outage, messages, rabbitmqctl
 from tests.support import hostile as h
 from tests.support.daemon import jobwire, write_config
 from tests.support.inprocess import running_daemon
@@ -92,6 +92,7 @@ class TestStomp(BrokerSuite):
 
     source_name = "koha"
     client = "asyncio"  # the connection the suite runs on (frame_reader in stats)
+    ack_mode: str | None = None  # the default: cumulative (client-individual for notify)
 
     @pytest.fixture
     def target(self) -> Any:
@@ -103,7 +104,8 @@ class TestStomp(BrokerSuite):
         h.delete_amqp_queue(name)
 
     def source(self, target: str) -> dict[str, Any]:
-        return {"type": "stomp", "port": 61613, "destination": target, "heartbeat": "2s"}
+        source = {"type": "stomp", "port": 61613, "destination": target, "heartbeat": "2s"}
+        return source if self.ack_mode is None else {**source, "ack_mode": self.ack_mode}
 
     def publish(self, target: str, outgoing: Sequence[h.Outgoing]) -> list[str | None]:
         return h.publish_stomp(target, outgoing)
@@ -305,6 +307,36 @@ class TestStomp(BrokerSuite):
         twice = await job_count(database_url, "attempts <> 1")
         assert (runs, twice) == (120, 0)  # each job ran exactly once
 
+    async def test_a_delivery_that_cannot_be_handed_over_is_never_acked_unseen(
+        self, database_url: str, target: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With cumulative acks the next ACK would settle a delivery the intake never got:
+        the connection ends instead, and the message comes back and becomes its job. (With
+        an ACK per message it just waits, unacknowledged, for the next connection.)"""
+        if self.ack_mode == "client-individual":
+            pytest.skip("only cumulative acks can settle a delivery unseen")
+        original = StompAdapter._deliver
+        refused: list[str] = []
+
+        def flaky(adapter: StompAdapter, frame: Any, headers: dict[str, str], ack: str) -> None:
+            if b'"i": 2,' in (frame.body or b"") and not refused:
+                refused.append(ack)
+                raise RuntimeError("this delivery cannot be read (test)")
+            original(adapter, frame, headers, ack)
+
+        monkeypatch.setattr(StompAdapter, "_deliver", flaky)
+        async with running_daemon(self.config(database_url, target, ROUTE)):
+            await self.send(target, messages(5))
+
+            async def all_ran() -> bool:
+                return await job_count(database_url, "status = 'succeeded'") == 5
+
+            await wait_for(all_ran, what="all five, the refused one after it came back")
+        assert refused
+        assert await queue_depth(target) == 0
+        rows = await fetch(database_url, "SELECT payload FROM jobwire.jobs")
+        assert sorted(json.loads(r["payload"])["i"] for r in rows) == [0, 1, 2, 3, 4]
+
     async def test_the_source_runs_on_its_client(self, database_url: str, target: str) -> None:
         config = self.config(database_url, target, {"handler": "echo"})
         async with running_daemon(config) as daemon:
@@ -378,15 +410,18 @@ class TestStomp(BrokerSuite):
 
 
 class TestStompOnStompPy(TestStomp):
-    """The same suite on the operator's ways back: stomp.py's client with jobwire's frame
-    reader (``JOBWIRE_STOMP_FRAME_READER=nul-safe``) and an ACK per message
-    (``ack_mode: client-individual``): they must keep every promise too."""
+    """The same suite on stomp.py's client with jobwire's frame reader, the operator's way
+    back (``JOBWIRE_STOMP_FRAME_READER=nul-safe``): it must keep every promise too."""
 
     client = "nul-safe"
-
-    def source(self, target: str) -> dict[str, Any]:
-        return {**super().source(target), "ack_mode": "client-individual"}
 
     @pytest.fixture(autouse=True)
     def stomp_py_client(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("JOBWIRE_STOMP_FRAME_READER", "nul-safe")
+
+
+class TestStompAckPerMessage(TestStomp):
+    """The same suite with an ACK per message (``ack_mode: client-individual``, the default
+    for notify-mode routes)."""
+
+    ack_mode = "client-individual"

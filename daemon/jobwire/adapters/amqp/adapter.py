@@ -23,7 +23,6 @@ from aio_pika.abc import AbstractConnection
 from jobwire.adapters.amqp.channel import InlineConsumer
 from jobwire.adapters.amqp.config import AmqpSource
 from jobwire.adapters.amqp.frames import fast_path_reader
-from jobwire.adapters.amqp.lenient import text
 from jobwire.adapters.amqp.queue import declare, publish_confirmed
 from jobwire.adapters.base import (
     Adapter,
@@ -33,20 +32,27 @@ from jobwire.adapters.base import (
     tls_context,
 )
 from jobwire.config import SourceBase
+from jobwire.storable import octets_text, whole_text
 
 DEFAULT_DEDUP = "property:message_id"
 
 
 def _header_value(value: Any) -> str:
+    # Whole, not with replacement characters: two values must not become one dedup key.
+    # (pika sends bytes as a byte array, 'x'; pamqp gives a long string that is not UTF-8
+    # as bytes, and a name frames.lenient read as surrogate-escaped text.)
     if isinstance(value, bytes | bytearray):
-        # Whole, not with replacement characters: two values must not become one dedup key.
-        # (pika sends bytes as a byte array, 'x'; a long string that is not UTF-8 too.)
-        return text(bytes(value))
+        return octets_text(bytes(value))
     if isinstance(value, str):
-        return value
+        return whole_text(value)
     if isinstance(value, dict | list):
         return json.dumps(value, default=str)
     return str(value)
+
+
+def _short(value: str | None) -> str | None:
+    """A short-string property, its bytes kept whole (see ``storable.whole_text``)."""
+    return None if value is None else whole_text(value)
 
 
 class AmqpAdapter(Adapter):
@@ -159,16 +165,18 @@ class AmqpAdapter(Adapter):
             self._outstanding[tag] = None
         props = delivery.header.properties
         properties = {
-            "message_id": props.message_id,
+            "message_id": _short(props.message_id),
+            # As they came: a reply goes back to them, and one that is not UTF-8 makes the
+            # request a failed job with its reason (reply.reply_address checks them).
             "correlation_id": props.correlation_id,
             "reply_to": props.reply_to,
-            "type": props.message_type,
-            "app_id": props.app_id,
-            "routing_key": delivery.routing_key,
-            "exchange": delivery.exchange,
+            "type": _short(props.message_type),
+            "app_id": _short(props.app_id),
+            "routing_key": _short(delivery.routing_key),
+            "exchange": _short(delivery.exchange),
             "redelivered": delivery.redelivered,
         }
-        headers = {str(k): _header_value(v) for k, v in (props.headers or {}).items()}
+        headers = {whole_text(str(k)): _header_value(v) for k, v in (props.headers or {}).items()}
         message = Message(
             source=self.name,
             body=delivery.body,

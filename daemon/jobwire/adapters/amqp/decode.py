@@ -12,6 +12,7 @@ malformed frame meets pamqp's own checks and errors, exactly as before.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from pamqp import commands
@@ -57,9 +58,9 @@ def decode(data: bytes, start: int, stop: int) -> tuple[int, int, Any] | None:
         if kind == FRAME_BODY:
             frame: Any = ContentBody(data[payload_start:payload_end])
         elif kind == FRAME_HEADER:
-            frame = _content_header(data, payload_start, payload_end)
+            frame = content_header_at(data, payload_start, payload_end)
         elif kind == FRAME_METHOD and data[payload_start : payload_start + 4] == DELIVER_INDEX:
-            frame = _deliver(data, payload_start + 4, payload_end)
+            frame = deliver_at(data, payload_start + 4, payload_end)
         else:
             return None
     except (_Unusual, ValueError, struct.error):  # UnicodeDecodeError is a ValueError
@@ -67,15 +68,37 @@ def decode(data: bytes, start: int, stop: int) -> tuple[int, int, Any] | None:
     return stop - start, int.from_bytes(data[start + 1 : start + 3], "big"), frame
 
 
-def _deliver(data: bytes, position: int, end: int) -> Any:
-    consumer_tag, position = _short_str(data, position, end)
+ShortStr = Callable[[bytes, int, int], tuple[str, int]]
+Field = Callable[[bytes, int, int, str], tuple[Any, int]]
+
+
+def short_str(data: bytes, position: int, end: int, errors: str = "strict") -> tuple[str, int]:
+    """A short string at ``position`` and where it ends; ValueError past ``end`` or (with
+    ``errors`` strict) when it is not UTF-8."""
+    if position >= end:
+        raise _Unusual
+    stop = position + 1 + data[position]
+    if stop > end:
+        raise _Unusual
+    return data[position + 1 : stop].decode("utf-8", errors), stop
+
+
+def _by_type(data: bytes, position: int, end: int, kind: str) -> tuple[Any, int]:
+    """A table or timestamp: pamqp's decoder, on the same bytes it would see."""
+    consumed, value = pamqp_decode.by_type(data[position:end], kind)
+    return value, position + consumed
+
+
+def deliver_at(data: bytes, position: int, end: int, read_str: ShortStr = short_str) -> Any:
+    """Basic.Deliver's fields from ``position`` (after its method index) to ``end``."""
+    consumer_tag, position = read_str(data, position, end)
     if position + 9 > end:
         raise _Unusual
     # pamqp reads a longlong as signed; so does this, to hand aiormq the same tag.
     delivery_tag = int.from_bytes(data[position : position + 8], "big", signed=True)
     redelivered = data[position + 8] & 1 == 1
-    exchange, position = _short_str(data, position + 9, end)
-    routing_key, position = _short_str(data, position, end)
+    exchange, position = read_str(data, position + 9, end)
+    routing_key, position = read_str(data, position, end)
     if position != end:
         raise _Unusual
     # pamqp's own unmarshal path does not validate either: it fills a default instance.
@@ -100,7 +123,15 @@ def header_start(data: bytes, position: int, end: int) -> tuple[int, int, int, i
     return class_id, weight, body_size, flags, position + CONTENT_HEADER.size
 
 
-def _content_header(data: bytes, position: int, end: int) -> ContentHeader:
+def content_header_at(
+    data: bytes,
+    position: int,
+    end: int,
+    read_str: ShortStr = short_str,
+    field: Field = _by_type,
+) -> ContentHeader:
+    """A content header's fields from ``position`` to ``end``; ``read_str`` reads the
+    short strings, ``field`` the tables and timestamps."""
     class_id, weight, body_size, flags, position = header_start(data, position, end)
     properties = Properties.__new__(Properties)
     value: Any
@@ -108,15 +139,14 @@ def _content_header(data: bytes, position: int, end: int) -> ContentHeader:
         if not flags & flag:
             value = absent
         elif kind == "shortstr":
-            value, position = _short_str(data, position, end)
+            value, position = read_str(data, position, end)
         elif kind == "octet":
             if position >= end:
                 raise _Unusual
             value = data[position]
             position += 1
-        else:  # tables and timestamps: pamqp's decoders, on the same bytes it would see
-            consumed, value = pamqp_decode.by_type(data[position:end], kind)
-            position += consumed
+        else:  # tables and timestamps
+            value, position = field(data, position, end, kind)
         setattr(properties, name, value)
     if position != end:
         raise _Unusual
@@ -129,12 +159,3 @@ def header_of(class_id: int, weight: int, body_size: int, properties: Any) -> Co
     # As pamqp's unmarshal sets it: its __init__ sets (and its stubs type) None.
     header.class_id = class_id  # type: ignore[assignment]
     return header
-
-
-def _short_str(data: bytes, position: int, end: int) -> tuple[str, int]:
-    if position >= end:
-        raise _Unusual
-    stop = position + 1 + data[position]
-    if stop > end:
-        raise _Unusual
-    return data[position + 1 : stop].decode("utf-8"), stop

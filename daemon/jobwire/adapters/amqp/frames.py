@@ -129,15 +129,16 @@ class BufferedFrameReceiver:
                     amqp_decode.decode(data, position, stop)
                     or pamqp.frame.unmarshal(data[position:stop])
                 )
-            except PAMQPException as exc:
-                # A content header pamqp refuses (a name that is not UTF-8, a timestamp out
-                # of range) would end the connection, and every next one at the same message.
-                lenient = amqp_lenient.content_header(data, position, stop)
+            except (PAMQPException, RecursionError) as exc:
+                # A delivery's frame pamqp refuses (a name that is not UTF-8, a timestamp
+                # out of range, headers nested too deep) would end the connection, and every
+                # next one at the same message.
+                lenient = amqp_lenient.frame(data, position, stop)
                 if lenient is None:
                     self._broken = InvalidFrameError(str(exc))
                     self._broken.__cause__ = exc
                     break
-                log.warning("amqp_header_decoded_leniently", error=str(exc))
+                log.warning("amqp_frame_decoded_leniently", error=str(exc))
                 self._ready.append(lenient)
             position = stop
         self._buffer = data[position:]

@@ -15,7 +15,6 @@ they were read, and a batch the store could not take is kept and stored again by
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 from collections.abc import Sequence
 from typing import Any
@@ -35,6 +34,7 @@ from jobwire.adapters.kafka.positions import Positions, names
 from jobwire.adapters.kafka.rebalance import Rebalance
 from jobwire.config import SourceBase
 from jobwire.models import StreamOffset
+from jobwire.storable import octets_text
 
 # Metadata probes (one per heart-beat interval) that fail in a row before the session is
 # ended and started afresh; the first failure already marks the source down.
@@ -42,13 +42,8 @@ _PROBES_BEFORE_RECONNECT = 3
 
 
 def _text(value: bytes | None) -> str:
-    """Header and key bytes as text; bytes that are not UTF-8 are kept, base64-encoded."""
-    if value is None:
-        return ""
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        return "base64:" + base64.b64encode(value).decode("ascii")
+    """Header and key bytes as text, kept whole (``storable.octets_text``)."""
+    return "" if value is None else octets_text(value)
 
 
 def _client_options(cfg: KafkaSource) -> dict[str, Any]:

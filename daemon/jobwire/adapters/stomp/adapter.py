@@ -157,9 +157,20 @@ class StompAdapter(Adapter):
     def _on_frame(self, frame: Frame) -> None:
         headers: dict[str, str] = dict(frame.headers)
         ack_id = headers.get("ack") or headers.get("message-id", "")
+        self._settle.delivered(ack_id)
+        try:
+            self._deliver(frame, headers, ack_id)
+        except Exception:  # noqa: BLE001 - one delivery must not end the source
+            # Never handed over, it stays unacknowledged and comes back on the next
+            # connection; with cumulative acks it would hold the head of the line for good
+            # (no later ACK could be sent), so then that connection ends now.
+            self._log.exception("stomp_delivery_unreadable", bytes=len(frame.body or b""))
+            if self.cfg.effective_ack_mode == "client" and self._end_session is not None:
+                self._end_session("a delivery could not be read (cumulative acks)")
+
+    def _deliver(self, frame: Frame, headers: dict[str, str], ack_id: str) -> None:
         generation = self._generation
         settle = self._settle
-        settle.delivered(ack_id)
         body = frame.body if isinstance(frame.body, bytes) else str(frame.body or "").encode()
         content_type = headers.get("content-type")
         message = Message(

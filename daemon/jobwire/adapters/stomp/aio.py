@@ -80,8 +80,12 @@ class _Reader(asyncio.Protocol):
                 # Raised out of here, it would close the connection, and a redelivered
                 # message that raises again would close every one after it: the source would
                 # take nothing more. Kept unacknowledged, it comes back on the next
-                # connection, never lost.
+                # connection, never lost; but with cumulative acks the next ACK would
+                # settle it unseen, so then the connection ends (loud, and never a loss).
                 log.exception("stomp_frame_unreadable", size=len(raw))
+                if owner.cumulative:
+                    owner.abort("a frame could not be read (cumulative acks)")
+                    return
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._owner.lost("disconnected" if exc is None else f"disconnected: {exc}")
@@ -112,6 +116,7 @@ class AsyncStompConnection:
         self.loop = asyncio.get_running_loop()
         self.last_read = self.last_write = self.loop.time()
         self._transport: asyncio.Transport | None = None
+        self.cumulative = False  # subscribed with ack: client
         self._connected: asyncio.Future[Frame] = self.loop.create_future()
         # An ERROR or a lost socket before anyone awaits it must not warn at exit.
         self._connected.add_done_callback(_retrieved)
@@ -192,8 +197,17 @@ class AsyncStompConnection:
         self, destination: str, sub_id: str, ack: str, headers: dict[str, str]
     ) -> None:
         """SUBSCRIBE with this ack mode (client or client-individual)."""
+        self.cumulative = ack == "client"
         frame = {**headers, "destination": destination, "id": sub_id, "ack": ack}
         self.write(encode("SUBSCRIBE", frame))
+
+    def abort(self, reason: str) -> None:
+        """End the connection now: every unacknowledged delivery goes back to the broker."""
+        transport = self._transport
+        if transport is not None:
+            transport.abort()  # connection_lost follows, and with it on_lost
+        else:
+            self.lost(reason)
 
     async def ack(self, ack_ids: Sequence[str]) -> None:
         """ACK these deliveries, in one write."""

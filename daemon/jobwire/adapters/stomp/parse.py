@@ -5,23 +5,26 @@ which makes its ``parse_frame`` the largest single cost of taking a MESSAGE in a
 frame whose headers hold no backslash (nothing to unescape) and no CR (every line ends in
 a bare LF) is read here with plain string splits into the same ``Frame``; any other frame
 goes to stomp.py's ``parse_frame`` as before, except one whose headers are not all UTF-8
-(``_parse_octets``). tests/unit/test_stomp_parse.py holds the two to the same result over
-frames of every other shape.
+or hold ``base64:`` (``_parse_octets``). tests/unit/test_stomp_parse.py holds the two to
+the same result over frames of every other shape.
 """
 
 from __future__ import annotations
 
-import base64
-
 from stomp.utils import LINE_END_RE, PREAMBLE_END_RE, Frame, parse_frame, parse_headers
 
+from jobwire.storable import whole_text
+
 _BLANK_LINE = b"\n\n"
+_OCTETS = b"base64:"
 
 
 def parse(raw: bytes) -> Frame | None:
     """The frame in ``raw`` (without its NUL), or None for nothing but EOLs."""
     end = raw.find(_BLANK_LINE)
     head = raw if end < 0 else raw[:end]
+    if _OCTETS in head:
+        return _parse_octets(raw)  # text that reads as bytes: spelled as its bytes
     if not head.isascii():
         try:
             head.decode("utf-8")
@@ -48,10 +51,9 @@ def parse(raw: bytes) -> Frame | None:
 
 
 def _parse_octets(raw: bytes) -> Frame | None:
-    """``parse_frame`` for headers that are not all UTF-8, which it would read with
-    replacement characters, so that two different ids became one dedup key. A name or value
-    that is not UTF-8 is kept whole as ``base64:`` and its bytes (as the Kafka and AMQP
-    sources keep such bytes)."""
+    """``parse_frame`` for headers that are not all UTF-8 (or hold ``base64:``), which it
+    would read with replacement characters, so that two different ids became one dedup
+    key. Each name and value is kept whole (``storable.whole_text``)."""
     match = PREAMBLE_END_RE.search(raw)
     head_end, body_start = (match.start(), match.end()) if match else (len(raw), len(raw))
     lines = LINE_END_RE.split(raw[:head_end].decode("utf-8", "surrogateescape"))
@@ -60,14 +62,7 @@ def _parse_octets(raw: bytes) -> Frame | None:
         first += 1
     if first >= len(lines):
         return None
-    headers = {_whole(key): _whole(value) for key, value in parse_headers(lines, first + 1).items()}
-    return Frame(_whole(lines[first]), headers, raw[body_start:])
-
-
-def _whole(text: str) -> str:
-    """Text decoded with surrogateescape, back to its bytes when they were not UTF-8."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return "base64:" + base64.b64encode(text.encode("utf-8", "surrogateescape")).decode()
-    return text
+    headers = {
+        whole_text(key): whole_text(value) for key, value in parse_headers(lines, first + 1).items()
+    }
+    return Frame(whole_text(lines[first]), headers, raw[body_start:])

@@ -179,7 +179,15 @@ class Settlement:
                 return
             try:
                 await self._send(conn, current, action)
-            except Exception as exc:  # noqa: BLE001 - the session notices the dead connection
+            except BaseException as exc:
+                if self._order is not None:
+                    # The runs were taken from the line but perhaps not all sent: a later
+                    # ACK would then settle what a lost NACK gave back. End the connection;
+                    # every unacknowledged delivery comes back.
+                    self._give_back_all(f"settling interrupted: {type(exc).__name__}")
+                if not isinstance(exc, Exception):
+                    raise
+                # The session notices the dead connection.
                 self._dropped(len(current), f"{type(exc).__name__}: {exc}", action=action)
 
     async def _send(self, conn: StompConnection, ack_ids: list[str], action: Action) -> None:
