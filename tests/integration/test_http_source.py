@@ -242,6 +242,11 @@ async def test_too_large_is_413_and_bad_input_is_400_with_nothing_stored(
         assert status == 400 and "allow-list" in body["error"]
         status, body, _ = await post(session, target, json.dumps({"other": 1}))
         assert status == 400 and "no handler" in body["error"]
+        # Declared gzip, and not gzip: the client's mistake, once a 500 "internal error".
+        status, body, _ = await post(
+            session, target, b"not gzip at all", headers={"Content-Encoding": "gzip"}
+        )
+        assert status == 400 and "could not be read" in body["error"]
         async with session.get(target) as response:
             assert response.status == 405  # POST only
         assert await job_count(database_url) == 0

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from jobwire.adapters.base import Adapter, Message, OffsetReader, SourceState
 from jobwire.adapters.http.auth import signature_problem, token_problem
@@ -204,6 +205,18 @@ class HttpAdapter(Adapter):
             response = _error(408, f"the body was not sent within {self.cfg.read_timeout:g}s")
             response.force_close()  # the rest of a slow body is not waited for either
             return response
+        except (HttpProcessingError, web.RequestPayloadError) as exc:
+            # A body aiohttp cannot decode (Content-Encoding gzip that is not gzip, a chunk
+            # or length that does not add up): the client's mistake, not a crash.
+            response = _error(400, f"the body could not be read: {_reason(exc)}")
+            response.force_close()
+            return response
+        except ConnectionResetError:
+            # The client went away mid-body: nothing was stored, and no one reads an answer.
+            self._log.info("http_client_gone", path=request.path)
+            response = _error(400, "the connection closed before the body was read")
+            response.force_close()
+            return response
         if body is None:
             return _error(413, f"the body is larger than {self.cfg.max_body_bytes} bytes")
         problem = signature_problem(self.cfg.signature, request.headers, body)
@@ -313,6 +326,13 @@ async def _read_body(request: web.Request, limit: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _reason(exc: Exception) -> str:
+    """What aiohttp says about a body it could not read (its cause's message, if any)."""
+    cause = exc.__cause__ if isinstance(exc.__cause__, HttpProcessingError) else exc
+    message = cause.message if isinstance(cause, HttpProcessingError) else str(cause)
+    return " ".join(message.split()) or type(cause).__name__
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
