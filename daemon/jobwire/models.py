@@ -111,6 +111,9 @@ class Message:
     offset: StreamOffset | None = None
     # The adapter's own handle on the delivery (used for batched acks).
     raw: Any = None
+    # Why the adapter could not read this delivery (it keeps what it could): the message
+    # becomes a failed job with this reason, in its place in the stream.
+    unreadable: str | None = None
 
 
 MessageSink = Callable[[Message], None]

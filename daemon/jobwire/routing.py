@@ -31,6 +31,7 @@ class Poison:
     BAD_NOTIFICATION = "bad_notification"
     BAD_REPLY = "bad_reply"
     STORE_REFUSED = "store_refused"
+    UNREADABLE = "unreadable"
     INTERNAL = "internal_error"
 
 
@@ -183,6 +184,8 @@ class Router:
 
     def route_message(self, msg: Message) -> Routed:
         """Turn one message into a spec; invalid input becomes a failed spec, never an error."""
+        if msg.unreadable is not None:
+            return self.failed(msg, msg.unreadable, kind=Poison.UNREADABLE)
         try:
             routed = self._route(msg)
         except Exception as exc:  # noqa: BLE001 - one message's problem stays with it

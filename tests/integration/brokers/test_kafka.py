@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -144,6 +146,35 @@ class TestKafka(BrokerSuite):
             await wait_for(all_ran, what="20 jobs from compressed batches")
         rows = await fetch(database_url, "SELECT payload FROM jobwire.jobs")
         assert sorted(json.loads(r["payload"])["codec"] for r in rows) == sorted(codecs * 5)
+
+    async def test_a_record_aiokafka_cannot_decode_is_a_failed_job_and_the_rest_run(
+        self, database_url: str, target: Target
+    ) -> None:
+        """A header name that is not UTF-8 (against Kafka's protocol; aiokafka raises on
+        it) failed every fetch of its partition: the source reconnected at that offset for
+        good. It is a failed job at its offset now, and the records around it run."""
+        bootstrap, topic = target
+        await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-c", _PRODUCE_RAW_HEADER_NAME, bootstrap, topic],
+            check=True,
+            timeout=60,
+        )
+        config = self.config(database_url, target, {"handler_from": "json:$.type"})
+        async with running_daemon(config):
+            await wait_for(lambda: jobs_at_least(database_url, 7), what="seven jobs")
+            await wait_for(
+                lambda: jobs_at_least(database_url, 6, "status = 'succeeded'"), what="six ran"
+            )
+        rows = await fetch(
+            database_url, "SELECT status, headers, last_error, dedup_key FROM jobwire.jobs"
+        )
+        assert len(rows) == 7
+        (bad,) = [r for r in rows if r["status"] == "failed"]
+        assert "could not be decoded" in bad["last_error"]
+        assert json.loads(bad["headers"])["kafka-offset"] == "3"
+        assert bad["dedup_key"] == f"events:{topic}/0/3"
+        assert (await stored_offsets(database_url, f"g-{topic}"))[0] == 7
 
     async def test_headers_key_and_position_travel_with_the_job_and_poison_fails(
         self, database_url: str, target: Target
@@ -300,3 +331,34 @@ class TestKafka(BrokerSuite):
             "SELECT count(*) AS runs, count(DISTINCT job_id) AS jobs FROM jobwire.job_runs",
         )
         assert (runs[0]["runs"], runs[0]["jobs"]) == (n, n)  # none ran twice
+
+
+# A producer writing a header name that is not UTF-8 (aiokafka's pure-Python record builder
+# calls the name's encode()): three records, that one at offset 3, three more; partition 0.
+_PRODUCE_RAW_HEADER_NAME = """
+import asyncio, os, sys
+os.environ["AIOKAFKA_NO_EXTENSIONS"] = "1"
+from aiokafka import AIOKafkaProducer
+
+class RawName(str):
+    def __new__(cls, raw):
+        name = str.__new__(cls, raw.decode("latin-1"))
+        name.raw = raw
+        return name
+
+    def encode(self, *args, **kwargs):
+        return self.raw
+
+async def main(bootstrap, topic):
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for i in range(7):
+            body = b'{"type": "echo", "i": %d}' % i
+            headers = [(RawName(b"x-\\xff\\xfe"), b"v")] if i == 3 else []
+            await producer.send_and_wait(topic, body, partition=0, headers=headers)
+    finally:
+        await producer.stop()
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""

@@ -29,6 +29,7 @@ from jobwire.adapters.base import (
     SourceState,
     tls_context,
 )
+from jobwire.adapters.kafka import unreadable
 from jobwire.adapters.kafka.config import KafkaSource
 from jobwire.adapters.kafka.positions import Positions, names
 from jobwire.adapters.kafka.rebalance import Rebalance
@@ -153,15 +154,18 @@ class KafkaAdapter(Adapter):
                 self._apply_pause(consumer)  # a rebalance may have assigned new partitions
                 # Whatever this returns is delivered below: a record handed out by getmany
                 # has moved the position past it and must not be dropped.
-                batches = await consumer.getmany(timeout_ms=0, max_records=self.cfg.max_records)
+                batches = await unreadable.fetch(consumer, 0, self.cfg.max_records, self._log)
             else:
-                batches = await consumer.getmany(timeout_ms=200, max_records=self.cfg.max_records)
+                batches = await unreadable.fetch(consumer, 200, self.cfg.max_records, self._log)
             for tp, records in batches.items():
                 # Counted before the first is handed over: the sink never waits, so none is
                 # stored before all of them are counted.
                 positions.delivered(tp, len(records))
                 for record in records:
-                    self._sink(self._message(tp, record))
+                    if isinstance(record, unreadable.Unreadable):
+                        self._sink(unreadable.message(self.name, self.cfg.group_id, tp, record))
+                    else:
+                        self._sink(self._message(tp, record))
 
     def _apply_pause(self, consumer: AIOKafkaConsumer) -> None:
         assigned = consumer.assignment()
