@@ -7,7 +7,9 @@ name that is not UTF-8, a batch in a codec it lacks, a corrupt batch) raises out
 again. After such an error the partitions are read one record at a time: a record that
 raises there is the one, at the partition's position. It is handed on as a message jobwire
 could not read (a failed job with the reason, its offset stored with it like any other) and
-the consumer is moved past it.
+the consumer is moved past it. The records after it in the same batch cannot be read either
+(aiokafka decodes a batch's records in order, the bad one included, to reach them): each
+becomes such a failed job too, naming its offset, and the record stays in Kafka to replay.
 """
 
 from __future__ import annotations
@@ -66,7 +68,10 @@ async def step_past(consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any
                 batch = await consumer.getmany(tp, timeout_ms=PROBE_WAIT_MS, max_records=1)
             except UNREADABLE_ERRORS as exc:
                 offset = await consumer.position(tp)
-                reason = f"the Kafka record could not be decoded: {type(exc).__name__}: {exc}"
+                reason = (
+                    "the Kafka record could not be decoded (it, or a record before it in its"
+                    f" batch, which aiokafka must decode first): {type(exc).__name__}: {exc}"
+                )
                 items.append(Unreadable(offset, reason[:2000]))
                 consumer.seek(tp, offset + 1)
                 return found
