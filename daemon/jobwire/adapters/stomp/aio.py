@@ -203,11 +203,9 @@ class AsyncStompConnection:
 
     def abort(self, reason: str) -> None:
         """End the connection now: every unacknowledged delivery goes back to the broker."""
-        transport = self._transport
-        if transport is not None:
-            transport.abort()  # connection_lost follows, and with it on_lost
-        else:
-            self.lost(reason)
+        self.lost(reason)  # the owner hears this reason; connection_lost's comes too late
+        if self._transport is not None:
+            self._transport.abort()
 
     async def ack(self, ack_ids: Sequence[str]) -> None:
         """ACK these deliveries, in one write."""
