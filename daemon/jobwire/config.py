@@ -608,6 +608,21 @@ class HttpConfig(_Strict):
     dashboard: DashboardConfig = Field(
         DashboardConfig(), description="The web dashboard under /ui/ (off by default)."
     )
+    # Without these, a client that opens connections and never finishes a request holds
+    # them for aiohttp's hour, and enough of them take the descriptors the database and
+    # brokers need. Past the cap a new connection is closed at once: the ones open go on.
+    idle_timeout: Duration = Field(
+        60.0,
+        gt=0,
+        description="Close a connection with no request under way (headers unfinished, "
+        "or idle between requests) after this long.",
+    )
+    max_connections: int = Field(
+        512,
+        ge=1,
+        le=100_000,
+        description="Open connections at most; a new one past this is closed at once.",
+    )
 
     @field_validator("listen")
     @classmethod

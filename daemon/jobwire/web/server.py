@@ -20,6 +20,7 @@ from jobwire.queue_admin import QueueRefused, set_paused
 from jobwire.redaction import redact
 from jobwire.store.base import OperatorStore, StoreUnavailable
 from jobwire.web.access import authorize
+from jobwire.web.listener import Listener
 from jobwire.web.openapi import openapi_document
 from jobwire.web.outbox_api import OutboxEndpoints
 from jobwire.web.responses import ApiError, Handler, errors, json_response
@@ -61,6 +62,7 @@ class HttpApi(ScheduleEndpoints, OutboxEndpoints):
         self.allowed_handlers = allowed_handlers
         self.document = openapi_document(config)
         self._runner: web.AppRunner | None = None
+        self._listener: Listener | None = None
         self.port: int | None = None
         # Webhook sources' paths (type: http), served on this one port; set before start().
         self.webhooks: dict[str, Handler] = {}
@@ -102,21 +104,25 @@ class HttpApi(ScheduleEndpoints, OutboxEndpoints):
     async def start(self) -> None:
         """Bind and serve; a port that cannot be bound stops the daemon with a clear error."""
         host, port = self.config.address()
-        self._runner = web.AppRunner(self.app(), access_log=None)
+        # keepalive_timeout: aiohttp closes a connection with no request under way (idle
+        # between requests, or its first request's headers unfinished) after this long.
+        self._runner = web.AppRunner(
+            self.app(), access_log=None, keepalive_timeout=self.config.idle_timeout
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        self._listener = Listener(self._runner, self.config.max_connections)
         try:
-            await site.start()
+            self.port = await self._listener.start(host, port)
         except OSError as exc:
             await self._runner.cleanup()
             raise OSError(f"http.listen {self.config.listen}: {exc.strerror or exc}") from exc
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else port
         log.info("http_listening", host=host, port=self.port)
 
     async def stop(self) -> None:
         """Stop serving."""
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

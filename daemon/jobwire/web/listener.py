@@ -1,0 +1,70 @@
+"""The HTTP port: aiohttp's server behind a cap on open connections.
+
+Every connection holds a file descriptor, and the daemon shares its descriptors with its
+database pool and broker connections: clients that open connections and never finish a
+request (slow headers, idle keep-alives) must not be able to take them all. aiohttp closes
+a connection with no request under way after its ``keepalive_timeout`` (``http.
+idle_timeout``), counted from the connection's start too; past ``http.max_connections``,
+a new connection is closed as soon as it is accepted, and the ones open are served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from aiohttp import web
+
+log = structlog.get_logger("jobwire.http")
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the cap: closed at once, nothing read."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Close it (a FIN, not a reset: the client sees an ordinary close)."""
+        transport.close()
+
+
+class Listener:
+    """One listening socket serving ``runner``'s application, at most ``limit`` at a time."""
+
+    def __init__(self, runner: web.AppRunner, limit: int) -> None:
+        self.runner = runner
+        self.limit = limit
+        self.refused = 0  # in this spell at the cap (logged when it ends)
+        self._accepting = 0
+        self._server: asyncio.Server | None = None
+
+    def _protocol(self) -> asyncio.Protocol:
+        server = self.runner.server
+        assert server is not None
+        # The server counts a connection from its connection_made, which the loop calls
+        # on its next turn: connections accepted together in one turn are counted here.
+        if len(server.connections) + self._accepting >= self.limit:
+            if not self.refused:
+                log.warning("http_connections_full", limit=self.limit)
+            self.refused += 1
+            return _Refused()
+        if self.refused:
+            log.info("http_connections_accepted_again", refused=self.refused)
+            self.refused = 0
+        self._accepting += 1
+        asyncio.get_running_loop().call_soon(self._accepted)
+        return server()
+
+    def _accepted(self) -> None:
+        self._accepting -= 1
+
+    async def start(self, host: str, port: int) -> int:
+        """Bind and serve; the bound port (port 0 picks a free one)."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._protocol, host, port, reuse_address=True)
+        sockets = self._server.sockets
+        return int(sockets[0].getsockname()[1]) if sockets else port
+
+    def close(self) -> None:
+        """Stop accepting (the runner's cleanup ends the connections open)."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
