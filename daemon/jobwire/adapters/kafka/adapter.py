@@ -19,7 +19,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from jobwire.adapters.base import (
@@ -27,40 +27,17 @@ from jobwire.adapters.base import (
     Message,
     OffsetReader,
     SourceState,
-    tls_context,
 )
-from jobwire.adapters.kafka import unreadable
+from jobwire.adapters.kafka import records, unreadable
+from jobwire.adapters.kafka.client import client_options
 from jobwire.adapters.kafka.config import KafkaSource
 from jobwire.adapters.kafka.positions import Positions, names
 from jobwire.adapters.kafka.rebalance import Rebalance
 from jobwire.config import SourceBase
-from jobwire.models import StreamOffset
-from jobwire.storable import octets_text
 
 # Metadata probes (one per heart-beat interval) that fail in a row before the session is
 # ended and started afresh; the first failure already marks the source down.
 _PROBES_BEFORE_RECONNECT = 3
-
-
-def _text(value: bytes | None) -> str:
-    """Header and key bytes as text, kept whole (``storable.octets_text``)."""
-    return "" if value is None else octets_text(value)
-
-
-def _client_options(cfg: KafkaSource) -> dict[str, Any]:
-    options: dict[str, Any] = {
-        "bootstrap_servers": cfg.bootstrap_servers,
-        "security_protocol": cfg.security_protocol,
-    }
-    if cfg.client_id:
-        options["client_id"] = cfg.client_id
-    if cfg.sasl_mechanism:
-        options["sasl_mechanism"] = cfg.sasl_mechanism
-        options["sasl_plain_username"] = cfg.sasl_username
-        options["sasl_plain_password"] = cfg.sasl_password
-    if cfg.security_protocol in ("SSL", "SASL_SSL"):
-        options["ssl_context"] = tls_context(cfg.tls, required=True)
-    return options
 
 
 class KafkaAdapter(Adapter):
@@ -104,7 +81,7 @@ class KafkaAdapter(Adapter):
             session_timeout_ms=int(cfg.session_timeout * 1000),
             heartbeat_interval_ms=int(cfg.heartbeat_interval * 1000),
             max_poll_interval_ms=int(cfg.max_poll_interval * 1000),
-            **_client_options(cfg),
+            **client_options(cfg),
         )
 
     async def _session(self) -> None:
@@ -157,15 +134,16 @@ class KafkaAdapter(Adapter):
                 batches = await unreadable.fetch(consumer, 0, self.cfg.max_records, self._log)
             else:
                 batches = await unreadable.fetch(consumer, 200, self.cfg.max_records, self._log)
-            for tp, records in batches.items():
+            group = self.cfg.group_id
+            for tp, fetched in batches.items():
                 # Counted before the first is handed over: the sink never waits, so none is
                 # stored before all of them are counted.
-                positions.delivered(tp, len(records))
-                for record in records:
+                positions.delivered(tp, len(fetched))
+                for record in fetched:
                     if isinstance(record, unreadable.Unreadable):
-                        self._sink(unreadable.message(self.name, self.cfg.group_id, tp, record))
+                        self._sink(unreadable.message(self.name, group, tp, record))
                     else:
-                        self._sink(self._message(tp, record))
+                        self._sink(records.message(self.name, group, tp, record))
 
     def _apply_pause(self, consumer: AIOKafkaConsumer) -> None:
         assigned = consumer.assignment()
@@ -178,35 +156,6 @@ class KafkaAdapter(Adapter):
                 consumer.pause(*assigned)
         elif paused:
             consumer.resume(*paused)
-
-    def _message(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> Message:
-        headers = {str(k): _text(v) for k, v in (record.headers or ())}
-        # Where the message came from travels with the job; a producer's header wins.
-        headers.setdefault("kafka-topic", record.topic)
-        headers.setdefault("kafka-partition", str(record.partition))
-        headers.setdefault("kafka-offset", str(record.offset))
-        if record.key is not None:
-            headers.setdefault("kafka-key", _text(record.key))
-        properties: dict[str, Any] = {
-            "topic": record.topic,
-            "partition": record.partition,
-            "offset": record.offset,
-            "timestamp": record.timestamp,
-        }
-        if record.key is not None:
-            properties["key"] = _text(record.key)
-        return Message(
-            source=self.name,
-            body=record.value or b"",
-            headers=headers,
-            properties=properties,
-            content_type=headers.get("content-type") or headers.get("content_type"),
-            dedup_key=f"{record.topic}/{record.partition}/{record.offset}",
-            offset=StreamOffset(
-                self.cfg.group_id, record.topic, record.partition, record.offset + 1
-            ),
-            raw=tp,
-        )
 
     # -- settling -------------------------------------------------------------------
 
@@ -296,7 +245,7 @@ class KafkaAdapter(Adapter):
     ) -> int:
         """Produce to ``topic`` (default: the source's first) with acks=all; returns how many
         were acked."""
-        producer = AIOKafkaProducer(acks="all", linger_ms=5, **_client_options(self.cfg))
+        producer = AIOKafkaProducer(acks="all", linger_ms=5, **client_options(self.cfg))
         await producer.start()
         try:
             kafka_headers = [(k, v.encode()) for k, v in headers.items()]

@@ -10,30 +10,20 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 
-from jobwire.adapters.base import tls_context
+from jobwire.adapters.kafka.client import client_options
 from jobwire.adapters.kafka.config import KafkaOutput
 from jobwire.config import OutputBase
 from jobwire.effects import OutboxRow, Published
 
 
 def _options(cfg: KafkaOutput) -> dict[str, Any]:
-    options: dict[str, Any] = {
-        "bootstrap_servers": cfg.bootstrap_servers,
-        "security_protocol": cfg.security_protocol,
+    return {
+        **client_options(cfg),
         "acks": "all",
         # No duplicates from the producer's own retries, and a partition's order kept.
         "enable_idempotence": cfg.idempotent,
         "linger_ms": 5,
     }
-    if cfg.client_id:
-        options["client_id"] = cfg.client_id
-    if cfg.sasl_mechanism:
-        options["sasl_mechanism"] = cfg.sasl_mechanism
-        options["sasl_plain_username"] = cfg.sasl_username
-        options["sasl_plain_password"] = cfg.sasl_password
-    if cfg.security_protocol in ("SSL", "SASL_SSL"):
-        options["ssl_context"] = tls_context(cfg.tls, required=True)
-    return options
 
 
 # Refusals a record can never get past (its size): set aside at once, not retried.
