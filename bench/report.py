@@ -123,16 +123,19 @@ def report(
     print()
     for label, top, bottom in RATIOS:
         if top in medians and bottom in medians:
-            print(f"{label}: {_ratio(medians[top].rate, medians[bottom].rate)}")
+            print(
+                f"{label}: {_ratio(medians[top].rate, medians[bottom].rate)}"
+                f"{_rounds(runs, top, bottom)}"
+            )
     for label, two, one in SCALE_OUT:
         if two in medians and one in medians and medians[one].steady:
             print(
                 f"{label}: 2 daemons {medians[two].steady:,.0f}/s / 1 daemon "
                 f"{medians[one].steady:,.0f}/s = {_ratio(medians[two].steady, medians[one].steady)}"
-                " (from when every daemon had started a job)"
+                f" (from when every daemon had started a job){_rounds(runs, two, one, True)}"
             )
     for peer, name, (best_of_ours, our_default) in PEER_RATIOS:
-        _peer_ratios(medians, peer, name, best_of_ours, our_default)
+        _peer_ratios(medians, runs, peer, name, best_of_ours, our_default)
     sweeps = {name: m for name, m in medians.items() if m.variants}
     if sweeps:
         print()
@@ -161,8 +164,31 @@ def _ratio(top: float, bottom: float) -> str:
     return f"{top / bottom:.0%}" if top < bottom else f"{top / bottom:.2f}x"
 
 
+def _rounds(runs: dict[str, list[Measured]], top: str, bottom: str, steady: bool = False) -> str:
+    """The ratio within each round and their median: a machine whose speed drifts moves
+    both figures of one round together, while the medians of the two may come from
+    different rounds."""
+    tops, bottoms = runs.get(top, []), runs.get(bottom, [])
+    if len(tops) < 2 or len(tops) != len(bottoms):
+        return ""
+    pairs = [
+        (t.steady, b.steady) if steady else (t.rate, b.rate)
+        for t, b in zip(tops, bottoms, strict=True)
+    ]
+    ratios = [t / b for t, b in pairs if b]
+    if len(ratios) != len(pairs):
+        return ""
+    each = ", ".join(_ratio(r, 1.0) for r in ratios)
+    return f"; by round {each}, median {_ratio(statistics.median(ratios), 1.0)}"
+
+
 def _peer_ratios(
-    medians: dict[str, Measured], peer: str, name: str, ours_best: str, ours_default: str
+    medians: dict[str, Measured],
+    runs: dict[str, list[Measured]],
+    peer: str,
+    name: str,
+    ours_best: str,
+    ours_default: str,
 ) -> None:
     theirs = medians.get(name)
     if theirs is None:
@@ -172,7 +198,7 @@ def _peer_ratios(
         best = max(ours, key=lambda n: medians[n].rate)
         print(
             f"jobwire best ({best}) / {peer} best ({theirs.settings}): "
-            f"{_ratio(medians[best].rate, theirs.rate)}"
+            f"{_ratio(medians[best].rate, theirs.rate)}{_rounds(runs, best, name)}"
         )
     default = theirs.variants.get(theirs.default)
     if ours_default in medians and default:

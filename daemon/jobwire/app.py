@@ -306,7 +306,7 @@ def mount_webhooks(sources: Sequence[Source], http: HttpApi | None, lookup: JobL
                 "http.enabled", "false", f"source {source.cfg.name} (type http) needs it on"
             )
         source.adapter.attach(source.intake.router, lookup)
-        http.webhooks[source.adapter.path] = source.adapter.handle
+        http.webhooks[source.adapter.path] = source.adapter
 
 
 def ready_line(config: Config, http_port: int | None = None) -> str:

@@ -461,3 +461,52 @@ async def test_slow_bodies_are_capped_in_number_and_time(
         status, _, _ = await post(session, url(daemon, "/hooks/slow"), raw, headers, None)
         assert status == 202
         assert await job_count(database_url) == 1
+
+
+async def _expecting(port: int, path: str, headers: dict[str, str], body: bytes) -> list[bytes]:
+    """POST with ``Expect: 100-continue``, the body sent only after a 100; the status
+    lines received, in order (the connection is closed by either side after the last)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+        head += f"Content-Length: {len(body)}\r\nContent-Type: application/json\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        writer.write(head.encode() + b"\r\n")
+        await writer.drain()
+        statuses = []
+        async with asyncio.timeout(20):
+            while True:
+                status = await reader.readline()
+                fields = []
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    fields.append(line)
+                statuses.append(status.strip())
+                if not status.startswith(b"HTTP/1.1 100"):
+                    length = next(
+                        int(line.split(b":")[1])
+                        for line in fields
+                        if line.lower().startswith(b"content-length:")
+                    )
+                    await reader.readexactly(length)
+                    return statuses
+                writer.write(body)
+                await writer.drain()
+    finally:
+        writer.close()
+
+
+async def test_expect_100_continue_is_refused_before_the_body_when_the_headers_decide(
+    database_url: str,
+) -> None:
+    hook = source("exp", "/hooks/exp", {"handler": "noop"}, token=TOKEN, max_body_bytes=1000)
+    async with running_daemon(config(database_url, hook)) as daemon:
+        assert daemon.http is not None and daemon.http.port
+        port, auth = daemon.http.port, {"Authorization": f"Bearer {TOKEN}"}
+        too_large = await _expecting(port, "/hooks/exp", auth, b"x" * 5000)
+        assert too_large == [b"HTTP/1.1 413 Request Entity Too Large"]
+        no_token = await _expecting(port, "/hooks/exp", {}, b'{"x": 1}')
+        assert no_token == [b"HTTP/1.1 401 Unauthorized"]
+        # A request the headers cannot decide is told to go on, and stored.
+        fine = await _expecting(port, "/hooks/exp", auth, b'{"x": 1}')
+        assert fine == [b"HTTP/1.1 100 Continue", b"HTTP/1.1 202 Accepted"]
+        assert await job_count(database_url) == 1

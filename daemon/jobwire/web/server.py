@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
@@ -30,6 +30,18 @@ from jobwire.web.schedules_api import ScheduleEndpoints
 log = structlog.get_logger("jobwire.http")
 
 SourcesView = Callable[[], dict[str, dict[str, Any]]]
+
+
+class Webhook(Protocol):
+    """A webhook source's path: its POST handler, and its answer to ``Expect``."""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """The answer to a POST."""
+
+    async def expect(self, request: web.Request) -> web.Response | None:
+        """An early answer from the headers alone, or None after ``100 Continue``."""
+
+
 REQUIRED_UP = frozenset({"up", "paused"})  # paused on purpose (backlog) is not an outage
 # Enqueues of a taken dedup key whose job is purged before its id is read (retention) try
 # again: the key is free by then. Twice more is plenty for a race that rare.
@@ -65,7 +77,7 @@ class HttpApi(ScheduleEndpoints, OutboxEndpoints):
         self._listener: Listener | None = None
         self.port: int | None = None
         # Webhook sources' paths (type: http), served on this one port; set before start().
-        self.webhooks: dict[str, Handler] = {}
+        self.webhooks: dict[str, Webhook] = {}
         # Built once, so its sessions outlive any number of app() calls.
         self.dashboard = (
             Dashboard(config, store, sources, wake, schema) if config.dashboard.enabled else None
@@ -86,7 +98,7 @@ class HttpApi(ScheduleEndpoints, OutboxEndpoints):
             app.router.add_route(route.method, route.path, self._endpoint(route))
         for path, hook in self.webhooks.items():
             # Each source checks its own token and signature: not the API's access rules.
-            app.router.add_post(path, hook)
+            app.router.add_post(path, hook.handle, expect_handler=hook.expect)
         if self.dashboard is not None:
             self.dashboard.mount(app)
         return app

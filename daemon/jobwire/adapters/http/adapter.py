@@ -22,25 +22,22 @@ new job by the request id stored in its headers.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from aiohttp import web
+from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from jobwire.adapters.base import Adapter, Message, OffsetReader, SourceState
 from jobwire.adapters.http.auth import signature_problem, token_problem
-from jobwire.adapters.http.config import NEVER_KEPT, HttpSource
+from jobwire.adapters.http.config import HttpSource
+from jobwire.adapters.http.incoming import REQUEST_HEADER, Incoming
 from jobwire.config import SourceBase
 from jobwire.models import Job, JobStatus
 from jobwire.routing import Poison, Router
-from jobwire.selectors import parse_selector
 
-# Stored with the job: which request made it (a duplicate's answer is told apart by it).
-REQUEST_HEADER = "jobwire-request-id"
 _READ_CHUNK = 65_536
 
 
@@ -93,18 +90,7 @@ class HttpAdapter(Adapter):
         self._router: Router | None = None
         self._lookup: JobLookup | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        signature = cfg.signature.header_name().lower() if cfg.signature else ""
-        self._hidden = NEVER_KEPT | {signature}
-        self._keep = {h.lower() for h in cfg.headers} - self._hidden
-        # Headers a route selector reads are kept under the name it is written with, so
-        # header:X-GitHub-Event finds the value whatever case the sender used.
-        route = cfg.route
-        texts = [route.handler_from, route.dedup_key]
-        texts.append(route.priority if isinstance(route.priority, str) else None)
-        selected = [parse_selector(t) for t in texts if t and t != "none"]
-        self._selected = [
-            s.name for s in selected if s.kind == "header" and s.name.lower() not in self._hidden
-        ]
+        self._incoming = Incoming(cfg)
         self.answers: dict[str, int] = {}
         self._in_flight = 0
 
@@ -184,20 +170,48 @@ class HttpAdapter(Adapter):
         else:
             self._in_flight += 1
             try:
-                response = await self._answer(request)
+                response = self._refusal(request) or await self._answer(request)
             finally:
                 self._in_flight -= 1
+        return self._counted(response)
+
+    async def expect(self, request: web.Request) -> web.Response | None:
+        """``Expect: 100-continue``: an answer known from the headers alone (not taking
+        requests, no or a wrong token, a declared length over the limit) is given before
+        the body is sent; else the client is told to go on."""
+        response = self._refusal(request)
+        if response is not None:
+            # The client may send the body anyway: it must not be read as a next request.
+            response.force_close()
+            return self._counted(response)
+        if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
+            return self._counted(_error(417, "the only expectation met is 100-continue"))
+        if request.version == HttpVersion11:
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return None
+
+    def _counted(self, response: web.Response) -> web.Response:
         key = str(response.status)
         self.answers[key] = self.answers.get(key, 0) + 1
         return response
 
-    async def _answer(self, request: web.Request) -> web.Response:
-        sink, router = self._sink, self._router
-        if sink is None or router is None or self.paused or self.state != SourceState.UP:
+    def _refusal(self, request: web.Request) -> web.Response | None:
+        """The answer the request line and headers alone decide, if any."""
+        if self._sink is None or self._router is None or self.paused:
+            return self._unavailable(f"source {self.name} is not taking requests now")
+        if self.state != SourceState.UP:
             return self._unavailable(f"source {self.name} is not taking requests now")
         problem = token_problem(self.cfg, request.headers)
         if problem is not None:
             return _error(401, problem, {"WWW-Authenticate": 'Bearer realm="jobwire"'})
+        length = request.content_length
+        if length is not None and length > self.cfg.max_body_bytes:
+            return _error(413, f"the body is larger than {self.cfg.max_body_bytes} bytes")
+        return None
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        sink, router = self._sink, self._router
+        assert sink is not None and router is not None  # _refusal said so
         try:
             async with asyncio.timeout(self.cfg.read_timeout):
                 body = await _read_body(request, self.cfg.max_body_bytes)
@@ -223,7 +237,7 @@ class HttpAdapter(Adapter):
         if problem is not None:
             return _error(401, problem)
         request_id = uuid.uuid4().hex
-        message = self._message(request, body, request_id)
+        message = self._incoming.message(request, body, request_id)
         routed = router.route_message(message)
         if routed.invalid is not None:
             return _error(413 if routed.kind == Poison.TOO_LARGE else 400, routed.invalid)
@@ -275,43 +289,6 @@ class HttpAdapter(Adapter):
             status=503,
             headers={"Retry-After": str(self.cfg.retry_after)},
         )
-
-    def _message(self, request: web.Request, body: bytes, request_id: str) -> Message:
-        headers: dict[str, str] = {}
-        for name, value in request.headers.items():
-            lower = name.lower()
-            if lower in self._keep:
-                headers.setdefault(lower, value)
-        for name in self._selected:
-            selected = request.headers.get(name)
-            if selected is not None:
-                headers[name] = selected
-        headers[REQUEST_HEADER] = request_id
-        query = {name: request.query[name] for name in request.query}
-        return Message(
-            source=self.name,
-            body=body,
-            headers=headers,
-            properties={
-                "query": query,
-                "method": request.method,
-                "path": request.path,
-                "remote": request.remote or "",
-            },
-            content_type=request.headers.get("Content-Type"),
-            dedup_key=self._default_key(request, body, request_id),
-        )
-
-    def _default_key(self, request: web.Request, body: bytes, request_id: str) -> str:
-        """The key when the route names none: a token holder's Idempotency-Key, else the
-        signed body's hash (a replay of it is the same job), else the request's own id."""
-        if self.cfg.token is not None:
-            given = request.headers.get("Idempotency-Key")
-            if given:
-                return given
-        if self.cfg.signature is not None:
-            return "sha256:" + hashlib.sha256(body).hexdigest()
-        return request_id
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes | None:
