@@ -170,7 +170,8 @@ class HttpAdapter(Adapter):
         else:
             self._in_flight += 1
             try:
-                response = self._refusal(request) or await self._answer(request)
+                refused = self._refusal(request)
+                response = refused if refused is not None else await self._answer(request)
             finally:
                 self._in_flight -= 1
         return self._counted(response)
@@ -197,9 +198,12 @@ class HttpAdapter(Adapter):
 
     def _refusal(self, request: web.Request) -> web.Response | None:
         """The answer the request line and headers alone decide, if any."""
-        if self._sink is None or self._router is None or self.paused:
-            return self._unavailable(f"source {self.name} is not taking requests now")
-        if self.state != SourceState.UP:
+        if (
+            self._sink is None
+            or self._router is None
+            or self.paused
+            or self.state != SourceState.UP
+        ):
             return self._unavailable(f"source {self.name} is not taking requests now")
         problem = token_problem(self.cfg, request.headers)
         if problem is not None:
