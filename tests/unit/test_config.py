@@ -134,6 +134,9 @@ def test_mqtt_source_defaults_and_rules() -> None:
     assert (source.qos, source.protocol, source.client_id) == (1, "3.1.1", None)
     (line,) = problems("sources: [{name: m, type: mqtt, topics: [a], qos: 0, route: {handler: x}}]")
     assert line.startswith("jobwire.yaml: sources[0].qos: ")
+    # paho confirms QoS 2 before the row is stored: refused with the reason.
+    (line,) = problems("sources: [{name: m, type: mqtt, topics: [a], qos: 2, route: {handler: x}}]")
+    assert line.startswith("jobwire.yaml: sources[0].qos: 2 is not supported: paho confirms")
     (line,) = problems(
         "sources: [{name: m, type: mqtt, topics: [a], url: 'http://x', route: {handler: x}}]"
     )

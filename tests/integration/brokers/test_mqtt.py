@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import pytest
 
 from jobwire.app import Daemon as InProcessDaemon
@@ -113,6 +115,53 @@ class TestMqtt(BrokerSuite):
         await assert_exactly(database_url, 3)
         headers = json.loads(await scalar(database_url, "SELECT headers FROM jobwire.jobs LIMIT 1"))
         assert headers == {"trace": "t-1", "mqtt-topic": target.publish_topic}
+
+    async def test_string_properties_paho_refuses_neither_stop_the_source_nor_are_lost(
+        self, database_url: str, target: MqttTarget
+    ) -> None:
+        # U+FEFF: Mosquitto forwards it (MQTT 5 says a receiver must keep it), and paho's
+        # reader refused it, dropping the connection before the message reached jobwire;
+        # the broker then sent it first on every new connection, for good.
+        config = self.config(database_url, target, JSON_DEDUP)
+        async with running_daemon(config):
+            assert await publish(target.port, target.publish_topic, bodies(1), {"x": "a\ufeffb"})
+            assert await publish(target.port, target.publish_topic, bodies(3, start=1))
+            await wait_for(
+                lambda: jobs_at_least(database_url, 4, "status = 'succeeded'"),
+                timeout=30,
+                what="the message with U+FEFF and the three after it",
+            )
+        await assert_exactly(database_url, 4)
+        kept = await scalar(
+            database_url, "SELECT headers->>'x' FROM jobwire.jobs WHERE headers ? 'x'"
+        )
+        assert kept == "a\ufeffb"
+
+    async def test_a_retained_message_is_one_job_across_restarts(
+        self, database_url: str, target: MqttTarget
+    ) -> None:
+        # No dedup key on the route (MQTT's default): before, every new connection's
+        # subscribe had the broker send the retained message again, a new job each time.
+        config = self.config(database_url, target, {"handler": "noop"})
+        async with aiomqtt.Client(
+            "127.0.0.1", target.port, protocol=aiomqtt.ProtocolVersion.V5
+        ) as client:
+            await client.publish(target.publish_topic, b'{"state": 1}', qos=1, retain=True)
+        try:
+            for start in range(3):
+                async with running_daemon(config):
+                    # A message after any retained one: once it is stored, so is anything
+                    # the broker sent before it on this connection.
+                    assert await publish(target.port, target.publish_topic, bodies(1, start))
+                    done = f"payload->>'i' = '{start}'"
+                    await wait_for(functools.partial(jobs_at_least, database_url, 1, done))
+            assert await job_count(database_url, "payload->>'state' = '1'") == 1
+            assert await job_count(database_url) == 4
+        finally:
+            async with aiomqtt.Client(
+                "127.0.0.1", target.port, protocol=aiomqtt.ProtocolVersion.V5
+            ) as client:
+                await client.publish(target.publish_topic, b"", qos=1, retain=True)
 
     async def test_messages_published_while_the_daemon_is_down_arrive_on_restart(
         self, database_url: str, target: MqttTarget

@@ -27,6 +27,7 @@ import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from jobwire.adapters.base import (
     Adapter,
@@ -35,6 +36,7 @@ from jobwire.adapters.base import (
     SourceState,
     tls_context,
 )
+from jobwire.adapters.mqtt import lenient
 from jobwire.adapters.mqtt.config import MqttSource, default_client_id
 from jobwire.config import SourceBase
 
@@ -65,6 +67,7 @@ class MqttAdapter(Adapter):
         self._room.set()
 
     def _new_client(self) -> aiomqtt.Client:
+        lenient.install()
         client = aiomqtt.Client(**_client_options(self.cfg, self.client_id, persistent=True))
         # The reach under aiomqtt (see the module docstring): PUBACK only when we say so.
         client._client.manual_ack_set(True)
@@ -86,7 +89,14 @@ class MqttAdapter(Adapter):
             self._client = client
             try:
                 for topic in self._topic_filters():
-                    await client.subscribe(topic, qos=self.cfg.qos)
+                    if self.cfg.protocol == "5":
+                        # Retained messages only when the subscription is new: the session
+                        # keeps ours across reconnects and restarts, and a retained message
+                        # sent again on each would be a new job each time.
+                        options = SubscribeOptions(qos=self.cfg.qos, retainHandling=1)
+                        await client.subscribe(topic, options=options)
+                    else:
+                        await client.subscribe(topic, qos=self.cfg.qos)
                 self.set_state(SourceState.PAUSED if self.paused else SourceState.UP)
                 assert self._sink is not None
                 async for delivery in client.messages:

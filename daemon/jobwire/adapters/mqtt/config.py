@@ -38,9 +38,9 @@ class MqttSource(SourceBase):
         description="The broker: mqtt:// or mqtts:// URL, user:password@ allowed.",
     )
     topics: list[str] = Field(min_length=1, description="Topic filters (+ and # allowed).")
-    # 2 is accepted, but paho answers PUBREC before the message is stored, so exactly-once
-    # delivery ends at the client; QoS 1 with a dedup key is the safer choice.
-    qos: Literal[1, 2] = Field(1, description="The subscription's QoS.")
+    # 2 is refused (see _qos): a message published at QoS 2 is delivered at 1 and kept as
+    # any other.
+    qos: Literal[1] = Field(1, description="The subscription's QoS (1; QoS 2 is refused).")
     protocol: Literal["5", "3.1.1"] = Field(
         "5",
         description="The MQTT protocol version.",
@@ -81,6 +81,21 @@ class MqttSource(SourceBase):
         description="MQTT 5: publish each finished job's result (or error) to the request's "
         "response topic with its correlation data, through the outbox.",
     )
+
+    @field_validator("qos", mode="before")
+    @classmethod
+    def _qos(cls, value: Any) -> Any:
+        # paho confirms a QoS 2 message (PUBREC) as it arrives, before jobwire has stored
+        # it: after that the broker never sends it again, so a crash before the commit lost
+        # it, and after a reconnect the broker waited for a release no one answered, one
+        # receive slot per message, until the source stalled (found by a drill).
+        if value == 2:
+            raise ValueError(
+                "2 is not supported: paho confirms a QoS 2 message before jobwire has stored "
+                "it, so a crash would lose it; use 1 (a route's dedup key makes a redelivered "
+                "message one job)"
+            )
+        return value
 
     @field_validator("protocol", mode="before")
     @classmethod
