@@ -615,7 +615,7 @@ class HttpConfig(_Strict):
         60.0,
         gt=0,
         description="Close a connection with no request under way (headers unfinished, "
-        "or idle between requests) after this long.",
+        "or idle between requests), or whose answers are not read, after this long.",
     )
     max_connections: int = Field(
         512,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -144,4 +145,39 @@ async def test_a_burst_of_connections_is_held_to_the_cap(database_url: str) -> N
             assert 1 <= sum(answered) <= 20, sum(answered)
         finally:
             for _, writer in opened:
+                writer.close()
+
+
+async def test_a_client_that_reads_no_answers_is_cut_after_the_idle_timeout(
+    database_url: str,
+) -> None:
+    # Before, aiohttp waited without end for such a client to read, and its idle timer does
+    # not run while an answer is being written: with every slot held so, nothing was served.
+    cfg = config(database_url, idle_timeout="1s", max_connections=2)
+    async with running_daemon(cfg) as daemon:
+        port = port_of(daemon)
+        writers = []
+        try:
+            for _ in range(2):  # every slot
+                raw = socket.socket()
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                raw.setblocking(False)
+                await asyncio.get_running_loop().sock_connect(raw, ("127.0.0.1", port))
+                _, writer = await asyncio.open_connection(sock=raw, limit=4096)
+                writers.append(writer)
+                # Far more answer bytes than the socket buffers hold; none of them is read.
+                writer.write(b"GET /api/v1/openapi.json HTTP/1.1\r\nHost: x\r\n\r\n" * 800)
+                await writer.drain()
+
+            async def served() -> bool:
+                try:
+                    return await healthz(port) == 200
+                except aiohttp.ClientError:
+                    return False
+
+            # Both slots are held until the silent readers are cut: then /healthz is
+            # served again.
+            await wait_for(served, timeout=20, what="/healthz answered again")
+        finally:
+            for writer in writers:
                 writer.close()

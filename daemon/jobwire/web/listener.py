@@ -5,7 +5,8 @@ database pool and broker connections: clients that open connections and never fi
 request (slow headers, idle keep-alives) must not be able to take them all. aiohttp closes
 a connection with no request under way after its ``keepalive_timeout`` (``http.
 idle_timeout``), counted from the connection's start too; past ``http.max_connections``,
-a new connection is closed as soon as it is accepted, and the ones open are served.
+a new connection is closed as soon as it is accepted, and the ones open are served. A
+connection whose answers the client does not read is aborted after ``idle_timeout`` too.
 """
 
 from __future__ import annotations
@@ -29,12 +30,17 @@ class _Refused(asyncio.Protocol):
 class Listener:
     """One listening socket serving ``runner``'s application, at most ``limit`` at a time."""
 
-    def __init__(self, runner: web.AppRunner, limit: int) -> None:
+    def __init__(self, runner: web.AppRunner, limit: int, stall_timeout: float) -> None:
         self.runner = runner
         self.limit = limit
+        self.stall_timeout = stall_timeout
         self.refused = 0  # in this spell at the cap (logged when it ends)
         self._accepting = 0
         self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        # Connections whose answer could not be written (the client reads nothing), since
+        # when they were first seen so.
+        self._stalled: dict[object, float] = {}
 
     def _protocol(self) -> asyncio.Protocol:
         server = self.runner.server
@@ -60,11 +66,44 @@ class Listener:
         """Bind and serve; the bound port (port 0 picks a free one)."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._protocol, host, port, reuse_address=True)
+        self._sweeper = asyncio.create_task(self._sweep(), name="jobwire-http-stalls")
         sockets = self._server.sockets
         return int(sockets[0].getsockname()[1]) if sockets else port
 
+    async def _sweep(self) -> None:
+        """Abort connections whose answers have waited ``stall_timeout`` for the client to
+        read them: aiohttp waits for such a client without end, and its idle timer does not
+        run while an answer is being written (found by a drill: clients that pipelined
+        requests and read nothing held every connection)."""
+        every = max(0.1, min(5.0, self.stall_timeout / 4))
+        while True:
+            await asyncio.sleep(every)
+            self.abort_stalled(asyncio.get_running_loop().time())
+
+    def abort_stalled(self, now: float) -> None:
+        """One sweep at ``now``: note the connections whose writing is paused, abort those
+        paused for ``stall_timeout``."""
+        server = self.runner.server
+        if server is None:
+            return
+        stalled: dict[object, float] = {}
+        for handler in server.connections:
+            transport = handler.transport
+            if transport is None or not handler.writing_paused:
+                continue
+            since = self._stalled.get(handler, now)
+            if now - since >= self.stall_timeout:
+                log.info("http_connection_stalled", waited_s=round(now - since, 1))
+                transport.abort()
+                continue
+            stalled[handler] = since
+        self._stalled = stalled
+
     def close(self) -> None:
         """Stop accepting (the runner's cleanup ends the connections open)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self._server is not None:
             self._server.close()
             self._server = None

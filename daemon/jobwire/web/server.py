@@ -122,7 +122,9 @@ class HttpApi(ScheduleEndpoints, OutboxEndpoints):
             self.app(), access_log=None, keepalive_timeout=self.config.idle_timeout
         )
         await self._runner.setup()
-        self._listener = Listener(self._runner, self.config.max_connections)
+        self._listener = Listener(
+            self._runner, self.config.max_connections, self.config.idle_timeout
+        )
         try:
             self.port = await self._listener.start(host, port)
         except OSError as exc:
