@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from jobwire.dashboard import site
 from jobwire.models import JobSpec, JobStatus, Outcome
 from jobwire.store.base import ClaimRequest
 from jobwire.store.postgres import PostgresStore
@@ -363,3 +365,23 @@ async def test_an_admin_deletes_a_finished_job_but_not_a_waiting_one(
     assert await pg_store.get(failed) is None and await pg_store.get(waiting) is not None
     audit = [(a.action, a.target, a.count) for a in await pg_store.list_audit()]
     assert ("delete", f"job {failed}", 1) in audit and ("delete", f"job {waiting}", 0) in audit
+
+
+async def test_a_sign_in_form_that_never_ends_is_a_408_not_a_connection_held(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sign-in form takes requests from anyone: a chunked body that never ended held
+    # its connection without end (found by a drill).
+    monkeypatch.setattr(site, "FORM_READ_TIMEOUT", 1.0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    try:
+        writer.write(
+            b"POST /ui/login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n\r\n5\r\ntoken\r\n"
+        )
+        await writer.drain()
+        async with asyncio.timeout(10):
+            status = await reader.readline()
+        assert status.startswith(b"HTTP/1.1 408"), status
+    finally:
+        writer.close()

@@ -70,6 +70,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
 }
 MAX_FORM_BYTES = 16 * 1024
+FORM_READ_TIMEOUT = 10.0
 FAILED_LOGIN_DELAY = 1.0  # seconds before a wrong token is answered: slows guessing
 
 
@@ -295,7 +296,12 @@ async def read_form(request: web.Request) -> Any:
     if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
         raise PageError(413, f"the form is larger than {MAX_FORM_BYTES} bytes")
     try:
-        return await request.post()
+        # A form is small; a body that never ends must not hold its connection (the sign-in
+        # form takes requests from anyone).
+        async with asyncio.timeout(FORM_READ_TIMEOUT):
+            return await request.post()
+    except TimeoutError:
+        raise PageError(408, f"the form was not sent within {FORM_READ_TIMEOUT:g}s") from None
     except (ValueError, LookupError) as exc:
         raise PageError(400, f"malformed form: {type(exc).__name__}") from None
     except web.HTTPRequestEntityTooLarge:
