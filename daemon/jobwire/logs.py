@@ -52,6 +52,24 @@ class RedactingFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
+def _json_formatter() -> logging.Formatter:
+    """stdlib records rendered as structlog's JSON lines: level, logger, timestamp, the
+    message as ``event``, the traceback as ``exception``; redacted alike."""
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            redact_event,
+            structlog.processors.JSONRenderer(),
+        ],
+    )
+
+
 def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     """Configure structlog (and stdlib logging of libraries) for the daemon and the CLI."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
@@ -85,5 +103,10 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
+    if use_json:
+        # Libraries' own lines (aiohttp's tracebacks of a malformed request, say) as JSON
+        # too: a plain line in a JSON log breaks the operator's log pipeline.
+        handler.setFormatter(_json_formatter())
+    else:
+        handler.setFormatter(RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=max(numeric, logging.WARNING), handlers=[handler])

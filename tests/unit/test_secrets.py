@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import sys
 import uuid
@@ -15,7 +16,7 @@ import structlog
 from jobwire.app import Daemon
 from jobwire.config import Config, parse_config
 from jobwire.handlers import HandlerRegistry
-from jobwire.logs import RedactingFormatter, _redacting, redact_event
+from jobwire.logs import RedactingFormatter, _json_formatter, _redacting, redact_event
 from jobwire.redaction import (
     MASK,
     is_secret_field,
@@ -188,6 +189,11 @@ def test_formatted_tracebacks_are_redacted() -> None:
     )
     line = RedactingFormatter("%(message)s").format(record)
     assert "RuntimeError" in line and secret not in line
+    # In a JSON log, a library's line is one JSON object too, redacted alike.
+    parsed = json.loads(_json_formatter().format(record))
+    assert (parsed["level"], parsed["logger"]) == ("error", "lib")
+    assert parsed["event"].startswith("lost pw=") and "RuntimeError" in parsed["exception"]
+    assert secret not in json.dumps(parsed)
 
 
 def test_published_source_state_is_redacted() -> None:
