@@ -23,7 +23,7 @@ class _Refused(asyncio.Protocol):
     """A connection over the cap: closed at once, nothing read."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Close it (a FIN, not a reset: the client sees an ordinary close)."""
+        """Close it, unread (a client that has sent its request already may see a reset)."""
         transport.close()
 
 
@@ -78,7 +78,10 @@ class Listener:
         every = max(0.1, min(5.0, self.stall_timeout / 4))
         while True:
             await asyncio.sleep(every)
-            self.abort_stalled(asyncio.get_running_loop().time())
+            try:
+                self.abort_stalled(asyncio.get_running_loop().time())
+            except Exception:  # noqa: BLE001 - a bug here must not end the sweeping
+                log.exception("http_stall_sweep_failed")
 
     def abort_stalled(self, now: float) -> None:
         """One sweep at ``now``: note the connections whose writing is paused, abort those
