@@ -80,7 +80,7 @@ class Listener:
             await asyncio.sleep(every)
             try:
                 self.abort_stalled(asyncio.get_running_loop().time())
-            except Exception:  # noqa: BLE001 - a bug here must not end the sweeping
+            except Exception:  # a bug here must not end the sweeping
                 log.exception("http_stall_sweep_failed")
 
     def abort_stalled(self, now: float) -> None:
