@@ -614,6 +614,7 @@ class HttpConfig(_Strict):
     idle_timeout: Duration = Field(
         60.0,
         gt=0,
+        le=86_400,
         description="Close a connection with no request under way (headers unfinished, "
         "or idle between requests), or whose answers are not read, after this long.",
     )

@@ -322,3 +322,9 @@ def test_every_handler_that_fails_to_import_is_reported(tmp_path: Path) -> None:
         f"error: {path}: handlers.echo2: cannot load 'json:no_such_function': "
         "AttributeError: module 'json' has no attribute 'no_such_function'",
     ]
+
+
+def test_http_idle_timeout_is_a_finite_positive_duration() -> None:
+    for bad in ("0", ".inf", ".nan", "2d"):
+        (line,) = problems(f"http: {{idle_timeout: {bad}}}")
+        assert line.startswith("jobwire.yaml: http.idle_timeout: "), line
