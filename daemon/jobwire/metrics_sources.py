@@ -8,7 +8,17 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 SOURCE_STATES = ("connecting", "up", "down", "paused", "stopped")
-INTAKE_OUTCOMES = ("received", "stored", "duplicate", "invalid", "dead_lettered", "acked", "nacked")
+# "discarded": MQTT QoS 0 deliveries past their budget, before the intake (never received).
+INTAKE_OUTCOMES = (
+    "received",
+    "stored",
+    "duplicate",
+    "invalid",
+    "dead_lettered",
+    "acked",
+    "nacked",
+    "discarded",
+)
 
 
 def source_metrics(sources: dict[str, dict[str, Any]]) -> Iterator[Metric]:

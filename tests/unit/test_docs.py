@@ -75,7 +75,7 @@ def _keys(schema: dict[str, Any]) -> dict[str, set[str]]:
 @pytest.mark.parametrize("definition", sorted(_keys(json_schema())))
 def test_the_configuration_page_names_every_schema_key(definition: str) -> None:
     page = (DOCS / "configuration.md").read_text(encoding="utf-8")
-    named = set(re.findall(r"`([a-z_]+)`", page))
+    named = set(re.findall(r"`([a-z0-9_]+)`", page))
     missing = sorted(_keys(json_schema())[definition] - named)
     assert not missing, (
         f"docs/configuration.md does not mention {definition} keys {missing}: "

@@ -137,6 +137,64 @@ class TestMqtt(BrokerSuite):
         )
         assert kept == "a\ufeffb"
 
+    async def test_the_topic_header_survives_more_user_properties_than_the_store_keeps(
+        self, database_url: str, target: MqttTarget
+    ) -> None:
+        # The store keeps a message's first 256 headers; the topic was added last and cut.
+        config = self.config(database_url, target, JSON_DEDUP)
+        many = {f"p{i:03d}": "v" for i in range(300)}
+        async with running_daemon(config):
+            assert await publish(target.port, target.publish_topic, bodies(1), many)
+            await wait_for(lambda: jobs_at_least(database_url, 1), what="the job")
+        headers = json.loads(await scalar(database_url, "SELECT headers FROM jobwire.jobs"))
+        assert headers["mqtt-topic"] == target.publish_topic
+        assert headers["jobwire-headers-dropped"] == "45"  # 301 headers, 256 kept
+
+    async def test_qos0_messages_while_the_source_is_held_are_kept_to_their_budget(
+        self, database_url: str, target: MqttTarget
+    ) -> None:
+        # QoS 0 has no Receive Maximum window: while the source was held, aiomqtt queued
+        # every such message the broker sent, without bound.
+        n, budget = 200, 65_536
+        config = self.config(database_url, target, JSON_DEDUP, qos0_backlog_bytes=budget)
+        padded = [b'{"i": %d, "pad": "%s"}' % (i, b"x" * 7000) for i in range(n)]
+        async with running_daemon(config) as daemon:
+            source = daemon.sources[0]
+            await wait_for(lambda: source.adapter.state.value == "up", what="the source up")
+            await source.intake.hold("store")  # as while the database is away
+
+            def accounted() -> bool:
+                # Each message taken by the intake, waiting in the queue, or discarded.
+                info = source.adapter.describe()
+                taken = source.intake.counters.received
+                return taken + info["queued"] + info["discarded"] == n + 1
+
+            async with aiomqtt.Client(
+                "127.0.0.1", target.port, protocol=aiomqtt.ProtocolVersion.V5
+            ) as client:
+                for body in padded:
+                    await client.publish(target.publish_topic, body, qos=0)
+                # QoS 1, after them on the same connection: it comes after them.
+                await client.publish(target.publish_topic, b'{"i": 1000}', qos=1)
+            await wait_for(accounted, timeout=30, what="every message received")
+            queued = source.adapter.describe()["queued"]
+            assert queued <= budget // 8000 + 1  # the QoS 0 ones within budget, the QoS 1 one
+
+            await source.intake.release("store")
+            await wait_for(
+                lambda: jobs_at_least(database_url, 1, "payload->>'i' = '1000'"),
+                what="the QoS 1 message",
+            )
+            discarded = source.adapter.describe()["discarded"]
+            assert discarded >= n - 12
+            assert await job_count(database_url) == n + 1 - discarded
+            # The window is whole: later QoS 1 messages all arrive.
+            assert await publish(target.port, target.publish_topic, bodies(20, 2000)) == 20
+            await wait_for(
+                lambda: jobs_at_least(database_url, n + 21 - discarded), what="20 more jobs"
+            )
+        await assert_exactly(database_url, n + 21 - discarded)
+
     async def test_a_retained_message_is_one_job_across_restarts(
         self, database_url: str, target: MqttTarget
     ) -> None:

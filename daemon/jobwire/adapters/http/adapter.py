@@ -296,9 +296,8 @@ class HttpAdapter(Adapter):
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes | None:
-    """The raw body, or None when it is over ``limit`` (read no further than that)."""
-    if request.content_length is not None and request.content_length > limit:
-        return None
+    """The raw body, or None when it is over ``limit`` (read no further than that; a
+    Content-Length over it was refused before, by ``_refusal``)."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_chunked(_READ_CHUNK):

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
-from urllib.parse import unquote, urlsplit
+from typing import Any, cast
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -34,9 +33,9 @@ from jobwire.adapters.base import (
     Message,
     OffsetReader,
     SourceState,
-    tls_context,
 )
-from jobwire.adapters.mqtt import lenient
+from jobwire.adapters.mqtt import backlog, lenient
+from jobwire.adapters.mqtt.client import client_options
 from jobwire.adapters.mqtt.config import MqttSource, default_client_id
 from jobwire.config import SourceBase
 
@@ -65,10 +64,28 @@ class MqttAdapter(Adapter):
         self._in_flight = 0
         self._room = asyncio.Event()
         self._room.set()
+        self._discards = backlog.Discards(self._log, cfg.qos0_backlog_bytes)
+        self._queue: backlog.BoundedQueue | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """The base's state; deliveries received and not yet taken, and the QoS 0 ones
+        discarded past their budget."""
+        queued = self._queue.qsize() if self._queue is not None else 0
+        return {**super().describe(), "queued": queued, "discarded": self._discards.count}
+
+    def _new_queue(self, maxsize: int = 0) -> backlog.BoundedQueue:
+        """aiomqtt's incoming queue (its ``queue_type``), kept to read its length."""
+        self._queue = backlog.BoundedQueue(
+            maxsize, budget=self.cfg.qos0_backlog_bytes, discards=self._discards
+        )
+        return self._queue
 
     def _new_client(self) -> aiomqtt.Client:
         lenient.install()
-        client = aiomqtt.Client(**_client_options(self.cfg, self.client_id, persistent=True))
+        client = aiomqtt.Client(
+            **client_options(self.cfg, self.client_id, persistent=True),
+            queue_type=cast("type[asyncio.Queue[aiomqtt.Message]]", self._new_queue),
+        )
         # The reach under aiomqtt (see the module docstring): PUBACK only when we say so.
         client._client.manual_ack_set(True)
         return client
@@ -112,9 +129,12 @@ class MqttAdapter(Adapter):
                 self._client = None
 
     def _message(self, delivery: aiomqtt.Message, connection: int) -> Message:
-        headers: dict[str, str] = {}
-        content_type = None
         topic = str(delivery.topic)
+        # The topic travels with the job, first: the store keeps a message's first headers
+        # only, and a producer's 256 user properties must not push it out. A user property
+        # of the same name replaces it (the producer's header wins, as for every broker).
+        headers: dict[str, str] = {"mqtt-topic": topic}
+        content_type = None
         properties: dict[str, Any] = {
             "topic": topic,
             "qos": delivery.qos,
@@ -131,7 +151,6 @@ class MqttAdapter(Adapter):
             if response_topic is not None:
                 properties["response_topic"] = str(response_topic)
                 properties["correlation_data"] = getattr(props, "CorrelationData", None)
-        headers.setdefault("mqtt-topic", topic)  # the topic travels with the job
         payload = delivery.payload
         body = payload if isinstance(payload, bytes) else str(payload).encode()
         return Message(
@@ -190,7 +209,7 @@ class MqttAdapter(Adapter):
         if any(ch in topic for ch in "+#"):
             raise ValueError(f"cannot publish to a wildcard topic filter: {topic!r}")
         client = aiomqtt.Client(
-            **_client_options(self.cfg, f"{self.client_id}-publish", persistent=False)
+            **client_options(self.cfg, f"{self.client_id}-publish", persistent=False)
         )
         properties = None
         if self.cfg.protocol == "5":
@@ -211,37 +230,6 @@ class MqttAdapter(Adapter):
                 )
                 confirmed += batch
         return confirmed
-
-
-def _client_options(cfg: MqttSource, client_id: str, persistent: bool) -> dict[str, Any]:
-    """aiomqtt.Client arguments; ``persistent``: a session the broker keeps while we are away."""
-    url = urlsplit(cfg.url)
-    options: dict[str, Any] = {
-        "hostname": url.hostname or "127.0.0.1",
-        "port": url.port or (8883 if url.scheme == "mqtts" else 1883),
-        "username": cfg.username or (unquote(url.username) if url.username else None),
-        "password": cfg.password or (unquote(url.password) if url.password else None),
-        "identifier": client_id,
-        "keepalive": int(cfg.keepalive),
-        "tls_context": tls_context(cfg.tls, cfg.url.startswith("mqtts://")),
-        "timeout": 10,
-    }
-    if cfg.protocol == "5":
-        options["protocol"] = aiomqtt.ProtocolVersion.V5
-        if persistent:
-            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            properties.SessionExpiryInterval = int(cfg.session_expiry)
-            properties.ReceiveMaximum = cfg.prefetch
-            options["properties"] = properties
-            # Never a clean start: the session holds what was published while we were away
-            # (aiomqtt's default cleans it on the first connect).
-            options["clean_start"] = False
-        else:
-            options["clean_start"] = True
-    else:
-        options["protocol"] = aiomqtt.ProtocolVersion.V311
-        options["clean_session"] = not persistent
-    return options
 
 
 def build(source: SourceBase, offset_reader: OffsetReader | None = None) -> MqttAdapter:

@@ -75,6 +75,14 @@ class MqttSource(SourceBase):
         le=65535,
         description="MQTT 5 Receive Maximum: unacknowledged messages the broker may send at once.",
     )
+    qos0_backlog_bytes: int = Field(
+        67_108_864,
+        ge=65_536,
+        description="QoS 0 messages received and not yet taken (while the source is held, "
+        "or slower than its publishers) cost at most this many bytes (each its payload and "
+        "1 KiB); past it a QoS 0 message is discarded, counted and logged. QoS 1 messages "
+        "are bounded by prefetch and never discarded.",
+    )
     tls: TlsConfig | None = Field(None, description="TLS settings (with mqtts://).")
     reply: bool = Field(
         False,

@@ -8,7 +8,6 @@ import os
 from collections.abc import Sequence
 from importlib.metadata import version
 from typing import Any, cast
-from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -16,28 +15,18 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties, VariableByteIntegers
 from paho.mqtt.reasoncodes import ReasonCode
 
-from jobwire.adapters.base import tls_context
+from jobwire.adapters.mqtt.client import connection_options
 from jobwire.adapters.mqtt.config import MqttOutput, default_output_client_id
 from jobwire.config import OutputBase
 from jobwire.effects import OutboxRow, Published
 
 
 def _options(name: str, cfg: MqttOutput) -> dict[str, Any]:
-    url = urlsplit(cfg.url)
-    options: dict[str, Any] = {
-        "hostname": url.hostname or "127.0.0.1",
-        "port": url.port or (8883 if url.scheme == "mqtts" else 1883),
-        "username": cfg.username or (unquote(url.username) if url.username else None),
-        "password": cfg.password or (unquote(url.password) if url.password else None),
-        "identifier": cfg.client_id or default_output_client_id(name),
-        "keepalive": int(cfg.keepalive),
-        "tls_context": tls_context(cfg.tls, cfg.url.startswith("mqtts://")),
-        "timeout": 10,
-        # No window of paho's own (0: unlimited): the relay sends one batch at a time, which
-        # bounds what is in flight, and paho rescans every unacknowledged message on each
-        # PUBACK while a window is set (quadratic in the batch).
-        "max_inflight_messages": 0,
-    }
+    options = connection_options(cfg, cfg.client_id or default_output_client_id(name))
+    # No window of paho's own (0: unlimited): the relay sends one batch at a time, which
+    # bounds what is in flight, and paho rescans every unacknowledged message on each
+    # PUBACK while a window is set (quadratic in the batch).
+    options["max_inflight_messages"] = 0
     if cfg.protocol == "5":
         options["protocol"] = aiomqtt.ProtocolVersion.V5
         options["clean_start"] = True
