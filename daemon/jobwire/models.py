@@ -123,6 +123,34 @@ OffsetReader = Callable[[str, Sequence[tuple[str, int]]], Awaitable[dict[tuple[s
 """Reads a consumer group's stored positions: ``(group_id, [(topic, partition)])``."""
 
 
+class UnreadableJson(str):
+    """A stored JSON value the json module cannot read back, kept as its text.
+
+    PostgreSQL holds what Python refuses: an integer of more than 4,300 digits (jsonb
+    prints ``1e5000`` as one), nesting deeper than the recursion limit. Such a row, read
+    in a claimed batch, made the whole read fail, and the batch's other jobs were left
+    running until their leases ran out. Read as this marker instead, it fails its own job
+    with the reason (``unreadable``), reads as text everywhere else, and is written back
+    as the text it was.
+    """
+
+    error: str
+
+    def __new__(cls, text: str, error: str) -> UnreadableJson:
+        """The stored ``text``, and the json module's ``error`` reading it."""
+        value = super().__new__(cls, text)
+        value.error = error
+        return value
+
+
+def unreadable(job: Job) -> str | None:
+    """Why ``job`` cannot be run as stored (a part the json module could not read), if so."""
+    for part, value in (("payload", job.payload), ("headers", job.headers)):
+        if isinstance(value, UnreadableJson):
+            return f"the stored {part} cannot be read: {value.error}"
+    return None
+
+
 @dataclass(slots=True)
 class Job:
     """A job row as read from the store."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from jobwire.models import Job, JobSpec, JobStatus, StreamOffset
+from jobwire.models import Job, JobSpec, JobStatus, StreamOffset, UnreadableJson
 from jobwire.store.base import DirectStart, InvalidJobData, StoreRefused, StoreUnavailable
 from jobwire.store.queries import queries
 from jobwire.store.rows import job_columns, option_columns, shared_value
@@ -78,10 +78,26 @@ async def keep_session(conn: asyncpg.Connection) -> None:
     trip per query."""
 
 
+def read_json(text: str) -> Any:
+    """A json or jsonb value; one the json module refuses is kept as ``UnreadableJson``
+    (a decoder that raised would fail the read of every row with it)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        return UnreadableJson(text, f"{type(exc).__name__}: {str(exc)[:200]}")
+
+
+def write_json(value: Any) -> str:
+    """A value as json text; ``UnreadableJson`` as the text it was read from."""
+    if isinstance(value, UnreadableJson):
+        return str.__str__(value)
+    return json.dumps(value)
+
+
 async def init_connection(conn: asyncpg.Connection) -> None:
     """Decode json and jsonb with the json module on every pool connection."""
     for kind in ("json", "jsonb"):
-        await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+        await conn.set_type_codec(kind, encoder=write_json, decoder=read_json, schema="pg_catalog")
 
 
 def job_of(row: asyncpg.Record) -> Job:

@@ -17,7 +17,7 @@ import structlog
 
 from jobwire.exceptions import Reject, Retry
 from jobwire.handlers import HandlerRegistry, HandlerThreads, JobContext
-from jobwire.models import Job, JobStatus, Outcome
+from jobwire.models import Job, JobStatus, Outcome, unreadable
 from jobwire.store.base import JobStore
 from jobwire.tracing import job_span, look_for_provider
 from jobwire.worker.outcomes import OutcomeBuilder, describe
@@ -26,6 +26,10 @@ from jobwire.worker.state import PoolState, Running, call_soon_threadsafe, log
 # How long a stop waits for handler threads still running after their jobs were stopped
 # (they were told: ctx.cancelled) before it gives the jobs back and leaves them behind.
 _THREAD_GRACE = 5.0
+
+
+class _Unrunnable(Exception):
+    """The job as stored cannot be given to its handler (``models.unreadable``)."""
 
 
 class Executor:
@@ -137,6 +141,9 @@ class Executor:
         started = time.monotonic()
         outcome: Outcome | None = None
         try:
+            problem = unreadable(job)
+            if problem is not None:
+                raise _Unrunnable(problem)
             if timeout is None:
                 result = await self._invoke(job, ctx)
             else:
@@ -147,6 +154,9 @@ class Executor:
             outcome = build.retry_or_fail(job, exc.reason, time.monotonic() - started, exc.after)
         except Reject as exc:
             outcome = build.final(job, JobStatus.FAILED, f"rejected: {exc.reason}", started)
+        except _Unrunnable as exc:
+            # No attempt can run it: failed at once, without retries.
+            outcome = build.final(job, JobStatus.FAILED, str(exc), started)
         except TimeoutError as exc:
             if timeout is not None and deadline.expired():
                 ctx.cancel()
