@@ -9,7 +9,7 @@ import types
 import typing
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -484,6 +484,11 @@ else:
     OutputConfig = output_union()
 
 
+MAX_EVERY_S = 3650 * 86400.0
+EARLIEST_SCHEDULE_TIME = datetime(2, 1, 1, tzinfo=UTC)
+LATEST_SCHEDULE_TIME = datetime(9998, 12, 31, 23, 59, 59, tzinfo=UTC)
+
+
 class ScheduleConfig(_Strict):
     """A periodic job: a cron expression or an interval, firing one job per tick."""
 
@@ -491,7 +496,7 @@ class ScheduleConfig(_Strict):
     cron: str | None = Field(
         None, description="Five cron fields, or @hourly @daily @weekly @monthly @yearly."
     )
-    every: Duration | None = Field(None, description="A fixed interval (at least 1s) instead.")
+    every: Duration | None = Field(None, description="A fixed interval (1s to 3650d) instead.")
     timezone: str = Field("UTC", description="The zone cron is read in (IANA name).")
     handler: str = Field(description="The handler of each job (a handlers: name or built-in).")
     payload: Any = Field(None, description="The payload of each job.")
@@ -518,16 +523,24 @@ class ScheduleConfig(_Strict):
             raise ValueError("give exactly one of cron or every")
         if self.cron is not None and not valid_cron(self.cron):
             raise ValueError(f"cron {self.cron!r} is not a valid five-field or @ expression")
-        if self.every is not None and self.every < 1:
-            raise ValueError("every must be at least 1s")
+        if self.every is not None and not 1 <= self.every <= MAX_EVERY_S:
+            raise ValueError("every must be at least 1s and at most 3650d")
         try:
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown timezone {self.timezone!r}") from None
         for key in ("start_at", "end_at"):
             value = getattr(self, key)
-            if value is not None and value.tzinfo is None:
+            if value is None:
+                continue
+            if value.tzinfo is None:
                 raise ValueError(f"{key} needs a time zone offset (e.g. 2026-01-01T00:00:00Z)")
+            # PostgreSQL stores the calendar's first and last instants as -infinity and
+            # infinity, which read back as times with no zone: a schedule with one stopped
+            # the scheduler (found by a drill).
+            if not EARLIEST_SCHEDULE_TIME <= value <= LATEST_SCHEDULE_TIME:
+                hint = " (leave end_at out for a schedule that never ends)" * (key == "end_at")
+                raise ValueError(f"{key} must lie between the years 2 and 9998{hint}")
         return self
 
     def rule(self) -> TickRule:

@@ -91,6 +91,7 @@ class Leader:
         loop = asyncio.get_running_loop()
         next_ping = loop.time() + PING_EVERY
         down = False
+        failing = False
         while True:
             try:
                 await self._duty()
@@ -98,10 +99,17 @@ class Leader:
                 if not down:  # once per outage: the duty runs every check_every
                     log.warning(f"{self.name}_store_unavailable", error=str(exc))
                 down = True
+            except Exception:
+                # A duty that raised used to end the leader's task, with the lock let go
+                # and nothing logged: no schedule fired again until a restart, where it
+                # raised again. Logged once per run of failures; the next check tries again.
+                if not failing:
+                    log.exception(f"{self.name}_duty_failed")
+                failing = True
             else:
                 if down:
                     log.info(f"{self.name}_store_available")
-                down = False
+                down = failing = False
             await asyncio.sleep(self.check_every)
             if loop.time() >= next_ping:
                 next_ping = loop.time() + PING_EVERY

@@ -24,6 +24,7 @@ from jobwire.config import ScheduleConfig
 from jobwire.durations import parse_duration
 from jobwire.scheduler import schedule_rows, tick_spec
 from jobwire.store.base import AuditEntry, OperatorStore, ScheduleRow
+from jobwire.ticks import valid_cron
 
 log = structlog.get_logger("jobwire.schedules")
 
@@ -118,7 +119,7 @@ def parse_name(text: str) -> str:
 
 def cron_problem(expression: str) -> str | None:
     """Why croniter refuses a cron expression, naming the field at fault; None if valid."""
-    if croniter.is_valid(expression):
+    if valid_cron(expression):
         return None
     parts = expression.split()
     if expression.strip().startswith("@"):
@@ -165,6 +166,9 @@ def check_schedule(fields: Mapping[str, Any], allowed: Collection[str] | None) -
         message = refusal.message.removeprefix("body: ")
         field = "timezone" if "timezone" in message else ("every" if "every" in message else None)
         raise ScheduleRefused(400, message, field) from None
+    if config.enabled and config.rule().next_after(datetime.now(UTC)) is None:
+        field = "cron" if config.cron is not None else ("end_at" if config.end_at else "every")
+        raise ScheduleRefused(400, f"{field}: the schedule would never fire again", field)
     if allowed is not None and config.handler not in allowed:
         # Says nothing of which handlers are allowed, nor where they live.
         raise ScheduleRefused(

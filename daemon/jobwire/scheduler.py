@@ -18,7 +18,7 @@ import structlog
 from jobwire.config import Config, ScheduleConfig
 from jobwire.leadership import Leader
 from jobwire.models import Job, JobSpec
-from jobwire.store.base import ScheduleRow, ScheduleStore
+from jobwire.store.base import ScheduleRow, ScheduleStore, StoreUnavailable
 from jobwire.ticks import CatchUp, TickRule, choose
 
 log = structlog.get_logger("jobwire.scheduler")
@@ -104,6 +104,8 @@ class Scheduler:
         self.retry_every = retry_every
         self.grace = grace
         self.fired = 0
+        # Schedules that could not be fired, by name, with the error last logged for each.
+        self._broken: dict[str, str] = {}
         self._leader = Leader(
             "scheduler",
             store.try_leadership,
@@ -131,37 +133,56 @@ class Scheduler:
         made = 0
         now = datetime.now(UTC)
         for row in await self.store.due_schedules():
-            rule = rule_of(row)
-            expected = row.next_run_at  # never None in a due row
-            due = rule.due(expected, now) if expected is not None else []
-            if not due or expected is None:
-                continue
-            policy: CatchUp = row.catch_up
-            # A tick is "missed" once it is older than the grace, or than one interval for
-            # fast interval schedules: a 1s schedule that is 3s behind has missed 2 ticks.
-            grace = min(self.grace, row.interval_s or self.grace)
-            chosen = choose(due, now, policy, grace)
-            if row.max_runs is not None:
-                chosen = chosen[: max(0, row.max_runs - row.run_count)]
-            specs = [tick_spec(row, tick) for tick in chosen]
-            inserted = await self.store.fire_schedule(
-                row.name,
-                specs,
-                chosen[-1] if chosen else None,
-                rule.next_after(due[-1]),
-                expected,
-            )
-            if inserted is None:
-                continue  # another leader moved it on first
-            made += inserted
-            log.info(
-                "schedule_fired",
-                schedule=row.name,
-                ticks=len(chosen),
-                skipped=len(due) - len(chosen),
-                jobs=inserted,
-            )
+            try:
+                made += await self._fire(row, now)
+            except StoreUnavailable:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one broken schedule, not the scheduler
+                # A row this version cannot compute (written by hand, or by an older
+                # version's checks): the others fire; it is logged once per process.
+                if self._broken.get(row.name) != str(exc):
+                    self._broken[row.name] = str(exc)
+                    log.error(
+                        "schedule_broken",
+                        schedule=row.name,
+                        error=f"{type(exc).__name__}: {exc}",
+                        note="fix or delete it (jobwire schedules); the others go on",
+                    )
         if made:
             self.fired += made
             self.wake()
         return made
+
+    async def _fire(self, row: ScheduleRow, now: datetime) -> int:
+        """Fire one due schedule's ticks; returns how many jobs were made."""
+        rule = rule_of(row)
+        expected = row.next_run_at  # never None in a due row
+        due = rule.due(expected, now) if expected is not None else []
+        if not due or expected is None:
+            return 0
+        policy: CatchUp = row.catch_up
+        # A tick is "missed" once it is older than the grace, or than one interval for
+        # fast interval schedules: a 1s schedule that is 3s behind has missed 2 ticks.
+        grace = min(self.grace, row.interval_s or self.grace)
+        chosen = choose(due, now, policy, grace)
+        if row.max_runs is not None:
+            chosen = chosen[: max(0, row.max_runs - row.run_count)]
+        specs = [tick_spec(row, tick) for tick in chosen]
+        inserted = await self.store.fire_schedule(
+            row.name,
+            specs,
+            chosen[-1] if chosen else None,
+            rule.next_after(due[-1]),
+            expected,
+        )
+        if inserted is None:
+            return 0  # another leader moved it on first
+        self._broken.pop(row.name, None)
+        log.info(
+            "schedule_fired",
+            schedule=row.name,
+            ticks=len(chosen),
+            skipped=len(due) - len(chosen),
+            jobs=inserted,
+        )
+        return inserted

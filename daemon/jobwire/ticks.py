@@ -29,26 +29,37 @@ class TickRule:
         """The first tick strictly after ``after`` (UTC), or None past ``end_at``."""
         if self.start_at is not None and after < self.start_at:
             after = self.start_at - _TINY
-        if self.cron is not None:
-            local = after.astimezone(ZoneInfo(self.timezone))
-            times = croniter(self.cron, local)
-            following: datetime = times.get_next(datetime)
-            if following.replace(tzinfo=None) == local.replace(tzinfo=None):
-                # The clocks went back and the same wall-clock time comes round again:
-                # a daily 02:30 job runs once on that day, not twice.
-                following = times.get_next(datetime)
-            tick = following.astimezone(UTC)
-        else:
-            assert self.every is not None
-            # Ticks sit on a fixed grid (from start_at, or the epoch), so every instance
-            # computes the same tick times.
-            anchor = self.start_at or _EPOCH
-            steps = math.floor((after - anchor).total_seconds() / self.every) + 1
-            tick = anchor + timedelta(seconds=max(steps, 0) * self.every)
-            if tick <= after:
-                tick += timedelta(seconds=self.every)
+        try:
+            tick = self._cron_after(after) if self.cron is not None else self._grid_after(after)
+        except (ValueError, OverflowError):
+            # No tick to be found: a cron date that never comes (31 February, a year field
+            # in the past: croniter's CroniterBadDateError is a ValueError), or one past the
+            # calendar's end. The schedule has ended, as past end_at.
+            return None
         if self.end_at is not None and tick > self.end_at:
             return None
+        return tick
+
+    def _cron_after(self, after: datetime) -> datetime:
+        assert self.cron is not None
+        local = after.astimezone(ZoneInfo(self.timezone))
+        times = croniter(self.cron, local)
+        following: datetime = times.get_next(datetime)
+        if following.replace(tzinfo=None) == local.replace(tzinfo=None):
+            # The clocks went back and the same wall-clock time comes round again:
+            # a daily 02:30 job runs once on that day, not twice.
+            following = times.get_next(datetime)
+        return following.astimezone(UTC)
+
+    def _grid_after(self, after: datetime) -> datetime:
+        assert self.every is not None
+        # Ticks sit on a fixed grid (from start_at, or the epoch), so every instance
+        # computes the same tick times.
+        anchor = self.start_at or _EPOCH
+        steps = math.floor((after - anchor).total_seconds() / self.every) + 1
+        tick = anchor + timedelta(seconds=max(steps, 0) * self.every)
+        if tick <= after:
+            tick += timedelta(seconds=self.every)
         return tick
 
     def due(self, first: datetime, now: datetime, limit: int = 1000) -> list[datetime]:
@@ -72,5 +83,8 @@ def choose(due: list[datetime], now: datetime, policy: CatchUp, grace: float) ->
 
 
 def valid_cron(expression: str) -> bool:
-    """Whether croniter accepts the expression (five fields or @hourly, @daily, ...)."""
-    return bool(croniter.is_valid(expression))
+    """Whether the expression has five fields croniter accepts, or is @hourly, @daily, ...
+    (croniter also takes a sixth field, of seconds, and a seventh, of years: "* * * * * *"
+    would fire every second where five fields were meant)."""
+    text = expression.strip()
+    return (text.startswith("@") or len(text.split()) == 5) and bool(croniter.is_valid(text))

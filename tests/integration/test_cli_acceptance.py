@@ -192,6 +192,9 @@ def test_cli_enqueue_list_show_retry_cancel(database_url: str) -> None:
     assert "STATUS" in text and "echo" in text
     bad = jobwire("enqueue", "echo", "--payload", "{nope", *url, check=False)
     assert bad.returncode == 2 and "not valid JSON" in bad.stderr and "Traceback" not in bad.stderr
+    huge = jobwire("enqueue", "echo", "--payload", '{"n": %s}' % ("9" * 5000), *url, check=False)
+    assert huge.returncode == 2 and "4300 digits" in huge.stderr
+    assert "Traceback" not in huge.stderr
 
 
 BAD_CONFIGS = {

@@ -330,3 +330,78 @@ async def test_a_follower_logs_a_store_outage_once_not_every_attempt() -> None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert [e["event"] for e in logs] == ["t_store_unavailable"]
+
+
+async def test_a_schedule_that_cannot_be_computed_leaves_the_others_firing(
+    database_url: str,
+) -> None:
+    # end_at 'infinity' (how PostgreSQL keeps 9999-12-31T23:59:59.999999Z, which earlier
+    # versions accepted) reads back with no zone: comparing it raised, the leader's task
+    # ended with nothing logged, and no schedule fired again.
+    from structlog.testing import capture_logs
+
+    config = Config.model_validate(
+        {
+            "schedules": [
+                {"name": "tick", "every": "1s", "handler": "noop"},
+                {"name": "broken", "every": "1s", "handler": "noop"},
+            ]
+        }
+    )
+    store = await PostgresStore.connect(database_url, min_size=1, max_size=2)
+    conn = await asyncpg.connect(database_url)
+    try:
+        scheduler = Scheduler(store, config, lambda: None, retry_every=0.1)
+        await scheduler.sync()
+        await conn.execute("UPDATE jobwire.schedules SET end_at = 'infinity' WHERE name = 'broken'")
+        with capture_logs() as logs:
+            task = asyncio.create_task(scheduler.run())
+            await wait_for(
+                lambda: len_at_least(tick_times(database_url), 3), timeout=15, what="3 ticks"
+            )
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        broken = [e for e in logs if e["event"] == "schedule_broken"]
+        assert [e["schedule"] for e in broken] == ["broken"]  # once, not every second
+        assert "TypeError" in broken[0]["error"]
+        made = await conn.fetchval(
+            "SELECT count(*) FROM jobwire.jobs WHERE source = 'schedule:broken'"
+        )
+        assert made == 0
+    finally:
+        await conn.close()
+        await store.close()
+
+
+async def len_at_least(times: Any, n: int) -> bool:
+    return len(await times) >= n
+
+
+async def test_a_leader_whose_duty_raises_logs_it_and_keeps_leading(database_url: str) -> None:
+    from structlog.testing import capture_logs
+
+    from jobwire.leadership import Leader
+
+    calls = 0
+
+    async def duty() -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 3:
+            raise RuntimeError(f"boom {calls}")
+
+    store = await PostgresStore.connect(database_url, min_size=1, max_size=2)
+    try:
+        leader = Leader(
+            "t", store.try_leadership, "jw-test-duty", duty, retry_every=0.05, check_every=0.02
+        )
+        with capture_logs() as logs:
+            task = asyncio.create_task(leader.run())
+            await wait_for(lambda: calls >= 6, timeout=10, what="the duty called again")
+            assert not task.done() and leader.leading
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        failed = [e for e in logs if e["event"] == "t_duty_failed"]
+        assert len(failed) == 1  # once for the run of three failures
+    finally:
+        await store.close()

@@ -21,6 +21,7 @@ from jobwire.schedule_admin import (
     ScheduleRefused,
     Who,
     add_schedule,
+    check_schedule,
     cron_problem,
     remove_schedule,
     run_now,
@@ -169,6 +170,28 @@ def test_a_bad_cron_names_its_field() -> None:
     assert "hour field '25'" in (cron_problem("0 25 * * *") or "")
     assert "day of week field 'funday'" in (cron_problem("0 0 * * funday") or "")
     assert "needs five" in (cron_problem("0 0 *") or "")
+    assert "needs five" in (cron_problem("* * * * * *") or "")
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"cron": "0 0 31 2 *"}, "cron"),
+        ({"cron": "0 0 29 2 *", "start_at": "9998-12-31T00:00:00Z"}, "cron"),
+        ({"every": "1h", "end_at": "2020-01-01T00:00:00Z"}, "end_at"),
+    ],
+)
+def test_a_schedule_that_would_never_fire_is_refused_with_its_field(
+    fields: dict[str, Any], field: str
+) -> None:
+    # These answered 500 (croniter's error, an overflow) from the API and a traceback
+    # from the CLI.
+    with pytest.raises(ScheduleRefused) as refused:
+        check_schedule({"name": "never", "handler": "noop", **fields}, None)
+    assert (refused.value.status, refused.value.field) == (400, field)
+    assert "never fire" in refused.value.message
+    # Disabled, it may be kept as it is.
+    check_schedule({"name": "never", "handler": "noop", "enabled": False, **fields}, None)
 
 
 # -- max_runs and end_at -------------------------------------------------------------------

@@ -104,9 +104,41 @@ def test_due_and_catch_up_policies() -> None:
             "schedules: [{name: a, handler: noop, every: 1h}, {name: a, handler: noop, every: 1h}]",
             "must be unique",
         ),
+        # PostgreSQL keeps the calendar's ends as +-infinity, read back with no zone.
+        (
+            "schedules: [{name: a, handler: noop, every: 1h, start_at: 0001-01-01T00:00:00Z}]",
+            "start_at must lie between the years 2 and 9998",
+        ),
+        (
+            "schedules: [{name: a, handler: noop, every: 1h,"
+            " end_at: '9999-12-31T23:59:59.999999Z'}]",
+            "leave end_at out for a schedule that never ends",
+        ),
+        ("schedules: [{name: a, handler: noop, every: 99999999999d}]", "at most 3650d"),
+        ("schedules: [{name: a, handler: noop, every: .nan}]", "at least 1s and at most"),
+        # croniter reads a sixth field as seconds: every second, where five were meant.
+        ("schedules: [{name: a, handler: noop, cron: '* * * * * *'}]", "not a valid five-field"),
+        ("schedules: [{name: a, handler: noop, cron: '0 0 1 1 * 0 2020'}]", "not a valid"),
     ],
 )
 def test_bad_schedules_are_config_errors(text: str, reason: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(text, "f.yaml", {})
     assert reason in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("rule", "after"),
+    [
+        (TickRule(cron="0 0 31 2 *"), utc(2026, 1, 1)),  # 31 February never comes
+        (TickRule(cron="0 0 30 2 *"), utc(2026, 1, 1)),
+        # The next tick would be in the year 10000.
+        (TickRule(cron="0 0 29 2 *", start_at=utc(9998, 12, 31)), utc(2026, 1, 1)),
+        (TickRule(every=3650 * 86400.0, start_at=utc(9998, 12, 31)), utc(9998, 12, 31)),
+    ],
+)
+def test_a_rule_with_no_next_tick_has_ended_rather_than_raising(
+    rule: TickRule, after: datetime
+) -> None:
+    assert rule.next_after(after) is None
+    assert rule.due(after, after + timedelta(days=1)) == [after]

@@ -302,6 +302,8 @@ def read_payload(text: str) -> Any:
         fail(f"--payload is not valid JSON: {exc}")
     except RecursionError:
         fail("--payload is nested too deep")
+    except ValueError as exc:  # an integer past Python's 4,300 digits
+        fail(f"--payload cannot be read: {exc}")
     problem = json_problem(data)
     if problem is not None:
         fail(f"--payload cannot be stored: {problem}")
