@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import socket
 from collections.abc import Iterator
@@ -14,10 +15,12 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from jobwire.builtins.settings import EmailTemplate
+from jobwire.builtins.email import EmailSend
+from jobwire.builtins.settings import EmailBuiltinConfig, EmailTemplate
 from jobwire.builtins.templating import Templates
 from jobwire.config import Config, ConfigError, parse_config
-from jobwire.exceptions import Reject
+from jobwire.exceptions import Reject, Retry
+from jobwire.handlers import JobContext
 from jobwire.models import Job, JobSpec, JobStatus
 from jobwire.store.postgres import PostgresStore
 from tests.support.inprocess import running_daemon
@@ -107,6 +110,43 @@ async def run(store: PostgresStore, payloads: list[dict[str, Any]]) -> list[Job]
         return done if len(done) == len(payloads) else []
 
     return await wait_for(finished, timeout=30, what="mail jobs finished")
+
+
+class SlowMailbox(Mailbox):
+    """Answers each recipient after a pause: every command within aiosmtplib's own
+    per-command timeout, the whole conversation not within the configured one."""
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
+    ) -> str:
+        await asyncio.sleep(0.4)
+        return await super().handle_RCPT(server, session, envelope, address, options)
+
+
+async def test_the_timeout_bounds_the_whole_conversation_not_each_command() -> None:
+    box = SlowMailbox()
+    port = free_port()
+    controller = Controller(box, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        cfg = EmailBuiltinConfig.model_validate(
+            {
+                "host": "127.0.0.1",
+                "port": port,
+                "security": "none",
+                "from": "noreply@example.org",
+                "timeout": "1s",
+                "templates": {"hi": {"subject": "hi", "text": "hi"}},
+            }
+        )
+        to = [f"r{i}@example.org" for i in range(5)]
+        with pytest.raises(Retry) as retry:
+            ctx = JobContext(job_id=1, attempt=1, max_attempts=3, queue="q", handler="mail")
+            await EmailSend(cfg)({"to": to, "template": "hi", "vars": {}}, ctx)
+    finally:
+        controller.stop()
+    assert "took longer than 1s" in retry.value.reason
+    assert box.messages == []
 
 
 async def test_rendered_message_arrives(

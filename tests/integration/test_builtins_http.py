@@ -15,7 +15,7 @@ from jobwire.builtins.hosts import HostPolicy, retry_after_seconds
 from jobwire.builtins.http import HttpCall, _Request
 from jobwire.builtins.settings import HttpBuiltinConfig
 from jobwire.config import Config, ConfigError, parse_config
-from jobwire.exceptions import Reject
+from jobwire.exceptions import Reject, Retry
 from jobwire.handlers import JobContext
 from jobwire.models import Job, JobSpec, JobStatus
 from jobwire.store.postgres import PostgresStore
@@ -233,6 +233,70 @@ async def test_loopback_is_refused_unless_allowed(server: Server) -> None:
     assert (await call(allowed, {"url": url}))["status"] == 200
 
 
+async def test_a_host_that_never_answers_holds_no_call_to_another_host(server: Server) -> None:
+    # aiohttp's default cap of 100 connections in all: 100 calls to a host that never
+    # answered held every one, and calls to other hosts waited out their own timeouts.
+    arrived = 0
+    released = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.StreamResponse:
+        nonlocal arrived
+        arrived += 1
+        await released.wait()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", hang)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    stuck_port = runner.addresses[0][1]
+    allowed = HttpBuiltinConfig(allow_hosts=["127.0.0.1"], allow_addresses=["127.0.0.1"])
+    handler = HttpCall(allowed)
+    await handler.start()
+    try:
+        stuck = [
+            asyncio.create_task(handler({"url": f"http://127.0.0.1:{stuck_port}/h"}, ctx()))
+            for _ in range(120)
+        ]
+        await wait_for(lambda: arrived >= 100, what="100 calls held by the host")
+        answer = await handler({"url": f"http://127.0.0.1:{server.port}/ok", "timeout": 5}, ctx())
+        assert answer["status"] == 200
+        for task in stuck:
+            task.cancel()
+        await asyncio.gather(*stuck, return_exceptions=True)
+    finally:
+        await handler.close()
+        released.set()
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [b"HTTP/1.1 abc\r\n\r\n", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"],
+)
+async def test_an_unreadable_answer_is_a_retry_that_never_repeats_the_url(answer: bytes) -> None:
+    # aiohttp's response errors print the whole URL, and a webhook's URL often carries
+    # its secret (a token in the query, a key in the path).
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    raw = await asyncio.start_server(reply, "127.0.0.1", 0)
+    port = raw.sockets[0].getsockname()[1]
+    allowed = HttpBuiltinConfig(allow_hosts=["127.0.0.1"], allow_addresses=["127.0.0.1"])
+    try:
+        with pytest.raises(Retry) as retry:
+            await call(allowed, {"url": f"http://127.0.0.1:{port}/k3y-path?token=QSECRET-99"})
+    finally:
+        raw.close()
+        await raw.wait_closed()
+    assert "127.0.0.1" in retry.value.reason
+    assert "QSECRET" not in retry.value.reason and "k3y-path" not in retry.value.reason
+
+
 async def test_credentials_do_not_follow_a_redirect_to_another_host(server: Server) -> None:
     both = HttpBuiltinConfig(
         allow_hosts=["127.0.0.1", "localhost"], allow_addresses=["127.0.0.1", "::1"]
@@ -404,7 +468,11 @@ def test_host_patterns_and_addresses() -> None:
 def test_retry_after_forms() -> None:
     assert retry_after_seconds("120", 3600) == 120
     assert retry_after_seconds("99999", 3600) == 3600
-    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", 3600) == 0.0  # in the past
+    # No wait asked ("now", a date past): the retry policy's backoff, not an instant retry
+    # that used every attempt up in a moment.
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", 3600) is None
+    assert retry_after_seconds("0", 3600) is None
+    assert retry_after_seconds("\u00b2", 3600) is None  # a digit to str.isdigit, not to float
     future = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 60))
     assert 55 <= (retry_after_seconds(future, 3600) or 0) <= 61
     assert retry_after_seconds("soon", 3600) is None

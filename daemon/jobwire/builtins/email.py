@@ -9,6 +9,7 @@ receiver can drop the copy a retry after an unconfirmed delivery may send.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from email.message import EmailMessage
 from email.utils import getaddresses, parseaddr
@@ -75,17 +76,21 @@ class EmailSend:
         """Send; the recipients the server refused while taking the others, and its answer."""
         cfg = self.cfg
         try:
-            errors, response = await aiosmtplib.send(
-                message,
-                recipients=[parseaddr(r)[1] for r in recipients],
-                hostname=cfg.host,
-                port=cfg.smtp_port(),
-                username=cfg.username,
-                password=cfg.password,
-                use_tls=cfg.security == "tls",
-                start_tls=cfg.security == "starttls",
-                timeout=cfg.timeout,
-            )
+            # aiosmtplib's timeout is per command: a server slow at each answer kept a job
+            # for that many times as long (one command per recipient). This one is the
+            # whole conversation's, as documented.
+            async with asyncio.timeout(cfg.timeout):
+                errors, response = await aiosmtplib.send(
+                    message,
+                    recipients=[parseaddr(r)[1] for r in recipients],
+                    hostname=cfg.host,
+                    port=cfg.smtp_port(),
+                    username=cfg.username,
+                    password=cfg.password,
+                    use_tls=cfg.security == "tls",
+                    start_tls=cfg.security == "starttls",
+                    timeout=cfg.timeout,
+                )
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [r.code for r in exc.recipients]
             why = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
@@ -100,7 +105,9 @@ class EmailSend:
         except aiosmtplib.SMTPNotSupported as exc:
             raise Reject(f"SMTP server {cfg.host}: {exc}") from None
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            raise Retry(f"SMTP {cfg.host}:{cfg.smtp_port()}: {type(exc).__name__}: {exc}") from None
+            detail = str(exc) or f"the conversation took longer than {cfg.timeout:g}s"
+            where = f"{cfg.host}:{cfg.smtp_port()}"
+            raise Retry(f"SMTP {where}: {type(exc).__name__}: {detail}") from None
         # Some refused, the rest taken: the message went; a retry would resend it to all.
         return {rcpt: f"{r.code} {r.message}" for rcpt, r in errors.items()}, response
 

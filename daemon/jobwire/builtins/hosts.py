@@ -96,11 +96,12 @@ def _is_ip(host: str) -> bool:
 
 def retry_after_seconds(value: str | None, most: float) -> float | None:
     """Seconds a ``Retry-After`` asks to wait (delta-seconds or an HTTP date), at most
-    ``most``; None without one or when it cannot be read."""
+    ``most``; None (the retry policy's backoff) without one, when it cannot be read, or
+    when it asks for no wait."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit() also takes "²", float() not
         seconds = float(value)
     else:
         try:
@@ -110,4 +111,8 @@ def retry_after_seconds(value: str | None, most: float) -> float | None:
         if when.tzinfo is None:
             return None
         seconds = when.timestamp() - time.time()
-    return min(max(seconds, 0.0), most)
+    if seconds <= 0:
+        # "Now" or a date already past: the retry policy's backoff, not an instant retry
+        # (which used every attempt up in a moment).
+        return None
+    return min(seconds, most)

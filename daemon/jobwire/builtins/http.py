@@ -29,6 +29,8 @@ from jobwire.handlers import JobContext
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# Connections open to one host at once; calls past it wait for one (within their timeout).
+PER_HOST = 100
 # What still goes along to another origin: nothing that could be a credential (an
 # X-Api-Key from the config or the payload included).
 _SAFE = frozenset(
@@ -73,7 +75,12 @@ class HttpCall:
 
     async def start(self) -> None:
         """Open the session."""
-        connector = aiohttp.TCPConnector(resolver=GuardedResolver(self.policy), limit=100)
+        # No cap on the whole session (the pool's concurrency bounds the calls), one per
+        # host: with aiohttp's cap of 100 in all, 100 calls to a host that never answers
+        # held every connection, and calls to every other host waited out their timeouts.
+        connector = aiohttp.TCPConnector(
+            resolver=GuardedResolver(self.policy), limit=0, limit_per_host=PER_HOST
+        )
         # No proxy from the environment (it would reach hosts the checks never see) and no
         # cookie jar shared between jobs.
         self._session = aiohttp.ClientSession(
@@ -101,11 +108,14 @@ class HttpCall:
         except TimeoutError:
             raise Retry(f"no answer from {request.url.host} within {request.timeout}s") from None
         except aiohttp.InvalidURL as exc:
-            raise Reject(f"url {request.url} is not valid: {exc}") from None
+            # The URL itself is not repeated: its path or query may hold a secret (a
+            # webhook's token), and errors go to logs, the job's row and the dashboard.
+            why = getattr(exc, "description", None) or "cannot be parsed"
+            raise Reject(f"the url for {request.url.host} is not valid: {why}") from None
         except aiohttp.ClientError as exc:
             if isinstance(exc.__cause__, AddressRefused):
                 raise Reject(str(exc.__cause__)) from None
-            raise Retry(f"calling {request.url.host} failed: {type(exc).__name__}: {exc}") from None
+            raise Retry(f"calling {request.url.host} failed: {_client_error(exc)}") from None
 
     async def _follow(self, session: aiohttp.ClientSession, req: _Request) -> dict[str, Any]:
         url, method, headers, send_body = req.url, req.method, req.headers, True
@@ -124,7 +134,9 @@ class HttpCall:
                 if resp.status in _REDIRECTS and location:
                     target = _redirect_target(url, location)
                     if url.scheme == "https" and target.scheme == "http":
-                        raise Reject(f"redirect from https to plain http ({target}) refused")
+                        raise Reject(
+                            f"redirect from https to plain http (to {target.host}) refused"
+                        )
                     if _origin(target) != _origin(url):
                         # Headers meant for one origin never follow a redirect to another.
                         headers = {k: v for k, v in headers.items() if k.lower() in _SAFE}
@@ -160,6 +172,13 @@ class HttpCall:
             after = retry_after_seconds(resp.headers.get("Retry-After"), self.cfg.max_retry_after)
             raise Retry(what, after=after)
         raise Reject(what)
+
+
+def _client_error(exc: aiohttp.ClientError) -> str:
+    """An aiohttp error as ``Type: message``, without the URL a response error prints."""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"{type(exc).__name__}: {exc.status}, {exc.message}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 @dataclass(frozen=True)

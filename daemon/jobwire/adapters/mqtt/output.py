@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import struct
 from collections.abc import Sequence
 from importlib.metadata import version
 from typing import Any, cast
@@ -34,6 +35,10 @@ def _options(name: str, cfg: MqttOutput) -> dict[str, Any]:
         options["protocol"] = aiomqtt.ProtocolVersion.V311
         options["clean_session"] = True
     return options
+
+
+# What paho raises building a PUBLISH it cannot encode.
+_UNPACKABLE = (struct.error, ValueError, TypeError, OverflowError)
 
 
 class PublishRefused(Exception):
@@ -180,12 +185,22 @@ class MqttPublisher:
             return Published(frozenset(), "not connected")
         batch = _Batch()
         error: str | None = None
+        permanent: set[int] = set()
+        unpackable: str | None = None  # why the rows in ``permanent`` cannot be sent
         # No PUBACK can come in before its packet id is registered: paho reads only in the
         # event loop's reader callback, and this loop does not yield.
         for row in rows:
-            info = client._client.publish(
-                self._topic(row), row.body, 1, self.cfg.retain, self._properties(row)
-            )
+            try:
+                info = client._client.publish(
+                    self._topic(row), row.body, 1, self.cfg.retain, self._properties(row)
+                )
+            except _UNPACKABLE as exc:
+                # paho cannot build its packet (a property past MQTT's 65,535 bytes, a
+                # payload past its 256 MB, a bad topic): nothing was sent, and it can never
+                # be as it is. Raised out of here, it stopped the relay at this row for good.
+                permanent.add(row.id)
+                unpackable = unpackable or f"{type(exc).__name__}: {exc}"
+                continue
             if info.rc != paho.MQTT_ERR_SUCCESS:
                 error = f"ConnectionError: publish not sent: {paho.error_string(info.rc)}"
                 break
@@ -199,10 +214,10 @@ class MqttPublisher:
             code = batch.codes.get(row.id)
             if code is not None and code.value < 0x80:
                 confirmed.add(row.id)
-            elif error is None:
+            elif error is None and row.id not in permanent:
                 if code is not None:
-                    refused = PublishRefused(f"PUBACK reason code 0x{code.value:02x} ({code})")
-                    error = f"{type(refused).__name__}: {refused}"
+                    answer = PublishRefused(f"PUBACK reason code 0x{code.value:02x} ({code})")
+                    error = f"{type(answer).__name__}: {answer}"
                 elif lost.done():
                     error = "ConnectionError: the connection was lost before the PUBACK"
                 else:
@@ -211,7 +226,7 @@ class MqttPublisher:
             # Given up: a late PUBACK finds no waiter (and the relay reconnects).
             for mid in [m for m, (b, _) in self._acks.items() if b is batch]:
                 del self._acks[mid]
-        return Published(frozenset(confirmed), error)
+        return Published(frozenset(confirmed), error or unpackable, frozenset(permanent))
 
     async def close(self) -> None:
         """Disconnect, if connected."""
