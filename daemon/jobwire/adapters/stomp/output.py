@@ -1,7 +1,8 @@
 """The STOMP output: SENDs outbox rows, each with a receipt; a row is confirmed by its
 RECEIPT. A small asyncio client of its own (stomp.py's is threaded): CONNECT, pipelined
-SENDs, RECEIPTs read back, an ERROR ends the connection. Frames are encoded and parsed as
-the source's connection does (``aio.encode``, ``parse.parse``)."""
+SENDs, RECEIPTs read back (for a moment after an ERROR too), and an ERROR ends the
+connection. Frames are encoded and parsed as the source's connection does
+(``aio.encode``, ``parse.parse``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,15 @@ from jobwire.adapters.stomp.frames import FrameSplitter
 from jobwire.adapters.stomp.parse import parse
 from jobwire.config import OutputBase
 from jobwire.effects import OutboxRow, Published
+
+# Frame headers with a meaning to the protocol, never taken from a row's headers: a
+# message's own "transaction" (or "receipt", ...) made the broker refuse or misread the
+# SEND (the ones jobwire sets itself, destination and content-length, are replaced).
+FRAME_HEADERS = frozenset(
+    {"transaction", "receipt", "receipt-id", "ack", "id", "subscription", "message-id"}
+)
+# After an ERROR, how long RECEIPTs of the other SENDs are still read.
+AFTER_ERROR_S = 2.0
 
 
 class StompPublisher:
@@ -75,7 +85,8 @@ class StompPublisher:
             self._serial += 1
             receipt = f"r{self._serial}"
             waiting[receipt] = row.id
-            headers = {**row.headers, "destination": self.cfg.destination}
+            headers = {k: v for k, v in row.headers.items() if k.lower() not in FRAME_HEADERS}
+            headers["destination"] = self.cfg.destination
             headers["jobwire-id"] = row.message_id
             # RabbitMQ sets the AMQP message_id from this: AMQP consumers see the id too.
             headers["amqp-message-id"] = row.message_id
@@ -89,7 +100,7 @@ class StompPublisher:
         confirmed: set[int] = set()
         error: str | None = None
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout) as deadline:
                 await writer.drain()
                 while waiting:
                     command, headers, body = await self._next_frame()
@@ -97,14 +108,19 @@ class StompPublisher:
                         row_id = waiting.pop(headers.get("receipt-id", ""), None)
                         if row_id is not None:
                             confirmed.add(row_id)
-                    elif command == "ERROR":
+                    elif command == "ERROR" and error is None:
                         detail = headers.get("message") or body.decode(errors="replace")
                         error = f"STOMP ERROR: {detail}"
-                        break
+                        # Read on a little: RabbitMQ answers an ERROR about one SEND (with no
+                        # receipt-id to say which) and goes on to RECEIPT the others. Stopping
+                        # here blamed the first row with no RECEIPT yet, an innocent one, and
+                        # sent the rows taken already again on every retry.
+                        soon = asyncio.get_running_loop().time() + AFTER_ERROR_S
+                        deadline.reschedule(min(soon, deadline.when() or soon))
         except TimeoutError:
-            error = f"no RECEIPT in {timeout}s"
+            error = error or f"no RECEIPT in {timeout}s"
         except (ConnectionError, OSError) as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            error = error or f"{type(exc).__name__}: {exc}"
         return Published(frozenset(confirmed), error)
 
     async def close(self) -> None:
