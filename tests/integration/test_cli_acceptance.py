@@ -240,3 +240,8 @@ def test_unreachable_or_refusing_database_is_a_clear_error(database_url: str) ->
     proc = jobwire("stats", "--database-url", closed_port, check=False, timeout=60)
     assert proc.returncode == 1
     assert "database unavailable" in proc.stderr and "Traceback" not in proc.stderr
+    for unusable in ("postgresql://u:pw-s3cret@[::1/db", "postgresql://u:pw-s3cret@h:port/db"):
+        proc = jobwire("stats", "--database-url", unusable, check=False, timeout=60)
+        assert proc.returncode == 1, proc.stderr
+        assert "the database URL cannot be used" in proc.stderr
+        assert "Traceback" not in proc.stderr and "pw-s3cret" not in proc.stderr

@@ -134,6 +134,10 @@ async def connecting() -> AsyncIterator[None]:
         asyncpg.InsufficientPrivilegeError,
     ) as exc:
         raise StoreRefused(f"the database refused the connection: {exc}") from exc
+    except ValueError as exc:
+        # The URL itself (a bad port, an unclosed [ of an IPv6 address): no retry helps.
+        # The message names the part at fault; the password is masked as every secret is.
+        raise StoreRefused(f"the database URL cannot be used: {exc}") from None
 
 
 class PgBase:
