@@ -40,7 +40,7 @@ from jobwire.redaction import (
     secret_field_names,
 )
 from jobwire.selectors import parse_selector
-from jobwire.ticks import TickRule, valid_cron
+from jobwire.ticks import TickRule, never_fires, valid_cron
 
 # What parse_duration accepts (spaces between parts included), for editors' schema checks.
 DURATION_PATTERN = r"^ *([0-9]+(\.[0-9]+)?|([0-9]+(\.[0-9]+)? *(ms|s|m|h|d) *)+) *$"
@@ -523,6 +523,8 @@ class ScheduleConfig(_Strict):
             raise ValueError("give exactly one of cron or every")
         if self.cron is not None and not valid_cron(self.cron):
             raise ValueError(f"cron {self.cron!r} is not a valid five-field or @ expression")
+        if self.cron is not None and never_fires(self.cron):
+            raise ValueError(f"cron {self.cron!r} never fires (no such day in any year)")
         if self.every is not None and not 1 <= self.every <= MAX_EVERY_S:
             raise ValueError("every must be at least 1s and at most 3650d")
         try:

@@ -164,7 +164,9 @@ def check_schedule(fields: Mapping[str, Any], allowed: Collection[str] | None) -
     except ValidationError as exc:
         refusal = _refusal(exc, ScheduleConfig)
         message = refusal.message.removeprefix("body: ")
-        field = "timezone" if "timezone" in message else ("every" if "every" in message else None)
+        field = next(
+            (f for f in ("timezone", "every", "cron", "start_at", "end_at") if f in message), None
+        )
         raise ScheduleRefused(400, message, field) from None
     if config.enabled and config.rule().next_after(datetime.now(UTC)) is None:
         field = "cron" if config.cron is not None else ("end_at" if config.end_at else "every")

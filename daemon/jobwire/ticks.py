@@ -88,3 +88,9 @@ def valid_cron(expression: str) -> bool:
     would fire every second where five fields were meant)."""
     text = expression.strip()
     return (text.startswith("@") or len(text.split()) == 5) and bool(croniter.is_valid(text))
+
+
+def never_fires(expression: str) -> bool:
+    """Whether a valid five-field cron names no day that comes in any year (30 February):
+    with five fields that does not depend on when it is asked."""
+    return TickRule(cron=expression).next_after(_EPOCH) is None

@@ -119,6 +119,7 @@ def test_due_and_catch_up_policies() -> None:
         # croniter reads a sixth field as seconds: every second, where five were meant.
         ("schedules: [{name: a, handler: noop, cron: '* * * * * *'}]", "not a valid five-field"),
         ("schedules: [{name: a, handler: noop, cron: '0 0 1 1 * 0 2020'}]", "not a valid"),
+        ("schedules: [{name: a, handler: noop, cron: '0 0 30 2 *'}]", "never fires"),
     ],
 )
 def test_bad_schedules_are_config_errors(text: str, reason: str) -> None:

@@ -198,6 +198,8 @@ class MqttPublisher:
                 # paho cannot build its packet (a property past MQTT's 65,535 bytes, a
                 # payload past its 256 MB, a bad topic): nothing was sent, and it can never
                 # be as it is. Raised out of here, it stopped the relay at this row for good.
+                # (paho may keep the unsent message in its table until the connection ends:
+                # one entry per such row, which is set aside and never tried again.)
                 permanent.add(row.id)
                 unpackable = unpackable or f"{type(exc).__name__}: {exc}"
                 continue

@@ -18,12 +18,10 @@ from jobwire.adapters.stomp.parse import parse
 from jobwire.config import OutputBase
 from jobwire.effects import OutboxRow, Published
 
-# Frame headers with a meaning to the protocol, never taken from a row's headers: a
-# message's own "transaction" (or "receipt", ...) made the broker refuse or misread the
-# SEND (the ones jobwire sets itself, destination and content-length, are replaced).
-FRAME_HEADERS = frozenset(
-    {"transaction", "receipt", "receipt-id", "ack", "id", "subscription", "message-id"}
-)
+# A SEND header with a meaning to the protocol, never taken from a row's headers: a
+# message's own "transaction" made the broker refuse the SEND. (The others that steer a
+# SEND, destination, content-length and receipt, jobwire sets itself over the row's.)
+FRAME_HEADERS = frozenset({"transaction"})
 # After an ERROR, how long RECEIPTs of the other SENDs are still read.
 AFTER_ERROR_S = 2.0
 
@@ -85,7 +83,7 @@ class StompPublisher:
             self._serial += 1
             receipt = f"r{self._serial}"
             waiting[receipt] = row.id
-            headers = {k: v for k, v in row.headers.items() if k.lower() not in FRAME_HEADERS}
+            headers = {k: v for k, v in row.headers.items() if k not in FRAME_HEADERS}
             headers["destination"] = self.cfg.destination
             headers["jobwire-id"] = row.message_id
             # RabbitMQ sets the AMQP message_id from this: AMQP consumers see the id too.
