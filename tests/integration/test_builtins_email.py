@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import email
 import socket
 from collections.abc import Iterator
@@ -147,6 +149,47 @@ async def test_the_timeout_bounds_the_whole_conversation_not_each_command() -> N
         controller.stop()
     assert "took longer than 1s" in retry.value.reason
     assert box.messages == []
+
+
+async def test_a_server_that_echoes_the_credentials_never_gets_them_into_the_error() -> None:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 hi\r\n")
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while line := await reader.readline():
+                if line.upper().startswith((b"EHLO", b"HELO")):
+                    writer.write(b"250-hi\r\n250 AUTH PLAIN\r\n")
+                elif line.upper().startswith(b"AUTH"):
+                    said = line.split()[-1]
+                    quoted = said + b" = " + base64.b64decode(said).replace(b"\0", b"|")
+                    writer.write(b"535 5.7.8 refused: " + quoted + b"\r\n")
+                else:
+                    writer.write(b"221 bye\r\n")
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    cfg = EmailBuiltinConfig.model_validate(
+        {
+            "host": "127.0.0.1",
+            "port": server.sockets[0].getsockname()[1],
+            "security": "none",
+            "from": "noreply@example.org",
+            "username": "mailer",
+            "password": "SMTP-pa55word-4242",
+            "templates": {"hi": {"subject": "hi", "text": "hi"}},
+        }
+    )
+    ctx = JobContext(job_id=1, attempt=1, max_attempts=3, queue="q", handler="mail")
+    try:
+        with pytest.raises(Reject) as refused:
+            await EmailSend(cfg)({"to": "a@example.org", "template": "hi", "vars": {}}, ctx)
+    finally:
+        server.close()
+        await server.wait_closed()
+    reason = refused.value.reason
+    assert "535" in reason and "***" in reason
+    plain = base64.b64encode(b"\0mailer\0SMTP-pa55word-4242").decode()
+    assert "pa55word" not in reason and plain not in reason
 
 
 async def test_rendered_message_arrives(

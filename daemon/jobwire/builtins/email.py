@@ -10,6 +10,7 @@ receiver can drop the copy a retry after an unconfirmed delivery may send.
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 from email.message import EmailMessage
 from email.utils import getaddresses, parseaddr
@@ -31,6 +32,15 @@ class EmailSend:
     def __init__(self, cfg: EmailBuiltinConfig) -> None:
         self.cfg = cfg
         self.templates = Templates(cfg.templates, cfg.templates_dir)
+        # A server may quote what it was sent, credentials included (an AUTH line echoed
+        # in its refusal): the job's error is shown to every dashboard reader.
+        self._secrets = _secret_forms(cfg.username, cfg.password)
+
+    def _scrub(self, text: str) -> str:
+        """``text`` with the password, in every form it was sent in, masked."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     async def __call__(self, payload: Any, ctx: JobContext) -> dict[str, Any]:
         """Render and send the message the payload describes."""
@@ -93,23 +103,38 @@ class EmailSend:
                 )
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [r.code for r in exc.recipients]
-            why = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
+            why = self._scrub(
+                "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
+            )
             if all(code >= 500 for code in codes):
                 raise Reject(f"SMTP refused every recipient: {why}") from None
             raise Retry(f"SMTP refused recipients for now: {why}") from None
         except aiosmtplib.SMTPResponseException as exc:
-            what = f"SMTP {exc.code} {exc.message}"
+            what = self._scrub(f"SMTP {exc.code} {exc.message}")
             if exc.code >= 500:
                 raise Reject(what) from None
             raise Retry(what) from None
         except aiosmtplib.SMTPNotSupported as exc:
-            raise Reject(f"SMTP server {cfg.host}: {exc}") from None
+            raise Reject(self._scrub(f"SMTP server {cfg.host}: {exc}")) from None
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            detail = str(exc) or f"the conversation took longer than {cfg.timeout:g}s"
+            detail = self._scrub(str(exc)) or f"the conversation took longer than {cfg.timeout:g}s"
             where = f"{cfg.host}:{cfg.smtp_port()}"
             raise Retry(f"SMTP {where}: {type(exc).__name__}: {detail}") from None
         # Some refused, the rest taken: the message went; a retry would resend it to all.
         return {rcpt: f"{r.code} {r.message}" for rcpt, r in errors.items()}, response
+
+
+def _secret_forms(username: str | None, password: str | None) -> list[str]:
+    """The password as it travels in AUTH PLAIN and LOGIN (base64) and as it is."""
+    if not password:
+        return []
+    plain = f"\0{username or ''}\0{password}".encode()
+    forms = [
+        password,
+        base64.b64encode(password.encode()).decode(),
+        base64.b64encode(plain).decode(),
+    ]
+    return sorted({f for f in forms if len(f) >= 4}, key=len, reverse=True)
 
 
 def _addresses(payload: dict[str, Any], key: str, *, required: bool = False) -> list[str]:
