@@ -150,6 +150,13 @@ class BrokerSuite(abc.ABC):
         """The kill test's second daemon, after it stopped."""
         return None  # an optional hook
 
+    deletable: ClassVar[bool] = False  # whether delete_target can delete what is consumed
+
+    async def delete_target(self, target: Any) -> None:
+        """Delete what the source consumes from, as an operator might (RabbitMQ then
+        cancels the consumer); only where ``deletable``."""
+        raise NotImplementedError
+
     # --- the one config builder -----------------------------------------------------------
 
     def source_config(
@@ -348,6 +355,34 @@ class BrokerSuite(abc.ABC):
                     what="new messages became jobs after the outages",
                 )
         await assert_exactly(database_url, sent)
+
+    async def test_a_consumer_the_broker_cancels_is_noticed_and_comes_back(
+        self, database_url: str, target: Any
+    ) -> None:
+        # RabbitMQ cancels the consumer of a deleted queue and keeps the connection: the
+        # source said "up" and consumed nothing until a restart (found by a drill).
+        if not self.deletable:
+            pytest.skip("nothing the broker cancels a consumer for")
+        async with running_daemon(self.config(database_url, target, ROUTE)) as daemon:
+            adapter = daemon.sources[0].adapter
+            await self.send(target, messages(10))
+            await wait_for(lambda: jobs_at_least(database_url, 10), what="10 jobs")
+            adapter.last_error = None
+            await self.delete_target(target)
+
+            def back_up() -> bool:
+                return adapter.state.value == "up" and adapter.last_error is not None
+
+            await wait_for(back_up, timeout=60, what="the source noticed and came back")
+            await self.consuming_again(target)
+            await self.send(target, messages(10, start=10))
+            await wait_for(
+                lambda: jobs_at_least(database_url, 20, "status = 'succeeded'"),
+                timeout=60,
+                what="messages sent after the queue came back became jobs",
+            )
+        assert adapter.last_error is not None and "cancel" in adapter.last_error.lower()
+        await assert_exactly(database_url, 20)
 
 
 @contextlib.asynccontextmanager

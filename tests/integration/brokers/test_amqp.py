@@ -91,6 +91,11 @@ class TestAmqp(BrokerSuite):
     def source(self, target: str) -> dict[str, Any]:
         return {"type": "amqp", "url": AMQP_URL, "queue": target, "prefetch": 500}
 
+    deletable = True
+
+    async def delete_target(self, target: str) -> None:
+        await asyncio.to_thread(h.delete_amqp_queue, target)
+
     def publish(self, target: str, outgoing: Sequence[h.Outgoing]) -> list[str | None]:
         return h.publish_amqp(target, outgoing)
 

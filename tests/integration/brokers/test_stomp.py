@@ -110,6 +110,11 @@ class TestStomp(BrokerSuite):
     def publish(self, target: str, outgoing: Sequence[h.Outgoing]) -> list[str | None]:
         return h.publish_stomp(target, outgoing)
 
+    deletable = True  # RabbitMQ's STOMP: an ERROR cancels the subscription of a deleted queue
+
+    async def delete_target(self, target: str) -> None:
+        await asyncio.to_thread(h.delete_amqp_queue, target.removeprefix("/queue/"))
+
     async def left_behind(self, target: str, database_url: str, published: int) -> int | None:
         return await queue_depth(target)
 

@@ -55,6 +55,10 @@ def _short(value: str | None) -> str | None:
     return None if value is None else whole_text(value)
 
 
+class ConsumerCancelled(ConnectionError):
+    """The broker cancelled our consumer (its queue was deleted, or moved in a cluster)."""
+
+
 class AmqpAdapter(Adapter):
     """Consumes one RabbitMQ queue."""
 
@@ -93,16 +97,33 @@ class AmqpAdapter(Adapter):
         """Connect, declare, consume until the connection or channel closes."""
         connection = await self._connect()
         ended = asyncio.Event()
-        connection.close_callbacks.add(lambda *_: ended.set())
+        why: list[BaseException] = []  # what ended it, when the broker said
+
+        def end(_sender: object = None, reason: object = None, *_: object) -> None:
+            if isinstance(reason, BaseException) and not why:
+                why.append(reason)
+            ended.set()
+
+        connection.close_callbacks.add(end)
         try:
             channel = await connection.channel()
-            channel.close_callbacks.add(lambda *_: ended.set())
+            channel.close_callbacks.add(end)
             await channel.set_qos(prefetch_count=self.cfg.prefetch)
             await declare(self.cfg, channel)
             # Consume on aio-pika's underlying aiormq channel: its deliveries skip aio-pika's
             # per-message IncomingMessage and second task (together about 15% of the daemon's
             # CPU in a py-spy profile of bench/amqp_drain.py).
             underlay = await channel.get_underlay_channel()
+
+            # The broker cancels a consumer whose queue is deleted (or moves, in a cluster)
+            # and keeps the channel open: without this the source said "up" and consumed
+            # nothing until a restart (found by a drill). Ending the session reconnects,
+            # declares the queue again where configured, and consumes.
+            def cancelled(frame: Any) -> None:  # ours only, not a pause's own cancel
+                if frame.consumer_tag is not None and frame.consumer_tag == self._consumer_tag:
+                    end(None, ConsumerCancelled("the broker cancelled the consumer"))
+
+            underlay.on_consumer_cancel_callbacks.add(cancelled)
             if self.cfg.on_invalid == "dead-letter":
                 await self._check_dead_letter_exchange(connection)
             # The underlay is set only after the generation moves on: a live generation is
@@ -115,6 +136,8 @@ class AmqpAdapter(Adapter):
             else:
                 await self._consume()
             await ended.wait()
+            if why:
+                raise why[0]  # the broker's reason, in the source's state and log
         finally:
             self._outstanding = {}
             self._underlay = None

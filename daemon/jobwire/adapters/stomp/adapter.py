@@ -152,7 +152,12 @@ class StompAdapter(Adapter):
             message=frame.headers.get("message"),
             detail=(frame.body or b"")[:200],
         )
-        self._settle.on_error(frame)
+        if not self._settle.on_error(frame) and self._end_session is not None:
+            # Any other ERROR ends what it is about: the protocol has the broker close the
+            # connection after one, and RabbitMQ, cancelling a subscription whose queue was
+            # deleted, keeps it open with nothing more to deliver (a drill found the source
+            # "up" and idle until a restart). A new session subscribes again.
+            self._end_session(f"broker ERROR: {frame.headers.get('message') or 'no message'}")
 
     def _on_frame(self, frame: Frame) -> None:
         headers: dict[str, str] = dict(frame.headers)

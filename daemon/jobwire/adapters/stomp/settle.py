@@ -92,14 +92,17 @@ class Settlement:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def on_error(self, frame: Frame) -> None:
+    def on_error(self, frame: Frame) -> bool:
         """An ERROR frame (on the loop): one about a SEND names its receipt, and that
-        dead-letter copy was refused."""
+        dead-letter copy was refused. True if it was about such a copy."""
         waiter = self._receipts.pop(frame.headers.get("receipt-id", ""), None)
-        if waiter is not None and not waiter.done():
+        if waiter is None:
+            return False
+        if not waiter.done():
             waiter.set_exception(
                 ConnectionError(f"broker refused the copy: {frame.headers.get('message')}")
             )
+        return True
 
     async def dead_letter(
         self,
