@@ -137,3 +137,43 @@ async def test_resumed_while_disconnected_is_no_longer_shown_paused(kind: str) -
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_a_cancelled_error_the_client_raises_itself_is_a_failure_not_a_stop() -> None:
+    # aiokafka's stop after a long broker outage cancels its own fetch tasks and lets the
+    # CancelledError escape: supervise() took it for a stop, and the source stayed down
+    # for good (found by a drill).
+    adapter = FakeAdapter()
+    calls = 0
+
+    async def session() -> None:
+        nonlocal calls
+        calls += 1
+        inner = asyncio.create_task(asyncio.sleep(60))
+        await asyncio.sleep(0)
+        inner.cancel()
+        await inner  # raises CancelledError here, though nobody cancelled this task
+
+    task = asyncio.create_task(supervise(adapter, session, Backoff(initial=0.01, maximum=0.02)))
+    await wait_for(lambda: calls >= 3, timeout=10, what="the session tried again")
+    assert not task.done()
+    assert adapter.last_error is not None and "CancelledError" in adapter.last_error
+    task.cancel()  # and a real stop still stops it
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+def test_an_error_is_described_with_its_cause_when_that_says_more() -> None:
+    from jobwire.adapters.base import described
+
+    try:
+        try:
+            raise RuntimeError("[code:142] Session taken over")
+        except RuntimeError as cause:
+            raise ConnectionError("Disconnected during message iteration") from cause
+    except ConnectionError as exc:
+        text = described(exc)
+    assert text == (
+        "ConnectionError: Disconnected during message iteration"
+        " (RuntimeError: [code:142] Session taken over)"
+    )

@@ -217,10 +217,15 @@ async def supervise(
             await session()
             error = "connection closed"
             failed = False
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError as exc:
+            if _stopping():
+                raise
+            # Not ours: a client's cancellation of its own tasks that escaped it (aiokafka's
+            # stop after a long broker outage). Taken for a stop, it ended the source for
+            # good, "down" and never reconnecting (found by a drill).
+            error = f"CancelledError: {exc or 'raised by the client'}"
         except Exception as exc:  # noqa: BLE001 - any failure means: reconnect
-            error = f"{type(exc).__name__}: {exc}"
+            error = described(exc)
         if time.monotonic() - started > 10:
             backoff.reset()  # it was up for a while: this is a fresh outage
         if adapter.state == SourceState.PAUSED and not failed:
@@ -243,3 +248,34 @@ async def supervise(
             paused=adapter.state == SourceState.PAUSED,
         )
         await asyncio.sleep(delay)
+
+
+def _stopping() -> bool:
+    """Whether the running task itself is being cancelled (a stop), not a stray
+    CancelledError from a library's own task."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def described(exc: BaseException) -> str:
+    """``Type: message``, and the cause's when it says more (aiomqtt's "Disconnected"
+    carries the broker's reason code in its cause)."""
+    text = f"{type(exc).__name__}: {exc}"
+    cause = exc.__cause__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text += f" ({type(cause).__name__}: {cause})"
+    return text
+
+
+async def stop_quietly(stop: Awaitable[object], seconds: float = 10.0) -> None:
+    """Await a client's stop with a deadline, its failures swallowed: a CancelledError it
+    raises itself too (aiokafka's stop cancels and awaits its own fetch tasks and lets
+    that escape), unless the running task is being cancelled."""
+    try:
+        async with asyncio.timeout(seconds):
+            await stop
+    except asyncio.CancelledError:
+        if _stopping():
+            raise
+    except Exception:  # noqa: BLE001 - a client that fails to stop is let go
+        pass

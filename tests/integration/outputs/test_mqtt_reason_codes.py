@@ -4,64 +4,35 @@ not a confirmation. A scripted broker answers each PUBLISH with the code the tes
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 
 import pytest
 
 from jobwire.adapters.mqtt.config import MqttOutput
 from jobwire.adapters.mqtt.output import MqttPublisher
 from jobwire.effects import OutboxRow
+from tests.support.mqtt_scripted import PUBLISH, scripted_broker
 
 pytestmark = pytest.mark.timeout(60)
 
 
-async def _packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    """One MQTT control packet: (type, variable header + payload)."""
-    first = (await reader.readexactly(1))[0]
-    length, shift = 0, 0
-    while True:
-        byte = (await reader.readexactly(1))[0]
-        length += (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            break
-    return first >> 4, await reader.readexactly(length)
-
-
-@contextlib.asynccontextmanager
-async def scripted_broker(codes: list[int]) -> AsyncIterator[int]:
-    """An MQTT 5 broker that PUBACKs the n-th PUBLISH with ``codes[n]``; yields its port."""
+def pubacks(codes: list[int]) -> Callable[[int, bytes], bytes | None]:
+    """PUBACK the n-th PUBLISH (QoS 1) with ``codes[n]``."""
     answers = iter(codes)
 
-    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-            while True:
-                kind, body = await _packet(reader)
-                if kind == 1:  # CONNECT -> CONNACK: no flags, success, no properties
-                    writer.write(bytes([0x20, 3, 0, 0, 0]))
-                elif kind == 3:  # PUBLISH (QoS 1): topic, packet id, properties, payload
-                    topic_length = int.from_bytes(body[:2], "big")
-                    mid = body[2 + topic_length : 4 + topic_length]
-                    writer.write(bytes([0x40, 4]) + mid + bytes([next(answers), 0]))
-                elif kind == 12:  # PINGREQ
-                    writer.write(bytes([0xD0, 0]))
-                elif kind == 14:  # DISCONNECT
-                    break
-                await writer.drain()
-        writer.close()
+    def answer(kind: int, body: bytes) -> bytes | None:
+        if kind != PUBLISH:
+            return None
+        # PUBLISH (QoS 1): topic, packet id, properties, payload
+        topic_length = int.from_bytes(body[:2], "big")
+        mid = body[2 + topic_length : 4 + topic_length]
+        return bytes([0x40, 4]) + mid + bytes([next(answers), 0])
 
-    server = await asyncio.start_server(session, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-        await server.wait_closed()
+    return answer
 
 
 async def test_a_failure_puback_is_not_a_confirmation() -> None:
-    async with scripted_broker([0x00, 0x87, 0x97, 0x10]) as port:
+    async with scripted_broker(pubacks([0x00, 0x87, 0x97, 0x10])) as port:
         cfg = MqttOutput.model_validate(
             {"type": "mqtt", "url": f"mqtt://127.0.0.1:{port}", "topic": "t", "protocol": "5"}
         )

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from pamqp.commands import Basic
 
@@ -100,8 +101,12 @@ class AmqpPublisher:
                 confirmed.add(row.id)
             elif error is None:
                 exc = task.exception() if task in done else None
-                # Returned (no queue bound): the binding's fault, not the message's.
-                returned = isinstance(getattr(exc, "frame", None), Basic.Return)
+                # The setup's fault, not the message's, so no row is charged and none is set
+                # aside: returned (no queue bound), nacked (a queue full with reject-publish)
+                # or no such exchange. They wait, retried with backoff, until it is mended.
+                returned = isinstance(
+                    getattr(exc, "frame", None), Basic.Return | Basic.Nack
+                ) or isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity)
                 error = (
                     f"{type(exc).__name__}: {exc}"
                     if exc is not None

@@ -27,6 +27,7 @@ from jobwire.adapters.base import (
     Message,
     OffsetReader,
     SourceState,
+    stop_quietly,
 )
 from jobwire.adapters.kafka import records, unreadable
 from jobwire.adapters.kafka.client import client_options
@@ -108,9 +109,7 @@ class KafkaAdapter(Adapter):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self._consumer = None
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(10):
-                    await consumer.stop()
+            await stop_quietly(consumer.stop())
 
     async def _fetch_loop(self, consumer: AIOKafkaConsumer) -> None:
         assert self._sink is not None

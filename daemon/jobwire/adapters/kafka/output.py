@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 
+from jobwire.adapters.base import stop_quietly
 from jobwire.adapters.kafka.client import client_options
 from jobwire.adapters.kafka.config import KafkaOutput
 from jobwire.config import OutputBase
@@ -45,8 +45,7 @@ class KafkaPublisher:
         try:
             await asyncio.wait_for(producer.start(), 30)
         except BaseException:
-            with contextlib.suppress(Exception):
-                await producer.stop()
+            await stop_quietly(producer.stop())
             raise
         self._producer = producer
 
@@ -101,8 +100,7 @@ class KafkaPublisher:
         """Stop the producer, if started."""
         producer, self._producer = self._producer, None
         if producer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer.stop(), 10)
+            await stop_quietly(producer.stop())
 
 
 def build(name: str, output: OutputBase) -> KafkaPublisher:

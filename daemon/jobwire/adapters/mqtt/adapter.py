@@ -111,9 +111,14 @@ class MqttAdapter(Adapter):
                         # keeps ours across reconnects and restarts, and a retained message
                         # sent again on each would be a new job each time.
                         options = SubscribeOptions(qos=self.cfg.qos, retainHandling=1)
-                        await client.subscribe(topic, options=options)
+                        granted = await client.subscribe(topic, options=options)
                     else:
-                        await client.subscribe(topic, qos=self.cfg.qos)
+                        granted = await client.subscribe(topic, qos=self.cfg.qos)
+                    # A refusal (not authorised, a bad filter) used to leave the source "up"
+                    # with nothing to consume (found by a drill): now it is down, saying why.
+                    refusal = _refusal(granted)
+                    if refusal is not None:
+                        raise ConnectionError(f"the broker refused {topic!r}: {refusal}")
                 self.set_state(SourceState.PAUSED if self.paused else SourceState.UP)
                 assert self._sink is not None
                 async for delivery in client.messages:
@@ -230,6 +235,15 @@ class MqttAdapter(Adapter):
                 )
                 confirmed += batch
         return confirmed
+
+
+def _refusal(granted: Any) -> str | None:
+    """What a SUBACK refused, if anything: an MQTT 5 reason code, or 3.1.1's 0x80."""
+    for code in granted or ():
+        value = getattr(code, "value", code)
+        if isinstance(value, int) and value >= 0x80:
+            return f"{code} (0x{value:02x})" if hasattr(code, "value") else f"0x{value:02x}"
+    return None
 
 
 def build(source: SourceBase, offset_reader: OffsetReader | None = None) -> MqttAdapter:
