@@ -132,3 +132,39 @@ async def _outbox_error(database_url: str, job_id: int) -> bool:
         job_id,
     )
     return bool(rows)
+
+
+@pytest.mark.parametrize("trouble", ["no such exchange", "queue full, reject-publish"])
+async def test_a_destination_the_broker_refuses_charges_no_row(
+    database_url: str, trouble: str
+) -> None:
+    """Not the message's fault, as a return is not: with one try allowed, a charged row
+    would be set aside at once (a drill saw rows set aside after ten tries, one every
+    30 s, while an exchange was missing)."""
+    suite = TestAmqpOutput()
+    queue = f"jw-refusing-{uuid.uuid4().hex[:8]}"
+    extra: dict[str, Any] = {"max_attempts": 1}
+    connection = await aio_pika.connect(h.AMQP_URL)
+    try:
+        channel = await connection.channel()
+        if trouble == "no such exchange":
+            extra["exchange"] = f"jw-no-such-{uuid.uuid4().hex[:8]}"
+        else:
+            full = {"x-max-length": 1, "x-overflow": "reject-publish"}
+            await channel.declare_queue(queue, durable=True, arguments=full)
+            await channel.default_exchange.publish(aio_pika.Message(b"first"), queue)
+        async with running_daemon(suite.config(database_url, queue, **extra)):
+            (job,) = await enqueue(database_url, [JobSpec("pub", {"count": 1})])
+            await wait_for(
+                lambda: _outbox_error(database_url, job), timeout=30, what="the row's error"
+            )
+        rows = await fetch(
+            database_url,
+            "SELECT sent_at, failed_at, attempts FROM jobwire.outbox WHERE job_id = $1",
+            job,
+        )
+        assert [(r["sent_at"], r["failed_at"], r["attempts"]) for r in rows] == [(None, None, 0)]
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.queue_delete(queue)
+        await connection.close()
