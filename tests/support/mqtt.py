@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from pathlib import Path
 
@@ -64,9 +65,13 @@ class Mosquitto(ServiceProcess):
         super().__init__("mosquitto", free_port(), workdir / "mosquitto.log")
         conf = (REPO / "deploy" / "mosquitto" / "jobwire.conf").read_text()
         self.conf_path = workdir / "mosquitto.conf"
+        # Started as root, Mosquitto drops to the mosquitto user, which cannot write in the
+        # test's own directory: it ran without its persistence file, and a restart lost the
+        # sessions (found by a drill). As root it stays root.
+        stay = "user root\n" if os.geteuid() == 0 else ""
         self.conf_path.write_text(
             f"{conf}\nlistener {self.port} 127.0.0.1\nallow_anonymous true\n"
-            f"persistence_location {workdir}/\n"
+            f"persistence_location {workdir}/\n{stay}"
         )
 
     def argv(self) -> list[str]:
