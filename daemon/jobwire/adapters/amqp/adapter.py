@@ -23,7 +23,7 @@ from aio_pika.abc import AbstractConnection
 from jobwire.adapters.amqp.channel import InlineConsumer
 from jobwire.adapters.amqp.config import AmqpSource
 from jobwire.adapters.amqp.frames import fast_path_reader
-from jobwire.adapters.amqp.queue import declare, publish_confirmed
+from jobwire.adapters.amqp.queue import check_dead_letter_exchange, declare, publish_confirmed
 from jobwire.adapters.base import (
     Adapter,
     Message,
@@ -125,7 +125,7 @@ class AmqpAdapter(Adapter):
 
             underlay.on_consumer_cancel_callbacks.add(cancelled)
             if self.cfg.on_invalid == "dead-letter":
-                await self._check_dead_letter_exchange(connection)
+                await check_dead_letter_exchange(self.cfg, connection, self._log)
             # The underlay is set only after the generation moves on: a live generation is
             # one with a channel, exactly as when deliveries compared channels.
             self._new_generation()
@@ -145,29 +145,6 @@ class AmqpAdapter(Adapter):
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(5):
                     await connection.close()
-
-    async def _check_dead_letter_exchange(self, connection: AbstractConnection) -> None:
-        """Warn when the dead-letter exchange does not exist: RabbitMQ then drops what is
-        rejected, without a word. A warning, not a failure: good messages still flow."""
-        cfg = self.cfg
-        name = cfg.dead_letter_exchange
-        if name is None:
-            name = cfg.queue_arguments.get("x-dead-letter-exchange")
-        if not name:
-            return  # "" is the default exchange, which always exists
-        # A channel of its own: a failed passive declare closes the channel it ran on.
-        channel = await connection.channel()
-        try:
-            await channel.get_exchange(str(name), ensure=True)
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            self._log.warning(
-                "dead_letter_exchange_missing",
-                exchange=name,
-                note="RabbitMQ drops dead-lettered messages until it is declared",
-            )
-        finally:
-            with contextlib.suppress(Exception):
-                await channel.close()
 
     async def _consume(self) -> None:
         assert self._underlay is not None

@@ -1,13 +1,16 @@
 """The AMQP source's queue: declared as the config says (or checked, when it must exist
-already) and bound; and the operator's confirmed publish to it (``jobwire publish``)."""
+already) and bound; its dead-letter exchange checked; and the operator's confirmed publish
+to it (``jobwire publish``)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from typing import Any
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 
 from jobwire.adapters.amqp.config import AmqpSource
@@ -31,6 +34,31 @@ async def declare(cfg: AmqpSource, channel: AbstractChannel) -> AbstractQueue:
         for key in cfg.routing_keys or [cfg.queue]:
             await queue.bind(exchange, routing_key=key)
     return queue
+
+
+async def check_dead_letter_exchange(
+    cfg: AmqpSource, connection: AbstractConnection, log: Any
+) -> None:
+    """Warn when the dead-letter exchange does not exist: RabbitMQ then drops what is
+    rejected, without a word. A warning, not a failure: good messages still flow."""
+    name = cfg.dead_letter_exchange
+    if name is None:
+        name = cfg.queue_arguments.get("x-dead-letter-exchange")
+    if not name:
+        return  # "" is the default exchange, which always exists
+    # A channel of its own: a failed passive declare closes the channel it ran on.
+    channel = await connection.channel()
+    try:
+        await channel.get_exchange(str(name), ensure=True)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        log.warning(
+            "dead_letter_exchange_missing",
+            exchange=name,
+            note="RabbitMQ drops dead-lettered messages until it is declared",
+        )
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.close()
 
 
 async def publish_confirmed(
