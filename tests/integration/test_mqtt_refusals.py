@@ -1,7 +1,7 @@
-"""An MQTT source whose subscription the broker refuses is down, saying why. A scripted
-broker answers the SUBACK with the code the test asks for (Mosquitto refuses a subscribe
-only through its dynamic-security plugin; a drill found the source "up", /readyz 200, and
-nothing consumed)."""
+"""An MQTT source whose subscription the broker refuses, or whose session another client
+takes, is down, saying why. A scripted broker answers as the test asks (Mosquitto refuses a
+subscribe only through its dynamic-security plugin, and 2.0.11 ends a taken session without
+a reason code; a drill found the source "up", /readyz 200, and nothing consumed)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import Callable
 
 import pytest
+from structlog.testing import capture_logs
 
 from jobwire.adapters.base import SourceState
 from jobwire.adapters.mqtt import MqttSource
@@ -59,3 +60,50 @@ async def test_a_refused_subscription_leaves_the_source_down_with_the_reason(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def source_config(port: int) -> MqttSource:
+    return MqttSource.model_validate(
+        {
+            "name": "sensors",
+            "type": "mqtt",
+            "url": f"mqtt://127.0.0.1:{port}",
+            "topics": ["drill/#"],
+            "client_id": "jw-takeover-test",
+            "route": {"handler": "noop"},
+        }
+    )
+
+
+async def test_a_session_taken_over_is_named_and_the_next_one_logged_as_lost() -> None:
+    # Each SUBSCRIBE granted, then MQTT 5's DISCONNECT 0x8e (session taken over), as a
+    # broker sends when another client connects with the same id. Two instances sharing a
+    # client_id flapped for good with nothing naming the cause.
+    def take_over(kind: int, body: bytes) -> bytes | None:
+        if kind != SUBSCRIBE:
+            return None
+        return bytes([0x90, 4]) + body[:2] + bytes([0, 1]) + bytes([0xE0, 1, 0x8E])
+
+    async with scripted_broker(take_over) as port:
+        adapter = MqttAdapter(source_config(port))
+        got: list[Message] = []
+        with capture_logs() as logs:
+            task = asyncio.create_task(adapter.run(got.append))
+            try:
+                await wait_for(
+                    lambda: adapter.describe()["sessions_lost"] >= 1,
+                    timeout=20,
+                    what="a reconnection",
+                )
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        error = adapter.last_error or ""
+        assert "another client" in error and "jw-takeover-test" in error
+        # The scripted broker never keeps a session: the first connection's is new, the
+        # next one's is a lost session, said once per reconnection.
+        assert [e["event"] for e in logs if e["event"].startswith("mqtt_session")][:2] == [
+            "mqtt_session_new",
+            "mqtt_session_lost",
+        ]

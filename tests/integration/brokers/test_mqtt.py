@@ -21,6 +21,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
+from structlog.testing import capture_logs
 
 from jobwire.app import Daemon as InProcessDaemon
 from tests.integration.brokers.base import BrokerSuite, Outage, cut_proxy, proxied
@@ -220,6 +221,39 @@ class TestMqtt(BrokerSuite):
                 "127.0.0.1", target.port, protocol=aiomqtt.ProtocolVersion.V5
             ) as client:
                 await client.publish(target.publish_topic, b"", qos=1, retain=True)
+
+    async def test_a_session_another_client_discarded_is_logged_as_lost(
+        self, database_url: str, target: MqttTarget
+    ) -> None:
+        # Another client with the source's id and a clean start takes the session and
+        # discards it (Mosquitto 2.0.11 just closes the source's connection, no reason
+        # given). Before, the source came back "up" and the loss of its session, with
+        # whatever it had queued, went unsaid.
+        config = self.config(database_url, target, JSON_DEDUP)
+        with capture_logs() as logs:
+            async with running_daemon(config) as daemon:
+                adapter = daemon.sources[0].adapter
+                async with aiomqtt.Client(
+                    "127.0.0.1",
+                    target.port,
+                    identifier=target.client_ids[0],
+                    protocol=aiomqtt.ProtocolVersion.V5,
+                    clean_start=True,
+                ):
+                    await wait_for(lambda: adapter.last_error is not None, what="the source cut")
+
+                def back() -> bool:
+                    return adapter.state.value == "up" and adapter.describe()["sessions_lost"] == 1
+
+                await wait_for(back, what="the source back, its session lost")
+                # Subscribed again on the new session: later messages arrive.
+                assert await publish(target.port, target.publish_topic, bodies(5)) == 5
+                await wait_for(lambda: jobs_at_least(database_url, 5), what="5 jobs")
+        events = [e["event"] for e in logs]
+        assert events.count("mqtt_session_new") == 1  # the first connection's
+        lost = [e for e in logs if e["event"] == "mqtt_session_lost"]
+        assert [e["client_id"] for e in lost] == [target.client_ids[0]]
+        await assert_exactly(database_url, 5)
 
     async def test_messages_published_while_the_daemon_is_down_arrive_on_restart(
         self, database_url: str, target: MqttTarget

@@ -37,6 +37,7 @@ from jobwire.adapters.base import (
 from jobwire.adapters.mqtt import backlog, lenient
 from jobwire.adapters.mqtt.client import client_options
 from jobwire.adapters.mqtt.config import MqttSource, default_client_id
+from jobwire.adapters.mqtt.session import SessionWatch
 from jobwire.config import SourceBase
 
 
@@ -66,12 +67,18 @@ class MqttAdapter(Adapter):
         self._room.set()
         self._discards = backlog.Discards(self._log, cfg.qos0_backlog_bytes)
         self._queue: backlog.BoundedQueue | None = None
+        self._sessions = SessionWatch(self._log, self.client_id)
 
     def describe(self) -> dict[str, Any]:
         """The base's state; deliveries received and not yet taken, and the QoS 0 ones
         discarded past their budget."""
         queued = self._queue.qsize() if self._queue is not None else 0
-        return {**super().describe(), "queued": queued, "discarded": self._discards.count}
+        return {
+            **super().describe(),
+            "queued": queued,
+            "discarded": self._discards.count,
+            "sessions_lost": self._sessions.lost,
+        }
 
     def _new_queue(self, maxsize: int = 0) -> backlog.BoundedQueue:
         """aiomqtt's incoming queue (its ``queue_type``), kept to read its length."""
@@ -88,6 +95,7 @@ class MqttAdapter(Adapter):
         )
         # The reach under aiomqtt (see the module docstring): PUBACK only when we say so.
         client._client.manual_ack_set(True)
+        self._sessions.attach(client)
         return client
 
     def _topic_filters(self) -> list[str]:
@@ -98,6 +106,7 @@ class MqttAdapter(Adapter):
         """Connect, subscribe, consume until the connection ends."""
         client = self._new_client()
         async with client:
+            self._sessions.connected()
             connection = self._new_generation()
             # Messages of the last connection still in the intake count no more: the broker
             # sends them again on this one.
@@ -120,18 +129,27 @@ class MqttAdapter(Adapter):
                     if refusal is not None:
                         raise ConnectionError(f"the broker refused {topic!r}: {refusal}")
                 self.set_state(SourceState.PAUSED if self.paused else SourceState.UP)
-                assert self._sink is not None
-                async for delivery in client.messages:
-                    self._in_flight += 1
-                    if self._in_flight >= self.cfg.prefetch:
-                        self._room.clear()
-                    self._sink(self._message(delivery, connection))
-                    # Paused, or the window is full: stop reading. Unread messages stay in
-                    # the client's queue, unacknowledged, and the broker stops sending.
-                    await self._resumed.wait()
-                    await self._room.wait()
+                await self._consume(client, connection)
+            except aiomqtt.MqttError as exc:
+                clear = self._sessions.taken_over(exc)
+                if clear is None:
+                    raise
+                raise clear from exc
             finally:
                 self._client = None
+
+    async def _consume(self, client: aiomqtt.Client, connection: int) -> None:
+        """Hand each delivery to the intake, reading no further than the window allows."""
+        assert self._sink is not None
+        async for delivery in client.messages:
+            self._in_flight += 1
+            if self._in_flight >= self.cfg.prefetch:
+                self._room.clear()
+            self._sink(self._message(delivery, connection))
+            # Paused, or the window is full: stop reading. Unread messages stay in the
+            # client's queue, unacknowledged, and the broker stops sending.
+            await self._resumed.wait()
+            await self._room.wait()
 
     def _message(self, delivery: aiomqtt.Message, connection: int) -> Message:
         topic = str(delivery.topic)
