@@ -154,12 +154,7 @@ class TestKafka(BrokerSuite):
         it) failed every fetch of its partition: the source reconnected at that offset for
         good. It is a failed job at its offset now, and the records around it run."""
         bootstrap, topic = target
-        await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-c", _PRODUCE_RAW_HEADER_NAME, bootstrap, topic],
-            check=True,
-            timeout=60,
-        )
+        await produce_raw_header_names(_PRODUCE_RAW_HEADER_NAME, bootstrap, topic)
         config = self.config(database_url, target, {"handler_from": "json:$.type"})
         async with running_daemon(config):
             await wait_for(lambda: jobs_at_least(database_url, 7), what="seven jobs")
@@ -175,6 +170,35 @@ class TestKafka(BrokerSuite):
         assert json.loads(bad["headers"])["kafka-offset"] == "3"
         assert bad["dedup_key"] == f"events:{topic}/0/3"
         assert (await stored_offsets(database_url, f"g-{topic}"))[0] == 7
+
+    async def test_an_undecodable_record_mid_batch_beside_busy_partitions_loses_nothing(
+        self, database_url: str, target: Target
+    ) -> None:
+        """The bad record third of five in one batch of partition 1, hundreds of good ones
+        in partitions 0 and 2. Before, the probe found it in no partition but the first
+        (aiokafka's spent fetch answered empty) and partition 1 stopped for good; and what
+        getmany had taken from the other partitions before the raise was dropped."""
+        bootstrap, topic = target
+        await produce_raw_header_names(_PRODUCE_BAD_MID_BATCH, bootstrap, topic)
+        config = self.config(database_url, target, {"handler_from": "json:$.type"})
+        async with running_daemon(config):
+            await wait_for(lambda: jobs_at_least(database_url, 615), what="615 jobs")
+            await wait_for(
+                lambda: jobs_at_least(database_url, 612, "status = 'succeeded'"), what="612 ran"
+            )
+        rows = await fetch(
+            database_url, "SELECT status, headers, last_error, dedup_key FROM jobwire.jobs"
+        )
+        assert len(rows) == 615
+        failed = [json.loads(r["headers"]) for r in rows if r["status"] == "failed"]
+        # The bad record, and the two after it in its batch (aiokafka decodes in order).
+        assert sorted((h["kafka-partition"], h["kafka-offset"]) for h in failed) == [
+            ("1", "2"),
+            ("1", "3"),
+            ("1", "4"),
+        ]
+        assert len({r["dedup_key"] for r in rows}) == 615
+        assert await stored_offsets(database_url, f"g-{topic}") == {0: 300, 1: 15, 2: 300}
 
     async def test_headers_key_and_position_travel_with_the_job_and_poison_fails(
         self, database_url: str, target: Target
@@ -335,7 +359,9 @@ class TestKafka(BrokerSuite):
 
 # A producer writing a header name that is not UTF-8 (aiokafka's pure-Python record builder
 # calls the name's encode()): three records, that one at offset 3, three more; partition 0.
-_PRODUCE_RAW_HEADER_NAME = """
+# A producer that can send a header name that is not UTF-8 (aiokafka's pure-Python encoder
+# calls the name's encode()), in a process of its own: the switch to that encoder is global.
+_RAW_NAMES = """
 import asyncio, os, sys
 os.environ["AIOKAFKA_NO_EXTENSIONS"] = "1"
 from aiokafka import AIOKafkaProducer
@@ -348,7 +374,20 @@ class RawName(str):
 
     def encode(self, *args, **kwargs):
         return self.raw
+"""
 
+
+async def produce_raw_header_names(script: str, bootstrap: str, topic: str) -> None:
+    """Run a ``_RAW_NAMES`` producer script to its end."""
+    await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", _RAW_NAMES + script, bootstrap, topic],
+        check=True,
+        timeout=60,
+    )
+
+
+_PRODUCE_RAW_HEADER_NAME = """
 async def main(bootstrap, topic):
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
@@ -357,6 +396,31 @@ async def main(bootstrap, topic):
             body = b'{"type": "echo", "i": %d}' % i
             headers = [(RawName(b"x-\\xff\\xfe"), b"v")] if i == 3 else []
             await producer.send_and_wait(topic, body, partition=0, headers=headers)
+    finally:
+        await producer.stop()
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+_PRODUCE_BAD_MID_BATCH = """
+async def main(bootstrap, topic):
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=50)
+    await producer.start()
+    try:
+        batch = producer.create_batch()
+        for i in range(5):
+            headers = [(RawName(b"x-\\xff"), b"v")] if i == 2 else []
+            body = b'{"type": "echo", "p": 1, "i": %d}' % i
+            batch.append(key=None, value=body, timestamp=None, headers=headers)
+        batch.close()
+        await (await producer.send_batch(batch, topic, partition=1))
+        sent = []
+        for partition, count in ((0, 300), (2, 300), (1, 10)):
+            for i in range(count):
+                body = b'{"type": "echo", "p": %d, "i": %d}' % (partition, 100 + i)
+                sent.append(await producer.send(topic, body, partition=partition))
+        await asyncio.gather(*sent)
     finally:
         await producer.stop()
 

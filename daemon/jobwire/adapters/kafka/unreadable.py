@@ -10,15 +10,24 @@ could not read (a failed job with the reason, its offset stored with it like any
 the consumer is moved past it. The records after it in the same batch cannot be read either
 (aiokafka decodes a batch's records in order, the bad one included, to reach them): each
 becomes such a failed job too, naming its offset, and the record stays in Kafka to replay.
+
+What ``getmany`` had taken from other partitions before the raise is lost with it, their
+positions already moved past (aiokafka drains partition after partition into one dict and
+drops it on the error): every partition is sought back to where it stood before the call,
+which also drops the spent fetch aiokafka keeps for the bad one. Found by a drill: a bad
+record in any partition but the first was stepped past by no probe (the spent fetch
+answered empty), and its partition stopped for good.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import CorruptRecordException, UnsupportedCodecError
+from aiokafka.errors import CorruptRecordException, IllegalStateError, UnsupportedCodecError
 
 from jobwire.models import Message, StreamOffset
 
@@ -28,6 +37,9 @@ UNREADABLE_ERRORS = (UnicodeDecodeError, CorruptRecordException, UnsupportedCode
 # read one by one for good.
 PROBE_RECORDS = 500
 PROBE_WAIT_MS = 200
+# How long a probe waits for a partition's records after a seek: a fetch in flight for
+# other partitions (the broker holds it up to fetch_max_wait_ms) comes back first.
+PROBE_PATIENCE_S = 5.0
 
 
 @dataclass(slots=True)
@@ -43,6 +55,19 @@ async def fetch(
 ) -> dict[TopicPartition, list[Any]]:
     """``consumer.getmany``; after an error only an undecodable record raises, what
     ``step_past`` reads instead."""
+    before = positions(consumer)
+    unsettled = consumer.assignment() - consumer.paused() - before.keys()
+    if unsettled:
+        # Positions still being found (a new assignment with nothing stored: the reset
+        # policy's offset): found first, or a partition drained in a call that raises
+        # could not be sought back (a drill lost a whole partition's records that way).
+        try:
+            async with asyncio.timeout(max(timeout_ms, PROBE_WAIT_MS) / 1000):
+                for tp in unsettled:
+                    await consumer.position(tp)
+        except (TimeoutError, IllegalStateError):
+            return {}  # as a fetch that found nothing; a rebalance is handled as ever
+        before = positions(consumer)
     try:
         batches: dict[TopicPartition, list[Any]] = await consumer.getmany(
             timeout_ms=timeout_ms, max_records=max_records
@@ -50,8 +75,28 @@ async def fetch(
     except UNREADABLE_ERRORS as exc:
         # One record aiokafka cannot decode would fail every fetch of its partition.
         log.warning("kafka_record_unreadable", error=f"{type(exc).__name__}: {exc}")
+        assigned = consumer.assignment()  # a rebalance may have come in between
+        for tp, offset in before.items():
+            if tp in assigned:
+                consumer.seek(tp, offset)
         return await step_past(consumer)
     return batches
+
+
+def positions(consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
+    """Each assigned partition's position (the next record getmany hands out), read without
+    waiting. aiokafka's own ``position()`` is a coroutine per partition; this reads the state
+    it reads (proven on aiokafka 0.14), and gives nothing where that state is not found."""
+    try:
+        assignment = consumer._subscription.subscription.assignment
+        found: dict[TopicPartition, int] = {}
+        for tp in assignment.tps:
+            state = assignment.state_value(tp)
+            if state.has_valid_position:
+                found[tp] = state.position
+        return found
+    except AttributeError:
+        return {}
 
 
 async def step_past(consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]]:
@@ -63,7 +108,10 @@ async def step_past(consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any
     for tp in sorted(consumer.assignment() - paused, key=lambda t: (t.topic, t.partition)):
         items: list[Any] = []
         found[tp] = items
+        patience = time.monotonic() + PROBE_PATIENCE_S
         for _ in range(PROBE_RECORDS):
+            if not await _behind(consumer, tp):
+                break
             try:
                 batch = await consumer.getmany(tp, timeout_ms=PROBE_WAIT_MS, max_records=1)
             except UNREADABLE_ERRORS as exc:
@@ -76,10 +124,18 @@ async def step_past(consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any
                 consumer.seek(tp, offset + 1)
                 return found
             records = batch.get(tp, [])
-            if not records:
+            if records:
+                items.extend(records)
+            elif time.monotonic() > patience:
                 break
-            items.extend(records)
     return found
+
+
+async def _behind(consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
+    """Whether ``tp`` has records past its position, by the log end of the last fetch
+    (unknown before any fetch: assumed so)."""
+    end = consumer.highwater(tp)
+    return end is None or await consumer.position(tp) < end
 
 
 def message(source: str, group_id: str, tp: TopicPartition, item: Unreadable) -> Message:
