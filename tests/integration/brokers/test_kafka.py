@@ -236,6 +236,21 @@ class TestKafka(BrokerSuite):
         assert {bytes(r["body"]) for r in failed} == {b"not json", b'{"type": "rm -rf"}'}
         assert all(r["last_error"] for r in failed)
 
+    async def test_where_a_record_came_from_survives_more_headers_than_the_store_keeps(
+        self, database_url: str, target: Target
+    ) -> None:
+        # The kafka-* headers were added after the producer's, so 300 headers pushed them
+        # past the 256 the store keeps.
+        bootstrap, topic = target
+        many = [(f"h{i:03}", b"v") for i in range(300)]
+        assert await produce(bootstrap, topic, [b'{"type": "echo"}'], headers=many) == 1
+        config = self.config(database_url, target, {"handler_from": "json:$.type"})
+        async with running_daemon(config):
+            await wait_for(lambda: jobs_at_least(database_url, 1), what="the job")
+        headers = json.loads(await scalar(database_url, "SELECT headers FROM jobwire.jobs"))
+        assert headers["kafka-topic"] == topic and headers["kafka-offset"] == "0"
+        assert "kafka-partition" in headers and "h000" in headers
+
     def test_sigkill_mid_stream_then_restart_makes_exactly_n_jobs(
         self, database_url: str, target: Target, tmp_path: Path
     ) -> None:

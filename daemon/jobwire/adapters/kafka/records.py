@@ -20,13 +20,18 @@ def message(
     source: str, group_id: str, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]
 ) -> Message:
     """The record as a message of ``source``; its offset is stored with its job."""
-    headers = {str(k): _text(v) for k, v in (record.headers or ())}
-    # Where the message came from travels with the job; a producer's header wins.
-    headers.setdefault("kafka-topic", record.topic)
-    headers.setdefault("kafka-partition", str(record.partition))
-    headers.setdefault("kafka-offset", str(record.offset))
+    # Where the message came from travels with the job, first: the store keeps a message's
+    # first headers only, and a producer's 1,000 headers must not push it out. A producer's
+    # header of the same name replaces it (the producer's header wins, as for every broker).
+    headers = {
+        "kafka-topic": record.topic,
+        "kafka-partition": str(record.partition),
+        "kafka-offset": str(record.offset),
+    }
     if record.key is not None:
-        headers.setdefault("kafka-key", _text(record.key))
+        headers["kafka-key"] = _text(record.key)
+    for name, value in record.headers or ():
+        headers[str(name)] = _text(value)
     properties: dict[str, Any] = {
         "topic": record.topic,
         "partition": record.partition,
