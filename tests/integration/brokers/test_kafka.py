@@ -20,8 +20,10 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from structlog.testing import capture_logs
 
 from jobwire.app import Daemon as InProcessDaemon
 from tests.integration.brokers.base import BrokerSuite, Outage, cut_proxy, proxied
@@ -250,6 +252,38 @@ class TestKafka(BrokerSuite):
         headers = json.loads(await scalar(database_url, "SELECT headers FROM jobwire.jobs"))
         assert headers["kafka-topic"] == topic and headers["kafka-offset"] == "0"
         assert "kafka-partition" in headers and "h000" in headers
+
+    async def test_stored_offsets_past_the_log_end_are_warned_of(
+        self, database_url: str, target: Target
+    ) -> None:
+        # As after the topic was deleted and created again: offsets stored by its first
+        # life, past the new log's end. Kafka starts such a partition over quietly (tansu
+        # even serves nothing from there), and an old job's dedup key could swallow a new
+        # record: nothing was said.
+        bootstrap, topic = target
+        assert await produce(bootstrap, topic, [b'{"type": "echo"}']) == 1
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.executemany(
+                "INSERT INTO jobwire.kafka_offsets (group_id, topic, partition, next_offset)"
+                " VALUES ($1, $2, $3, $4)",
+                [(f"g-{topic}", topic, p, 500) for p in range(3)],
+            )
+        finally:
+            await conn.close()
+        config = self.config(database_url, target, {"handler_from": "json:$.type"})
+        with capture_logs() as logs:
+
+            def warned() -> list[dict[str, Any]]:
+                return [e for e in logs if e["event"] == "kafka_stored_offset_past_log_end"]
+
+            async with running_daemon(config):
+                await wait_for(lambda: bool(warned()), what="the warning")
+        (warning,) = warned()
+        assert sorted(warning["partitions"]) == [f"{topic}/{p}" for p in range(3)]
+        assert sorted(v["log_end"] for v in warning["partitions"].values()) == [0, 0, 1]
+        assert {v["stored"] for v in warning["partitions"].values()} == {500}
+        assert "deleted and created again" in warning["hint"]
 
     def test_sigkill_mid_stream_then_restart_makes_exactly_n_jobs(
         self, database_url: str, target: Target, tmp_path: Path

@@ -3,6 +3,7 @@ read from them to be stored; partitions given are sought to the offset stored wi
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -35,6 +36,7 @@ class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._commit = commit
         self._log = log
         self.assignments = 0  # rebalances that gave us partitions (a stable group: 1)
+        self._checks: set[asyncio.Task[None]] = set()
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         """Wait (bounded) until what was taken from these partitions is stored."""
@@ -69,6 +71,45 @@ class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             partitions=names(assigned),
             from_store={f"{t}/{p}": o for (t, p), o in stored.items()},
         )
+        if consumer is not None and stored:
+            # Beside the fetch, not in this callback: aiokafka awaits it before fetching.
+            self._checks.add(
+                task := asyncio.create_task(self._check_log_ends(consumer, assigned, stored))
+            )
+            task.add_done_callback(self._checks.discard)
+
+    async def _check_log_ends(
+        self,
+        consumer: AIOKafkaConsumer,
+        assigned: Sequence[TopicPartition],
+        stored: dict[tuple[str, int], int],
+    ) -> None:
+        """Warn of stored offsets past their partition's log end: the topic was deleted and
+        created again (or the broker lost its log). Kafka then starts the partition over by
+        ``auto_offset_reset``, and new records whose positions match old jobs' dedup keys
+        would be taken for duplicates without a word (found by a drill)."""
+        ours = [tp for tp in assigned if (tp.topic, tp.partition) in stored]
+        try:
+            async with asyncio.timeout(5):
+                ends: dict[TopicPartition, int] = await consumer.end_offsets(ours)
+        except Exception:  # noqa: BLE001 - only a warning is at stake; the fetch goes on
+            return
+        past = {
+            f"{tp.topic}/{tp.partition}": (stored[(tp.topic, tp.partition)], end)
+            for tp, end in ends.items()
+            if stored[(tp.topic, tp.partition)] > end
+        }
+        if past:
+            self._log.warning(
+                "kafka_stored_offset_past_log_end",
+                partitions={name: {"stored": s, "log_end": e} for name, (s, e) in past.items()},
+                hint=(
+                    "the topic was deleted and created again, or the broker lost its log: the "
+                    "partition starts over from auto_offset_reset, and a record whose "
+                    "topic/partition/offset matches an old job's dedup key is taken for a "
+                    "duplicate (see the Kafka page, Replaying)"
+                ),
+            )
 
     async def _stored_offsets(
         self, assigned: Sequence[TopicPartition]
