@@ -74,7 +74,7 @@ class Completer:
                 handler=job.handler,
                 attempt=job.attempts,
                 retry_in=round(outcome.retry_in or 0, 3),
-                error=(outcome.error or "").splitlines()[0],
+                error=(outcome.error or "").partition("\n")[0],
             )
         elif outcome.status == JobStatus.FAILED:
             c.failed += 1
@@ -83,7 +83,7 @@ class Completer:
                 job_id=job.id,
                 handler=job.handler,
                 attempt=job.attempts,
-                error=(outcome.error or "").splitlines()[0],
+                error=(outcome.error or "").partition("\n")[0],
             )
         else:
             c.cancelled += 1

@@ -20,12 +20,15 @@ from jobwire.handlers import HandlerRegistry, HandlerThreads, JobContext
 from jobwire.models import Job, JobStatus, Outcome, unreadable
 from jobwire.store.base import JobStore
 from jobwire.tracing import job_span, look_for_provider
-from jobwire.worker.outcomes import OutcomeBuilder, describe
+from jobwire.worker.outcomes import OutcomeBuilder, describe, text_of
 from jobwire.worker.state import PoolState, Running, call_soon_threadsafe, log
 
 # How long a stop waits for handler threads still running after their jobs were stopped
 # (they were told: ctx.cancelled) before it gives the jobs back and leaves them behind.
 _THREAD_GRACE = 5.0
+# How long a stop waits for cancelled handlers to end: one that swallows its cancellation
+# must not hold the stop (and the release of the jobs that did end) for good.
+_CANCEL_GRACE = 2.0
 
 
 class _Unrunnable(Exception):
@@ -78,7 +81,17 @@ class Executor:
             running.ctx.cancel()
             running.task.cancel()
         if leftovers:
-            await asyncio.wait([r.task for r in leftovers])
+            # Bounded: a handler that swallows its cancellation held the stop for good.
+            _, stubborn = await asyncio.wait([r.task for r in leftovers], timeout=_CANCEL_GRACE)
+            if stubborn:
+                # Not given back: released, another instance would run them while this
+                # process still does. Their leases run out once it has ended.
+                leftovers = [r for r in leftovers if r.task not in stubborn]
+                log.warning(
+                    "handlers_ignoring_cancellation",
+                    job_ids=sorted(r.job.id for r in state.running.values() if r.task in stubborn),
+                    note="left to their leases: another instance takes them after this one ends",
+                )
         await self._wait_for_threads()
         return leftovers
 
@@ -135,11 +148,32 @@ class Executor:
     async def _run(self, job: Job, ctx: JobContext) -> None:
         # Set by start_job before this task's first step.
         mine = self.state.running[job.id]
-        build = self.outcomes
         structlog.contextvars.bind_contextvars(job_id=job.id, queue=job.queue)
-        timeout, whose = self._timeout_of(job)
         started = time.monotonic()
-        outcome: Outcome | None = None
+        recorded = False
+        try:
+            try:
+                outcome = await self._attempt(job, ctx, mine, started)
+            finally:
+                self._finish(mine)
+            # A handler that swallowed the cancellation still returns: with the lease lost,
+            # what it returns is not ours to write.
+            if outcome is not None and mine.stop_reason != "lease_lost":
+                self._record(job, outcome)  # its lease is kept until the outcome is written
+                recorded = True
+        finally:
+            if not recorded:
+                # No outcome: released at shutdown, taken back, or this task was cancelled
+                # from outside; the lease must not be renewed for it any more.
+                self.state.leases.pop((job.id, job.attempts), None)
+
+    async def _attempt(
+        self, job: Job, ctx: JobContext, mine: Running, started: float
+    ) -> Outcome | None:
+        """Run the handler and say how the attempt ended (None: no outcome to write)."""
+        build = self.outcomes
+        timeout, whose = self._timeout_of(job)
+        deadline: asyncio.Timeout | None = None
         try:
             problem = unreadable(job)
             if problem is not None:
@@ -149,37 +183,41 @@ class Executor:
             else:
                 async with asyncio.timeout(timeout) as deadline:
                     result = await self._invoke(job, ctx)
-            outcome = build.succeeded(job, result, time.monotonic() - started)
+                if deadline.expired():
+                    # The handler swallowed the timeout's cancellation and returned: the
+                    # attempt still timed out (it used to count as a success).
+                    raise TimeoutError
+            return build.succeeded(job, result, time.monotonic() - started)
         except Retry as exc:
-            outcome = build.retry_or_fail(job, exc.reason, time.monotonic() - started, exc.after)
+            reason = text_of(exc.reason)
+            return build.retry_or_fail(job, reason, time.monotonic() - started, exc.after)
         except Reject as exc:
-            outcome = build.final(job, JobStatus.FAILED, f"rejected: {exc.reason}", started)
+            return build.final(job, JobStatus.FAILED, f"rejected: {text_of(exc.reason)}", started)
         except _Unrunnable as exc:
             # No attempt can run it: failed at once, without retries.
-            outcome = build.final(job, JobStatus.FAILED, str(exc), started)
+            return build.final(job, JobStatus.FAILED, str(exc), started)
         except TimeoutError as exc:
-            if timeout is not None and deadline.expired():
+            if deadline is not None and deadline.expired():
                 ctx.cancel()
                 reason = f"timed out after {timeout}s ({whose})"
             else:
                 reason = describe(exc)
-            outcome = build.retry_or_fail(job, reason, time.monotonic() - started, None)
-        except asyncio.CancelledError:
+            return build.retry_or_fail(job, reason, time.monotonic() - started, None)
+        except asyncio.CancelledError as exc:
             if mine.stop_reason == "cancelled":
-                outcome = build.final(job, JobStatus.CANCELLED, "cancelled by request", started)
-            elif mine.stop_reason is None:
-                raise
+                return build.final(job, JobStatus.CANCELLED, "cancelled by request", started)
+            if mine.stop_reason is None:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # cancelled from outside the pool's own reasons: no outcome
+                # The handler raised it itself: a failure like any other.
+                return build.retry_or_fail(job, describe(exc), time.monotonic() - started, None)
             # "shutdown" and "lease_lost": no outcome; the job is released or taken back.
-        except Exception as exc:  # noqa: BLE001 - a handler's failure is data, not a crash
-            outcome = build.retry_or_fail(job, describe(exc), time.monotonic() - started, None)
-        finally:
-            self._finish(mine)
-        # A handler that swallowed the cancellation still returns: with the lease lost, what
-        # it returns is not ours to write.
-        if outcome is not None and mine.stop_reason != "lease_lost":
-            self._record(job, outcome)  # its lease is kept until the outcome is written
-        else:
-            self.state.leases.pop((job.id, job.attempts), None)
+            return None
+        except BaseException as exc:  # noqa: BLE001 - a handler's failure is data, not a crash
+            # SystemExit, KeyboardInterrupt, GeneratorExit and the like from a handler are
+            # its failure: they stopped the whole daemon, and left the job running for good.
+            return build.retry_or_fail(job, describe(exc), time.monotonic() - started, None)
 
     def _timeout_of(self, job: Job) -> tuple[float | None, str]:
         """The attempt's timeout and whose it is: the job's own, its handler's

@@ -87,4 +87,15 @@ class OutcomeBuilder:
 def describe(exc: BaseException) -> str:
     """``Type: message`` on the first line (for logs and lists), the traceback below it."""
     trace = "".join(traceback.format_exception(exc, limit=-8))
-    return f"{type(exc).__name__}: {exc}\n{trace[-_MAX_ERROR_CHARS:]}".rstrip()
+    return f"{type(exc).__name__}: {text_of(exc)}\n{trace[-_MAX_ERROR_CHARS:]}".rstrip()
+
+
+def text_of(value: object) -> str:
+    """``str(value)``, or a stand-in when that raises: a handler's exception (or a reason it
+    passed to Retry or Reject) whose ``__str__`` raises left its job running for good."""
+    if isinstance(value, str):
+        return value
+    try:
+        return str(value)
+    except BaseException:  # noqa: BLE001 - a handler's object: anything can come out
+        return f"<{type(value).__name__} object that cannot be shown>"

@@ -1,0 +1,144 @@
+"""Handlers that misbehave end their own attempt, with a reason, and nothing else: found by a
+drill in which each of these left its job running for good (its lease renewed, no run
+recorded, cancel powerless) or stopped the whole daemon."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, NoReturn
+
+import pytest
+
+from jobwire import JobContext, Reject, Retry
+from jobwire.models import JobSpec, JobStatus
+from jobwire.store.memory import MemoryStore
+from tests.support.pools import fast_config, make_pool
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Stubborn(BaseException):
+    """Not an Exception: a handler's own BaseException subclass."""
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no")
+
+
+class UnprintableReason:
+    def __str__(self) -> str:
+        raise RuntimeError("no")
+
+
+def raising(exc: BaseException) -> Any:
+    async def handler(payload: Any, ctx: JobContext) -> NoReturn:
+        raise exc
+
+    return handler
+
+
+CASES = {
+    "system_exit": (raising(SystemExit(3)), "SystemExit"),
+    "keyboard_interrupt": (raising(KeyboardInterrupt()), "KeyboardInterrupt"),
+    "generator_exit": (raising(GeneratorExit()), "GeneratorExit"),
+    "own_base_exception": (raising(Stubborn("mine")), "Stubborn: mine"),
+    "cancelled_by_itself": (raising(asyncio.CancelledError()), "CancelledError"),
+    "unprintable": (raising(Unprintable()), "Unprintable: <Unprintable object"),
+    "retry_empty": (raising(Retry("")), ""),
+    "retry_none": (raising(Retry(None)), "None"),  # type: ignore[arg-type]
+    "retry_int": (raising(Retry(123)), "123"),  # type: ignore[arg-type]
+    "reject_unprintable": (raising(Reject(UnprintableReason())), "rejected: <"),  # type: ignore[arg-type]
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+async def test_the_attempt_fails_with_a_reason_and_the_pool_goes_on(case: str) -> None:
+    handler, reason = CASES[case]
+    store = MemoryStore()
+    bad, good = await store.enqueue_many(
+        [JobSpec("bad", {}, max_attempts=1), JobSpec("echo", {"n": 1})]
+    )
+    assert bad is not None and good is not None
+    pool = make_pool(store, {"bad": handler}, fast_config())
+    await pool.start()
+
+    async def finished() -> bool:
+        return store.jobs[bad].status == JobStatus.FAILED
+
+    try:
+        await wait_for(finished, timeout=10, what=f"{case}: the job failed")
+        # The pool still runs jobs, and holds no lease for the failed one.
+        (later,) = await store.enqueue_many([JobSpec("echo", {"n": 2})])
+        assert later is not None
+
+        async def ran() -> bool:
+            return store.jobs[later].status == JobStatus.SUCCEEDED
+
+        await wait_for(ran, what="a later job run")
+        assert not pool.state.leases and bad not in pool.state.running
+    finally:
+        await pool.stop()
+    assert store.jobs[good].status == JobStatus.SUCCEEDED
+    error = store.jobs[bad].last_error or ""
+    assert reason in error
+    assert [r["status"] for r in await store.runs(bad)] == ["failed"]
+
+
+async def test_a_handler_that_swallows_its_timeout_has_still_timed_out() -> None:
+    async def swallow(payload: Any, ctx: JobContext) -> str:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            pass  # and carries on
+        await asyncio.sleep(0.3)
+        return "done"
+
+    store = MemoryStore()
+    (job_id,) = await store.enqueue_many([JobSpec("swallow", queue="short", max_attempts=1)])
+    assert job_id is not None
+    config = fast_config(queues={"short": {"timeout": "100ms"}})
+    pool = make_pool(store, {"swallow": swallow}, config)
+    await pool.start()
+
+    async def ended() -> bool:
+        return store.jobs[job_id].status in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+
+    try:
+        await wait_for(ended, what="the attempt's end")
+    finally:
+        await pool.stop()
+    job = store.jobs[job_id]
+    assert job.status == JobStatus.FAILED and job.result is None
+    assert "timed out after 0.1s" in (job.last_error or "")
+
+
+async def test_a_stop_ends_although_a_handler_swallows_its_cancellation() -> None:
+    let_go = asyncio.Event()
+
+    async def stubborn(payload: Any, ctx: JobContext) -> None:
+        while not let_go.is_set():
+            try:
+                await let_go.wait()
+            except asyncio.CancelledError:
+                continue
+
+    store = MemoryStore()
+    bad, good = await store.enqueue_many([JobSpec("stubborn"), JobSpec("sleep", {"seconds": 60})])
+    assert bad is not None and good is not None
+    config = fast_config(workers={"shutdown_timeout": "100ms", "lease": "30s"})
+    pool = make_pool(store, {"stubborn": stubborn}, config)
+    await pool.start()
+
+    async def both_running() -> bool:
+        return len(pool.state.running) == 2
+
+    await wait_for(both_running, what="both jobs running")
+    async with asyncio.timeout(15):
+        await pool.stop()
+    # The well-behaved job is given back; the stubborn one is left to its lease, not
+    # released for another instance to run beside this one.
+    assert store.jobs[good].status == JobStatus.PENDING
+    assert store.jobs[bad].status == JobStatus.RUNNING
+    let_go.set()
