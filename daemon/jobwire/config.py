@@ -45,13 +45,26 @@ from jobwire.ticks import TickRule, never_fires, valid_cron
 # What parse_duration accepts (spaces between parts included), for editors' schema checks.
 DURATION_PATTERN = r"^ *([0-9]+(\.[0-9]+)?|([0-9]+(\.[0-9]+)? *(ms|s|m|h|d) *)+) *$"
 
+# Ten years: past that a duration is a typo, and PostgreSQL's timestamps (now() + lease)
+# and asyncio's timers overflow or misbehave long before the float does.
+MAX_DURATION_S = 3650 * 86400.0
+
+
+def _config_duration(value: object) -> float:
+    """A config duration: what parse_duration takes, at most ``MAX_DURATION_S``."""
+    seconds = parse_duration(value)
+    if seconds > MAX_DURATION_S:
+        raise ValueError("a duration must be at most 3650d (10 years)")
+    return seconds
+
+
 Duration = Annotated[
     float,
-    BeforeValidator(parse_duration),
+    BeforeValidator(_config_duration),
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "number", "minimum": 0},
+                {"type": "number", "minimum": 0, "maximum": MAX_DURATION_S},
                 {"type": "string", "pattern": DURATION_PATTERN},
             ]
         }
@@ -96,8 +109,10 @@ class DatabaseConfig(_Strict):
         "jobwire", alias="schema", description="The PostgreSQL schema all tables live in."
     )
     pool: PoolConfig = Field(PoolConfig(), description="The connection pool's size.")
+    # 0 passed the check and then made every statement time out at once ("database
+    # unavailable"); asyncpg takes no 0 for "none".
     command_timeout: Duration = Field(
-        30.0, description="A statement slower than this counts as the database being down."
+        30.0, gt=0, description="A statement slower than this counts as the database being down."
     )
     migrate: bool = Field(
         True,
