@@ -44,6 +44,8 @@ class _Lookup:
     problems: list[tuple[str, str]]
     # Values read from files: secrets by convention, whatever key they end up under.
     secrets: set[str]
+    # id of a list or dict already interpolated -> its copy: an alias is expanded once.
+    done: dict[int, Any]
 
     def get(self, name: str, path: str) -> str | None:
         """``$VAR``, else the file ``$VAR_FILE`` names, else ``$CREDENTIALS_DIRECTORY/VAR``."""
@@ -129,18 +131,32 @@ def interpolate(
 ) -> Any:
     """Replace ``${VAR}``, ``${VAR:-default}`` and ``$$`` in every string of a parsed YAML
     tree; values read from ``_FILE`` files or credentials are added to ``secrets``."""
-    lookup = _Lookup(env, problems, set() if secrets is None else secrets)
+    lookup = _Lookup(
+        env,
+        problems,
+        set() if secrets is None else secrets,
+        {},
+    )
     return _interpolate(node, lookup, path)
 
 
 def _interpolate(node: Any, lookup: _Lookup, path: str) -> Any:
-    if isinstance(node, dict):
-        return {
-            str(k) if isinstance(k, _Plain) else k: _interpolate(v, lookup, _join(path, str(k)))
-            for k, v in node.items()
-        }
-    if isinstance(node, list):
-        return [_interpolate(v, lookup, f"{path}[{i}]") for i, v in enumerate(node)]
+    if isinstance(node, dict | list):
+        # Aliases share one parsed node: copying each use of it would let a few hundred
+        # bytes of nested aliases ("billion laughs") cost minutes and gigabytes. A shared
+        # node's problems are reported once, at its first key.
+        if id(node) in lookup.done:
+            return lookup.done[id(node)]
+        copy: Any
+        if isinstance(node, dict):
+            copy = {
+                str(k) if isinstance(k, _Plain) else k: _interpolate(v, lookup, _join(path, str(k)))
+                for k, v in node.items()
+            }
+        else:
+            copy = [_interpolate(v, lookup, f"{path}[{i}]") for i, v in enumerate(node)]
+        lookup.done[id(node)] = copy
+        return copy
     if not isinstance(node, str):
         return node
     return _expand(node, lookup, path)
