@@ -32,6 +32,7 @@ from jobwire.interpolation import interpolate
 from jobwire.limits import check_rate
 from jobwire.redaction import (
     MASK,
+    MIN_REPLACED,
     SECRET,
     is_secret_name,
     raw_secret_values,
@@ -904,10 +905,21 @@ def _coerced_key(
     return ConfigProblem("", where, reason)
 
 
+def _from_env(reason: str, value: Any, names: list[str]) -> str:
+    """``reason`` without a value that came from the environment: it may be anything."""
+    text = str(value)
+    if len(text) >= MIN_REPLACED:
+        # As a validator quotes it ({value!r}) and as it is.
+        reason = reason.replace(repr(text)[1:-1], MASK).replace(text, MASK)
+    variables = ", ".join(f"${{{name}}}" for name in dict.fromkeys(names))
+    return f"{reason} (got the value of environment variable {variables})"
+
+
 def _pydantic_problems(
     err: ValidationError,
     file: str,
     coerced: list[CoercedKey] | None = None,
+    origins: Mapping[str, list[str]] | None = None,
 ) -> list[ConfigProblem]:
     problems = []
     for item in err.errors():
@@ -935,7 +947,10 @@ def _pydantic_problems(
             key = _join(key, "type")
         else:
             reason = str(item["msg"]).removeprefix("Value error, ")
-            if "input" in item and not isinstance(item["input"], dict | list):
+            names = (origins or {}).get(key)
+            if names and "input" in item and not isinstance(item["input"], dict | list):
+                reason = _from_env(reason, item["input"], names)
+            elif "input" in item and not isinstance(item["input"], dict | list):
                 # A secret field's value is never echoed, however wrong it is (a short one
                 # would escape the verbatim redaction in parse_config).
                 field = next((p for p in reversed(loc) if isinstance(p, str)), "")
@@ -978,7 +993,8 @@ def parse_config(
         raw = {**raw, "database": {k: v for k, v in raw["database"].items() if k != "url"}}
     env_problems: list[tuple[str, str]] = []
     file_secrets: set[str] = set()
-    data = interpolate(raw, env, "", env_problems, file_secrets)
+    origins: dict[str, list[str]] = {}
+    data = interpolate(raw, env, "", env_problems, file_secrets, origins)
     if override and isinstance(data, dict) and isinstance(data.get("database"), dict):
         # A copy: an alias may share this mapping with another key.
         data["database"] = {**data["database"], "url": database_url}
@@ -990,7 +1006,7 @@ def parse_config(
     except ValidationError as err:
         # A key whose variable is missing already has its problem; skip the echo it causes.
         env_keys = {key for key, _ in env_problems}
-        found = _pydantic_problems(err, file, parsed.coerced_keys)
+        found = _pydantic_problems(err, file, parsed.coerced_keys, origins)
         problems.extend(p for p in found if p.key not in env_keys)
         # No model to ask which values are secret: take them from the tree as written (after
         # ${VAR} interpolation), wherever a validator's message may have quoted them.

@@ -44,12 +44,15 @@ class _Lookup:
     problems: list[tuple[str, str]]
     # Values read from files: secrets by convention, whatever key they end up under.
     secrets: set[str]
+    # Key -> the variables whose environment values it holds: masked in error messages.
+    origins: dict[str, list[str]]
     # id of a list or dict already interpolated -> its copy: an alias is expanded once.
     done: dict[int, Any]
 
     def get(self, name: str, path: str) -> str | None:
         """``$VAR``, else the file ``$VAR_FILE`` names, else ``$CREDENTIALS_DIRECTORY/VAR``."""
         if name in self.env:
+            self.origins.setdefault(path, []).append(name)
             return self.env[name]
         pointer = self.env.get(f"{name}_FILE")
         if pointer:
@@ -128,13 +131,16 @@ def interpolate(
     path: str,
     problems: list[tuple[str, str]],
     secrets: set[str] | None = None,
+    origins: dict[str, list[str]] | None = None,
 ) -> Any:
     """Replace ``${VAR}``, ``${VAR:-default}`` and ``$$`` in every string of a parsed YAML
-    tree; values read from ``_FILE`` files or credentials are added to ``secrets``."""
+    tree; values read from ``_FILE`` files or credentials are added to ``secrets``, and
+    ``origins`` gets the key of each environment variable's value."""
     lookup = _Lookup(
         env,
         problems,
         set() if secrets is None else secrets,
+        {} if origins is None else origins,
         {},
     )
     return _interpolate(node, lookup, path)

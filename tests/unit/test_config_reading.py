@@ -149,6 +149,14 @@ def test_quoted_keys_are_names() -> None:
     assert set(config.queues) == {"no", "0755"}
 
 
+def test_a_value_from_the_environment_is_not_echoed() -> None:
+    env = {"SCHEMA": "Sch3ma-From-Env"}
+    (line,) = problems("database: {schema: '${SCHEMA}'}", env)
+    assert "Sch3ma-From-Env" not in line
+    assert line.startswith("f.yaml: database.schema: ")
+    assert "(got the value of environment variable ${SCHEMA})" in line
+
+
 def test_a_value_written_in_the_file_is_still_echoed() -> None:
     (line,) = problems("workers: {concurrency: lots}")
     assert "(got 'lots')" in line
