@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -27,11 +26,13 @@ from pydantic import (
     model_validator,
 )
 
+from jobwire.config_yaml import CoercedKey, FileProblem, load_yaml, read_config_text
 from jobwire.durations import parse_duration
-from jobwire.interpolation import Loader, interpolate
+from jobwire.interpolation import interpolate
 from jobwire.limits import check_rate
 from jobwire.redaction import (
     MASK,
+    MIN_REPLACED,
     SECRET,
     is_secret_name,
     raw_secret_values,
@@ -45,13 +46,26 @@ from jobwire.ticks import TickRule, never_fires, valid_cron
 # What parse_duration accepts (spaces between parts included), for editors' schema checks.
 DURATION_PATTERN = r"^ *([0-9]+(\.[0-9]+)?|([0-9]+(\.[0-9]+)? *(ms|s|m|h|d) *)+) *$"
 
+# Ten years: past that a duration is a typo, and PostgreSQL's timestamps (now() + lease)
+# and asyncio's timers overflow or misbehave long before the float does.
+MAX_DURATION_S = 3650 * 86400.0
+
+
+def _config_duration(value: object) -> float:
+    """A config duration: what parse_duration takes, at most ``MAX_DURATION_S``."""
+    seconds = parse_duration(value)
+    if seconds > MAX_DURATION_S:
+        raise ValueError("a duration must be at most 3650d (10 years)")
+    return seconds
+
+
 Duration = Annotated[
     float,
-    BeforeValidator(parse_duration),
+    BeforeValidator(_config_duration),
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "number", "minimum": 0},
+                {"type": "number", "minimum": 0, "maximum": MAX_DURATION_S},
                 {"type": "string", "pattern": DURATION_PATTERN},
             ]
         }
@@ -96,8 +110,10 @@ class DatabaseConfig(_Strict):
         "jobwire", alias="schema", description="The PostgreSQL schema all tables live in."
     )
     pool: PoolConfig = Field(PoolConfig(), description="The connection pool's size.")
+    # 0 passed the check and then made every statement time out at once ("database
+    # unavailable"); asyncpg takes no 0 for "none".
     command_timeout: Duration = Field(
-        30.0, description="A statement slower than this counts as the database being down."
+        30.0, gt=0, description="A statement slower than this counts as the database being down."
     )
     migrate: bool = Field(
         True,
@@ -868,13 +884,53 @@ def _did_you_mean(loc: tuple[int | str, ...]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _pydantic_problems(err: ValidationError, file: str) -> list[ConfigProblem]:
+def _coerced_key(
+    loc: tuple[int | str, ...], value: Any, coerced: list[CoercedKey]
+) -> ConfigProblem | None:
+    """A mapping key that must be a name, which YAML 1.1 read as a boolean, number or null."""
+    if not loc or loc[-1] != "[key]" or isinstance(value, str):
+        return None
+    # The loc holds the key as read (False for no): find the text it was written as.
+    match = next(
+        (c for c in coerced if type(c.value) is type(value) and c.value == value),
+        None,
+    )
+    if match is None:
+        return None
+    where = _loc_to_key(loc[:-2])
+    reason = (
+        f"the key {match.text} (line {match.line}) was read as {match.kind}, not a name: "
+        f"quote it ('{match.text}')"
+    )
+    return ConfigProblem("", where, reason)
+
+
+def _from_env(reason: str, value: Any, names: list[str]) -> str:
+    """``reason`` without a value that came from the environment: it may be anything."""
+    text = str(value)
+    if len(text) >= MIN_REPLACED:
+        # As a validator quotes it ({value!r}) and as it is.
+        reason = reason.replace(repr(text)[1:-1], MASK).replace(text, MASK)
+    variables = ", ".join(f"${{{name}}}" for name in dict.fromkeys(names))
+    return f"{reason} (got the value of environment variable {variables})"
+
+
+def _pydantic_problems(
+    err: ValidationError,
+    file: str,
+    coerced: list[CoercedKey] | None = None,
+    origins: Mapping[str, list[str]] | None = None,
+) -> list[ConfigProblem]:
     problems = []
     for item in err.errors():
         loc = tuple(
             p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-"))
         )
         key = _loc_to_key(loc)
+        as_key = _coerced_key(loc, item.get("input"), coerced or [])
+        if as_key is not None:
+            problems.append(ConfigProblem(file, as_key.key, as_key.reason))
+            continue
         if item["type"] == "extra_forbidden":
             reason = "unknown key" + _did_you_mean(loc)
         elif item["type"] == "missing":
@@ -891,7 +947,10 @@ def _pydantic_problems(err: ValidationError, file: str) -> list[ConfigProblem]:
             key = _join(key, "type")
         else:
             reason = str(item["msg"]).removeprefix("Value error, ")
-            if "input" in item and not isinstance(item["input"], dict | list):
+            names = (origins or {}).get(key)
+            if names and "input" in item and not isinstance(item["input"], dict | list):
+                reason = _from_env(reason, item["input"], names)
+            elif "input" in item and not isinstance(item["input"], dict | list):
                 # A secret field's value is never echoed, however wrong it is (a short one
                 # would escape the verbatim redaction in parse_config).
                 field = next((p for p in reversed(loc) if isinstance(p, str)), "")
@@ -917,14 +976,10 @@ def parse_config(
     """
     env = os.environ if env is None else env
     try:
-        raw = yaml.load(text, Loader=Loader)  # a SafeLoader: plain data only
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(
-            [ConfigProblem(file, where, f"invalid YAML: {redact(problem)}")]
-        ) from None
+        parsed = load_yaml(text)  # a SafeLoader: plain data only
+    except FileProblem as exc:
+        raise ConfigError([ConfigProblem(file, exc.where, redact(exc.problem))]) from None
+    raw = parsed.data
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -938,9 +993,11 @@ def parse_config(
         raw = {**raw, "database": {k: v for k, v in raw["database"].items() if k != "url"}}
     env_problems: list[tuple[str, str]] = []
     file_secrets: set[str] = set()
-    data = interpolate(raw, env, "", env_problems, file_secrets)
+    origins: dict[str, list[str]] = {}
+    data = interpolate(raw, env, "", env_problems, file_secrets, origins)
     if override and isinstance(data, dict) and isinstance(data.get("database"), dict):
-        data["database"]["url"] = database_url
+        # A copy: an alias may share this mapping with another key.
+        data["database"] = {**data["database"], "url": database_url}
     # Before any message is built: whatever prints from here on masks them.
     remember(file_secrets)
     problems = [ConfigProblem(file, key, reason) for key, reason in env_problems]
@@ -949,7 +1006,8 @@ def parse_config(
     except ValidationError as err:
         # A key whose variable is missing already has its problem; skip the echo it causes.
         env_keys = {key for key, _ in env_problems}
-        problems.extend(p for p in _pydantic_problems(err, file) if p.key not in env_keys)
+        found = _pydantic_problems(err, file, parsed.coerced_keys, origins)
+        problems.extend(p for p in found if p.key not in env_keys)
         # No model to ask which values are secret: take them from the tree as written (after
         # ${VAR} interpolation), wherever a validator's message may have quoted them.
         secrets = raw_secret_values(data, _SECRET_KEYS) | file_secrets
@@ -983,7 +1041,7 @@ def load_config(
     if path is None:
         return Config(), None
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([ConfigProblem(str(path), "", f"cannot read: {exc.strerror}")]) from None
+        text = read_config_text(path)
+    except FileProblem as exc:
+        raise ConfigError([ConfigProblem(str(path), exc.where, exc.problem)]) from None
     return parse_config(text, str(path), sections=sections, database_url=database_url), path

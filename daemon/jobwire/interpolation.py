@@ -44,10 +44,15 @@ class _Lookup:
     problems: list[tuple[str, str]]
     # Values read from files: secrets by convention, whatever key they end up under.
     secrets: set[str]
+    # Key -> the variables whose environment values it holds: masked in error messages.
+    origins: dict[str, list[str]]
+    # id of a list or dict already interpolated -> its copy: an alias is expanded once.
+    done: dict[int, Any]
 
     def get(self, name: str, path: str) -> str | None:
         """``$VAR``, else the file ``$VAR_FILE`` names, else ``$CREDENTIALS_DIRECTORY/VAR``."""
         if name in self.env:
+            self.origins.setdefault(path, []).append(name)
             return self.env[name]
         pointer = self.env.get(f"{name}_FILE")
         if pointer:
@@ -126,21 +131,38 @@ def interpolate(
     path: str,
     problems: list[tuple[str, str]],
     secrets: set[str] | None = None,
+    origins: dict[str, list[str]] | None = None,
 ) -> Any:
     """Replace ``${VAR}``, ``${VAR:-default}`` and ``$$`` in every string of a parsed YAML
-    tree; values read from ``_FILE`` files or credentials are added to ``secrets``."""
-    lookup = _Lookup(env, problems, set() if secrets is None else secrets)
+    tree; values read from ``_FILE`` files or credentials are added to ``secrets``, and
+    ``origins`` gets the key of each environment variable's value."""
+    lookup = _Lookup(
+        env,
+        problems,
+        set() if secrets is None else secrets,
+        {} if origins is None else origins,
+        {},
+    )
     return _interpolate(node, lookup, path)
 
 
 def _interpolate(node: Any, lookup: _Lookup, path: str) -> Any:
-    if isinstance(node, dict):
-        return {
-            str(k) if isinstance(k, _Plain) else k: _interpolate(v, lookup, _join(path, str(k)))
-            for k, v in node.items()
-        }
-    if isinstance(node, list):
-        return [_interpolate(v, lookup, f"{path}[{i}]") for i, v in enumerate(node)]
+    if isinstance(node, dict | list):
+        # Aliases share one parsed node: copying each use of it would let a few hundred
+        # bytes of nested aliases ("billion laughs") cost minutes and gigabytes. A shared
+        # node's problems are reported once, at its first key.
+        if id(node) in lookup.done:
+            return lookup.done[id(node)]
+        copy: Any
+        if isinstance(node, dict):
+            copy = {
+                str(k) if isinstance(k, _Plain) else k: _interpolate(v, lookup, _join(path, str(k)))
+                for k, v in node.items()
+            }
+        else:
+            copy = [_interpolate(v, lookup, f"{path}[{i}]") for i, v in enumerate(node)]
+        lookup.done[id(node)] = copy
+        return copy
     if not isinstance(node, str):
         return node
     return _expand(node, lookup, path)

@@ -30,6 +30,14 @@ SECRET_NAME = re.compile(
 # scheme://user:password@ ; the password runs to the last @ before the path (a password may
 # hold an unencoded @), and never across whitespace.
 _URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:]*):[^\s/?#]*@")
+# password=VALUE written as text: a libpq key=value DSN (host=db password=x), a URL's query
+# (?password=x&...), a connection string (Password=x;). The name may carry a prefix
+# (sslpassword, client_secret, access_token); a quoted DSN value may hold spaces.
+_KV_PASSWORD = re.compile(
+    r"(?P<head>\b(?:\w*(?:password|passwd|passphrase|secret|token|api_?key)|pass|pwd)"
+    r"\s*=\s*)(?P<value>'(?:[^'\\]|\\.)*'|[^\s&;,'\"]+)",
+    re.I,
+)
 # Shorter secrets are masked in their own fields and URLs, but not replaced in free text:
 # replacing "ab" everywhere would garble every message and reveal which letters it had.
 MIN_REPLACED = 4
@@ -54,8 +62,14 @@ def mask_url(url: str) -> str:
     return _URL_PASSWORD.sub(lambda m: f"{m['head']}:{MASK}@", url)
 
 
+def mask_key_values(text: str) -> str:
+    """``text`` with the value of each ``password=VALUE`` (DSN, URL query) replaced."""
+    return _KV_PASSWORD.sub(lambda m: f"{m['head']}{MASK}", text)
+
+
 def url_passwords(text: str) -> set[str]:
-    """Passwords of URLs in ``text``, as written and percent-decoded."""
+    """Passwords of URLs (``user:password@``, ``?password=``) and of ``password=`` in a
+    key=value DSN in ``text``, as written and percent-decoded."""
     found: set[str] = set()
     for match in _URL_PASSWORD.finditer(text):
         try:
@@ -64,6 +78,12 @@ def url_passwords(text: str) -> set[str]:
             password = None
         if password:
             found.update({password, unquote(password)})
+    for match in _KV_PASSWORD.finditer(text):
+        value = match["value"]
+        if value.startswith("'"):  # a quoted DSN value: as written, and as libpq reads it
+            found.add(value)
+            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+        found.update({value, unquote(value)})
     return found
 
 
@@ -71,6 +91,8 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` with URL passwords and every given (and remembered) secret masked."""
     if "://" in text:
         text = mask_url(text)
+    if "=" in text:
+        text = mask_key_values(text)
     candidates = _replaceable
     if secrets:
         # Longest first: a secret that contains another is masked whole.

@@ -27,3 +27,9 @@ def test_parses_durations(text: object, seconds: float) -> None:
 def test_rejects_bad_durations(bad: object) -> None:
     with pytest.raises(ValueError):
         parse_duration(bad)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "9" * 400, 10**400])
+def test_rejects_durations_that_are_not_finite(bad: object) -> None:
+    with pytest.raises(ValueError, match="finite"):
+        parse_duration(bad)

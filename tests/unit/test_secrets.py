@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 import structlog
 
+from jobwire import redaction
 from jobwire.app import Daemon
-from jobwire.config import Config, parse_config
+from jobwire.config import Config, ConfigError, parse_config
 from jobwire.handlers import HandlerRegistry
 from jobwire.logs import RedactingFormatter, _json_formatter, _redacting, redact_event
 from jobwire.redaction import (
@@ -215,3 +216,33 @@ def test_published_source_state_is_redacted() -> None:
     shown = daemon.describe_sources()
     assert secret not in str(shown)
     assert shown["a"]["last_error"] == f"AMQPConnectionError: amqp://u:{MASK}@h/ refused ({MASK})"
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("host=127.0.0.1 user=u password=KwSecretPw1 dbname=x", "KwSecretPw1"),
+        ("host=h password='Kw Secret\\' Pw2' dbname=x", "Kw Secret"),
+        ("mysql://h/db?password=QuerySecret1", "QuerySecret1"),
+        ("https://h/x?a=1&access_token=QueryToken12&b=2", "QueryToken12"),
+        ("Server=h;Password=SemiSecret1;Database=x", "SemiSecret1"),
+    ],
+)
+def test_key_value_passwords_are_masked(text: str, secret: str) -> None:
+    masked = redaction.redact(text)
+    assert secret not in masked
+    assert redaction.MASK in masked
+    assert secret in " ".join(redaction.url_passwords(text))
+
+
+def test_key_value_masking_leaves_other_keys_alone() -> None:
+    text = "host=h user=u dbname=x password_file=/run/pw bypass=1"
+    assert redaction.redact(text) == text
+
+
+def test_a_dsn_in_a_config_error_is_masked() -> None:
+    text = 'database: {url: "host=127.0.0.1 user=u password=KwSecretPw1 dbname=x"}'
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "f.yaml", {})
+    assert "KwSecretPw1" not in str(info.value)
+    assert "database.url" in str(info.value)
