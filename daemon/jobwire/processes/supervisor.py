@@ -182,12 +182,15 @@ class Supervisor:
             slot.last_ping = time.monotonic()
             log.info("worker_process_ready", process=index, pid=slot.pid)
             self._announce()
-        elif not self.announced and "EXTEND_TIMEOUT_USEC" in fields:
-            # A migration running in a child keeps pushing systemd's start timeout ahead.
+        elif not self.announced and not self.stopping.is_set() and "EXTEND_TIMEOUT_USEC" in fields:
+            # A migration running in a child keeps pushing systemd's start timeout ahead;
+            # once stopping, it would push the stop's timeout instead.
             sd_notify(f"EXTEND_TIMEOUT_USEC={fields['EXTEND_TIMEOUT_USEC']}", self._systemd)
 
     def _announce(self) -> None:
         """READY=1 to systemd once every child is ready (once: later restarts are ours)."""
+        if self.stopping.is_set():
+            return  # a stop was requested: systemd must not see a start succeed after it
         ready = sum(slot.ready for slot in self.slots)
         if self.announced or ready < len(self.slots):
             sd_notify(f"STATUS={ready} of {len(self.slots)} processes ready", self._systemd)
