@@ -135,8 +135,9 @@ async def database_dsn(config: Config) -> AsyncIterator[str]:
     """The configured database's URL; the embedded server runs for as long as it is used."""
     db = config.database
     embedded = EmbeddedPostgres(db.data_dir) if db.url == "embedded" else None
-    dsn = await embedded.start() if embedded else db.url
     try:
+        # Inside the try: a stop during the server's start still stops it.
+        dsn = await embedded.start() if embedded else db.url
         yield dsn
     finally:
         if embedded:
@@ -362,6 +363,7 @@ class Daemon:
         self.metrics: Metrics | None = None
         self.relays: list[OutboxRelay] = []
         self.http: HttpApi | None = None
+        self._starting = True  # until every service has started: a stop cancels the start
         # Log lines, /readyz and the workers table mask these wherever they appear.
         remember(secret_values(config))
 
@@ -499,24 +501,56 @@ class Daemon:
         return services
 
     async def run(self) -> None:
-        """Run until a stop is requested, then drain and return."""
+        """Run until a stop is requested, then drain and return.
+
+        A stop requested during start-up (waiting for the database or the migration lock,
+        migrating, starting services) abandons the start: what had started is stopped, and
+        this returns as after any requested stop, without READY=1.
+        """
         log.info("daemon_starting", version=__version__, pid=os.getpid())
+        self._starting = True
+        life = asyncio.create_task(self._live(), name="jobwire-daemon")
+        stop = asyncio.create_task(self.stop_requested.wait(), name="jobwire-stop-request")
+        try:
+            await asyncio.wait({life, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not life.done() and self._starting:
+                # Cancelled where it waits: the context managers and ServiceGroup.start undo
+                # what had started. Waiting for the start to finish could take as long as the
+                # database stays away or another instance holds the migration lock.
+                life.cancel()
+            await asyncio.wait({life})
+        except asyncio.CancelledError:
+            life.cancel()
+            await asyncio.wait({life})
+            raise
+        finally:
+            stop.cancel()
+        if life.cancelled():
+            log.info("daemon_start_abandoned")
+            return
+        life.result()
+
+    async def _live(self) -> None:
+        """Start everything, announce readiness, wait for a stop, then drain."""
         async with open_store(self.config) as store:
             await store.publish_default_max_attempts(self.config.retry.max_attempts)
             services = ServiceGroup(self.build(store))
             watchdog = None
             try:
                 await services.start()
-                _sd_notify("READY=1\nSTATUS=running")
-                self.ready.set()
-                watchdog = _start_watchdog()
-                log.info(
-                    "daemon_ready",
-                    worker=self.pool.worker_id if self.pool is not None else None,
-                    sources=[s.cfg.name for s in self.sources],
-                    services=services.started,
-                )
-                _announce_ready(self.config, self.http.port if self.http is not None else None)
+                # No await from here to the wait: a stop now is a drain, never a cancel.
+                self._starting = False
+                if not self.stop_requested.is_set():
+                    _sd_notify("READY=1\nSTATUS=running")
+                    self.ready.set()
+                    watchdog = _start_watchdog()
+                    log.info(
+                        "daemon_ready",
+                        worker=self.pool.worker_id if self.pool is not None else None,
+                        sources=[s.cfg.name for s in self.sources],
+                        services=services.started,
+                    )
+                    _announce_ready(self.config, self.http.port if self.http is not None else None)
                 await self.stop_requested.wait()
                 _sd_notify("STOPPING=1")
             finally:

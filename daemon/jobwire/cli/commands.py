@@ -34,6 +34,7 @@ from jobwire.cli.common import (
     read_payload,
     report,
     run,
+    settle,
     with_store,
 )
 from jobwire.cli.group import main
@@ -44,9 +45,12 @@ from jobwire.handlers import BUILTINS, HandlerLoadError, HandlerRegistry
 from jobwire.models import JobStatus
 from jobwire.processes import (
     ChildRole,
+    ConfigHandover,
+    HandoverMissing,
     Supervisor,
     SupervisorGone,
     process_problems,
+    receive_config,
     resolve_processes,
 )
 from jobwire.redaction import redact_data
@@ -83,16 +87,30 @@ def _registry(config: Config, file: str) -> HandlerRegistry:
 @global_options
 def run_daemon(migrate_first: bool | None) -> None:
     """Run the daemon until SIGTERM, SIGINT or SIGHUP."""
-    config, file = load(daemon=True)
+    role = ChildRole.from_env()
+    if role is None:
+        config, file = load(daemon=True)
+    else:
+        # The config its supervisor validated at the service's start, never the file as it
+        # is now: a child started again after an edit runs what its siblings run.
+        try:
+            config, file = receive_config()
+        except HandoverMissing as exc:
+            fail(str(exc), EXIT_UNAVAILABLE)
+        settle(config, daemon=True)
     if migrate_first is not None:
         database = config.database.model_copy(update={"migrate": migrate_first})
         config = config.model_copy(update={"database": database})
     registry = _registry(config, file)
-    role = ChildRole.from_env()
     if role is None:
         processes = resolve_processes(config.workers.processes, config.database.url == "embedded")
         if processes > 1:
-            supervisor = Supervisor(sys.argv[1:], processes, config.workers.shutdown_timeout)
+            supervisor = Supervisor(
+                sys.argv[1:],
+                processes,
+                config.workers.shutdown_timeout,
+                handover=ConfigHandover(config, file),
+            )
             sys.exit(run(supervisor.run()))
     else:
         try:

@@ -191,11 +191,16 @@ def load(sections: tuple[str, ...] | None = None, daemon: bool = False) -> tuple
             fail(f"--schema {g.schema!r} must be a plain SQL identifier (letters, digits, _)")
         database = config.database.model_copy(update={"db_schema": g.schema})
         config = config.model_copy(update={"database": database})
+    settle(config, daemon)
+    return config, str(path) if path else "(built-in defaults)"
+
+
+def settle(config: Config, daemon: bool = False) -> None:
+    """Mask the config's secrets and log as it says: what every command does with its config."""
     # Before anything logs or prints: every line from here on masks them.
     remember(secret_values(config))
     level = config.logging.level if daemon else "warning"
-    configure_logging(config.logging.format, log_level(g.verbose, level))
-    return config, str(path) if path else "(built-in defaults)"
+    configure_logging(config.logging.format, log_level(globals_().verbose, level))
 
 
 def load_db(sections: tuple[str, ...] = DB_SECTIONS) -> Config:

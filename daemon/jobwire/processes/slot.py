@@ -68,10 +68,12 @@ class Slot:
         command: Sequence[str],
         env: Mapping[str, str],
         policy: RestartPolicy | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> None:
         self.index = index
         self.command = list(command)
         self.env = dict(env)
+        self.pass_fds = tuple(pass_fds)  # inherited by every process started here
         self.policy = policy or RestartPolicy()
         self.proc: asyncio.subprocess.Process | None = None
         self.ready = False
@@ -96,7 +98,7 @@ class Slot:
         self.stopping_since = None
         env = {**self.env, **ChildRole(self.index, os.getpid()).env()}
         self.proc = await asyncio.create_subprocess_exec(
-            *self.command, env=env, stdin=subprocess.DEVNULL
+            *self.command, env=env, stdin=subprocess.DEVNULL, pass_fds=self.pass_fds
         )
         self.last_ping = time.monotonic()
         self.policy.started()

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 import structlog
 
 from jobwire.exit_codes import EXIT_USAGE
+from jobwire.processes.handover import ConfigHandover
 from jobwire.processes.inbox import NotifyInbox
 from jobwire.processes.slot import RestartPolicy, Slot, child_command
 from jobwire.sdnotify import sd_notify, watchdog_interval
@@ -33,7 +34,8 @@ class Supervisor:
     """Starts ``processes`` children running ``argv``; keeps them running until a stop.
 
     ``command`` starts a child (``argv`` follows it): jobwire by default; ``policy``
-    makes each slot's restart policy.
+    makes each slot's restart policy; ``handover``, the config every child runs, restarted
+    ones included (closed when ``run`` returns).
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class Supervisor:
         environ: Mapping[str, str] = os.environ,
         command: Sequence[str] | None = None,
         policy: Callable[[], RestartPolicy] = RestartPolicy,
+        handover: ConfigHandover | None = None,
     ) -> None:
         # How long a draining child may take: its jobs' shutdown_timeout and its teardown.
         self.stop_grace = shutdown_timeout + _STOP_MARGIN
@@ -55,8 +58,13 @@ class Supervisor:
         env = _child_env(environ)
         if self._watchdog is None:
             env.pop("WATCHDOG_USEC", None)
+        self._handover = handover
+        fds: tuple[int, ...] = ()
+        if handover is not None:
+            env.update(handover.env())
+            fds = (handover.fd,)
         argv = [*(command if command is not None else child_command()), *argv]
-        self.slots = [Slot(i, argv, env, policy()) for i in range(processes)]
+        self.slots = [Slot(i, argv, env, policy(), fds) for i in range(processes)]
 
     def request_stop(self, reason: str, exit_code: int = 0) -> None:
         """Begin stopping every child (a signal, or a child that cannot run)."""
@@ -84,6 +92,8 @@ class Supervisor:
             if watchdog is not None:
                 watchdog.cancel()
             inbox.close(loop)
+            if self._handover is not None:
+                self._handover.close()
         log.info("worker_processes_stopped", exit_code=self.exit_code)
         return self.exit_code
 
@@ -182,12 +192,15 @@ class Supervisor:
             slot.last_ping = time.monotonic()
             log.info("worker_process_ready", process=index, pid=slot.pid)
             self._announce()
-        elif not self.announced and "EXTEND_TIMEOUT_USEC" in fields:
-            # A migration running in a child keeps pushing systemd's start timeout ahead.
+        elif not self.announced and not self.stopping.is_set() and "EXTEND_TIMEOUT_USEC" in fields:
+            # A migration running in a child keeps pushing systemd's start timeout ahead;
+            # once stopping, it would push the stop's timeout instead.
             sd_notify(f"EXTEND_TIMEOUT_USEC={fields['EXTEND_TIMEOUT_USEC']}", self._systemd)
 
     def _announce(self) -> None:
         """READY=1 to systemd once every child is ready (once: later restarts are ours)."""
+        if self.stopping.is_set():
+            return  # a stop was requested: systemd must not see a start succeed after it
         ready = sum(slot.ready for slot in self.slots)
         if self.announced or ready < len(self.slots):
             sd_notify(f"STATUS={ready} of {len(self.slots)} processes ready", self._systemd)

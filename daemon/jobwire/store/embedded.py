@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import warnings
 from pathlib import Path
@@ -26,7 +27,15 @@ class EmbeddedPostgres:
         pgdata = self.data_dir / "pgdata"
         log.info("embedded_postgres_starting", data_dir=str(pgdata))
         # initdb and pg_ctl block for seconds; keep the loop free while they run.
-        self._server = await asyncio.to_thread(_get_server, pgdata)
+        starting = asyncio.ensure_future(asyncio.to_thread(_get_server, pgdata))
+        try:
+            self._server = await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            # A stop during start-up: the thread runs on regardless. Wait for the server it
+            # starts, so that stop() ends it rather than leaving it behind.
+            with contextlib.suppress(Exception):
+                self._server = await starting
+            raise
         dsn: str = self._server.get_uri("postgres")
         log.info("embedded_postgres_ready", dsn=dsn)
         return dsn
