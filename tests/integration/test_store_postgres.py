@@ -243,6 +243,48 @@ async def test_a_batch_of_outcomes_lands_each_on_its_own_job(pg_store: PostgresS
     ]
 
 
+async def test_an_outcome_the_server_refuses_is_invalid_data_not_a_crash(
+    pg_store: PostgresStore,
+) -> None:
+    # Past jsonb's size limit the server refused a result with an error the completer did
+    # not expect, and its loop crashed on every try, writing no outcome behind it.
+    from jobwire.store.base import InvalidJobData
+
+    await pg_store.enqueue_many([JobSpec("noop")])
+    (job,) = await pg_store.claim(ClaimRequest({"default": 1}, 1, "w", lease=30))
+    # Nested past the server's stack: refused with a program-limit error, as a result past
+    # jsonb's 255 MiB is (without building one here).
+    deep = "[" * 200_000 + "]" * 200_000
+    refused = Outcome(job.id, 1, JobStatus.SUCCEEDED, 0.1, result_json=deep)
+    with pytest.raises(InvalidJobData):
+        await pg_store.complete_many("w", [refused])
+
+
+async def test_a_refused_child_job_fails_its_parent_with_the_store_s_reason(
+    pg_store: PostgresStore,
+) -> None:
+    async def parent(payload: Any, ctx: JobContext) -> None:
+        await ctx.enqueue("noop", priority=2**40)  # past the column's integer
+
+    (job_id,) = await pg_store.enqueue_many([JobSpec("parent", max_attempts=1)])
+    assert job_id is not None
+    pool = make_pool(pg_store, {"parent": parent}, fast_config())
+    await pool.start()
+    try:
+
+        async def failed() -> bool:
+            job = await pg_store.get(job_id)
+            return job is not None and job.status == JobStatus.FAILED
+
+        await wait_for(failed, what="the parent failed")
+    finally:
+        await pool.stop()
+    job = await pg_store.get(job_id)
+    assert job is not None and job.last_error is not None
+    assert job.last_error.startswith("the store refused this attempt's outcome")
+    assert "int32 range" in job.last_error  # the reason, no longer left out
+
+
 def test_sync_client_enqueues_and_reads(database_url: str) -> None:
     with SyncClient(database_url) as client:
         job_id = client.enqueue(

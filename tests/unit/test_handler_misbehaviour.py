@@ -142,3 +142,28 @@ async def test_a_stop_ends_although_a_handler_swallows_its_cancellation() -> Non
     assert store.jobs[good].status == JobStatus.PENDING
     assert store.jobs[bad].status == JobStatus.RUNNING
     let_go.set()
+
+
+async def test_a_result_too_large_to_store_fails_its_own_job_only() -> None:
+    from jobwire.worker.outcomes import MAX_RESULT_BYTES
+
+    async def huge(payload: Any, ctx: JobContext) -> str:
+        return "x" * (MAX_RESULT_BYTES + 1)
+
+    store = MemoryStore()
+    bad, good = await store.enqueue_many([JobSpec("huge", max_attempts=1), JobSpec("echo", 1)])
+    assert bad is not None and good is not None
+    pool = make_pool(store, {"huge": huge}, fast_config())
+    await pool.start()
+    try:
+        await wait_for(lambda: all_finished(store), what="both finished")
+    finally:
+        await pool.stop()
+    assert store.jobs[good].status == JobStatus.SUCCEEDED
+    job = store.jobs[bad]
+    assert job.status == JobStatus.FAILED and job.result is None
+    assert "more than a result may hold" in (job.last_error or "")
+
+
+async def all_finished(store: MemoryStore) -> bool:
+    return all(j.status in ("succeeded", "failed") for j in store.jobs.values())

@@ -151,10 +151,18 @@ class PgJobs(PgWorkers, PgFlow):
             return 0
         if any(effects_of(o) is not None for o in outcomes):
             return await self._complete_with_effects(worker_id, outcomes)
-        async with guard("complete"):
-            count = await self._pool.fetchval(
-                self._q["complete_jobs"], *self._complete_args(worker_id, outcomes)
-            )
+        try:
+            async with guard("complete"):
+                count = await self._pool.fetchval(
+                    self._q["complete_jobs"], *self._complete_args(worker_id, outcomes)
+                )
+        except asyncpg.PostgresError as exc:
+            if is_outage(exc):
+                raise StoreUnavailable(f"complete: {type(exc).__name__}: {exc}") from exc
+            # A result the server refuses (past jsonb's size limit): the completer writes the
+            # batch one outcome at a time and the refused one as a bare failure. Raised as it
+            # was, it stopped every completion behind it (found by a drill).
+            raise InvalidJobData(f"{type(exc).__name__}: {exc}") from exc
         return int(count)
 
     async def _complete_with_effects(self, worker_id: str, outcomes: Sequence[Outcome]) -> int:

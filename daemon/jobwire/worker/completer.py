@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 
 from jobwire.effects import effects_of
 from jobwire.models import Job, JobStatus, Outcome
+from jobwire.storable import storable_text
 from jobwire.store.base import InvalidJobData, JobStore, StoreUnavailable
 from jobwire.worker.state import PoolState, bounded, keep_running, log
 
@@ -179,12 +180,18 @@ class Completer:
         bare failure, and if even that is refused it is dropped (its lease then expires and
         the job runs again): never a stuck completer."""
         for outcome in batch:
-            for attempt in (outcome, _bare_failure(outcome)):
-                try:
-                    await self.store.complete_many(self.state.worker_id, [attempt])
-                    break
-                except InvalidJobData as exc:
-                    log.error("outcome_refused", job_id=outcome.job_id, error=str(exc))
+            try:
+                await self.store.complete_many(self.state.worker_id, [outcome])
+                continue
+            except InvalidJobData as exc:
+                log.error("outcome_refused", job_id=outcome.job_id, error=str(exc))
+                reason = str(exc)
+            try:
+                await self.store.complete_many(
+                    self.state.worker_id, [_bare_failure(outcome, reason)]
+                )
+            except InvalidJobData as exc:
+                log.error("outcome_refused", job_id=outcome.job_id, error=str(exc))
 
     def drop(self, pairs: set[tuple[int, int]], why: str) -> None:
         """Drop the unwritten outcomes of these attempts (job id, attempt): their lease
@@ -208,12 +215,14 @@ class Completer:
             state.outcomes[state.flushing :] = kept
 
 
-def _bare_failure(outcome: Outcome) -> Outcome:
-    """The same attempt, failed, with nothing in it the store could refuse."""
+def _bare_failure(outcome: Outcome, reason: str) -> Outcome:
+    """The same attempt, failed, with nothing in it the store could refuse but the store's
+    reason (its first line, escaped and cut: the job's error said nothing of why)."""
+    why = storable_text(reason.partition("\n")[0], 500) or ""
     return Outcome(
         outcome.job_id,
         outcome.attempt,
         JobStatus.FAILED,
         outcome.duration,
-        error="the store refused this attempt's outcome (its result or error)",
+        error=f"the store refused this attempt's outcome (its result, error or effects): {why}",
     )

@@ -13,6 +13,9 @@ from jobwire.retry import Backoff, HandlerDefaults
 from jobwire.storable import json_problem, storable_text
 
 _MAX_ERROR_CHARS = 8000
+# A result past this is refused by the builder: jsonb holds at most 255 MiB, and one result
+# the server refuses costs its completion batch a second, one-by-one write.
+MAX_RESULT_BYTES = 64 * 1024 * 1024
 # A Retry(after=...) beyond this waits this long: PostgreSQL's interval has limits.
 _MAX_RETRY_IN = 10 * 365 * 86400.0
 
@@ -39,6 +42,13 @@ class OutcomeBuilder:
             result_json = None if result is None else json.dumps(result, allow_nan=False)
         except (TypeError, ValueError, RecursionError) as exc:
             problem = f"not JSON serialisable: {exc}"
+        else:
+            if result_json is not None and len(result_json) > MAX_RESULT_BYTES // 4:
+                size = len(result_json.encode("utf-8", "surrogatepass"))
+                if size > MAX_RESULT_BYTES:
+                    problem = (
+                        f"{size} bytes of JSON, more than a result may hold ({MAX_RESULT_BYTES})"
+                    )
         if problem is not None:
             return Outcome(
                 job.id,
