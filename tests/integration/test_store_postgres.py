@@ -285,6 +285,24 @@ async def test_a_refused_child_job_fails_its_parent_with_the_store_s_reason(
     assert "int32 range" in job.last_error  # the reason, no longer left out
 
 
+async def test_a_statement_timeout_set_on_the_database_does_not_reach_jobwire(
+    database_url: str,
+) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        name = await conn.fetchval("SELECT current_database()")
+        await conn.execute(f'ALTER DATABASE "{name}" SET statement_timeout = 1')
+    finally:
+        await conn.close()
+    store = await PostgresStore.connect(database_url, min_size=1, max_size=2)
+    try:
+        async with store._pool.acquire() as session:
+            assert await session.fetchval("SHOW statement_timeout") == "0"
+            await session.execute("SELECT pg_sleep(0.05)")  # past the database's 1 ms
+    finally:
+        await store.close()
+
+
 def test_sync_client_enqueues_and_reads(database_url: str) -> None:
     with SyncClient(database_url) as client:
         job_id = client.enqueue(

@@ -69,6 +69,11 @@ def server_settings(schema: str) -> dict[str, str]:
         # index in claim order and stopping at LIMIT. Every jobwire statement is a key or
         # index-order lookup, so bitmap scans are never what we want here.
         "enable_bitmapscan": "off",
+        # The client bounds every statement itself (database.command_timeout, cancelled
+        # from here). A lower statement_timeout set on the role or database failed every
+        # statement, and lifting it reached no open connection: a drill's daemon stored
+        # nothing for minutes after the operator had put it back.
+        "statement_timeout": "0",
     }
 
 
