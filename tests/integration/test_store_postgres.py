@@ -303,6 +303,29 @@ async def test_a_statement_timeout_set_on_the_database_does_not_reach_jobwire(
         await store.close()
 
 
+async def test_a_row_locked_by_someone_else_holds_up_no_other_lease(
+    pg_store: PostgresStore, database_url: str
+) -> None:
+    # An operator's SELECT ... FOR UPDATE on one running job made the renewal of every
+    # job of the worker wait; held past the lease, all of them lost it.
+    await pg_store.enqueue_many([JobSpec("noop"), JobSpec("noop")])
+    a, b = await pg_store.claim(ClaimRequest({"default": 2}, 2, "w", lease=30))
+    operator = await asyncpg.connect(database_url)
+    try:
+        async with operator.transaction():
+            await operator.execute("SELECT id FROM jobwire.jobs WHERE id = $1 FOR UPDATE", a.id)
+            async with asyncio.timeout(5):
+                renewal = await pg_store.renew_leases("w", 600, [a.id, b.id])
+            assert renewal.held == {a.id, b.id} and renewal.locked == {a.id}
+        rows = await fetch(
+            database_url,
+            "SELECT id, lease_until > now() + interval '300 seconds' AS renewed FROM jobwire.jobs",
+        )
+        assert {r["id"]: r["renewed"] for r in rows} == {a.id: False, b.id: True}
+    finally:
+        await operator.close()
+
+
 def test_sync_client_enqueues_and_reads(database_url: str) -> None:
     with SyncClient(database_url) as client:
         job_id = client.enqueue(

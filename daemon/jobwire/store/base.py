@@ -106,6 +106,8 @@ class Renewal:
 
     held: frozenset[int] = frozenset()
     cancel: frozenset[int] = frozenset()
+    # Still this worker's but not renewed now: another transaction holds the row locked.
+    locked: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -212,6 +212,7 @@ class PgJobs(PgWorkers, PgFlow):
         return Renewal(
             held=frozenset(r["id"] for r in rows),
             cancel=frozenset(r["id"] for r in rows if r["cancel_requested"]),
+            locked=frozenset(r["id"] for r in rows if r["locked"]),
         )
 
     async def recover_expired_leases(self) -> list[int]:

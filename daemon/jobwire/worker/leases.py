@@ -90,7 +90,9 @@ class LeaseKeeper:
             for pair in held:
                 if pair[0] not in renewal.held:
                     lost.add(pair)
-                elif pair in state.leases:
+                elif pair in state.leases and pair[0] not in renewal.locked:
+                    # A locked row keeps its old lease here: renewed on a later turn, or
+                    # stopped at its end like any lease not renewed in time.
                     state.leases[pair] = sent + lease
             self._lost(lost, "not_held")
             # An answer that came after the new lease already ended is no better than none.

@@ -153,9 +153,21 @@ SELECT count(*) FROM done;
 -- time) must be left to expire, or it would stay "running" here forever. An id asked for
 -- but not returned is no longer this worker's (its lease was recovered, perhaps another
 -- worker runs it now): the worker stops its copy and writes no outcome.
-UPDATE jobs SET lease_until = now() + make_interval(secs => $2)
-WHERE id = ANY($3::bigint[]) AND worker_id = $1
-RETURNING id, cancel_requested;
+-- A row someone else holds locked (an operator's SELECT ... FOR UPDATE) is skipped and
+-- reported locked, still this worker's: waiting on it held up every other job's renewal, and
+-- a lock held past the lease cost every long job of the instance its lease (found by a drill).
+WITH mine AS (
+    SELECT id FROM jobs WHERE id = ANY($3::bigint[]) AND worker_id = $1
+    FOR UPDATE SKIP LOCKED
+), renewed AS (
+    UPDATE jobs SET lease_until = now() + make_interval(secs => $2)
+    FROM mine WHERE jobs.id = mine.id
+    RETURNING jobs.id, jobs.cancel_requested
+)
+SELECT id, cancel_requested, false AS locked FROM renewed
+UNION ALL
+SELECT id, false, true FROM jobs
+WHERE id = ANY($3::bigint[]) AND worker_id = $1 AND id NOT IN (SELECT id FROM mine);
 
 -- name: recover_expired_leases
 -- Take back jobs whose worker stopped heartbeating. The lost attempt counts.
