@@ -167,3 +167,34 @@ async def test_a_result_too_large_to_store_fails_its_own_job_only() -> None:
 
 async def all_finished(store: MemoryStore) -> bool:
     return all(j.status in ("succeeded", "failed") for j in store.jobs.values())
+
+
+async def test_a_plain_handler_past_its_timeout_never_runs_beside_its_retry() -> None:
+    import threading
+    import time
+
+    lock = threading.Lock()
+    running, peak, attempts = 0, 0, 0
+
+    def slow(payload: Any, ctx: JobContext) -> None:
+        nonlocal running, peak, attempts
+        with lock:
+            running += 1
+            attempts += 1
+            peak = max(peak, running)
+        time.sleep(0.5)  # a thread cannot be stopped: it runs past the timeout
+        with lock:
+            running -= 1
+
+    store = MemoryStore()
+    (job_id,) = await store.enqueue_many([JobSpec("slow", queue="short", max_attempts=3)])
+    assert job_id is not None
+    config = fast_config(queues={"short": {"timeout": "100ms"}})
+    pool = make_pool(store, {"slow": slow}, config)
+    await pool.start()
+    try:
+        await wait_for(lambda: all_finished(store), timeout=15, what="three attempts")
+    finally:
+        await pool.stop()
+    assert store.jobs[job_id].status == JobStatus.FAILED and attempts == 3
+    assert peak == 1  # each retry waited for the thread before it

@@ -156,6 +156,14 @@ class Executor:
                 outcome = await self._attempt(job, ctx, mine, started)
             finally:
                 self._finish(mine)
+            thread = ctx._thread
+            if outcome is not None and outcome.status == JobStatus.RETRYING and thread is not None:
+                # A plain handler past its timeout runs on in its thread: the retry is
+                # written (and the lease kept) only once it returns, or the next attempt
+                # ran beside it (a drill saw three attempts of one job at once).
+                await asyncio.wait([asyncio.wrap_future(thread)])
+                if (job.id, job.attempts) not in self.state.leases:
+                    return  # the lease was lost meanwhile: not ours to write
             # A handler that swallowed the cancellation still returns: with the lease lost,
             # what it returns is not ours to write.
             if outcome is not None and mine.stop_reason != "lease_lost":
