@@ -326,6 +326,28 @@ async def test_a_row_locked_by_someone_else_holds_up_no_other_lease(
         await operator.close()
 
 
+async def test_a_database_that_refuses_writes_is_unavailable_not_a_crash(
+    database_url: str,
+) -> None:
+    # Read-only (as an operator or a failing disk leaves it): the claim raised the server's
+    # error as it was, and the pool's loop crashed with a traceback once a second.
+    from jobwire.store.base import StoreUnavailable
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        name = await conn.fetchval("SELECT current_database()")
+        await conn.execute("INSERT INTO jobwire.jobs (handler) VALUES ('noop')")
+        await conn.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    finally:
+        await conn.close()
+    store = await PostgresStore.connect(database_url, min_size=1, max_size=2)
+    try:
+        with pytest.raises(StoreUnavailable, match="ReadOnlySQLTransaction"):
+            await store.claim(ClaimRequest({"default": 1}, 1, "w", lease=30))
+    finally:
+        await store.close()
+
+
 def test_sync_client_enqueues_and_reads(database_url: str) -> None:
     with SyncClient(database_url) as client:
         job_id = client.enqueue(

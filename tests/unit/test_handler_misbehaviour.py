@@ -198,3 +198,24 @@ async def test_a_plain_handler_past_its_timeout_never_runs_beside_its_retry() ->
         await pool.stop()
     assert store.jobs[job_id].status == JobStatus.FAILED and attempts == 3
     assert peak == 1  # each retry waited for the thread before it
+
+
+async def test_a_pool_loop_failing_the_same_way_logs_its_traceback_once() -> None:
+    from structlog.testing import capture_logs
+
+    from jobwire.worker.state import keep_running
+
+    calls = 0
+
+    async def loop() -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 9:
+            raise RuntimeError("read-only database")
+
+    with capture_logs() as logs:
+        await keep_running("claim", loop, first_delay=0.0001)
+    crashed = [e for e in logs if e["event"] == "pool_loop_crashed"]
+    assert calls == 10
+    assert sum("exc_info" in e for e in crashed) == 1  # one traceback
+    assert [e.get("repeats") for e in crashed] == [None, 1, 2, 4, 8]

@@ -124,6 +124,13 @@ async def guard(what: str) -> AsyncIterator[None]:
         raise InvalidJobData(f"{what}: {type(exc).__name__}: {exc}") from exc
     except UNAVAILABLE as exc:
         raise StoreUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
+    except asyncpg.PostgresError as exc:
+        # A server that cannot write now (read-only, a full disk, a lock not granted in
+        # time) is away for this statement like a dropped connection: the caller backs off.
+        # Raised as it was, the pool's loops crashed once a second, each with a traceback.
+        if is_outage(exc):
+            raise StoreUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
+        raise
 
 
 @contextlib.asynccontextmanager

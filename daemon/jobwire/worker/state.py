@@ -218,16 +218,29 @@ def call_soon_threadsafe(
         loop.call_soon_threadsafe(callback, *args)
 
 
-async def keep_running(name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+async def keep_running(
+    name: str, loop: Callable[[], Coroutine[Any, Any, None]], first_delay: float = 1.0
+) -> None:
     """Run one of the pool's loops; an unexpected error is logged and the loop restarted,
     never left to end the loop silently (a dead claim loop is a daemon that does nothing)."""
+    last, repeats, delay = "", 0, first_delay
     while True:
         try:
             await loop()
             return
-        except Exception:
-            log.exception("pool_loop_crashed", loop=name)
-            await asyncio.sleep(1.0)
+        except Exception as exc:
+            seen = f"{type(exc).__name__}: {exc}"
+            if seen != last:
+                log.exception("pool_loop_crashed", loop=name)
+                last, repeats, delay = seen, 0, first_delay
+            else:
+                # The same failure again: one line now and then, not a traceback a second
+                # (a drill's read-only database wrote hundreds of them a minute).
+                repeats += 1
+                delay = min(delay * 2, 30 * first_delay)
+                if repeats & (repeats - 1) == 0:  # 1, 2, 4, 8, ... repeats
+                    log.error("pool_loop_crashed", loop=name, error=seen[:500], repeats=repeats)
+            await asyncio.sleep(delay)
 
 
 async def bounded(step: str, coro: Coroutine[Any, Any, T], seconds: float) -> T | None:
