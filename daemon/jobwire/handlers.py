@@ -26,6 +26,7 @@ from jobwire.publish_builtin import PUBLISH_KIND, publish_builtin
 Handler = Callable[..., Any]
 ProgressSink = Callable[[int, int, str | None], Awaitable[None]]
 MAX_AFTER = 1000  # ids one child job may wait for, as the enqueue API allows
+MAX_PROGRESS_NOTE = 2000  # characters of a progress note kept
 
 
 @dataclass(frozen=True)
@@ -101,8 +102,11 @@ class JobContext:
         return self.attempt >= self.max_attempts
 
     async def progress(self, percent: int, note: str | None = None) -> None:
-        """Record progress (0-100) and an optional note, visible in ``jobs show``."""
+        """Record progress (0-100) and an optional note (cut to 2,000 characters), visible in
+        ``jobs show``."""
         if self._progress_sink is not None:
+            if note is not None and len(note) > MAX_PROGRESS_NOTE:
+                note = note[:MAX_PROGRESS_NOTE]  # a line for a list (a drill sent 10 MB)
             await self._progress_sink(self.job_id, max(0, min(100, int(percent))), note)
 
     async def publish(

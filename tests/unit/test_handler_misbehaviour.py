@@ -219,3 +219,44 @@ async def test_a_pool_loop_failing_the_same_way_logs_its_traceback_once() -> Non
     assert calls == 10
     assert sum("exc_info" in e for e in crashed) == 1  # one traceback
     assert [e.get("repeats") for e in crashed] == [None, 1, 2, 4, 8]
+
+
+async def test_a_progress_note_is_cut_to_a_line_for_a_list() -> None:
+    from jobwire.handlers import MAX_PROGRESS_NOTE
+
+    seen: list[str | None] = []
+
+    async def chatty(payload: Any, ctx: JobContext) -> None:
+        await ctx.progress(50, "n" * 10_000_000)
+        seen.append(store.jobs[ctx.job_id].progress_note)
+
+    store = MemoryStore()
+    await store.enqueue_many([JobSpec("chatty")])
+    pool = make_pool(store, {"chatty": chatty}, fast_config())
+    await pool.start()
+    try:
+        await wait_for(lambda: all_finished(store), what="the job")
+    finally:
+        await pool.stop()
+    assert seen == ["n" * MAX_PROGRESS_NOTE]
+
+
+async def test_an_async_handler_that_blocks_the_loop_is_named() -> None:
+    import time
+
+    from structlog.testing import capture_logs
+
+    async def blocker(payload: Any, ctx: JobContext) -> None:
+        time.sleep(4)  # noqa: ASYNC251 - the mistake under test
+
+    store = MemoryStore()
+    await store.enqueue_many([JobSpec("blocker", max_attempts=1)])
+    pool = make_pool(store, {"blocker": blocker}, fast_config(workers={"lease": "3s"}))
+    with capture_logs() as logs:
+        await pool.start()
+        try:
+            await wait_for(lambda: all_finished(store), what="the job's end")
+        finally:
+            await pool.stop()
+    (blocked,) = [e for e in logs if e["event"] == "event_loop_blocked"]
+    assert blocked["seconds"] >= 2 and blocked["handlers"] == ["blocker"]

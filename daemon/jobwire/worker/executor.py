@@ -120,6 +120,7 @@ class Executor:
             self.cancel(job.id, "lease_lost", why="claimed_again")
         state.counters.claimed += 1
         state.take_slot(job.queue)
+        state.started_lately.append(job.handler)
         if self._on_start is not None:
             self._on_start(job)
         if self.outcomes.defaults is not None:

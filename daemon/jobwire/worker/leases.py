@@ -22,6 +22,9 @@ from jobwire.worker.completer import Completer
 from jobwire.worker.executor import Executor
 from jobwire.worker.state import PoolState, keep_running, log
 
+# A lease timer this late (seconds) means the event loop was blocked.
+_BLOCKED_AFTER = 2.0
+
 
 class LeaseKeeper:
     """Renews leases on a timer, stops what it cannot hold, and keeps this worker's row."""
@@ -46,6 +49,7 @@ class LeaseKeeper:
         self.interval = min(state.workers.lease / 3, 10.0)
         self.task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._due = 0.0  # when the timer should fire (monotonic): lateness is a blocked loop
 
     def state_now(self) -> dict[str, Any]:
         """What this instance's row says of it at registration (the heartbeat adds more)."""
@@ -185,9 +189,21 @@ class LeaseKeeper:
         now = time.monotonic()
         first = min(self.state.leases.values(), default=now + self.interval)
         delay = max(0.0, min(first - now, self.interval))
+        self._due = now + delay
         self._timer = asyncio.get_running_loop().call_later(delay, self._tick)
 
     def _tick(self) -> None:
+        state = self.state
+        late = time.monotonic() - self._due
+        if late > _BLOCKED_AFTER:
+            # The event loop did nothing for that long: an async handler that blocks it
+            # (time.sleep, a CPU loop) stops every job's lease renewal and /healthz. Said
+            # here, where the leases it cost are stopped, naming the handlers that may
+            # have done it: those running, and those started since the timer last fired.
+            suspects = {r.job.handler for r in state.running.values()}
+            suspects.update(state.started_lately)
+            log.warning("event_loop_blocked", seconds=round(late, 1), handlers=sorted(suspects))
+        state.started_lately.clear()
         self._expire()
         if not self.state.stopping.is_set():
             self._arm_timer()

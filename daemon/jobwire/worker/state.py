@@ -4,6 +4,7 @@ unwritten outcomes, the wake and stop signals, and whether the store answers."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import os
@@ -91,6 +92,9 @@ class PoolState:
         # Threads of attempts already ended (timed out, stopped) that have not returned yet:
         # each keeps its slot, or more threads would run than the pool's concurrency.
         self.lingering: set[concurrent.futures.Future[Any]] = set()
+        # Handlers of the jobs started since the lease timer last fired: what may have
+        # blocked the event loop, should the timer fire late.
+        self.started_lately: collections.deque[str] = collections.deque(maxlen=32)
         # Finished attempts whose outcome is not written yet, oldest first; the first
         # ``flushing`` of them are being written right now (never dropped).
         self.outcomes: list[Outcome] = []
