@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 
 from opentelemetry import propagate, trace
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from jobwire.models import Job
 
@@ -89,5 +89,23 @@ def _span(job: Job) -> Iterator[Span]:
             "jobwire.attempt": job.attempts,
             "jobwire.source": job.source or "",
         },
+        # Recorded below instead: the SDK's own recording calls str() on the exception,
+        # and a handler's exception whose __str__ raises replaced itself with that error.
+        record_exception=False,
+        set_status_on_exception=False,
     ) as span:
-        yield span
+        try:
+            yield span
+        except BaseException as exc:
+            _failed(span, exc)
+            raise
+
+
+def _failed(span: Span, exc: BaseException) -> None:
+    """Mark the span failed with the exception, as far as the exception lets itself be
+    shown."""
+    try:
+        span.record_exception(exc, escaped=True)
+        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+    except Exception:  # noqa: BLE001 - a handler's exception that cannot be shown
+        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
