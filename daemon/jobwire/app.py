@@ -448,6 +448,7 @@ class Daemon:
                 frozenset(s.name for s in config.sources if s.required),
                 allowed_handlers=frozenset(self.registry.names()),
                 schema=config.database.db_schema,
+                store_trouble=self.pool.store_trouble,
             )
             # First: a taken port fails before anything runs.
             services.append(HttpService(self.http, config.http.listen))

@@ -771,3 +771,52 @@ def test_no_request_input_answers_500(database_url: str) -> None:
         loop.run_until_complete(server.close())
         loop.run_until_complete(store.close())
         loop.close()
+
+
+async def test_readyz_is_503_while_the_database_answers_pings_and_refuses_writes(
+    database_url: str, session: aiohttp.ClientSession
+) -> None:
+    # Read-only (a full disk does the same): SELECT 1 passed, every claim failed, and
+    # /readyz said ready throughout (found by a drill).
+    config = Config.model_validate(
+        {
+            "database": {"url": database_url},
+            "http": {"listen": "127.0.0.1:0"},
+            "workers": {"poll_interval": "200ms"},
+        }
+    )
+
+    async def read_only(on: bool) -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            name = await conn.fetchval("SELECT current_database()")
+            await conn.execute("SET default_transaction_read_only = off")  # this session
+            setting = "SET default_transaction_read_only = on" if on else "RESET ALL"
+            await conn.execute(f'ALTER DATABASE "{name}" {setting}')
+            # The daemon's sessions read the setting when they connect: end them.
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = $1 AND pid <> pg_backend_pid()",
+                name,
+            )
+        finally:
+            await conn.close()
+
+    async def ready() -> bool:
+        status, body = await get(session, f"{url}/readyz")
+        return status == 200 and body["store"] == "up"
+
+    async with running_daemon(config) as daemon:
+        url = base(daemon)
+        await wait_for(ready, what="ready")
+        await read_only(True)
+        try:
+
+            async def refused() -> bool:
+                status, body = await get(session, f"{url}/readyz")
+                return status == 503 and any("pool's statements" in p for p in body["problems"])
+
+            await wait_for(refused, timeout=30, what="readyz 503 for the refused writes")
+        finally:
+            await read_only(False)
+        await wait_for(ready, timeout=30, what="ready again")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -17,12 +16,12 @@ from jobwire.dashboard import Dashboard
 from jobwire.metrics import Metrics
 from jobwire.models import job_as_dict
 from jobwire.queue_admin import QueueRefused, set_paused
-from jobwire.redaction import redact
-from jobwire.store.base import OperatorStore, StoreUnavailable
+from jobwire.store.base import OperatorStore
 from jobwire.web.access import authorize
 from jobwire.web.listener import Listener
 from jobwire.web.openapi import openapi_document
 from jobwire.web.outbox_api import OutboxEndpoints
+from jobwire.web.ready import readiness
 from jobwire.web.responses import ApiError, Handler, errors, json_response
 from jobwire.web.routes import ROUTES, Route
 from jobwire.web.schedules_api import ScheduleEndpoints
@@ -42,7 +41,6 @@ class Webhook(Protocol):
         """An early answer from the headers alone, or None after ``100 Continue``."""
 
 
-REQUIRED_UP = frozenset({"up", "paused"})  # paused on purpose (backlog) is not an outage
 # Enqueues of a taken dedup key whose job is purged before its id is read (retention) try
 # again: the key is free by then. Twice more is plenty for a race that rare.
 _ENQUEUE_TRIES = 3
@@ -62,6 +60,7 @@ class HttpApi(ScheduleEndpoints, OutboxEndpoints):
         *,
         allowed_handlers: frozenset[str],
         schema: str = "jobwire",
+        store_trouble: Callable[[], str | None] | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -69,6 +68,8 @@ class HttpApi(ScheduleEndpoints, OutboxEndpoints):
         self.sources = sources
         self.wake = wake
         self.required_sources = required_sources
+        # The pool's view of the database: a ping may pass while every write fails.
+        self.store_trouble = store_trouble
         # The handler names this instance may run: an enqueue naming another is refused, as
         # a broker message naming one is not (it becomes a failed job: see routing).
         self.allowed_handlers = allowed_handlers
@@ -148,30 +149,12 @@ class HttpApi(ScheduleEndpoints, OutboxEndpoints):
         return json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        """503 unless the database answers and every required source is connected."""
-        problems = []
-        try:
-            async with asyncio.timeout(2):
-                await self.store.ping()
-            store = "up"
-        except (StoreUnavailable, TimeoutError) as exc:
-            store = "down"
-            problems.append(redact(f"database: {exc or 'no answer within 2s'}"))
-        sources = {}
-        for name, info in self.sources().items():
-            state = str(info.get("state"))
-            required = name in self.required_sources
-            sources[name] = {
-                "state": state,
-                "required": required,
-                "last_error": info.get("last_error"),
-                # "store": paused by a database outage; "backlog": by flow control.
-                "held": info.get("held") or [],
-            }
-            if required and state not in REQUIRED_UP:
-                problems.append(f"source {name}: {state}")
-        body = {"ready": not problems, "store": store, "sources": sources, "problems": problems}
-        return json_response(body, 200 if not problems else 503)
+        """503 unless the database answers (and takes the pool's statements) and every
+        required source is connected."""
+        body = await readiness(
+            self.store, self.sources(), self.required_sources, self.store_trouble
+        )
+        return json_response(body, 200 if body["ready"] else 503)
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         """Prometheus text format."""

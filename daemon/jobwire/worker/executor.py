@@ -15,12 +15,12 @@ from typing import Any
 
 import structlog
 
-from jobwire.exceptions import Reject, Retry
 from jobwire.handlers import HandlerRegistry, HandlerThreads, JobContext
-from jobwire.models import Job, JobStatus, Outcome, unreadable
+from jobwire.models import Job, JobStatus, Outcome
 from jobwire.store.base import JobStore
 from jobwire.tracing import job_span, look_for_provider
-from jobwire.worker.outcomes import OutcomeBuilder, describe, text_of
+from jobwire.worker import attempt
+from jobwire.worker.outcomes import OutcomeBuilder
 from jobwire.worker.state import PoolState, Running, call_soon_threadsafe, log
 
 # How long a stop waits for handler threads still running after their jobs were stopped
@@ -29,10 +29,6 @@ _THREAD_GRACE = 5.0
 # How long a stop waits for cancelled handlers to end: one that swallows its cancellation
 # must not hold the stop (and the release of the jobs that did end) for good.
 _CANCEL_GRACE = 2.0
-
-
-class _Unrunnable(Exception):
-    """The job as stored cannot be given to its handler (``models.unreadable``)."""
 
 
 class Executor:
@@ -180,53 +176,10 @@ class Executor:
         self, job: Job, ctx: JobContext, mine: Running, started: float
     ) -> Outcome | None:
         """Run the handler and say how the attempt ended (None: no outcome to write)."""
-        build = self.outcomes
         timeout, whose = self._timeout_of(job)
-        deadline: asyncio.Timeout | None = None
-        try:
-            problem = unreadable(job)
-            if problem is not None:
-                raise _Unrunnable(problem)
-            if timeout is None:
-                result = await self._invoke(job, ctx)
-            else:
-                async with asyncio.timeout(timeout) as deadline:
-                    result = await self._invoke(job, ctx)
-                if deadline.expired():
-                    # The handler swallowed the timeout's cancellation and returned: the
-                    # attempt still timed out (it used to count as a success).
-                    raise TimeoutError
-            return build.succeeded(job, result, time.monotonic() - started)
-        except Retry as exc:
-            reason = text_of(exc.reason)
-            return build.retry_or_fail(job, reason, time.monotonic() - started, exc.after)
-        except Reject as exc:
-            return build.final(job, JobStatus.FAILED, f"rejected: {text_of(exc.reason)}", started)
-        except _Unrunnable as exc:
-            # No attempt can run it: failed at once, without retries.
-            return build.final(job, JobStatus.FAILED, str(exc), started)
-        except TimeoutError as exc:
-            if deadline is not None and deadline.expired():
-                ctx.cancel()
-                reason = f"timed out after {timeout}s ({whose})"
-            else:
-                reason = describe(exc)
-            return build.retry_or_fail(job, reason, time.monotonic() - started, None)
-        except asyncio.CancelledError as exc:
-            if mine.stop_reason == "cancelled":
-                return build.final(job, JobStatus.CANCELLED, "cancelled by request", started)
-            if mine.stop_reason is None:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise  # cancelled from outside the pool's own reasons: no outcome
-                # The handler raised it itself: a failure like any other.
-                return build.retry_or_fail(job, describe(exc), time.monotonic() - started, None)
-            # "shutdown" and "lease_lost": no outcome; the job is released or taken back.
-            return None
-        except BaseException as exc:  # noqa: BLE001 - a handler's failure is data, not a crash
-            # SystemExit, KeyboardInterrupt, GeneratorExit and the like from a handler are
-            # its failure: they stopped the whole daemon, and left the job running for good.
-            return build.retry_or_fail(job, describe(exc), time.monotonic() - started, None)
+        return await attempt.run(
+            job, ctx, mine, started, self.outcomes, lambda: self._invoke(job, ctx), timeout, whose
+        )
 
     def _timeout_of(self, job: Job) -> tuple[float | None, str]:
         """The attempt's timeout and whose it is: the job's own, its handler's

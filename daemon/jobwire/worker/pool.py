@@ -198,6 +198,10 @@ class WorkerPool:
         await bounded("unregister worker", self.store.unregister_worker(self.worker_id), 5)
         log.info("pool_stopped", **state.counters.as_dict())
 
+    def store_trouble(self) -> str | None:
+        """What the pool's statements have failed with for over a second, if they have."""
+        return self.state.store_trouble()
+
     def figures(self) -> dict[str, int]:
         """Counters and the number of jobs running now (stats and metrics)."""
         return self.state.figures()

@@ -130,6 +130,7 @@ class PoolState:
         self.claiming = False
         self.settled = asyncio.Event()  # set when no claim or hand-over is in flight
         self._store_down_since: float | None = None
+        self._store_error = ""
         self.flow = FlowControls(config, self.queues, self.wake)
 
     # -- slots ----------------------------------------------------------------------
@@ -193,9 +194,19 @@ class PoolState:
 
     def store_failed(self, what: str, exc: Exception) -> None:
         """Note (and log, the first time) that the store did not answer."""
+        self._store_error = f"{what}: {exc}"
         if self._store_down_since is None:
             self._store_down_since = time.monotonic()
             log.error("store_unavailable", operation=what, error=str(exc))
+
+    def store_trouble(self, after: float = 1.0) -> str | None:
+        """The pool's last store failure, while none of its statements has succeeded since
+        and for over ``after`` seconds; None otherwise. A database that answers a ping and
+        refuses every write (read-only, a full disk) is down for /readyz too."""
+        since = self._store_down_since
+        if since is None or time.monotonic() - since < after:
+            return None
+        return self._store_error
 
     async def store_down(self, what: str, exc: Exception) -> None:
         """Note the failure and wait a moment before the next try (less when stopping)."""
