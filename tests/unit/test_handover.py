@@ -65,3 +65,25 @@ def test_a_child_without_a_config_says_so(environ: dict[str, str]) -> None:
     """No variable, not a number, not an open descriptor: HandoverMissing, never the file."""
     with pytest.raises(HandoverMissing):
         receive_config(environ)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"not json",
+        b"[]",
+        b'{"file": "x"}',
+        b'{"file": "x", "secrets": [], "config": {"workers": {"concurrency": -1}}}',
+        b'{"file": "x", "secrets": 5, "config": {}}',
+    ],
+)
+def test_a_descriptor_holding_something_else_is_a_clear_refusal(
+    content: bytes, tmp_path: Path
+) -> None:
+    """The variable naming a descriptor of anything but a supervisor's config: a traceback
+    (JSONDecodeError, KeyError, a ValidationError quoting values) before."""
+    path = tmp_path / "other"
+    path.write_bytes(content)
+    fd = os.open(path, os.O_RDONLY)
+    with pytest.raises(HandoverMissing, match="does not hold a supervisor's config"):
+        receive_config({CONFIG_FD_ENV: str(fd)})

@@ -60,9 +60,16 @@ def receive_config(environ: Mapping[str, str] = os.environ) -> tuple[Config, str
     finally:
         with contextlib.suppress(OSError):
             os.close(fd)
-    payload = json.loads(data)
-    remember(payload["secrets"])
-    return Config.model_validate(payload["config"]), str(payload["file"])
+    try:
+        payload = json.loads(data)
+        remember(list(payload["secrets"]))
+        return Config.model_validate(payload["config"]), str(payload["file"])
+    except (ValueError, TypeError, KeyError) as exc:
+        # Not what a supervisor writes (the variable names another descriptor): said as
+        # such, without quoting what was read (it may hold a config's secrets).
+        raise HandoverMissing(
+            f"descriptor {fd} does not hold a supervisor's config ({type(exc).__name__})"
+        ) from None
 
 
 def _sealed_file(data: bytes) -> int:
