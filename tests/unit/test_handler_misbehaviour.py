@@ -260,3 +260,39 @@ async def test_an_async_handler_that_blocks_the_loop_is_named() -> None:
             await pool.stop()
     (blocked,) = [e for e in logs if e["event"] == "event_loop_blocked"]
     assert blocked["seconds"] >= 2 and blocked["handlers"] == ["blocker"]
+
+
+async def test_an_async_handler_that_runs_on_past_its_timeout_is_named() -> None:
+    from structlog.testing import capture_logs
+
+    let_go = asyncio.Event()
+
+    async def stubborn(payload: Any, ctx: JobContext) -> None:
+        while not let_go.is_set():
+            try:
+                await let_go.wait()
+            except asyncio.CancelledError:
+                continue  # swallows its timeout, and every later cancellation
+
+    store = MemoryStore()
+    (job_id,) = await store.enqueue_many([JobSpec("stubborn", queue="short", max_attempts=1)])
+    assert job_id is not None
+    config = fast_config(queues={"short": {"timeout": "100ms"}}, workers={"lease": "1500ms"})
+    pool = make_pool(store, {"stubborn": stubborn}, config)
+
+    def named(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [e for e in logs if e["event"] == "handler_ignoring_timeout"]
+
+    with capture_logs() as logs:
+        await pool.start()
+        try:
+            await wait_for(lambda: len(named(logs)) >= 2, timeout=15, what="named twice")
+        finally:
+            let_go.set()
+            await pool.stop()
+    first, second = named(logs)[:2]
+    assert first["job_id"] == job_id and first["handler"] == "stubborn"
+    assert first["seconds_over"] >= 2 and second["seconds_over"] >= 2 * first["seconds_over"]
+    # Named, not given up on; once it returns, its attempt has timed out.
+    job = store.jobs[job_id]
+    assert job.status == JobStatus.FAILED and "timed out" in (job.last_error or "")

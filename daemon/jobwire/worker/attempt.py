@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from jobwire.exceptions import Reject, Retry
 from jobwire.handlers import JobContext
 from jobwire.models import Job, JobStatus, Outcome, unreadable
 from jobwire.worker.outcomes import OutcomeBuilder, describe, text_of
-from jobwire.worker.state import Running
+from jobwire.worker.state import Running, log
+
+# A handler still running this long past its timeout is named, then at each doubling.
+OVERDUE_FIRST = 2.0
 
 
 class _Unrunnable(Exception):
@@ -43,6 +46,7 @@ async def run(
         if timeout is None:
             result = await invoke()
         else:
+            mine.timeout_at = time.monotonic() + timeout
             async with asyncio.timeout(timeout) as deadline:
                 result = await invoke()
             if deadline.expired():
@@ -80,3 +84,21 @@ async def run(
         # SystemExit, KeyboardInterrupt, GeneratorExit and the like from a handler are its
         # failure: they stopped the whole daemon, and left the job running for good.
         return build.retry_or_fail(job, describe(exc), time.monotonic() - started, None)
+
+
+def name_overdue(running: Iterable[Running], now: float) -> None:
+    """Log each async handler that swallowed its timeout's cancellation and runs on: it
+    keeps its slot and its job running (lease renewed), and nothing else would say so.
+    Named at 2 s past the timeout, then each time that doubles."""
+    for mine in running:
+        if mine.timeout_at is None or mine.stop_reason is not None:
+            continue
+        over = now - mine.timeout_at
+        if over >= max(OVERDUE_FIRST, 2 * mine.overdue_named):
+            mine.overdue_named = over
+            log.warning(
+                "handler_ignoring_timeout",
+                job_id=mine.job.id,
+                handler=mine.job.handler,
+                seconds_over=round(over, 1),
+            )

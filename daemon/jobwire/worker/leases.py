@@ -18,6 +18,7 @@ from typing import Any
 
 from jobwire.store.base import JobStore, StoreUnavailable
 from jobwire.worker import fleet
+from jobwire.worker.attempt import name_overdue
 from jobwire.worker.completer import Completer
 from jobwire.worker.executor import Executor
 from jobwire.worker.state import PoolState, keep_running, log
@@ -204,6 +205,7 @@ class LeaseKeeper:
             suspects.update(state.started_lately)
             log.warning("event_loop_blocked", seconds=round(late, 1), handlers=sorted(suspects))
         state.started_lately.clear()
+        name_overdue(state.running.values(), time.monotonic())
         self._expire()
         if not self.state.stopping.is_set():
             self._arm_timer()

@@ -40,6 +40,8 @@ class Running:
     task: asyncio.Task[None]
     ctx: JobContext
     stop_reason: str | None = None  # "cancelled" | "lease_lost" | "shutdown"
+    timeout_at: float | None = None  # when its timeout ends (monotonic), if it has one
+    overdue_named: float = 0.0  # seconds past its timeout when last logged as ignoring it
 
 
 @dataclass
