@@ -32,6 +32,19 @@ class UnprintableReason:
         raise RuntimeError("no")
 
 
+def stubborn_until(let_go: asyncio.Event) -> Any:
+    """A handler that swallows every cancellation (its timeout's too) until ``let_go``."""
+
+    async def stubborn(payload: Any, ctx: JobContext) -> None:
+        while not let_go.is_set():
+            try:
+                await let_go.wait()
+            except asyncio.CancelledError:
+                continue
+
+    return stubborn
+
+
 def raising(exc: BaseException) -> Any:
     async def handler(payload: Any, ctx: JobContext) -> NoReturn:
         raise exc
@@ -116,14 +129,7 @@ async def test_a_handler_that_swallows_its_timeout_has_still_timed_out() -> None
 
 async def test_a_stop_ends_although_a_handler_swallows_its_cancellation() -> None:
     let_go = asyncio.Event()
-
-    async def stubborn(payload: Any, ctx: JobContext) -> None:
-        while not let_go.is_set():
-            try:
-                await let_go.wait()
-            except asyncio.CancelledError:
-                continue
-
+    stubborn = stubborn_until(let_go)
     store = MemoryStore()
     bad, good = await store.enqueue_many([JobSpec("stubborn"), JobSpec("sleep", {"seconds": 60})])
     assert bad is not None and good is not None
@@ -266,14 +272,7 @@ async def test_an_async_handler_that_runs_on_past_its_timeout_is_named() -> None
     from structlog.testing import capture_logs
 
     let_go = asyncio.Event()
-
-    async def stubborn(payload: Any, ctx: JobContext) -> None:
-        while not let_go.is_set():
-            try:
-                await let_go.wait()
-            except asyncio.CancelledError:
-                continue  # swallows its timeout, and every later cancellation
-
+    stubborn = stubborn_until(let_go)
     store = MemoryStore()
     (job_id,) = await store.enqueue_many([JobSpec("stubborn", queue="short", max_attempts=1)])
     assert job_id is not None
