@@ -10,6 +10,7 @@ happen, from the pool's hooks (``observe_start``, ``observe``).
 
 from __future__ import annotations
 
+import asyncio
 import platform
 import time
 from collections.abc import Awaitable, Callable, Container, Iterable, Iterator
@@ -103,6 +104,7 @@ class Metrics(Collector):
         self._oldest: dict[str, float] | None = None
         self._store_up = 0
         self._refreshed = 0.0
+        self._reading: asyncio.Task[None] | None = None
 
     def _handler_label(self, handler: str) -> str:
         if self.handlers is None or handler in self.handlers:
@@ -133,10 +135,26 @@ class Metrics(Collector):
         counted = (job.queue, handler, status)
         self._attempts[counted] = self._attempts.get(counted, 0) + 1
 
-    async def refresh(self, max_age: float = 1.0) -> None:
-        """Read the database figures, unless read less than ``max_age`` seconds ago."""
-        if time.monotonic() - self._refreshed < max_age:
-            return
+    async def refresh(self, max_age: float = 1.0, deadline: float = 2.0) -> None:
+        """Read the database figures, unless read less than ``max_age`` seconds ago.
+
+        A read slower than ``deadline`` goes on alone (one at a time), and this scrape gets
+        the figures read before with jobwire_store_up 0: a frozen database held every
+        scrape for command_timeout, past Prometheus's own timeout, so the figures vanished
+        just when they were wanted.
+        """
+        if self._reading is None or self._reading.done():
+            if time.monotonic() - self._refreshed < max_age:
+                return
+            self._reading = asyncio.ensure_future(self._read())
+        reading = self._reading
+        done, _ = await asyncio.wait({reading}, timeout=deadline)
+        if done:
+            reading.result()
+        else:
+            self._store_up = 0
+
+    async def _read(self) -> None:
         try:
             # Live jobs only: a count over the history grew with it (150 ms per million
             # finished rows, at every refresh of every instance).

@@ -324,6 +324,45 @@ async def test_readyz_is_503_when_the_store_is_down_or_a_required_source_is(
         await proxy.close()
 
 
+async def test_readyz_and_metrics_answer_in_time_while_the_database_is_frozen(
+    database_url: str, session: aiohttp.ClientSession
+) -> None:
+    # A frozen server (SIGSTOP, a blackholed network) never acknowledges the cancel of a
+    # ping cut short: each probe then answered only after command_timeout (30 s by default),
+    # each holding a connection, where a load balancer gives up after a second or two.
+    proxy = await TcpProxy("127.0.0.1", 5432).start()
+    proxied = database_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    config = Config.model_validate(
+        {"database": {"url": proxied}, "http": {"listen": "127.0.0.1:0"}}
+    )
+    try:
+        async with running_daemon(config) as daemon:
+            url = base(daemon)
+            await wait_for(lambda: _store_up(session, url), timeout=30, what="ready at first")
+            proxy.hang()
+            try:
+                for _ in range(3):
+                    started = time.monotonic()
+                    async with asyncio.timeout(60):
+                        status, ready = await get(session, f"{url}/readyz")
+                    assert time.monotonic() - started < 5
+                    assert (status, ready["store"]) == (503, "down")
+                    assert ready["problems"] == ["database: no answer within 2s"]
+                    # A scrape too: the figures read before, the store said to be down.
+                    started = time.monotonic()
+                    async with asyncio.timeout(60):
+                        status, text = await get(session, f"{url}/metrics")
+                    assert time.monotonic() - started < 5
+                    assert status == 200 and "jobwire_store_up 0.0" in text
+            finally:
+                proxy.unhang()
+            await wait_for(
+                lambda: _store_up(session, url), timeout=60, what="readyz sees the store again"
+            )
+    finally:
+        await proxy.close()
+
+
 async def _store_up(session: aiohttp.ClientSession, url: str) -> bool:
     _, ready = await get(session, f"{url}/readyz")
     return bool(ready["store"] == "up")

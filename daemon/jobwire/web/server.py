@@ -21,7 +21,7 @@ from jobwire.web.access import authorize
 from jobwire.web.listener import Listener
 from jobwire.web.openapi import openapi_document
 from jobwire.web.outbox_api import OutboxEndpoints
-from jobwire.web.ready import readiness
+from jobwire.web.ready import Pinger, readiness
 from jobwire.web.responses import ApiError, Handler, errors, json_response
 from jobwire.web.routes import ROUTES, Route
 from jobwire.web.schedules_api import ScheduleEndpoints
@@ -70,6 +70,7 @@ class HttpApi(ScheduleEndpoints, OutboxEndpoints):
         self.required_sources = required_sources
         # The pool's view of the database: a ping may pass while every write fails.
         self.store_trouble = store_trouble
+        self._pinger = Pinger(store)
         # The handler names this instance may run: an enqueue naming another is refused, as
         # a broker message naming one is not (it becomes a failed job: see routing).
         self.allowed_handlers = allowed_handlers
@@ -141,6 +142,7 @@ class HttpApi(ScheduleEndpoints, OutboxEndpoints):
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        self._pinger.close()
 
     # -- health ---------------------------------------------------------------------
 
@@ -152,7 +154,7 @@ class HttpApi(ScheduleEndpoints, OutboxEndpoints):
         """503 unless the database answers (and takes the pool's statements) and every
         required source is connected."""
         body = await readiness(
-            self.store, self.sources(), self.required_sources, self.store_trouble
+            self._pinger, self.sources(), self.required_sources, self.store_trouble
         )
         return json_response(body, 200 if body["ready"] else 503)
 
