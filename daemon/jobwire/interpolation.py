@@ -3,7 +3,11 @@ null for an unquoted value that expands to nothing, and escaping inside a URL's 
 
 from __future__ import annotations
 
+import os
 import re
+import select
+import stat
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +19,10 @@ import yaml
 # $$ (a literal $), ${VAR} or ${VAR:-default}.
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _URL_HEAD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+# A secret file past this is not a secret (``/dev/zero`` would fill the memory).
+SECRET_MAX_BYTES = 1024 * 1024
+# How long a pipe (process substitution, a FIFO) may take to give its secret.
+SECRET_PIPE_WAIT = 5.0
 
 
 class _Plain(str):
@@ -67,7 +75,7 @@ class _Lookup:
 
     def _read(self, file: Path, where: str, path: str) -> str:
         try:
-            value = file.read_text(encoding="utf-8").rstrip("\r\n")
+            value = read_secret(file).decode("utf-8").rstrip("\r\n")
         except OSError as exc:
             self.problems.append((path, f"{where}, which cannot be read: {exc.strerror}"))
             return ""
@@ -77,6 +85,39 @@ class _Lookup:
             return ""
         self.secrets.add(value)
         return value
+
+
+def read_secret(file: Path) -> bytes:
+    """A secret file's bytes: SECRET_MAX_BYTES at most, and a pipe (``<(...)``, a FIFO)
+    given SECRET_PIPE_WAIT seconds to finish; OSError (with a strerror) otherwise.
+
+    A FIFO with no writer made start-up wait for good, and a device such as ``/dev/zero``
+    was read until the memory ran out."""
+    # O_NONBLOCK: opening a FIFO no one writes to would wait for a writer forever.
+    fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise OSError(0, "it is a directory")
+        chunks: list[bytes] = []
+        size = 0
+        deadline = time.monotonic() + SECRET_PIPE_WAIT
+        while size <= SECRET_MAX_BYTES:
+            if not stat.S_ISREG(mode):
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([fd], [], [], left)[0]:
+                    raise OSError(0, f"nothing came through it within {SECRET_PIPE_WAIT:g}s")
+            try:
+                chunk = os.read(fd, SECRET_MAX_BYTES + 1 - size)
+            except BlockingIOError:
+                continue  # a pipe that select() called readable, then had nothing after all
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+        raise OSError(0, f"larger than {SECRET_MAX_BYTES // 1024} KiB: not a secret")
+    finally:
+        os.close(fd)
 
 
 def _userinfo(text: str) -> tuple[int, int] | None:

@@ -270,6 +270,43 @@ def test_a_missing_secret_file_is_named_without_content(tmp_path: Path) -> None:
     assert "secret-bytes" not in line
 
 
+def test_a_secret_from_a_pipe_is_read_and_a_stuck_or_endless_one_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A FIFO nobody writes to made start-up wait for good; /dev/zero filled the memory.
+    import os
+    import threading
+    import time
+
+    from jobwire import interpolation
+
+    monkeypatch.setattr(interpolation, "SECRET_PIPE_WAIT", 0.5)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    (line,) = problems("http: {admin_token: '${TOKEN}'}", {"TOKEN_FILE": str(fifo)})
+    assert line.endswith("which cannot be read: nothing came through it within 0.5s")
+    assert time.monotonic() - started < 5
+    (line,) = problems("http: {admin_token: '${TOKEN}'}", {"TOKEN_FILE": "/dev/zero"})
+    assert line.endswith("which cannot be read: larger than 1024 KiB: not a secret")
+
+    # A pipe with a writer (process substitution, a secrets agent) gives its secret.
+    def write() -> None:
+        with fifo.open("w") as pipe:
+            time.sleep(0.1)  # nothing to read at first: the reader must wait for it
+            pipe.write("token-through-a-pipe-0001\n")
+
+    # The writer's open waits for the reader's; the reader then waits on the pipe.
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        text = "http: {admin_token: '${TOKEN}'}"
+        config = parse_config(text, "f.yaml", {"TOKEN_FILE": str(fifo)})
+    finally:
+        writer.join(5)
+    assert config.http.admin_token == "token-through-a-pipe-0001"
+
+
 def test_a_file_secret_is_masked_in_problems(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("file-secret-91ab\n")
     (line,) = problems("database: {schema: '${PW}'}", {"PW_FILE": str(tmp_path / "pw")})
