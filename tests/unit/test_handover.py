@@ -55,9 +55,12 @@ def test_the_descriptor_is_closed_once_read() -> None:
     handover = ConfigHandover(parse_config("", "jobwire.yaml", env={}), "jobwire.yaml")
     fd = os.dup(handover.fd)
     handover.close()
-    receive_config({CONFIG_FD_ENV: str(fd)})
+    environ = {CONFIG_FD_ENV: str(fd), "PATH": "/bin"}
+    receive_config(environ)
     with pytest.raises(OSError):
         os.fstat(fd)
+    # Nor its number: what the child starts would read another file by that number.
+    assert environ == {"PATH": "/bin"}
 
 
 @pytest.mark.parametrize("environ", [{}, {CONFIG_FD_ENV: "x"}, {CONFIG_FD_ENV: "999"}])

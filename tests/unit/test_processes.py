@@ -125,7 +125,10 @@ def test_the_role_comes_from_the_environment() -> None:
     """Set by the supervisor for its children only."""
     assert ChildRole.from_env({}) is None
     role = ChildRole(1, 4242)
-    assert ChildRole.from_env(role.env()) == role
+    environ = {**role.env(), "PATH": "/bin"}
+    assert ChildRole.from_env(environ) == role
+    # Not passed on: a `jobwire run` a handler starts is no child of this supervisor.
+    assert environ == {"PATH": "/bin"}
 
 
 def test_one_process_needs_nothing_more() -> None:

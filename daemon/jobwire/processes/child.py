@@ -6,7 +6,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,9 +39,11 @@ class ChildRole:
     supervisor_pid: int
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> ChildRole | None:
-        """The role the supervisor gave this process, or None for a daemon on its own."""
-        index, parent = environ.get(INDEX_ENV), environ.get(SUPERVISOR_ENV)
+    def from_env(cls, environ: MutableMapping[str, str] = os.environ) -> ChildRole | None:
+        """The role the supervisor gave this process, or None for a daemon on its own; its
+        variables are taken out of ``environ``, so that a ``jobwire run`` a handler starts
+        is a daemon on its own, not a child of a supervisor that never started it."""
+        index, parent = environ.pop(INDEX_ENV, None), environ.pop(SUPERVISOR_ENV, None)
         if index is None or parent is None:
             return None
         return cls(int(index), int(parent))

@@ -13,7 +13,7 @@ import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import MutableMapping
 
 from jobwire.config import Config
 from jobwire.redaction import known, remember
@@ -47,10 +47,12 @@ class ConfigHandover:
         os.close(self.fd)
 
 
-def receive_config(environ: Mapping[str, str] = os.environ) -> tuple[Config, str]:
-    """The config and file name the supervisor handed this child; its descriptor is closed."""
+def receive_config(environ: MutableMapping[str, str] = os.environ) -> tuple[Config, str]:
+    """The config and file name the supervisor handed this child; its descriptor is closed,
+    and its variable taken out of ``environ`` (what the child starts must not read a
+    descriptor number that names nothing, or another file, by then)."""
     try:
-        fd = int(environ[CONFIG_FD_ENV])
+        fd = int(environ.pop(CONFIG_FD_ENV))
     except (KeyError, ValueError):
         raise HandoverMissing(f"no config from the supervisor (${CONFIG_FD_ENV})") from None
     try:
