@@ -122,6 +122,12 @@ async def guard(what: str) -> AsyncIterator[None]:
         # Before UNAVAILABLE: asyncpg raises this InterfaceError subclass itself when a value
         # cannot be encoded (a lone surrogate, an int beyond int32): the data, not the store.
         raise InvalidJobData(f"{what}: {type(exc).__name__}: {exc}") from exc
+    except asyncpg.InternalClientError as exc:
+        # asyncpg's own words ("cannot switch to state 12") read like a bug in jobwire; what
+        # happened is a session ended under a statement (see UNAVAILABLE).
+        raise StoreUnavailable(
+            f"{what}: the database session ended mid-statement (asyncpg: {exc})"
+        ) from exc
     except UNAVAILABLE as exc:
         raise StoreUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
     except asyncpg.PostgresError as exc:
