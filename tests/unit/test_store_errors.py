@@ -24,6 +24,6 @@ async def test_a_session_ended_under_a_statement_is_said_as_such() -> None:
 
 
 async def test_a_value_asyncpg_cannot_encode_is_the_data_not_the_store() -> None:
-    with pytest.raises(InvalidJobData, match="^insert: DataError: "):
+    with pytest.raises(InvalidJobData, match=r"^insert: DataError: "):
         async with guard("insert"):
             raise asyncpg.DataError("invalid input for query argument $1")
