@@ -607,6 +607,15 @@ SELECT pg_advisory_lock(hashtext($1));
 -- name: advisory_unlock
 SELECT pg_advisory_unlock(hashtext($1));
 
+-- name: advisory_lock_holders
+-- The server pids of the sessions holding advisory_lock's lock ($1), for the message of a
+-- migrator that waits for another (a one-bigint lock is classid, objid: see lead_lock_held).
+SELECT pid FROM pg_locks
+WHERE locktype = 'advisory' AND granted AND objsubid = 1
+  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND (classid::bigint << 32) | objid::bigint = hashtext($1)::bigint
+ORDER BY pid;
+
 -- name: schema_exists
 -- The schema check of every command but migrate: reads, creates nothing.
 SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1);
