@@ -5,6 +5,7 @@ message and exit code, or in a finished migration, never in a traceback."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -172,3 +173,53 @@ async def test_a_migrator_waiting_for_another_says_whose_lock_it_waits_for(
         assert len(await asyncio.wait_for(task, 30)) == len(known_migrations()) - 11
     finally:
         await holder.close()
+
+
+async def _waiting_sessions(url: str) -> list[int]:
+    """The server pids of sessions waiting for a lock in this database."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+    finally:
+        await conn.close()
+    return [r["pid"] for r in rows]
+
+
+async def test_a_migrator_killed_while_waiting_for_a_lock_leaves_no_session_behind(
+    empty_db: str, locked_jobs: asyncpg.Connection
+) -> None:
+    # Its session stayed in the queue for jobs' strongest lock, holding up every daemon's
+    # reads and writes behind it, and held the migration lock, until the blocker ended.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "jobwire",
+        "migrate",
+        "--database-url",
+        empty_db,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await wait_for(lambda: _waiting_sessions(empty_db), what="the migration waiting")
+    finally:
+        proc.kill()
+        await proc.wait()
+    await wait_for(
+        lambda: _no_waiting(empty_db), timeout=15, what="the killed migrator's session gone"
+    )
+    # The blocker still holds its lock: the migration lock is free for the next migrator.
+    assert not await locked_jobs.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
+    )
+    await locked_jobs.execute("COMMIT")
+    assert await migrate(empty_db, "jobwire") == [m.label for m in known_migrations()[11:]]
+
+
+async def _no_waiting(url: str) -> bool:
+    return not await _waiting_sessions(url)

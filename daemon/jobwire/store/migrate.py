@@ -244,6 +244,7 @@ async def migrate(
         # database cancelled the index builds of a large table at every start, for ever.
         conn = await asyncpg.connect(dsn, server_settings={"statement_timeout": "0"})
     try:
+        await _end_with_client(conn)
         async with guard("migrate"):
             try:
                 # Nothing to do is decided by reading only: a daemon's role that may not
@@ -262,6 +263,20 @@ async def migrate(
                 raise MigrationFailed(schema, "reading its migrations", exc) from None
     finally:
         await conn.close()
+
+
+async def _end_with_client(conn: asyncpg.Connection) -> None:
+    """Have the server end this session soon after its client is gone."""
+    # A migrator killed outright (SIGKILL, OOM, a systemd stop past its timeout) while its
+    # statement waited for a lock on jobs left its session waiting: in the queue for that
+    # table's strongest lock, where it held up every daemon's reads and writes of jobs, and
+    # holding the migration lock, until the blocker ended. PostgreSQL 14 checks the socket
+    # while a statement runs when asked; older servers, and platforms without the check,
+    # refuse the setting, and the session then lives as before.
+    if conn.get_server_version().major < 14:
+        return
+    with contextlib.suppress(asyncpg.PostgresError):
+        await conn.execute(queries()["check_client_connection"])
 
 
 async def _migrate_locked(

@@ -607,6 +607,10 @@ SELECT pg_advisory_lock(hashtext($1));
 -- name: advisory_unlock
 SELECT pg_advisory_unlock(hashtext($1));
 
+-- name: check_client_connection
+-- The migrating session only: see migrate._end_with_client.
+SET client_connection_check_interval = '1s';
+
 -- name: advisory_lock_holders
 -- The server pids of the sessions holding advisory_lock's lock ($1), for the message of a
 -- migrator that waits for another (a one-bigint lock is classid, objid: see lead_lock_held).
