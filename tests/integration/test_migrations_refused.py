@@ -223,3 +223,44 @@ async def test_a_migrator_killed_while_waiting_for_a_lock_leaves_no_session_behi
 
 async def _no_waiting(url: str) -> bool:
     return not await _waiting_sessions(url)
+
+
+def test_the_schema_owner_migrates_without_create_on_the_database(empty_db: str, role: str) -> None:
+    # CREATE SCHEMA IF NOT EXISTS checks the database privilege before it looks: the
+    # owner the refusal message sends the operator to was refused the same way.
+    _run(empty_db, f'CREATE SCHEMA jobwire AUTHORIZATION "{role}"')
+    applied = asyncio.run(migrate(_as(empty_db, role), "jobwire"))
+    assert applied == [m.label for m in known_migrations()]
+
+
+def test_a_superuser_migrating_a_schema_another_role_owns_creates_as_that_role(
+    empty_db: str, role: str
+) -> None:
+    # The owner migrated up to 0010; `jobwire migrate` then ran as postgres (a superuser).
+    # The tables it created were postgres's, and the daemons, connected as the owner, were
+    # refused every statement on them ("permission denied for table outbox").
+    _run(empty_db, f'CREATE SCHEMA jobwire AUTHORIZATION "{role}"')
+    _run(
+        _as(empty_db, role),
+        migration_script("jobwire", known_migrations()[:10]).replace(
+            "CREATE SCHEMA IF NOT EXISTS", "-- CREATE SCHEMA IF NOT EXISTS"
+        ),
+    )
+    assert asyncio.run(migrate(empty_db, "jobwire"))
+
+    async def owners() -> set[str]:
+        conn = await asyncpg.connect(empty_db)
+        try:
+            rows = await conn.fetch(
+                "SELECT pg_get_userbyid(relowner) AS owner FROM pg_class"
+                " WHERE relnamespace = 'jobwire'::regnamespace"
+                " UNION SELECT pg_get_userbyid(proowner) FROM pg_proc"
+                " WHERE pronamespace = 'jobwire'::regnamespace"
+            )
+        finally:
+            await conn.close()
+        return {r["owner"] for r in rows}
+
+    assert asyncio.run(owners()) == {role}
+    out = jobwire("outbox", "list", "--database-url", _as(empty_db, role), check=False)
+    assert out.returncode == 0, out.stderr

@@ -10,9 +10,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
+import structlog
 
 from jobwire.store.pg_base import UNAVAILABLE, connecting, guard, is_outage
 from jobwire.store.queries import migrations, queries
+
+log = structlog.get_logger("jobwire.store")
 
 
 @dataclass(frozen=True)
@@ -279,6 +282,17 @@ async def _end_with_client(conn: asyncpg.Connection) -> None:
         await conn.execute(queries()["check_client_connection"])
 
 
+async def _as_schema_owner(conn: asyncpg.Connection, schema: str) -> None:
+    """Create what follows as the schema's owner, when this role may act as it."""
+    # A superuser (or a member of the owner role) running `jobwire migrate` on a schema
+    # another role owns made the new tables its own: the daemons, connected as the owner,
+    # then got "permission denied for table outbox" from every statement on it.
+    row = await conn.fetchrow(queries()["schema_owner"], schema)
+    if row is not None and row["owner"] != row["me"] and row["member"]:
+        await conn.execute(queries()["set_role"].format(role=_quoted(row["owner"])))
+        log.info("migration_as_owner", schema=schema, owner=row["owner"], user=row["me"])
+
+
 async def _migrate_locked(
     conn: asyncpg.Connection,
     schema: str,
@@ -301,7 +315,12 @@ async def _migrate_locked(
         quoted = _quoted(schema)
         step = "creating it"
         try:
-            await conn.execute(q["create_schema"].format(schema=quoted))
+            # Only when missing: CREATE SCHEMA IF NOT EXISTS checks the privilege to create
+            # in the database first, which the schema's own owner may well not have.
+            if not await conn.fetchval(q["schema_exists"], schema):
+                await conn.execute(q["create_schema"].format(schema=quoted))
+            step = "taking its owner's role"
+            await _as_schema_owner(conn, schema)
             await conn.execute(q["use_schema"].format(schema=quoted))
             await conn.execute(q["create_schema_migrations"])
             step = "reading its migrations"

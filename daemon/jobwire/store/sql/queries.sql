@@ -640,6 +640,16 @@ CREATE SCHEMA IF NOT EXISTS {schema};
 -- A template, as create_schema: the migrations name no schema.
 SET search_path TO {schema};
 
+-- name: schema_owner
+-- Whether this role may act as the owner of schema $1 (a superuser may act as any role).
+SELECT pg_get_userbyid(nspowner) AS owner, current_user AS me,
+       pg_has_role(nspowner, 'MEMBER') AS member
+FROM pg_namespace WHERE nspname = $1;
+
+-- name: set_role
+-- A template, as create_schema: the migrations then create as the schema's owner.
+SET ROLE {role};
+
 -- name: create_schema_migrations
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version integer PRIMARY KEY,
