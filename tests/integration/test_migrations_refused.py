@@ -264,3 +264,16 @@ def test_a_superuser_migrating_a_schema_another_role_owns_creates_as_that_role(
     assert asyncio.run(owners()) == {role}
     out = jobwire("outbox", "list", "--database-url", _as(empty_db, role), check=False)
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("command", [["jobs", "list"], ["migrate", "--status"]])
+def test_a_role_without_usage_on_the_schema_is_told_what_it_lacks(
+    empty_db: str, role: str, command: list[str]
+) -> None:
+    # The schema check of every command read schema_migrations unguarded: a traceback.
+    assert asyncio.run(migrate(empty_db, "jobwire"))
+    out = jobwire(*command, "--database-url", _as(empty_db, role), check=False)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert "permission denied for schema jobwire" in out.stderr
+    assert "USAGE on schema jobwire" in out.stderr

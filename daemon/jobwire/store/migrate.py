@@ -163,13 +163,42 @@ async def check_schema(conn: asyncpg.Connection, schema: str) -> None:
         raise problem
 
 
+class SchemaUnreadable(Exception):
+    """The role may not read the schema's migrations: says what it lacks."""
+
+    def __init__(self, schema: str, exc: asyncpg.PostgresError) -> None:
+        self.schema = schema
+        super().__init__(
+            f"schema {schema}: its migrations cannot be read: {_reason(exc)}: connect as a "
+            f"role with USAGE on schema {schema} and privileges on its tables"
+        )
+
+
+def _reason(exc: asyncpg.PostgresError) -> str:
+    """The server's error on one line: its class, message, detail and hint."""
+    # The message alone (str() may add DETAIL on lines of its own).
+    message = getattr(exc, "message", None) or str(exc).splitlines()[0]
+    reason = f"{type(exc).__name__}: {message}"
+    for extra in ("detail", "hint"):
+        value = getattr(exc, extra, None)
+        if value:
+            reason += f" ({extra}: {value})"
+    return reason
+
+
 async def read_schema_state(dsn: str, schema: str) -> SchemaState:
     """Connect and read the schema's state (read only: nothing is created)."""
     async with connecting():
         conn = await asyncpg.connect(dsn)
     try:
         async with guard("schema check"):
-            return await schema_state(conn, schema)
+            try:
+                return await schema_state(conn, schema)
+            except asyncpg.PostgresError as exc:
+                # A role without USAGE on the schema: every command ended in a traceback.
+                if is_outage(exc):
+                    raise
+                raise SchemaUnreadable(schema, exc) from None
     finally:
         await conn.close()
 
@@ -204,13 +233,7 @@ class MigrationFailed(Exception):
         self.schema = schema
         self.step = step
         self.sqlstate = str(getattr(exc, "sqlstate", "") or "")
-        # The server's message alone (str() may add DETAIL on lines of its own); one line.
-        message = getattr(exc, "message", None) or str(exc).splitlines()[0]
-        reason = f"{type(exc).__name__}: {message}"
-        for extra in ("detail", "hint"):
-            value = getattr(exc, extra, None)
-            if value:
-                reason += f" ({extra}: {value})"
+        reason = _reason(exc)
         if isinstance(exc, asyncpg.InsufficientPrivilegeError):
             todo = (
                 f"run `jobwire migrate` as a role that owns schema {schema} (or may create it), "
