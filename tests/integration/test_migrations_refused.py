@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 import asyncpg
 import pytest
 
+from jobwire.store.base import StoreUnavailable
 from jobwire.store.migrate import known_migrations, latest_version, migrate, migration_script
 from tests.conftest import ADMIN_URL, db_url
 from tests.support.daemon import jobwire
@@ -277,3 +278,18 @@ def test_a_role_without_usage_on_the_schema_is_told_what_it_lacks(
     assert "Traceback" not in out.stderr
     assert "permission denied for schema jobwire" in out.stderr
     assert "USAGE on schema jobwire" in out.stderr
+
+
+async def test_a_lock_timeout_on_the_role_is_an_outage_naming_the_migration(
+    empty_db: str, role: str, locked_jobs: asyncpg.Connection
+) -> None:
+    # Retried like an unavailable database; the message said only "LockNotAvailableError"
+    # (a traceback before), not which migration waited for what.
+    await _execute(
+        empty_db,
+        f'ALTER ROLE "{role}" SUPERUSER; ALTER ROLE "{role}" SET lock_timeout = \'200ms\'',
+    )
+    with pytest.raises(StoreUnavailable) as raised:
+        await migrate(_as(empty_db, role), "jobwire")
+    assert "migration 0012_job_dependencies" in str(raised.value)
+    assert "lock timeout" in str(raised.value)

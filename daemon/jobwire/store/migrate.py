@@ -12,6 +12,7 @@ from datetime import datetime
 import asyncpg
 import structlog
 
+from jobwire.store.base import StoreUnavailable
 from jobwire.store.pg_base import UNAVAILABLE, connecting, guard, is_outage
 from jobwire.store.queries import migrations, queries
 
@@ -365,7 +366,9 @@ async def _migrate_locked(
                     on_applied(m.label, time.monotonic() - started)
         except asyncpg.PostgresError as exc:
             if is_outage(exc):
-                raise
+                # Retried as an outage (a lock_timeout on the role, a read-only server):
+                # named, so that a lock waited for is not taken for an unreachable server.
+                raise StoreUnavailable(f"schema {schema}: {step}: {_reason(exc)}") from exc
             # Its transaction rolled back: the step left nothing behind, and says so.
             raise MigrationFailed(schema, step, exc) from None
     finally:
