@@ -82,7 +82,7 @@ def test_a_migration_the_role_may_not_run_is_exit_2_saying_what_to_do(
     assert "Traceback" not in out.stderr
     assert "permission denied for database" in out.stderr
     assert "run `jobwire migrate` as a role that owns schema jobwire" in out.stderr
-    assert "database.migrate: false" in out.stderr
+    assert "then start on the migrated schema" in out.stderr
 
 
 def test_an_operator_object_in_the_way_names_the_migration_and_keeps_the_rest(

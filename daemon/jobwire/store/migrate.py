@@ -237,8 +237,8 @@ class MigrationFailed(Exception):
         reason = _reason(exc)
         if isinstance(exc, asyncpg.InsufficientPrivilegeError):
             todo = (
-                f"run `jobwire migrate` as a role that owns schema {schema} (or may create it), "
-                "and start daemons of a role that may not with `database.migrate: false`"
+                f"run `jobwire migrate` as a role that owns schema {schema} (or may create it); "
+                "daemons of a role that may not then start on the migrated schema"
             )
         else:
             todo = (
