@@ -108,6 +108,12 @@ async def migrate_schema(
     """Migrate, telling systemd which migration runs and keeping its start timeout ahead."""
     extend = f"EXTEND_TIMEOUT_USEC={int(_EXTEND_TIMEOUT * 1_000_000)}"
 
+    def waiting(holders: list[int]) -> None:
+        # Said before the wait, which may be long: a migration of another instance, or the
+        # server session of a killed one whose statement still waits for a lock.
+        log.warning("migration_waiting", schema=schema, holder_pids=holders)
+        _sd_notify(f"STATUS=waiting for another migrator of schema {schema}\n{extend}")
+
     def applying(label: str) -> None:
         log.info("migration_applying", schema=schema, migration=label)
         _sd_notify(f"STATUS=applying migration {label}\n{extend}")
@@ -121,7 +127,10 @@ async def migrate_schema(
     extender = asyncio.create_task(keep_extending(), name="jobwire-migrate-extend")
     try:
         return await retry_unavailable(
-            lambda: migrate(dsn, schema, on_applying=applying, on_applied=on_applied), wait
+            lambda: migrate(
+                dsn, schema, on_applying=applying, on_applied=on_applied, on_waiting=waiting
+            ),
+            wait,
         )
     finally:
         extender.cancel()

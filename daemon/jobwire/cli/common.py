@@ -30,7 +30,7 @@ from jobwire.logs import configure_logging
 from jobwire.redaction import redact, remember, secret_values
 from jobwire.storable import json_problem
 from jobwire.store.base import InvalidJobData, OperatorStore, StoreUnavailable
-from jobwire.store.migrate import SchemaMismatch
+from jobwire.store.migrate import MigrationFailed, SchemaMismatch, SchemaUnreadable
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -216,7 +216,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
             return runner.run(coro)
     except StoreUnavailable as exc:
         fail(f"database unavailable: {exc}", EXIT_UNAVAILABLE)
-    except SchemaMismatch as exc:
+    except (SchemaMismatch, SchemaUnreadable, MigrationFailed) as exc:
         # Not a transient state: restarting (systemd) or retrying changes nothing.
         fail(str(exc), EXIT_USAGE)
     except (InvalidJobData, BadInput, asyncpg.DataError) as exc:

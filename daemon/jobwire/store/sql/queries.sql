@@ -607,6 +607,19 @@ SELECT pg_advisory_lock(hashtext($1));
 -- name: advisory_unlock
 SELECT pg_advisory_unlock(hashtext($1));
 
+-- name: check_client_connection
+-- The migrating session only: see migrate._end_with_client.
+SET client_connection_check_interval = '1s';
+
+-- name: advisory_lock_holders
+-- The server pids of the sessions holding advisory_lock's lock ($1), for the message of a
+-- migrator that waits for another (a one-bigint lock is classid, objid: see lead_lock_held).
+SELECT pid FROM pg_locks
+WHERE locktype = 'advisory' AND granted AND objsubid = 1
+  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND (classid::bigint << 32) | objid::bigint = hashtext($1)::bigint
+ORDER BY pid;
+
 -- name: schema_exists
 -- The schema check of every command but migrate: reads, creates nothing.
 SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1);
@@ -626,6 +639,16 @@ CREATE SCHEMA IF NOT EXISTS {schema};
 -- name: use_schema
 -- A template, as create_schema: the migrations name no schema.
 SET search_path TO {schema};
+
+-- name: schema_owner
+-- Whether this role may act as the owner of schema $1 (a superuser may act as any role).
+SELECT pg_get_userbyid(nspowner) AS owner, current_user AS me,
+       pg_has_role(nspowner, 'MEMBER') AS member
+FROM pg_namespace WHERE nspname = $1;
+
+-- name: set_role
+-- A template, as create_schema: the migrations then create as the schema's owner.
+SET ROLE {role};
 
 -- name: create_schema_migrations
 CREATE TABLE IF NOT EXISTS schema_migrations (
