@@ -46,6 +46,12 @@ class ServiceGroup:
         for service in self.services:
             try:
                 await service.start()
+            except asyncio.CancelledError:
+                # A stop asked for during the start (SIGTERM while waiting for the
+                # database): no failure, though what had started stops all the same.
+                log.info("service_start_stopped", service=service.name)
+                await self.stop()
+                raise
             except BaseException:
                 log.error("service_start_failed", service=service.name)
                 await self.stop()

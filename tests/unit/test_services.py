@@ -63,6 +63,30 @@ async def test_a_failed_start_stops_what_had_started_and_raises() -> None:
     assert events == ["start http", "start pool", "stop pool", "stop http"]
 
 
+async def test_a_stop_during_start_is_no_failure_in_the_logs() -> None:
+    # A SIGTERM while a service started (a child of workers.processes waiting for the
+    # database) logged service_start_failed at error level, though the stop was asked for.
+    from structlog.testing import capture_logs
+
+    events: list[str] = []
+    started = asyncio.Event()
+
+    class Slow(Fake):
+        async def start(self) -> None:
+            started.set()
+            await asyncio.Event().wait()
+
+    group = ServiceGroup([Fake("pool", events), Slow("http", events)])
+    with capture_logs() as logs:
+        task = asyncio.create_task(group.start())
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert events == ["start pool", "stop pool"]
+    assert [(e["event"], e["log_level"]) for e in logs] == [("service_start_stopped", "info")]
+
+
 async def test_a_failed_stop_does_not_keep_the_others_running() -> None:
     events: list[str] = []
     group = ServiceGroup([Fake("pool", events), Fake("gate", events, fail="stop")])
