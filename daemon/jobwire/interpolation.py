@@ -54,8 +54,8 @@ class _Lookup:
     secrets: set[str]
     # Key -> the variables whose environment values it holds: masked in error messages.
     origins: dict[str, list[str]]
-    # id of a list or dict already interpolated -> its copy: an alias is expanded once.
-    done: dict[int, Any]
+    # id of a list or dict already interpolated -> its copy and key: an alias is expanded once.
+    done: dict[int, tuple[Any, str]]
 
     def get(self, name: str, path: str) -> str | None:
         """``$VAR``, else the file ``$VAR_FILE`` names, else ``$CREDENTIALS_DIRECTORY/VAR``."""
@@ -193,7 +193,9 @@ def _interpolate(node: Any, lookup: _Lookup, path: str) -> Any:
         # bytes of nested aliases ("billion laughs") cost minutes and gigabytes. A shared
         # node's problems are reported once, at its first key.
         if id(node) in lookup.done:
-            return lookup.done[id(node)]
+            copy, first = lookup.done[id(node)]
+            _carry_origins(lookup.origins, first, path)
+            return copy
         copy: Any
         if isinstance(node, dict):
             copy = {
@@ -202,11 +204,26 @@ def _interpolate(node: Any, lookup: _Lookup, path: str) -> Any:
             }
         else:
             copy = [_interpolate(v, lookup, f"{path}[{i}]") for i, v in enumerate(node)]
-        lookup.done[id(node)] = copy
+        lookup.done[id(node)] = (copy, path)
         return copy
     if not isinstance(node, str):
         return node
     return _expand(node, lookup, path)
+
+
+def _carry_origins(origins: dict[str, list[str]], first: str, path: str) -> None:
+    """Note under ``path`` the environment variables found under ``first``, the key where
+    the same shared node (a YAML alias) was read: its values, wrong at this key too, must
+    be named there, not quoted. The loader bounds the expansion, so this copying too."""
+    if first == path:
+        return
+    found = [
+        (key, names)
+        for key, names in origins.items()
+        if key == first or key.startswith((f"{first}.", f"{first}["))
+    ]
+    for key, names in found:
+        origins.setdefault(path + key[len(first) :], []).extend(names)
 
 
 def _join(path: str, key: str) -> str:

@@ -48,6 +48,24 @@ queues:
     assert config.queues["c"].timeout == 5
 
 
+def test_an_environment_value_in_a_shared_alias_is_named_at_every_key() -> None:
+    # The alias is interpolated once; its second use was not known to hold the variable's
+    # value, so its problem quoted the value instead of naming the variable.
+    text = """
+queues:
+  a: &limits {concurrency: "${C}"}
+  b: *limits
+"""
+    lines = problems(text, {"C": "not-a-number-7f3a"})
+    assert len(lines) == 2
+    assert all("not-a-number-7f3a" not in line for line in lines)
+    assert all(line.endswith("(got the value of environment variable ${C})") for line in lines)
+    assert {line.split(": ")[1] for line in lines} == {
+        "queues.a.concurrency",
+        "queues.b.concurrency",
+    }
+
+
 def test_an_alias_inside_itself_is_refused() -> None:
     (line,) = problems("a: &x [1, *x]")
     assert "refers to a node that contains it" in line
