@@ -193,9 +193,9 @@ def _interpolate(node: Any, lookup: _Lookup, path: str) -> Any:
         # bytes of nested aliases ("billion laughs") cost minutes and gigabytes. A shared
         # node's problems are reported once, at its first key.
         if id(node) in lookup.done:
-            copy, first = lookup.done[id(node)]
+            made, first = lookup.done[id(node)]
             _carry_origins(lookup.origins, first, path)
-            return copy
+            return made
         copy: Any
         if isinstance(node, dict):
             copy = {
