@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_embedded import postgres_processes
-from tests.support.daemon import jobwire, write_config
+from tests.support.daemon import Daemon, jobwire, wait_until, write_config
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
@@ -58,3 +58,28 @@ def test_an_unusable_data_dir_is_a_clear_refusal(
     assert "Traceback" not in out.stderr, out.stderr
     assert says in out.stderr
     assert not postgres_processes(data_dir)
+
+
+def test_a_server_left_by_a_killed_daemon_is_stopped_by_the_next(tmp_path: Path) -> None:
+    data_dir = tmp_path / "var"
+    config = embedded_config(tmp_path, data_dir)
+    first = Daemon(config, tmp_path / "first.log")
+    try:
+        first.wait_ready(timeout=120)
+        # Due only after the kill: it must survive it and run under the next daemon.
+        job_id = jobwire("enqueue", "echo", "--delay", "3s", "-c", str(config)).stdout.strip()
+        first.kill()
+    finally:
+        first.stop_quietly()
+    assert postgres_processes(data_dir), "a SIGKILL leaves the server running"
+    second = Daemon(config, tmp_path / "second.log")
+    try:
+        second.wait_ready(timeout=120)
+        wait_until(lambda: job_status(config, job_id) == "succeeded", timeout=30, what="job ran")
+        assert second.terminate() == 0
+    finally:
+        second.stop_quietly()
+    # The killed daemon never said it left; the last one out still stops the server.
+    wait_until(
+        lambda: not postgres_processes(data_dir), timeout=30, what="embedded PostgreSQL stopped"
+    )

