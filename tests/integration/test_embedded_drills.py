@@ -4,6 +4,7 @@ a server killed under a running daemon."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,40 @@ def test_a_server_left_by_a_killed_daemon_is_stopped_by_the_next(tmp_path: Path)
     finally:
         second.stop_quietly()
     # The killed daemon never said it left; the last one out still stops the server.
+    wait_until(
+        lambda: not postgres_processes(data_dir), timeout=30, what="embedded PostgreSQL stopped"
+    )
+
+
+def test_a_stale_pid_file_naming_another_program_neither_blocks_nor_kills_it(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "var"
+    pid_file = data_dir / "pgdata" / "postmaster.pid"
+    config = embedded_config(tmp_path, data_dir)
+    first = Daemon(config, tmp_path / "first.log")
+    try:
+        first.wait_ready(timeout=120)
+        lines = pid_file.read_text().splitlines()
+        assert first.terminate() == 0
+    finally:
+        first.stop_quietly()
+    wait_until(lambda: not pid_file.exists(), timeout=30, what="server stopped")
+    # After a power loss or in a restarted container, the old postmaster's pid is someone
+    # else's: here a sleep's.
+    bystander = subprocess.Popen(["sleep", "300"])
+    try:
+        pid_file.write_text("\n".join([str(bystander.pid), *lines[1:]]) + "\n")
+        second = Daemon(config, tmp_path / "second.log")
+        try:
+            second.wait_ready(timeout=60)
+            assert second.terminate() == 0
+        finally:
+            second.stop_quietly()
+        assert bystander.poll() is None, "jobwire killed a process that was not its server"
+    finally:
+        bystander.kill()
+        bystander.wait(10)
     wait_until(
         lambda: not postgres_processes(data_dir), timeout=30, what="embedded PostgreSQL stopped"
     )

