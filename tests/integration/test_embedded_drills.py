@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import urllib.request
@@ -186,4 +187,22 @@ def test_a_first_start_killed_during_initdb_initializes_again(tmp_path: Path) ->
     jobwire("stats", "-c", str(config))
     wait_until(
         lambda: not postgres_processes(data_dir), timeout=30, what="embedded PostgreSQL stopped"
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs the server as another user")
+def test_as_root_directories_above_data_dir_are_not_made_readable_to_all(
+    tmp_path: Path,
+) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    private.chmod(0o700)
+    config = embedded_config(tmp_path, private / "jobwire")
+    migrated = jobwire("migrate", "-c", str(config), check=False, timeout=120)
+    assert migrated.returncode == 0, migrated.stderr
+    # The server's user may pass through, as it must; no one else may list what is there.
+    assert stat.S_IMODE(private.stat().st_mode) == 0o711
+    assert "embedded_postgres_opened_directories" in migrated.stderr
+    wait_until(
+        lambda: not postgres_processes(private), timeout=30, what="embedded PostgreSQL stopped"
     )

