@@ -206,3 +206,14 @@ def test_as_root_directories_above_data_dir_are_not_made_readable_to_all(
     wait_until(
         lambda: not postgres_processes(private), timeout=30, what="embedded PostgreSQL stopped"
     )
+
+
+def test_a_failed_initdb_says_how_much_space_there_is(tmp_path: Path) -> None:
+    from jobwire.store import embedded
+
+    failed = subprocess.CalledProcessError(1, ["/opt/pginstall/bin/initdb", "-D", "x"])
+    error = embedded._start_failed(tmp_path, failed)
+    # initdb's own words are in the library's log line; a full disk is the common cause.
+    assert "could not be initialized" in str(error)
+    assert "MB free there" in str(error)
+    assert error.exit_code == 1

@@ -195,6 +195,15 @@ def _start_failed(pgdata: Path, exc: subprocess.CalledProcessError) -> EmbeddedE
             "non-root user, or set database.url to a PostgreSQL server",
             EXIT_USAGE,
         )
+    if program == "initdb":
+        # initdb's own words went to the library's log line; the usual cause is space.
+        free = shutil.disk_usage(pgdata).free // 2**20
+        return EmbeddedError(
+            f"the embedded PostgreSQL under {pgdata} could not be initialized (initdb exited "
+            f"{exc.returncode}; its error is in the log line before); {free} MB free there, "
+            "a new cluster needs about 40 MB",
+            EXIT_UNAVAILABLE,
+        )
     return EmbeddedError(
         f"the embedded PostgreSQL under {pgdata} did not start ({program} exited "
         f"{exc.returncode}); check that database.data_dir holds a data directory of this "
