@@ -46,6 +46,7 @@ def job_status(config: Path, job_id: str) -> str:
         ("file", 2, "point database.data_dir at a writable directory"),
         ("space", 2, "contains whitespace"),
         ("garbage", 1, "did not start"),
+        ("users-unreadable", 1, "could not start"),
     ],
 )
 def test_an_unusable_data_dir_is_a_clear_refusal(
@@ -56,6 +57,9 @@ def test_an_unusable_data_dir_is_a_clear_refusal(
         data_dir.write_text("not a directory")
     elif layout == "space":
         data_dir = tmp_path / "my var"
+    elif layout == "users-unreadable":
+        # The library's list of processes using the server cannot be read or written.
+        (data_dir / "pgdata" / ".handle_pids.json").mkdir(parents=True)
     else:
         # Not a PostgreSQL data directory, though it claims to be one.
         (data_dir / "pgdata").mkdir(parents=True)

