@@ -30,6 +30,7 @@ from jobwire.logs import configure_logging
 from jobwire.redaction import redact, remember, secret_values
 from jobwire.storable import json_problem
 from jobwire.store.base import InvalidJobData, OperatorStore, StoreUnavailable
+from jobwire.store.embedded import EmbeddedError
 from jobwire.store.migrate import MigrationFailed, SchemaMismatch, SchemaUnreadable
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -216,6 +217,8 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
             return runner.run(coro)
     except StoreUnavailable as exc:
         fail(f"database unavailable: {exc}", EXIT_UNAVAILABLE)
+    except EmbeddedError as exc:
+        fail(str(exc), exc.exit_code)
     except (SchemaMismatch, SchemaUnreadable, MigrationFailed) as exc:
         # Not a transient state: restarting (systemd) or retrying changes nothing.
         fail(str(exc), EXIT_USAGE)
