@@ -260,3 +260,76 @@ async def test_an_async_handler_that_blocks_the_loop_is_named() -> None:
             await pool.stop()
     (blocked,) = [e for e in logs if e["event"] == "event_loop_blocked"]
     assert blocked["seconds"] >= 2 and blocked["handlers"] == ["blocker"]
+
+
+def forking(child: str, threaded: bool) -> Any:
+    """A handler that forks; its child returns, raises or exits out of the handler (``child``),
+    and the parent returns the child's exit status, killing it if it lingers."""
+    import os
+    import signal
+    import time
+
+    def in_child() -> Any:
+        # Without the guard this child runs a copy of the test process on: bounded.
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(3)
+        if child == "raises":
+            raise RuntimeError("from the child")
+        if child == "exits":
+            raise SystemExit(4)
+        return {"child": True}
+
+    def reap(pid: int) -> int | None:
+        # Bounded: without the guard the child runs a copy of this test process on.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status)
+            time.sleep(0.02)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return None  # it ran on
+
+    if threaded:
+
+        def plain(payload: Any, ctx: JobContext) -> Any:
+            pid = os.fork()
+            if pid == 0:
+                return in_child()
+            return {"child_exit": reap(pid)}
+
+        return plain
+
+    async def handler(payload: Any, ctx: JobContext) -> Any:
+        pid = os.fork()
+        if pid == 0:
+            return in_child()
+        return {"child_exit": await asyncio.to_thread(reap, pid)}
+
+    return handler
+
+
+@pytest.mark.parametrize("threaded", [False, True], ids=["async", "plain"])
+@pytest.mark.parametrize(("child", "code"), [("returns", 0), ("raises", 1), ("exits", 4)])
+async def test_a_forked_child_leaving_the_handler_ends_there(
+    child: str, code: int, threaded: bool
+) -> None:
+    import warnings
+
+    store = MemoryStore()
+    (job_id,) = await store.enqueue_many([JobSpec("forks", max_attempts=1)])
+    assert job_id is not None
+    pool = make_pool(store, {"forks": forking(child, threaded)}, fast_config())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads running
+        await pool.start()
+        try:
+            await wait_for(lambda: all_finished(store), timeout=15, what="the parent's attempt")
+        finally:
+            await pool.stop()
+    job = store.jobs[job_id]
+    # The child ended as it left the handler (not killed after running on as a second
+    # pool), and only the parent's outcome was written.
+    assert job.status == JobStatus.SUCCEEDED and job.result == {"child_exit": code}
+    assert [r["status"] for r in await store.runs(job_id)] == ["succeeded"]
