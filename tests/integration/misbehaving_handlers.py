@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import threading
+import time
 from typing import Any
 
 
@@ -11,3 +13,14 @@ async def ignores_sigterm(payload: Any) -> str:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     return "replaced"
+
+
+def _forever() -> None:
+    while True:
+        time.sleep(3600)
+
+
+async def leaves_a_thread(payload: Any) -> str:
+    """Start a thread (not a daemon thread) that never ends."""
+    threading.Thread(target=_forever, name="never-ends").start()
+    return "left"

@@ -3,11 +3,14 @@ these left a daemon that would not stop (SIGTERM ignored, or an exit held by a t
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from tests.support.daemon import Daemon, jobwire, write_config
+from tests.support.rows import job_count
+from tests.support.waiting import wait_sync
 
 pytestmark = pytest.mark.timeout(120)
 HANDLERS = "tests.integration.misbehaving_handlers"
@@ -43,3 +46,18 @@ def test_stop_signal_handlers_a_handler_replaced_are_put_back(
         daemon.stop_quietly()
     (replaced, *_) = [e for e in daemon.events() if e["event"] == "signal_handler_replaced"]
     assert replaced["handlers"] == ["ignores_sigterm"]
+
+
+def test_a_thread_a_handler_left_does_not_hold_the_exit(tmp_path: Path, database_url: str) -> None:
+    daemon, _ = _daemon(tmp_path, database_url, "leaves_a_thread")
+    try:
+        wait_sync(
+            lambda: asyncio.run(job_count(database_url, "status = 'succeeded'")) == 1,
+            timeout=15,
+            what="the job run",
+        )
+        assert daemon.terminate(timeout=20) == 0
+    finally:
+        daemon.stop_quietly()
+    (left,) = [e for e in daemon.events() if e["event"] == "threads_left_running"]
+    assert left["threads"] == ["never-ends"]

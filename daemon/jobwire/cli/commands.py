@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
+import os
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import click
+import structlog
 
 from jobwire import gc_tuning
 from jobwire.adapters import build_adapter
@@ -131,6 +136,38 @@ def run_daemon(migrate_first: bool | None) -> None:
         run(go())
     except ListenError as exc:
         fail(str(exc), EXIT_USAGE)
+    _exit_past_stray_threads()
+
+
+log = structlog.get_logger("jobwire.cli")
+# How long a stopped daemon waits for threads it did not start (not daemon threads) to end.
+_STRAY_THREAD_GRACE = 2.0
+
+
+def _exit_past_stray_threads() -> None:
+    """Exit now if threads a handler started (not daemon threads) still run: the interpreter
+    waits for them at exit, so a drill's daemon logged daemon_stopped, then never exited."""
+    deadline = time.monotonic() + _STRAY_THREAD_GRACE
+    stray = []
+    for thread in threading.enumerate():
+        if thread is threading.main_thread() or thread.daemon:
+            continue
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            stray.append(thread.name)
+    if not stray:
+        return
+    log.warning(
+        "threads_left_running",
+        threads=sorted(stray),
+        note="started by a handler and never ended; exiting without them",
+    )
+    # What a normal exit would still do (exit hooks such as a tracing exporter's flush),
+    # without the wait for the threads that comes first.
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _state_data(state: SchemaState) -> dict[str, Any]:
