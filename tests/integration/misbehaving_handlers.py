@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 import time
@@ -24,3 +25,9 @@ async def leaves_a_thread(payload: Any) -> str:
     """Start a thread (not a daemon thread) that never ends."""
     threading.Thread(target=_forever, name="never-ends").start()
     return "left"
+
+
+async def stops_the_loop(payload: Any) -> str:
+    """Stop the daemon's event loop."""
+    asyncio.get_running_loop().stop()
+    return "stopped"

@@ -61,3 +61,15 @@ def test_a_thread_a_handler_left_does_not_hold_the_exit(tmp_path: Path, database
         daemon.stop_quietly()
     (left,) = [e for e in daemon.events() if e["event"] == "threads_left_running"]
     assert left["threads"] == ["never-ends"]
+
+
+def test_a_handler_stopping_the_loop_ends_the_daemon_with_a_reason(
+    tmp_path: Path, database_url: str
+) -> None:
+    daemon, _ = _daemon(tmp_path, database_url, "stops_the_loop")
+    try:
+        assert daemon.wait(timeout=20) == 1  # for the supervisor to start it again
+    finally:
+        daemon.stop_quietly()
+    (stopped,) = [e for e in daemon.events() if e["event"] == "event_loop_stopped"]
+    assert stopped["handlers"] == ["stops_the_loop"]

@@ -124,11 +124,14 @@ def run_daemon(migrate_first: bool | None) -> None:
             fail(str(exc), EXIT_UNAVAILABLE)
         config = role.config(config)
 
+    daemons: list[Daemon] = []
+
     async def go() -> None:
         # The process is the daemon's (an embedded Daemon, as in the tests, leaves its
         # process's collector alone): set for a long run before anything connects.
         gc_tuning.settle_before_start()
         daemon = Daemon(config, registry)
+        daemons.append(daemon)
         daemon.install_signal_handlers()
         await daemon.run()
 
@@ -136,7 +139,22 @@ def run_daemon(migrate_first: bool | None) -> None:
         run(go())
     except ListenError as exc:
         fail(str(exc), EXIT_USAGE)
+    except RuntimeError as exc:
+        if _LOOP_STOPPED not in str(exc):
+            raise
+        # A handler called loop.stop(): the daemon ended mid-run with only a traceback.
+        pool = daemons[0].pool if daemons else None
+        log.error(
+            "event_loop_stopped",
+            handlers=sorted(set(pool.state.started_lately)) if pool is not None else [],
+            note="stopped by loop.stop() (a handler?); running jobs return after their leases",
+        )
+        sys.exit(EXIT_UNAVAILABLE)
     _exit_past_stray_threads()
+
+
+# asyncio's (and uvloop's) words when the loop stops before the daemon's run has ended.
+_LOOP_STOPPED = "Event loop stopped before Future completed"
 
 
 log = structlog.get_logger("jobwire.cli")
