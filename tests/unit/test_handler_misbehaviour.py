@@ -333,3 +333,34 @@ async def test_a_forked_child_leaving_the_handler_ends_there(
     # pool), and only the parent's outcome was written.
     assert job.status == JobStatus.SUCCEEDED and job.result == {"child_exit": code}
     assert [r["status"] for r in await store.runs(job_id)] == ["succeeded"]
+
+
+async def test_a_handler_closing_stderr_leaves_no_job_running(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from jobwire.logs import configure_logging
+
+    log_file = (tmp_path / "stderr").open("w")
+    monkeypatch.setattr(sys, "stderr", log_file)
+    configure_logging("json", "info")
+
+    async def closes_stderr(payload: Any, ctx: JobContext) -> None:
+        sys.stderr.close()
+
+    store = MemoryStore()
+    (closer,) = await store.enqueue_many([JobSpec("closes_stderr")])
+    assert closer is not None
+    pool = make_pool(store, {"closes_stderr": closes_stderr}, fast_config())
+    await pool.start()
+    try:
+        await wait_for(lambda: all_finished(store), what="the closing job")
+        failing = await store.enqueue_many([JobSpec("fail", max_attempts=2) for _ in range(3)])
+        # Their failures are logged: every log call raised, and the jobs stayed running.
+        await wait_for(lambda: all_finished(store), timeout=10, what="the failing jobs")
+    finally:
+        await pool.stop()
+        monkeypatch.undo()  # pytest reports on sys.stderr: not the closed one
+    assert all(store.jobs[i].status == JobStatus.FAILED for i in failing if i is not None)
+    assert (tmp_path / "stderr").read_text().count('"job_failed"') == 3
