@@ -196,6 +196,11 @@ def _describe_relay(relay: OutboxRelay) -> dict[str, Any]:
     return described
 
 
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# How often the stop signals' handlers are checked: a handler may replace them.
+_SIGNAL_CHECK = 1.0
+
+
 def _start_watchdog() -> asyncio.Task[None] | None:
     """Ping systemd's watchdog (WATCHDOG=1) at half its interval, while the loop is alive."""
     watchdog = _watchdog_interval()
@@ -373,6 +378,7 @@ class Daemon:
         self.relays: list[OutboxRelay] = []
         self.http: HttpApi | None = None
         self._starting = True  # until every service has started: a stop cancels the start
+        self._signal_guard: asyncio.Task[None] | None = None  # set with the signal handlers
         # Log lines, /readyz and the workers table mask these wherever they appear.
         remember(secret_values(config))
 
@@ -397,8 +403,34 @@ class Daemon:
         # SIGHUP too: its default action kills the process on the spot (exit 129), leaving the
         # running jobs leased and this instance's workers row behind. There is no config
         # reload to give it instead, and a closed terminal or ssh session sends it.
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in _STOP_SIGNALS:
             loop.add_signal_handler(sig, self.request_stop, sig.name)
+        installed = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+        self._signal_guard = loop.create_task(
+            self._guard_signals(installed), name="jobwire-signal-guard"
+        )
+
+    async def _guard_signals(self, installed: dict[signal.Signals, Any]) -> None:
+        """Put back the stop signals' handlers a handler replaced (signal.signal()), and say
+        so: with SIGTERM ignored the daemon never stopped, with its default it died on the
+        spot, its jobs left running to their leases."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(_SIGNAL_CHECK)
+            for sig, ours in installed.items():
+                now = signal.getsignal(sig)
+                if now is ours:
+                    continue
+                recent = self.pool.state.started_lately if self.pool is not None else ()
+                log.error(
+                    "signal_handler_replaced",
+                    signal=sig.name,
+                    handler=repr(now),
+                    handlers=sorted(set(recent)),
+                    note="restored; a handler must not call signal.signal()",
+                )
+                loop.add_signal_handler(sig, self.request_stop, sig.name)
+                installed[sig] = signal.getsignal(sig)
 
     def _wake_relays(self, outputs: set[str]) -> None:
         """Outbox rows of these outputs were written: their relays send them now."""
@@ -535,6 +567,8 @@ class Daemon:
             raise
         finally:
             stop.cancel()
+            if self._signal_guard is not None:
+                self._signal_guard.cancel()
         if life.cancelled():
             log.info("daemon_start_abandoned")
             return

@@ -10,11 +10,12 @@ import importlib
 import inspect
 import itertools
 import json
+import os
 import queue
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 
@@ -27,6 +28,45 @@ Handler = Callable[..., Any]
 ProgressSink = Callable[[int, int, str | None], Awaitable[None]]
 MAX_AFTER = 1000  # ids one child job may wait for, as the enqueue API allows
 MAX_PROGRESS_NOTE = 2000  # characters of a progress note kept
+
+
+# Set in the child of an os.fork(): a handler's forked child that returns or raises out of the
+# handler came back into a copy of the daemon, which then wrote outcomes, renewed leases and
+# claimed jobs on the parent's own database connections (a drill saw the job stuck running,
+# the pool's connections broken and the stop hung). A flag, not a getpid() per job.
+_forked = False
+
+
+def _note_fork() -> None:
+    global _forked
+    _forked = True
+
+
+os.register_at_fork(after_in_child=_note_fork)
+
+
+def in_fork_child() -> bool:
+    """True in the child of an os.fork() made since this process started."""
+    return _forked
+
+
+def end_fork_child(job_id: object, code: int, handler: str | None = None) -> NoReturn:
+    """End a handler's forked child that left the handler, before it touches the daemon's
+    connections: one JSON line on stderr (not structlog: its locks may be held by a thread
+    the fork left behind), then ``os._exit(code)``."""
+    try:
+        line = {
+            "event": "handler_fork_child_ended",
+            "level": "error",
+            "job_id": job_id,
+            "handler": handler,
+            "pid": os.getpid(),
+            "exit_code": code,
+            "note": "a forked child must end itself (os._exit) inside the handler",
+        }
+        os.write(2, (json.dumps(line) + "\n").encode())
+    finally:
+        os._exit(code)
 
 
 @dataclass(frozen=True)
@@ -307,14 +347,20 @@ class HandlerThreads(concurrent.futures.Executor):
                 try:
                     result = call()
                 except Exception as exc:  # noqa: BLE001 - handed to the job's task
+                    if _forked:
+                        _leave_fork_thread(exc)
                     future.set_exception(exc)
                 except BaseException as exc:  # noqa: BLE001 - must not end the loop thread
+                    if _forked:
+                        _leave_fork_thread(exc)
                     # SystemExit or KeyboardInterrupt re-raised in the pool's task would stop
                     # the whole daemon: to the pool it is one handler's failure.
                     future.set_exception(
                         RuntimeError(f"{type(exc).__name__} raised in a handler thread: {exc}")
                     )
                 else:
+                    if _forked:
+                        _leave_fork_thread(None)
                     future.set_result(result)
             del item, future, call  # drop the job's references before waiting for the next
             self._idle.release()
@@ -337,6 +383,24 @@ class HandlerThreads(concurrent.futures.Executor):
         if wait:
             for thread in threads:
                 thread.join()
+
+
+def _leave_fork_thread(exc: BaseException | None) -> NoReturn:
+    """A plain handler's forked child left the handler: the only thread it has would wait
+    for the next job for good (a process left behind per job), or hand it to the daemon."""
+    # The job's id is bound for its log lines (the thread runs in a copy of its context).
+    job_id = structlog.contextvars.get_contextvars().get("job_id")
+    end_fork_child(job_id, 0 if exc is None else _exit_code(exc))
+
+
+def _exit_code(exc: BaseException) -> int:
+    """The exit status a process ending with ``exc`` has: SystemExit's code, else 1."""
+    if not isinstance(exc, SystemExit):
+        return 1
+    code = exc.code
+    if code is None:
+        return 0
+    return code & 0xFF if isinstance(code, int) else 1
 
 
 class HandlerRegistry:
@@ -424,7 +488,15 @@ class HandlerRegistry:
     ) -> Any:
         args = (payload, ctx) if self._arity[name] else (payload,)
         if self._async[name]:
-            return await fn(*args)
+            try:
+                result = await fn(*args)
+            except BaseException as exc:
+                if _forked:  # a forked child raised out of the handler
+                    end_fork_child(ctx.job_id, _exit_code(exc), ctx.handler)
+                raise
+            if _forked:  # a forked child returned out of the handler
+                end_fork_child(ctx.job_id, 0, ctx.handler)
+            return result
         if threads is None:
             result = await asyncio.to_thread(fn, *args)
         else:

@@ -295,3 +295,107 @@ async def test_an_async_handler_that_runs_on_past_its_timeout_is_named() -> None
     # Named, not given up on; once it returns, its attempt has timed out.
     job = store.jobs[job_id]
     assert job.status == JobStatus.FAILED and "timed out" in (job.last_error or "")
+
+
+def forking(child: str, threaded: bool) -> Any:
+    """A handler that forks; its child returns, raises or exits out of the handler (``child``),
+    and the parent returns the child's exit status, killing it if it lingers."""
+    import os
+    import signal
+    import time
+
+    def in_child() -> Any:
+        # Without the guard this child runs a copy of the test process on: bounded.
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(3)
+        if child == "raises":
+            raise RuntimeError("from the child")
+        if child == "exits":
+            raise SystemExit(4)
+        return {"child": True}
+
+    def reap(pid: int) -> int | None:
+        # Bounded: without the guard the child runs a copy of this test process on.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status)
+            time.sleep(0.02)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return None  # it ran on
+
+    if threaded:
+
+        def plain(payload: Any, ctx: JobContext) -> Any:
+            pid = os.fork()
+            if pid == 0:
+                return in_child()
+            return {"child_exit": reap(pid)}
+
+        return plain
+
+    async def handler(payload: Any, ctx: JobContext) -> Any:
+        pid = os.fork()
+        if pid == 0:
+            return in_child()
+        return {"child_exit": await asyncio.to_thread(reap, pid)}
+
+    return handler
+
+
+@pytest.mark.parametrize("threaded", [False, True], ids=["async", "plain"])
+@pytest.mark.parametrize(("child", "code"), [("returns", 0), ("raises", 1), ("exits", 4)])
+async def test_a_forked_child_leaving_the_handler_ends_there(
+    child: str, code: int, threaded: bool
+) -> None:
+    import warnings
+
+    store = MemoryStore()
+    (job_id,) = await store.enqueue_many([JobSpec("forks", max_attempts=1)])
+    assert job_id is not None
+    pool = make_pool(store, {"forks": forking(child, threaded)}, fast_config())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads running
+        await pool.start()
+        try:
+            await wait_for(lambda: all_finished(store), timeout=15, what="the parent's attempt")
+        finally:
+            await pool.stop()
+    job = store.jobs[job_id]
+    # The child ended as it left the handler (not killed after running on as a second
+    # pool), and only the parent's outcome was written.
+    assert job.status == JobStatus.SUCCEEDED and job.result == {"child_exit": code}
+    assert [r["status"] for r in await store.runs(job_id)] == ["succeeded"]
+
+
+async def test_a_handler_closing_stderr_leaves_no_job_running(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from jobwire.logs import configure_logging
+
+    log_file = (tmp_path / "stderr").open("w")
+    monkeypatch.setattr(sys, "stderr", log_file)
+    configure_logging("json", "info")
+
+    async def closes_stderr(payload: Any, ctx: JobContext) -> None:
+        sys.stderr.close()
+
+    store = MemoryStore()
+    (closer,) = await store.enqueue_many([JobSpec("closes_stderr")])
+    assert closer is not None
+    pool = make_pool(store, {"closes_stderr": closes_stderr}, fast_config())
+    await pool.start()
+    try:
+        await wait_for(lambda: all_finished(store), what="the closing job")
+        failing = await store.enqueue_many([JobSpec("fail", max_attempts=2) for _ in range(3)])
+        # Their failures are logged: every log call raised, and the jobs stayed running.
+        await wait_for(lambda: all_finished(store), timeout=10, what="the failing jobs")
+    finally:
+        await pool.stop()
+        monkeypatch.undo()  # pytest reports on sys.stderr: not the closed one
+    assert all(store.jobs[i].status == JobStatus.FAILED for i in failing if i is not None)
+    assert (tmp_path / "stderr").read_text().count('"job_failed"') == 3

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
+import os
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import click
+import structlog
 
 from jobwire import gc_tuning
 from jobwire.adapters import build_adapter
@@ -119,11 +124,14 @@ def run_daemon(migrate_first: bool | None) -> None:
             fail(str(exc), EXIT_UNAVAILABLE)
         config = role.config(config)
 
+    daemons: list[Daemon] = []
+
     async def go() -> None:
         # The process is the daemon's (an embedded Daemon, as in the tests, leaves its
         # process's collector alone): set for a long run before anything connects.
         gc_tuning.settle_before_start()
         daemon = Daemon(config, registry)
+        daemons.append(daemon)
         daemon.install_signal_handlers()
         await daemon.run()
 
@@ -131,6 +139,53 @@ def run_daemon(migrate_first: bool | None) -> None:
         run(go())
     except ListenError as exc:
         fail(str(exc), EXIT_USAGE)
+    except RuntimeError as exc:
+        if _LOOP_STOPPED not in str(exc):
+            raise
+        # A handler called loop.stop(): the daemon ended mid-run with only a traceback.
+        pool = daemons[0].pool if daemons else None
+        log.error(
+            "event_loop_stopped",
+            handlers=sorted(set(pool.state.started_lately)) if pool is not None else [],
+            note="stopped by loop.stop() (a handler?); running jobs return after their leases",
+        )
+        sys.exit(EXIT_UNAVAILABLE)
+    _exit_past_stray_threads()
+
+
+# asyncio's (and uvloop's) words when the loop stops before the daemon's run has ended.
+_LOOP_STOPPED = "Event loop stopped before Future completed"
+
+
+log = structlog.get_logger("jobwire.cli")
+# How long a stopped daemon waits for threads it did not start (not daemon threads) to end.
+_STRAY_THREAD_GRACE = 2.0
+
+
+def _exit_past_stray_threads() -> None:
+    """Exit now if threads a handler started (not daemon threads) still run: the interpreter
+    waits for them at exit, so a drill's daemon logged daemon_stopped, then never exited."""
+    deadline = time.monotonic() + _STRAY_THREAD_GRACE
+    stray = []
+    for thread in threading.enumerate():
+        if thread is threading.main_thread() or thread.daemon:
+            continue
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            stray.append(thread.name)
+    if not stray:
+        return
+    log.warning(
+        "threads_left_running",
+        threads=sorted(stray),
+        note="started by a handler and never ended; exiting without them",
+    )
+    # What a normal exit would still do (exit hooks such as a tracing exporter's flush),
+    # without the wait for the threads that comes first.
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _state_data(state: SchemaState) -> dict[str, Any]:
