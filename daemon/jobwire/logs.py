@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
+import errno
 import io
 import logging
+import os
+import select
 import sys
-from collections.abc import MutableMapping
-from typing import Any, TextIO
+import threading
+from collections import deque
+from collections.abc import Callable, MutableMapping
+from typing import Any, TextIO, cast
 
 import structlog
 from structlog.typing import ExceptionRenderer, ExcInfo
@@ -70,8 +76,122 @@ def _json_formatter() -> logging.Formatter:
     )
 
 
-def configure_logging(fmt: str = "auto", level: str = "info") -> None:
-    """Configure structlog (and stdlib logging of libraries) for the daemon and the CLI."""
+# Lines waiting for the writer thread; past this many, new ones are dropped (and counted)
+# rather than held: a log reader stuck for minutes must not grow the daemon's memory.
+MAX_PENDING_LINES = 10_000
+# Written per write(2): enough to empty a pipe's buffer in one call.
+_BATCH_CHARS = 64 * 1024
+# How long the exit waits for lines still queued (a stuck reader must not hold the exit).
+EXIT_FLUSH_SECONDS = 2.0
+
+
+class LogSink:
+    """A file for log lines that never blocks or raises in the writer: lines are queued and
+    one thread writes them to ``fd``; lines that cannot be written are dropped and counted.
+
+    A log reader that stops reading (a stuck shipper, a full pipe), one that is gone (EPIPE
+    after journald restarts) or a full disk would otherwise block the event loop on a
+    write (no lease renewed, no /healthz answered) or raise out of whatever was logging,
+    a stop request or a job among them.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        on_dropped: Callable[[int, str], None] | None = None,
+        max_pending: int = MAX_PENDING_LINES,
+    ) -> None:
+        self._fd = fd
+        self._on_dropped = on_dropped
+        self._max = max_pending
+        self._lines: deque[str] = deque()
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        # Counted from the logging threads without a lock: a race loses a count, never a line.
+        self._overflowed = 0
+        self._failed = 0
+        self._reported = 0
+        self._error = ""
+        self._thread = threading.Thread(target=self._run, name="jobwire-log-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, text: str) -> int:
+        """Queue one line (or drop it while MAX_PENDING_LINES wait); never blocks."""
+        if len(self._lines) < self._max:
+            self._lines.append(text)
+            if not self._wake.is_set():
+                self._idle.clear()
+                self._wake.set()
+        else:
+            self._overflowed += 1
+        return len(text)
+
+    def flush(self) -> None:
+        """Nothing to do: the writer thread writes as soon as it can."""
+
+    def isatty(self) -> bool:
+        """Whether the descriptor is a terminal."""
+        return os.isatty(self._fd)
+
+    @property
+    def dropped(self) -> int:
+        """Lines dropped so far: queued past the limit, or their write failed."""
+        return self._overflowed + self._failed
+
+    def drain(self, timeout: float = EXIT_FLUSH_SECONDS) -> bool:
+        """Wait until every queued line is written or dropped; False after ``timeout``."""
+        return self._idle.wait(timeout)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            # Cleared before the queue is read: a line queued from here on is either read
+            # below or sets the event again.
+            self._wake.clear()
+            while self._lines:
+                batch, size = [], 0
+                while self._lines and size < _BATCH_CHARS:
+                    line = self._lines.popleft()
+                    batch.append(line)
+                    size += len(line)
+                if self._write("".join(batch).encode("utf-8", "backslashreplace")):
+                    self._report()
+                else:
+                    self._failed += len(batch)
+            if not self._wake.is_set():
+                self._idle.set()
+
+    def _write(self, data: bytes) -> bool:
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self._fd, view)
+            except BlockingIOError:
+                # A descriptor shared in non-blocking mode: wait for room, here, not in the loop.
+                select.select([], [self._fd], [], 1.0)
+                continue
+            except OSError as exc:
+                self._error = errno.errorcode.get(exc.errno or 0, "") or str(exc)
+                return False
+            view = view[written:]
+        return True
+
+    def _report(self) -> None:
+        dropped = self.dropped
+        if dropped != self._reported and self._on_dropped is not None:
+            lines, self._reported = dropped - self._reported, dropped
+            error = self._error if self._failed else "reader too slow"
+            self._on_dropped(lines, error)
+
+
+def _report_dropped(lines: int, error: str) -> None:
+    structlog.get_logger("jobwire.logs").warning("log_lines_dropped", lines=lines, error=error)
+
+
+def configure_logging(fmt: str = "auto", level: str = "info", background: bool = False) -> None:
+    """Configure structlog (and stdlib logging of libraries) for the daemon and the CLI;
+    ``background``: through a LogSink on stderr (the daemon), not written in the caller."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -96,13 +216,15 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
             ),
         ]
     numeric = logging.getLevelNamesMapping()[level.upper()]
+    # A LogSink has what both loggers call on a file: write() and flush().
+    stream = cast(TextIO, _daemon_sink()) if background else sys.stderr
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream)
     if use_json:
         # Libraries' own lines (aiohttp's tracebacks of a malformed request, say) as JSON
         # too: a plain line in a JSON log breaks the operator's log pipeline.
@@ -110,3 +232,15 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     else:
         handler.setFormatter(RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=max(numeric, logging.WARNING), handlers=[handler])
+
+
+_sink: LogSink | None = None
+
+
+def _daemon_sink() -> LogSink:
+    """The process's one LogSink on stderr, drained (briefly) at exit."""
+    global _sink
+    if _sink is None:
+        _sink = LogSink(sys.stderr.fileno(), _report_dropped)
+        atexit.register(_sink.drain)
+    return _sink

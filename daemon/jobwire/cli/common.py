@@ -200,7 +200,7 @@ def settle(config: Config, daemon: bool = False) -> None:
     # Before anything logs or prints: every line from here on masks them.
     remember(secret_values(config))
     level = config.logging.level if daemon else "warning"
-    configure_logging(config.logging.format, log_level(globals_().verbose, level))
+    configure_logging(config.logging.format, log_level(globals_().verbose, level), daemon)
 
 
 def load_db(sections: tuple[str, ...] = DB_SECTIONS) -> Config:
