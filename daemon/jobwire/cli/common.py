@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
+import resource
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
@@ -222,6 +224,17 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     except (InvalidJobData, BadInput, asyncpg.DataError) as exc:
         # A value the database refuses (a NUL in a payload, an id beyond bigint): bad input.
         fail(f"the database refused a value given: {exc}", EXIT_USAGE)
+    except OSError as exc:
+        if exc.errno not in (errno.EMFILE, errno.ENFILE):
+            raise
+        # The process's (or the system's) descriptor limit: a traceback from wherever the
+        # next file or socket was opened would hide that the fix is outside jobwire.
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        fail(
+            f"too many open files ({errno.errorcode[exc.errno]}; this process may open {soft}):"
+            " raise the limit (systemd LimitNOFILE=, docker run --ulimit nofile=, ulimit -n)",
+            EXIT_UNAVAILABLE,
+        )
 
 
 def with_store(config: Config, action: Callable[[OperatorStore], Awaitable[T]]) -> T:
