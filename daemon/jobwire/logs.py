@@ -118,7 +118,9 @@ class LogSink:
 
     def write(self, text: str) -> int:
         """Queue one line (or drop it while MAX_PENDING_LINES wait); never blocks."""
-        if len(self._lines) < self._max:
+        # The writer thread's own line (the report of what was dropped) is let in past
+        # the limit: a producer that keeps the queue full would have it dropped as well.
+        if len(self._lines) < self._max or threading.get_ident() == self._thread.ident:
             self._lines.append(text)
             if not self._wake.is_set():
                 self._idle.clear()
