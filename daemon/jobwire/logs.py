@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import atexit
 import io
 import logging
 import os
 import sys
 from collections.abc import MutableMapping
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import structlog
 from structlog.typing import ExceptionRenderer, ExcInfo
 
+from jobwire.log_streams import LogSink, stream_for
 from jobwire.redaction import redact, redact_data
 
 
@@ -71,61 +73,13 @@ def _json_formatter() -> logging.Formatter:
     )
 
 
-class LogStream:
-    """stderr for log lines, which a handler cannot break: a drill's handler closed
-    sys.stderr, and every later log call raised, which left failed jobs running for good
-    (their outcome's write was cut short) while /healthz said 200. A write the stream
-    refuses goes to a copy of its file descriptor made here, else is dropped."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        try:
-            self._fd: int | None = os.dup(stream.fileno())
-        except (OSError, ValueError, io.UnsupportedOperation):
-            self._fd = None  # no descriptor (a test's capture): nowhere else to write
-
-    def write(self, text: str) -> int:
-        """Write to the stream, else to the copied descriptor; never raise."""
-        try:
-            return self.stream.write(text)
-        except (OSError, ValueError):
-            if self._fd is not None:
-                try:
-                    os.write(self._fd, text.encode("utf-8", "replace"))
-                except OSError:
-                    pass
-            return len(text)
-
-    def flush(self) -> None:
-        """Flush the stream; never raise."""
-        try:
-            self.stream.flush()
-        except (OSError, ValueError):
-            pass
-
-    def __del__(self) -> None:
-        # Only once nothing can write here: a descriptor closed earlier could be reused by
-        # a socket, and log lines written into it.
-        if self._fd is not None:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
+def _report_dropped(lines: int, error: str) -> None:
+    structlog.get_logger("jobwire.logs").warning("log_lines_dropped", lines=lines, error=error)
 
 
-# One per stream: configure_logging runs again in tests, and each LogStream holds a descriptor.
-_log_stream: LogStream | None = None
-
-
-def _stream_for(stream: TextIO) -> LogStream:
-    global _log_stream
-    if _log_stream is None or _log_stream.stream is not stream:
-        _log_stream = LogStream(stream)
-    return _log_stream
-
-
-def configure_logging(fmt: str = "auto", level: str = "info") -> None:
-    """Configure structlog (and stdlib logging of libraries) for the daemon and the CLI."""
+def configure_logging(fmt: str = "auto", level: str = "info", background: bool = False) -> None:
+    """Configure structlog (and stdlib logging of libraries) for the daemon and the CLI;
+    ``background``: through a LogSink on stderr (the daemon), not written in the caller."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -150,14 +104,16 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
             ),
         ]
     numeric = logging.getLevelNamesMapping()[level.upper()]
-    out = _stream_for(sys.stderr)
+    # The daemon's lines go through a LogSink (written off the event loop); the CLI's through
+    # a LogStream. Both have what both loggers call on a file: write() and flush().
+    stream = cast(TextIO, _daemon_sink() if background else stream_for(sys.stderr))
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=out),  # type: ignore[arg-type]
+        logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(out)
+    handler = logging.StreamHandler(stream)
     if use_json:
         # Libraries' own lines (aiohttp's tracebacks of a malformed request, say) as JSON
         # too: a plain line in a JSON log breaks the operator's log pipeline.
@@ -165,3 +121,17 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     else:
         handler.setFormatter(RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=max(numeric, logging.WARNING), handlers=[handler])
+
+
+_sink: LogSink | None = None
+
+
+def _daemon_sink() -> LogSink:
+    """The process's one LogSink on stderr, drained (briefly) at exit."""
+    global _sink
+    if _sink is None:
+        # A copy of the descriptor, not fd 2 itself: a handler that closes sys.stderr (or
+        # fd 2, which the next socket may then take) must not silence or misdirect the log.
+        _sink = LogSink(os.dup(sys.stderr.fileno()), _report_dropped)
+        atexit.register(_sink.drain)
+    return _sink

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
+import resource
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
@@ -201,7 +203,7 @@ def settle(config: Config, daemon: bool = False) -> None:
     # Before anything logs or prints: every line from here on masks them.
     remember(secret_values(config))
     level = config.logging.level if daemon else "warning"
-    configure_logging(config.logging.format, log_level(globals_().verbose, level))
+    configure_logging(config.logging.format, log_level(globals_().verbose, level), daemon)
 
 
 def load_db(sections: tuple[str, ...] = DB_SECTIONS) -> Config:
@@ -225,6 +227,17 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     except (InvalidJobData, BadInput, asyncpg.DataError) as exc:
         # A value the database refuses (a NUL in a payload, an id beyond bigint): bad input.
         fail(f"the database refused a value given: {exc}", EXIT_USAGE)
+    except OSError as exc:
+        if exc.errno not in (errno.EMFILE, errno.ENFILE):
+            raise
+        # The process's (or the system's) descriptor limit: a traceback from wherever the
+        # next file or socket was opened would hide that the fix is outside jobwire.
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        fail(
+            f"too many open files ({errno.errorcode[exc.errno]}; this process may open {soft}):"
+            " raise the limit (systemd LimitNOFILE=, docker run --ulimit nofile=, ulimit -n)",
+            EXIT_UNAVAILABLE,
+        )
 
 
 def with_store(config: Config, action: Callable[[OperatorStore], Awaitable[T]]) -> T:

@@ -12,11 +12,27 @@ connection whose answers the client does not read is aborted after ``idle_timeou
 from __future__ import annotations
 
 import asyncio
+import resource
 
 import structlog
 from aiohttp import web
 
 log = structlog.get_logger("jobwire.http")
+
+
+def connection_cap(configured: int, open_files: int | None = None) -> int:
+    """``http.max_connections``, or half the process's descriptor limit if that is lower."""
+    if open_files is None:
+        open_files, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # HTTP clients must not take every descriptor: past the limit, a new database
+    # connection fails with EMFILE (jobs stall) and nothing says why.
+    if open_files == resource.RLIM_INFINITY or configured <= open_files // 2:
+        return configured
+    cap = max(1, open_files // 2)
+    log.warning(
+        "http_connections_capped", max_connections=configured, open_files=open_files, limit=cap
+    )
+    return cap
 
 
 class _Refused(asyncio.Protocol):

@@ -18,7 +18,7 @@ from jobwire.models import job_as_dict
 from jobwire.queue_admin import QueueRefused, set_paused
 from jobwire.store.base import OperatorStore
 from jobwire.web.access import authorize
-from jobwire.web.listener import Listener
+from jobwire.web.listener import Listener, connection_cap
 from jobwire.web.openapi import openapi_document
 from jobwire.web.outbox_api import OutboxEndpoints
 from jobwire.web.ready import Pinger, readiness
@@ -125,7 +125,7 @@ class HttpApi(ScheduleEndpoints, OutboxEndpoints):
         )
         await self._runner.setup()
         self._listener = Listener(
-            self._runner, self.config.max_connections, self.config.idle_timeout
+            self._runner, connection_cap(self.config.max_connections), self.config.idle_timeout
         )
         try:
             self.port = await self._listener.start(host, port)
