@@ -317,7 +317,7 @@ async def test_a_follower_logs_a_store_outage_once_not_every_attempt() -> None:
     from jobwire.leadership import Leader
     from jobwire.store.base import LeaderLock, StoreUnavailable
 
-    async def unavailable(_key: str) -> LeaderLock | None:
+    async def unavailable(_key: str, *, idle_timeout: float | None = None) -> LeaderLock | None:
         raise StoreUnavailable("down")
 
     async def duty() -> None:

@@ -408,8 +408,11 @@ class MemorySchedules(MemoryState):
                 out[sid] = (job.id, str(job.status))
         return out
 
-    async def try_leadership(self, key: str) -> MemoryLock | None:
-        """The lock named ``key`` unless it is held."""
+    async def try_leadership(
+        self, key: str, *, idle_timeout: float | None = None
+    ) -> MemoryLock | None:
+        """The lock named ``key`` unless it is held (in memory a holder cannot freeze apart
+        from the store, so ``idle_timeout`` has nothing to do)."""
         await self.ping()
         if key in self.locks:
             return None

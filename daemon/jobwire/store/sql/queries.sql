@@ -549,6 +549,11 @@ UPDATE schedules SET enabled = $2 WHERE name = $1 RETURNING name;
 -- name: try_advisory_lock
 SELECT pg_try_advisory_lock(hashtext($1));
 
+-- name: lead_idle_timeout
+-- The leader's lock connection only: the server ends it (and so the lock) when the holder
+-- has not pinged for this long. See PgSchedules.try_leadership.
+SELECT set_config('idle_session_timeout', $1, false);
+
 -- name: purge_plan
 -- The purge's transaction only: a plan that sorts becomes the planner's last resort, so
 -- purge_finished reads jobs_finished in its order (see there).
