@@ -106,23 +106,28 @@ class Leader:
     async def _lead(self, lock: LeaderLock) -> None:
         self.leading = True
         log.info(f"{self.name}_leading", lock=self.key)
-        duties = asyncio.create_task(self._duties(), name=f"jobwire-{self.name}-duty")
+        stop = asyncio.Event()
+        duties = asyncio.create_task(self._duties(stop), name=f"jobwire-{self.name}-duty")
         try:
             while not duties.done():
                 await asyncio.wait({duties}, timeout=PING_EVERY)
                 if not duties.done() and not await lock.still_held():
                     log.warning(f"{self.name}_lock_lost")
+                    # The pass under way ends first: cut off inside a transaction, it left
+                    # an error in the log ("Resetting connection with an active transaction").
+                    stop.set()
+                    await asyncio.wait({duties}, timeout=LOCK_IDLE_TIMEOUT)
                     return
-            duties.result()  # _duties never returns: this raises what ended it
+            duties.result()  # _duties returns only when stopped: this raises what ended it
         finally:
             if not duties.done():
                 duties.cancel()
                 await asyncio.gather(duties, return_exceptions=True)
 
-    async def _duties(self) -> None:
+    async def _duties(self, stop: asyncio.Event) -> None:
         down = False
         failing = False
-        while True:
+        while not stop.is_set():
             try:
                 await self._duty()
             except StoreUnavailable as exc:

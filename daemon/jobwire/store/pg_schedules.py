@@ -68,6 +68,11 @@ class PgSchedules(PgBase):
         try:
             async with guard("fire schedule"):
                 async with self._pool.acquire() as conn, conn.transaction():
+                    # A leader frozen between these statements held the tick's dedup key and
+                    # the schedule's row: the leader that took over waited on them, and fired
+                    # nothing at all, until the frozen one thawed. The server now ends such a
+                    # transaction (rolled back: the new leader fires the tick once).
+                    await conn.execute(self._q["fire_idle_timeout"])
                     rows = await conn.fetch(self._q["sched_insert_jobs"], *self._sched_args(specs))
                     moved = await conn.fetchval(
                         self._q["schedule_fired"],

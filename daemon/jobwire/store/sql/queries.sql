@@ -529,6 +529,11 @@ WHERE enabled AND origin = 'config' AND NOT (name = ANY($1::text[]));
 -- name: due_schedules
 SELECT * FROM schedules WHERE enabled AND next_run_at <= now() ORDER BY next_run_at;
 
+-- name: fire_idle_timeout
+-- fire_schedule's transaction only: a leader that stalls inside it (frozen, paused) loses
+-- it after as long as a frozen leader keeps its lock (leadership.LOCK_IDLE_TIMEOUT).
+SET LOCAL idle_in_transaction_session_timeout = '10s';
+
 -- name: schedule_fired
 -- Optimistic: only the leader that read next_run_at = $5 may move it on.
 UPDATE schedules SET last_run_at = coalesce($2, last_run_at), next_run_at = $3,
