@@ -10,7 +10,7 @@ key is the schedule's name and the tick time; moving a schedule on is guarded by
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -164,6 +164,15 @@ class Scheduler:
         # A tick is "missed" once it is older than the grace, or than one interval for
         # fast interval schedules: a 1s schedule that is 3s behind has missed 2 ticks.
         grace = min(self.grace, row.interval_s or self.grace)
+        following = rule.next_after(due[-1])
+        if policy != "all" and following is not None and following <= now:
+            # More missed ticks than due() walks (an every-1s schedule after an hour down):
+            # "latest" made a job for every 1,000 of them, each for an old tick, where one
+            # was promised. Only the last tick, and any still on time, are added here.
+            last = rule.last_due(following, now)
+            start = rule.next_after(now - timedelta(seconds=grace, microseconds=1))
+            recent = rule.due(start, now) if start is not None and start <= now else []
+            due += [t for t in recent if t > due[-1]] or ([last] if last is not None else [])
         chosen = choose(due, now, policy, grace)
         if row.max_runs is not None:
             chosen = chosen[: max(0, row.max_runs - row.run_count)]

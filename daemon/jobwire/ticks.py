@@ -71,6 +71,23 @@ class TickRule:
             tick = self.next_after(tick)
         return ticks
 
+    def last_due(self, first: datetime, now: datetime) -> datetime | None:
+        """The last tick from ``first`` up to ``now``, or None when there is none; found by
+        bisection (some 60 steps), not by walking every tick in between."""
+        following = self.next_after(first - _TINY)
+        if following is None or following > now:
+            return None
+        # next_after(x) <= now holds at lo and fails at hi; it only grows with x.
+        lo, hi = first - _TINY, now
+        while hi - lo > _TINY:
+            mid = lo + (hi - lo) / 2
+            tick = self.next_after(mid)
+            if tick is not None and tick <= now:
+                lo = mid
+            else:
+                hi = mid
+        return self.next_after(lo)
+
 
 def choose(due: list[datetime], now: datetime, policy: CatchUp, grace: float) -> list[datetime]:
     """Which due ticks to fire: ticks older than ``grace`` were missed (downtime)."""

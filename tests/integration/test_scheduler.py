@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,34 @@ async def test_catch_up_latest_makes_one_job_for_missed_ticks(database_url: str)
         assert 1 <= made <= 2
         assert len(await tick_times(database_url)) == made
         assert await scheduler.fire_due() == 0  # and it moved on past now
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(("catch_up", "most"), [("latest", 2), ("none", 1)])
+async def test_hours_of_missed_ticks_make_one_job_at_most(
+    database_url: str, catch_up: str, most: int
+) -> None:
+    store = await PostgresStore.connect(database_url, min_size=1, max_size=2)
+    try:
+        scheduler = Scheduler(store, config_with(catch_up=catch_up), lambda: None)
+        await scheduler.sync()
+        # Down for three hours: 10,800 missed ticks, more than due() walks in one go (1,000).
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(
+                "UPDATE jobwire.schedules"
+                " SET next_run_at = date_trunc('second', now()) - interval '3 hours'"
+            )
+        finally:
+            await conn.close()
+        made = await scheduler.fire_due() + await scheduler.fire_due()
+        # Before: "latest" made one job per 1,000 missed ticks over as many passes, each
+        # for an hours-old tick. Now the latest tick (or one still on time) alone runs.
+        assert made <= most
+        times = await tick_times(database_url)
+        assert len(times) == made
+        assert all((datetime.now(UTC) - t).total_seconds() < 10 for t in times), times
     finally:
         await store.close()
 

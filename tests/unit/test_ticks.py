@@ -143,3 +143,26 @@ def test_a_rule_with_no_next_tick_has_ended_rather_than_raising(
 ) -> None:
     assert rule.next_after(after) is None
     assert rule.due(after, after + timedelta(days=1)) == [after]
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        TickRule(every=1.0),
+        TickRule(every=7.5, start_at=datetime(2026, 1, 1, 0, 0, 3, tzinfo=UTC)),
+        TickRule(cron="*/15 * * * *", timezone="Europe/Berlin"),
+        TickRule(cron="30 2 * * *", timezone="America/New_York"),
+    ],
+)
+def test_last_due_is_the_last_tick_walking_would_find(rule: TickRule) -> None:
+    # Across the autumn clock change, from far enough back that walking takes thousands.
+    first = rule.next_after(datetime(2026, 10, 20, tzinfo=UTC))
+    assert first is not None
+    for now in (
+        datetime(2026, 11, 2, 7, 0, 0, tzinfo=UTC),
+        datetime(2026, 10, 25, 1, 14, 59, 999999, tzinfo=UTC),
+        first,
+    ):
+        walked = rule.due(first, now, limit=10**7)
+        assert rule.last_due(first, now) == walked[-1]
+    assert rule.last_due(first, first - timedelta(seconds=1)) is None
