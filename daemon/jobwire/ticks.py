@@ -42,12 +42,15 @@ class TickRule:
 
     def _cron_after(self, after: datetime) -> datetime:
         assert self.cron is not None
-        local = after.astimezone(ZoneInfo(self.timezone))
+        zone = ZoneInfo(self.timezone)
+        local = after.astimezone(zone)
         times = croniter(self.cron, local)
         following: datetime = times.get_next(datetime)
-        if following.replace(tzinfo=None) == local.replace(tzinfo=None):
-            # The clocks went back and the same wall-clock time comes round again:
-            # a daily 02:30 job runs once on that day, not twice.
+        while _repeated(following.astimezone(UTC).astimezone(zone)):
+            # The clocks went back and this wall-clock time comes round again: it matched
+            # the first time round, so it runs once, not twice. Only a time equal to
+            # ``after`` was skipped before: a daily 02:30 ran once, but "*/30" ran 02:00
+            # and 02:30 twice while an hourly cron skipped the repeated 02:00.
             following = times.get_next(datetime)
         return following.astimezone(UTC)
 
@@ -87,6 +90,11 @@ class TickRule:
             else:
                 hi = mid
         return self.next_after(lo)
+
+
+def _repeated(local: datetime) -> bool:
+    """Whether this local time is the second of two with the same wall-clock reading."""
+    return local.fold == 1 and local.replace(fold=0).utcoffset() != local.utcoffset()
 
 
 def choose(due: list[datetime], now: datetime, policy: CatchUp, grace: float) -> list[datetime]:

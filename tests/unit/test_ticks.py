@@ -41,6 +41,30 @@ def test_daily_cron_across_fall_back_fires_once() -> None:
     assert [t.date().isoformat() for t in got] == ["2026-10-25", "2026-10-26"]
 
 
+@pytest.mark.parametrize("cron", ["*/30 * * * *", "0 * * * *", "15,45 2 * * *"])
+def test_across_fall_back_no_wall_clock_time_runs_twice(cron: str) -> None:
+    # docs/schedules.md: "when clocks go back, a time that happens twice runs once". Only a
+    # time equal to the previous tick was skipped: "*/30" ran 02:00 and 02:30 twice.
+    from zoneinfo import ZoneInfo
+
+    berlin = ZoneInfo("Europe/Berlin")
+    rule = TickRule(cron=cron, timezone="Europe/Berlin")
+    got = [t for t in ticks(rule, utc(2026, 10, 24, 22), 12) if t < utc(2026, 10, 25, 6)]
+    walls = [t.astimezone(berlin).replace(tzinfo=None) for t in got]
+    assert len(walls) == len(set(walls)), walls
+    # and every wall-clock time of the repeated hour that matches ran (the first time)
+    assert {w.strftime("%H:%M") for w in walls if w.hour == 2} == {
+        f"02:{m:02d}" for m in range(60) if rule.cron and _matches(rule.cron, m)
+    }
+
+
+def _matches(cron: str, minute: int) -> bool:
+    field = cron.split()[0]
+    if field.startswith("*/"):
+        return minute % int(field[2:]) == 0
+    return minute in {int(m) for m in field.split(",")}
+
+
 def test_month_ends_and_shorthands() -> None:
     assert ticks(TickRule(cron="0 0 31 * *"), utc(2026, 1, 31), 2) == [
         utc(2026, 3, 31),
