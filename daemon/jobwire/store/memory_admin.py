@@ -322,8 +322,8 @@ class MemorySchedules(MemoryState):
         """Insert tick jobs and move the schedule on; None if it had moved on already."""
         await self.ping()
         row = self.schedules.get(name)
-        if row is None or row.next_run_at != expected_next:
-            return None
+        if row is None or not row.enabled or row.next_run_at != expected_next:
+            return None  # moved on, or paused since the leader read it
         made = len(await self.enqueue_scheduled(specs))
         self.schedules[name] = dataclasses.replace(
             row,

@@ -535,11 +535,13 @@ SELECT * FROM schedules WHERE enabled AND next_run_at <= now() ORDER BY next_run
 SET LOCAL idle_in_transaction_session_timeout = '10s';
 
 -- name: schedule_fired
--- Optimistic: only the leader that read next_run_at = $5 may move it on.
+-- Optimistic: only the leader that read next_run_at = $5 may move it on, and only while
+-- the schedule is still enabled: one paused after the leader read it fired once more,
+-- after `schedules pause` had answered.
 UPDATE schedules SET last_run_at = coalesce($2, last_run_at), next_run_at = $3,
                      run_count = run_count + $4,
                      enabled = enabled AND (max_runs IS NULL OR run_count + $4 < max_runs)
-WHERE name = $1 AND next_run_at = $5
+WHERE name = $1 AND next_run_at = $5 AND enabled
 RETURNING name;
 
 -- name: list_schedules
