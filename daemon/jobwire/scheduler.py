@@ -158,7 +158,14 @@ class Scheduler:
         rule = rule_of(row)
         expected = row.next_run_at  # never None in a due row
         due = rule.due(expected, now) if expected is not None else []
-        if not due or expected is None:
+        if expected is None:
+            return 0
+        if not due:
+            if rule.end_at is not None and expected > rule.end_at:
+                # A stored tick past a new end_at: the schedule has ended (rather than be
+                # read as due again on every pass). Not otherwise: a clock behind the
+                # database's would move next_run_at back.
+                await self.store.fire_schedule(row.name, [], None, None, expected)
             return 0
         policy: CatchUp = row.catch_up
         # A tick is "missed" once it is older than the grace, or than one interval for

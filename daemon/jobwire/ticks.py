@@ -69,6 +69,10 @@ class TickRule:
         """Every tick from ``first`` up to ``now``, oldest first (at most ``limit``)."""
         ticks: list[datetime] = []
         tick: datetime | None = first
+        if self.end_at is not None and first > self.end_at:
+            # A stored next tick from before end_at was moved earlier (the config sync keeps
+            # next_run_at when only end_at changes): it fired once past the end.
+            tick = None
         while tick is not None and tick <= now and len(ticks) < limit:
             ticks.append(tick)
             tick = self.next_after(tick)

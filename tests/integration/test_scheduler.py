@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +138,33 @@ async def test_hours_of_missed_ticks_make_one_job_at_most(
         times = await tick_times(database_url)
         assert len(times) == made
         assert all((datetime.now(UTC) - t).total_seconds() < 10 for t in times), times
+    finally:
+        await store.close()
+
+
+async def test_end_at_moved_before_the_stored_next_tick_stops_the_schedule(
+    database_url: str,
+) -> None:
+    store = await PostgresStore.connect(database_url, min_size=1, max_size=2)
+    try:
+        await Scheduler(store, config_with(every="1h"), lambda: None).sync()
+        # Stop it before its next tick: the sync keeps next_run_at (end_at is not timing).
+        end = datetime.now(UTC) + timedelta(minutes=1)
+        scheduler = Scheduler(store, config_with(every="1h", end_at=end.isoformat()), lambda: None)
+        await scheduler.sync()
+        # An hour on: the stored tick is due, and lies past end_at.
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(
+                "UPDATE jobwire.schedules SET next_run_at = now() - interval '1s',"
+                " end_at = now() - interval '59 minutes'"
+            )
+        finally:
+            await conn.close()
+        assert await scheduler.fire_due() == 0
+        assert await tick_times(database_url) == []
+        row = await store.get_schedule("tick")
+        assert row is not None and row.next_run_at is None
     finally:
         await store.close()
 

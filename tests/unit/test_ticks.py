@@ -97,6 +97,14 @@ def test_start_and_end_window() -> None:
     assert rule.next_after(utc(2026, 5, 1, 12)) is None
 
 
+def test_a_stored_tick_past_a_moved_end_at_is_not_due() -> None:
+    # The sync keeps next_run_at when only end_at changes; the stored tick then lay past
+    # the new end and still fired once.
+    rule = TickRule(every=3600.0, end_at=utc(2026, 5, 1, 12, 30))
+    assert rule.due(utc(2026, 5, 1, 13), utc(2026, 5, 1, 13, 0, 1)) == []
+    assert rule.due(utc(2026, 5, 1, 12), utc(2026, 5, 1, 13, 0, 1)) == [utc(2026, 5, 1, 12)]
+
+
 def test_due_and_catch_up_policies() -> None:
     rule = TickRule(every=60)
     now = utc(2026, 1, 1, 1, 0, 1)
