@@ -6,8 +6,10 @@ the store answers "held" from pg_locks through its pool, opening a dedicated con
 only when the lock looks free. Takeover after a leader dies: PostgreSQL frees the lock when
 the leader's connection ends (at once for a crashed process; a vanished host's connection
 ends when the server notices, by TCP keepalive), then within 1.25 x ``retry_every`` plus
-one connect. While the store is unavailable a follower backs off exponentially up to
-OUTAGE_MAX seconds, and logs once per outage, not once per attempt.
+one connect. A leader that is frozen rather than dead (SIGSTOP, a paused VM) loses the lock
+once it has not pinged for LOCK_IDLE_TIMEOUT: the server ends its connection. While the
+store is unavailable a follower backs off exponentially up to OUTAGE_MAX seconds, and logs
+once per outage, not once per attempt.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import structlog
 
@@ -24,8 +27,23 @@ log = structlog.get_logger("jobwire.leadership")
 
 # How often a leader checks that its lock's connection is still there.
 PING_EVERY = 2.0
+# A leader that has not pinged for this long loses its lock (the store ends its connection):
+# a frozen leader (SIGSTOP, a paused VM, a stalled event loop) kept the lock, and no
+# schedule fired, for as long as it stayed frozen. Pings run beside the duty, so a slow
+# duty (thousands of schedules due at once) does not lose it.
+LOCK_IDLE_TIMEOUT = 10.0
 JITTER = 0.25  # each wait is drawn from (1 +- JITTER) x its nominal length
 OUTAGE_MAX = 30.0  # seconds: the longest wait between attempts while the store is away
+
+
+class TryLock(Protocol):
+    """A store's try_leadership."""
+
+    def __call__(
+        self, key: str, *, idle_timeout: float | None = None
+    ) -> Awaitable[LeaderLock | None]:
+        """The lock ``key`` if free (see ScheduleStore.try_leadership)."""
+        ...
 
 
 def jittered(seconds: float) -> float:
@@ -41,7 +59,7 @@ class Leader:
     def __init__(
         self,
         name: str,
-        try_lock: Callable[[str], Awaitable[LeaderLock | None]],
+        try_lock: TryLock,
         key: str,
         duty: Callable[[], Awaitable[object]],
         *,
@@ -63,7 +81,7 @@ class Leader:
         while True:
             self.attempts += 1
             try:
-                lock = await self._try_lock(self.key)
+                lock = await self._try_lock(self.key, idle_timeout=LOCK_IDLE_TIMEOUT)
             except StoreUnavailable as exc:
                 if outage_wait is None:
                     log.warning(f"{self.name}_store_unavailable", error=str(exc))
@@ -88,11 +106,28 @@ class Leader:
     async def _lead(self, lock: LeaderLock) -> None:
         self.leading = True
         log.info(f"{self.name}_leading", lock=self.key)
-        loop = asyncio.get_running_loop()
-        next_ping = loop.time() + PING_EVERY
+        stop = asyncio.Event()
+        duties = asyncio.create_task(self._duties(stop), name=f"jobwire-{self.name}-duty")
+        try:
+            while not duties.done():
+                await asyncio.wait({duties}, timeout=PING_EVERY)
+                if not duties.done() and not await lock.still_held():
+                    log.warning(f"{self.name}_lock_lost")
+                    # The pass under way ends first: cut off inside a transaction, it left
+                    # an error in the log ("Resetting connection with an active transaction").
+                    stop.set()
+                    await asyncio.wait({duties}, timeout=LOCK_IDLE_TIMEOUT)
+                    return
+            duties.result()  # _duties returns only when stopped: this raises what ended it
+        finally:
+            if not duties.done():
+                duties.cancel()
+                await asyncio.gather(duties, return_exceptions=True)
+
+    async def _duties(self, stop: asyncio.Event) -> None:
         down = False
         failing = False
-        while True:
+        while not stop.is_set():
             try:
                 await self._duty()
             except StoreUnavailable as exc:
@@ -111,8 +146,3 @@ class Leader:
                     log.info(f"{self.name}_store_available")
                 down = failing = False
             await asyncio.sleep(self.check_every)
-            if loop.time() >= next_ping:
-                next_ping = loop.time() + PING_EVERY
-                if not await lock.still_held():
-                    log.warning(f"{self.name}_lock_lost")
-                    return

@@ -10,7 +10,7 @@ key is the schedule's name and the tick time; moving a schedule on is guarded by
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -158,12 +158,28 @@ class Scheduler:
         rule = rule_of(row)
         expected = row.next_run_at  # never None in a due row
         due = rule.due(expected, now) if expected is not None else []
-        if not due or expected is None:
+        if expected is None:
+            return 0
+        if not due:
+            if rule.end_at is not None and expected > rule.end_at:
+                # A stored tick past a new end_at: the schedule has ended (rather than be
+                # read as due again on every pass). Not otherwise: a clock behind the
+                # database's would move next_run_at back.
+                await self.store.fire_schedule(row.name, [], None, None, expected)
             return 0
         policy: CatchUp = row.catch_up
         # A tick is "missed" once it is older than the grace, or than one interval for
         # fast interval schedules: a 1s schedule that is 3s behind has missed 2 ticks.
         grace = min(self.grace, row.interval_s or self.grace)
+        following = rule.next_after(due[-1])
+        if policy != "all" and following is not None and following <= now:
+            # More missed ticks than due() walks (an every-1s schedule after an hour down):
+            # "latest" made a job for every 1,000 of them, each for an old tick, where one
+            # was promised. Only the last tick, and any still on time, are added here.
+            last = rule.last_due(following, now)
+            start = rule.next_after(now - timedelta(seconds=grace, microseconds=1))
+            recent = rule.due(start, now) if start is not None and start <= now else []
+            due += [t for t in recent if t > due[-1]] or ([last] if last is not None else [])
         chosen = choose(due, now, policy, grace)
         if row.max_runs is not None:
             chosen = chosen[: max(0, row.max_runs - row.run_count)]

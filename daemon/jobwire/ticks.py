@@ -42,12 +42,15 @@ class TickRule:
 
     def _cron_after(self, after: datetime) -> datetime:
         assert self.cron is not None
-        local = after.astimezone(ZoneInfo(self.timezone))
+        zone = ZoneInfo(self.timezone)
+        local = after.astimezone(zone)
         times = croniter(self.cron, local)
         following: datetime = times.get_next(datetime)
-        if following.replace(tzinfo=None) == local.replace(tzinfo=None):
-            # The clocks went back and the same wall-clock time comes round again:
-            # a daily 02:30 job runs once on that day, not twice.
+        while _repeated(following.astimezone(UTC).astimezone(zone)):
+            # The clocks went back and this wall-clock time comes round again: it matched
+            # the first time round, so it runs once, not twice. Only a time equal to
+            # ``after`` was skipped before: a daily 02:30 ran once, but "*/30" ran 02:00
+            # and 02:30 twice while an hourly cron skipped the repeated 02:00.
             following = times.get_next(datetime)
         return following.astimezone(UTC)
 
@@ -66,10 +69,36 @@ class TickRule:
         """Every tick from ``first`` up to ``now``, oldest first (at most ``limit``)."""
         ticks: list[datetime] = []
         tick: datetime | None = first
+        if self.end_at is not None and first > self.end_at:
+            # A stored next tick from before end_at was moved earlier (the config sync keeps
+            # next_run_at when only end_at changes): it fired once past the end.
+            tick = None
         while tick is not None and tick <= now and len(ticks) < limit:
             ticks.append(tick)
             tick = self.next_after(tick)
         return ticks
+
+    def last_due(self, first: datetime, now: datetime) -> datetime | None:
+        """The last tick from ``first`` up to ``now``, or None when there is none; found by
+        bisection (some 60 steps), not by walking every tick in between."""
+        following = self.next_after(first - _TINY)
+        if following is None or following > now:
+            return None
+        # next_after(x) <= now holds at lo and fails at hi; it only grows with x.
+        lo, hi = first - _TINY, now
+        while hi - lo > _TINY:
+            mid = lo + (hi - lo) / 2
+            tick = self.next_after(mid)
+            if tick is not None and tick <= now:
+                lo = mid
+            else:
+                hi = mid
+        return self.next_after(lo)
+
+
+def _repeated(local: datetime) -> bool:
+    """Whether this local time is the second of two with the same wall-clock reading."""
+    return local.fold == 1 and local.replace(fold=0).utcoffset() != local.utcoffset()
 
 
 def choose(due: list[datetime], now: datetime, policy: CatchUp, grace: float) -> list[datetime]:

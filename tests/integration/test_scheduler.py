@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,61 @@ async def test_catch_up_latest_makes_one_job_for_missed_ticks(database_url: str)
         assert 1 <= made <= 2
         assert len(await tick_times(database_url)) == made
         assert await scheduler.fire_due() == 0  # and it moved on past now
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(("catch_up", "most"), [("latest", 2), ("none", 1)])
+async def test_hours_of_missed_ticks_make_one_job_at_most(
+    database_url: str, catch_up: str, most: int
+) -> None:
+    store = await PostgresStore.connect(database_url, min_size=1, max_size=2)
+    try:
+        scheduler = Scheduler(store, config_with(catch_up=catch_up), lambda: None)
+        await scheduler.sync()
+        # Down for three hours: 10,800 missed ticks, more than due() walks in one go (1,000).
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(
+                "UPDATE jobwire.schedules"
+                " SET next_run_at = date_trunc('second', now()) - interval '3 hours'"
+            )
+        finally:
+            await conn.close()
+        made = await scheduler.fire_due() + await scheduler.fire_due()
+        # Before: "latest" made one job per 1,000 missed ticks over as many passes, each
+        # for an hours-old tick. Now the latest tick (or one still on time) alone runs.
+        assert made <= most
+        times = await tick_times(database_url)
+        assert len(times) == made
+        assert all((datetime.now(UTC) - t).total_seconds() < 10 for t in times), times
+    finally:
+        await store.close()
+
+
+async def test_end_at_moved_before_the_stored_next_tick_stops_the_schedule(
+    database_url: str,
+) -> None:
+    store = await PostgresStore.connect(database_url, min_size=1, max_size=2)
+    try:
+        await Scheduler(store, config_with(every="1h"), lambda: None).sync()
+        # Stop it before its next tick: the sync keeps next_run_at (end_at is not timing).
+        end = datetime.now(UTC) + timedelta(minutes=1)
+        scheduler = Scheduler(store, config_with(every="1h", end_at=end.isoformat()), lambda: None)
+        await scheduler.sync()
+        # An hour on: the stored tick is due, and lies past end_at.
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(
+                "UPDATE jobwire.schedules SET next_run_at = now() - interval '1s',"
+                " end_at = now() - interval '59 minutes'"
+            )
+        finally:
+            await conn.close()
+        assert await scheduler.fire_due() == 0
+        assert await tick_times(database_url) == []
+        row = await store.get_schedule("tick")
+        assert row is not None and row.next_run_at is None
     finally:
         await store.close()
 
@@ -317,7 +372,7 @@ async def test_a_follower_logs_a_store_outage_once_not_every_attempt() -> None:
     from jobwire.leadership import Leader
     from jobwire.store.base import LeaderLock, StoreUnavailable
 
-    async def unavailable(_key: str) -> LeaderLock | None:
+    async def unavailable(_key: str, *, idle_timeout: float | None = None) -> LeaderLock | None:
         raise StoreUnavailable("down")
 
     async def duty() -> None:

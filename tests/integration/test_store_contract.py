@@ -520,6 +520,20 @@ class StoreContract:
         assert await store.set_schedule_enabled("nope", True) is False
         assert await store.get_schedule("nope") is None
 
+    async def test_a_schedule_paused_after_the_leader_read_it_fires_nothing(
+        self, store: Store
+    ) -> None:
+        past = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+        await store.sync_schedules([schedule("paused", past)])
+        (_read,) = await store.due_schedules()  # the leader reads it ...
+        assert await store.set_schedule_enabled("paused", False)  # ... `schedules pause`
+        spec = JobSpec("noop", source="schedule:paused", dedup_key=f"paused:{past}")
+        # Before, the fire went through: a job after the pause had been acknowledged.
+        assert await store.fire_schedule("paused", [spec], past, past + timedelta(1), past) is None
+        assert (await store.stats()).get("default", {}).get("pending", 0) == 0
+        row = await store.get_schedule("paused")
+        assert row is not None and (row.enabled, row.next_run_at, row.run_count) == (False, past, 0)
+
     async def test_a_schedule_stops_after_max_runs(self, store: Store) -> None:
         past = datetime.now(UTC) - timedelta(minutes=5)
         await store.sync_schedules([schedule("twice", past, max_runs=2)])

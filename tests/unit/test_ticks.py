@@ -41,6 +41,30 @@ def test_daily_cron_across_fall_back_fires_once() -> None:
     assert [t.date().isoformat() for t in got] == ["2026-10-25", "2026-10-26"]
 
 
+@pytest.mark.parametrize("cron", ["*/30 * * * *", "0 * * * *", "15,45 2 * * *"])
+def test_across_fall_back_no_wall_clock_time_runs_twice(cron: str) -> None:
+    # docs/schedules.md: "when clocks go back, a time that happens twice runs once". Only a
+    # time equal to the previous tick was skipped: "*/30" ran 02:00 and 02:30 twice.
+    from zoneinfo import ZoneInfo
+
+    berlin = ZoneInfo("Europe/Berlin")
+    rule = TickRule(cron=cron, timezone="Europe/Berlin")
+    got = [t for t in ticks(rule, utc(2026, 10, 24, 22), 12) if t < utc(2026, 10, 25, 6)]
+    walls = [t.astimezone(berlin).replace(tzinfo=None) for t in got]
+    assert len(walls) == len(set(walls)), walls
+    # and every wall-clock time of the repeated hour that matches ran (the first time)
+    assert {w.strftime("%H:%M") for w in walls if w.hour == 2} == {
+        f"02:{m:02d}" for m in range(60) if rule.cron and _matches(rule.cron, m)
+    }
+
+
+def _matches(cron: str, minute: int) -> bool:
+    field = cron.split()[0]
+    if field.startswith("*/"):
+        return minute % int(field[2:]) == 0
+    return minute in {int(m) for m in field.split(",")}
+
+
 def test_month_ends_and_shorthands() -> None:
     assert ticks(TickRule(cron="0 0 31 * *"), utc(2026, 1, 31), 2) == [
         utc(2026, 3, 31),
@@ -71,6 +95,14 @@ def test_start_and_end_window() -> None:
     assert rule.next_after(utc(2026, 1, 1)) == utc(2026, 5, 1, 11)
     assert rule.next_after(utc(2026, 5, 1, 11)) == utc(2026, 5, 1, 12)
     assert rule.next_after(utc(2026, 5, 1, 12)) is None
+
+
+def test_a_stored_tick_past_a_moved_end_at_is_not_due() -> None:
+    # The sync keeps next_run_at when only end_at changes; the stored tick then lay past
+    # the new end and still fired once.
+    rule = TickRule(every=3600.0, end_at=utc(2026, 5, 1, 12, 30))
+    assert rule.due(utc(2026, 5, 1, 13), utc(2026, 5, 1, 13, 0, 1)) == []
+    assert rule.due(utc(2026, 5, 1, 12), utc(2026, 5, 1, 13, 0, 1)) == [utc(2026, 5, 1, 12)]
 
 
 def test_due_and_catch_up_policies() -> None:
@@ -143,3 +175,26 @@ def test_a_rule_with_no_next_tick_has_ended_rather_than_raising(
 ) -> None:
     assert rule.next_after(after) is None
     assert rule.due(after, after + timedelta(days=1)) == [after]
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        TickRule(every=1.0),
+        TickRule(every=7.5, start_at=datetime(2026, 1, 1, 0, 0, 3, tzinfo=UTC)),
+        TickRule(cron="*/15 * * * *", timezone="Europe/Berlin"),
+        TickRule(cron="30 2 * * *", timezone="America/New_York"),
+    ],
+)
+def test_last_due_is_the_last_tick_walking_would_find(rule: TickRule) -> None:
+    # Across the autumn clock change, from far enough back that walking takes thousands.
+    first = rule.next_after(datetime(2026, 10, 20, tzinfo=UTC))
+    assert first is not None
+    for now in (
+        datetime(2026, 11, 2, 7, 0, 0, tzinfo=UTC),
+        datetime(2026, 10, 25, 1, 14, 59, 999999, tzinfo=UTC),
+        first,
+    ):
+        walked = rule.due(first, now, limit=10**7)
+        assert rule.last_due(first, now) == walked[-1]
+    assert rule.last_due(first, first - timedelta(seconds=1)) is None

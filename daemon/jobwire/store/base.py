@@ -428,15 +428,21 @@ class ScheduleStore(Protocol):
     async def last_schedule_jobs(self) -> dict[int, tuple[int, str]]:
         """Each schedule's newest job: ``{schedule id: (job id, status)}``."""
 
-    async def try_leadership(self, key: str) -> LeaderLock | None:
-        """A held lock named ``key``, or None when another instance holds it."""
+    async def try_leadership(
+        self, key: str, *, idle_timeout: float | None = None
+    ) -> LeaderLock | None:
+        """A held lock named ``key``, or None when another instance holds it; with
+        ``idle_timeout``, the lock goes when its holder has not pinged for that long."""
 
 
 class MaintenanceStore(Protocol):
     """What the leader's housekeeping uses: its own lock, lease rescue and retention."""
 
-    async def try_leadership(self, key: str) -> LeaderLock | None:
-        """A held lock named ``key``, or None when another instance holds it."""
+    async def try_leadership(
+        self, key: str, *, idle_timeout: float | None = None
+    ) -> LeaderLock | None:
+        """A held lock named ``key``, or None when another instance holds it; with
+        ``idle_timeout``, the lock goes when its holder has not pinged for that long."""
 
     async def recover_expired_leases(self) -> list[int]:
         """Take back jobs whose lease ran out (their worker died); the lost attempt counts."""

@@ -322,8 +322,8 @@ class MemorySchedules(MemoryState):
         """Insert tick jobs and move the schedule on; None if it had moved on already."""
         await self.ping()
         row = self.schedules.get(name)
-        if row is None or row.next_run_at != expected_next:
-            return None
+        if row is None or not row.enabled or row.next_run_at != expected_next:
+            return None  # moved on, or paused since the leader read it
         made = len(await self.enqueue_scheduled(specs))
         self.schedules[name] = dataclasses.replace(
             row,
@@ -408,8 +408,11 @@ class MemorySchedules(MemoryState):
                 out[sid] = (job.id, str(job.status))
         return out
 
-    async def try_leadership(self, key: str) -> MemoryLock | None:
-        """The lock named ``key`` unless it is held."""
+    async def try_leadership(
+        self, key: str, *, idle_timeout: float | None = None
+    ) -> MemoryLock | None:
+        """The lock named ``key`` unless it is held (in memory a holder cannot freeze apart
+        from the store, so ``idle_timeout`` has nothing to do)."""
         await self.ping()
         if key in self.locks:
             return None

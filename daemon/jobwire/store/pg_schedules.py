@@ -68,6 +68,11 @@ class PgSchedules(PgBase):
         try:
             async with guard("fire schedule"):
                 async with self._pool.acquire() as conn, conn.transaction():
+                    # A leader frozen between these statements held the tick's dedup key and
+                    # the schedule's row: the leader that took over waited on them, and fired
+                    # nothing at all, until the frozen one thawed. The server now ends such a
+                    # transaction (rolled back: the new leader fires the tick once).
+                    await conn.execute(self._q["fire_idle_timeout"])
                     rows = await conn.fetch(self._q["sched_insert_jobs"], *self._sched_args(specs))
                     moved = await conn.fetchval(
                         self._q["schedule_fired"],
@@ -177,13 +182,18 @@ class PgSchedules(PgBase):
             rows = await self._pool.fetch(self._q["sched_last_jobs"])
         return {r["schedule_id"]: (r["id"], r["status"]) for r in rows}
 
-    async def try_leadership(self, key: str) -> Leadership | None:
+    async def try_leadership(
+        self, key: str, *, idle_timeout: float | None = None
+    ) -> Leadership | None:
         """Take an advisory lock on a dedicated connection; the holder leads until it closes.
 
         The lock lives exactly as long as that connection: a leader that dies, or whose
-        connection drops, loses it at once and another instance takes over. While another
-        session holds it (pg_locks, read through the pool) no connection is opened: a
-        follower asking every second costs one pooled statement, not a new backend.
+        connection drops, loses it at once and another instance takes over. With
+        ``idle_timeout`` the server also ends the connection once the holder has sent
+        nothing for that long (PostgreSQL 14 and later): a leader that is frozen, not dead,
+        lets go too. While another session holds it (pg_locks, read through the pool) no
+        connection is opened: a follower asking every second costs one pooled statement,
+        not a new backend.
         """
         async with guard("leadership"):
             if await self._pool.fetchval(self._q["lead_lock_held"], key):
@@ -191,6 +201,12 @@ class PgSchedules(PgBase):
             conn = await asyncpg.connect(self._dsn, server_settings=server_settings(self._schema))
             try:
                 if await conn.fetchval(self._q["try_advisory_lock"], key):
+                    if idle_timeout is not None and conn.get_server_version().major >= 14:
+                        # A SIGSTOPped or paused leader kept its connection, and so the
+                        # lock, for as long as it was frozen: no schedule fired meanwhile.
+                        await conn.execute(
+                            self._q["lead_idle_timeout"], f"{int(idle_timeout * 1000)}ms"
+                        )
                     return Leadership(conn)
             except BaseException:
                 conn.terminate()

@@ -529,12 +529,19 @@ WHERE enabled AND origin = 'config' AND NOT (name = ANY($1::text[]));
 -- name: due_schedules
 SELECT * FROM schedules WHERE enabled AND next_run_at <= now() ORDER BY next_run_at;
 
+-- name: fire_idle_timeout
+-- fire_schedule's transaction only: a leader that stalls inside it (frozen, paused) loses
+-- it after as long as a frozen leader keeps its lock (leadership.LOCK_IDLE_TIMEOUT).
+SET LOCAL idle_in_transaction_session_timeout = '10s';
+
 -- name: schedule_fired
--- Optimistic: only the leader that read next_run_at = $5 may move it on.
+-- Optimistic: only the leader that read next_run_at = $5 may move it on, and only while
+-- the schedule is still enabled: one paused after the leader read it fired once more,
+-- after `schedules pause` had answered.
 UPDATE schedules SET last_run_at = coalesce($2, last_run_at), next_run_at = $3,
                      run_count = run_count + $4,
                      enabled = enabled AND (max_runs IS NULL OR run_count + $4 < max_runs)
-WHERE name = $1 AND next_run_at = $5
+WHERE name = $1 AND next_run_at = $5 AND enabled
 RETURNING name;
 
 -- name: list_schedules
@@ -548,6 +555,11 @@ UPDATE schedules SET enabled = $2 WHERE name = $1 RETURNING name;
 
 -- name: try_advisory_lock
 SELECT pg_try_advisory_lock(hashtext($1));
+
+-- name: lead_idle_timeout
+-- The leader's lock connection only: the server ends it (and so the lock) when the holder
+-- has not pinged for this long. See PgSchedules.try_leadership.
+SELECT set_config('idle_session_timeout', $1, false);
 
 -- name: purge_plan
 -- The purge's transaction only: a plan that sorts becomes the planner's last resort, so
