@@ -45,12 +45,14 @@ class LogStream:
         except (OSError, ValueError):
             pass
 
-    def __del__(self) -> None:
+    def __del__(self, _close: Callable[[int], None] = os.close) -> None:
         # Only once nothing can write here: a descriptor closed earlier could be reused by
-        # a socket, and log lines written into it.
+        # a socket, and log lines written into it. os.close bound at definition: at the
+        # interpreter's exit the module's globals may be gone already ("Exception ignored
+        # in LogStream.__del__" ended every CLI command's output).
         if self._fd is not None:
             try:
-                os.close(self._fd)
+                _close(self._fd)
             except OSError:
                 pass
 

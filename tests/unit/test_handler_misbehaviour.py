@@ -8,6 +8,7 @@ import asyncio
 from typing import Any, NoReturn
 
 import pytest
+import structlog
 
 from jobwire import JobContext, Reject, Retry
 from jobwire.models import JobSpec, JobStatus
@@ -380,6 +381,9 @@ async def test_a_handler_closing_stderr_leaves_no_job_running(
     log_file = (tmp_path / "stderr").open("w")
     monkeypatch.setattr(sys, "stderr", log_file)
     configure_logging("json", "info")
+    # Not cached: a logger cached here would keep this test's closed stream for later tests,
+    # whose capture_logs would then see nothing (the conftest's reset does not uncache).
+    structlog.configure(cache_logger_on_first_use=False)
 
     async def closes_stderr(payload: Any, ctx: JobContext) -> None:
         sys.stderr.close()
