@@ -126,6 +126,14 @@ def configure_logging(fmt: str = "auto", level: str = "info", background: bool =
 _sink: LogSink | None = None
 
 
+def drain_log() -> None:
+    """Let the daemon's queued log lines out first (briefly): a last line written straight
+    to stderr (the reason of an exit) must come after them, where systemd and the
+    operator's eye look for it."""
+    if _sink is not None:
+        _sink.drain()
+
+
 def _daemon_sink() -> LogSink:
     """The process's one LogSink on stderr, drained (briefly) at exit."""
     global _sink

@@ -28,7 +28,7 @@ from jobwire.exit_codes import EXIT_NOTHING as EXIT_NOTHING  # re-exported: for 
 from jobwire.exit_codes import EXIT_OK as EXIT_OK
 from jobwire.exit_codes import EXIT_UNAVAILABLE as EXIT_UNAVAILABLE
 from jobwire.exit_codes import EXIT_USAGE as EXIT_USAGE
-from jobwire.logs import configure_logging
+from jobwire.logs import configure_logging, drain_log
 from jobwire.redaction import redact, remember, secret_values
 from jobwire.storable import json_problem
 from jobwire.store.base import InvalidJobData, OperatorStore, StoreUnavailable
@@ -153,6 +153,7 @@ def as_json(default: str = "table") -> bool:
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """Print an error to stderr and exit with ``code``."""
+    drain_log()
     # Messages quote exceptions (a database or broker client's), which may quote a URL.
     click.echo(f"jobwire: {redact(message)}", err=True)
     sys.exit(code)
@@ -160,6 +161,7 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 
 def report(problems: Iterable[object]) -> NoReturn:
     """Print every config problem and exit 2."""
+    drain_log()
     for problem in problems:
         click.echo(f"error: {redact(str(problem))}", err=True)
     sys.exit(EXIT_USAGE)
