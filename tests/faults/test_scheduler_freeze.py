@@ -40,9 +40,10 @@ def tick_keys(url: str) -> list[str]:
     return [r["dedup_key"] for r in rows]
 
 
-def test_a_frozen_leader_is_replaced_and_fires_no_tick_twice_when_thawed(
+def two_daemons_and_their_leader(
     database_url: str, tmp_path: Path, started: list[Daemon]
-) -> None:
+) -> Daemon:
+    """Two daemons on one database with an every-1s schedule; the one that leads."""
     config = write_config(
         tmp_path / "jobwire.yaml",
         {
@@ -58,7 +59,13 @@ def test_a_frozen_leader_is_replaced_and_fires_no_tick_twice_when_thawed(
     wait_sync(
         lambda: any(d.has_event("scheduler_leading") for d in started), timeout=30, what="a leader"
     )
-    leader = next(d for d in started if d.has_event("scheduler_leading"))
+    return next(d for d in started if d.has_event("scheduler_leading"))
+
+
+def test_a_frozen_leader_is_replaced_and_fires_no_tick_twice_when_thawed(
+    database_url: str, tmp_path: Path, started: list[Daemon]
+) -> None:
+    leader = two_daemons_and_their_leader(database_url, tmp_path, started)
     follower = next(d for d in started if d is not leader)
 
     os.kill(leader.proc.pid, signal.SIGSTOP)
@@ -100,24 +107,7 @@ def backends(url: str, where: str) -> int:
 def test_a_leader_frozen_inside_a_fire_does_not_stall_the_new_leader(
     database_url: str, tmp_path: Path, started: list[Daemon]
 ) -> None:
-    config = write_config(
-        tmp_path / "jobwire.yaml",
-        {
-            "database": {"url": database_url},
-            "logging": {"format": "json"},
-            "schedules": [{"name": "tick", "every": "1s", "handler": "noop", "catch_up": "all"}],
-        },
-    )
-    for i in range(2):
-        started.append(Daemon(config, tmp_path / f"d{i}.log"))
-    for daemon in started:
-        daemon.wait_ready()
-    wait_sync(
-        lambda: any(d.has_event("scheduler_leading") for d in started),
-        timeout=30,
-        what="a leader",
-    )
-    leader = next(d for d in started if d.has_event("scheduler_leading"))
+    leader = two_daemons_and_their_leader(database_url, tmp_path, started)
     follower = next(d for d in started if d is not leader)
 
     async def freeze_inside_a_fire() -> None:
