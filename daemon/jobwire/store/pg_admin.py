@@ -205,7 +205,7 @@ class PgAdmin(PgDashboard):
         return {r["id"]: str(r["status"]) for r in rows}
 
     async def delete_ids(self, job_ids: Sequence[int]) -> list[int]:
-        """Delete those that are finished (their runs by cascade)."""
+        """Delete those that are finished (their runs with them)."""
         async with guard("delete"):
             rows = await self._pool.fetch(self._q["delete_job_ids"], list(job_ids))
         return [r["id"] for r in rows]

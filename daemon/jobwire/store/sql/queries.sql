@@ -435,7 +435,7 @@ WHERE id = ANY($1::bigint[]) AND status IN ('pending', 'retrying', 'running')
 RETURNING id, status;
 
 -- name: delete_job_ids
--- Finished jobs only (never a running or waiting one); their job_runs go by cascade and
+-- Finished jobs only (never a running or waiting one); their job_runs go with them (0018) and
 -- their children keep running with parent_id cleared (ON DELETE SET NULL).
 DELETE FROM jobs
 WHERE id = ANY($1::bigint[]) AND status IN ('succeeded', 'failed', 'cancelled')
@@ -568,7 +568,7 @@ SET LOCAL enable_sort = off;
 
 -- name: purge_finished
 -- One small batch of finished jobs older than $1 seconds, oldest first; their job_runs go
--- by cascade. Read in the order of the jobs_finished index (migration 0004), the scan stops
+-- with them (0018). Read in the order of the jobs_finished index (migration 0004), the scan stops
 -- at the batch or at the cutoff, whatever the planner's statistics say. Left to them, it
 -- chose badly both ways: expecting many old rows (statistics from before the last purge),
 -- a sequential scan, so the run's last batch, which comes back short, read the whole table;
