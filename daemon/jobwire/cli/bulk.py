@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import click
-from rich.progress import Progress
 
+from jobwire.cli.bulk_run import BATCH, Acting, act_in_batches
 from jobwire.cli.common import (
+    EXIT_INTERRUPTED,
     EXIT_NOTHING,
     as_json,
-    console,
     fail,
     global_options,
     load_db,
@@ -23,8 +23,6 @@ from jobwire.cli.common import (
 )
 from jobwire.cli.filters import filter_options, job_filter
 from jobwire.store.base import AdminStore, JobFilter
-
-BATCH = 500  # ids per selection page and per statement: short transactions, steady progress
 
 
 @dataclass(frozen=True)
@@ -113,24 +111,32 @@ def _confirm(action: BulkAction, count: int) -> None:
         fail("nothing done", EXIT_NOTHING)
 
 
-def _act(
-    store: AdminStore, action: BulkAction, ids: list[int], poison: bool
-) -> Awaitable[dict[int, str]]:
-    async def go() -> dict[int, str]:
-        done: dict[int, str] = {}
-        batches = [ids[i : i + BATCH] for i in range(0, len(ids), BATCH)]
-        if not sys.stderr.isatty():
-            for batch in batches:
-                done.update(await action.act(store, batch, poison))
-            return done
-        with Progress(console=console(err=True), transient=True) as progress:
-            task = progress.add_task(action.name, total=len(ids))
-            for batch in batches:
-                done.update(await action.act(store, batch, poison))
-                progress.update(task, advance=len(batch))
-        return done
-
-    return go()
+def _interrupted(action: BulkAction, out: Outcome, acting: Acting) -> None:
+    """Ctrl-C mid-way: say exactly what was done and what was not, exit 130."""
+    left = len(out.matched) - acting.reached - len(acting.in_flight)
+    if as_json():
+        print_json(
+            {
+                "action": action.name,
+                "interrupted": True,
+                "matched": len(out.matched),
+                action.done: sorted(acting.done, reverse=True),
+                "not_reached": left,
+                "in_doubt": acting.in_flight,
+            }
+        )
+    else:
+        line = (
+            f"interrupted: {len(acting.done)} {action.done}, {left} of {len(out.matched)} "
+            "not reached"
+        )
+        if acting.in_flight:
+            line += (
+                f", {len(acting.in_flight)} in doubt (their statement was sent, its answer "
+                "never read)"
+            )
+        click.echo(line)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 def _summary(action: BulkAction, out: Outcome, dry_run: bool) -> None:
@@ -220,7 +226,20 @@ def bulk_command(action: BulkAction) -> click.Command:
         # Ids an operator named are what they asked for; a filter's set is confirmed first.
         if not named_only and not yes:
             _confirm(action, len(out.matched))
-        out.done = with_store(config, lambda s: _act(s, action, out.matched, include_poison))
+        acting = Acting()
+
+        def act(store: AdminStore) -> Awaitable[None]:
+            return act_in_batches(
+                out.matched, lambda ids: action.act(store, ids, include_poison), action.name, acting
+            )
+
+        try:
+            with_store(config, act)
+        except KeyboardInterrupt:  # a second Ctrl-C: the batch in flight is in doubt
+            acting.interrupted = True
+        if acting.interrupted:
+            _interrupted(action, out, acting)
+        out.done = acting.done
         _summary(action, out, dry_run)
 
     command.__doc__ = action.help

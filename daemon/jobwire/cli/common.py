@@ -24,6 +24,7 @@ from rich.text import Text
 from jobwire.api_models import BadInput
 from jobwire.app import open_store, with_database_url
 from jobwire.config import Config, ConfigError, DatabaseConfig, find_config_file, load_config
+from jobwire.exit_codes import EXIT_INTERRUPTED as EXIT_INTERRUPTED
 from jobwire.exit_codes import EXIT_NOTHING as EXIT_NOTHING  # re-exported: for the commands
 from jobwire.exit_codes import EXIT_OK as EXIT_OK
 from jobwire.exit_codes import EXIT_UNAVAILABLE as EXIT_UNAVAILABLE
