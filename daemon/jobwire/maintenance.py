@@ -14,7 +14,7 @@ import structlog
 
 from jobwire.config import RetentionConfig
 from jobwire.leadership import Leader
-from jobwire.store.base import MaintenanceStore
+from jobwire.store.base import MaintenanceStore, PurgeCursor
 
 log = structlog.get_logger("jobwire.maintenance")
 
@@ -83,8 +83,9 @@ class Maintenance:
         """Delete finished jobs past retention.finished, in small batches with pauses."""
         retention = self.retention
         total = 0
+        cursor = PurgeCursor()  # each batch reads on from the last one's end
         while True:
-            deleted = await self.store.purge_finished(retention.finished, retention.batch)
+            deleted = await self.store.purge_finished(retention.finished, retention.batch, cursor)
             total += deleted
             if deleted < retention.batch:
                 break

@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import json
 import random
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -475,7 +477,9 @@ async def test_purge_reads_the_finished_index_in_order_whatever_the_statistics(
         for analyse in (False, True):
             if analyse:
                 await conn.execute("ANALYZE jobs")
-            for days in (29, 0):  # few rows old enough, every row old enough
+            # Few rows old enough, every row old enough; a run's first batch, and one on.
+            on = datetime.now(UTC) - timedelta(days=20)
+            for days, since in itertools.product((29, 0), (None, on)):
                 async with conn.transaction():
                     await conn.execute(queries()["purge_plan"])
                     plans.append(
@@ -483,6 +487,7 @@ async def test_purge_reads_the_finished_index_in_order_whatever_the_statistics(
                             "EXPLAIN (FORMAT JSON) " + queries()["purge_finished"],
                             days * 86400.0,
                             1000,
+                            since,
                         )
                     )
     finally:

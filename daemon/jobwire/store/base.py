@@ -435,6 +435,13 @@ class ScheduleStore(Protocol):
         ``idle_timeout``, the lock goes when its holder has not pinged for that long."""
 
 
+@dataclass
+class PurgeCursor:
+    """How far a purge run has got: the newest finished_at it deleted (None: not started)."""
+
+    finished_at: datetime | None = None
+
+
 class MaintenanceStore(Protocol):
     """What the leader's housekeeping uses: its own lock, lease rescue and retention."""
 
@@ -447,8 +454,11 @@ class MaintenanceStore(Protocol):
     async def recover_expired_leases(self) -> list[int]:
         """Take back jobs whose lease ran out (their worker died); the lost attempt counts."""
 
-    async def purge_finished(self, older_than: float, batch: int) -> int:
-        """Delete one batch of finished jobs older than ``older_than`` seconds, oldest first."""
+    async def purge_finished(
+        self, older_than: float, batch: int, cursor: PurgeCursor | None = None
+    ) -> int:
+        """Delete one batch of finished jobs older than ``older_than`` seconds, oldest first;
+        with ``cursor``, from where its last batch ended, and move it on."""
 
     async def purge_outbox(self, older_than: float, batch: int) -> int:
         """Delete one batch of outbox rows sent more than ``older_than`` seconds ago."""

@@ -8,7 +8,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from jobwire.models import FINISHED, LIVE, Job, JobSpec, JobStatus
-from jobwire.store.base import UNROUTABLE_HANDLER, AuditEntry, AuditRow, JobFilter, ScheduleRow
+from jobwire.store.base import (
+    UNROUTABLE_HANDLER,
+    AuditEntry,
+    AuditRow,
+    JobFilter,
+    PurgeCursor,
+    ScheduleRow,
+)
 from jobwire.store.memory_base import READY, MemoryState, now
 from jobwire.store.memory_dashboard import MemoryDashboard
 
@@ -425,17 +432,26 @@ class MemorySchedules(MemoryState):
         """Nothing to vacuum in memory: the tables named (or "jobs") as if done."""
         return list(tables) if tables is not None else ["jobs"]
 
-    async def purge_finished(self, older_than: float, batch: int) -> int:
-        """Delete one batch of old finished jobs, oldest first; their runs go with them."""
+    async def purge_finished(
+        self, older_than: float, batch: int, cursor: PurgeCursor | None = None
+    ) -> int:
+        """Delete one batch of old finished jobs, oldest first (from ``cursor`` on, which it
+        moves); their runs go with them."""
         cutoff = now() - timedelta(seconds=older_than)
+        since = None if cursor is None else cursor.finished_at
         old = sorted(
             (
                 j
                 for j in self.jobs.values()
-                if j.status in FINISHED and j.finished_at is not None and j.finished_at < cutoff
+                if j.status in FINISHED
+                and j.finished_at is not None
+                and j.finished_at < cutoff
+                and (since is None or j.finished_at >= since)
             ),
             key=lambda j: j.finished_at or cutoff,
         )[:batch]
+        if cursor is not None and old:
+            cursor.finished_at = old[-1].finished_at
         gone = {j.id for j in old}
         for job in old:
             del self.jobs[job.id]

@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 
 from jobwire.models import JobSpec
-from jobwire.store.base import ScheduleRow
+from jobwire.store.base import PurgeCursor, ScheduleRow
 from jobwire.store.migrate import Leadership
 from jobwire.store.pg_base import PgBase, guard, server_settings
 
@@ -88,12 +88,19 @@ class PgSchedules(PgBase):
             return None
         return len(rows)
 
-    async def purge_finished(self, older_than: float, batch: int) -> int:
-        """Delete one batch of old finished jobs, oldest first; returns how many went."""
+    async def purge_finished(
+        self, older_than: float, batch: int, cursor: PurgeCursor | None = None
+    ) -> int:
+        """Delete one batch of old finished jobs, oldest first (from ``cursor`` on, which it
+        moves); returns how many went."""
+        since = None if cursor is None else cursor.finished_at
         async with guard("purge"), self._pool.acquire() as conn, conn.transaction():
             await conn.execute(self._q["purge_plan"])
-            status = await conn.execute(self._q["purge_finished"], older_than, batch)
-        return int(status.split()[-1])
+            row = await conn.fetchrow(self._q["purge_finished"], older_than, batch, since)
+        assert row is not None  # an aggregate: always one row
+        if cursor is not None and row["last"] is not None:
+            cursor.finished_at = row["last"]
+        return int(row["n"])
 
     async def maintain_tables(
         self, tables: Sequence[str] | None, *, vacuum: bool, analyze: bool, timeout: float

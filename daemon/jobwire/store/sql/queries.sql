@@ -576,14 +576,25 @@ SET LOCAL enable_sort = off;
 -- the three. The rows
 -- are then deleted by "id = ANY": primary-key lookups, where a join let a small table be
 -- hashed whole.
-DELETE FROM jobs WHERE id = ANY (ARRAY(
-    SELECT id FROM jobs
-    WHERE status IN ('succeeded', 'failed', 'cancelled')
-      AND finished_at < now() - make_interval(secs => $1)
-    ORDER BY finished_at
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
-));
+-- Each batch reads on from the last one's newest finished_at ($3, returned as "last"; NULL
+-- for a run's first): while any transaction older than the purge is open, the entries of the
+-- rows it deleted cannot be marked dead, and a scan from the oldest entry read them all again,
+-- a batch's cost growing with the rows purged before it (a drill: 1,000,000 rows in 38 s, the
+-- last batches 50-80 ms, against 10 s). ">=", not ">": a completion batch shares one
+-- finished_at, and the last batch may have taken part of it.
+WITH gone AS (
+    DELETE FROM jobs WHERE id = ANY (ARRAY(
+        SELECT id FROM jobs
+        WHERE status IN ('succeeded', 'failed', 'cancelled')
+          AND finished_at < now() - make_interval(secs => $1)
+          AND finished_at >= coalesce($3::timestamptz, '-infinity')
+        ORDER BY finished_at
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+    ))
+    RETURNING finished_at
+)
+SELECT count(*) AS n, max(finished_at) AS last FROM gone;
 
 -- name: ready_backlog
 -- Ready jobs, counted up to a cap: flow control needs "more than N", never the exact size.
