@@ -18,10 +18,12 @@ from jobwire.models import JobSpec, JobStatus, Outcome, StreamOffset
 from jobwire.routing import UNROUTABLE
 from jobwire.store.base import (
     UNROUTABLE_HANDLER,
+    ClaimFlow,
     ClaimRequest,
     DirectStart,
     InvalidJobData,
     JobFilter,
+    QueueFlow,
     Store,
 )
 from jobwire.store.memory import MemoryStore
@@ -519,6 +521,22 @@ class StoreContract:
         assert await store.set_schedule_enabled("due", False) is True
         assert await store.set_schedule_enabled("nope", True) is False
         assert await store.get_schedule("nope") is None
+
+    async def test_a_claim_after_a_pause_answered_takes_none_of_the_queue(
+        self, store: Store
+    ) -> None:
+        # A pool leaves a paused queue out of its request only once it has heard of the
+        # pause (a NOTIFY, a moment later): its claims in between started the queue's jobs
+        # after `queues pause` had answered. The claim itself must refuse them.
+        plain = await ids(store, [JobSpec("noop", queue="held")])
+        keyed = await ids(store, [JobSpec("noop", queue="held", concurrency_key="k")])
+        free = await ids(store, [JobSpec("noop", queue="free")])
+        assert await store.set_queue_paused("held", True, "test")
+        flow = ClaimFlow({"held": QueueFlow(key_limit=1, only_special=True)})
+        ask = ClaimRequest({"held": 5, "free": 5}, 10, "w", 30.0, flow)
+        assert [j.id for j in await store.claim(ask)] == free
+        assert await store.set_queue_paused("held", False, "test")
+        assert sorted(j.id for j in await store.claim(ask)) == sorted(plain + keyed)
 
     async def test_a_schedule_paused_after_the_leader_read_it_fires_nothing(
         self, store: Store

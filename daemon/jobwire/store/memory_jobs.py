@@ -66,6 +66,11 @@ class MemoryJobs(MemoryFlow):
         """Claim ready jobs, priority first then FIFO, within the per-queue limits: plain
         jobs as the fast claim does, then keyed and rate-limited ones as the flow claim."""
         at = now()
+        # A paused queue starts nothing, whatever the pool last read (as the SQL claims).
+        paused = {q for q, s in self.queue_state.items() if s.paused}
+        if paused & request.per_queue.keys():
+            per_queue = {q: 0 if q in paused else n for q, n in request.per_queue.items()}
+            request = dataclasses.replace(request, per_queue=per_queue)
         flow = request.flow
         limited = flow.handler_rates if flow is not None else {}
         candidates: list[Job] = []
