@@ -13,9 +13,8 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from jobwire.api_models import BadInput, check_enqueue
+from jobwire.api_models import check_enqueue
 from jobwire.client import UNMIGRATED_SQLSTATES, SchemaNotMigrated, quoted_schema, with_trace
-from jobwire.storable import json_problem
 from jobwire.store.queries import queries
 
 
@@ -61,9 +60,6 @@ def enqueue(
             "after": None if after is None else list(after),
         }
     ).spec(source="api")
-    problem = json_problem(spec.payload)
-    if problem is not None:
-        raise BadInput("payload", f"payload cannot be stored: {problem}")
     sql = queries()["enqueue_dbapi"].format(schema=quoted_schema(schema))
     params = (
         spec.handler,
