@@ -466,3 +466,28 @@ def check_enqueue(fields: dict[str, Any]) -> EnqueueRequest:
             allowed = ", ".join(EnqueueRequest.model_fields)
             message = f"unknown key; the keys are {allowed}"
         raise BadInput(loc[0], f"{'.'.join(loc)}: {message}") from None
+
+
+def check_spec(spec: JobSpec, index: int = 0) -> None:
+    """Check a producer's JobSpec (Client.enqueue_many) with the model every enqueue goes
+    through; BadInput names the field, its message the spec's place in the batch."""
+    try:
+        check_enqueue(
+            {
+                "handler": spec.handler,
+                "payload": spec.payload,
+                "queue": spec.queue,
+                "priority": spec.priority,
+                # The store has always run a spec with a negative delay at once.
+                "delay": 0.0 if spec.delay < 0 else spec.delay,
+                "dedup_key": spec.dedup_key,
+                "max_attempts": spec.max_attempts,
+                "headers": spec.headers,
+                "timeout": spec.timeout,
+                "concurrency_key": spec.concurrency_key,
+                "unique": spec.unique or "forever",
+                "after": spec.after,
+            }
+        )
+    except BadInput as exc:
+        raise BadInput(exc.field, f"specs[{index}]: {exc.message}") from None

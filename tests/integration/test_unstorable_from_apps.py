@@ -16,6 +16,7 @@ import pytest
 from jobwire import pg_sync
 from jobwire.api_models import BadInput
 from jobwire.client import Client, SyncClient
+from jobwire.models import JobSpec
 from tests.support.rows import job_count, scalar
 
 pytestmark = pytest.mark.timeout(60)
@@ -107,3 +108,42 @@ async def test_storable_values_still_go_in(database_url: str) -> None:
         database_url, "SELECT payload::text FROM jobwire.jobs WHERE id = $1", job_id
     )
     assert '"1": 2' in payload and "\U0001f600" in payload
+
+
+# Client.enqueue_many takes JobSpecs, which check nothing themselves.
+BAD_SPECS: dict[str, tuple[str, JobSpec]] = {
+    "NUL in handler": ("handler", JobSpec("a\x00b")),
+    "an empty handler": ("handler", JobSpec("")),
+    "NaN in the payload": ("payload", JobSpec("noop", {"a": float("nan")})),
+    "priority past int32": ("priority", JobSpec("noop", priority=2**31)),
+    "an infinite delay": ("delay", JobSpec("noop", delay=float("inf"))),
+    "a delay past timestamptz": ("delay", JobSpec("noop", delay=1e300)),
+    "a negative timeout": ("timeout", JobSpec("noop", timeout=-1.0)),
+    "an unknown unique mode": ("unique", JobSpec("noop", dedup_key="k", unique="sometimes")),
+    "no attempts": ("max_attempts", JobSpec("noop", max_attempts=0)),
+    "NUL in a header": ("headers", JobSpec("noop", headers={"a": "\x00"})),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SPECS))
+async def test_enqueue_many_checks_each_spec_and_keeps_the_transaction(
+    case: str, database_url: str
+) -> None:
+    field, spec = BAD_SPECS[case]
+    batch = [JobSpec("noop", {"n": 1}), spec]
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with conn.transaction():
+            await conn.execute("CREATE TABLE orders (id int)")
+            with pytest.raises(BadInput) as caught:
+                await Client().enqueue_many(batch, conn=conn)
+            await conn.execute("INSERT INTO orders VALUES (1)")
+    finally:
+        await conn.close()
+    assert caught.value.field == field and "specs[1]" in str(caught.value)
+    assert await scalar(database_url, "SELECT count(*) FROM orders") == 1
+    async with Client(database_url) as client:
+        with pytest.raises(BadInput) as caught:
+            await client.enqueue_many(batch)
+    assert caught.value.field == field
+    assert await job_count(database_url) == 0  # nothing of the batch, not even its good spec
