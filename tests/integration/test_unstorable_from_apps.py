@@ -6,6 +6,7 @@ own writes in it."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from functools import reduce
 from typing import Any
 
@@ -147,3 +148,29 @@ async def test_enqueue_many_checks_each_spec_and_keeps_the_transaction(
             await client.enqueue_many(batch)
     assert caught.value.field == field
     assert await job_count(database_url) == 0  # nothing of the batch, not even its good spec
+
+
+BAD_RUN_AT: dict[str, tuple[object, float | None]] = {
+    "not a datetime": ("garbage", None),
+    "a delay past year 9999": (datetime(9999, 12, 1, tzinfo=UTC), 86400.0 * 365),
+    "the last day Python has": (datetime.max.replace(tzinfo=UTC), None),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_RUN_AT))
+async def test_psycopg_helper_refuses_a_run_at_python_cannot_read_back(
+    case: str, database_url: str
+) -> None:
+    run_at, delay = BAD_RUN_AT[case]
+    with psycopg.connect(database_url) as conn, conn.transaction():
+        conn.execute("CREATE TABLE orders (id int)")
+        with pytest.raises(BadInput) as caught:
+            pg_sync.enqueue(conn, "noop", {}, run_at=run_at, delay=delay)  # type: ignore[arg-type]
+        conn.execute("INSERT INTO orders VALUES (1)")
+        # A far but readable time still goes in, and reads back.
+        far = pg_sync.enqueue(conn, "noop", {}, run_at=datetime(9000, 1, 1, tzinfo=UTC))
+    assert caught.value.field == "run_at"
+    assert await scalar(database_url, "SELECT count(*) FROM orders") == 1
+    async with Client(database_url) as client:
+        job = await client.get(far)
+    assert job is not None and job.run_at.year == 9000
