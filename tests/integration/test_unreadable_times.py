@@ -1,9 +1,9 @@
 """Times PostgreSQL holds and Python's datetime cannot: an application's SQL may give a job
-``run_at => '-infinity'``, a delay that reaches back before year 1, or (a plain INSERT) a
-BC ``created_at``. Before, one such job in a claimed batch failed the decoding of the whole
-claim: every job of the batch stayed running, its handler never called, until the leases ran
-out (for ``created_at``, which lease recovery does not rewrite, again at every claim), and
-the lateness metric's query failed on '-infinity'."""
+``run_at => '-infinity'``, or (a plain INSERT) a BC ``run_at`` or ``created_at``. Before, one
+such job in a claimed batch failed the decoding of the whole claim: every job of the batch
+stayed running, its handler never called, until the leases ran out (for ``created_at``,
+which lease recovery does not rewrite, again at every claim), and the lateness metric's
+query failed on '-infinity'."""
 
 from __future__ import annotations
 
@@ -22,7 +22,10 @@ GOOD = 10
 
 HOSTILE = {
     "run_at -infinity": "SELECT jobwire.enqueue('noop', '{}'::jsonb, run_at => '-infinity')",
-    "a delay back to BC": "SELECT jobwire.enqueue('noop', '{}'::jsonb, delay => '-3000 years')",
+    "run_at BC": (
+        "INSERT INTO jobwire.jobs (handler, payload, run_at) "
+        "VALUES ('noop', '{}', '4000-01-01 BC') RETURNING id"
+    ),
     "a keyed job at -infinity": (
         "SELECT jobwire.enqueue('noop', '{}'::jsonb, run_at => '-infinity', concurrency_key => 'k')"
     ),
@@ -73,3 +76,32 @@ async def test_the_lateness_of_a_job_at_minus_infinity_reads(pg_store: PostgresS
         await conn.execute("SELECT jobwire.enqueue('noop', '{}'::jsonb, run_at => '-infinity')")
     ages = await pg_store.oldest_ready(["default"])
     assert ages["default"] > 365 * 86400  # as late as a time can be: it is claimed first
+
+
+# The SQL function refuses a run_at Python cannot read back (migration 0019).
+OUT_OF_YEARS = {
+    "year 20000": "run_at => '20000-01-01'",
+    "a delay of ten thousand years": "delay => '10000 years'",
+    "BC": "run_at => '4000-01-01 BC'",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(OUT_OF_YEARS))
+async def test_sql_function_refuses_a_run_at_no_reader_can_decode(
+    database_url: str, pg_store: PostgresStore, kind: str
+) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        with pytest.raises(asyncpg.InvalidParameterValueError, match="years 1 to 9999"):
+            await conn.fetchval(
+                f"SELECT jobwire.enqueue('noop', '{{}}'::jsonb, {OUT_OF_YEARS[kind]})"
+            )
+        # Never, at once, and far but readable still go in, and every one reads back.
+        ids = [
+            await conn.fetchval(f"SELECT jobwire.enqueue('noop', '{{}}'::jsonb, run_at => '{at}')")
+            for at in ("infinity", "-infinity", "9000-01-01")
+        ]
+    finally:
+        await conn.close()
+    assert [(await pg_store.get(i)) is not None for i in ids] == [True] * 3
+    assert await job_count(database_url) == 3
