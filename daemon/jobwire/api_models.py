@@ -42,6 +42,10 @@ DEFAULT_LIST = 50
 MAX_NAME_CHARS = 200
 MAX_DEDUP_KEY_CHARS = 512
 MAX_DELAY_SECONDS = 100 * 365 * 86400.0  # far beyond any real delay, far inside timestamptz
+MIN_TIMEOUT_SECONDS = 1e-6  # an interval's resolution
+# A Python payload: json.dumps recurses once per level (the interpreter's limit is 1,000).
+MAX_PAYLOAD_DEPTH = 900
+MAX_INT_BITS = 14_000  # about 4,200 decimal digits, inside Python's 4,300-digit limit
 
 _ID_TEXT = re.compile(r"[0-9]{1,19}")
 # A quick test before storable.problem_of says why: NUL, or a lone surrogate (json.loads
@@ -81,7 +85,7 @@ _DELAY_SCHEMA: dict[str, Any] = {
 # ``timeout`` as _timeout_seconds takes it: more than 0 seconds, a number or a duration.
 _TIMEOUT_SCHEMA: dict[str, Any] = {
     "anyOf": [
-        {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_DELAY_SECONDS},
+        {"type": "number", "minimum": MIN_TIMEOUT_SECONDS, "maximum": MAX_DELAY_SECONDS},
         {"type": "string", "description": "a duration: 500ms, 30s, 5m, 1h"},
         {"type": "null"},
     ],
@@ -283,13 +287,76 @@ def _delay_seconds(value: object) -> float:
 
 
 def _timeout_seconds(value: object) -> float | None:
-    """``timeout``: None (the queue's), or more than 0 seconds as ``delay`` takes them."""
+    """``timeout``: None (the queue's), or at least a microsecond as ``delay`` takes them."""
     if value is None:
         return None
     seconds = _delay_seconds(value)
-    if not seconds > 0:
-        raise ValueError("give more than 0 seconds, or null for the queue's timeout")
+    # The SQL function takes an interval, whose resolution is a microsecond: less rounds to
+    # zero there, which it refuses (and aborts the caller's transaction with).
+    if not seconds >= MIN_TIMEOUT_SECONDS:
+        raise ValueError(
+            "give at least 0.000001 seconds (1 microsecond), or null for the queue's timeout"
+        )
     return seconds
+
+
+# What json.dumps writes as an object key (it turns numbers, booleans and null into text).
+_JSON_KEYS = (str, int, float, bool, type(None))
+# Where a value sits in a payload, built only for an error message: (parent, key) pairs.
+_Path = tuple[Any, Any] | None
+
+
+def _path_text(path: _Path) -> str:
+    """``payload.a[0].b`` from a (parent, key) chain."""
+    parts: list[str] = []
+    while path is not None:
+        path, key = path
+        parts.append(f"[{key}]" if isinstance(key, int) else f".{key}")
+    return "payload" + "".join(reversed(parts))
+
+
+def payload_problem(payload: Any) -> str | None:
+    """Why a payload given from Python could not become a jsonb value (None: it can).
+
+    An HTTP body was checked as it was parsed; a Python caller may hand over anything: NUL
+    or a lone surrogate in a string or key, NaN or Infinity, a type JSON has no value for, an
+    integer too long to print, nesting deeper than json.dumps can recurse. Iterative, so the
+    check itself cannot run out of stack.
+    """
+    stack: list[tuple[Any, int, _Path]] = [(payload, 1, None)]
+    while stack:
+        value, depth, path = stack.pop()
+        if isinstance(value, str):
+            problem = _unstorable(value)
+            if problem:
+                return f"{_path_text(path)} {problem}"
+        elif isinstance(value, bool) or value is None:
+            continue
+        elif isinstance(value, int):
+            # int() to text refuses more than 4,300 digits (Python's CPU guard).
+            if value.bit_length() > MAX_INT_BITS:
+                return f"{_path_text(path)} is an integer too long to write as JSON"
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                return f"{_path_text(path)} is {value}, which JSON has no number for"
+        elif isinstance(value, dict | list | tuple):
+            if depth > MAX_PAYLOAD_DEPTH:
+                return f"payload is nested deeper than {MAX_PAYLOAD_DEPTH} levels"
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    if not isinstance(key, _JSON_KEYS):
+                        return (
+                            f"a key in {_path_text(path)} is of type {type(key).__name__}, not text"
+                        )
+                    problem = _unstorable(key) if isinstance(key, str) else None
+                    if problem:
+                        return f"a key in {_path_text(path)} {problem}"
+                    stack.append((item, depth + 1, (path, str(key))))
+            else:
+                stack.extend((item, depth + 1, (path, i)) for i, item in enumerate(value))
+        else:
+            return f"{_path_text(path)} is of type {type(value).__name__}, which is not JSON"
+    return None
 
 
 class EnqueueRequest(BaseModel):
@@ -322,6 +389,36 @@ class EnqueueRequest(BaseModel):
         ]
         | None
     ) = None
+
+    @field_validator("handler", "queue", "dedup_key", "concurrency_key")
+    @classmethod
+    def _storable_text(cls, value: str | None) -> str | None:
+        # A text column refuses NUL, and on the caller's own connection the refusal would
+        # abort the caller's transaction: refused here, before any SQL.
+        problem = None if value is None else _unstorable(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _storable_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            problem = _unstorable(name)
+            if problem:
+                raise ValueError(f"a header name {problem}")
+            problem = _unstorable(text)
+            if problem:
+                raise ValueError(f"header {_shown(name)} {problem}")
+        return value
+
+    @field_validator("payload")
+    @classmethod
+    def _storable_payload(cls, value: Any) -> Any:
+        problem = payload_problem(value)
+        if problem:
+            raise ValueError(f"cannot be stored: {problem}")
+        return value
 
     @field_validator("unique")
     @classmethod
@@ -369,3 +466,28 @@ def check_enqueue(fields: dict[str, Any]) -> EnqueueRequest:
             allowed = ", ".join(EnqueueRequest.model_fields)
             message = f"unknown key; the keys are {allowed}"
         raise BadInput(loc[0], f"{'.'.join(loc)}: {message}") from None
+
+
+def check_spec(spec: JobSpec, index: int = 0) -> None:
+    """Check a producer's JobSpec (Client.enqueue_many) with the model every enqueue goes
+    through; BadInput names the field, its message the spec's place in the batch."""
+    try:
+        check_enqueue(
+            {
+                "handler": spec.handler,
+                "payload": spec.payload,
+                "queue": spec.queue,
+                "priority": spec.priority,
+                # The store has always run a spec with a negative delay at once.
+                "delay": 0.0 if spec.delay < 0 else spec.delay,
+                "dedup_key": spec.dedup_key,
+                "max_attempts": spec.max_attempts,
+                "headers": spec.headers,
+                "timeout": spec.timeout,
+                "concurrency_key": spec.concurrency_key,
+                "unique": spec.unique or "forever",
+                "after": spec.after,
+            }
+        )
+    except BadInput as exc:
+        raise BadInput(exc.field, f"specs[{index}]: {exc.message}") from None

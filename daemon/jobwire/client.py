@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import asyncpg
 from opentelemetry import propagate, trace
 
-from jobwire.api_models import check_enqueue
+from jobwire.api_models import check_enqueue, check_spec
 from jobwire.models import Job, JobSpec
 from jobwire.store import AdminStore
 from jobwire.store import connect as connect_store
@@ -234,9 +234,15 @@ class Client:
     ) -> list[int | None]:
         """Insert many jobs in one round trip; None where a dedup key was already used.
 
-        With ``conn``, on that connection and in its transaction (nothing is committed here).
+        Each spec is checked as ``enqueue`` checks its arguments (BadInput names the field and
+        the spec). With ``conn``, on that connection and in its transaction (nothing is
+        committed here).
         """
         batch = _traced(specs, "api")
+        # Before any SQL: a value the database refuses would abort the caller's transaction
+        # (conn=) or reach the caller as a driver's error.
+        for index, spec in enumerate(batch):
+            check_spec(spec, index)
         if conn is None:
             store = await self._ready()
             with unmigrated_as_clear_error(self._schema):

@@ -10,13 +10,30 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from jobwire.api_models import BadInput, check_enqueue
 from jobwire.client import UNMIGRATED_SQLSTATES, SchemaNotMigrated, quoted_schema, with_trace
-from jobwire.storable import json_problem
 from jobwire.store.queries import queries
+
+# A day inside Python's years on either side: a naive run_at is read in the session's time
+# zone, which may move it up to a day.
+_EARLIEST = datetime.min + timedelta(days=1)
+_LATEST = datetime.max - timedelta(days=1)
+
+
+def _check_run_at(run_at: object, delay: float) -> None:
+    """Refuse a run_at that is no datetime, or (with the delay) leaves years 1-9999: the
+    first aborted the caller's transaction at the cast, the second made a row that no
+    reader in Python (the daemon's API, the Client) could decode."""
+    if run_at is None:
+        return
+    if not isinstance(run_at, datetime):
+        raise BadInput("run_at", f"run_at must be a datetime, not {type(run_at).__name__}")
+    wall = run_at.replace(tzinfo=None)
+    if not _EARLIEST <= wall <= _LATEST or timedelta(seconds=delay) > _LATEST - wall:
+        raise BadInput("run_at", "run_at (plus delay) must fall within the years 1 to 9999")
 
 
 def enqueue(
@@ -61,9 +78,7 @@ def enqueue(
             "after": None if after is None else list(after),
         }
     ).spec(source="api")
-    problem = json_problem(spec.payload)
-    if problem is not None:
-        raise BadInput("payload", f"payload cannot be stored: {problem}")
+    _check_run_at(run_at, spec.delay)
     sql = queries()["enqueue_dbapi"].format(schema=quoted_schema(schema))
     params = (
         spec.handler,

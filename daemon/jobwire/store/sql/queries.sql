@@ -101,9 +101,14 @@ UPDATE jobs SET status = 'running', attempts = jobs.attempts + 1, worker_id = $4
 FROM chosen WHERE jobs.id = chosen.id
 -- What a running job needs, in this order (postgres._claimed reads it by position): a
 -- claim returns many rows and decoding every column of each cost more than the claim's
--- own SQL in a profile.
+-- own SQL in a profile. run_at and created_at are held to the years Python's datetime has:
+-- an application's SQL may store '-infinity', a BC date or year 20000, and one such value
+-- failed the decoding of the whole batch, its other jobs left running until their leases
+-- ran out (and for good with created_at, which nothing rewrites).
 RETURNING jobs.id, jobs.handler, jobs.queue, jobs.priority, jobs.attempts, jobs.max_attempts,
-          jobs.payload, jobs.run_at, jobs.created_at, jobs.body, jobs.content_type,
+          jobs.payload, greatest(jobs.run_at, '0001-01-01 00:00+00'),
+          least(greatest(jobs.created_at, '0001-01-01 00:00+00'), '9999-12-31 23:59:59+00'),
+          jobs.body, jobs.content_type,
           jobs.headers, jobs.source, jobs.dedup_key, jobs.worker_id, jobs.started_at,
           jobs.parent_id, jobs.lease_until, jobs.timeout, jobs.concurrency_key;
 
@@ -613,7 +618,8 @@ SELECT count(*) FROM (
 -- the live set is small, and metrics read this at most once a second.
 SELECT w.queue, extract(epoch FROM now() - r.oldest)::float8 AS age
 FROM unnest($1::text[]) AS w(queue) CROSS JOIN LATERAL (
-    SELECT min(run_at) AS oldest FROM jobs
+    -- '-infinity' (an application's run_at) cannot be subtracted from now().
+    SELECT min(greatest(run_at, '0001-01-01 00:00+00')) AS oldest FROM jobs
     WHERE queue = w.queue AND status IN ('pending', 'retrying') AND run_at <= now()
 ) r;
 
@@ -998,7 +1004,9 @@ UPDATE jobs SET status = 'running', attempts = jobs.attempts + 1, worker_id = $4
                 progress = NULL, progress_note = NULL
 FROM chosen WHERE jobs.id = chosen.id AND jobs.status IN ('pending', 'retrying')
 RETURNING jobs.id, jobs.handler, jobs.queue, jobs.priority, jobs.attempts, jobs.max_attempts,
-          jobs.payload, jobs.run_at, jobs.created_at, jobs.body, jobs.content_type,
+          jobs.payload, greatest(jobs.run_at, '0001-01-01 00:00+00'),
+          least(greatest(jobs.created_at, '0001-01-01 00:00+00'), '9999-12-31 23:59:59+00'),
+          jobs.body, jobs.content_type,
           jobs.headers, jobs.source, jobs.dedup_key, jobs.worker_id, jobs.started_at,
           jobs.parent_id, jobs.lease_until, jobs.timeout, jobs.concurrency_key;
 
