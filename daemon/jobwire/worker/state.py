@@ -141,8 +141,12 @@ class PoolState:
         """Slots free in the whole pool."""
         # Outcomes not yet written hold their slot once they pass a batch: when the store
         # writes more slowly than handlers finish, the pool slows down instead of piling up
-        # finished-but-unrecorded jobs in memory.
-        unwritten = max(0, len(self.outcomes) - self.workers.completion_batch)
+        # finished-but-unrecorded jobs in memory. The batch being written is not counted:
+        # with it, a busy pool had no slot left while a completion was in flight, and the
+        # claim waited for it instead of overlapping it (bench/noop_throughput.py). A store
+        # that fails sets ``flushing`` back to 0, so its outcomes hold their slots again.
+        waiting = len(self.outcomes) - self.flushing
+        unwritten = max(0, waiting - self.workers.completion_batch)
         return (
             self.workers.concurrency
             - len(self.running)
