@@ -23,6 +23,7 @@ import pytest
 from jobwire import Client, JobContext, SyncClient
 from jobwire.models import Job, JobSpec, JobStatus, Outcome
 from jobwire.store.base import ClaimRequest, ScheduleRow
+from jobwire.store.pg_admin import retry_statement
 from jobwire.store.postgres import LIST_QUERY_BY_STATUS, PostgresStore, migrate, server_settings
 from jobwire.store.queries import migrations, queries
 from tests.support.pools import fast_config, make_pool
@@ -680,3 +681,38 @@ async def test_oldest_ready_reads_jobs_ready_not_the_history(
     ages = await pg_store.oldest_ready(["default", "mail", "idle"])
     assert 99 <= ages["default"] < 110 and 99 <= ages["mail"] < 110, ages
     assert ages["idle"] == 0.0
+
+
+async def test_retrying_one_job_reads_it_alone_not_every_failed_job(database_url: str) -> None:
+    """The dashboard's and the API's retry of one job: in the generic plan a prepared
+    statement settles on after five runs, the statement must look the job up by id, not
+    read every failed job kept through jobs_failed (a single retry then cost more the more
+    failed jobs were kept)."""
+    conn = await asyncpg.connect(database_url, server_settings=server_settings("jobwire"))
+    try:
+        await conn.execute(
+            "INSERT INTO jobs (handler, status, finished_at, last_error)"
+            " SELECT 'noop', 'failed', now(), 'boom' FROM generate_series(1, 5000)"
+        )
+        await conn.execute("ANALYZE jobs")
+        job_id = await conn.fetchval("SELECT min(id) FROM jobs")
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        name, args = retry_statement([job_id], None, 5)
+        assert args == ([job_id], 5, True)
+        await conn.execute(f"PREPARE one_retry (bigint[], int, bool) AS {queries()[name]}")
+        plan = await conn.fetchval(
+            f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE one_retry (ARRAY[{job_id}]::bigint[], 5, true)"
+        )
+    finally:
+        await conn.close()
+    root = json.loads(plan)[0]["Plan"]
+    assert root["Actual Rows"] == 1  # the job was retried
+    assert _rows_read(root) == 1, plan  # its row, no other (the old statement read 5,000)
+
+
+def _rows_read(node: dict[str, Any]) -> int:
+    """Rows the scans of an EXPLAIN ANALYZE plan read: returned and filtered out."""
+    own = 0
+    if "Scan" in node["Node Type"]:
+        own = node["Actual Rows"] * node["Actual Loops"] + node.get("Rows Removed by Filter", 0)
+    return own + sum(_rows_read(child) for child in node.get("Plans", []))

@@ -32,6 +32,15 @@ COUNT_QUERY_BY_STATUS = {
 }
 
 
+def retry_statement(
+    job_ids: list[int], status: str | None, attempts: int
+) -> tuple[str, tuple[Any, ...]]:
+    """The retry statement and its arguments: by ids alone, or ids and a whole status."""
+    if status is None:
+        return "retry_job_ids", (job_ids, attempts, True)  # poison too, as retry_jobs
+    return "retry_jobs", (job_ids, status, attempts)
+
+
 class PgAdmin(PgDashboard):
     """What operators and applications run on PostgreSQL (enqueueing is PgJobs')."""
 
@@ -52,11 +61,10 @@ class PgAdmin(PgDashboard):
 
     async def retry(self, job_ids: Sequence[int] = (), status: str | None = None) -> list[int]:
         """Requeue failed or cancelled jobs and wake the pools."""
+        query, args = retry_statement(list(job_ids), status, self._default_max_attempts)
         async with guard("retry"):
             async with self._pool.acquire() as conn, conn.transaction():
-                rows = await conn.fetch(
-                    self._q["retry_jobs"], list(job_ids), status, self._default_max_attempts
-                )
+                rows = await conn.fetch(self._q[query], *args)
                 if rows:
                     await conn.execute(self._q["notify"], self._channel, "jobs")
         return [r["id"] for r in rows]
