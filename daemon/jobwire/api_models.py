@@ -29,7 +29,7 @@ from pydantic import (
 
 from jobwire.durations import parse_duration
 from jobwire.models import JobSpec, JobStatus
-from jobwire.storable import problem_of
+from jobwire.storable import json_problem, problem_of
 
 BIGINT_MAX = 2**63 - 1
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -43,9 +43,6 @@ MAX_NAME_CHARS = 200
 MAX_DEDUP_KEY_CHARS = 512
 MAX_DELAY_SECONDS = 100 * 365 * 86400.0  # far beyond any real delay, far inside timestamptz
 MIN_TIMEOUT_SECONDS = 1e-6  # an interval's resolution
-# A Python payload: json.dumps recurses once per level (the interpreter's limit is 1,000).
-MAX_PAYLOAD_DEPTH = 900
-MAX_INT_BITS = 14_000  # about 4,200 decimal digits, inside Python's 4,300-digit limit
 
 _ID_TEXT = re.compile(r"[0-9]{1,19}")
 # A quick test before storable.problem_of says why: NUL, or a lone surrogate (json.loads
@@ -300,65 +297,6 @@ def _timeout_seconds(value: object) -> float | None:
     return seconds
 
 
-# What json.dumps writes as an object key (it turns numbers, booleans and null into text).
-_JSON_KEYS = (str, int, float, bool, type(None))
-# Where a value sits in a payload, built only for an error message: (parent, key) pairs.
-_Path = tuple[Any, Any] | None
-
-
-def _path_text(path: _Path) -> str:
-    """``payload.a[0].b`` from a (parent, key) chain."""
-    parts: list[str] = []
-    while path is not None:
-        path, key = path
-        parts.append(f"[{key}]" if isinstance(key, int) else f".{key}")
-    return "payload" + "".join(reversed(parts))
-
-
-def payload_problem(payload: Any) -> str | None:
-    """Why a payload given from Python could not become a jsonb value (None: it can).
-
-    An HTTP body was checked as it was parsed; a Python caller may hand over anything: NUL
-    or a lone surrogate in a string or key, NaN or Infinity, a type JSON has no value for, an
-    integer too long to print, nesting deeper than json.dumps can recurse. Iterative, so the
-    check itself cannot run out of stack.
-    """
-    stack: list[tuple[Any, int, _Path]] = [(payload, 1, None)]
-    while stack:
-        value, depth, path = stack.pop()
-        if isinstance(value, str):
-            problem = _unstorable(value)
-            if problem:
-                return f"{_path_text(path)} {problem}"
-        elif isinstance(value, bool) or value is None:
-            continue
-        elif isinstance(value, int):
-            # int() to text refuses more than 4,300 digits (Python's CPU guard).
-            if value.bit_length() > MAX_INT_BITS:
-                return f"{_path_text(path)} is an integer too long to write as JSON"
-        elif isinstance(value, float):
-            if not math.isfinite(value):
-                return f"{_path_text(path)} is {value}, which JSON has no number for"
-        elif isinstance(value, dict | list | tuple):
-            if depth > MAX_PAYLOAD_DEPTH:
-                return f"payload is nested deeper than {MAX_PAYLOAD_DEPTH} levels"
-            if isinstance(value, dict):
-                for key, item in value.items():
-                    if not isinstance(key, _JSON_KEYS):
-                        return (
-                            f"a key in {_path_text(path)} is of type {type(key).__name__}, not text"
-                        )
-                    problem = _unstorable(key) if isinstance(key, str) else None
-                    if problem:
-                        return f"a key in {_path_text(path)} {problem}"
-                    stack.append((item, depth + 1, (path, str(key))))
-            else:
-                stack.extend((item, depth + 1, (path, i)) for i, item in enumerate(value))
-        else:
-            return f"{_path_text(path)} is of type {type(value).__name__}, which is not JSON"
-    return None
-
-
 class EnqueueRequest(BaseModel):
     """The body of ``POST /api/v1/jobs``: JSON types only, nothing coerced, no unknown keys."""
 
@@ -415,7 +353,7 @@ class EnqueueRequest(BaseModel):
     @field_validator("payload")
     @classmethod
     def _storable_payload(cls, value: Any) -> Any:
-        problem = payload_problem(value)
+        problem = json_problem(value, "payload")
         if problem:
             raise ValueError(f"cannot be stored: {problem}")
         return value

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,27 +37,62 @@ def problem_of(text: str) -> str | None:
     return None
 
 
-def json_problem(value: Any, depth: int = 0) -> str | None:
-    """What jsonb would refuse in a JSON-ready value: text it cannot hold, NaN or Infinity,
-    nesting deeper than the server's stack allows."""
-    if depth > 900:
-        return "JSON too deep"
-    if isinstance(value, str):
-        return problem_of(value)
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-        return "NaN or Infinity in JSON"
-    if isinstance(value, dict):
-        for key, item in value.items():
-            problem = (problem_of(key) if isinstance(key, str) else None) or json_problem(
-                item, depth + 1
-            )
+# json.dumps recurses once per level (the interpreter's limit is 1,000), the server's jsonb
+# parser has a stack limit of its own.
+MAX_JSON_DEPTH = 900
+MAX_INT_BITS = 14_000  # about 4,200 decimal digits, inside Python's 4,300-digit limit
+# What json.dumps writes as an object key (it turns numbers, booleans and null into text).
+_JSON_KEYS = (str, int, float, bool, type(None))
+# Where a value sits, built only for an error message: (parent, key) pairs.
+_Path = tuple[Any, Any] | None
+
+
+def _path_text(root: str, path: _Path) -> str:
+    """``payload.a[0].b`` from a (parent, key) chain."""
+    parts: list[str] = []
+    while path is not None:
+        path, key = path
+        parts.append(f"[{key}]" if isinstance(key, int) else f".{key}")
+    return root + "".join(reversed(parts))
+
+
+def json_problem(value: Any, root: str = "value") -> str | None:
+    """Why ``value`` could not become a jsonb value (None: it can), saying where from
+    ``root`` on (``payload.a[0]``): text jsonb cannot hold (NUL, a lone surrogate), NaN or
+    Infinity, an integer too long to print, a type JSON has no value for, nesting deeper than
+    json.dumps and the server go. Iterative, so the check itself cannot run out of stack."""
+    stack: list[tuple[Any, int, _Path]] = [(value, 1, None)]
+    while stack:
+        item, depth, path = stack.pop()
+        if isinstance(item, str):
+            problem = problem_of(item)
             if problem:
-                return problem
-    if isinstance(value, list | tuple):
-        for item in value:
-            problem = json_problem(item, depth + 1)
-            if problem:
-                return problem
+                return f"{_path_text(root, path)} {problem}"
+        elif isinstance(item, bool) or item is None:
+            continue
+        elif isinstance(item, int):
+            if item.bit_length() > MAX_INT_BITS:
+                return f"{_path_text(root, path)} is an integer too long to write as JSON"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return f"{_path_text(root, path)} is {item}, which JSON has no number for"
+        elif isinstance(item, dict | list | tuple):
+            if depth > MAX_JSON_DEPTH:
+                return f"{root} is nested deeper than {MAX_JSON_DEPTH} levels"
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    if not isinstance(key, _JSON_KEYS):
+                        where = _path_text(root, path)
+                        return f"a key in {where} is of type {type(key).__name__}, not text"
+                    problem = problem_of(key) if isinstance(key, str) else None
+                    if problem:
+                        return f"a key in {_path_text(root, path)} {problem}"
+                    stack.append((child, depth + 1, (path, str(key))))
+            else:
+                stack.extend((child, depth + 1, (path, i)) for i, child in enumerate(item))
+        else:
+            kind = type(item).__name__
+            return f"{_path_text(root, path)} is of type {kind}, not JSON serialisable"
     return None
 
 

@@ -328,7 +328,7 @@ def read_payload(text: str) -> Any:
         fail("--payload is nested too deep")
     except ValueError as exc:  # an integer past Python's 4,300 digits
         fail(f"--payload cannot be read: {exc}")
-    problem = json_problem(data)
+    problem = json_problem(data, "--payload")
     if problem is not None:
         fail(f"--payload cannot be stored: {problem}")
     return data

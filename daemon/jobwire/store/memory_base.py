@@ -48,10 +48,7 @@ def refused(spec: JobSpec) -> str | None:
             payload = json.loads(spec.payload_json)
         except (ValueError, RecursionError):
             return "DataError: invalid input syntax for type json"
-    try:
-        problem = json_problem(payload)
-    except RecursionError:
-        problem = "JSON too deep"
+    problem = json_problem(payload, "payload")
     return None if problem is None else f"DataError: jsonb {problem}"
 
 

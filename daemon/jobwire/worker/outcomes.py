@@ -38,7 +38,7 @@ class OutcomeBuilder:
         try:
             # A result jsonb would refuse (NaN, a NUL, a lone surrogate) must not reach the
             # completion statement: it would refuse the whole batch with it.
-            problem = json_problem(result)
+            problem = json_problem(result, "result")
             result_json = None if result is None else json.dumps(result, allow_nan=False)
         except (TypeError, ValueError, RecursionError) as exc:
             problem = f"not JSON serialisable: {exc}"
