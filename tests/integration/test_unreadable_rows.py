@@ -13,13 +13,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
 
 from jobwire.config import Config
 from tests.support.dashboard import csrf_of
 from tests.support.inprocess import running_daemon
-from tests.support.rows import fetch
+from tests.support.rows import fetch, stored_among_good
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -51,14 +50,7 @@ async def test_an_unreadable_payload_fails_its_own_job_and_no_other(
     database_url: str, session: aiohttp.ClientSession, kind: str
 ) -> None:
     payload, reason = UNREADABLE[kind]
-    conn = await asyncpg.connect(database_url)
-    try:
-        async with conn.transaction():  # one commit: the pool claims them in one batch
-            bad = await conn.fetchval(f"SELECT jobwire.enqueue('noop', {payload})")
-            for i in range(GOOD):
-                await conn.execute("SELECT jobwire.enqueue('noop', $1::jsonb)", f'{{"i": {i}}}')
-    finally:
-        await conn.close()
+    bad = await stored_among_good(database_url, f"SELECT jobwire.enqueue('noop', {payload})", GOOD)
     config = Config.model_validate(
         {
             "database": {"url": database_url},

@@ -14,7 +14,7 @@ from jobwire.config import Config
 from jobwire.models import JobSpec
 from jobwire.store.postgres import PostgresStore
 from tests.support.inprocess import running_daemon
-from tests.support.rows import fetch, job_count
+from tests.support.rows import fetch, job_count, stored_among_good
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -44,14 +44,7 @@ HOSTILE = {
 async def test_a_time_python_cannot_hold_runs_its_job_and_stalls_no_other(
     database_url: str, kind: str
 ) -> None:
-    conn = await asyncpg.connect(database_url)
-    try:
-        async with conn.transaction():  # one commit: the pool claims them in one batch
-            await conn.fetchval(HOSTILE[kind])
-            for i in range(GOOD):
-                await conn.execute("SELECT jobwire.enqueue('noop', $1::jsonb)", f'{{"i": {i}}}')
-    finally:
-        await conn.close()
+    await stored_among_good(database_url, HOSTILE[kind], GOOD)
     config = Config.model_validate(
         {
             "database": {"url": database_url},

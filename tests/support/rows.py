@@ -48,3 +48,17 @@ async def assert_exactly(url: str, n: int, dedup_keys: bool = True) -> None:
     )[0]
     seen = (row["n"], row["d"] if dedup_keys else n, row["p"])
     assert seen == (n, n, n), f"rows, distinct dedup keys, distinct payloads: {seen}"
+
+
+async def stored_among_good(url: str, first: str, good: int) -> Any:
+    """Run ``first`` (SQL storing one odd job, its value returned), then enqueue ``good``
+    ordinary no-op jobs, all in one commit, so the pool claims them in one batch."""
+    conn = await asyncpg.connect(url)
+    try:
+        async with conn.transaction():
+            value = await conn.fetchval(first)
+            for i in range(good):
+                await conn.execute("SELECT jobwire.enqueue('noop', $1::jsonb)", f'{{"i": {i}}}')
+        return value
+    finally:
+        await conn.close()
