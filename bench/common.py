@@ -277,8 +277,8 @@ async def drain_source(
     run`` processes on the one database and source (CPU figures are their sum).
     ``processes``: each daemon's ``workers.processes`` (its children's CPU is not in the
     daemon figures: use the rates).
-    ``profile``: py-spy the (first) daemon for 10 s, raw stacks to this file; only with
-    one process (with several, the daemon is a supervisor that runs no jobs).
+    ``profile``: py-spy the (first) daemon for 10 s from its first row, raw stacks to this
+    file; only with one process (with several, the daemon is a supervisor that runs no jobs).
     """
     if profile and processes > 1:
         raise ValueError("profile needs processes=1: a supervisor's stacks show no jobs")
@@ -297,18 +297,20 @@ async def drain_source(
                 logs = [Path(tmp) / f"daemon{i}.log" for i in range(daemons)]
                 procs = [stack.enter_context(daemon(config, log)) for log in logs]
                 spy = None
-                if profile:
-                    spy = subprocess.Popen(
-                        [
-                            *(_py_spy(), "record", "--pid", str(procs[0].pid), "--duration", "10"),
-                            *("--rate", "200", "--format", "raw", "-o", profile),
-                        ],
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
-                    )
                 cpus = [psutil.Process(proc.pid) for proc in procs]
                 async with JobsWatch.open(url) as watch:
                     await until(watch.any_rows, 120, *procs)
+                    if profile:
+                        # From the first row: the start-up's imports are not the drain.
+                        spy = subprocess.Popen(
+                            [
+                                *(_py_spy(), "record", "--pid", str(procs[0].pid)),
+                                *("--duration", "10", "--rate", "200"),
+                                *("--format", "raw", "-o", profile),
+                            ],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                        )
                     cpu_start, machine_start = _cpu_seconds(*cpus), _machine_busy_seconds()
                     parts_start = _cpu_seconds_by_part(procs)
                     await until(lambda: watch.succeeded_at_least(n), 900, *procs)

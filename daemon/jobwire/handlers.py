@@ -436,9 +436,14 @@ class HandlerRegistry:
                 loaded[name] = _unbound_builtin(kind)
                 continue
             try:
-                loaded[name] = import_target(target)
+                loaded[name] = fn = import_target(target)
             except Exception as exc:  # noqa: BLE001 - each is reported, all together
                 failures.append(HandlerFailure(name, target, f"{type(exc).__name__}: {exc}"))
+                continue
+            # A signature no call can satisfy would fail every job at run time instead.
+            problem = signature_problem(fn)
+            if problem is not None:
+                failures.append(HandlerFailure(name, target, problem))
         if failures:
             raise HandlerLoadError(failures)
         registry = cls(loaded)
@@ -519,6 +524,28 @@ def _unbound_builtin(kind: str) -> Handler:
         raise Reject(f"built-in {kind!r} runs only inside the daemon (not bound here)")
 
     return unbound
+
+
+def signature_problem(fn: Handler) -> str | None:
+    """Why ``fn`` cannot be called as a handler, ``(payload)`` or ``(payload, ctx)``; None
+    when it can, or when its signature cannot be read (a C function)."""
+    if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+        return "it is a generator function; a handler returns its result (or awaits it)"
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    calls = "a handler is called with (payload) or (payload, ctx)"
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if not positional and not any(p.kind == p.VAR_POSITIONAL for p in params):
+        return f"it takes no positional argument; {calls}"
+    required = [p.name for p in positional if p.default is p.empty]
+    if len(required) > 2:
+        return f"it needs {len(required)} arguments ({', '.join(required)}); {calls}"
+    keywords = [p.name for p in params if p.kind == p.KEYWORD_ONLY and p.default is p.empty]
+    if keywords:
+        return f"it needs keyword-only arguments ({', '.join(keywords)}); {calls}"
+    return None
 
 
 def _wants_context(fn: Handler) -> bool:

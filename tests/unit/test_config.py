@@ -1,3 +1,4 @@
+import sys
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -365,3 +366,36 @@ def test_http_idle_timeout_is_a_finite_positive_duration() -> None:
     for bad in ("0", ".inf", ".nan", "2d"):
         (line,) = problems(f"http: {{idle_timeout: {bad}}}")
         assert line.startswith("jobwire.yaml: http.idle_timeout: "), line
+
+
+def test_a_handler_no_call_can_satisfy_stops_the_start(tmp_path: Path) -> None:
+    module = tmp_path / "sigs_mod.py"
+    module.write_text(
+        "def none(): pass\n"
+        "def three(payload, ctx, extra): pass\n"
+        "def keyword(payload, *, tenant): pass\n"
+        "async def agen(payload):\n    yield payload\n"
+        "def gen(payload):\n    yield payload\n"
+        "def fine(payload, ctx=None, extra=1, *, opt=2): pass\n"
+        "def star(*args): pass\n"
+        "class Callable:\n    def __call__(self, payload): pass\n"
+        "instance = Callable()\n"
+    )
+    bad = {f"h_{n}": f"sigs_mod:{n}" for n in ("none", "three", "keyword", "agen", "gen")}
+    good = {f"h_{n}": f"sigs_mod:{n}" for n in ("fine", "star", "instance")}
+    sys.path.insert(0, str(tmp_path))
+    try:
+        with pytest.raises(HandlerLoadError) as info:
+            HandlerRegistry.from_config({**bad, **good, "c_func": "json:dumps"})
+        HandlerRegistry.from_config(good)  # these load
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("sigs_mod", None)
+    reasons = {f.name: f.reason for f in info.value.failures}
+    assert sorted(reasons) == sorted(bad)
+    assert reasons["h_none"].startswith("it takes no positional argument")
+    assert reasons["h_three"].startswith("it needs 3 arguments (payload, ctx, extra)")
+    assert reasons["h_keyword"].startswith("it needs keyword-only arguments (tenant)")
+    assert reasons["h_agen"].startswith("it is a generator function")
+    assert reasons["h_gen"].startswith("it is a generator function")
+    assert all("(payload) or (payload, ctx)" in reasons[n] for n in ("h_none", "h_three"))
