@@ -23,6 +23,7 @@ from tests.support.dashboard import (
     dashboard_config,
     sign_in,
 )
+from tests.support.outbox import set_aside
 
 pytestmark = pytest.mark.timeout(60)
 Client = TestClient[Any, Any]
@@ -338,6 +339,32 @@ async def test_an_admin_pauses_and_resumes_a_queue_from_the_overview(
     assert [(q.queue, q.paused) for q in await pg_store.queue_states()] == [("mail", False)]
     actions = [(a.action, a.target) for a in await pg_store.list_audit()]
     assert ("pause_queue", "mail") in actions and ("resume_queue", "mail") in actions
+
+
+async def test_the_overview_s_forms_and_links_work_for_names_with_a_slash(
+    client: Client, pg_store: PostgresStore
+) -> None:
+    """Queue and output names may hold "/" (an MQTT topic, "reports/daily"): each is one path
+    segment in the dashboard's URLs, escaped whole, or its Pause button and its output's page
+    answer 404."""
+    await pg_store.enqueue([JobSpec("noop", queue="reports/daily")])
+    await set_aside(pg_store, "events/eu", 1, "refused")
+    csrf = await sign_in(client, ADMIN)
+    async with client.get("/ui/") as r:
+        page = await r.text()
+    (pause,) = re.findall(r'action="(/ui/queues/reports[^"]+)"', page)
+    (output, *_) = re.findall(r'href="(/ui/outputs/events[^"]+)"', page)
+    async with client.post(pause, data={"csrf": csrf}, allow_redirects=False) as r:
+        assert r.status == 303, (pause, r.status)
+    assert [(q.queue, q.paused) for q in await pg_store.queue_states()] == [("reports/daily", True)]
+    async with client.get(output) as r:
+        assert r.status == 200, (output, r.status)
+        page = await r.text()
+    assert "Output events/eu" in page
+    (resend, *_) = re.findall(r'action="(/ui/outputs/[^"]+/resend)"', page)
+    async with client.post(resend, data={"csrf": csrf}, allow_redirects=False) as r:
+        assert r.status == 303, (resend, r.status)
+    assert (await pg_store.outbox_pending())["events/eu"].set_aside == 0
 
 
 async def test_an_admin_deletes_a_finished_job_but_not_a_waiting_one(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from jobwire.models import Job
 from jobwire.scheduler import schedule_name
@@ -115,6 +116,13 @@ def provenance(job: Job) -> list[tuple[str, str]]:
     return out
 
 
+def segment(name: str) -> str:
+    """``name`` as one URL path segment, ``/`` escaped too (Jinja's urlencode keeps it)."""
+    # A queue or output name may hold "/" (an MQTT topic): kept, it splits the segment and
+    # the route answers 404.
+    return quote(name, safe="")
+
+
 def first_line(text: str | None) -> str:
     """An error's first line (its message; the traceback follows on the job's page)."""
     return (text or "").strip().split("\n", 1)[0]
@@ -127,5 +135,6 @@ FILTERS = {
     "when": when,
     "pretty": pretty,
     "first_line": first_line,
+    "segment": segment,
 }
 """The Jinja filters the templates use."""
