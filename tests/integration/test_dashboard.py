@@ -115,6 +115,21 @@ async def test_sign_in_needs_a_known_token_and_the_form_token(client: Client) ->
         assert r.status == 200 and 'class="role role-read"' in await r.text()
 
 
+async def test_sign_in_goes_to_the_overview_when_next_holds_a_control_character(
+    client: Client,
+) -> None:
+    """``next`` comes from a link anyone can send (/ui/login?next=...); a control character
+    in the Location header made aiohttp drop the connection after the session was made."""
+    for target in ("/ui/jobs\x7f", "/ui/\x1b[31m", "/ui/jobs\x00", "/ui/\tjobs"):
+        async with client.get("/ui/login", params={"next": target}) as form:
+            assert form.status == 200
+            login_csrf = csrf_of(await form.text())
+        data = {"csrf": login_csrf, "token": READER, "next": target}
+        async with client.post("/ui/login", data=data, allow_redirects=False) as r:
+            assert (r.status, r.headers["Location"]) == (303, "/ui/"), repr(target)
+        client.session.cookie_jar.clear()
+
+
 async def test_a_read_only_session_sees_but_cannot_act(
     client: Client, pg_store: PostgresStore
 ) -> None:

@@ -123,6 +123,8 @@ def login_csrf_ok(form_token: str | None, cookie_token: str | None) -> bool:
 def safe_next(target: str | None) -> str:
     """Where to go after signing in: a dashboard path only (no open redirect)."""
     if target and target.startswith("/ui/") and not target.startswith("//"):
-        if "\\" not in target and "\n" not in target and "\r" not in target:
+        # It becomes the Location header: a control character there (DEL, ESC, tab, a line
+        # break) makes aiohttp drop the connection, and a browser strips or rewrites some.
+        if "\\" not in target and target.isprintable():
             return target
     return "/ui/"
