@@ -8,13 +8,14 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from jobwire.dashboard import site
 from jobwire.models import JobSpec, JobStatus, Outcome
 from jobwire.store.base import ClaimRequest
-from jobwire.store.postgres import PostgresStore
+from jobwire.store.postgres import PostgresStore, server_settings
 from tests.support.dashboard import (
     ADMIN,
     READER,
@@ -380,6 +381,35 @@ async def test_the_overview_s_forms_and_links_work_for_names_with_a_slash(
     async with client.post(resend, data={"csrf": csrf}, allow_redirects=False) as r:
         assert r.status == 303, (resend, r.status)
     assert (await pg_store.outbox_pending())["events/eu"].set_aside == 0
+
+
+async def test_jobs_at_infinity_are_shown_not_crashed_on(
+    client: Client, pg_store: PostgresStore, database_url: str
+) -> None:
+    """enqueue() takes run_at 'infinity' (a job parked until someone retimes it), and SQL
+    writers may store '-infinity'; asyncpg reads them as naive datetime.max and min, which the
+    age and timestamp filters could not subtract from now or convert: the job's page, and the
+    whole jobs listing for a finished one, answered 500."""
+    conn = await asyncpg.connect(database_url, server_settings=server_settings("jobwire"))
+    try:
+        parked = await conn.fetchval("SELECT enqueue('noop', '{}', run_at => 'infinity')")
+    finally:
+        await conn.close()
+    failed = await failed_job(pg_store)
+    conn = await asyncpg.connect(database_url, server_settings=server_settings("jobwire"))
+    try:
+        await conn.execute(
+            "UPDATE jobs SET created_at = '-infinity', finished_at = 'infinity' WHERE id = $1",
+            failed,
+        )
+    finally:
+        await conn.close()
+    await sign_in(client, READER)
+    for path in (f"/ui/jobs/{parked}", f"/ui/jobs/{failed}", "/ui/jobs", "/ui/failures"):
+        async with client.get(path) as r:
+            page = await r.text()
+            assert r.status == 200, (path, page[page.find("error-message") :][:200])
+            assert "infinity" in page, path
 
 
 async def test_an_admin_deletes_a_finished_job_but_not_a_waiting_one(

@@ -32,6 +32,8 @@ def age(at: datetime | None, now: datetime | None = None) -> str:
     """How long ago, shortly: ``4s``, ``12m``, ``3h``, ``2d`` (``in 5m`` for the future)."""
     if at is None:
         return ""
+    if (endless := _infinite(at)) is not None:
+        return endless
     seconds = ((now or datetime.now(UTC)) - at).total_seconds()
     text = seconds_text(abs(seconds))
     return f"in {text}" if seconds < 0 else f"{text} ago"
@@ -56,7 +58,20 @@ def when(at: datetime | None) -> str:
     """A timestamp in UTC to the second."""
     if at is None:
         return ""
+    if (endless := _infinite(at)) is not None:
+        return endless
     return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _infinite(at: datetime) -> str | None:
+    """PostgreSQL's name for a timestamp at infinity, or None for any other."""
+    # asyncpg reads 'infinity' and '-infinity' (enqueue() takes run_at 'infinity') as the
+    # naive datetime.max and min: neither can be subtracted from now or converted to UTC.
+    if at.tzinfo is None and at == datetime.max:
+        return "infinity"
+    if at.tzinfo is None and at == datetime.min:
+        return "-infinity"
+    return None
 
 
 def pretty(value: Any) -> str:
