@@ -28,6 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from jobwire import __version__
+from jobwire.metrics_queues import OTHER_QUEUES, QueueSeries
 from jobwire.metrics_sources import source_metrics
 from jobwire.models import LIVE, Job, JobStatus, Outcome
 from jobwire.store.base import JobStore, OutboxBacklog, StoreUnavailable
@@ -99,7 +100,8 @@ class Metrics(Collector):
         self._jobs: dict[str, dict[str, int]] | None = None  # None: never read yet
         # Every queue served here or seen with live jobs gets a series for each live status,
         # 0 when empty: a series that vanished would read as "no data", not as "none left".
-        self._queues_seen = set(queues)
+        # Queue names are input: past a cap, unserved ones share one series (metrics_queues).
+        self._queues = QueueSeries(queues)
         self._backlog: int | None = None
         self._oldest: dict[str, float] | None = None
         self._store_up = 0
@@ -158,10 +160,16 @@ class Metrics(Collector):
         try:
             # Live jobs only: a count over the history grew with it (150 ms per million
             # finished rows, at every refresh of every instance).
-            self._jobs = await self.store.stats(finished=False)
-            self._queues_seen.update(self._jobs)
+            live = await self.store.stats(finished=False)
+            self._queues.update(live)
+            self._jobs = self._queues.fold(live)
             self._backlog = await self.store.ready_backlog(self.backlog_cap)
-            self._oldest = await self.store.oldest_ready(sorted(self._queues_seen))
+            named = self._queues.named()
+            oldest = await self.store.oldest_ready(named)
+            if self._queues.folding:
+                elsewhere = await self.store.oldest_ready_elsewhere(named)
+                oldest[OTHER_QUEUES] = max(oldest.get(OTHER_QUEUES, 0.0), elsewhere)
+            self._oldest = oldest
             if self.outbox_pending is not None:
                 self._outbox = await self.outbox_pending()
             self._store_up = 1
@@ -180,7 +188,7 @@ class Metrics(Collector):
             labels=["queue", "status"],
         )
         if self._jobs is not None:
-            for queue in sorted(self._queues_seen):
+            for queue in self._queues.labels():
                 counts = self._jobs.get(queue, {})
                 for status in LIVE:
                     jobs.add_metric([queue, status], counts.get(status, 0))
@@ -191,7 +199,7 @@ class Metrics(Collector):
                 "Age of the oldest job ready to run now, by queue (0 when none is ready).",
                 labels=["queue"],
             )
-            for queue in sorted(self._queues_seen):
+            for queue in self._queues.labels():
                 oldest.add_metric([queue], self._oldest.get(queue, 0.0))
             yield oldest
         if self._backlog is not None:

@@ -681,6 +681,9 @@ async def test_oldest_ready_reads_jobs_ready_not_the_history(
     ages = await pg_store.oldest_ready(["default", "mail", "idle"])
     assert 99 <= ages["default"] < 110 and 99 <= ages["mail"] < 110, ages
     assert ages["idle"] == 0.0
+    # The queues metrics fold into "_other": every queue but the named ones.
+    assert 99 <= await pg_store.oldest_ready_elsewhere(["default"]) < 110
+    assert await pg_store.oldest_ready_elsewhere(["default", "mail"]) == 0.0
 
 
 async def test_retrying_one_job_reads_it_alone_not_every_failed_job(database_url: str) -> None:

@@ -11,6 +11,7 @@ from prometheus_client import generate_latest
 from jobwire import __version__
 from jobwire.handlers import HandlerRegistry
 from jobwire.metrics import Metrics
+from jobwire.metrics_queues import MAX_UNSERVED_QUEUES, OTHER_QUEUES
 from jobwire.models import Job, JobSpec, JobStatus, Outcome
 from jobwire.store.base import ClaimRequest
 from jobwire.store.memory import MemoryStore
@@ -71,6 +72,35 @@ async def test_a_queue_seen_once_reads_zero_when_its_jobs_are_done() -> None:
     lines = job_lines(metrics)
     assert line("other", "pending", 0.0) in lines  # not gone: zero
     assert not any('status="succeeded"' in each for each in lines)  # history is not counted
+
+
+async def test_queues_named_by_applications_are_bounded_the_rest_folded_into_other() -> None:
+    """Queue names are input (the SQL function, the Client, the HTTP API): 50,000 of them
+    made /metrics 10 MB, rendered in seconds on the event loop. Served queues keep their
+    series, a capped number of others theirs, and the rest share ``_other``."""
+    store = MemoryStore()
+    metrics = make_metrics(store, ("default",))
+    cap = MAX_UNSERVED_QUEUES
+    await store.enqueue_many([JobSpec("noop", queue=f"q{i}") for i in range(cap + 500)])
+    ids = await store.enqueue_many([JobSpec("noop", queue=f"q{i}") for i in range(3)])
+    for job_id in ids:
+        assert job_id is not None
+        store.jobs[job_id].run_at -= timedelta(minutes=10)
+    await metrics.refresh(max_age=0)
+
+    queues = {each.split('"')[1] for each in job_lines(metrics)}
+    assert len(queues) == 1 + cap + 1, len(queues)
+    assert {"default", "q0", "q1", "q2", OTHER_QUEUES} <= queues  # the biggest are named
+    text = exposition(metrics)
+    pending = sum(
+        float(each.rsplit(" ", 1)[1])
+        for each in text.splitlines()
+        if each.startswith("jobwire_jobs{") and 'status="pending"' in each
+    )
+    assert pending == cap + 503  # nothing dropped: the rest counted under _other
+    assert line(OTHER_QUEUES, "pending", 500.0) in job_lines(metrics)
+    assert len(oldest_lines(metrics)) == 1 + cap + 1
+    assert oldest_lines(metrics)[OTHER_QUEUES] < 60  # the late ones have their own series
 
 
 def exposition(metrics: Metrics) -> str:

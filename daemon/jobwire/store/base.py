@@ -344,6 +344,9 @@ class JobStore(Protocol):
     async def oldest_ready(self, queues: Sequence[str]) -> dict[str, float]:
         """Seconds the oldest job ready to run now has waited, per queue (0 when none)."""
 
+    async def oldest_ready_elsewhere(self, queues: Sequence[str]) -> float:
+        """Seconds the oldest job ready to run now, of any queue but these, has waited."""
+
     async def flow_state(
         self, queues: Sequence[str], limited_handlers: Collection[str] = (), full: bool = True
     ) -> FlowState:

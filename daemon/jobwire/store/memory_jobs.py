@@ -222,6 +222,14 @@ class MemoryJobs(MemoryFlow):
                 ages[j.queue] = max(ages[j.queue], (at - j.run_at).total_seconds())
         return ages
 
+    async def oldest_ready_elsewhere(self, queues: Sequence[str]) -> float:
+        """Age of the oldest ready job outside these queues, 0 when none is ready."""
+        await self.ping()
+        at = now()
+        named = set(queues)
+        ready = [j.run_at for j in self.jobs.values() if j.queue not in named and j.status in READY]
+        return max((0.0, *((at - r).total_seconds() for r in ready if r <= at)))
+
     async def existing(self, job_ids: Sequence[int]) -> set[int]:
         """Ids among these with a row."""
         await self.ping()

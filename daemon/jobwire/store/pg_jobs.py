@@ -250,6 +250,12 @@ class PgJobs(PgWorkers, PgFlow):
             rows = await self._pool.fetch(self._q["oldest_ready"], list(queues))
         return {r["queue"]: float(r["age"] or 0.0) for r in rows}
 
+    async def oldest_ready_elsewhere(self, queues: Sequence[str]) -> float:
+        """Age of the oldest ready job outside these queues, through jobs_ready."""
+        async with guard("oldest ready"):
+            age = await self._pool.fetchval(self._q["oldest_ready_elsewhere"], list(queues))
+        return float(age or 0.0)
+
     async def existing(self, job_ids: Sequence[int]) -> set[int]:
         """Ids among these with a committed row."""
         if not job_ids:

@@ -627,6 +627,14 @@ FROM unnest($1::text[]) AS w(queue) CROSS JOIN LATERAL (
     WHERE queue = w.queue AND status IN ('pending', 'retrying') AND run_at <= now()
 ) r;
 
+-- name: oldest_ready_elsewhere
+-- Seconds since the oldest ready job of any queue but these ($1) became ready, NULL when
+-- none is: the queues metrics fold into "_other" (metrics_queues.py). Reads jobs_ready's
+-- live rows, as oldest_ready does, and only while some queue is folded.
+SELECT extract(epoch FROM now() - min(greatest(run_at, '0001-01-01 00:00+00')))::float8
+FROM jobs
+WHERE status IN ('pending', 'retrying') AND run_at <= now() AND queue <> ALL ($1::text[]);
+
 -- name: stored_offsets
 SELECT o.topic, o.partition, o.next_offset
 FROM kafka_offsets o
