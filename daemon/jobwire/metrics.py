@@ -104,6 +104,7 @@ class Metrics(Collector):
         self._queues = QueueSeries(queues)
         self._backlog: int | None = None
         self._oldest: dict[str, float] | None = None
+        self._paused: frozenset[str] = frozenset()
         self._store_up = 0
         self._refreshed = 0.0
         self._reading: asyncio.Task[None] | None = None
@@ -170,6 +171,9 @@ class Metrics(Collector):
                 elsewhere = await self.store.oldest_ready_elsewhere(named)
                 oldest[OTHER_QUEUES] = max(oldest.get(OTHER_QUEUES, 0.0), elsewhere)
             self._oldest = oldest
+            # Paused queues' jobs are ready and wait on purpose: the alert on lateness
+            # leaves them out by this gauge (no queue given: the paused ones alone).
+            self._paused = (await self.store.flow_state((), full=False)).paused
             if self.outbox_pending is not None:
                 self._outbox = await self.outbox_pending()
             self._store_up = 1
@@ -199,9 +203,16 @@ class Metrics(Collector):
                 "Age of the oldest job ready to run now, by queue (0 when none is ready).",
                 labels=["queue"],
             )
+            paused = GaugeMetricFamily(
+                "jobwire_queue_paused",
+                "1 when an operator paused the queue: its ready jobs wait on purpose.",
+                labels=["queue"],
+            )
             for queue in self._queues.labels():
                 oldest.add_metric([queue], self._oldest.get(queue, 0.0))
+                paused.add_metric([queue], 1 if queue in self._paused else 0)
             yield oldest
+            yield paused
         if self._backlog is not None:
             yield _gauge(
                 "jobwire_ready_backlog",

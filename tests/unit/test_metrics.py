@@ -103,6 +103,26 @@ async def test_queues_named_by_applications_are_bounded_the_rest_folded_into_oth
     assert oldest_lines(metrics)[OTHER_QUEUES] < 60  # the late ones have their own series
 
 
+async def test_a_paused_queue_says_so_beside_its_lateness() -> None:
+    """A paused queue's ready jobs wait on purpose: the shipped JobwireQueueLate leaves it
+    out by jobwire_queue_paused, and paged for a pause an operator made before."""
+    store = MemoryStore()
+    metrics = make_metrics(store, ("default", "mail"))
+    (job_id,) = await store.enqueue_many([JobSpec("noop", queue="mail")])
+    assert job_id is not None
+    store.jobs[job_id].run_at -= timedelta(minutes=10)
+    await store.set_queue_paused("mail", True, "test")
+    await metrics.refresh(max_age=0)
+    text = exposition(metrics)
+    assert 'jobwire_queue_paused{queue="mail"} 1.0' in text
+    assert 'jobwire_queue_paused{queue="default"} 0.0' in text
+    assert oldest_lines(metrics)["mail"] >= 600  # still shown: the jobs do wait
+
+    await store.set_queue_paused("mail", False, "test")
+    await metrics.refresh(max_age=0)
+    assert 'jobwire_queue_paused{queue="mail"} 0.0' in exposition(metrics)
+
+
 def exposition(metrics: Metrics) -> str:
     return generate_latest(metrics.registry).decode()
 
