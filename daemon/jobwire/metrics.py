@@ -120,9 +120,11 @@ class Metrics(Collector):
         if child is None:
             # labels() takes a lock and builds a key per call: look each child up once.
             child = self._wait_by[job.queue] = self.wait.labels(job.queue)
-        # Both times come from the same clock (the database's, or the memory store's).
+        # Both times come from the same clock (the database's, or the memory store's). A
+        # job is ready from run_at, or from its insert when an application backdated run_at.
         started = job.started_at or datetime.now(UTC)
-        child.observe(max(0.0, (started - job.run_at).total_seconds()))
+        ready = job.run_at if job.run_at >= job.created_at else job.created_at
+        child.observe(max(0.0, (started - ready).total_seconds()))
 
     def observe(self, job: Job, outcome: Outcome) -> None:
         """The pool's on_outcome hook: the attempt counted and its duration observed."""

@@ -654,9 +654,15 @@ async def test_oldest_ready_reads_jobs_ready_not_the_history(
         )
         # A few thousand live ones: ready for a while, ready now, and not due yet.
         await conn.execute(
-            "INSERT INTO jobs (handler, queue, run_at)"
-            " SELECT 'noop', q, now() - make_interval(secs => i % 100)"
+            "INSERT INTO jobs (handler, queue, run_at, created_at)"
+            " SELECT 'noop', q, now() - make_interval(secs => i % 100),"
+            " now() - make_interval(secs => i % 100)"
             " FROM generate_series(1, 3000) i, unnest(ARRAY['default', 'mail']) q"
+        )
+        # Backdated by an application (run_at years before its insert): ready, not late.
+        await conn.execute(
+            "INSERT INTO jobs (handler, queue, run_at)"
+            " VALUES ('noop', 'backdated', '-infinity'), ('noop', 'backdated', '2001-01-01')"
         )
         await conn.execute(
             "INSERT INTO jobs (handler, queue, run_at)"
@@ -678,12 +684,12 @@ async def test_oldest_ready_reads_jobs_ready_not_the_history(
         nodes = list(_plan_nodes(json.loads(plan)[0]["Plan"]))
         assert not [n for n in nodes if n[0] == "Seq Scan"], nodes
         assert "jobs_ready" in {index for _, index in nodes}, nodes
-    ages = await pg_store.oldest_ready(["default", "mail", "idle"])
+    ages = await pg_store.oldest_ready(["default", "mail", "idle", "backdated"])
     assert 99 <= ages["default"] < 110 and 99 <= ages["mail"] < 110, ages
-    assert ages["idle"] == 0.0
+    assert ages["idle"] == 0.0 and ages["backdated"] < 60, ages
     # The queues metrics fold into "_other": every queue but the named ones.
     assert 99 <= await pg_store.oldest_ready_elsewhere(["default"]) < 110
-    assert await pg_store.oldest_ready_elsewhere(["default", "mail"]) == 0.0
+    assert await pg_store.oldest_ready_elsewhere(["default", "mail"]) < 60
 
 
 async def test_retrying_one_job_reads_it_alone_not_every_failed_job(database_url: str) -> None:

@@ -111,6 +111,7 @@ async def test_a_paused_queue_says_so_beside_its_lateness() -> None:
     (job_id,) = await store.enqueue_many([JobSpec("noop", queue="mail")])
     assert job_id is not None
     store.jobs[job_id].run_at -= timedelta(minutes=10)
+    store.jobs[job_id].created_at -= timedelta(minutes=10)
     await store.set_queue_paused("mail", True, "test")
     await metrics.refresh(max_age=0)
     text = exposition(metrics)
@@ -146,18 +147,26 @@ async def test_oldest_ready_age_per_served_queue_counts_only_jobs_due_now() -> N
     old, _newer = await store.enqueue_many([JobSpec("noop"), JobSpec("noop")])
     assert old is not None
     store.jobs[old].run_at -= timedelta(minutes=10)  # ready, and waiting since then
+    store.jobs[old].created_at -= timedelta(minutes=10)
+    (backdated,) = await store.enqueue_many([JobSpec("noop", queue="mail")])
+    assert backdated is not None
+    # An application's run_at a year back: ready now, but waiting only since its insert.
+    store.jobs[backdated].run_at -= timedelta(days=365)
     await store.enqueue_many([JobSpec("noop", queue="mail", delay=3600)])  # not due yet
     await metrics.refresh(max_age=0)
     ages = oldest_lines(metrics)
-    assert 600 <= ages["default"] < 660 and ages["mail"] == 0.0, ages
+    assert 600 <= ages["default"] < 660 and ages["mail"] < 60, ages
 
 
 async def test_wait_from_ready_to_start_is_observed_when_the_pool_starts_a_job() -> None:
     store = MemoryStore()
     metrics = make_metrics(store)
-    (job_id,) = await store.enqueue_many([JobSpec("noop")])
-    assert job_id is not None
+    job_id, backdated = await store.enqueue_many([JobSpec("noop"), JobSpec("noop")])
+    assert job_id is not None and backdated is not None
     store.jobs[job_id].run_at -= timedelta(seconds=90)
+    store.jobs[job_id].created_at -= timedelta(seconds=90)
+    # run_at set a day back by an application: it waited from its insert, not for a day.
+    store.jobs[backdated].run_at -= timedelta(days=1)
     pool = WorkerPool(
         store,
         HandlerRegistry({}),
@@ -167,13 +176,13 @@ async def test_wait_from_ready_to_start_is_observed_when_the_pool_starts_a_job()
     )
     await pool.start()
     try:
-        await wait_for(lambda: pool.counters.succeeded == 1, what="the job ran")
+        await wait_for(lambda: pool.counters.succeeded == 2, what="the jobs ran")
     finally:
         await pool.stop()
     text = exposition(metrics)
-    assert 'jobwire_job_wait_seconds_count{queue="default"} 1.0' in text
-    assert 'jobwire_job_wait_seconds_bucket{le="60.0",queue="default"} 0.0' in text
-    assert 'jobwire_job_wait_seconds_bucket{le="300.0",queue="default"} 1.0' in text
+    assert 'jobwire_job_wait_seconds_count{queue="default"} 2.0' in text
+    assert 'jobwire_job_wait_seconds_bucket{le="60.0",queue="default"} 1.0' in text
+    assert 'jobwire_job_wait_seconds_bucket{le="300.0",queue="default"} 2.0' in text
 
 
 def test_attempts_are_counted_by_queue_handler_and_outcome_within_the_allow_list() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -215,20 +215,12 @@ class MemoryJobs(MemoryFlow):
     async def oldest_ready(self, queues: Sequence[str]) -> dict[str, float]:
         """Age of each queue's oldest ready job, 0 when none is ready."""
         await self.ping()
-        at = now()
-        ages = dict.fromkeys(queues, 0.0)
-        for j in self.jobs.values():
-            if j.queue in ages and j.status in READY and j.run_at <= at:
-                ages[j.queue] = max(ages[j.queue], (at - j.run_at).total_seconds())
-        return ages
+        return _oldest(self.jobs.values(), lambda q: q in queues, queues)
 
     async def oldest_ready_elsewhere(self, queues: Sequence[str]) -> float:
         """Age of the oldest ready job outside these queues, 0 when none is ready."""
         await self.ping()
-        at = now()
-        named = set(queues)
-        ready = [j.run_at for j in self.jobs.values() if j.queue not in named and j.status in READY]
-        return max((0.0, *((at - r).total_seconds() for r in ready if r <= at)))
+        return _oldest(self.jobs.values(), lambda q: q not in queues, ["*"])["*"]
 
     async def existing(self, job_ids: Sequence[int]) -> set[int]:
         """Ids among these with a row."""
@@ -277,3 +269,17 @@ class MemoryJobs(MemoryFlow):
             await asyncio.Event().wait()
         finally:
             self._listeners.remove(on_notify)
+
+
+def _oldest(
+    jobs: Iterable[Job], counted: Callable[[str], bool], keys: Sequence[str]
+) -> dict[str, float]:
+    """Seconds the oldest ready job of each key has waited (``keys == ["*"]``: all counted
+    queues as one); a job waits from run_at, or from its insert when run_at was earlier."""
+    at = now()
+    ages = dict.fromkeys(keys, 0.0)
+    for j in jobs:
+        if counted(j.queue) and j.status in READY and j.run_at <= at:
+            key = "*" if keys == ["*"] else j.queue
+            ages[key] = max(ages[key], (at - max(j.run_at, j.created_at)).total_seconds())
+    return ages

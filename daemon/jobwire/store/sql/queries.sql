@@ -620,10 +620,11 @@ SELECT count(*) FROM (
 -- Per queue, through jobs_ready (its predicate matches): the queue's live rows only, never
 -- the history. That index is ordered by priority, not run_at, so min() reads all of them;
 -- the live set is small, and metrics read this at most once a second.
+-- A job waits from run_at, or from its insert when an application gave an earlier run_at
+-- (a backdated job is not years late); '-infinity' cannot be subtracted from now().
 SELECT w.queue, extract(epoch FROM now() - r.oldest)::float8 AS age
 FROM unnest($1::text[]) AS w(queue) CROSS JOIN LATERAL (
-    -- '-infinity' (an application's run_at) cannot be subtracted from now().
-    SELECT min(greatest(run_at, '0001-01-01 00:00+00')) AS oldest FROM jobs
+    SELECT min(greatest(run_at, created_at, '0001-01-01 00:00+00')) AS oldest FROM jobs
     WHERE queue = w.queue AND status IN ('pending', 'retrying') AND run_at <= now()
 ) r;
 
@@ -631,7 +632,7 @@ FROM unnest($1::text[]) AS w(queue) CROSS JOIN LATERAL (
 -- Seconds since the oldest ready job of any queue but these ($1) became ready, NULL when
 -- none is: the queues metrics fold into "_other" (metrics_queues.py). Reads jobs_ready's
 -- live rows, as oldest_ready does, and only while some queue is folded.
-SELECT extract(epoch FROM now() - min(greatest(run_at, '0001-01-01 00:00+00')))::float8
+SELECT extract(epoch FROM now() - min(greatest(run_at, created_at, '0001-01-01 00:00+00')))::float8
 FROM jobs
 WHERE status IN ('pending', 'retrying') AND run_at <= now() AND queue <> ALL ($1::text[]);
 
