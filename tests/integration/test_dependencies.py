@@ -332,3 +332,110 @@ async def test_a_child_after_an_unknown_job_fails_its_parent_and_stops_nothing(
     assert rows[bad]["status"] == "failed"
     assert all(rows[i]["status"] == "succeeded" for i in good)
     assert not [r for r in rows.values() if r["parent_id"] == bad]
+
+
+async def chain(url: str, head: int, length: int) -> list[int]:
+    """``length`` jobs each after the one before, the first after ``head``; their ids."""
+    conn = await asyncpg.connect(url)
+    try:
+        return list(
+            await conn.fetchval(
+                "WITH RECURSIVE c(n, id) AS ("
+                " SELECT 0, $1::bigint"
+                " UNION ALL SELECT n + 1, jobwire.enqueue('step', '0', after => ARRAY[id])"
+                " FROM c WHERE n < $2)"
+                " SELECT array_agg(id ORDER BY n) FROM c WHERE n > 0",
+                head,
+                length,
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def test_a_long_chain_fails_behind_a_head_that_fails_or_is_cancelled(
+    database_url: str, pg_store: PostgresStore
+) -> None:
+    """The failure cascade goes down a chain of thousands: each link fired the next one's
+    trigger inside its own, and past a few hundred links the server's stack ran out. The
+    worker's write of the head's failure was then refused (so was its bare failure, then
+    the lease rescue's): the head stayed running and every link waited forever."""
+    async with Client(database_url) as client:
+        head = await client.enqueue("boom", max_attempts=1, delay="1h")
+        links = await chain(database_url, head, 2000)
+        cancelled = await client.enqueue("step", "held", delay="1h")
+        held = await chain(database_url, cancelled, 2000)
+        # An operator's cancel of a waiting head: one statement fails the 2,000 behind it.
+        assert await client.cancel(cancelled) == "cancelled"
+    rows = await jobs_by_id(database_url)
+    assert sum(rows[i]["status"] == "failed" for i in held) == 2000
+    assert rows[held[-1]]["last_error"] == f"dependency {held[-2]} failed"
+    assert rows[held[0]]["last_error"] == f"dependency {cancelled} cancelled"
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("UPDATE jobwire.jobs SET run_at = now() WHERE id = $1", head)
+    finally:
+        await conn.close()
+    pool = make_pool(pg_store, HANDLERS)
+    await pool.start()
+    try:
+        rows = await wait_finished(database_url, [head, *links])
+    finally:
+        await pool.stop()
+    assert rows[head]["status"] == "failed"
+    assert sum(rows[i]["status"] == "failed" for i in links) == 2000
+    assert rows[links[0]]["last_error"] == f"dependency {head} failed"
+    assert rows[links[-1]]["last_error"] == f"dependency {links[-2]} failed"
+    ran = await fetch(database_url, "SELECT count(*) AS n FROM jobwire.job_runs")
+    assert ran[0]["n"] == 1  # the head alone
+
+
+async def test_a_retried_waiter_waits_for_its_dependencies_again(
+    database_url: str, pg_store: PostgresStore
+) -> None:
+    """A waiter that was cancelled, or failed by its dependency, and is then retried must
+    not run before what it waits for: it waits again (or fails again if a dependency is
+    still failed). Retrying both in one call brings the chain back in order."""
+    async with Client(database_url) as client:
+        dep = await client.enqueue("step", "dep", delay="1h")
+        waiter = await client.enqueue("step", "waiter", after=[dep])
+        assert await client.cancel(waiter) == "cancelled"
+        bad = await client.enqueue("boom", max_attempts=1)
+        behind = await client.enqueue("step", "behind", after=[bad])
+        second = await client.enqueue("step", "second", after=[behind])
+    assert await pg_store.retry_ids([waiter]) == [waiter]
+    # The dependency has not run: the retried waiter waits for it, not ready now.
+    assert (await jobs_by_id(database_url))[waiter]["run_at"].year == 9999
+    pool = make_pool(pg_store, HANDLERS)
+    await pool.start()
+    try:
+        rows = await wait_finished(database_url, [bad, behind, second])
+        assert [rows[i]["status"] for i in (bad, behind, second)] == ["failed"] * 3
+        # Retrying the waiter alone while its dependency is still failed: it fails again.
+        await pg_store.retry_ids([behind])
+        rows = await wait_finished(database_url, [behind])
+        assert (rows[behind]["status"], rows[behind]["last_error"]) == (
+            "failed",
+            f"dependency {bad} failed",
+        )
+        assert await runs_of(database_url, behind) == []
+        # All three in one call: each waits for the one before (the boom fails again, with
+        # a fresh allowance of attempts, and the other two fail behind it without running).
+        assert sorted(await pg_store.retry(status="failed")) == [bad, behind, second]
+        rows = await wait_finished(database_url, [bad, behind, second])
+        assert [rows[i]["status"] for i in (bad, behind, second)] == ["failed"] * 3
+        assert len(await runs_of(database_url, bad)) > 1
+        assert await runs_of(database_url, behind) == []
+        assert await runs_of(database_url, second) == []
+        # The dependency now runs; the waiter follows it.
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute("UPDATE jobwire.jobs SET run_at = now() WHERE id = $1", dep)
+        finally:
+            await conn.close()
+        rows = await wait_finished(database_url, [dep, waiter])
+    finally:
+        await pool.stop()
+    assert (rows[dep]["status"], rows[waiter]["status"]) == ("succeeded", "succeeded")
+    dep_run, waiter_run = [await runs_of(database_url, i) for i in (dep, waiter)]
+    assert waiter_run[0]["started_at"] >= dep_run[0]["finished_at"]
