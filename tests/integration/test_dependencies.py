@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,6 +25,7 @@ from jobwire.store.base import InvalidJobData
 from jobwire.store.memory import MemoryStore
 from jobwire.store.postgres import PostgresStore
 from jobwire.worker import WorkerPool
+from tests.support.daemon import REPO
 from tests.support.inprocess import running_daemon
 from tests.support.pools import make_pool
 from tests.support.rows import fetch
@@ -439,3 +442,40 @@ async def test_a_retried_waiter_waits_for_its_dependencies_again(
     assert (rows[dep]["status"], rows[waiter]["status"]) == ("succeeded", "succeeded")
     dep_run, waiter_run = [await runs_of(database_url, i) for i in (dep, waiter)]
     assert waiter_run[0]["started_at"] >= dep_run[0]["finished_at"]
+
+
+async def test_a_bulk_retry_of_a_long_chain_brings_it_all_back(database_url: str) -> None:
+    """``jobs retry`` acts 500 ids a statement. Newest first, a waiter in an earlier batch
+    than its dependency was retried while that was still failed, and failed again for good;
+    oldest first, each batch's dependencies are already back, and the chain waits whole."""
+    async with Client(database_url) as client:
+        head = await client.enqueue("step", "head", delay="1h")
+        links = await chain(database_url, head, 600)
+        assert await client.cancel(head) == "cancelled"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *(
+            "-m",
+            "jobwire",
+            "jobs",
+            "retry",
+            "--queue",
+            "default",
+            "--include-poison",  # a job failed by its dependency never ran
+            "--yes",
+            "--database-url",
+            database_url,
+        ),
+        cwd=REPO,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ},
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    rows = await jobs_by_id(database_url)
+    assert rows[head]["status"] == "pending"
+    assert (
+        sum(rows[i]["status"] == "pending" and rows[i]["run_at"].year == 9999 for i in links) == 600
+    )

@@ -228,9 +228,14 @@ def bulk_command(action: BulkAction) -> click.Command:
             _confirm(action, len(out.matched))
         acting = Acting()
 
+        # A retry goes oldest first: a job waits only on older ones (after names jobs that
+        # exist), so each batch's dependencies are already back and its waiters wait for
+        # them; newest first, a waiter retried before its failed dependency failed again.
+        ids = sorted(out.matched) if action.name == "retry" else out.matched
+
         def act(store: AdminStore) -> Awaitable[None]:
             return act_in_batches(
-                out.matched, lambda ids: action.act(store, ids, include_poison), action.name, acting
+                ids, lambda batch: action.act(store, batch, include_poison), action.name, acting
             )
 
         try:

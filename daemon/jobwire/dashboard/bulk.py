@@ -193,8 +193,11 @@ async def execute(
         log.error("dashboard_bulk_not_started", action=run.kind.name, error=str(exc))
         return
     try:
-        for at in range(0, len(run.ids), CHUNK):
-            chunk = run.ids[at : at + CHUNK]
+        # A retry goes oldest first, as the CLI's: a waiter's dependencies are older, so
+        # they are back before it is retried (newest first, it failed again behind them).
+        ids = sorted(run.ids) if run.kind.name == "retry" else run.ids
+        for at in range(0, len(ids), CHUNK):
+            chunk = ids[at : at + CHUNK]
             run.changed += await run.kind.act(store, chunk, run.frozen_at)
             run.processed += len(chunk)
             if run.kind.name == "retry":
