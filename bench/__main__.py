@@ -14,6 +14,8 @@ asyncio program (ceilings, PgQueuer, Procrastinate) on uvloop, as ``jobwire run`
   Kafka drain (tansu); STOMP and MQTT drains (prefetch 1000, concurrency 256, beside the
   same prefetch in the ceilings);
   for each drain, what it wrote to PostgreSQL per job (bench/pgstats.py);
+- a backlog of five times the jobs drained by jobwire at its defaults and by PgQueuer at
+  its best (batch 100/500): a rate a drain of about a second cannot show;
 - peers, each swept over the setting its docs name for throughput and reported at its
   best (with the setting) and its default: PgQueuer (batch size 10/100/500), Procrastinate
   (worker concurrency 1/10/50), Celery (acks_late, no result backend, prefork -c 2/4 x
@@ -154,6 +156,11 @@ async def jobwire_drain_defaults(n: int) -> Measured:
     return Measured(result.rate, result.writes, steady=result.steady_rate)
 
 
+async def jobwire_backlog(n: int) -> Measured:
+    result = await scaleout.table_drain(report.BACKLOG * n, concurrency=None)
+    return Measured(result.rate, result.writes, steady=result.steady_rate)
+
+
 async def jobwire_drain_two(n: int) -> Measured:
     result = await scaleout.table_drain(n, concurrency=512, daemons=2)
     return Measured(result.rate, result.writes, steady=result.steady_rate)
@@ -247,6 +254,17 @@ async def pgqueuer(n: int) -> Measured | None:
     sizes = (10, 100, 500)  # its default, 10, first
     return await _sweep(
         {f"batch {b}": functools.partial(_peer, "pgqueuer", n, b) for b in sizes}, "batch 10"
+    )
+
+
+async def pgqueuer_backlog(n: int) -> Measured | None:
+    if _missing("pgqueuer", "PgQueuer"):
+        return None
+    # Its two best batch sizes at --jobs (batch 10, its default, is never the best).
+    count = report.BACKLOG * n
+    return await _sweep(
+        {f"batch {b}": functools.partial(_peer, "pgqueuer", count, b) for b in (100, 500)},
+        "batch 10 (not run here)",
     )
 
 
@@ -504,6 +522,8 @@ SCENARIOS: dict[str, Scenario] = {
     "jobwire: STOMP drain": jobwire_stomp,
     "jobwire: MQTT drain": jobwire_mqtt,
     report.PGQUEUER: pgqueuer,
+    report.TABLE_BACKLOG: jobwire_backlog,
+    report.PGQUEUER_BACKLOG: pgqueuer_backlog,
     report.PROCRASTINATE: procrastinate,
     report.CELERY: celery,
 }

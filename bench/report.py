@@ -69,6 +69,11 @@ AMQP_DEFAULTS = "jobwire: AMQP drain, defaults (prefetch 500, concurrency 256)"
 TABLE_TWO = "jobwire: drain a filled table, 2 daemons"
 AMQP_TWO = "jobwire: AMQP drain, 2 daemons"
 PGQUEUER = "PgQueuer: drain a filled table, batch 10/100/500"
+# A backlog five times --jobs: a queue's rate over a bigger table, where a drain of --jobs
+# takes about a second (PgQueuer's rate falls as its table grows, jobwire's does not).
+BACKLOG = 5
+TABLE_BACKLOG = f"jobwire: drain a backlog of {BACKLOG}x the jobs, defaults"
+PGQUEUER_BACKLOG = f"PgQueuer: drain a backlog of {BACKLOG}x the jobs, batch 100/500"
 PROCRASTINATE = "Procrastinate: drain a filled table, concurrency 1/10/50"
 CELERY = "Celery: AMQP drain, acks_late, prefork -c 2/4 x prefetch multiplier 4/32"
 RATIOS = [
@@ -94,6 +99,11 @@ RATIOS = [
         "ceiling: jobwire store path, no broker",
     ),
     ("jobwire filled table at defaults / at concurrency 512", TABLE_DEFAULTS, TABLE),
+    (
+        f"jobwire backlog of {BACKLOG}x at defaults / PgQueuer's best there",
+        TABLE_BACKLOG,
+        PGQUEUER_BACKLOG,
+    ),
     ("jobwire AMQP drain at defaults / at prefetch 1000, concurrency 512", AMQP_DEFAULTS, AMQP),
     ("2 daemons / 1, filled table (first start -> last finish)", TABLE_TWO, TABLE),
     ("2 daemons / 1, AMQP (first row -> last finish)", AMQP_TWO, AMQP),
