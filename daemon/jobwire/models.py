@@ -194,6 +194,9 @@ class Job:
     has_dependents: bool = False
     # The reply address (migration 0013); "replied" is set once the reply row was written.
     reply: dict[str, Any] | None = None
+    # While the job waits on after_ids (run_at infinity): the run_at it asked for, which the
+    # wake makes it due at (migration 0021).
+    after_run_at: datetime | None = None
 
 
 @dataclass(slots=True)

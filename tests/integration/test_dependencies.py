@@ -8,6 +8,7 @@ import itertools
 import os
 import sys
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
@@ -21,7 +22,7 @@ from jobwire.client import Client
 from jobwire.config import Config
 from jobwire.handlers import JobContext
 from jobwire.models import JobSpec
-from jobwire.store.base import InvalidJobData
+from jobwire.store.base import ClaimRequest, InvalidJobData
 from jobwire.store.memory import MemoryStore
 from jobwire.store.postgres import PostgresStore
 from jobwire.worker import WorkerPool
@@ -479,3 +480,51 @@ async def test_a_bulk_retry_of_a_long_chain_brings_it_all_back(database_url: str
     assert (
         sum(rows[i]["status"] == "pending" and rows[i]["run_at"].year == 9999 for i in links) == 600
     )
+
+
+async def test_a_waiter_keeps_its_delay(database_url: str, pg_store: PostgresStore) -> None:
+    """A delay counts from the enqueue, with ``after`` as without: a waiter whose dependency
+    succeeds before its time is due at its time, not at once; one whose time has passed is
+    due at once. An operator's retry means "run now", whatever delay the job first had."""
+    async with Client(database_url) as client:
+        dep = await client.enqueue("step", "dep", delay="1h")
+        short = await client.enqueue("step", "short", after=[dep], delay=0.5)
+        long = await client.enqueue("step", "long", after=[dep], delay=5)
+        retried = await client.enqueue("step", "retried", after=[dep], delay="1h")
+        assert await client.cancel(retried) == "cancelled"
+    assert await pg_store.retry_ids([retried]) == [retried]
+    rows = await jobs_by_id(database_url)
+    assert all(rows[i]["run_at"].year == 9999 for i in (short, long, retried))
+    asked = rows[long]["created_at"] + timedelta(seconds=5)
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        # Let the short delay run out while the dependency still runs, then finish it.
+        await wait_for(
+            lambda: conn.fetchval(
+                "SELECT now() > created_at + interval '0.5 s' FROM jobwire.jobs WHERE id = $1",
+                short,
+            ),
+            what="the short waiter's delay ran out",
+        )
+        await conn.execute(
+            "UPDATE jobwire.jobs SET status = 'succeeded', finished_at = now() WHERE id = $1",
+            dep,
+        )
+    finally:
+        await conn.close()
+    rows = await jobs_by_id(database_url)
+    done = rows[dep]["finished_at"]
+    # Due at once: the short waiter (its time has passed) and the retried one.
+    assert rows[short]["run_at"] == rows[retried]["run_at"] == done
+    # Due at the time it asked for, about four seconds after its dependency finished.
+    assert abs(rows[long]["run_at"] - asked) < timedelta(seconds=1)
+    assert rows[long]["run_at"] - done > timedelta(seconds=2)
+    assert [rows[i]["after_run_at"] for i in (short, long, retried)] == [None] * 3
+
+    request = ClaimRequest({"default": 10}, 10, "w-test", 30)
+    assert sorted(j.id for j in await pg_store.claim(request)) == sorted([short, retried])
+    # Claims before its time find nothing; the first one after it takes it.
+    (job,) = await wait_for(lambda: pg_store.claim(request), what="the long waiter claimed")
+    assert job.id == long
+    assert job.started_at is not None and job.started_at >= rows[long]["run_at"]
