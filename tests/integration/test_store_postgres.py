@@ -379,6 +379,45 @@ async def test_job_model_has_a_field_for_every_column(database_url: str) -> None
     assert set(columns) == {f.name for f in dataclasses.fields(Job)}
 
 
+async def test_whole_rows_read_past_columns_a_newer_release_added(
+    pg_store: PostgresStore, database_url: str
+) -> None:
+    """A rolling upgrade: a newer release's migration adds columns while this instance runs
+    on; its reads of whole rows (Client.get, the API's and the dashboard's lists, the
+    schedules) must not fail on every row."""
+    (job_id,) = await pg_store.enqueue_many([JobSpec("noop", {"n": 1})])
+    assert job_id is not None
+    await pg_store.sync_schedules([schedule_row("nightly")])
+    await fetch(database_url, "ALTER TABLE jobwire.jobs ADD COLUMN from_the_future text")
+    await fetch(database_url, "ALTER TABLE jobwire.schedules ADD COLUMN from_the_future text")
+    job = await pg_store.get(job_id)
+    assert job is not None and job.payload == {"n": 1}
+    assert [j.id for j in await pg_store.list_jobs()] == [job_id]
+    assert [s.name for s in await pg_store.list_schedules()] == ["nightly"]
+    assert (await pg_store.get_schedule("nightly")) is not None
+
+
+def schedule_row(name: str) -> dict[str, Any]:
+    """A schedule as the scheduler hands sync_schedules: every minute, due in an hour."""
+    return {
+        "name": name,
+        "cron": None,
+        "interval_s": 60.0,
+        "timezone": "UTC",
+        "handler": "noop",
+        "payload": {},
+        "queue": "default",
+        "priority": 0,
+        "max_attempts": None,
+        "enabled": True,
+        "start_at": None,
+        "end_at": None,
+        "max_runs": None,
+        "catch_up": "latest",
+        "next_run_at": datetime.now(UTC) + timedelta(hours=1),
+    }
+
+
 async def test_schedule_row_has_a_field_for_every_column_in_order(database_url: str) -> None:
     # list_schedules reads "SELECT *" into ScheduleRow, and the HTTP API shows its fields.
     columns = await columns_of(database_url, "schedules")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -105,9 +106,26 @@ async def init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(kind, encoder=write_json, decoder=read_json, schema="pg_catalog")
 
 
+def known_columns(row: asyncpg.Record, fields: frozenset[str]) -> dict[str, Any]:
+    """A ``SELECT *`` row's columns that ``fields`` names.
+
+    A newer release's migration may add a column while this instance runs on (a rolling
+    upgrade): it is left out, not a TypeError on every read of whole rows (the API's and
+    the dashboard's job lists, ``Client.get``).
+    """
+    values = dict(row.items())
+    if len(values) != len(fields):
+        values = {name: value for name, value in values.items() if name in fields}
+    return values
+
+
+JOB_FIELDS = frozenset(f.name for f in dataclasses.fields(Job))
+"""The jobs columns a Job holds."""
+
+
 def job_of(row: asyncpg.Record) -> Job:
     """A jobs row as a Job (Job has a field for every column; a test holds them together)."""
-    values = dict(row.items())
+    values = known_columns(row, JOB_FIELDS)
     values["status"] = JobStatus(values["status"])
     values["headers"] = values["headers"] or {}
     return Job(**values)

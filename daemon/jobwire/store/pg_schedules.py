@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -12,7 +13,7 @@ import asyncpg
 from jobwire.models import JobSpec
 from jobwire.store.base import PurgeCursor, ScheduleRow
 from jobwire.store.migrate import Leadership
-from jobwire.store.pg_base import PgBase, guard, server_settings
+from jobwire.store.pg_base import PgBase, guard, known_columns, server_settings
 
 
 class _Superseded(Exception):
@@ -50,7 +51,7 @@ class PgSchedules(PgBase):
     async def due_schedules(self) -> list[ScheduleRow]:
         """Enabled schedules whose next tick has come."""
         async with guard("due schedules"):
-            return [ScheduleRow(**r) for r in await self._pool.fetch(self._q["due_schedules"])]
+            return [_schedule_of(r) for r in await self._pool.fetch(self._q["due_schedules"])]
 
     async def fire_schedule(
         self,
@@ -127,13 +128,13 @@ class PgSchedules(PgBase):
     async def list_schedules(self) -> list[ScheduleRow]:
         """Every schedule row, by name."""
         async with guard("list schedules"):
-            return [ScheduleRow(**r) for r in await self._pool.fetch(self._q["list_schedules"])]
+            return [_schedule_of(r) for r in await self._pool.fetch(self._q["list_schedules"])]
 
     async def get_schedule(self, name: str) -> ScheduleRow | None:
         """One schedule row."""
         async with guard("get schedule"):
             row = await self._pool.fetchrow(self._q["get_schedule"], name)
-        return None if row is None else ScheduleRow(**row)
+        return None if row is None else _schedule_of(row)
 
     async def set_schedule_enabled(self, name: str, enabled: bool) -> bool:
         """Pause or resume a schedule; False if there is none by that name."""
@@ -168,7 +169,7 @@ class PgSchedules(PgBase):
             row = await self._pool.fetchrow(
                 self._q["sched_add_schedule"], values["name"], *_schedule_args(values)
             )
-        return None if row is None else ScheduleRow(**row)
+        return None if row is None else _schedule_of(row)
 
     async def update_schedule(self, name: str, values: Mapping[str, Any]) -> ScheduleRow | None:
         """Change a run-time schedule; None when there is no run-time schedule by that name."""
@@ -176,7 +177,7 @@ class PgSchedules(PgBase):
             row = await self._pool.fetchrow(
                 self._q["sched_update_schedule"], name, *_schedule_args(values)
             )
-        return None if row is None else ScheduleRow(**row)
+        return None if row is None else _schedule_of(row)
 
     async def remove_schedule(self, name: str) -> bool:
         """Delete a run-time schedule (its jobs stay); False when there is none by that name."""
@@ -240,3 +241,11 @@ def _schedule_args(v: Mapping[str, Any]) -> list[Any]:
         v["catch_up"],
         v["next_run_at"],
     ]
+
+
+_SCHEDULE_FIELDS = frozenset(f.name for f in dataclasses.fields(ScheduleRow))
+
+
+def _schedule_of(row: asyncpg.Record) -> ScheduleRow:
+    """A schedules row as a ScheduleRow, columns of a newer release left out."""
+    return ScheduleRow(**known_columns(row, _SCHEDULE_FIELDS))
