@@ -532,7 +532,9 @@ def signature_problem(fn: Handler) -> str | None:
     if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
         return "it is a generator function; a handler returns its result (or awaits it)"
     try:
-        params = list(inspect.signature(fn).parameters.values())
+        # The callable's own signature, not the one functools.wraps copied from what it
+        # wraps: a decorator's wrapper may take (payload, ctx) and pass the inner more.
+        params = list(inspect.signature(fn, follow_wrapped=False).parameters.values())
     except (TypeError, ValueError):
         return None
     calls = "a handler is called with (payload) or (payload, ctx)"

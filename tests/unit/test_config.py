@@ -380,9 +380,17 @@ def test_a_handler_no_call_can_satisfy_stops_the_start(tmp_path: Path) -> None:
         "def star(*args): pass\n"
         "class Callable:\n    def __call__(self, payload): pass\n"
         "instance = Callable()\n"
+        "import functools\n"
+        "def inject(fn):\n"
+        "    @functools.wraps(fn)\n"
+        "    def wrapper(payload, ctx):\n"
+        "        return fn(payload, ctx, db='db', tenant='t')\n"
+        "    return wrapper\n"
+        "@inject\n"
+        "def decorated(payload, ctx, db, *, tenant): pass\n"
     )
     bad = {f"h_{n}": f"sigs_mod:{n}" for n in ("none", "three", "keyword", "agen", "gen")}
-    good = {f"h_{n}": f"sigs_mod:{n}" for n in ("fine", "star", "instance")}
+    good = {f"h_{n}": f"sigs_mod:{n}" for n in ("fine", "star", "instance", "decorated")}
     sys.path.insert(0, str(tmp_path))
     try:
         with pytest.raises(HandlerLoadError) as info:
