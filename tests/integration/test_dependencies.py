@@ -528,3 +528,45 @@ async def test_a_waiter_keeps_its_delay(database_url: str, pg_store: PostgresSto
     (job,) = await wait_for(lambda: pg_store.claim(request), what="the long waiter claimed")
     assert job.id == long
     assert job.started_at is not None and job.started_at >= rows[long]["run_at"]
+
+
+async def test_two_dependencies_finishing_at_once_wake_their_waiter(
+    pg_store: PostgresStore, database_url: str
+) -> None:
+    """Fan-in: two dependencies of one job finish in two transactions at the same moment.
+    Each finish trigger saw the other dependency still running, and the job waited forever."""
+    first, second = await pg_store.enqueue_many([JobSpec("noop"), JobSpec("noop")])
+    assert first is not None and second is not None
+    (waiter,) = await pg_store.enqueue_many([JobSpec("noop", after=[first, second])])
+    assert waiter is not None
+    finish = "UPDATE jobwire.jobs SET status = 'succeeded', finished_at = now() WHERE id = $1"
+    a, b = await asyncpg.connect(database_url), await asyncpg.connect(database_url)
+    try:
+        ta, tb = a.transaction(), b.transaction()
+        await ta.start()
+        await tb.start()
+        await a.execute(finish, first)
+        # The second has run before the first commits: done (the race, as before), or
+        # waiting on a lock for the first to commit (the fix).
+        second_pid = b.get_server_pid()
+        second_done = asyncio.create_task(b.execute(finish, second))
+
+        async def second_ran_or_waits() -> bool:
+            waiting = await a.fetchval(
+                "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1",
+                second_pid,
+            )
+            return second_done.done() or bool(waiting)
+
+        await wait_for(second_ran_or_waits, what="the second finish to run or wait")
+        await ta.commit()
+        async with asyncio.timeout(10):
+            await second_done
+        await tb.commit()
+    finally:
+        await a.close()
+        await b.close()
+    rows = await fetch(
+        database_url, "SELECT run_at <= now() AS due FROM jobwire.jobs WHERE id = $1", waiter
+    )
+    assert rows[0]["due"], "the waiter was left waiting with both dependencies succeeded"

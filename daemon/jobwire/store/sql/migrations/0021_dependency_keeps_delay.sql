@@ -6,6 +6,10 @@
 -- job due at that time, or now if it has passed: a delay counts from the enqueue, as
 -- without after. The column means something only while the job waits (pending, run_at
 -- 'infinity'); the wake and the failure cascade clear it.
+--
+-- And the wake no longer loses a race: a job waiting on two dependencies that finished in
+-- two transactions at once was never woken (each saw the other still running). The finish
+-- trigger now locks the waiting dependents before it checks them (see below).
 
 -- A constant default (NULL): adding the column rewrites nothing.
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS after_run_at timestamptz;
@@ -65,6 +69,17 @@ DECLARE
     woken integer;
 BEGIN
     IF NEW.status = 'succeeded' THEN
+        -- The waiting dependents locked first, in a statement of their own. Two of a job's
+        -- dependencies finishing in two transactions at once each saw the other still
+        -- running and woke nothing: the job waited forever (since 0012). Now the second
+        -- waits here for the first to commit, and its UPDATE below, a new statement with a
+        -- new snapshot, sees it. Two batches locking shared dependents in opposite orders
+        -- can deadlock: the server aborts one, which the daemon retries as an outage.
+        PERFORM 1 FROM jobs w
+        WHERE w.after_ids @> ARRAY[NEW.id] AND w.after_ids IS NOT NULL
+          AND w.status = 'pending' AND w.run_at = 'infinity'
+        ORDER BY w.id
+        FOR UPDATE;
         -- greatest: a delay not run out yet makes the job due at its time; one that has (or
         -- none, after_run_at NULL as for rows that waited before this migration) now.
         -- Cleared: the job no longer waits, and nothing reads the column after.
