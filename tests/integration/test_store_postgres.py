@@ -22,7 +22,7 @@ import pytest
 
 from jobwire import Client, JobContext, SyncClient
 from jobwire.models import Job, JobSpec, JobStatus, Outcome
-from jobwire.store.base import ClaimRequest, ScheduleRow
+from jobwire.store.base import AuditEntry, ClaimRequest, ScheduleRow
 from jobwire.store.pg_admin import retry_statement
 from jobwire.store.postgres import LIST_QUERY_BY_STATUS, PostgresStore, migrate, server_settings
 from jobwire.store.queries import migrations, queries
@@ -388,13 +388,15 @@ async def test_whole_rows_read_past_columns_a_newer_release_added(
     (job_id,) = await pg_store.enqueue_many([JobSpec("noop", {"n": 1})])
     assert job_id is not None
     await pg_store.sync_schedules([schedule_row("nightly")])
-    await fetch(database_url, "ALTER TABLE jobwire.jobs ADD COLUMN from_the_future text")
-    await fetch(database_url, "ALTER TABLE jobwire.schedules ADD COLUMN from_the_future text")
+    await pg_store.record_audit(AuditEntry("ops", "admin", "retry", "jobs", 1))
+    for table in ("jobs", "schedules", "audit"):
+        await fetch(database_url, f"ALTER TABLE jobwire.{table} ADD COLUMN from_the_future text")
     job = await pg_store.get(job_id)
     assert job is not None and job.payload == {"n": 1}
     assert [j.id for j in await pg_store.list_jobs()] == [job_id]
     assert [s.name for s in await pg_store.list_schedules()] == ["nightly"]
     assert (await pg_store.get_schedule("nightly")) is not None
+    assert [a.action for a in await pg_store.list_audit()] == ["retry"]
 
 
 def schedule_row(name: str) -> dict[str, Any]:

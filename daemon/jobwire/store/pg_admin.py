@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 from jobwire.models import Job
 from jobwire.store.base import AuditEntry, AuditRow, JobFilter
-from jobwire.store.pg_base import guard, job_of
+from jobwire.store.pg_base import guard, job_of, known_columns
 from jobwire.store.pg_dashboard import PgDashboard
 
 # Statuses whose listing reads a partial index (see list_jobs in queries.sql).
@@ -30,6 +31,9 @@ SELECT_QUERY_BY_STATUS = {
 COUNT_QUERY_BY_STATUS = {
     status: query.replace("list_", "count_") for status, query in LIST_QUERY_BY_STATUS.items()
 }
+
+# A later release's audit column is left out (see pg_base.known_columns).
+_AUDIT_FIELDS = frozenset(f.name for f in dataclasses.fields(AuditRow))
 
 
 def retry_statement(
@@ -137,7 +141,7 @@ class PgAdmin(PgDashboard):
         """Audit rows, newest first."""
         async with guard("list audit"):
             rows = await self._pool.fetch(self._q["list_audit"], limit, before_id)
-        return [AuditRow(**dict(r.items())) for r in rows]
+        return [AuditRow(**known_columns(r, _AUDIT_FIELDS)) for r in rows]
 
     async def runs(self, job_id: int) -> list[dict[str, Any]]:
         """Attempts of one job."""
