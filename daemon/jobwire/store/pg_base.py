@@ -107,7 +107,7 @@ async def init_connection(conn: asyncpg.Connection) -> None:
 
 
 def known_columns(row: asyncpg.Record, fields: frozenset[str]) -> dict[str, Any]:
-    """A ``SELECT *`` row's columns that ``fields`` names.
+    """A whole row's columns that ``fields`` names.
 
     A newer release's migration may add a column while this instance runs on (a rolling
     upgrade): it is left out, not a TypeError on every read of whole rows (the API's and
